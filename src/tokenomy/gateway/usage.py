@@ -1,0 +1,96 @@
+"""One normalised usage record per request, whichever vendor dialect reported it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class UsageSource(StrEnum):
+    """Where the token counts came from: the vendor's own report, or our tokenizer."""
+
+    UPSTREAM = "upstream"
+    COUNTED = "counted"
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts of one request.
+
+    ``input_tokens`` is every prompt token, including ``cached_tokens`` (read from a prompt
+    cache) and ``cache_write_tokens`` (written to one), so that uncached input is
+    ``input_tokens - cached_tokens - cache_write_tokens``. ``reasoning_tokens`` is part of
+    ``output_tokens``, as in OpenAI's usage object.
+    """
+
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    source: UsageSource = UsageSource.UPSTREAM
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @classmethod
+    def from_openai(cls, u: dict[str, Any]) -> Usage:
+        """Read an OpenAI-dialect usage object, DeepSeek's cache fields included."""
+        prompt = _int(u.get("prompt_tokens"))
+        completion = _int(u.get("completion_tokens"))
+        pdet = u.get("prompt_tokens_details") or {}
+        cdet = u.get("completion_tokens_details") or {}
+        cached = _int(pdet.get("cached_tokens")) if isinstance(pdet, dict) else 0
+        # DeepSeek reports cache hits in its own field next to prompt_tokens.
+        cached = max(cached, _int(u.get("prompt_cache_hit_tokens")))
+        reasoning = _int(cdet.get("reasoning_tokens")) if isinstance(cdet, dict) else 0
+        return cls(
+            input_tokens=prompt,
+            cached_tokens=min(cached, prompt),
+            output_tokens=completion,
+            reasoning_tokens=min(reasoning, completion),
+        )
+
+    @classmethod
+    def from_anthropic(cls, u: dict[str, Any]) -> Usage:
+        """Read an Anthropic usage object, whose ``input_tokens`` excludes cache reads and writes."""
+        uncached = _int(u.get("input_tokens"))
+        read = _int(u.get("cache_read_input_tokens"))
+        write = _int(u.get("cache_creation_input_tokens"))
+        return cls(
+            input_tokens=uncached + read + write,
+            cached_tokens=read,
+            cache_write_tokens=write,
+            output_tokens=_int(u.get("output_tokens")),
+        )
+
+    def to_openai(self) -> dict[str, Any]:
+        """This usage as an OpenAI chat-completions usage object."""
+        out: dict[str, Any] = {
+            "prompt_tokens": self.input_tokens,
+            "completion_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
+        return out
+
+    def to_anthropic(self) -> dict[str, Any]:
+        """This usage as an Anthropic usage object (input excludes cache reads and writes)."""
+        return {
+            "input_tokens": max(
+                0, self.input_tokens - self.cached_tokens - self.cache_write_tokens
+            ),
+            "cache_creation_input_tokens": self.cache_write_tokens,
+            "cache_read_input_tokens": self.cached_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+
+def _int(v: Any) -> int:
+    """A non-negative int from a vendor field that may be missing, null or malformed."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return 0
+    return max(0, int(v))
