@@ -1,3 +1,3 @@
-"""tokenomy: one OpenAI- and Anthropic-compatible endpoint that meters, bills and routes LLM tokens."""
+"""tokenomy: an OpenAI- and Anthropic-compatible gateway that meters, bills and routes tokens."""
 
 __version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from tokenomy.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,245 @@
+"""Typed configuration: one YAML file (or the packaged default), validated once at start.
+
+Validation errors name the file, line and field, so ``tokenomy config check`` can point at
+the mistake. The loaded :class:`Config` is passed explicitly to whoever needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Dialect = Literal["openai", "anthropic"]
+Capability = Literal["tools", "vision", "json", "stream", "reasoning", "embeddings"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(4096, ge=1)
+    #: Seconds to wait for an upstream's first byte before falling back or answering 504.
+    first_byte_timeout_s: float = Field(60.0, gt=0)
+    #: Seconds an upstream may stay silent mid-stream before the stream is cut.
+    read_timeout_s: float = Field(120.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    #: Output cap used when a request gives no max_tokens and the model states no limit.
+    default_max_output_tokens: int = Field(4096, ge=1)
+
+
+class DatabaseConfig(_Strict):
+    url: str = "sqlite:///tokenomy.db"
+
+
+class WriterConfig(_Strict):
+    #: Group-commit interval; 0 makes every record synchronous (slow, but loses nothing).
+    flush_interval_ms: int = Field(100, ge=0, le=60_000)
+    batch_max: int = Field(2000, ge=1)
+
+
+class AdminConfig(_Strict):
+    #: Environment variable holding the admin key that guards /admin.
+    key_env: str = "TOKENOMY_ADMIN_KEY"
+
+
+class VendorConfig(_Strict):
+    """A vendor: a preset from the catalogue, optionally overridden field by field."""
+
+    preset: str | None = None
+    name: str | None = None
+    country: str | None = None
+    dialect: Dialect | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    auth: Literal["bearer", "x-api-key", "none"] | None = None
+    stream_usage: bool | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_connections: int = Field(256, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/") if v else v
+
+
+class DeploymentConfig(_Strict):
+    """One place a public model is served: a vendor and its upstream model id."""
+
+    vendor: str
+    model: str
+    weight: int = Field(1, ge=0)
+    region: str | None = None
+    context_length: int | None = Field(None, ge=1)
+    max_output: int | None = Field(None, ge=1)
+    capabilities: list[Capability] | None = None
+    #: Used only when no other deployment of the model is active (e.g. a simulator
+    #: standing in until a vendor key is configured).
+    standby: bool = False
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    description: str | None = None
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+
+
+class Config(_Strict):
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    writer: WriterConfig = WriterConfig()
+    admin: AdminConfig = AdminConfig()
+    vendors: dict[str, VendorConfig] = Field(default_factory=dict)
+    models: list[ModelConfig] = Field(default_factory=list)
+    #: Where the YAML came from, for messages; not part of the file.
+    source: str = "<defaults>"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names line and field."""
+
+
+def default_config_text() -> str:
+    return resources.files("tokenomy.catalog").joinpath("default-config.yaml").read_text()
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate a YAML config; ``None`` means the packaged default.
+
+    ``TOKENOMY_DATABASE_URL`` overrides ``database.url`` so one file serves SQLite and
+    PostgreSQL deployments alike.
+    """
+    if path is None:
+        text, source = default_config_text(), "<default config>"
+    else:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+        source = str(path)
+    cfg = parse_config(text, source)
+    db_url = os.environ.get("TOKENOMY_DATABASE_URL")
+    if db_url:
+        cfg = cfg.model_copy(update={"database": DatabaseConfig(url=db_url)})
+    return cfg
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, env: Mapping[str, str] | None = None) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` (line numbers are kept)."""
+    env = os.environ if env is None else env
+
+    def sub(m: re.Match[str]) -> str:
+        val = env.get(m.group(1))
+        if val:
+            return val
+        if m.group(2) is not None:
+            return m.group(2)
+        raise ConfigError(
+            f"environment variable {m.group(1)} is not set (referenced as {m.group(0)})"
+        )
+
+    return _ENV_REF.sub(sub, text)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    try:
+        text = expand_env(text)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    if "source" in data:
+        raise ConfigError(f"{source}: unknown field 'source'")
+    try:
+        cfg = Config.model_validate({**data, "source": source})
+    except ValidationError as e:
+        raise ConfigError(_describe(e, node, source)) from None
+    _check_references(cfg, node, source)
+    return cfg
+
+
+def _describe(err: ValidationError, root: yaml.Node | None, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        line = _line_of(root, loc)
+        where = f"{source}:{line}" if line else source
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        lines.append(f"{where}: {field}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node on ``loc`` that exists."""
+    best = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == part), None)
+            if nxt is None:
+                key = next((k for k, _ in node.value if k.value == part), None)
+                return key.start_mark.line + 1 if key is not None else best
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return best
+            node = node.value[part]
+        else:
+            return best
+        best = node.start_mark.line + 1
+    return best
+
+
+def _check_references(cfg: Config, root: yaml.Node | None, source: str) -> None:
+    """Cross-field checks pydantic cannot see: duplicate names, unknown vendors."""
+    from tokenomy.catalog.vendors import load_presets
+
+    presets = load_presets()
+    seen: dict[str, int] = {}
+    problems = []
+    for i, m in enumerate(cfg.models):
+        for name in [m.name, *m.aliases]:
+            if name in seen:
+                line = _line_of(root, ("models", i, "name"))
+                problems.append(f"{source}:{line}: models.{i}.name: '{name}' is defined twice")
+            seen[name] = i
+        for j, d in enumerate(m.deployments):
+            if d.vendor not in cfg.vendors and d.vendor not in presets:
+                line = _line_of(root, ("models", i, "deployments", j, "vendor"))
+                problems.append(
+                    f"{source}:{line}: models.{i}.deployments.{j}.vendor: unknown vendor "
+                    f"'{d.vendor}' (not in vendors: and no catalogue preset of that name)"
+                )
+    for name, v in cfg.vendors.items():
+        preset = v.preset or name
+        if preset not in presets and (v.base_url is None or v.dialect is None):
+            line = _line_of(root, ("vendors", name))
+            problems.append(
+                f"{source}:{line}: vendors.{name}: no catalogue preset '{preset}', so "
+                "base_url and dialect are required"
+            )
+    if problems:
+        raise ConfigError("\n".join(problems))
