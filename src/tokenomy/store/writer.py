@@ -1,0 +1,128 @@
+"""The batched durable writer: usage events are queued in memory and group-committed.
+
+The request path only appends to a list. A background task flushes every
+``flush_interval_ms`` (or sooner when ``batch_max`` events wait) in one transaction on a
+worker thread, so no request ever waits for the database. Inserts are idempotent by
+request id, so a replayed batch never counts twice. With an interval of 0 every submit
+is written before the request finishes (the synchronous mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, Table
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+log = logging.getLogger(__name__)
+
+
+def insert_ignoring_duplicates(
+    engine: Engine, table: Table, rows: Sequence[dict[str, Any]]
+) -> None:
+    """Insert rows in one transaction, skipping any whose primary key already exists."""
+    if not rows:
+        return
+    ins = pg_insert(table) if engine.dialect.name == "postgresql" else sqlite_insert(table)
+    stmt = ins.on_conflict_do_nothing()
+    with engine.begin() as conn:
+        conn.execute(stmt, list(rows))
+
+
+class BatchWriter:
+    """Group-commits rows for one table; ``submit`` never blocks on I/O."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        table: Table,
+        *,
+        flush_interval_ms: int = 100,
+        batch_max: int = 2000,
+        on_flushed: Callable[[Sequence[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._table = table
+        self._interval = flush_interval_ms / 1000
+        self._batch_max = batch_max
+        self._pending: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._on_flushed = on_flushed
+        self.written = 0
+        self.failures = 0
+
+    @property
+    def synchronous(self) -> bool:
+        return self._interval == 0
+
+    def start(self) -> None:
+        if self._task is None and not self.synchronous:
+            self._task = asyncio.create_task(self._run(), name=f"writer:{self._table.name}")
+
+    def submit(self, row: dict[str, Any]) -> None:
+        self._pending.append(row)
+        if len(self._pending) >= self._batch_max:
+            self._wake.set()
+
+    async def submit_and_wait(self, row: dict[str, Any]) -> None:
+        """Submit, and in synchronous mode return only once the row is committed."""
+        self.submit(row)
+        if self.synchronous:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything pending now; on failure keep it queued for the next try."""
+        async with self._lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(
+                    insert_ignoring_duplicates, self._engine, self._table, batch
+                )
+            except Exception:
+                self.failures += 1
+                log.exception("writing %d %s rows failed; will retry", len(batch), self._table.name)
+                self._pending[:0] = batch
+                raise
+            self.written += len(batch)
+            if self._on_flushed is not None:
+                self._on_flushed(batch)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                await asyncio.sleep(min(1.0, self._interval * 10))
+
+    async def close(self) -> None:
+        """Stop the loop and drain everything still queued (called on SIGTERM/shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for _ in range(3):
+            try:
+                await self.flush()
+                return
+            except Exception:
+                await asyncio.sleep(0.2)
+        log.error(
+            "%d %s rows could not be written at shutdown", len(self._pending), self._table.name
+        )
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
