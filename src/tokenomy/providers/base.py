@@ -1,0 +1,38 @@
+"""The provider interface: a few methods every vendor protocol implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from tokenomy.gateway.registry import Deployment
+from tokenomy.providers.sse import SSEEvent
+
+
+class UpstreamResponse(Protocol):
+    """A vendor's successful answer, status and headers already received."""
+
+    status: int
+
+    async def read(self) -> bytes: ...
+
+    def events(self) -> AsyncIterator[SSEEvent]: ...
+
+    def release(self) -> None: ...
+
+
+class Provider(Protocol):
+    """One vendor protocol (dialect) behind one pooled HTTP client.
+
+    ``send`` returns once the upstream has answered 2xx with its headers, and raises a
+    :class:`tokenomy.errors.GatewayError` otherwise, so the caller can fall back to another
+    deployment before any byte reaches the client.
+    """
+
+    dialect: str
+
+    async def send(
+        self, deployment: Deployment, endpoint: str, body: dict[str, Any], *, stream: bool
+    ) -> UpstreamResponse: ...
+
+    async def close(self) -> None: ...

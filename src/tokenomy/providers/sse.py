@@ -1,0 +1,65 @@
+"""Server-sent events: parsing an upstream byte stream, and framing events for a client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    event: str | None
+    data: bytes
+
+
+def parse_block(block: bytes) -> SSEEvent | None:
+    """One event from the lines between two blank lines; None for comments-only blocks."""
+    event: str | None = None
+    data: list[bytes] = []
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
+            v = line[5:]
+            data.append(v[1:] if v.startswith(b" ") else v)
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode()
+    if not data and event is None:
+        return None
+    return SSEEvent(event, b"\n".join(data))
+
+
+async def iter_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
+    """Split raw chunks into events; a trailing event without its blank line still counts."""
+    buf = b""
+    async for chunk in chunks:
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        buf += chunk
+        while True:
+            i = buf.find(b"\n\n")
+            if i < 0:
+                break
+            block, buf = buf[:i], buf[i + 2 :]
+            ev = parse_block(block)
+            if ev is not None:
+                yield ev
+    if buf.strip():
+        ev = parse_block(buf.strip(b"\n"))
+        if ev is not None:
+            yield ev
+
+
+def frame_data(data: bytes) -> bytes:
+    """An OpenAI-style ``data:`` event."""
+    return b"data: " + data + b"\n\n"
+
+
+def frame_event(event: str, data: bytes) -> bytes:
+    """An Anthropic-style named event."""
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def frame_json(event: str | None, obj: object) -> bytes:
+    data = orjson.dumps(obj)
+    return frame_event(event, data) if event else frame_data(data)
