@@ -1,0 +1,236 @@
+"""What a request costs: exact Decimal per component, rounded to nanos once per request.
+
+Order of application, for the tier chosen by the prompt length (every input token):
+
+1. an active promotion's price overrides replace the tier's prices;
+2. fallbacks fill the gaps (cache reads and writes at the input price, reasoning at output);
+3. token prices are scaled by the window multiplier (time of day), the promotion
+   multiplier and the batch multiplier; the per-request fee is not scaled;
+4. each component is ``tokens * price / 10**6`` exactly; the sum plus the fee is rounded
+   half-up to nanos once (:func:`tokenomy.billing.money.round_nanos`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Context, Decimal, localcontext
+from fractions import Fraction
+from typing import Final
+
+from tokenomy.billing.catalog import PriceVersion, PricingError, Promotion, TokenPrices
+from tokenomy.billing.fx import FxTable
+from tokenomy.billing.money import EXACT, MAX_DECIMAL_PLACES, Currency, Money, round_nanos
+from tokenomy.billing.windows import require_aware
+from tokenomy.gateway.usage import Usage
+
+_MILLION: Final = Decimal(10**6)
+_ONE: Final = Decimal(1)
+# Display only (never money): per-token price strings for /v1/models.
+_DISPLAY: Final = Context(prec=18, rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True, slots=True)
+class CostLine:
+    """One billed component: ``tokens`` at ``price_per_million`` (after every multiplier)."""
+
+    component: str
+    tokens: int
+    price_per_million: Decimal
+    amount: Decimal  # exact units, not rounded
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """The cost of one request and the price it was billed at."""
+
+    version_id: str
+    total: Money
+    exact: Decimal
+    lines: tuple[CostLine, ...]
+    tier: int
+    window: str | None
+    promotion: str | None
+    batch: bool
+
+    @property
+    def currency(self) -> Currency:
+        return self.total.currency
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    uncached: int
+    cached: int
+    write: int
+    plain_output: int
+    reasoning: int
+
+    @classmethod
+    def of(cls, usage: Usage) -> _Counts:
+        """Token counts per component, clamped so they never add up to more than reported."""
+        for name in ("input_tokens", "cached_tokens", "cache_write_tokens"):
+            _require_int(getattr(usage, name), name)
+        _require_int(usage.output_tokens, "output_tokens")
+        _require_int(usage.reasoning_tokens, "reasoning_tokens")
+        inp = max(0, usage.input_tokens)
+        cached = min(max(0, usage.cached_tokens), inp)
+        write = min(max(0, usage.cache_write_tokens), inp - cached)
+        out = max(0, usage.output_tokens)
+        reasoning = min(max(0, usage.reasoning_tokens), out)
+        return cls(inp - cached - write, cached, write, out - reasoning, reasoning)
+
+
+def _require_int(v: object, name: str) -> None:
+    if type(v) is not int:
+        raise TypeError(f"usage.{name} must be int, not {type(v).__name__}")
+
+
+def _scale(version: PriceVersion, at: datetime, batch: bool) -> Decimal:
+    window = version.window_at(at)
+    promo = version.promotion_at(at)
+    m = window.multiplier if window else _ONE
+    m *= promo.multiplier if promo else _ONE
+    if batch:
+        if version.batch_multiplier is None:
+            raise PricingError(f"{version.id} has no batch price")
+        m *= version.batch_multiplier
+    return m
+
+
+def _given_prices(version: PriceVersion, tier: int, promo: Promotion | None) -> TokenPrices:
+    """The tier's prices with the promotion's overrides, fallbacks not yet filled in."""
+    prices = version.tiers[tier].prices
+    return promo.applied_to(prices) if promo else prices
+
+
+def price_request(
+    version: PriceVersion, usage: Usage, *, at: datetime, batch: bool = False
+) -> Cost:
+    """The cost of ``usage`` under ``version`` at instant ``at`` (tz-aware)."""
+    require_aware(at)
+    if not version.covers(at):
+        raise PricingError(f"{version.id} does not apply at {at.isoformat()}")
+    counts = _Counts.of(usage)
+    tier = version.tier_index(counts.uncached + counts.cached + counts.write)
+    window, promo = version.window_at(at), version.promotion_at(at)
+    given = _given_prices(version, tier, promo)
+    p = given.resolved()
+    with localcontext(EXACT):
+        m = _scale(version, at, batch)
+        rows: list[tuple[str, int, Decimal]] = [
+            ("input", counts.uncached, p.input),
+            ("cached_input", counts.cached, _given(p.cached_input)),
+            ("cache_write", counts.write, _given(p.cache_write)),
+        ]
+        if given.reasoning is None:  # reasoning is billed as ordinary output
+            rows.append(("output", counts.plain_output + counts.reasoning, p.output))
+        else:
+            rows += [("output", counts.plain_output, p.output)]
+            rows += [("reasoning", counts.reasoning, _given(p.reasoning))]
+        lines = tuple(
+            CostLine(name, n, price * m, n * price * m / _MILLION) for name, n, price in rows if n
+        )
+        exact = sum((line.amount for line in lines), Decimal(0)) + p.request
+    if p.request:
+        lines += (CostLine("request", 1, p.request, p.request),)
+    return Cost(
+        version_id=version.id,
+        total=Money(round_nanos(exact), version.currency),
+        exact=exact,
+        lines=lines,
+        tier=tier,
+        window=window.name if window else None,
+        promotion=promo.name if promo else None,
+        batch=batch,
+    )
+
+
+def _given(v: Decimal | None) -> Decimal:
+    if v is None:  # resolved() fills every fallback, so this is a programming error
+        raise AssertionError("unresolved price")
+    return v
+
+
+def worst_case(
+    version: PriceVersion,
+    prompt_tokens: int,
+    max_output_tokens: int,
+    *,
+    at: datetime,
+    batch: bool = False,
+) -> Money:
+    """An upper bound of ``price_request`` for any usage within these limits, for holds.
+
+    Holds for any billing instant from ``at`` on: every tier up to the prompt's, every
+    window (when the call will be billed is not known yet), and every promotion not ended
+    by ``at``. Rounded up, not half-up, so the bound survives the actual cost's rounding.
+    """
+    require_aware(at)
+    _require_int(prompt_tokens, "prompt_tokens")
+    _require_int(max_output_tokens, "max_output_tokens")
+    prompt, out = max(0, prompt_tokens), max(0, max_output_tokens)
+    promos: list[Promotion | None] = [None]
+    promos += [p for p in version.promotions if p.ends is None or p.ends > at]
+    with localcontext(EXACT):
+        top_in = top_out = top_fee = Decimal(0)
+        for tier in range(version.tier_index(prompt) + 1):
+            for promo in promos:
+                p = _given_prices(version, tier, promo).resolved()
+                pm = promo.multiplier if promo else _ONE
+                inp = max(p.input, _given(p.cached_input), _given(p.cache_write))
+                top_in = max(top_in, inp * pm)
+                top_out = max(top_out, max(p.output, _given(p.reasoning)) * pm)
+                top_fee = max(top_fee, p.request)
+        m = max([_ONE, *(w.multiplier for w in version.windows)])
+        if batch:
+            m *= _scale_batch(version)
+        bound = (prompt * top_in + out * top_out) * m / _MILLION + top_fee
+        nanos = int(bound.scaleb(MAX_DECIMAL_PLACES).to_integral_value(rounding=ROUND_CEILING))
+    return Money(nanos, version.currency)
+
+
+def _scale_batch(version: PriceVersion) -> Decimal:
+    if version.batch_multiplier is None:
+        raise PricingError(f"{version.id} has no batch price")
+    return version.batch_multiplier
+
+
+def openrouter_pricing(
+    version: PriceVersion, *, at: datetime, fx: FxTable | None = None
+) -> dict[str, str]:
+    """OpenRouter-style ``pricing`` for ``/v1/models``: USD per token, as decimal strings.
+
+    Uses the shortest-prompt tier and the window and promotion active at ``at``; a
+    version priced in another currency is converted with ``fx``.
+    """
+    require_aware(at)
+    given = _given_prices(version, 0, version.promotion_at(at))
+    p = given.resolved()
+    rate = Fraction(1)
+    if version.currency is not Currency.USD:
+        if fx is None:
+            raise PricingError(f"{version.id} is priced in {version.currency}: pass an FxTable")
+        rate = fx.rate(version.currency, Currency.USD, at.date())
+    with localcontext(EXACT):
+        m = _scale(version, at, batch=False)
+    per_token = Fraction(m) * rate / 10**6
+    out = {
+        "prompt": _decimal_str(Fraction(p.input) * per_token),
+        "completion": _decimal_str(Fraction(p.output) * per_token),
+        "request": _decimal_str(Fraction(p.request) * rate),
+    }
+    if given.cached_input is not None:
+        out["input_cache_read"] = _decimal_str(Fraction(given.cached_input) * per_token)
+    if given.cache_write is not None:
+        out["input_cache_write"] = _decimal_str(Fraction(given.cache_write) * per_token)
+    if given.reasoning is not None:
+        out["internal_reasoning"] = _decimal_str(Fraction(given.reasoning) * per_token)
+    return out
+
+
+def _decimal_str(x: Fraction) -> str:
+    """A plain decimal string of ``x``, to 18 significant digits (prices are far shorter)."""
+    with localcontext(_DISPLAY):
+        d = Decimal(x.numerator) / Decimal(x.denominator)
+    return "0" if d.is_zero() else format(d.normalize(), "f")
