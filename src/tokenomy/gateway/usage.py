@@ -55,7 +55,7 @@ class Usage:
 
     @classmethod
     def from_anthropic(cls, u: dict[str, Any]) -> Usage:
-        """Read an Anthropic usage object, whose ``input_tokens`` excludes cache reads and writes."""
+        """Read Anthropic usage, whose ``input_tokens`` excludes cache reads and writes."""
         uncached = _int(u.get("input_tokens"))
         read = _int(u.get("cache_read_input_tokens"))
         write = _int(u.get("cache_creation_input_tokens"))

@@ -1,0 +1,115 @@
+"""What every /v1 route shares: reading bodies, authenticating, running the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tokenomy.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unauthorized
+from tokenomy.gateway.call import Call
+from tokenomy.services import Services
+from tokenomy.store.keys import ApiKey
+
+log = logging.getLogger(__name__)
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+
+#: Status recorded for a request whose client went away (nginx's convention).
+CLIENT_CLOSED = 499
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def presented_key(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key") or request.headers.get("api-key")
+
+
+def authenticate(request: web.Request, svc: Services) -> ApiKey:
+    secret = presented_key(request)
+    if not secret:
+        raise Unauthorized(
+            "You didn't provide an API key. Provide it as 'Authorization: Bearer <key>' "
+            "(or 'x-api-key: <key>')."
+        )
+    key = svc.key_cache.lookup(secret)
+    if key is None:
+        raise Unauthorized("Incorrect API key provided, or the key was revoked.")
+    return key
+
+
+async def read_json(request: web.Request, svc: Services) -> dict[str, Any]:
+    limit = svc.config.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"The request body is larger than the limit of {limit} bytes."
+        ) from None
+    if not raw:
+        raise InvalidRequest("The request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequest(f"The request body is not valid JSON: {e}.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+async def serve_call(request: web.Request, svc: Services, call: Call) -> web.StreamResponse:
+    """Run a call through the pipeline and answer the client; records it exactly once."""
+    pipeline = svc.pipeline
+    relay = None
+    try:
+        pipeline.route(call)
+        outcome = await pipeline.open(call)
+        if outcome.relay is None:
+            return web.Response(
+                body=outcome.body, headers=outcome.headers, content_type="application/json"
+            )
+        relay = outcome.relay
+        resp = web.StreamResponse(
+            headers={
+                **outcome.headers,
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+            }
+        )
+        await resp.prepare(request)
+        chunks = relay.chunks()
+        try:
+            async for chunk in chunks:
+                await resp.write(chunk)
+        except ConnectionResetError:
+            call.status, call.http_status = "cancelled", CLIENT_CLOSED
+            return resp
+        finally:
+            await chunks.aclose()
+        await resp.write_eof()
+        return resp
+    except GatewayError as e:
+        pipeline.fail(call, e)
+        raise
+    except asyncio.CancelledError:
+        call.status, call.http_status = "cancelled", CLIENT_CLOSED
+        raise
+    except Exception:
+        call.status, call.http_status, call.error_code = "error", 500, "internal_error"
+        raise
+    finally:
+        pipeline.finish(call, relay)
+        if svc.usage_writer.synchronous:
+            await asyncio.shield(svc.usage_writer.flush())

@@ -1,0 +1,114 @@
+"""OpenAI-dialect routes: chat completions, legacy completions, embeddings, models."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tokenomy.api.edge import authenticate, read_json, serve_call, services
+from tokenomy.gateway import validation
+from tokenomy.gateway.call import Call
+from tokenomy.gateway.registry import ModelRoute
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    key = authenticate(request, svc)
+    body = await read_json(request, svc)
+    model = validation.require_model(body)
+    stream = validation.check_chat(body, svc.config.server.max_messages)
+    opts = body.get("stream_options") or {}
+    call = Call(
+        endpoint="chat",
+        dialect="openai",
+        body=body,
+        model=model,
+        stream=stream,
+        key=key,
+        wants_usage=bool(opts.get("include_usage")),
+    )
+    return await serve_call(request, svc, call)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    key = authenticate(request, svc)
+    body = await read_json(request, svc)
+    model = validation.require_model(body)
+    stream = validation.check_completions(body)
+    opts = body.get("stream_options") or {}
+    call = Call(
+        endpoint="completions",
+        dialect="openai",
+        body=body,
+        model=model,
+        stream=stream,
+        key=key,
+        wants_usage=isinstance(opts, dict) and bool(opts.get("include_usage")),
+    )
+    return await serve_call(request, svc, call)
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    key = authenticate(request, svc)
+    body = await read_json(request, svc)
+    model = validation.require_model(body)
+    validation.check_embeddings(body)
+    call = Call(
+        endpoint="embeddings", dialect="openai", body=body, model=model, stream=False, key=key
+    )
+    return await serve_call(request, svc, call)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    svc = services(request)
+    key = authenticate(request, svc)
+    created = int(time.time())
+    data = [
+        model_card(r, created, svc.model_pricing(r))
+        for r in svc.registry.routes
+        if key.may_use(r.name)
+    ]
+    return web.Response(
+        body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
+    )
+
+
+async def get_model(request: web.Request) -> web.Response:
+    svc = services(request)
+    key = authenticate(request, svc)
+    route = svc.registry.resolve(request.match_info["model"])
+    if not key.may_use(route.name):
+        route = svc.registry.resolve("\0")  # same 404 as an unknown model: do not leak names
+    card = model_card(route, int(time.time()), svc.model_pricing(route))
+    return web.Response(body=orjson.dumps(card), content_type="application/json")
+
+
+def model_card(route: ModelRoute, created: int, pricing: dict[str, str] | None) -> dict[str, Any]:
+    vendors = sorted({d.vendor.name for d in route.deployments})
+    card: dict[str, Any] = {
+        "id": route.name,
+        "object": "model",
+        "created": created,
+        "owned_by": ", ".join(vendors),
+        "context_length": route.context_length,
+        "max_output_tokens": route.max_output,
+        "deployments": [d.id for d in route.deployments],
+    }
+    if route.description:
+        card["description"] = route.description
+    if pricing is not None:
+        card["pricing"] = pricing
+    return card
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)

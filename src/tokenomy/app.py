@@ -1,0 +1,92 @@
+"""create_app(config): build the services once and wire the HTTP routes over them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import orjson
+from aiohttp import web
+
+from tokenomy.api import admin, anthropic_routes, openai_routes
+from tokenomy.api.edge import SERVICES
+from tokenomy.config import Config
+from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from tokenomy.services import Services, build_services
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _render(err: GatewayError, request: web.Request) -> web.Response:
+    anthropic = request.path.startswith("/v1/messages")
+    return web.Response(
+        body=err.anthropic_body() if anthropic else err.openai_body(),
+        status=err.status,
+        headers=err.response_headers(),
+        content_type="application/json",
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as JSON in the route's dialect: never a traceback or HTML page."""
+    try:
+        return await handler(request)
+    except GatewayError as e:
+        return _render(e, request)
+    except web.HTTPException as e:
+        if e.status == 404:
+            return _render(
+                NotFound(f"Unknown endpoint {request.method} {request.path}.", code="unknown_url"),
+                request,
+            )
+        if e.status == 405:
+            err = InvalidRequest(f"Method {request.method} is not allowed on {request.path}.")
+            err.status = 405
+            return _render(err, request)
+        if e.status == 413:
+            return _render(PayloadTooLarge("The request body is too large."), request)
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        err = GatewayError("The gateway hit an internal error; the request was not completed.")
+        return _render(err, request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    body = {
+        "status": "ok",
+        "models": len(svc.registry.routes),
+        "writer_pending": svc.usage_writer.pending,
+    }
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def create_app(config: Config, env: Mapping[str, str] | None = None) -> web.Application:
+    svc = build_services(config, env)
+    return app_for(svc)
+
+
+def app_for(svc: Services) -> web.Application:
+    # Bodies are bounded by our own check (for a JSON error); aiohttp's cap sits just above it.
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=svc.config.server.max_body_bytes + 1
+    )
+    app[SERVICES] = svc
+    openai_routes.add_routes(app)
+    anthropic_routes.add_routes(app)
+    admin.add_routes(app)
+    app.router.add_get("/healthz", healthz)
+
+    async def on_startup(_app: web.Application) -> None:
+        await svc.start()
+
+    async def on_cleanup(_app: web.Application) -> None:
+        await svc.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app

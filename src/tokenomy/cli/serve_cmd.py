@@ -1,0 +1,168 @@
+"""``tokenomy serve``, ``tokenomy sim`` and ``tokenomy demo``: running the servers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tokenomy.app import app_for
+from tokenomy.cli.common import add_config_arg, config_from, database, fail
+from tokenomy.config import DatabaseConfig
+from tokenomy.services import build_services
+from tokenomy.store.keys import KeyStore
+
+DEMO_SIM_PORT = 8001
+
+
+def register(sub: Any) -> None:
+    s = sub.add_parser("serve", help="run the gateway")
+    add_config_arg(s)
+    s.add_argument("--host", help="bind address (default: from config, 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default: from config, 8000)")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=serve)
+
+    sim = sub.add_parser("sim", help="run the vendor simulator (OpenAI and Anthropic dialects)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=DEMO_SIM_PORT)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
+    sim.add_argument("--tps", type=float, default=0.0, help="tokens per second (0: unthrottled)")
+    sim.add_argument("--output-tokens", type=int, default=64, help="default answer length")
+    sim.add_argument("--error-rate", type=float, default=0.0, help="share of 500 answers")
+    sim.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of 429 answers")
+    sim.add_argument(
+        "--timeout-rate", type=float, default=0.0, help="share of requests left hanging"
+    )
+    sim.add_argument("--disconnect-rate", type=float, default=0.0, help="share of streams cut")
+    sim.set_defaults(func=sim_cmd)
+
+    d = sub.add_parser("demo", help="run the gateway with the simulator, a demo database and key")
+    d.add_argument("--port", type=int, default=8000)
+    d.add_argument("--sim-port", type=int, default=DEMO_SIM_PORT)
+    d.add_argument("--dir", default=".demo", help="where the demo database lives")
+    d.set_defaults(func=demo)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def serve(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    cfg = config_from(args)
+    host = args.host or cfg.server.host
+    port = args.port if args.port is not None else cfg.server.port
+    _install_uvloop()
+    app = app_for(build_services(cfg))
+    db = cfg.database.url.split(":")[0]
+    print(f"tokenomy gateway on http://{host}:{port}/v1 ({cfg.source}, {db})", flush=True)
+    # run_app handles SIGINT and SIGTERM by running on_cleanup, which drains the writer.
+    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+    return 0
+
+
+def _sim_settings(args: argparse.Namespace) -> Any:
+    from tokenomy.sim.settings import SimSettings
+
+    return SimSettings(
+        seed=args.seed,
+        ttft_ms=args.ttft_ms,
+        tokens_per_second=args.tps,
+        default_output_tokens=args.output_tokens,
+        error_rate=args.error_rate,
+        rate_limit_rate=args.rate_limit_rate,
+        timeout_rate=args.timeout_rate,
+        disconnect_rate=args.disconnect_rate,
+    )
+
+
+def sim_cmd(args: argparse.Namespace) -> int:
+    from tokenomy.sim.server import run_sim
+
+    _install_uvloop()
+    run_sim(args.host, args.port, _sim_settings(args))
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    _setup_logging("warning")
+    workdir = Path(args.dir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["TOKENOMY_SIM_URL"] = f"http://127.0.0.1:{args.sim_port}/v1"
+    admin_key = os.environ.setdefault("TOKENOMY_ADMIN_KEY", "tk-admin-" + secrets.token_urlsafe(12))
+    args.config = os.environ.get("TOKENOMY_CONFIG")
+    cfg = config_from(args)
+    if not os.environ.get("TOKENOMY_DATABASE_URL"):
+        url = f"sqlite:///{(workdir / 'tokenomy.db').resolve()}"
+        cfg = cfg.model_copy(update={"database": DatabaseConfig(url=url)})
+    secret, _ = KeyStore(database(cfg)).create("demo")
+    _install_uvloop()
+    try:
+        asyncio.run(_run_demo(cfg, args.port, args.sim_port, secret, admin_key))
+    except OSError as e:
+        fail(f"cannot start the demo: {e}")
+    return 0
+
+
+async def _run_demo(cfg: Any, port: int, sim_port: int, secret: str, admin_key: str) -> None:
+    from tokenomy.sim.server import create_sim_app
+    from tokenomy.sim.settings import SimSettings
+
+    sim_runner = web.AppRunner(create_sim_app(SimSettings(ttft_ms=150, tokens_per_second=80)))
+    gw_runner = web.AppRunner(app_for(build_services(cfg)), access_log=None)
+    await sim_runner.setup()
+    await web.TCPSite(sim_runner, "127.0.0.1", sim_port).start()
+    await gw_runner.setup()
+    await web.TCPSite(gw_runner, "127.0.0.1", port).start()
+    print(_demo_banner(port, sim_port, secret, admin_key), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await gw_runner.cleanup()
+    await sim_runner.cleanup()
+
+
+def _demo_banner(port: int, sim_port: int, secret: str, admin_key: str) -> str:
+    base = f"http://127.0.0.1:{port}/v1"
+    return f"""
+tokenomy demo is running: gateway {base}, simulated vendors on 127.0.0.1:{sim_port}
+(the simulator stands in for vendors without a key; its answers start with "[simulated]")
+
+  API key:   {secret}
+  admin key: {admin_key}
+
+  curl {base}/chat/completions \\
+    -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" \\
+    -d '{{"model": "deepseek-chat", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  python -c 'from openai import OpenAI
+c = OpenAI(base_url="{base}", api_key="{secret}")
+r = c.chat.completions.create(model="sim-small", messages=[{{"role": "user", "content": "Hi"}}])
+print(r.choices[0].message.content)'
+
+  models: curl -s {base}/models -H "Authorization: Bearer {secret}"
+Press Ctrl-C to stop.
+"""

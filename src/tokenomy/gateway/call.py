@@ -1,0 +1,73 @@
+"""The state of one request as it moves through the pipeline."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenomy.gateway.registry import Deployment, ModelRoute
+from tokenomy.gateway.usage import Usage
+from tokenomy.store.keys import ApiKey
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request: what was asked, and what happened to it.
+
+    ``endpoint`` is the client's operation (chat, messages, completions, embeddings) and
+    ``dialect`` the protocol it spoke (openai or anthropic).
+    """
+
+    endpoint: str
+    dialect: str
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    key: ApiKey
+    route: ModelRoute | None = None
+    request_id: str = field(default_factory=new_request_id)
+    started: float = field(default_factory=time.perf_counter)
+    ts_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    #: The client asked for a usage chunk at the end of an OpenAI stream.
+    wants_usage: bool = False
+    deployment: Deployment | None = None
+    attempts: int = 0
+    first_token_at: float | None = None
+    usage: Usage | None = None
+    #: Text the upstream produced, kept only until usage is known (for local counting).
+    output_text: list[str] = field(default_factory=list)
+    status: str = "ok"
+    http_status: int = 200
+    error_code: str | None = None
+    finished: bool = False
+    #: Arbitrary per-stage state (holds, tickets) keyed by the stage that owns it.
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def mark_first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+
+    @property
+    def latency_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+    @property
+    def ttft_ms(self) -> int | None:
+        if self.first_token_at is None:
+            return None
+        return int((self.first_token_at - self.started) * 1000)
+
+    def max_output_tokens(self, default: int) -> int:
+        """The most output this call may produce: its own cap, else the model's, else default."""
+        b = self.body
+        cap = b.get("max_completion_tokens") or b.get("max_tokens")
+        limit = self.route.max_output if self.route is not None else None
+        if isinstance(cap, int) and cap > 0:
+            return min(cap, limit) if limit else cap
+        return limit or default

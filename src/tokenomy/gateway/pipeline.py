@@ -1,0 +1,239 @@
+"""The request pipeline: authorize → admit → route → reserve → call → meter → settle → record.
+
+The HTTP layer authenticates and parses; this module does the rest with no database
+round-trip: stages (admission, ledger holds) run before the vendor call and settle after,
+the provider is called with fallbacks, usage is metered, and one usage record is queued
+for the batched writer, exactly once per call, whatever happens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from tokenomy.config import ServerConfig
+from tokenomy.errors import (
+    GatewayError,
+    InvalidRequest,
+    PermissionDenied,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from tokenomy.gateway.call import Call
+from tokenomy.gateway.metering import (
+    anthropic_response_text,
+    count_prompt,
+    counted_usage,
+    openai_response_text,
+)
+from tokenomy.gateway.registry import Deployment, Registry
+from tokenomy.gateway.relay import StreamRelay
+from tokenomy.gateway.tokencount import TokenCounter
+from tokenomy.gateway.usage import Usage
+from tokenomy.providers.base import Provider
+from tokenomy.providers.translate_request import (
+    anthropic_request_to_openai,
+    openai_request_to_anthropic,
+)
+from tokenomy.providers.translate_response import (
+    anthropic_response_to_openai,
+    openai_response_to_anthropic,
+)
+
+log = logging.getLogger(__name__)
+
+#: Errors after which the next deployment is tried (nothing has reached the client yet).
+RETRYABLE = (RateLimited, UpstreamError, UpstreamTimeout)
+
+
+class Stage(Protocol):
+    """A step around the vendor call, such as admission control or a ledger hold.
+
+    ``before`` may raise a GatewayError to refuse the call; ``after`` runs exactly once for
+    every call whose ``before`` returned, once usage is known (or the call failed).
+    """
+
+    async def before(self, call: Call) -> None: ...
+
+    def after(self, call: Call) -> None: ...
+
+
+@dataclass(slots=True)
+class Outcome:
+    headers: dict[str, str]
+    body: bytes | None = None
+    relay: StreamRelay | None = None
+    status: int = 200
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        registry: Registry,
+        providers: Mapping[str, Provider],
+        counter: TokenCounter,
+        record: Callable[[Call], None],
+        server: ServerConfig,
+        stages: Sequence[Stage] = (),
+    ) -> None:
+        self.registry = registry
+        self.providers = providers
+        self.counter = counter
+        self._record = record
+        self.server = server
+        self.stages = list(stages)
+
+    def route(self, call: Call) -> None:
+        """Resolve the model and check the key may use it (raises 404/403)."""
+        call.route = self.registry.resolve(call.model)
+        if not call.key.may_use(call.model) and not call.key.may_use(call.route.name):
+            raise PermissionDenied(
+                f"This API key is not allowed to use the model '{call.model}'.", param="model"
+            )
+
+    async def open(self, call: Call) -> Outcome:
+        """Run the stages and call the vendor, falling back across deployments.
+
+        Returns once the client's response can start: the whole body, or a relay whose
+        stream has been accepted upstream.
+        """
+        if call.route is None:
+            self.route(call)
+        passed: list[Stage] = []
+        call.extras["stages"] = passed
+        for stage in self.stages:
+            await stage.before(call)
+            passed.append(stage)
+        last: GatewayError | None = None
+        for dep in self.candidates(call):
+            provider = self.providers[dep.vendor.key]
+            call.attempts += 1
+            call.deployment = dep
+            try:
+                return await self._attempt(call, dep, provider)
+            except RETRYABLE as e:
+                log.info("request %s: %s failed (%s); trying the next", call.request_id, dep.id, e)
+                last = e
+        call.deployment = None
+        assert last is not None
+        raise last
+
+    def candidates(self, call: Call) -> list[Deployment]:
+        assert call.route is not None
+        needs = required_capabilities(call)
+        openai_only = call.endpoint in ("completions", "embeddings")
+        deps = [
+            d
+            for d in call.route.deployments
+            if needs <= d.capabilities and not (openai_only and d.vendor.dialect != "openai")
+        ]
+        if not deps:
+            what = ", ".join(sorted(needs)) or call.endpoint
+            raise InvalidRequest(
+                f"No deployment of the model '{call.model}' supports {what}.", param="model"
+            )
+        return deps
+
+    async def _attempt(self, call: Call, dep: Deployment, provider: Provider) -> Outcome:
+        endpoint, body = self._upstream_request(call, provider.dialect)
+        resp = await provider.send(dep, endpoint, body, stream=call.stream)
+        headers = {"x-request-id": call.request_id, "x-tokenomy-deployment": dep.id}
+        if call.stream:
+            relay = StreamRelay(
+                call,
+                resp,
+                provider.dialect,
+                prompt_tokens_hint=lambda: count_prompt(self.counter, call),
+            )
+            return Outcome(headers=headers, relay=relay)
+        raw = await resp.read()
+        call.mark_first_token()
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"{dep.vendor.name} answered with invalid JSON.") from None
+        if not isinstance(obj, dict):
+            raise UpstreamError(f"{dep.vendor.name} answered with an unexpected body.")
+        body_out = self._client_body(call, provider.dialect, obj, raw)
+        return Outcome(headers=headers, body=body_out)
+
+    def _upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
+        if call.endpoint == "chat" and dialect == "anthropic":
+            cap = call.max_output_tokens(self.server.default_max_output_tokens)
+            return "messages", openai_request_to_anthropic(call.body, default_max_tokens=cap)
+        if call.endpoint == "messages" and dialect == "openai":
+            return "chat", anthropic_request_to_openai(call.body)
+        return call.endpoint, call.body
+
+    def _client_body(self, call: Call, dialect: str, obj: dict[str, Any], raw: bytes) -> bytes:
+        """Meter a whole answer and give it to the client in its dialect."""
+        u = obj.get("usage")
+        if dialect == "openai":
+            if isinstance(u, dict):
+                call.usage = Usage.from_openai(u)
+            else:
+                call.output_text.append(openai_response_text(obj))
+            if call.dialect == "openai":
+                return raw
+            return orjson.dumps(openai_response_to_anthropic(obj, model=call.model))
+        if isinstance(u, dict):
+            call.usage = Usage.from_anthropic(u)
+        else:
+            call.output_text.append(anthropic_response_text(obj))
+        if call.dialect == "anthropic":
+            return raw
+        return orjson.dumps(anthropic_response_to_openai(obj, model=call.model))
+
+    def fail(self, call: Call, err: GatewayError) -> None:
+        call.status = "error"
+        call.http_status = err.status
+        call.error_code = err.code or err.type
+
+    def finish(self, call: Call, relay: StreamRelay | None = None) -> None:
+        """Meter, settle and record the call: safe to call many times, acts once."""
+        if call.finished:
+            return
+        call.finished = True
+        if call.usage is None:
+            produced = call.deployment is not None and (call.output_text or relay is not None)
+            call.usage = counted_usage(self.counter, call) if produced else Usage()
+        for stage in reversed(call.extras.get("stages", ())):
+            try:
+                stage.after(call)
+            except Exception:
+                log.exception("request %s: settling %s failed", call.request_id, stage)
+        call.output_text.clear()
+        self._record(call)
+
+
+def required_capabilities(call: Call) -> frozenset[str]:
+    b = call.body
+    needs = set()
+    if b.get("tools") or b.get("functions"):
+        needs.add("tools")
+    rf = b.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema"):
+        needs.add("json")
+    if call.endpoint in ("chat", "messages") and _has_image(b.get("messages") or ()):
+        needs.add("vision")
+    return frozenset(needs)
+
+
+def _has_image(messages: Any) -> bool:
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") in (
+                    "image_url",
+                    "image",
+                    "input_image",
+                ):
+                    return True
+    return False

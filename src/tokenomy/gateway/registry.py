@@ -1,0 +1,177 @@
+"""Models and deployments resolved from config, catalogue presets and the environment.
+
+Built once at start; the request path only does dictionary look-ups here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tokenomy.catalog.vendors import CatalogModel, VendorPreset, load_presets
+from tokenomy.config import Config, DeploymentConfig, VendorConfig
+from tokenomy.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+ALL_CAPABILITIES = frozenset({"tools", "vision", "json", "stream", "reasoning"})
+
+
+@dataclass(frozen=True, slots=True)
+class Vendor:
+    key: str
+    name: str
+    country: str | None
+    dialect: str
+    base_url: str
+    auth: str
+    api_key: str | None = field(repr=False)
+    api_key_env: str | None
+    stream_usage: bool
+    headers: Mapping[str, str]
+    max_connections: int
+    catalog: Mapping[str, CatalogModel] = field(default_factory=dict, repr=False)
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.auth == "none" or self.api_key_env is None or bool(self.api_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    id: str
+    vendor: Vendor
+    upstream_model: str
+    weight: int
+    region: str | None
+    context_length: int | None
+    max_output: int | None
+    capabilities: frozenset[str]
+    standby: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    name: str
+    description: str | None
+    deployments: tuple[Deployment, ...]
+
+    @property
+    def context_length(self) -> int | None:
+        lengths = [d.context_length for d in self.deployments if d.context_length]
+        return min(lengths) if lengths else None
+
+    @property
+    def max_output(self) -> int | None:
+        outs = [d.max_output for d in self.deployments if d.max_output]
+        return min(outs) if outs else None
+
+
+class Registry:
+    """Public model names (and aliases) to their active deployments."""
+
+    def __init__(self, routes: dict[str, ModelRoute], aliases: dict[str, str]) -> None:
+        self._routes = routes
+        self._by_name = {
+            **{n: routes[n] for n in routes},
+            **{a: routes[t] for a, t in aliases.items()},
+        }
+
+    def resolve(self, model: str) -> ModelRoute:
+        route = self._by_name.get(model)
+        if route is None:
+            raise NotFound(
+                f"The model '{model}' does not exist or is not served here.", param="model"
+            )
+        return route
+
+    def get(self, model: str) -> ModelRoute | None:
+        return self._by_name.get(model)
+
+    @property
+    def routes(self) -> list[ModelRoute]:
+        return list(self._routes.values())
+
+    def vendors(self) -> list[Vendor]:
+        seen: dict[str, Vendor] = {}
+        for r in self._routes.values():
+            for d in r.deployments:
+                seen.setdefault(d.vendor.key, d.vendor)
+        return list(seen.values())
+
+
+def build_registry(cfg: Config, env: Mapping[str, str] | None = None) -> Registry:
+    """Resolve every model's deployments; drop those whose vendor lacks credentials."""
+    env = os.environ if env is None else env
+    presets = load_presets()
+    vendors: dict[str, Vendor] = {}
+    routes: dict[str, ModelRoute] = {}
+    aliases: dict[str, str] = {}
+    for m in cfg.models:
+        deps = []
+        for d in m.deployments:
+            vendor = vendors.get(d.vendor)
+            if vendor is None:
+                vendor = vendors[d.vendor] = _vendor(
+                    d.vendor, cfg.vendors.get(d.vendor), presets, env
+                )
+            deps.append(_deployment(d, vendor))
+        active = [d for d in deps if d.vendor.has_credentials and not d.standby]
+        if not active:
+            active = [d for d in deps if d.vendor.has_credentials and d.standby]
+        skipped = [d.id for d in deps if d not in active and not d.standby]
+        if skipped:
+            log.info("model %s: inactive deployments (no credentials): %s", m.name, skipped)
+        if not active:
+            log.warning("model %s has no active deployment and is not served", m.name)
+            continue
+        routes[m.name] = ModelRoute(m.name, m.description, tuple(active))
+        aliases.update({a: m.name for a in m.aliases})
+    return Registry(routes, aliases)
+
+
+def _vendor(
+    key: str, vc: VendorConfig | None, presets: Mapping[str, VendorPreset], env: Mapping[str, str]
+) -> Vendor:
+    vc = vc or VendorConfig()
+    p = presets.get(vc.preset or key)
+    base_url = vc.base_url or (p.base_url if p else "")
+    key_env = vc.api_key_env if vc.api_key_env is not None else (p.api_key_env if p else None)
+    return Vendor(
+        key=key,
+        name=vc.name or (p.name if p else key),
+        country=vc.country or (p.country if p else None),
+        dialect=vc.dialect or (p.dialect if p else "openai"),
+        base_url=base_url,
+        auth=vc.auth or (p.auth if p else "bearer"),
+        api_key=env.get(key_env) if key_env else None,
+        api_key_env=key_env,
+        stream_usage=vc.stream_usage
+        if vc.stream_usage is not None
+        else (p.stream_usage if p else True),
+        headers=dict(vc.headers),
+        max_connections=vc.max_connections,
+        catalog=p.models if p else {},
+    )
+
+
+def _deployment(d: DeploymentConfig, vendor: Vendor) -> Deployment:
+    cm = vendor.catalog.get(d.model)
+    caps = (
+        frozenset(d.capabilities)
+        if d.capabilities is not None
+        else (cm.capabilities if cm and cm.capabilities else ALL_CAPABILITIES)
+    )
+    return Deployment(
+        id=f"{vendor.key}/{d.model}",
+        vendor=vendor,
+        upstream_model=d.model,
+        weight=d.weight,
+        region=d.region,
+        context_length=d.context_length or (cm.context_length if cm else None),
+        max_output=d.max_output or (cm.max_output if cm else None),
+        capabilities=caps,
+        standby=d.standby,
+    )

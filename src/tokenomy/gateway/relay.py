@@ -1,0 +1,192 @@
+"""Streaming relay: upstream SSE events to client SSE bytes, metering as they pass.
+
+When client and upstream speak the same dialect, events are passed through unchanged
+and only the few that carry usage are parsed; otherwise every event is translated.
+Produced text is not decoded on the way: raw deltas are kept and decoded only if the
+vendor never reports usage (a cut-off stream or a silent vendor).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tokenomy.errors import GatewayError, UpstreamError, UpstreamTimeout
+from tokenomy.gateway.call import Call
+from tokenomy.gateway.metering import anthropic_delta_text, openai_chunk_text
+from tokenomy.gateway.usage import Usage
+from tokenomy.providers.base import UpstreamResponse
+from tokenomy.providers.sse import frame_data, frame_event, frame_json
+from tokenomy.providers.translate_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
+
+log = logging.getLogger(__name__)
+
+DONE = b"data: [DONE]\n\n"
+_STREAM_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
+
+
+def _has_usage(data: bytes) -> bool:
+    """Whether an OpenAI chunk carries a non-null usage object, without parsing it."""
+    i = data.find(b'"usage"')
+    if i < 0:
+        return False
+    rest = data[i + 7 : i + 16].lstrip(b": ")
+    return not rest.startswith(b"null")
+
+
+class StreamRelay:
+    """Turns one upstream stream into client bytes and records usage on the call."""
+
+    def __init__(
+        self,
+        call: Call,
+        upstream: UpstreamResponse,
+        upstream_dialect: str,
+        *,
+        prompt_tokens_hint: Callable[[], int],
+    ) -> None:
+        self.call = call
+        self.upstream = upstream
+        self.upstream_dialect = upstream_dialect
+        self._hint = prompt_tokens_hint
+        self._raw: list[bytes] = []
+        self.completed = False
+
+    def output_text(self) -> str:
+        """Decode what was produced so far (only needed when usage never arrived)."""
+        decode = openai_chunk_text if self.upstream_dialect == "openai" else anthropic_delta_text
+        return "".join(decode(d) for d in self._raw)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        relay: Callable[[], AsyncIterator[bytes]]
+        c, u = self.call.dialect, self.upstream_dialect
+        if c == u == "openai":
+            relay = self._openai_passthrough
+        elif c == u == "anthropic":
+            relay = self._anthropic_passthrough
+        elif u == "openai":
+            relay = self._openai_to_anthropic
+        else:
+            relay = self._anthropic_to_openai
+        try:
+            async for b in relay():
+                yield b
+            if not self.completed:
+                err = UpstreamError("The upstream stream ended before it was complete.")
+                self._fail(err)
+                yield self._error_frame(err)
+        except _STREAM_ERRORS as e:
+            err: GatewayError = (
+                UpstreamTimeout("The upstream stream stalled and was cut off.")
+                if isinstance(e, TimeoutError)
+                else UpstreamError(f"The upstream stream broke off: {type(e).__name__}.")
+            )
+            self._fail(err)
+            yield self._error_frame(err)
+        finally:
+            self.upstream.release()
+            if self.call.usage is None and self._raw:
+                self.call.output_text.append(self.output_text())
+
+    def _fail(self, err: GatewayError) -> None:
+        self.call.status = "upstream_cut"
+        self.call.error_code = err.code
+
+    def _error_frame(self, err: GatewayError) -> bytes:
+        # Headers are gone by now; the error travels in-band, as vendors send it.
+        if self.call.dialect == "anthropic":
+            return frame_event("error", err.anthropic_body())
+        return frame_data(err.openai_body())
+
+    async def _openai_passthrough(self) -> AsyncIterator[bytes]:
+        call, raw = self.call, self._raw
+        async for ev in self.upstream.events():
+            d = ev.data
+            if d == b"[DONE]":
+                self.completed = True
+                yield DONE
+                continue
+            call.mark_first_token()
+            if _has_usage(d):
+                obj = orjson.loads(d)
+                call.usage = Usage.from_openai(obj["usage"])
+                if not obj.get("choices") and not call.wants_usage:
+                    continue  # the client did not ask for the usage chunk we added
+            raw.append(d)
+            yield frame_data(d)
+
+    async def _anthropic_passthrough(self) -> AsyncIterator[bytes]:
+        call, raw = self.call, self._raw
+        usage: dict[str, Any] = {}
+        async for ev in self.upstream.events():
+            name, d = ev.event or "message", ev.data
+            if name == "content_block_delta":
+                call.mark_first_token()
+                raw.append(d)
+            elif name == "message_start":
+                usage.update((orjson.loads(d).get("message") or {}).get("usage") or {})
+            elif name == "message_delta":
+                # Cumulative counts: the last value wins, never a sum.
+                usage.update(orjson.loads(d).get("usage") or {})
+                call.usage = Usage.from_anthropic(usage)
+            elif name == "message_stop":
+                self.completed = True
+            elif name == "error":
+                self.call.status = "upstream_error"
+            yield frame_event(name, d)
+
+    async def _openai_to_anthropic(self) -> AsyncIterator[bytes]:
+        call = self.call
+        tr = OpenAIToAnthropicStream(
+            model=call.model,
+            message_id="msg_" + call.request_id[4:],
+            input_tokens_hint=self._hint(),
+        )
+        async for ev in self.upstream.events():
+            if ev.data == b"[DONE]":
+                self.completed = True
+                break
+            call.mark_first_token()
+            obj = orjson.loads(ev.data)
+            if obj.get("usage"):
+                call.usage = Usage.from_openai(obj["usage"])
+            if obj.get("choices"):
+                self._raw.append(ev.data)
+            for name, data in tr.feed(obj):
+                yield frame_json(name, data)
+        if not self.completed:
+            return  # cut off: no message_stop; chunks() sends the error event
+        for name, data in tr.finish(call.usage):
+            yield frame_json(name, data)
+
+    async def _anthropic_to_openai(self) -> AsyncIterator[bytes]:
+        call = self.call
+        tr = AnthropicToOpenAIStream(
+            model=call.model,
+            completion_id="chatcmpl-" + call.request_id[4:],
+            created=call.ts_ms // 1000,
+            include_usage=call.wants_usage,
+        )
+        async for ev in self.upstream.events():
+            name = ev.event or "message"
+            if name == "ping":
+                continue
+            obj = orjson.loads(ev.data)
+            if name == "content_block_delta":
+                call.mark_first_token()
+                self._raw.append(ev.data)
+            elif name == "error":
+                call.status = "upstream_error"
+                yield frame_json(None, {"error": obj.get("error") or obj})
+                return
+            for chunk in tr.feed(name, obj):
+                yield frame_json(None, chunk)
+            if tr.usage is not None:
+                call.usage = tr.usage
+            if name == "message_stop":
+                self.completed = True
+                yield DONE

@@ -1,0 +1,146 @@
+"""Shared fixtures: a simulator and a gateway on real sockets, driven by real clients."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from tests.servers import ThreadServer
+from tokenomy.app import app_for
+from tokenomy.config import Config, parse_config
+from tokenomy.services import Services, build_services
+from tokenomy.store.schema import usage_events
+
+ADMIN_KEY = "tk-admin-test-0123456789"
+VENDOR_KEY = "sk-vendor-secret-abcdef123456"
+
+
+def gateway_yaml(sim_url: str, db_url: str, extra: str = "") -> str:
+    return f"""
+server:
+  max_body_bytes: 65536
+  max_messages: 50
+  first_byte_timeout_s: 1.5
+  read_timeout_s: 1.5
+database: {{url: "{db_url}"}}
+writer: {{flush_interval_ms: 20}}
+vendors:
+  sim: {{dialect: openai, base_url: "{sim_url}/v1", auth: none, name: Sim}}
+  sim-backup: {{dialect: openai, base_url: "{sim_url}/v1", auth: none, name: SimBackup}}
+  sim-anthropic: {{dialect: anthropic, base_url: "{sim_url}/v1", auth: none, name: SimAnthropic}}
+  sim-nokey: {{dialect: openai, base_url: "{sim_url}/v1", api_key_env: TEST_MISSING_KEY}}
+models:
+  - name: sim-small
+    aliases: [small]
+    deployments: [{{vendor: sim, model: sim-small, context_length: 32768, max_output: 4096}}]
+  - name: sim-claude
+    deployments: [{{vendor: sim-anthropic, model: sim-claude, max_output: 8192}}]
+  - name: sim-embed
+    deployments: [{{vendor: sim, model: sim-embed, capabilities: [embeddings]}}]
+  - name: flaky
+    deployments:
+      - {{vendor: sim, model: flaky-a}}
+      - {{vendor: sim-backup, model: flaky-b}}
+  - name: single
+    deployments: [{{vendor: sim, model: single-a}}]
+  - name: no-tools
+    deployments: [{{vendor: sim, model: plain-a, capabilities: [stream]}}]
+  - name: silent
+    deployments: [{{vendor: sim, model: silent-a}}]
+  - name: inline
+    deployments: [{{vendor: sim, model: inline-a}}]
+  - name: standby-demo
+    deployments:
+      - {{vendor: sim-nokey, model: real-a}}
+      - {{vendor: sim, model: standby-a, standby: true}}
+{extra}
+"""
+
+
+@dataclass
+class Gateway:
+    server: ThreadServer
+    services: Services
+    key: str
+    sim_url: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def base_url(self) -> str:
+        return self.server.url + "/v1"
+
+    def flush(self) -> None:
+        self.server.call(self.services.usage_writer.flush())
+
+    def events(self, **where: Any) -> list[dict[str, Any]]:
+        self.flush()
+        q = select(usage_events)
+        for k, v in where.items():
+            q = q.where(usage_events.c[k] == v)
+        with self.services.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def wait_events(self, n: int, timeout: float = 5.0, **where: Any) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.events(**where)
+            if len(rows) >= n or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.02)
+
+    def new_key(self, models: list[str] | None = None) -> str:
+        secret, rec = self.services.keys.create("test", allowed_models=models)
+        self.services.key_cache.put(secret, rec)
+        return secret
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[ThreadServer]:
+    from tokenomy.sim.server import create_sim_app
+    from tokenomy.sim.settings import SimSettings
+
+    settings = SimSettings(
+        usage_styles={"silent-*": "none", "inline-*": "inline", "*": "openai"},
+        timeout_s=5.0,
+    )
+    srv = ThreadServer(lambda: create_sim_app(settings)).start()
+    yield srv
+    srv.stop()
+
+
+def sim_faults(sim_url: str, model: str, faults: list[str]) -> None:
+    r = httpx.post(f"{sim_url}/_sim/faults", json={"model": model, "faults": faults})
+    r.raise_for_status()
+
+
+def sim_stats(sim_url: str) -> dict[str, Any]:
+    out: dict[str, Any] = httpx.get(f"{sim_url}/_sim/stats").json()
+    return out
+
+
+def make_config(sim_url: str, tmp: Path, extra: str = "") -> Config:
+    return parse_config(gateway_yaml(sim_url, f"sqlite:///{tmp / 'gw.db'}", extra), "test-config")
+
+
+@pytest.fixture(scope="session")
+def gateway(sim: ThreadServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    env = {**os.environ, "TOKENOMY_ADMIN_KEY": ADMIN_KEY, "TEST_SIM_VENDOR_KEY": VENDOR_KEY}
+    env.pop("TEST_MISSING_KEY", None)
+    svc = build_services(make_config(sim.url, tmp), env)
+    srv = ThreadServer(lambda: app_for(svc)).start()
+    secret, rec = svc.keys.create("fixture")
+    svc.key_cache.put(secret, rec)
+    yield Gateway(srv, svc, secret, sim.url)
+    srv.stop()

@@ -1,0 +1,109 @@
+"""The command line, run as a user runs it: in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import func, select
+
+from tests.servers import ThreadServer, free_port
+from tokenomy.store.db import open_engine
+from tokenomy.store.schema import usage_events
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tokenomy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write_config(tmp: Path, sim_url: str, extra: str = "") -> Path:
+    p = tmp / "tokenomy.yaml"
+    p.write_text(
+        f"""database: {{url: "sqlite:///{tmp / "cli.db"}"}}
+vendors:
+  sim: {{dialect: openai, base_url: "{sim_url}/v1", auth: none}}
+models:
+  - name: sim-small
+    deployments: [{{vendor: sim, model: sim-small}}]
+{extra}"""
+    )
+    return p
+
+
+def test_config_check_ok_and_error(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "http://127.0.0.1:9")
+    r = run("config", "check", str(cfg))
+    assert r.returncode == 0 and "OK" in r.stdout and "sim-small: sim/sim-small" in r.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  port: 99999\n")
+    r = run("config", "check", str(bad))
+    assert r.returncode == 1 and f"{bad}:2: server.port" in r.stderr
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    cfg = str(write_config(tmp_path, "http://127.0.0.1:9"))
+    r = run("keys", "create", "--config", cfg, "--name", "team-a", "--models", "sim-small")
+    assert r.returncode == 0, r.stderr
+    secret = r.stdout.splitlines()[0]
+    key_id = r.stdout.split("id: ")[1].split()[0]
+    assert secret.startswith("tk-")
+    listed = run("keys", "list", "--config", cfg).stdout
+    assert key_id in listed and "team-a" in listed and secret not in listed
+    assert run("keys", "create", "--config", cfg, "--models", "nope").returncode == 2
+    assert run("keys", "revoke", "--config", cfg, key_id).returncode == 0
+    assert key_id not in run("keys", "list", "--config", cfg).stdout
+    assert run("keys", "revoke", "--config", cfg, key_id).returncode == 1
+
+
+def test_serve_uses_cli_keys_and_drains_on_sigterm(tmp_path: Path, sim: ThreadServer) -> None:
+    cfg = write_config(tmp_path, sim.url)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenomy", "serve", "--config", str(cfg), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        # A key created by the CLI while the gateway runs is picked up without a restart.
+        secret = run("keys", "create", "--config", str(cfg)).stdout.splitlines()[0]
+        body = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"Authorization": f"Bearer {secret}"}
+        deadline = time.monotonic() + 10
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            status = httpx.post(base + "/chat/completions", json=body, headers=headers).status_code
+            time.sleep(0.2)
+        assert status == 200
+        for _ in range(20):
+            assert (
+                httpx.post(base + "/chat/completions", json=body, headers=headers).status_code
+                == 200
+            )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with open_engine(f"sqlite:///{tmp_path / 'cli.db'}").connect() as c:
+        n = c.execute(select(func.count()).where(usage_events.c.status == "ok")).scalar_one()
+    assert n == 21
