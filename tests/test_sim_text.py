@@ -134,7 +134,9 @@ def test_tool_answer_has_schema_valid_arguments() -> None:
         },
         "required": ["city", "unit", "days", "tags"],
     }
-    a = make_answer(SETTINGS, EST, _ask(tool_name="get_weather", tool_schema=orjson.dumps(schema)), 0)
+    a = make_answer(
+        SETTINGS, EST, _ask(tool_name="get_weather", tool_schema=orjson.dumps(schema)), 0
+    )
     assert a.tool_call is not None and a.finish == "tool_calls"
     assert orjson.loads(a.tool_call.arguments) == {
         "city": "example",

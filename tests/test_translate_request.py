@@ -49,9 +49,16 @@ def test_openai_chat_with_system_developer_and_images() -> None:
                     {"type": "text", "text": "Here they are."},
                     {
                         "type": "image",
-                        "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+                        "source": {
+                            "type": "base64",
+                            "media_type": "image/png",
+                            "data": "iVBORw0KGgo=",
+                        },
                     },
-                    {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+                    {
+                        "type": "image",
+                        "source": {"type": "url", "url": "https://example.com/cat.jpg"},
+                    },
                 ],
             },
         ],
@@ -85,8 +92,18 @@ def test_openai_parallel_tool_calls_and_merged_tool_results() -> None:
         {
             "role": "assistant",
             "content": [
-                {"type": "tool_use", "id": "call_paris", "name": "get_weather", "input": {"city": "Paris"}},
-                {"type": "tool_use", "id": "call_tokyo", "name": "get_weather", "input": {"city": "Tokyo"}},
+                {
+                    "type": "tool_use",
+                    "id": "call_paris",
+                    "name": "get_weather",
+                    "input": {"city": "Paris"},
+                },
+                {
+                    "type": "tool_use",
+                    "id": "call_tokyo",
+                    "name": "get_weather",
+                    "input": {"city": "Tokyo"},
+                },
             ],
         },
         # Both tool messages and the following user text form one user turn, results first.
@@ -225,7 +242,10 @@ def test_json_schema_mode_puts_schema_in_system() -> None:
 
 
 def test_pdf_file_part_becomes_document() -> None:
-    part = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}}
+    part = {
+        "type": "file",
+        "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"},
+    }
     out = openai_request_to_anthropic({"messages": [user([part])]})
     assert out["messages"][0]["content"] == [
         {
@@ -247,7 +267,18 @@ def test_pdf_file_part_becomes_document() -> None:
         ({"messages": [user("hi")], "reasoning_effort": "extreme"}, "reasoning_effort"),
         ({"messages": [user("hi")], "tool_choice": "sometimes", "tools": [{}]}, "tools[0]"),
         (
-            {"messages": [user([{"type": "image_url", "image_url": {"url": "data:image/svg+xml;base64,AA"}}])]},
+            {
+                "messages": [
+                    user(
+                        [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/svg+xml;base64,AA"},
+                            }
+                        ]
+                    )
+                ]
+            },
             "messages[0].content[0]",
         ),
         (
@@ -266,9 +297,15 @@ def test_untranslatable_openai_requests_raise(body: dict[str, Any], param: str) 
 
 def test_reasoning_effort_becomes_thinking_budget_below_max_tokens() -> None:
     body = {"messages": [user("think")], "reasoning_effort": "high", "max_tokens": 5000}
-    assert openai_request_to_anthropic(body)["thinking"] == {"type": "enabled", "budget_tokens": 4999}
+    assert openai_request_to_anthropic(body)["thinking"] == {
+        "type": "enabled",
+        "budget_tokens": 4999,
+    }
     body = {"messages": [user("think")], "reasoning_effort": "medium", "max_tokens": 20000}
-    assert openai_request_to_anthropic(body)["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+    assert openai_request_to_anthropic(body)["thinking"] == {
+        "type": "enabled",
+        "budget_tokens": 8192,
+    }
 
 
 @pytest.mark.parametrize(
@@ -301,7 +338,9 @@ def _tool_turn(assistant_extra: dict[str, Any]) -> dict[str, Any]:
 def test_unsigned_reasoning_in_tool_loop_disables_thinking() -> None:
     out = openai_request_to_anthropic(_tool_turn({"reasoning_content": "hmm"}))
     assert "thinking" not in out
-    assert out["messages"][1]["content"] == [{"type": "tool_use", "id": "call_1", "name": "f", "input": {}}]
+    assert out["messages"][1]["content"] == [
+        {"type": "tool_use", "id": "call_1", "name": "f", "input": {}}
+    ]
 
 
 def test_signed_thinking_blocks_are_replayed_and_keep_thinking_on() -> None:
@@ -325,7 +364,10 @@ def test_anthropic_chat_with_system_blocks_images_and_stream() -> None:
             {
                 "role": "user",
                 "content": [
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
+                    },
                     {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
                     {"type": "text", "text": "Here they are."},
                 ],
@@ -402,7 +444,11 @@ def test_anthropic_tool_loop_with_thinking() -> None:
     ],
 )
 def test_tool_choice_to_openai(choice: dict[str, Any], expected: Any) -> None:
-    body = {"messages": [user("hi")], "tools": [{"name": "f", "input_schema": {}}], "tool_choice": choice}
+    body = {
+        "messages": [user("hi")],
+        "tools": [{"name": "f", "input_schema": {}}],
+        "tool_choice": choice,
+    }
     out = anthropic_request_to_openai(body)
     assert out["tool_choice"] == expected
     assert "parallel_tool_calls" not in out
@@ -429,11 +475,20 @@ def test_anthropic_non_streaming_has_no_stream_options() -> None:
 
 
 def test_anthropic_documents_become_file_and_text_parts() -> None:
-    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}
-    txt = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}}
+    pdf = {
+        "type": "document",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"},
+    }
+    txt = {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "notes"},
+    }
     out = anthropic_request_to_openai({"messages": [user([pdf, txt])]})
     assert out["messages"][0]["content"] == [
-        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE", "filename": "document.pdf"}},
+        {
+            "type": "file",
+            "file": {"file_data": "data:application/pdf;base64,JVBE", "filename": "document.pdf"},
+        },
         {"type": "text", "text": "notes"},
     ]
 
@@ -441,14 +496,30 @@ def test_anthropic_documents_become_file_and_text_parts() -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"messages": [user("hi")], "tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0]"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
-        ({"messages": [user([{"type": "search_result", "source": "s"}])]}, "messages[0].content[0]"),
         (
-            {"messages": [{"role": "assistant", "content": [{"type": "server_tool_use", "id": "s"}]}]},
+            {
+                "messages": [user("hi")],
+                "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+            },
+            "tools[0]",
+        ),
+        ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        (
+            {"messages": [user([{"type": "search_result", "source": "s"}])]},
             "messages[0].content[0]",
         ),
-        ({"messages": [user("hi")], "tools": [{"name": "f"}], "tool_choice": {"type": "x"}}, "tool_choice"),
+        (
+            {
+                "messages": [
+                    {"role": "assistant", "content": [{"type": "server_tool_use", "id": "s"}]}
+                ]
+            },
+            "messages[0].content[0]",
+        ),
+        (
+            {"messages": [user("hi")], "tools": [{"name": "f"}], "tool_choice": {"type": "x"}},
+            "tool_choice",
+        ),
     ],
 )
 def test_untranslatable_anthropic_requests_raise(body: dict[str, Any], param: str) -> None:
@@ -479,7 +550,10 @@ def test_anthropic_chat_request_round_trip_keeps_everything_but_cache_control() 
     original = load("anthropic_request_chat.json")
     back = openai_request_to_anthropic(anthropic_request_to_openai(original))
     expected = {**original, "system": "You are a terse assistant.\n\nAnswer in English."}
-    expected["messages"] = [*original["messages"][:1], {"role": "assistant", "content": "Please attach it."}]
+    expected["messages"] = [
+        *original["messages"][:1],
+        {"role": "assistant", "content": "Please attach it."},
+    ]
     expected["messages"].append(original["messages"][2])
     assert back == expected
 

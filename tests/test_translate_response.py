@@ -26,7 +26,12 @@ def load(name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    "name", ["openai_response_text.json", "openai_response_tool_calls.json", "deepseek_response_reasoning.json"]
+    "name",
+    [
+        "openai_response_text.json",
+        "openai_response_tool_calls.json",
+        "deepseek_response_reasoning.json",
+    ],
 )
 def test_openai_fixtures_are_valid_completions_and_translate_to_valid_messages(name: str) -> None:
     openai.types.chat.ChatCompletion.model_validate(load(name))
@@ -35,9 +40,16 @@ def test_openai_fixtures_are_valid_completions_and_translate_to_valid_messages(n
 
 
 @pytest.mark.parametrize(
-    "name", ["anthropic_response_text.json", "anthropic_response_tool_use.json", "anthropic_response_thinking.json"]
+    "name",
+    [
+        "anthropic_response_text.json",
+        "anthropic_response_tool_use.json",
+        "anthropic_response_thinking.json",
+    ],
 )
-def test_anthropic_fixtures_are_valid_messages_and_translate_to_valid_completions(name: str) -> None:
+def test_anthropic_fixtures_are_valid_messages_and_translate_to_valid_completions(
+    name: str,
+) -> None:
     anthropic.types.Message.model_validate(load(name))
     out = anthropic_response_to_openai(load(name), model="gpt-via-gateway", created=1)
     openai.types.chat.ChatCompletion.model_validate(out)
@@ -84,7 +96,9 @@ def test_openai_parallel_tool_calls_with_broken_arguments() -> None:
 
 
 def test_deepseek_reasoning_and_cache_hits_and_length() -> None:
-    out = openai_response_to_anthropic(load("deepseek_response_reasoning.json"), model="deepseek-reasoner")
+    out = openai_response_to_anthropic(
+        load("deepseek_response_reasoning.json"), model="deepseek-reasoner"
+    )
     assert out["id"] == "msg_930c60df-bf64-41c9-a88e-3ec75f81e00e"
     assert out["content"] == [
         {"type": "thinking", "thinking": "Compare the tenths: 8 > 1.", "signature": ""},
@@ -101,7 +115,9 @@ def test_deepseek_reasoning_and_cache_hits_and_length() -> None:
 
 
 def test_anthropic_text_with_cache_reads_and_writes() -> None:
-    out = anthropic_response_to_openai(load("anthropic_response_text.json"), model="claude", created=7)
+    out = anthropic_response_to_openai(
+        load("anthropic_response_text.json"), model="claude", created=7
+    )
     assert out == {
         "id": "chatcmpl-013Zva2CMHLNnXjNJJKqJ2EF",
         "object": "chat.completion",
@@ -110,7 +126,11 @@ def test_anthropic_text_with_cache_reads_and_writes() -> None:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "Hi! My name is Claude.", "refusal": None},
+                "message": {
+                    "role": "assistant",
+                    "content": "Hi! My name is Claude.",
+                    "refusal": None,
+                },
                 "logprobs": None,
                 "finish_reason": "stop",
             }
@@ -127,7 +147,9 @@ def test_anthropic_text_with_cache_reads_and_writes() -> None:
 
 
 def test_anthropic_text_and_parallel_tool_use() -> None:
-    out = anthropic_response_to_openai(load("anthropic_response_tool_use.json"), model="claude", created=7)
+    out = anthropic_response_to_openai(
+        load("anthropic_response_tool_use.json"), model="claude", created=7
+    )
     choice = out["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"] == {
@@ -153,7 +175,9 @@ def test_anthropic_text_and_parallel_tool_use() -> None:
 
 
 def test_anthropic_thinking_keeps_signatures_and_thinking_tokens() -> None:
-    out = anthropic_response_to_openai(load("anthropic_response_thinking.json"), model="claude", created=7)
+    out = anthropic_response_to_openai(
+        load("anthropic_response_thinking.json"), model="claude", created=7
+    )
     message = out["choices"][0]["message"]
     assert message["content"] == "Based on my analysis"
     assert message["reasoning_content"] == "Let me analyze this step by step..."
@@ -163,7 +187,10 @@ def test_anthropic_thinking_keeps_signatures_and_thinking_tokens() -> None:
             "thinking": "Let me analyze this step by step...",
             "signature": "WaUjzkypQ2mUEVM36O2TxuC06KN8xyfbJwyem2dw3URve",
         },
-        {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP"},
+        {
+            "type": "redacted_thinking",
+            "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpP",
+        },
     ]
     assert out["choices"][0]["finish_reason"] == "stop"  # stop_sequence: which one is lost
     assert out["usage"]["completion_tokens_details"] == {"reasoning_tokens": 600}
@@ -218,17 +245,24 @@ def test_stop_reason_to_finish_reason(stop: str | None, finish: str) -> None:
 def test_response_round_trip_openai_anthropic_openai() -> None:
     original = load("openai_response_tool_calls.json")
     back = anthropic_response_to_openai(
-        openai_response_to_anthropic(original, model="gpt-4o-mini"), model="gpt-4o-mini", created=1699896916
+        openai_response_to_anthropic(original, model="gpt-4o-mini"),
+        model="gpt-4o-mini",
+        created=1699896916,
     )
     assert back["id"] == "chatcmpl-abc123"
     assert back["choices"][0]["finish_reason"] == "tool_calls"
     calls = back["choices"][0]["message"]["tool_calls"]
     # Valid arguments are re-serialised compactly; broken ones come back byte for byte.
-    assert [c["function"]["arguments"] for c in calls] == ['{"location":"Boston, MA"}', '{"location": "Paris']
+    assert [c["function"]["arguments"] for c in calls] == [
+        '{"location":"Boston, MA"}',
+        '{"location": "Paris',
+    ]
     assert back["usage"]["prompt_tokens"] == 82 and back["usage"]["completion_tokens"] == 17
 
 
 def test_response_round_trip_anthropic_openai_anthropic() -> None:
     original = load("anthropic_response_tool_use.json")
-    back = openai_response_to_anthropic(anthropic_response_to_openai(original, model="x"), model=original["model"])
+    back = openai_response_to_anthropic(
+        anthropic_response_to_openai(original, model="x"), model=original["model"]
+    )
     assert back == original

@@ -51,8 +51,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        err = GatewayError("The gateway hit an internal error; the request was not completed.")
-        return _render(err, request)
+        internal = GatewayError("The gateway hit an internal error; the request was not completed.")
+        return _render(internal, request)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -53,7 +53,7 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 async def list_keys(request: web.Request) -> web.Response:
     svc = require_admin(request)
     include = request.query.get("include_revoked") in ("1", "true")
-    keys = await asyncio.to_thread(svc.keys.list, include)
+    keys = await asyncio.to_thread(svc.keys.all, include)
     return _json({"object": "list", "data": [key_json(k) for k in keys]})
 
 

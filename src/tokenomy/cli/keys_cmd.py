@@ -54,7 +54,7 @@ def create(args: argparse.Namespace) -> int:
 
 def list_keys(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    keys = KeyStore(database(cfg)).list(include_revoked=args.all)
+    keys = KeyStore(database(cfg)).all(include_revoked=args.all)
     print(f"{'id':<22} {'prefix':<12} {'name':<20} {'models':<30} {'created':<20} revoked")
     for k in keys:
         models = ",".join(sorted(k.allowed_models)) if k.allowed_models is not None else "all"

@@ -9,7 +9,7 @@ vendor never reports usage (a cut-off stream or a silent vendor).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -61,7 +61,7 @@ class StreamRelay:
         decode = openai_chunk_text if self.upstream_dialect == "openai" else anthropic_delta_text
         return "".join(decode(d) for d in self._raw)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         relay: Callable[[], AsyncIterator[bytes]]
         c, u = self.call.dialect, self.upstream_dialect
         if c == u == "openai":
@@ -76,9 +76,11 @@ class StreamRelay:
             async for b in relay():
                 yield b
             if not self.completed:
-                err = UpstreamError("The upstream stream ended before it was complete.")
-                self._fail(err)
-                yield self._error_frame(err)
+                cut: GatewayError = UpstreamError(
+                    "The upstream stream ended before it was complete."
+                )
+                self._fail(cut)
+                yield self._error_frame(cut)
         except _STREAM_ERRORS as e:
             err: GatewayError = (
                 UpstreamTimeout("The upstream stream stalled and was cut off.")

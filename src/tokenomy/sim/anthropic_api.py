@@ -145,6 +145,12 @@ def _tool_choice(body: dict[str, Any], tools: list[ToolSpec]) -> ToolChoice:
 
 
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user turn; empty after a tool result, so "auto" answers in text."""
+    last = messages[-1].get("content") if messages else None
+    if isinstance(last, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in last
+    ):
+        return ""
     for message in reversed(messages):
         if message.get("role") == "user":
             return content_text(message.get("content"))

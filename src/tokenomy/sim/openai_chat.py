@@ -130,6 +130,9 @@ def _tool_choice(body: dict[str, Any], tools: list[ToolSpec]) -> ToolChoice:
 
 
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user turn; empty after a tool result, so "auto" answers in text."""
+    if messages and messages[-1].get("role") == "tool":
+        return ""
     for message in reversed(messages):
         if message.get("role") == "user":
             return content_text(message.get("content"))

@@ -63,7 +63,7 @@ class KeyStore:
         """Create a key; returns the secret (shown once) and its record."""
         secret = KEY_PREFIX + secrets.token_urlsafe(24)
         ts = now_ms()
-        row = {
+        row: dict[str, object] = {
             "id": "key_" + secrets.token_hex(8),
             "key_hash": hash_key(secret),
             "prefix": secret[:10],
@@ -91,7 +91,7 @@ class KeyStore:
             )
         return res.rowcount > 0
 
-    def list(self, include_revoked: bool = False) -> list[ApiKey]:
+    def all(self, include_revoked: bool = False) -> list[ApiKey]:
         q = select(api_keys).order_by(api_keys.c.created_ms)
         if not include_revoked:
             q = q.where(api_keys.c.revoked_ms.is_(None))
