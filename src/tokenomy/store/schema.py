@@ -59,6 +59,80 @@ usage_events = Table(
     Column("latency_ms", Integer, nullable=False),
     Column("ttft_ms", Integer, nullable=True),
     Column("attempts", Integer, nullable=False, default=1),
+    # Money (0002): what the org paid, in its currency, and the list price it came from.
+    Column("cost_nanos", BigInteger, nullable=False, default=0),
+    Column("currency", String(3), nullable=True),
+    Column("list_cost_nanos", BigInteger, nullable=False, default=0),
+    Column("list_currency", String(3), nullable=True),
+    Column("price_version", String(200), nullable=True),
+    Column("fx_rate", String(40), nullable=True),
+    Column("held_nanos", BigInteger, nullable=False, default=0),
     Index("ix_usage_events_ts", "ts_ms"),
     Index("ix_usage_events_key_ts", "key_id", "ts_ms"),
+    Index("ix_usage_events_org_ts", "org_id", "ts_ms"),
+)
+
+
+# ---- The ledger (0002) ----------------------------------------------------------------
+
+orgs = Table(
+    "orgs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    # prepaid: the balance may not go below zero; postpaid: not below -credit_limit.
+    Column("mode", String(16), nullable=False),
+    Column("credit_limit_nanos", BigInteger, nullable=False, default=0),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False, index=True),
+)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("org_id", String(40), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False, index=True),
+)
+
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("scope", String(16), nullable=False),  # org | project | key
+    Column("scope_id", String(40), nullable=False),
+    Column("period", String(16), nullable=False),  # day | week | month | lifetime
+    Column("amount_nanos", BigInteger, nullable=True),  # in the org's currency
+    Column("token_limit", BigInteger, nullable=True),
+    Column("tz", String(64), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False, index=True),
+    Column("deleted_ms", BigInteger, nullable=True),
+)
+
+# Double entry: every transaction's postings sum to zero per currency. An org's balance is
+# the sum of the postings on its account "org:<id>".
+ledger_txns = Table(
+    "ledger_txns",
+    metadata,
+    Column("id", String(80), primary_key=True),  # "usage:<request id>" for usage
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),  # topup credit refund adjustment usage
+    Column("org_id", String(40), nullable=False),
+    Column("request_id", String(64), nullable=True),
+    Column("memo", Text, nullable=True),
+    Index("ix_ledger_txns_org_ts", "org_id", "ts_ms"),
+)
+
+ledger_postings = Table(
+    "ledger_postings",
+    metadata,
+    Column("txn_id", String(80), primary_key=True),
+    Column("account", String(120), primary_key=True),
+    Column("amount_nanos", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Index("ix_ledger_postings_account", "account"),
 )
