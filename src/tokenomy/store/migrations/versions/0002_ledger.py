@@ -12,7 +12,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-_USAGE_MONEY = [
+_USAGE_MONEY: list[sa.Column[object]] = [
     sa.Column("cost_nanos", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("currency", sa.String(3), nullable=True),
     sa.Column("list_cost_nanos", sa.BigInteger, nullable=False, server_default="0"),
