@@ -48,6 +48,22 @@ class WriterConfig(_Strict):
     batch_max: int = Field(2000, ge=1)
 
 
+class LedgerConfig(_Strict):
+    """Holds and live balances; Redis makes them global across replicas."""
+
+    #: Redis URL for shared live state (holds, balances, budgets); empty = this process.
+    #: ``TOKENOMY_REDIS_URL`` overrides it.
+    redis_url: str = ""
+    #: A hold not settled by then is released (a crashed or stuck request).
+    hold_ttl_s: float = Field(900.0, gt=0, le=86_400)
+    #: Tokens assumed per image when bounding a prompt for a hold.
+    image_tokens: int = Field(6000, ge=0)
+    #: How often top-ups and account changes made elsewhere are picked up.
+    refresh_s: float = Field(1.0, gt=0, le=300)
+    #: Key prefix in Redis, so several gateways can share one Redis.
+    redis_prefix: str = "tk:"
+
+
 class AdminConfig(_Strict):
     #: Environment variable holding the admin key that guards /admin.
     key_env: str = "TOKENOMY_ADMIN_KEY"
@@ -88,6 +104,8 @@ class DeploymentConfig(_Strict):
     #: Used only when no other deployment of the model is active (e.g. a simulator
     #: standing in until a vendor key is configured).
     standby: bool = False
+    #: The catalogue entry it is billed at, "vendor/model"; default its own vendor/model.
+    price: str | None = Field(None, pattern=r"^[^/\s]+/\S+$")
 
 
 class ModelConfig(_Strict):
@@ -102,6 +120,11 @@ class Config(_Strict):
     database: DatabaseConfig = DatabaseConfig()
     writer: WriterConfig = WriterConfig()
     admin: AdminConfig = AdminConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    #: Price entries shaped like the packaged prices.yaml's; they replace or add to it.
+    prices: list[dict[str, Any]] = Field(default_factory=list)
+    #: Extra FX rates shaped like the packaged fx.yaml's.
+    fx: list[dict[str, Any]] = Field(default_factory=list)
     vendors: dict[str, VendorConfig] = Field(default_factory=dict)
     models: list[ModelConfig] = Field(default_factory=list)
     #: Where the YAML came from, for messages; not part of the file.
@@ -135,6 +158,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     db_url = os.environ.get("TOKENOMY_DATABASE_URL")
     if db_url:
         cfg = cfg.model_copy(update={"database": DatabaseConfig(url=db_url)})
+    redis_url = os.environ.get("TOKENOMY_REDIS_URL")
+    if redis_url:
+        ledger = cfg.ledger.model_copy(update={"redis_url": redis_url})
+        cfg = cfg.model_copy(update={"ledger": ledger})
     return cfg
 
 

@@ -8,15 +8,25 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
+from tokenomy.billing.catalog import PriceBook
+from tokenomy.billing.fx import FxTable
+from tokenomy.billing.pricing import openrouter_pricing
 from tokenomy.config import Config
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.pipeline import Pipeline
 from tokenomy.gateway.records import usage_row
 from tokenomy.gateway.registry import ModelRoute, Registry, build_registry
 from tokenomy.gateway.tokencount import TokenCounter
+from tokenomy.ledger.biller import Biller
+from tokenomy.ledger.directory import Directory
+from tokenomy.ledger.live import LiveLedger, MemoryLedger
+from tokenomy.ledger.records import ledger_rows
+from tokenomy.ledger.stage import CHARGE, ORG, LedgerStage
+from tokenomy.ledger.store import LedgerStore
 from tokenomy.providers.base import Provider
 from tokenomy.providers.factory import build_providers
 from tokenomy.store.db import migrate, open_engine
@@ -42,17 +52,29 @@ class Services:
     usage_writer: BatchWriter
     pipeline: Pipeline
     admin_key: str | None
+    ledger: LedgerStore
+    directory: Directory
+    live: LiveLedger
+    biller: Biller
+    ledger_stage: LedgerStage
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
-        """OpenRouter-style USD-per-token prices of a model's first deployment, if catalogued."""
+        """OpenRouter-style USD-per-token prices of a model's first priced deployment."""
+        now = datetime.now(UTC)
+        for dep in route.deployments:
+            v = self.biller.version(dep, now)
+            if v is not None:
+                return openrouter_pricing(v, at=now, fx=self.biller.fx)
         return None
 
     async def start(self) -> None:
         await asyncio.to_thread(migrate, self.engine)
         await asyncio.to_thread(self.key_cache.refresh)
+        await self.refresh_accounts()
         self.usage_writer.start()
         self._tasks.append(asyncio.create_task(self._refresh_keys(), name="key-refresh"))
+        self._tasks.append(asyncio.create_task(self._refresh_ledger(), name="ledger-refresh"))
 
     async def stop(self) -> None:
         """Drain the writer and close upstream clients (runs on SIGTERM too)."""
@@ -64,7 +86,15 @@ class Services:
         await self.usage_writer.close()
         for p in self.providers.values():
             await p.close()
+        await self.live.close()
         self.engine.dispose()
+
+    async def refresh_accounts(self) -> None:
+        """Pick up orgs, budgets and top-ups made elsewhere (CLI, admin API, replicas)."""
+        await asyncio.to_thread(self.directory.refresh)
+        totals = await asyncio.to_thread(self.ledger.admin_totals)
+        for org_id in self.directory.orgs:
+            await self.live.set_admin_total(org_id, totals.get(org_id, 0))
 
     async def _refresh_keys(self) -> None:
         while True:
@@ -73,6 +103,23 @@ class Services:
                 await asyncio.to_thread(self.key_cache.refresh)
             except Exception:
                 log.exception("refreshing API keys failed; keeping the cached ones")
+
+    async def _refresh_ledger(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.ledger.refresh_s)
+            try:
+                await self.refresh_accounts()
+                await self.live.expire()
+            except Exception:
+                log.exception("refreshing accounts failed; keeping the cached ones")
+
+
+def build_live(config: Config, store: LedgerStore) -> LiveLedger:
+    if config.ledger.redis_url:
+        from tokenomy.ledger.redis_live import RedisLedger
+
+        return RedisLedger.from_url(config.ledger.redis_url, store, config.ledger.redis_prefix)
+    return MemoryLedger(store)
 
 
 def build_services(config: Config, env: Mapping[str, str] | None = None) -> Services:
@@ -89,11 +136,34 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         flush_interval_ms=config.writer.flush_interval_ms,
         batch_max=config.writer.batch_max,
     )
+    ledger = LedgerStore(engine)
+    directory = Directory(ledger)
+    live = build_live(config, ledger)
+    biller = Biller(
+        PriceBook.load(config.prices),
+        FxTable.load(config.fx),
+        image_tokens=config.ledger.image_tokens,
+    )
 
     def record(call: Call) -> None:
-        writer.submit(usage_row(call))
+        rows = [(usage_events, usage_row(call))]
+        charge = call.extras.get(CHARGE)
+        if charge is not None:
+            rows += ledger_rows(call, call.extras.get(ORG), charge)
+        writer.submit_many(rows)
 
     pipeline = Pipeline(registry, providers, counter, record, config.server)
+    stage = LedgerStage(
+        biller,
+        live,
+        directory,
+        counter,
+        pipeline.candidates,
+        hold_ttl_s=config.ledger.hold_ttl_s,
+        default_max_output=config.server.default_max_output_tokens,
+    )
+    pipeline.stages.append(stage)
+    pipeline.quoter = stage
     return Services(
         config=config,
         engine=engine,
@@ -105,4 +175,9 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         usage_writer=writer,
         pipeline=pipeline,
         admin_key=env.get(config.admin.key_env) or None,
+        ledger=ledger,
+        directory=directory,
+        live=live,
+        biller=biller,
+        ledger_stage=stage,
     )

@@ -110,6 +110,7 @@ async def serve_call(request: web.Request, svc: Services, call: Call) -> web.Str
         call.status, call.http_status, call.error_code = "error", 500, "internal_error"
         raise
     finally:
-        pipeline.finish(call, relay)
+        # Shielded: a client that goes away must not stop its call being settled.
+        await asyncio.shield(pipeline.finish(call, relay))
         if svc.usage_writer.synchronous:
             await asyncio.shield(svc.usage_writer.flush())

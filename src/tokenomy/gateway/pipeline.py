@@ -60,7 +60,13 @@ class Stage(Protocol):
 
     async def before(self, call: Call) -> None: ...
 
-    def after(self, call: Call) -> None: ...
+    async def after(self, call: Call) -> None: ...
+
+
+class Quoter(Protocol):
+    """Prices a call from its usage, for the cost a response carries."""
+
+    def quote(self, call: Call) -> Any: ...
 
 
 @dataclass(slots=True)
@@ -88,6 +94,8 @@ class Pipeline:
         self._record = record
         self.server = server
         self.stages = list(stages)
+        #: Set by the ledger: gives responses their cost (``usage.cost``, a header).
+        self.quoter: Quoter | None = None
 
     def route(self, call: Call) -> None:
         """Resolve the model and check the key may use it (raises 404/403)."""
@@ -161,6 +169,10 @@ class Pipeline:
         if not isinstance(obj, dict):
             raise UpstreamError(f"{dep.vendor.name} answered with an unexpected body.")
         body_out = self._client_body(call, provider.dialect, obj, raw)
+        if self.quoter is not None and call.usage is not None:
+            cost = self.quoter.quote(call).cost_str()
+            headers["x-tokenomy-cost"] = cost
+            body_out = _with_cost(body_out, cost)
         return Outcome(headers=headers, body=body_out)
 
     def _upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
@@ -195,7 +207,7 @@ class Pipeline:
         call.http_status = err.status
         call.error_code = err.code or err.type
 
-    def finish(self, call: Call, relay: StreamRelay | None = None) -> None:
+    async def finish(self, call: Call, relay: StreamRelay | None = None) -> None:
         """Meter, settle and record the call: safe to call many times, acts once."""
         if call.finished:
             return
@@ -205,11 +217,21 @@ class Pipeline:
             call.usage = counted_usage(self.counter, call) if produced else Usage()
         for stage in reversed(call.extras.get("stages", ())):
             try:
-                stage.after(call)
+                await stage.after(call)
             except Exception:
                 log.exception("request %s: settling %s failed", call.request_id, stage)
         call.output_text.clear()
         self._record(call)
+
+
+def _with_cost(body: bytes, cost: str) -> bytes:
+    """The body with ``usage.cost`` (OpenRouter's field), as an exact decimal number."""
+    obj = orjson.loads(body)
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return body
+    usage["cost"] = orjson.Fragment(cost.encode())
+    return orjson.dumps(obj)
 
 
 def required_capabilities(call: Call) -> frozenset[str]:

@@ -35,4 +35,21 @@ def usage_row(call: Call) -> dict[str, Any]:
         "latency_ms": call.latency_ms,
         "ttft_ms": call.ttft_ms,
         "attempts": call.attempts,
+        **_money(call.extras.get("ledger.charge")),
+    }
+
+
+def _money(ch: Any) -> dict[str, Any]:
+    """The charge's columns (the ledger stage leaves a Charge on every call it priced)."""
+    if ch is None:
+        ch_none: dict[str, Any] = dict.fromkeys(("currency", "list_currency", "price_version"))
+        return {**ch_none, "cost_nanos": 0, "list_cost_nanos": 0, "fx_rate": None, "held_nanos": 0}
+    return {
+        "cost_nanos": ch.cost_nanos,
+        "currency": ch.currency.value if ch.currency else None,
+        "list_cost_nanos": ch.list_cost_nanos,
+        "list_currency": ch.list_currency.value if ch.list_currency else None,
+        "price_version": ch.price_version,
+        "fx_rate": str(ch.fx_rate) if ch.fx_rate is not None else None,
+        "held_nanos": ch.held_nanos,
     }

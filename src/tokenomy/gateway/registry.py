@@ -50,6 +50,8 @@ class Deployment:
     max_output: int | None
     capabilities: frozenset[str]
     standby: bool
+    #: (vendor, model) of the catalogue price it is billed at.
+    price_ref: tuple[str, str] = ("", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,4 +176,12 @@ def _deployment(d: DeploymentConfig, vendor: Vendor) -> Deployment:
         max_output=d.max_output or (cm.max_output if cm else None),
         capabilities=caps,
         standby=d.standby,
+        price_ref=_price_ref(d, vendor),
     )
+
+
+def _price_ref(d: DeploymentConfig, vendor: Vendor) -> tuple[str, str]:
+    if d.price:
+        pv, pm = d.price.split("/", 1)
+        return pv, pm
+    return vendor.key, d.model

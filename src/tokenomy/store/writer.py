@@ -22,20 +22,29 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 log = logging.getLogger(__name__)
 
 
-def insert_ignoring_duplicates(
-    engine: Engine, table: Table, rows: Sequence[dict[str, Any]]
-) -> None:
-    """Insert rows in one transaction, skipping any whose primary key already exists."""
-    if not rows:
+Item = tuple[Table, dict[str, Any]]
+
+
+def insert_ignoring_duplicates(engine: Engine, items: Sequence[Item]) -> None:
+    """Insert rows of several tables in ONE transaction, skipping existing primary keys.
+
+    One transaction is what makes a usage event and its ledger entries all-or-nothing.
+    Tables are written in the order they first appear.
+    """
+    if not items:
         return
-    ins = pg_insert(table) if engine.dialect.name == "postgresql" else sqlite_insert(table)
-    stmt = ins.on_conflict_do_nothing()
+    by_table: dict[Table, list[dict[str, Any]]] = {}
+    for table, row in items:
+        by_table.setdefault(table, []).append(row)
+    pg = engine.dialect.name == "postgresql"
     with engine.begin() as conn:
-        conn.execute(stmt, list(rows))
+        for table, rows in by_table.items():
+            ins = pg_insert(table) if pg else sqlite_insert(table)
+            conn.execute(ins.on_conflict_do_nothing(), rows)
 
 
 class BatchWriter:
-    """Group-commits rows for one table; ``submit`` never blocks on I/O."""
+    """Group-commits rows (of ``table`` unless another is given); ``submit`` never blocks."""
 
     def __init__(
         self,
@@ -44,13 +53,13 @@ class BatchWriter:
         *,
         flush_interval_ms: int = 100,
         batch_max: int = 2000,
-        on_flushed: Callable[[Sequence[dict[str, Any]]], None] | None = None,
+        on_flushed: Callable[[Sequence[Item]], None] | None = None,
     ) -> None:
         self._engine = engine
         self._table = table
         self._interval = flush_interval_ms / 1000
         self._batch_max = batch_max
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[Item] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -66,8 +75,14 @@ class BatchWriter:
         if self._task is None and not self.synchronous:
             self._task = asyncio.create_task(self._run(), name=f"writer:{self._table.name}")
 
-    def submit(self, row: dict[str, Any]) -> None:
-        self._pending.append(row)
+    def submit(self, row: dict[str, Any], table: Table | None = None) -> None:
+        self._pending.append((table if table is not None else self._table, row))
+        if len(self._pending) >= self._batch_max:
+            self._wake.set()
+
+    def submit_many(self, items: Sequence[Item]) -> None:
+        """Queue rows that must be committed together (they land in the same flush)."""
+        self._pending.extend(items)
         if len(self._pending) >= self._batch_max:
             self._wake.set()
 
@@ -84,9 +99,7 @@ class BatchWriter:
                 return
             batch, self._pending = self._pending, []
             try:
-                await asyncio.to_thread(
-                    insert_ignoring_duplicates, self._engine, self._table, batch
-                )
+                await asyncio.to_thread(insert_ignoring_duplicates, self._engine, batch)
             except Exception:
                 self.failures += 1
                 log.exception("writing %d %s rows failed; will retry", len(batch), self._table.name)

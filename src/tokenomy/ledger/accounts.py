@@ -1,0 +1,91 @@
+"""Organisations, projects and budgets: the account tree a key bills against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from tokenomy.billing.money import Currency
+from tokenomy.ledger.periods import Period, period_bounds
+
+
+class Mode(StrEnum):
+    PREPAID = "prepaid"  # hard floor at zero
+    POSTPAID = "postpaid"  # may go down to minus the credit line
+
+
+class Scope(StrEnum):
+    ORG = "org"
+    PROJECT = "project"
+    KEY = "key"
+
+
+@dataclass(frozen=True, slots=True)
+class Org:
+    id: str
+    name: str
+    currency: Currency
+    mode: Mode
+    credit_limit_nanos: int = 0
+
+    @property
+    def floor_nanos(self) -> int:
+        """The lowest balance allowed: 0 when prepaid, minus the credit line when postpaid."""
+        return 0 if self.mode is Mode.PREPAID else -self.credit_limit_nanos
+
+    @property
+    def account(self) -> str:
+        return f"org:{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    org_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A cap on spend and/or tokens of one org, project or key per calendar period."""
+
+    id: str
+    scope: Scope
+    scope_id: str
+    period: Period
+    amount_nanos: int | None
+    token_limit: int | None
+    tz: str = "UTC"
+
+    def meter(self, at_ms: int) -> BudgetMeter:
+        start, end = period_bounds(self.period, self.tz, at_ms)
+        return BudgetMeter(self, start, end)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetMeter:
+    """One budget's bucket for the period containing the request."""
+
+    budget: Budget
+    start_ms: int
+    end_ms: int | None
+
+    @property
+    def key(self) -> str:
+        return f"bud:{self.budget.id}:{self.start_ms}"
+
+    def describe(self) -> str:
+        b = self.budget
+        what = "lifetime" if b.period is Period.LIFETIME else f"{b.period.value}ly"
+        if b.period is Period.DAY:
+            what = "daily"
+        return f"the {what} budget {b.id} of {b.scope.value} {b.scope_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class OrgMeter:
+    org: Org
+
+    @property
+    def key(self) -> str:
+        return f"org:{self.org.id}"

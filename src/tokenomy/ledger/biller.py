@@ -1,0 +1,205 @@
+"""What a call may cost (for the hold) and what it did cost (for settlement).
+
+Prices come from the catalogue entry each deployment is billed at, in effect at the
+instant the request arrived. A cost in the price's currency is converted to the org's
+currency with the dated FX table as one exact fraction, then rounded half-up to nanos
+once; worst cases round up, so a hold always covers the cost it bounds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fractions import Fraction
+from typing import Any
+
+import orjson
+
+from tokenomy.billing.catalog import PriceBook, PriceNotFound, PriceVersion
+from tokenomy.billing.fx import FxTable
+from tokenomy.billing.money import Currency, round_half_up_fraction
+from tokenomy.billing.pricing import price_request, worst_case
+from tokenomy.gateway.call import Call
+from tokenomy.gateway.registry import Deployment
+from tokenomy.gateway.usage import Usage
+
+log = logging.getLogger(__name__)
+
+#: Framing tokens allowed per message and per request when bounding a prompt.
+_PER_MESSAGE = 8
+_PER_REQUEST = 16
+
+
+@dataclass(slots=True)
+class Charge:
+    """The money side of one call, as kept on its usage record."""
+
+    cost_nanos: int = 0  # charged to the org, in ``currency``
+    currency: Currency | None = None
+    list_cost_nanos: int = 0  # in the price's own currency
+    list_currency: Currency | None = None
+    price_version: str | None = None
+    fx_rate: Fraction | None = None
+    held_nanos: int = 0
+    #: Cost above the hold, written off (the hold is the most a call can be charged).
+    overage_nanos: int = 0
+
+    def cost_str(self) -> str:
+        """The charged cost in units as a plain decimal string (for headers and bodies)."""
+        return units(self.cost_nanos)
+
+
+def units(nanos: int) -> str:
+    """Nanos as a plain decimal string of units: 1500000 -> \"0.0015\"."""
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), 10**9)
+    text = f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
+    return sign + text
+
+
+class Biller:
+    def __init__(self, prices: PriceBook, fx: FxTable, *, image_tokens: int = 6000) -> None:
+        self.prices = prices
+        self.fx = fx
+        self.image_tokens = image_tokens
+        self._versions: dict[tuple[str, str], PriceVersion | None] = {}
+
+    def version(self, dep: Deployment, at: datetime) -> PriceVersion | None:
+        """The price version ``dep`` is billed at, at ``at``; None when not catalogued."""
+        if dep.price_ref in self._versions:
+            cached = self._versions[dep.price_ref]
+            if cached is None or cached.covers(at):
+                return cached
+        try:
+            v: PriceVersion | None = self.prices.lookup(*dep.price_ref, at)
+        except PriceNotFound:
+            log.warning(
+                "no price for %s (%s): its usage is recorded at zero cost",
+                dep.id,
+                "/".join(dep.price_ref),
+            )
+            v = None
+        self._versions[dep.price_ref] = v
+        return v
+
+    def rate(self, base: Currency, quote: Currency, at: datetime) -> Fraction:
+        return self.fx.rate(base, quote, at.date())
+
+    # ---- holds ------------------------------------------------------------------------
+
+    def prompt_bound(self, call: Call) -> int:
+        """An upper bound of the prompt's tokens without tokenizing.
+
+        A byte-level BPE token covers at least one byte of text, so UTF-8 length bounds
+        text; images count ``image_tokens`` each; everything else counts its JSON length.
+        """
+        b = call.body
+        total = _PER_REQUEST
+        if call.endpoint in ("chat", "messages"):
+            for m in b.get("messages") or ():
+                total += _PER_MESSAGE + (self._content_bound(m) if isinstance(m, dict) else 0)
+            total += self._content_bound({"content": b.get("system")})
+            for k in ("tools", "functions", "response_format"):
+                if b.get(k):
+                    total += len(orjson.dumps(b[k]))
+            return total
+        inp = b.get("prompt") if call.endpoint == "completions" else b.get("input")
+        items = inp if isinstance(inp, list) else [inp]
+        for x in items:
+            if isinstance(x, str):
+                total += len(x.encode())
+            elif isinstance(x, list):
+                total += len(x)  # token ids
+        return total
+
+    def _content_bound(self, m: dict[str, Any]) -> int:
+        c = m.get("content")
+        n = 0
+        if isinstance(c, str):
+            n = len(c.encode())
+        elif isinstance(c, list):
+            for part in c:
+                if not isinstance(part, dict):
+                    n += len(orjson.dumps(part))
+                elif isinstance(part.get("text"), str):
+                    n += len(part["text"].encode())
+                elif part.get("type") in ("image_url", "image", "input_image"):
+                    n += self.image_tokens
+                else:
+                    n += len(orjson.dumps(part))
+        elif c is not None:
+            n = len(orjson.dumps(c))
+        for k in ("tool_calls", "function_call", "name"):
+            if m.get(k):
+                n += len(orjson.dumps(m[k]))
+        return n
+
+    def max_output(self, call: Call, dep: Deployment, default: int) -> int:
+        if call.endpoint == "embeddings":
+            return 0
+        b = call.body
+        cap = b.get("max_completion_tokens") or b.get("max_tokens")
+        limit = dep.max_output
+        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
+            return min(cap, limit) if limit else cap
+        return limit or default
+
+    def worst(
+        self,
+        call: Call,
+        deps: list[Deployment],
+        currency: Currency,
+        prompt_tokens: int,
+        default_max_output: int,
+        at: datetime,
+    ) -> tuple[int, int]:
+        """(nanos in ``currency``, tokens): the most any candidate could charge."""
+        top_nanos = top_tokens = 0
+        for dep in deps:
+            out = self.max_output(call, dep, default_max_output)
+            top_tokens = max(top_tokens, prompt_tokens + out)
+            v = self.version(dep, at)
+            if v is None:
+                continue
+            m = worst_case(v, prompt_tokens, out, at=at)
+            nanos = m.nanos
+            if v.currency is not currency:
+                x = Fraction(nanos) * self.rate(v.currency, currency, at)
+                nanos = -((-x.numerator) // x.denominator)  # ceiling
+            top_nanos = max(top_nanos, nanos)
+        return top_nanos, top_tokens
+
+    # ---- settlement -------------------------------------------------------------------
+
+    def charge(self, call: Call, currency: Currency | None, held: int | None) -> Charge:
+        """Price the call's usage; cap the charge at ``held`` when a hold was taken."""
+        ch = Charge(currency=currency, held_nanos=held or 0)
+        dep, usage = call.deployment, call.usage or Usage()
+        at = datetime.fromtimestamp(call.ts_ms / 1000, UTC)
+        if dep is None:
+            return ch
+        v = self.version(dep, at)
+        if v is None:
+            return ch
+        ch.price_version = v.id
+        ch.list_currency = v.currency
+        if not (usage.input_tokens or usage.output_tokens):
+            if ch.currency is None:
+                ch.currency = v.currency
+            return ch
+        cost = price_request(v, usage, at=at)
+        ch.list_cost_nanos = cost.total.nanos
+        target = currency or v.currency
+        ch.currency = target
+        if target is v.currency:
+            nanos = cost.total.nanos
+        else:
+            ch.fx_rate = self.rate(v.currency, target, at)
+            # One rounding: the exact cost times the exact rate, to nanos.
+            nanos = round_half_up_fraction(Fraction(cost.exact) * ch.fx_rate * 10**9)
+        if held is not None and nanos > held:
+            ch.overage_nanos = nanos - held
+            nanos = held
+        ch.cost_nanos = nanos
+        return ch

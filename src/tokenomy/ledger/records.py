@@ -1,0 +1,62 @@
+"""The ledger rows of a settled call, written in the same transaction as its usage event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table
+
+from tokenomy.gateway.call import Call
+from tokenomy.ledger.accounts import Org
+from tokenomy.ledger.biller import Charge
+from tokenomy.ledger.store import Kind
+from tokenomy.store.schema import ledger_postings, ledger_txns
+
+
+def ledger_rows(call: Call, org: Org | None, ch: Charge) -> list[tuple[Table, dict[str, Any]]]:
+    """A usage transaction (org pays, revenue receives) and any written-off overage.
+
+    Ids derive from the request id, so a replayed batch inserts nothing twice.
+    """
+    if org is None or ch.currency is None or not (ch.cost_nanos or ch.overage_nanos):
+        return []
+    cur = ch.currency.value
+    vendor = call.deployment.vendor.key if call.deployment else "unknown"
+    revenue = f"revenue:{vendor}:{cur}"
+    rows: list[tuple[Table, dict[str, Any]]] = []
+
+    def txn(txn_id: str, kind: str, legs: list[tuple[str, int]]) -> None:
+        rows.append(
+            (
+                ledger_txns,
+                {
+                    "id": txn_id,
+                    "ts_ms": call.ts_ms,
+                    "kind": kind,
+                    "org_id": org.id,
+                    "request_id": call.request_id,
+                    "memo": None,
+                },
+            )
+        )
+        for account, amount in legs:
+            rows.append(
+                (
+                    ledger_postings,
+                    {"txn_id": txn_id, "account": account, "amount_nanos": amount, "currency": cur},
+                )
+            )
+
+    if ch.cost_nanos:
+        txn(
+            f"usage:{call.request_id}",
+            Kind.USAGE,
+            [(org.account, -ch.cost_nanos), (revenue, ch.cost_nanos)],
+        )
+    if ch.overage_nanos:
+        txn(
+            f"overage:{call.request_id}",
+            Kind.OVERAGE,
+            [(f"writeoffs:{cur}", -ch.overage_nanos), (revenue, ch.overage_nanos)],
+        )
+    return rows

@@ -1,0 +1,135 @@
+"""The ledger's pipeline stage: hold the worst case before the call, settle after."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from tokenomy.errors import InsufficientQuota, PermissionDenied
+from tokenomy.gateway.call import Call
+from tokenomy.gateway.metering import count_prompt
+from tokenomy.gateway.registry import Deployment
+from tokenomy.gateway.tokencount import TokenCounter
+from tokenomy.ledger.accounts import BudgetMeter, Org, OrgMeter
+from tokenomy.ledger.biller import Biller, Charge, units
+from tokenomy.ledger.directory import Directory
+from tokenomy.ledger.live import Hold, LiveLedger, Shortfall
+
+HOLD = "ledger.hold"
+ORG = "ledger.org"
+CHARGE = "ledger.charge"
+
+
+class LedgerStage:
+    def __init__(
+        self,
+        biller: Biller,
+        live: LiveLedger,
+        directory: Directory,
+        counter: TokenCounter,
+        candidates: Callable[[Call], list[Deployment]],
+        *,
+        hold_ttl_s: float,
+        default_max_output: int,
+    ) -> None:
+        self.biller = biller
+        self.live = live
+        self.directory = directory
+        self.counter = counter
+        self.candidates = candidates
+        self.hold_ttl_s = hold_ttl_s
+        self.default_max_output = default_max_output
+        self.holds = 0
+        self.settles = 0
+        self.refusals = 0
+
+    async def before(self, call: Call) -> None:
+        key = call.key
+        if key.org_id is None:
+            return  # a house key: usage is recorded and priced, not charged to anyone
+        org = self.directory.org_of(key)
+        if org is None:
+            raise PermissionDenied(
+                "This API key's organisation does not exist (any more).", code="org_not_found"
+            )
+        call.extras[ORG] = org
+        at = datetime.fromtimestamp(call.ts_ms / 1000, UTC)
+        deps = self.candidates(call)
+        bound = self.biller.prompt_bound(call)
+        meters = self.directory.meters(key, call.ts_ms)
+        try:
+            hold = await self._hold(call, org, deps, bound, meters, at)
+        except Shortfall:
+            # The byte bound is loose (about 4x for English): count the prompt for real,
+            # with a margin for vendors whose tokenizer differs from ours, and try again.
+            counted = count_prompt(self.counter, call)
+            tight = min(bound, counted * 5 // 4 + 16)
+            try:
+                if tight >= bound:
+                    raise
+                hold = await self._hold(call, org, deps, tight, meters, at)
+            except Shortfall as s:
+                self.refusals += 1
+                raise _refusal(s, org) from None
+        call.extras[HOLD] = hold
+        self.holds += 1
+
+    async def _hold(
+        self,
+        call: Call,
+        org: Org,
+        deps: list[Deployment],
+        prompt: int,
+        meters: tuple[BudgetMeter, ...],
+        at: datetime,
+    ) -> Hold:
+        amount, tokens = self.biller.worst(
+            call, deps, org.currency, prompt, self.default_max_output, at
+        )
+        hold = Hold(
+            id=call.request_id,
+            org=OrgMeter(org),
+            budgets=meters,
+            amount=amount,
+            tokens=tokens,
+            expires_at=time.time() + self.hold_ttl_s,
+        )
+        await self.live.hold(hold)
+        return hold
+
+    def quote(self, call: Call) -> Charge:
+        """The call's charge from its usage so far (cached once computed at the end)."""
+        ch = call.extras.get(CHARGE)
+        if isinstance(ch, Charge):
+            return ch
+        org: Org | None = call.extras.get(ORG)
+        hold: Hold | None = call.extras.get(HOLD)
+        ch = self.biller.charge(call, org.currency if org else None, hold.amount if hold else None)
+        call.extras[CHARGE] = ch
+        return ch
+
+    async def after(self, call: Call) -> None:
+        ch = self.quote(call)
+        hold: Hold | None = call.extras.get(HOLD)
+        if hold is not None:
+            u = call.usage
+            tokens = (u.input_tokens + u.output_tokens) if u else 0
+            await self.live.settle(hold, ch.cost_nanos, tokens)
+            self.settles += 1
+
+
+def _refusal(s: Shortfall, org: Org) -> InsufficientQuota:
+    if s.tokens:
+        msg = (
+            f"Token budget exceeded: {s.what} has {max(s.available, 0)} tokens left and this "
+            f"request may use up to {s.needed}."
+        )
+    else:
+        cur = org.currency.value
+        msg = (
+            f"Insufficient funds: {s.what} has {units(max(s.available, 0))} {cur} available "
+            f"and this request may cost up to {units(s.needed)} {cur}. Top up or lower "
+            "max_tokens."
+        )
+    return InsufficientQuota(msg)

@@ -1,0 +1,480 @@
+"""The durable ledger: accounts, budgets and double-entry transactions in the database.
+
+Administrative operations (top-ups, credits, refunds, adjustments, accounts, budgets) are
+rare and written at once; usage transactions are written by the batched writer together
+with their usage events (see :mod:`tokenomy.ledger.records`). Every transaction's postings
+sum to zero, and an org's balance is the sum of the postings on its account.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, insert, select, update
+
+from tokenomy.billing.money import Currency
+from tokenomy.ledger.accounts import Budget, BudgetMeter, Mode, Org, Project, Scope
+from tokenomy.ledger.periods import Period, zone
+from tokenomy.store.schema import (
+    api_keys,
+    budgets,
+    ledger_postings,
+    ledger_txns,
+    orgs,
+    projects,
+    usage_events,
+)
+
+#: The largest amount accepted in one entry: a billion units of a currency, in nanos.
+MAX_ENTRY_NANOS = 10**18
+
+
+class LedgerError(ValueError):
+    """A ledger operation that was refused; nothing was changed."""
+
+
+class NotFoundError(LookupError):
+    pass
+
+
+class Kind:
+    TOPUP = "topup"
+    CREDIT = "credit"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+    USAGE = "usage"
+    OVERAGE = "overage"
+
+    ADMIN = (TOPUP, CREDIT, REFUND, ADJUSTMENT)
+
+
+#: Where the other side of each kind of entry goes (suffixed with ":<currency>").
+COUNTER_ACCOUNT = {
+    Kind.TOPUP: "funding",
+    Kind.CREDIT: "promotions",
+    Kind.REFUND: "refunds",
+    Kind.ADJUSTMENT: "adjustments",
+}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One transaction as it appears on a statement, from the org's side."""
+
+    txn_id: str
+    ts_ms: int
+    kind: str
+    amount_nanos: int  # signed: positive adds to the balance
+    currency: str
+    request_id: str | None
+    memo: str | None
+
+
+class LedgerStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ---- organisations and projects ---------------------------------------------------
+
+    def create_org(
+        self,
+        name: str,
+        currency: Currency | str = Currency.USD,
+        *,
+        mode: Mode | str = Mode.PREPAID,
+        credit_limit_nanos: int = 0,
+        org_id: str | None = None,
+    ) -> Org:
+        name = _name(name, "organisation")
+        cur = _currency(currency)
+        try:
+            m = Mode(mode)
+        except ValueError:
+            raise LedgerError(f"mode must be prepaid or postpaid, not {mode!r}") from None
+        _amount(credit_limit_nanos, "credit limit", allow_zero=True)
+        if m is Mode.PREPAID and credit_limit_nanos:
+            raise LedgerError("a prepaid organisation has no credit line")
+        org = Org(org_id or new_id("org"), name, cur, m, credit_limit_nanos)
+        ts = now_ms()
+        with self.engine.begin() as conn:
+            if conn.execute(select(orgs.c.id).where(orgs.c.id == org.id)).first():
+                raise LedgerError(f"organisation {org.id} already exists")
+            conn.execute(
+                insert(orgs).values(
+                    id=org.id,
+                    name=org.name,
+                    currency=org.currency.value,
+                    mode=org.mode.value,
+                    credit_limit_nanos=org.credit_limit_nanos,
+                    created_ms=ts,
+                    updated_ms=ts,
+                )
+            )
+        return org
+
+    def set_credit_limit(self, org_id: str, credit_limit_nanos: int) -> Org:
+        org = self.org(org_id)
+        _amount(credit_limit_nanos, "credit limit", allow_zero=True)
+        if org.mode is Mode.PREPAID and credit_limit_nanos:
+            raise LedgerError("a prepaid organisation has no credit line")
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(orgs)
+                .where(orgs.c.id == org_id)
+                .values(credit_limit_nanos=credit_limit_nanos, updated_ms=now_ms())
+            )
+        return self.org(org_id)
+
+    def org(self, org_id: str) -> Org:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(orgs).where(orgs.c.id == org_id)).first()
+        if row is None:
+            raise NotFoundError(f"no organisation {org_id!r}")
+        return _org(row._mapping)
+
+    def all_orgs(self) -> list[Org]:
+        with self.engine.connect() as conn:
+            return [_org(r._mapping) for r in conn.execute(select(orgs).order_by(orgs.c.id))]
+
+    def create_project(self, org_id: str, name: str) -> Project:
+        self.org(org_id)
+        p = Project(new_id("proj"), org_id, _name(name, "project"))
+        ts = now_ms()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(projects).values(
+                    id=p.id, org_id=org_id, name=p.name, created_ms=ts, updated_ms=ts
+                )
+            )
+        return p
+
+    def project(self, project_id: str) -> Project:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(projects).where(projects.c.id == project_id)).first()
+        if row is None:
+            raise NotFoundError(f"no project {project_id!r}")
+        m = row._mapping
+        return Project(m["id"], m["org_id"], m["name"])
+
+    def all_projects(self, org_id: str | None = None) -> list[Project]:
+        q = select(projects).order_by(projects.c.id)
+        if org_id is not None:
+            q = q.where(projects.c.org_id == org_id)
+        with self.engine.connect() as conn:
+            return [
+                Project(r._mapping["id"], r._mapping["org_id"], r._mapping["name"])
+                for r in conn.execute(q)
+            ]
+
+    # ---- budgets ----------------------------------------------------------------------
+
+    def set_budget(
+        self,
+        scope: Scope | str,
+        scope_id: str,
+        period: Period | str,
+        *,
+        amount_nanos: int | None = None,
+        token_limit: int | None = None,
+        tz: str = "UTC",
+    ) -> Budget:
+        """Add a budget (money and/or tokens per period) to an org, project or key."""
+        try:
+            sc, per = Scope(scope), Period(period)
+        except ValueError as e:
+            raise LedgerError(str(e)) from None
+        if amount_nanos is None and token_limit is None:
+            raise LedgerError("a budget needs an amount, a token limit, or both")
+        if amount_nanos is not None:
+            _amount(amount_nanos, "budget amount", allow_zero=True)
+        if token_limit is not None and (
+            isinstance(token_limit, bool) or not isinstance(token_limit, int) or token_limit < 0
+        ):
+            raise LedgerError("token limit must be a non-negative integer")
+        try:
+            zone(tz)
+        except ValueError as e:
+            raise LedgerError(str(e)) from None
+        self._check_scope(sc, scope_id)
+        b = Budget(new_id("bud"), sc, scope_id, per, amount_nanos, token_limit, tz)
+        ts = now_ms()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(budgets).values(
+                    id=b.id,
+                    scope=b.scope.value,
+                    scope_id=b.scope_id,
+                    period=b.period.value,
+                    amount_nanos=b.amount_nanos,
+                    token_limit=b.token_limit,
+                    tz=b.tz,
+                    created_ms=ts,
+                    updated_ms=ts,
+                    deleted_ms=None,
+                )
+            )
+        return b
+
+    def delete_budget(self, budget_id: str) -> bool:
+        ts = now_ms()
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(budgets)
+                .where(budgets.c.id == budget_id, budgets.c.deleted_ms.is_(None))
+                .values(deleted_ms=ts, updated_ms=ts)
+            )
+        return res.rowcount > 0
+
+    def all_budgets(self) -> list[Budget]:
+        q = select(budgets).where(budgets.c.deleted_ms.is_(None)).order_by(budgets.c.id)
+        with self.engine.connect() as conn:
+            return [_budget(r._mapping) for r in conn.execute(q)]
+
+    def _check_scope(self, scope: Scope, scope_id: str) -> None:
+        table = {Scope.ORG: orgs, Scope.PROJECT: projects, Scope.KEY: api_keys}[scope]
+        with self.engine.connect() as conn:
+            found = conn.execute(select(table.c.id).where(table.c.id == scope_id)).first()
+        if found is None:
+            raise LedgerError(f"no {scope.value} {scope_id!r} to put a budget on")
+
+    # ---- money ------------------------------------------------------------------------
+
+    def post(
+        self,
+        kind: str,
+        org_id: str,
+        amount_nanos: int,
+        *,
+        memo: str | None = None,
+        txn_id: str | None = None,
+    ) -> Entry:
+        """Record a top-up, credit, refund or adjustment (idempotent by ``txn_id``).
+
+        Top-ups, credits and refunds add to the balance and must be positive; adjustments
+        may be negative but never take the balance below the org's floor.
+        """
+        if kind not in Kind.ADMIN:
+            raise LedgerError(f"kind must be one of {', '.join(Kind.ADMIN)}, not {kind!r}")
+        org = self.org(org_id)
+        if kind == Kind.ADJUSTMENT:
+            if isinstance(amount_nanos, bool) or not isinstance(amount_nanos, int):
+                raise LedgerError("amount must be an integer number of nano-units")
+            if amount_nanos == 0 or abs(amount_nanos) > MAX_ENTRY_NANOS:
+                raise LedgerError("an adjustment must be non-zero and at most 1e9 units")
+        else:
+            _amount(amount_nanos, "amount")
+        txn = txn_id or new_id("txn")
+        ts = now_ms()
+        cur = org.currency.value
+        with self.engine.begin() as conn:
+            if conn.execute(select(ledger_txns.c.id).where(ledger_txns.c.id == txn)).first():
+                return self._entry(txn)
+            if amount_nanos < 0:
+                balance = self._balance(conn, org)
+                if balance + amount_nanos < org.floor_nanos:
+                    raise LedgerError(
+                        f"the adjustment would take {org.id} below its floor "
+                        f"({balance + amount_nanos} < {org.floor_nanos} nanos)"
+                    )
+            conn.execute(
+                insert(ledger_txns).values(
+                    id=txn, ts_ms=ts, kind=kind, org_id=org.id, request_id=None, memo=memo
+                )
+            )
+            conn.execute(
+                insert(ledger_postings),
+                [
+                    {
+                        "txn_id": txn,
+                        "account": org.account,
+                        "amount_nanos": amount_nanos,
+                        "currency": cur,
+                    },
+                    {
+                        "txn_id": txn,
+                        "account": f"{COUNTER_ACCOUNT[kind]}:{cur}",
+                        "amount_nanos": -amount_nanos,
+                        "currency": cur,
+                    },
+                ],
+            )
+        return Entry(txn, ts, kind, amount_nanos, cur, None, memo)
+
+    def _entry(self, txn_id: str) -> Entry:
+        q = (
+            select(ledger_txns, ledger_postings.c.amount_nanos, ledger_postings.c.currency)
+            .join(ledger_postings, ledger_postings.c.txn_id == ledger_txns.c.id)
+            .where(ledger_txns.c.id == txn_id, ledger_postings.c.account.like("org:%"))
+        )
+        with self.engine.connect() as conn:
+            m = conn.execute(q).one()._mapping
+        return Entry(
+            m["id"],
+            m["ts_ms"],
+            m["kind"],
+            m["amount_nanos"],
+            m["currency"],
+            m["request_id"],
+            m["memo"],
+        )
+
+    def _balance(self, conn: Any, org: Org) -> int:
+        q = select(func.coalesce(func.sum(ledger_postings.c.amount_nanos), 0)).where(
+            ledger_postings.c.account == org.account
+        )
+        return int(conn.execute(q).scalar_one())
+
+    def balance(self, org_id: str) -> int:
+        """The org's durable balance in nanos (what was written; open holds excluded)."""
+        org = self.org(org_id)
+        with self.engine.connect() as conn:
+            return self._balance(conn, org)
+
+    def org_totals(self, org_id: str) -> tuple[int, int]:
+        """(admin, used): the sums of the org's non-usage and (negated) usage postings."""
+        q = (
+            select(ledger_txns.c.kind, func.sum(ledger_postings.c.amount_nanos))
+            .join(ledger_txns, ledger_txns.c.id == ledger_postings.c.txn_id)
+            .where(ledger_postings.c.account == f"org:{org_id}")
+            .group_by(ledger_txns.c.kind)
+        )
+        admin = used = 0
+        with self.engine.connect() as conn:
+            for kind, total in conn.execute(q):
+                if kind in Kind.ADMIN:
+                    admin += int(total)
+                else:
+                    used -= int(total)
+        return admin, used
+
+    def admin_totals(self) -> dict[str, int]:
+        """Every org's admin total (top-ups, credits, refunds, adjustments)."""
+        q = (
+            select(ledger_txns.c.org_id, func.sum(ledger_postings.c.amount_nanos))
+            .join(ledger_txns, ledger_txns.c.id == ledger_postings.c.txn_id)
+            .where(ledger_txns.c.kind.in_(Kind.ADMIN), ledger_postings.c.account.like("org:%"))
+            .group_by(ledger_txns.c.org_id)
+        )
+        with self.engine.connect() as conn:
+            return {org_id: int(total) for org_id, total in conn.execute(q)}
+
+    def budget_spent(self, meter: BudgetMeter) -> tuple[int, int]:
+        """(nanos, tokens) of usage already recorded in the budget's current period."""
+        b = meter.budget
+        col = {
+            Scope.ORG: usage_events.c.org_id,
+            Scope.PROJECT: usage_events.c.project_id,
+            Scope.KEY: usage_events.c.key_id,
+        }[b.scope]
+        cond = [col == b.scope_id, usage_events.c.ts_ms >= meter.start_ms]
+        if meter.end_ms is not None:
+            cond.append(usage_events.c.ts_ms < meter.end_ms)
+        q = select(
+            func.coalesce(func.sum(usage_events.c.cost_nanos), 0),
+            func.coalesce(func.sum(usage_events.c.input_tokens + usage_events.c.output_tokens), 0),
+        ).where(and_(*cond))
+        with self.engine.connect() as conn:
+            nanos, tokens = conn.execute(q).one()
+        return int(nanos), int(tokens)
+
+    def statement(
+        self, org_id: str, since_ms: int | None = None, until_ms: int | None = None
+    ) -> list[Entry]:
+        """The org's entries in time order, each with its signed effect on the balance."""
+        org = self.org(org_id)
+        q = (
+            select(ledger_txns, ledger_postings.c.amount_nanos, ledger_postings.c.currency)
+            .join(ledger_postings, ledger_postings.c.txn_id == ledger_txns.c.id)
+            .where(ledger_postings.c.account == org.account)
+            .order_by(ledger_txns.c.ts_ms, ledger_txns.c.id)
+        )
+        if since_ms is not None:
+            q = q.where(ledger_txns.c.ts_ms >= since_ms)
+        if until_ms is not None:
+            q = q.where(ledger_txns.c.ts_ms < until_ms)
+        with self.engine.connect() as conn:
+            return [
+                Entry(
+                    m["id"],
+                    m["ts_ms"],
+                    m["kind"],
+                    m["amount_nanos"],
+                    m["currency"],
+                    m["request_id"],
+                    m["memo"],
+                )
+                for m in (r._mapping for r in conn.execute(q))
+            ]
+
+    def request(self, request_id: str) -> dict[str, Any] | None:
+        """The usage record of one request (tokens, price version, cost, deployment)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(usage_events).where(usage_events.c.request_id == request_id)
+            ).first()
+        return dict(row._mapping) if row else None
+
+    def trial_balance(self) -> dict[str, int]:
+        """Sum of all postings per currency: zero for each when debits equal credits."""
+        q = select(ledger_postings.c.currency, func.sum(ledger_postings.c.amount_nanos)).group_by(
+            ledger_postings.c.currency
+        )
+        with self.engine.connect() as conn:
+            return {cur: int(total) for cur, total in conn.execute(q)}
+
+
+def _org(m: Any) -> Org:
+    return Org(
+        m["id"], m["name"], Currency(m["currency"]), Mode(m["mode"]), int(m["credit_limit_nanos"])
+    )
+
+
+def _budget(m: Any) -> Budget:
+    return Budget(
+        m["id"],
+        Scope(m["scope"]),
+        m["scope_id"],
+        Period(m["period"]),
+        m["amount_nanos"],
+        m["token_limit"],
+        m["tz"],
+    )
+
+
+def _name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise LedgerError(f"a {what} needs a name of 1 to 200 characters")
+    return name.strip()
+
+
+def _currency(c: Currency | str) -> Currency:
+    try:
+        return Currency(c)
+    except ValueError:
+        known = ", ".join(x.value for x in Currency)
+        raise LedgerError(f"unknown currency {c!r} (known: {known})") from None
+
+
+def _amount(v: int, what: str, *, allow_zero: bool = False) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise LedgerError(f"{what} must be an integer number of nano-units")
+    if v < 0 or (v == 0 and not allow_zero):
+        raise LedgerError(f"{what} must be {'non-negative' if allow_zero else 'positive'}")
+    if v > MAX_ENTRY_NANOS:
+        raise LedgerError(f"{what} is too large (at most 1e9 units)")
+
+
+def ids(items: Iterable[Org | Project | Budget]) -> list[str]:
+    return [i.id for i in items]
