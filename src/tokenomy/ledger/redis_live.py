@@ -21,7 +21,9 @@ from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.live import BudgetState, Hold, Loader, OrgState, Shortfall
 
 # KEYS: hold, holds, [org], budgets...   ARGV: id, amount, tokens, expires_ms, has_org,
-# floor, then (limit, tlimit) per budget, -1 meaning none.
+# floor, -amount, -tokens, record ttl ms, then (limit, tlimit) per budget, -1 meaning
+# none. Amounts travel as strings and reach HINCRBY untouched: Lua would print a large
+# number as 1e+14.
 _HOLD = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'dup'} end
 for i = 3, #KEYS do
@@ -38,14 +40,14 @@ if has_org then
   if amount > avail then return {'short', 0, tostring(avail), 'money'} end
 end
 for i = first_budget, #KEYS do
-  local j = 7 + (i - first_budget) * 2
+  local j = 10 + (i - first_budget) * 2
   local limit, tlimit = tonumber(ARGV[j]), tonumber(ARGV[j + 1])
   local v = redis.call('HMGET', KEYS[i], 'spent', 'held', 'tspent', 'theld')
   if limit >= 0 and tonumber(v[1]) + tonumber(v[2]) + amount > limit then
-    return {'short', i - 2, tostring(limit - tonumber(v[1]) - tonumber(v[2])), 'money'}
+    return {'short', i - 3, tostring(limit - tonumber(v[1]) - tonumber(v[2])), 'money'}
   end
   if tlimit >= 0 and tonumber(v[3]) + tonumber(v[4]) + tokens > tlimit then
-    return {'short', i - 2, tostring(tlimit - tonumber(v[3]) - tonumber(v[4])), 'tokens'}
+    return {'short', i - 3, tostring(tlimit - tonumber(v[3]) - tonumber(v[4])), 'tokens'}
   end
 end
 local keys = {}
@@ -54,14 +56,14 @@ for i = 3, #KEYS do
   if i >= first_budget then redis.call('HINCRBY', KEYS[i], 'theld', ARGV[3]) end
   keys[#keys + 1] = KEYS[i]
 end
-redis.call('HSET', KEYS[1], 'amount', ARGV[2], 'tokens', ARGV[3],
+redis.call('HSET', KEYS[1], 'amount', ARGV[7], 'tokens', ARGV[8],
            'org', has_org and '1' or '0', 'keys', table.concat(keys, ' '))
-redis.call('PEXPIREAT', KEYS[1], tonumber(ARGV[4]) + 86400000)
+redis.call('PEXPIRE', KEYS[1], ARGV[9])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 return {'ok'}
 """
 
-# Releases one hold by its record: KEYS hold, holds; ARGV id.
+# Releases one hold by its record, which keeps the NEGATED amounts ready for HINCRBY.
 _RELEASE_BODY = """
 local function release(hkey, zkey, id)
   local h = redis.call('HMGET', hkey, 'amount', 'tokens', 'org', 'keys')
@@ -69,8 +71,8 @@ local function release(hkey, zkey, id)
   local first = true
   for k in string.gmatch(h[4], '%S+') do
     if redis.call('EXISTS', k) == 1 then
-      redis.call('HINCRBY', k, 'held', -tonumber(h[1]))
-      if not (first and h[3] == '1') then redis.call('HINCRBY', k, 'theld', -tonumber(h[2])) end
+      redis.call('HINCRBY', k, 'held', h[1])
+      if not (first and h[3] == '1') then redis.call('HINCRBY', k, 'theld', h[2]) end
     end
     first = false
   end
@@ -151,6 +153,10 @@ class RedisLedger:
             int(hold.expires_at * 1000),
             1 if hold.org is not None else 0,
             hold.org.org.floor_nanos if hold.org is not None else 0,
+            -hold.amount,
+            -hold.tokens,
+            # The record outlives the hold's expiry by a day, so a dup is still recognised.
+            int(max(hold.expires_at - time.time(), 0) * 1000) + 86_400_000,
         ]
         for m in hold.budgets:
             b = m.budget
