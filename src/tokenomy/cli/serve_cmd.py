@@ -17,10 +17,12 @@ from aiohttp import web
 from tokenomy.app import app_for
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
 from tokenomy.config import DatabaseConfig
+from tokenomy.ledger.store import Kind, LedgerStore, NotFoundError
 from tokenomy.services import build_services
 from tokenomy.store.keys import KeyStore
 
 DEMO_SIM_PORT = 8001
+DEMO_ORG = "org_demo"
 
 
 def register(sub: Any) -> None:
@@ -116,16 +118,32 @@ def demo(args: argparse.Namespace) -> int:
     if not os.environ.get("TOKENOMY_DATABASE_URL"):
         url = f"sqlite:///{(workdir / 'tokenomy.db').resolve()}"
         cfg = cfg.model_copy(update={"database": DatabaseConfig(url=url)})
-    secret, _ = KeyStore(database(cfg)).create("demo")
+    secret, org_id = _demo_account(cfg)
     _install_uvloop()
     try:
-        asyncio.run(_run_demo(cfg, args.port, args.sim_port, secret, admin_key))
+        asyncio.run(_run_demo(cfg, args.port, args.sim_port, secret, admin_key, org_id))
     except OSError as e:
         fail(f"cannot start the demo: {e}")
     return 0
 
 
-async def _run_demo(cfg: Any, port: int, sim_port: int, secret: str, admin_key: str) -> None:
+def _demo_account(cfg: Any) -> tuple[str, str]:
+    """The demo org (prepaid, topped up once with 25 USD) and a fresh key under it."""
+    engine = database(cfg)
+    ledger = LedgerStore(engine)
+    try:
+        org = ledger.org(DEMO_ORG)
+    except NotFoundError:
+        org = ledger.create_org("Demo organisation", "USD", org_id=DEMO_ORG)
+    ledger.post(Kind.TOPUP, org.id, 25 * 10**9, memo="demo credit", txn_id="demo-topup")
+    secret, _ = KeyStore(engine).create("demo", org_id=org.id)
+    engine.dispose()
+    return secret, org.id
+
+
+async def _run_demo(
+    cfg: Any, port: int, sim_port: int, secret: str, admin_key: str, org_id: str
+) -> None:
     from tokenomy.sim.server import create_sim_app
     from tokenomy.sim.settings import SimSettings
 
@@ -135,7 +153,7 @@ async def _run_demo(cfg: Any, port: int, sim_port: int, secret: str, admin_key: 
     await web.TCPSite(sim_runner, "127.0.0.1", sim_port).start()
     await gw_runner.setup()
     await web.TCPSite(gw_runner, "127.0.0.1", port).start()
-    print(_demo_banner(port, sim_port, secret, admin_key), flush=True)
+    print(_demo_banner(port, sim_port, secret, admin_key, org_id), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -145,13 +163,13 @@ async def _run_demo(cfg: Any, port: int, sim_port: int, secret: str, admin_key: 
     await sim_runner.cleanup()
 
 
-def _demo_banner(port: int, sim_port: int, secret: str, admin_key: str) -> str:
+def _demo_banner(port: int, sim_port: int, secret: str, admin_key: str, org_id: str) -> str:
     base = f"http://127.0.0.1:{port}/v1"
     return f"""
 tokenomy demo is running: gateway {base}, simulated vendors on 127.0.0.1:{sim_port}
 (the simulator stands in for vendors without a key; its answers start with "[simulated]")
 
-  API key:   {secret}
+  API key:   {secret}   (org {org_id}, prepaid, 25 USD of demo credit)
   admin key: {admin_key}
 
   curl {base}/chat/completions \\
@@ -163,6 +181,7 @@ c = OpenAI(base_url="{base}", api_key="{secret}")
 r = c.chat.completions.create(model="sim-small", messages=[{{"role": "user", "content": "Hi"}}])
 print(r.choices[0].message.content)'
 
-  models: curl -s {base}/models -H "Authorization: Bearer {secret}"
+  models and prices: curl -s {base}/models -H "Authorization: Bearer {secret}"
+  what a request cost: the x-tokenomy-cost header and usage.cost in the response
 Press Ctrl-C to stop.
 """
