@@ -87,7 +87,14 @@ def anthropic_response_text(obj: dict[str, Any]) -> str:
 
 
 def _message_text(m: dict[str, Any], parts: list[str]) -> None:
-    for k in ("reasoning_content", "content"):
+    # Reasoning is "reasoning_content" (DeepSeek, Qwen, Kimi) or "reasoning" (vLLM,
+    # OpenRouter); some servers send both with the same text, so count it once.
+    for k in ("reasoning_content", "reasoning"):
+        v = m.get(k)
+        if isinstance(v, str) and v:
+            parts.append(v)
+            break
+    for k in ("content", "refusal"):
         v = m.get(k)
         if isinstance(v, str):
             parts.append(v)

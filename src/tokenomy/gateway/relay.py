@@ -18,9 +18,10 @@ import orjson
 from tokenomy.errors import GatewayError, UpstreamError, UpstreamTimeout
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.metering import anthropic_delta_text, openai_chunk_text
-from tokenomy.gateway.usage import Usage
+from tokenomy.gateway.usage import Usage, openai_chunk_usage
 from tokenomy.providers.base import UpstreamResponse
 from tokenomy.providers.sse import frame_data, frame_event, frame_json
+from tokenomy.providers.translate_response import usage_from_anthropic
 from tokenomy.providers.translate_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,24 @@ DONE = b"data: [DONE]\n\n"
 _STREAM_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
 
 
-def _has_usage(data: bytes) -> bool:
-    """Whether an OpenAI chunk carries a non-null usage object, without parsing it."""
+def _may_have_usage(data: bytes) -> bool:
+    """Whether an OpenAI chunk may carry a usage object, without parsing it.
+
+    A cheap pre-filter: the match may also be a ``"usage"`` value in the produced text, so
+    the caller parses the chunk to be sure.
+    """
     i = data.find(b'"usage"')
-    if i < 0:
-        return False
-    rest = data[i + 7 : i + 16].lstrip(b": ")
-    return not rest.startswith(b"null")
+    while i >= 0:
+        rest = data[i + 7 : i + 16].lstrip(b": ")
+        if not rest.startswith(b"null"):
+            return True
+        i = data.find(b'"usage"', i + 7)
+    return False
+
+
+def _present(usage: Any) -> dict[str, Any]:
+    """An Anthropic usage object without its null fields (null means "not reported")."""
+    return {k: v for k, v in usage.items() if v is not None} if isinstance(usage, dict) else {}
 
 
 class StreamRelay:
@@ -75,7 +87,7 @@ class StreamRelay:
         try:
             async for b in relay():
                 yield b
-            if not self.completed:
+            if not self.completed and self.call.status != "upstream_error":
                 cut: GatewayError = UpstreamError(
                     "The upstream stream ended before it was complete."
                 )
@@ -113,11 +125,13 @@ class StreamRelay:
                 yield DONE
                 continue
             call.mark_first_token()
-            if _has_usage(d):
+            if _may_have_usage(d):
                 obj = orjson.loads(d)
-                call.usage = Usage.from_openai(obj["usage"])
-                if not obj.get("choices") and not call.wants_usage:
-                    continue  # the client did not ask for the usage chunk we added
+                u = openai_chunk_usage(obj)
+                if u is not None:
+                    call.usage = Usage.from_openai(u)
+                    if not obj.get("choices") and not call.wants_usage:
+                        continue  # the client did not ask for the usage chunk we added
             raw.append(d)
             yield frame_data(d)
 
@@ -130,11 +144,12 @@ class StreamRelay:
                 call.mark_first_token()
                 raw.append(d)
             elif name == "message_start":
-                usage.update((orjson.loads(d).get("message") or {}).get("usage") or {})
+                usage.update(_present((orjson.loads(d).get("message") or {}).get("usage")))
             elif name == "message_delta":
-                # Cumulative counts: the last value wins, never a sum.
-                usage.update(orjson.loads(d).get("usage") or {})
-                call.usage = Usage.from_anthropic(usage)
+                # Cumulative counts: the last value wins, never a sum; a null or missing
+                # field keeps its message_start value.
+                usage.update(_present(orjson.loads(d).get("usage")))
+                call.usage = usage_from_anthropic(usage)
             elif name == "message_stop":
                 self.completed = True
             elif name == "error":
@@ -154,10 +169,13 @@ class StreamRelay:
                 break
             call.mark_first_token()
             obj = orjson.loads(ev.data)
-            if obj.get("usage"):
-                call.usage = Usage.from_openai(obj["usage"])
+            u = openai_chunk_usage(obj)
+            if u is not None:
+                call.usage = Usage.from_openai(u)
             if obj.get("choices"):
                 self._raw.append(ev.data)
+            if obj.get("error"):
+                call.status = "upstream_error"
             for name, data in tr.feed(obj):
                 yield frame_json(name, data)
         if not self.completed:
@@ -183,11 +201,13 @@ class StreamRelay:
                 self._raw.append(ev.data)
             elif name == "error":
                 call.status = "upstream_error"
-                yield frame_json(None, {"error": obj.get("error") or obj})
-                return
             for chunk in tr.feed(name, obj):
                 yield frame_json(None, chunk)
-            if tr.usage is not None:
+            if name == "error":
+                return
+            if name == "message_delta" and tr.usage is not None:
+                # Not before: message_start's output count is a placeholder, and a stream
+                # cut before message_delta is counted locally instead.
                 call.usage = tr.usage
             if name == "message_stop":
                 self.completed = True

@@ -43,8 +43,9 @@ class Usage:
         pdet = u.get("prompt_tokens_details") or {}
         cdet = u.get("completion_tokens_details") or {}
         cached = _int(pdet.get("cached_tokens")) if isinstance(pdet, dict) else 0
-        # DeepSeek reports cache hits in its own field next to prompt_tokens.
-        cached = max(cached, _int(u.get("prompt_cache_hit_tokens")))
+        # DeepSeek reports cache hits in its own field next to prompt_tokens, Kimi in a
+        # top-level cached_tokens.
+        cached = max(cached, _int(u.get("prompt_cache_hit_tokens")), _int(u.get("cached_tokens")))
         reasoning = _int(cdet.get("reasoning_tokens")) if isinstance(cdet, dict) else 0
         return cls(
             input_tokens=prompt,
@@ -87,6 +88,25 @@ class Usage:
             "cache_read_input_tokens": self.cached_tokens,
             "output_tokens": self.output_tokens,
         }
+
+
+def openai_chunk_usage(chunk: Any) -> dict[str, Any] | None:
+    """The usage object of an OpenAI-dialect stream chunk, wherever the vendor put it.
+
+    OpenAI puts it at the top level (on a final ``choices: []`` chunk, or inline on the last
+    chunk with some vendors); Kimi puts it inside the finishing choice.
+    """
+    if not isinstance(chunk, dict):
+        return None
+    u = chunk.get("usage")
+    if isinstance(u, dict):
+        return u
+    choices = chunk.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        u = choice.get("usage") if isinstance(choice, dict) else None
+        if isinstance(u, dict):
+            return u
+    return None
 
 
 def _int(v: Any) -> int:

@@ -30,12 +30,18 @@ def parse_block(block: bytes) -> SSEEvent | None:
 
 
 async def iter_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
-    """Split raw chunks into events; a trailing event without its blank line still counts."""
+    """Split raw chunks into events.
+
+    A trailing event without its blank line counts only if its last line is whole (or it is
+    a bare ``[DONE]``): a stream cut in the middle of a line must not yield half an event,
+    which the SSE spec says to discard.
+    """
     buf = b""
     async for chunk in chunks:
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
         buf += chunk
+        if b"\r" in buf:
+            # On the whole buffer, not the chunk: a CRLF may straddle two network chunks.
+            buf = buf.replace(b"\r\n", b"\n")
         while True:
             i = buf.find(b"\n\n")
             if i < 0:
@@ -44,8 +50,9 @@ async def iter_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
             ev = parse_block(block)
             if ev is not None:
                 yield ev
-    if buf.strip():
-        ev = parse_block(buf.strip(b"\n"))
+    tail = buf.rstrip(b"\r\n")
+    if tail and (buf != tail or tail == b"data: [DONE]"):
+        ev = parse_block(tail)
         if ev is not None:
             yield ev
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tokenomy.gateway.usage import Usage
+from tokenomy.gateway.usage import Usage, openai_chunk_usage
 from tokenomy.providers.translate_content import JSON, as_object
 from tokenomy.providers.translate_response import (
     anthropic_stop_reason,
@@ -59,9 +59,10 @@ class OpenAIToAnthropicStream:
         """Events for one upstream chunk; message_start comes with the first one."""
         if self._finished or not isinstance(chunk, dict):
             return []
-        raw_usage = chunk.get("usage")
-        if isinstance(raw_usage, dict):
-            # Usage may ride on the final empty-choices chunk or on a chunk with choices.
+        raw_usage = openai_chunk_usage(chunk)
+        if raw_usage is not None:
+            # Usage may ride on the final empty-choices chunk, on a chunk with choices, or
+            # inside the finishing choice (Kimi).
             self._usage = Usage.from_openai(raw_usage)
         events = self._start()
         if chunk.get("error"):

@@ -1,0 +1,536 @@
+"""The stream relay and metering, on recorded vendor streams split at awkward boundaries.
+
+A fake upstream replays a fixture's bytes in small pieces (every 7 bytes by default, so
+events, lines, multi-byte characters and CRLFs are split), the way a socket hands them over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anthropic
+import httpx2
+import openai
+import pytest
+
+from tokenomy.gateway.call import Call
+from tokenomy.gateway.metering import (
+    anthropic_delta_text,
+    count_prompt,
+    counted_usage,
+    openai_chunk_text,
+)
+from tokenomy.gateway.relay import StreamRelay
+from tokenomy.gateway.tokencount import TokenCounter
+from tokenomy.gateway.usage import Usage, UsageSource
+from tokenomy.providers.sse import SSEEvent, iter_events
+from tokenomy.store.keys import ApiKey
+
+FIXTURES = Path(__file__).parent / "fixtures" / "translate"
+KEY = ApiKey(
+    id="key_1",
+    prefix="tk-test",
+    name="test",
+    org_id=None,
+    project_id=None,
+    allowed_models=None,
+    created_ms=0,
+    revoked_ms=None,
+)
+CHAT_BODY: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "stream": True,
+    "messages": [{"role": "user", "content": "Tell me a story about a lighthouse keeper."}],
+}
+MESSAGES_BODY: dict[str, Any] = {
+    "model": "claude-sonnet-4-5",
+    "stream": True,
+    "max_tokens": 256,
+    "messages": [{"role": "user", "content": "Tell me a story about a lighthouse keeper."}],
+}
+
+
+def fixture(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+class FakeUpstream:
+    """An upstream response replaying bytes in fixed-size pieces, optionally failing after."""
+
+    status = 200
+
+    def __init__(self, body: bytes, *, size: int = 7, error: BaseException | None = None) -> None:
+        self.body = body
+        self.size = size
+        self.error = error
+        self.released = 0
+
+    async def read(self) -> bytes:
+        return self.body
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        for i in range(0, len(self.body), self.size):
+            yield self.body[i : i + self.size]
+            await asyncio.sleep(0)
+        if self.error is not None:
+            raise self.error
+
+    def events(self) -> AsyncIterator[SSEEvent]:
+        return iter_events(self._pieces())
+
+    def release(self) -> None:
+        self.released += 1
+
+
+def make_call(dialect: str, *, wants_usage: bool = False) -> Call:
+    if dialect == "openai":
+        return Call(
+            endpoint="chat",
+            dialect="openai",
+            body=CHAT_BODY,
+            model="gpt-4o-mini",
+            stream=True,
+            key=KEY,
+            wants_usage=wants_usage,
+        )
+    return Call(
+        endpoint="messages",
+        dialect="anthropic",
+        body=MESSAGES_BODY,
+        model="claude-sonnet-4-5",
+        stream=True,
+        key=KEY,
+    )
+
+
+async def relay(
+    call: Call, upstream: FakeUpstream, upstream_dialect: str
+) -> tuple[bytes, StreamRelay]:
+    r = StreamRelay(call, upstream, upstream_dialect, prompt_tokens_hint=lambda: 42)
+    out = b"".join([b async for b in r.chunks()])
+    return out, r
+
+
+def blocks(raw: bytes) -> list[bytes]:
+    return [b for b in raw.split(b"\n\n") if b]
+
+
+def without_usage_chunk(raw: bytes) -> bytes:
+    """The OpenAI stream minus its usage-only (``choices: []``) chunk."""
+    kept = [b for b in blocks(raw) if b'"choices":[],"usage":{' not in b]
+    assert len(kept) == len(blocks(raw)) - 1
+    return b"".join(b + b"\n\n" for b in kept)
+
+
+def cut(raw: bytes, fraction: float) -> bytes:
+    """The stream cut off part-way, in the middle of an event."""
+    at = int(len(raw) * fraction)
+    assert raw[at - 2 : at] != b"\n\n"
+    return raw[:at]
+
+
+def mock_http(body: bytes) -> httpx2.Client:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    return httpx2.Client(transport=httpx2.MockTransport(handler))
+
+
+def openai_sdk_chunks(body: bytes) -> list[Any]:
+    client = openai.OpenAI(
+        api_key="t", base_url="http://gw.test", http_client=mock_http(body), max_retries=0
+    )
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    return list(stream)
+
+
+def anthropic_sdk_message(body: bytes) -> Any:
+    client = anthropic.Anthropic(
+        api_key="t", base_url="http://gw.test", http_client=mock_http(body), max_retries=0
+    )
+    with client.messages.stream(
+        model="claude-gw", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        return stream.get_final_message()
+
+
+# --- SSE parsing across chunk boundaries ---------------------------------------------------
+
+
+async def _parse(body: bytes, size: int) -> list[SSEEvent]:
+    return [ev async for ev in FakeUpstream(body, size=size).events()]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "openai_stream_tool_calls.sse",
+        "anthropic_stream_thinking.sse",
+        "kimi_stream_usage_in_choice.sse",
+    ],
+)
+@pytest.mark.parametrize("size", [1, 2, 7, 13, 4096])
+async def test_sse_parser_is_independent_of_chunk_boundaries(name: str, size: int) -> None:
+    whole = await _parse(fixture(name), 1 << 20)
+    assert len(whole) > 3
+    assert await _parse(fixture(name), size) == whole
+    # The same stream with CRLF line endings, a CR and its LF landing in different pieces.
+    crlf = fixture(name).replace(b"\n", b"\r\n")
+    assert await _parse(crlf, size) == whole
+
+
+async def test_sse_parser_keeps_a_final_event_without_its_blank_line() -> None:
+    events = await _parse(b": keep-alive\n\nevent: ping\ndata: {}\n\ndata: [DONE]", 3)
+    assert events == [SSEEvent("ping", b"{}"), SSEEvent(None, b"[DONE]")]
+    events = await _parse(b'data: {"a":1}\n\ndata: {"b":2}\r\n', 3)
+    assert events == [SSEEvent(None, b'{"a":1}'), SSEEvent(None, b'{"b":2}')]
+
+
+async def test_sse_parser_drops_an_event_cut_mid_line() -> None:
+    events = await _parse(b'data: {"a":1}\n\ndata: {"b":', 3)
+    assert events == [SSEEvent(None, b'{"a":1}')]
+
+
+# --- same dialect: passthrough --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "openai_stream_text.sse",
+        "openai_stream_tool_calls.sse",
+        "deepseek_stream_reasoning.sse",
+        "deepseek_stream_cache_hit.sse",
+        "kimi_stream_usage_in_choice.sse",
+    ],
+)
+async def test_openai_passthrough_is_byte_for_byte(name: str) -> None:
+    call = make_call("openai", wants_usage=True)
+    upstream = FakeUpstream(fixture(name))
+    out, r = await relay(call, upstream, "openai")
+    assert out == fixture(name)
+    assert r.completed and call.status == "ok" and call.error_code is None
+    assert upstream.released == 1
+    assert call.usage is not None and call.usage.source is UsageSource.UPSTREAM
+    assert call.output_text == []  # the vendor's count is known: nothing kept to count
+    assert call.first_token_at is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "usage"),
+    [
+        ("openai_stream_text.sse", Usage(input_tokens=1200, cached_tokens=1024, output_tokens=3)),
+        ("openai_stream_tool_calls.sse", Usage(input_tokens=80, output_tokens=40)),
+        (
+            "deepseek_stream_reasoning.sse",
+            Usage(input_tokens=16, output_tokens=20, reasoning_tokens=12),
+        ),
+        (
+            "deepseek_stream_cache_hit.sse",
+            Usage(input_tokens=1100, cached_tokens=1024, output_tokens=7),
+        ),
+        (
+            "kimi_stream_usage_in_choice.sse",
+            Usage(input_tokens=39, cached_tokens=32, output_tokens=12),
+        ),
+    ],
+)
+async def test_openai_passthrough_records_upstream_usage(name: str, usage: Usage) -> None:
+    call = make_call("openai")
+    await relay(call, FakeUpstream(fixture(name)), "openai")
+    assert call.usage == usage
+
+
+@pytest.mark.parametrize("name", ["openai_stream_text.sse", "deepseek_stream_cache_hit.sse"])
+async def test_usage_only_chunk_is_stripped_unless_the_client_asked(name: str) -> None:
+    call = make_call("openai", wants_usage=False)
+    out, _ = await relay(call, FakeUpstream(fixture(name)), "openai")
+    assert out == without_usage_chunk(fixture(name))
+    assert call.usage is not None and call.usage.input_tokens > 0  # still metered
+    chunks = openai_sdk_chunks(out)
+    assert all(c.usage is None for c in chunks)
+
+
+async def test_usage_on_a_chunk_with_choices_is_kept() -> None:
+    # DeepSeek puts usage on the finishing chunk: it cannot be dropped without the text.
+    name = "deepseek_stream_reasoning.sse"
+    out, _ = await relay(make_call("openai"), FakeUpstream(fixture(name)), "openai")
+    assert out == fixture(name)
+
+
+async def test_openai_passthrough_output_reads_in_the_sdk() -> None:
+    out, _ = await relay(
+        make_call("openai", wants_usage=True),
+        FakeUpstream(fixture("kimi_stream_usage_in_choice.sse")),
+        "openai",
+    )
+    chunks = openai_sdk_chunks(out)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "你好，李雷！1+1等于2。"
+
+
+@pytest.mark.parametrize(
+    ("name", "usage"),
+    [
+        (
+            "anthropic_stream_text.sse",
+            Usage(input_tokens=1025, cached_tokens=1000, output_tokens=15),
+        ),
+        # Two cumulative message_delta events: the last wins, nothing is added up.
+        ("anthropic_stream_thinking.sse", Usage(input_tokens=120, output_tokens=160)),
+        ("anthropic_stream_tool_use.sse", Usage(input_tokens=472, output_tokens=89)),
+    ],
+)
+async def test_anthropic_passthrough_is_byte_for_byte(name: str, usage: Usage) -> None:
+    call = make_call("anthropic")
+    upstream = FakeUpstream(fixture(name))
+    out, r = await relay(call, upstream, "anthropic")
+    assert out == fixture(name)
+    assert r.completed and call.status == "ok"
+    assert call.usage == usage
+    assert upstream.released == 1
+
+
+async def test_anthropic_passthrough_null_usage_fields_keep_message_start_values() -> None:
+    # Anthropic-compatible vendors may send null for fields they do not update.
+    raw = fixture("anthropic_stream_text.sse").replace(
+        b'"usage": {"output_tokens": 15}',
+        b'"usage": {"input_tokens": null, "cache_read_input_tokens": null, "output_tokens": 15}',
+    )
+    assert raw != fixture("anthropic_stream_text.sse")
+    call = make_call("anthropic")
+    await relay(call, FakeUpstream(raw), "anthropic")
+    assert call.usage == Usage(input_tokens=1025, cached_tokens=1000, output_tokens=15)
+
+
+async def test_anthropic_error_event_is_relayed_once() -> None:
+    call = make_call("anthropic")
+    out, _ = await relay(call, FakeUpstream(fixture("anthropic_stream_error.sse")), "anthropic")
+    assert out == fixture("anthropic_stream_error.sse")
+    assert out.count(b"event: error") == 1
+    assert call.status == "upstream_error"
+    # message_start's output count is a placeholder: the call is counted locally instead.
+    assert call.usage is None
+    assert call.output_text == ["Partial"]
+
+
+# --- cut-off streams ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("client", "upstream_dialect", "name"),
+    [
+        ("openai", "openai", "openai_stream_text.sse"),
+        ("openai", "anthropic", "anthropic_stream_tool_use.sse"),
+        ("anthropic", "anthropic", "anthropic_stream_thinking.sse"),
+        ("anthropic", "openai", "openai_stream_tool_calls.sse"),
+    ],
+)
+@pytest.mark.parametrize("how", ["eof", "broken", "stalled"])
+async def test_cut_stream_ends_with_an_in_band_error_and_is_counted(
+    client: str, upstream_dialect: str, name: str, how: str
+) -> None:
+    errors: dict[str, BaseException | None] = {
+        "eof": None,
+        "broken": aiohttp.ClientPayloadError("Response payload is not completed"),
+        "stalled": TimeoutError(),
+    }
+    call = make_call(client, wants_usage=True)
+    upstream = FakeUpstream(cut(fixture(name), 0.6), error=errors[how])
+    out, r = await relay(call, upstream, upstream_dialect)
+    assert not r.completed
+    assert call.status == "upstream_cut"
+    assert call.error_code == ("gateway_timeout" if how == "stalled" else "bad_gateway")
+    assert upstream.released == 1
+    last = blocks(out)[-1]
+    if client == "openai":
+        assert last.startswith(b"data: ")
+        err = json.loads(last[6:])["error"]
+        assert err["code"] == call.error_code and err["type"] == "upstream_error"
+        assert b"[DONE]" not in out
+        with pytest.raises(openai.APIError):
+            openai_sdk_chunks(out)
+    else:
+        name_line, data_line = last.split(b"\n")
+        assert name_line == b"event: error"
+        err = json.loads(data_line[6:])
+        assert err["type"] == "error"
+        assert err["error"]["type"] == ("timeout_error" if how == "stalled" else "api_error")
+        assert b"message_stop" not in out
+        with pytest.raises(anthropic.APIError):
+            anthropic_sdk_message(out)
+    # No usage arrived: what was produced so far is kept and counted locally.
+    assert call.usage is None
+    produced = "".join(call.output_text)
+    assert produced
+    counter = TokenCounter()
+    usage = counted_usage(counter, call)
+    assert usage.source is UsageSource.COUNTED
+    assert usage.input_tokens == count_prompt(counter, call) > 0
+    assert usage.output_tokens == counter.count_text(call.model, produced) > 0
+
+
+async def test_cut_after_usage_keeps_the_upstream_count() -> None:
+    # Usage arrived, only [DONE] is missing: the vendor's count stands.
+    raw = fixture("openai_stream_text.sse").replace(b"data: [DONE]\n\n", b"")
+    call = make_call("openai", wants_usage=True)
+    await relay(call, FakeUpstream(raw), "openai")
+    assert call.status == "upstream_cut"
+    assert call.usage == Usage(input_tokens=1200, cached_tokens=1024, output_tokens=3)
+    assert call.output_text == []
+
+
+async def test_cut_anthropic_stream_after_message_start_is_not_billed_from_it() -> None:
+    # message_start says output_tokens 1: not a usage report to bill a cut stream from.
+    raw = fixture("anthropic_stream_text.sse")
+    raw = raw[: raw.index(b"event: message_delta")]
+    call = make_call("openai", wants_usage=True)
+    out, _ = await relay(call, FakeUpstream(raw), "anthropic")
+    assert call.status == "upstream_cut"
+    assert call.usage is None
+    assert call.output_text == ["Hello!"]
+    assert counted_usage(TokenCounter(), call).source is UsageSource.COUNTED
+    assert out.count(b'"error"') == 1
+
+
+async def test_client_going_away_releases_upstream_and_keeps_text() -> None:
+    call = make_call("openai")
+    upstream = FakeUpstream(fixture("openai_stream_text.sse"))
+    r = StreamRelay(call, upstream, "openai", prompt_tokens_hint=lambda: 0)
+    gen = r.chunks()
+    got = [await gen.__anext__() for _ in range(3)]
+    assert len(got) == 3
+    await gen.aclose()
+    assert upstream.released == 1
+    assert call.usage is None
+    # Three chunks reached the client: the role chunk, "Hello" and " there!".
+    assert "".join(call.output_text) == "Hello there!"
+
+
+# --- translated streams ---------------------------------------------------------------------
+
+
+async def test_openai_upstream_to_anthropic_client() -> None:
+    call = make_call("anthropic")
+    out, r = await relay(call, FakeUpstream(fixture("openai_stream_tool_calls.sse")), "openai")
+    assert r.completed and call.status == "ok"
+    assert call.usage == Usage(input_tokens=80, output_tokens=40)
+    assert call.usage.source is UsageSource.UPSTREAM
+    msg = anthropic_sdk_message(out)
+    assert [(b.type, b.input) for b in msg.content] == [
+        ("tool_use", {"city": "Paris"}),
+        ("tool_use", {"city": "Tokyo"}),
+    ]
+    assert msg.stop_reason == "tool_use"
+    assert msg.id == "msg_" + call.request_id[4:]
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == (80, 40)
+
+
+async def test_kimi_upstream_to_anthropic_client_uses_usage_in_choice() -> None:
+    call = make_call("anthropic")
+    out, _ = await relay(call, FakeUpstream(fixture("kimi_stream_usage_in_choice.sse")), "openai")
+    assert call.usage == Usage(input_tokens=39, cached_tokens=32, output_tokens=12)
+    msg = anthropic_sdk_message(out)
+    assert msg.content[0].text == "你好，李雷！1+1等于2。"
+    assert (msg.usage.cache_read_input_tokens, msg.usage.output_tokens) == (32, 12)
+
+
+async def test_silent_openai_upstream_to_anthropic_client_is_counted() -> None:
+    call = make_call("anthropic")
+    out, r = await relay(call, FakeUpstream(fixture("openai_stream_no_usage.sse")), "openai")
+    assert r.completed and call.status == "ok"
+    assert call.usage is None
+    assert call.output_text == ["Once upon a time"]
+    msg = anthropic_sdk_message(out)
+    assert msg.stop_reason == "max_tokens"
+    assert msg.usage.input_tokens == 42  # the prompt hint
+
+
+async def test_openai_upstream_error_chunk_to_anthropic_client() -> None:
+    raw = fixture("openai_stream_no_usage.sse").replace(
+        b"data: [DONE]\n\n",
+        b'data: {"error":{"message":"Internal error","type":"server_error"}}\n\n',
+    )
+    call = make_call("anthropic")
+    out, _ = await relay(call, FakeUpstream(raw), "openai")
+    assert call.status == "upstream_error"
+    assert out.count(b"event: error") == 1
+    assert b"message_stop" not in out
+    with pytest.raises(anthropic.APIError, match="Internal error"):
+        anthropic_sdk_message(out)
+
+
+@pytest.mark.parametrize("wants_usage", [True, False])
+async def test_anthropic_upstream_to_openai_client(wants_usage: bool) -> None:
+    call = make_call("openai", wants_usage=wants_usage)
+    out, r = await relay(call, FakeUpstream(fixture("anthropic_stream_thinking.sse")), "anthropic")
+    assert r.completed and call.status == "ok"
+    assert out.endswith(b"data: [DONE]\n\n")
+    assert call.usage == Usage(input_tokens=120, output_tokens=160)
+    chunks = openai_sdk_chunks(out)
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    if wants_usage:
+        [u] = usage_chunks
+        assert (u.usage.prompt_tokens, u.usage.completion_tokens) == (120, 160)
+        assert u.choices == []
+    else:
+        assert usage_chunks == []
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "27 * 453 = 12,231"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+async def test_anthropic_upstream_error_to_openai_client_once() -> None:
+    call = make_call("openai")
+    out, _ = await relay(call, FakeUpstream(fixture("anthropic_stream_error.sse")), "anthropic")
+    assert call.status == "upstream_error"
+    assert out.count(b'"error"') == 1
+    last = json.loads(blocks(out)[-1][6:])
+    assert last["error"]["message"] == "Overloaded"
+    assert last["error"]["type"] == "overloaded_error"
+    with pytest.raises(openai.APIError, match="Overloaded"):
+        openai_sdk_chunks(out)
+    assert call.usage is None and call.output_text == ["Partial"]
+
+
+# --- metering --------------------------------------------------------------------------------
+
+
+def test_openai_chunk_text_counts_reasoning_once_and_tool_calls() -> None:
+    both = {"choices": [{"delta": {"reasoning_content": "think", "reasoning": "think"}}]}
+    assert openai_chunk_text(json.dumps(both).encode()) == "think"
+    only = {"choices": [{"delta": {"reasoning": "hmm", "content": "ok"}}]}
+    assert openai_chunk_text(json.dumps(only).encode()) == "hmmok"
+    call = {"index": 0, "function": {"name": "get_weather", "arguments": '{"city":'}}
+    tool = {"choices": [{"delta": {"tool_calls": [call]}}]}
+    assert openai_chunk_text(json.dumps(tool).encode()) == 'get_weather{"city":'
+    assert openai_chunk_text(b"not json") == ""
+    assert openai_chunk_text(b'{"choices":[],"usage":{"prompt_tokens":1}}') == ""
+
+
+def test_anthropic_delta_text() -> None:
+    events = [
+        json.dumps({"type": "content_block_delta", "index": 0, "delta": d}).encode()
+        for d in (
+            {"type": "text_delta", "text": "Hi"},
+            {"type": "thinking_delta", "thinking": "hmm"},
+            {"type": "input_json_delta", "partial_json": '{"a":'},
+            {"type": "signature_delta", "signature": "EqQB"},
+        )
+    ]
+    assert [anthropic_delta_text(e) for e in events] == ["Hi", "hmm", '{"a":', ""]
+    assert anthropic_delta_text(b"{broken") == ""
+
+
+def test_counted_usage_without_output() -> None:
+    call = make_call("openai")
+    usage = counted_usage(TokenCounter(), call)
+    assert usage.source is UsageSource.COUNTED
+    assert usage.output_tokens == 0 and usage.input_tokens > 0
