@@ -57,6 +57,11 @@ models:
     deployments: [{{vendor: sim, model: silent-a}}]
   - name: inline
     deployments: [{{vendor: sim, model: inline-a}}]
+  - name: ds-reasoner
+    deployments: [{{vendor: sim, model: ds-reasoner, price: deepseek/deepseek-flash}}]
+  - name: opus
+    deployments:
+      - {{vendor: sim-anthropic, model: opus-a, price: anthropic/claude-opus-4-6, max_output: 4096}}
   - name: standby-demo
     deployments:
       - {{vendor: sim-nokey, model: real-a}}
@@ -99,10 +104,18 @@ class Gateway:
                 return rows
             time.sleep(0.02)
 
-    def new_key(self, models: list[str] | None = None) -> str:
-        secret, rec = self.services.keys.create("test", allowed_models=models)
+    def new_key(self, models: list[str] | None = None, org_id: str | None = None) -> str:
+        secret, rec = self.services.keys.create("test", allowed_models=models, org_id=org_id)
         self.services.key_cache.put(secret, rec)
         return secret
+
+    def new_org(self, balance_nanos: int = 0, currency: str = "USD") -> str:
+        """A prepaid org with ``balance_nanos`` topped up, visible to the gateway at once."""
+        org = self.services.ledger.create_org("test org", currency)
+        if balance_nanos:
+            self.services.ledger.post("topup", org.id, balance_nanos)
+        self.server.call(self.services.refresh_accounts())
+        return org.id
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +124,12 @@ def sim() -> Iterator[ThreadServer]:
     from tokenomy.sim.settings import SimSettings
 
     settings = SimSettings(
-        usage_styles={"silent-*": "none", "inline-*": "inline", "*": "openai"},
+        usage_styles={
+            "silent-*": "none",
+            "inline-*": "inline",
+            "ds-*": "deepseek",
+            "*": "openai",
+        },
         timeout_s=5.0,
     )
     srv = ThreadServer(lambda: create_sim_app(settings)).start()

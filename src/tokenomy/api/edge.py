@@ -93,12 +93,13 @@ async def serve_call(request: web.Request, svc: Services, call: Call) -> web.Str
         try:
             async for chunk in chunks:
                 await resp.write(chunk)
+            await resp.write_eof()
         except ConnectionResetError:
-            call.status, call.http_status = "cancelled", CLIENT_CLOSED
-            return resp
+            # Gone before the end: cancelled, unless everything was already sent.
+            if not relay.completed:
+                call.status, call.http_status = "cancelled", CLIENT_CLOSED
         finally:
             await chunks.aclose()
-        await resp.write_eof()
         return resp
     except GatewayError as e:
         pipeline.fail(call, e)

@@ -159,6 +159,9 @@ class Pipeline:
                 provider.dialect,
                 prompt_tokens_hint=lambda: count_prompt(self.counter, call),
             )
+            if self.quoter is not None:
+                quoter = self.quoter
+                relay.cost = lambda c: str(quoter.quote(c).cost_str())
             return Outcome(headers=headers, relay=relay)
         raw = await resp.read()
         call.mark_first_token()

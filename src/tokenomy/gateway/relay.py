@@ -67,6 +67,8 @@ class StreamRelay:
         self._hint = prompt_tokens_hint
         self._raw: list[bytes] = []
         self.completed = False
+        #: Prices the call once its usage is known: adds ``usage.cost`` to OpenAI streams.
+        self.cost: Callable[[Call], str] | None = None
 
     def output_text(self) -> str:
         """Decode what was produced so far (only needed when usage never arrived)."""
@@ -132,6 +134,9 @@ class StreamRelay:
                     call.usage = Usage.from_openai(u)
                     if not obj.get("choices") and not call.wants_usage:
                         continue  # the client did not ask for the usage chunk we added
+                    if self.cost is not None and isinstance(obj.get("usage"), dict):
+                        obj["usage"]["cost"] = orjson.Fragment(self.cost(call).encode())
+                        d = orjson.dumps(obj)
             raw.append(d)
             yield frame_data(d)
 
@@ -202,6 +207,9 @@ class StreamRelay:
             elif name == "error":
                 call.status = "upstream_error"
             for chunk in tr.feed(name, obj):
+                usage = chunk.get("usage")
+                if self.cost is not None and isinstance(usage, dict) and call.usage is not None:
+                    usage["cost"] = orjson.Fragment(self.cost(call).encode())
                 yield frame_json(None, chunk)
             if name == "error":
                 return
