@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from tests.needs import require_postgres, require_redis
 from tests.servers import ThreadServer
 from tokenomy.app import app_for
 from tokenomy.config import Config, parse_config
@@ -23,8 +27,9 @@ ADMIN_KEY = "tk-admin-test-0123456789"
 VENDOR_KEY = "sk-vendor-secret-abcdef123456"
 
 
-def gateway_yaml(sim_url: str, db_url: str, extra: str = "") -> str:
+def gateway_yaml(sim_url: str, db_url: str, extra: str = "", redis_url: str = "") -> str:
     return f"""
+ledger: {{redis_url: "{redis_url}", redis_prefix: "tktest:{secrets.token_hex(4)}:"}}
 server:
   max_body_bytes: 65536
   max_messages: 50
@@ -147,18 +152,45 @@ def sim_stats(sim_url: str) -> dict[str, Any]:
     return out
 
 
-def make_config(sim_url: str, tmp: Path, extra: str = "") -> Config:
-    return parse_config(gateway_yaml(sim_url, f"sqlite:///{tmp / 'gw.db'}", extra), "test-config")
+def make_config(
+    sim_url: str, tmp: Path, extra: str = "", db_url: str = "", redis_url: str = ""
+) -> Config:
+    db_url = db_url or f"sqlite:///{tmp / 'gw.db'}"
+    return parse_config(gateway_yaml(sim_url, db_url, extra, redis_url), "test-config")
 
 
-@pytest.fixture(scope="session")
-def gateway(sim: ThreadServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+@contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test session, dropped afterwards."""
+    import psycopg
+
+    base = require_postgres()
+    name = "tokenomy_test_" + secrets.token_hex(4)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres+redis"])
+def gateway(
+    request: pytest.FixtureRequest, sim: ThreadServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """The gateway on SQLite with live state in memory, then on PostgreSQL with Redis."""
     tmp = tmp_path_factory.mktemp("gateway")
     env = {**os.environ, "TOKENOMY_ADMIN_KEY": ADMIN_KEY, "TEST_SIM_VENDOR_KEY": VENDOR_KEY}
     env.pop("TEST_MISSING_KEY", None)
-    svc = build_services(make_config(sim.url, tmp), env)
-    srv = ThreadServer(lambda: app_for(svc)).start()
-    secret, rec = svc.keys.create("fixture")
-    svc.key_cache.put(secret, rec)
-    yield Gateway(srv, svc, secret, sim.url)
-    srv.stop()
+    with contextlib.ExitStack() as stack:
+        cfg = make_config(sim.url, tmp)
+        if request.param == "postgres+redis":
+            db = stack.enter_context(throwaway_postgres())
+            cfg = make_config(sim.url, tmp, db_url=db, redis_url=require_redis())
+        svc = build_services(cfg, env)
+        srv = ThreadServer(lambda: app_for(svc)).start()
+        secret, rec = svc.keys.create("fixture")
+        svc.key_cache.put(secret, rec)
+        yield Gateway(srv, svc, secret, sim.url)
+        srv.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -64,20 +65,22 @@ def test_streamed_cached_and_reasoning_tokens_bill_what_the_vendor_reported(
 ) -> None:
     org = gateway.new_org(10**10)
     c = client(gateway, gateway.new_key(org_id=org))
-    messages = [{"role": "system", "content": LONG}, {"role": "user", "content": "Go."}]
+    system = secrets.token_hex(4) + LONG  # unseen by the (shared) simulator's cache
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Go."}]
     for attempt in range(2):  # the second sight of the prompt reads it from the cache
-        stream = c.chat.completions.create(
+        raw = c.chat.completions.with_raw_response.create(
             model=model,
             messages=messages,  # type: ignore[arg-type]
             max_tokens=40,
             stream=True,
             stream_options={"include_usage": True},
         )
-        chunks = list(stream)
+        chunks = list(raw.parse())
         final = chunks[-1]
         assert final.usage is not None and not final.choices
         usage = Usage.from_openai(final.usage.model_dump())
-        (row,) = gateway.wait_events(1, request_id=_rid(final.id, gateway, org, attempt))
+        # The record lands just after the last byte: wait for it.
+        (row,) = gateway.wait_events(1, request_id=raw.headers["x-request-id"])
         assert (row["input_tokens"], row["cached_tokens"]) == (
             usage.input_tokens,
             usage.cached_tokens,
@@ -88,15 +91,11 @@ def test_streamed_cached_and_reasoning_tokens_bill_what_the_vendor_reported(
             assert usage.cached_tokens > 0 and usage.reasoning_tokens > 0
 
 
-def _rid(completion_id: str, gateway: Gateway, org: str, attempt: int) -> str:
-    rows = sorted(gateway.events(org_id=org), key=lambda r: r["ts_ms"])
-    return str(rows[attempt]["request_id"])
-
-
 def test_anthropic_client_with_cache_write_and_read(gateway: Gateway) -> None:
     org = gateway.new_org(10**10)
     c = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.new_key(org_id=org))
-    system = [{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}]
+    text = secrets.token_hex(4) + LONG  # unseen by the (shared) simulator's cache
+    system = [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
     costs = []
     for _ in range(2):
         raw = c.messages.with_raw_response.create(

@@ -26,7 +26,8 @@ NANOS_PER_UNIT: Final = 10**9
 MAX_NANOS: Final = 10**18
 MAX_DECIMAL_PLACES: Final = 9
 _MAX_INPUT_LEN: Final = 64
-_AMOUNT_RE: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+# ASCII only: a bare \d also matches full-width and Arabic-Indic digits, which Decimal accepts.
+_AMOUNT_RE: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII)
 # Exact arithmetic: products of token counts and prices need far fewer than 80 digits,
 # and the Inexact trap turns any silent rounding into an error instead of a wrong bill.
 EXACT: Final = Context(prec=80, rounding=ROUND_HALF_UP, traps=[InvalidOperation, Inexact])
