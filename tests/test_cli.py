@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, select
 
+from tests.needs import require_redis
 from tests.servers import ThreadServer, free_port
 from tokenomy.store.db import open_engine
 from tokenomy.store.schema import usage_events
@@ -107,3 +108,66 @@ def test_serve_uses_cli_keys_and_drains_on_sigterm(tmp_path: Path, sim: ThreadSe
     with open_engine(f"sqlite:///{tmp_path / 'cli.db'}").connect() as c:
         n = c.execute(select(func.count()).where(usage_events.c.status == "ok")).scalar_one()
     assert n == 21
+
+
+def test_several_workers_need_redis_and_share_one_port(tmp_path: Path, sim: ThreadServer) -> None:
+    cfg = str(write_config(tmp_path, sim.url))
+    env = {k: v for k, v in os.environ.items() if k != "TOKENOMY_REDIS_URL"}
+    r = subprocess.run(
+        [sys.executable, "-m", "tokenomy", "serve", "--config", cfg, "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert r.returncode != 0 and "TOKENOMY_REDIS_URL" in r.stderr
+    redis_url = require_redis()
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tokenomy",
+            "serve",
+            "--config",
+            cfg,
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env={**env, "TOKENOMY_REDIS_URL": redis_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        secret = run("keys", "create", "--config", cfg).stdout.splitlines()[0]
+        body = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
+        ok = 0
+        deadline = time.monotonic() + 15
+        while ok < 10 and time.monotonic() < deadline:
+            # New connections each time, so both workers take some (the kernel decides).
+            r2 = httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {secret}"},
+            )
+            ok += r2.status_code == 200
+            time.sleep(0.05)
+        assert ok == 10
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with open_engine(f"sqlite:///{tmp_path / 'cli.db'}").connect() as c:
+        n = c.execute(select(func.count()).where(usage_events.c.status == "ok")).scalar_one()
+    assert n == 10

@@ -31,6 +31,12 @@ def register(sub: Any) -> None:
     s.add_argument("--host", help="bind address (default: from config, 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default: from config, 8000)")
     s.add_argument("--log-level", default="info")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port (more than one needs Redis for live state)",
+    )
     s.set_defaults(func=serve)
 
     sim = sub.add_parser("sim", help="run the vendor simulator (OpenAI and Anthropic dialects)")
@@ -75,13 +81,63 @@ def serve(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     host = args.host or cfg.server.host
     port = args.port if args.port is not None else cfg.server.port
+    workers = args.workers
+    if workers < 1:
+        fail("--workers must be at least 1")
+    if workers > 1 and not cfg.ledger.redis_url:
+        # Balances, holds and limits must be global: per-process memory would multiply them.
+        fail("--workers above 1 needs shared live state: set TOKENOMY_REDIS_URL")
+    db = cfg.database.url.split(":")[0]
+    print(
+        f"tokenomy gateway on http://{host}:{port}/v1 ({cfg.source}, {db}, {workers} worker"
+        f"{'s' if workers > 1 else ''})",
+        flush=True,
+    )
+    if workers == 1:
+        _serve_one(cfg, host, port, reuse_port=False)
+        return 0
+    return _serve_many(cfg, host, port, workers)
+
+
+def _serve_one(cfg: Any, host: str, port: int, *, reuse_port: bool) -> None:
     _install_uvloop()
     app = app_for(build_services(cfg))
-    db = cfg.database.url.split(":")[0]
-    print(f"tokenomy gateway on http://{host}:{port}/v1 ({cfg.source}, {db})", flush=True)
     # run_app handles SIGINT and SIGTERM by running on_cleanup, which drains the writer.
-    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
-    return 0
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+        reuse_port=reuse_port,
+    )
+
+
+def _serve_many(cfg: Any, host: str, port: int, workers: int) -> int:
+    """N processes on one port (SO_REUSEPORT: the kernel spreads connections)."""
+    import multiprocessing
+
+    # Migrate once here, not in N workers racing on an empty database.
+    database(cfg).dispose()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_serve_one, args=(cfg, host, port), kwargs={"reuse_port": True})
+        for _ in range(workers)
+    ]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()
+    return max((p.exitcode or 0) for p in procs)
 
 
 def _sim_settings(args: argparse.Namespace) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 
@@ -44,5 +44,8 @@ def migrate(engine: Engine) -> None:
         "script_location", str(resources.files("tokenomy.store").joinpath("migrations"))
     )
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Replicas starting together: one migrates, the others wait, then find it done.
+            conn.execute(text("SELECT pg_advisory_xact_lock(7234917)"))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
