@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck unit serve sim bench clean
+.PHONY: demo test lint typecheck unit browser-deps serve sim bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The dashboard's browser tests drive Debian's Chromium (no browser download); idempotent.
+browser-deps:
+	@test -x /usr/lib/chromium/chromium || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+unit: $(STAMP) browser-deps
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# Issue 6's harness: tokenomy against a bare relay, LiteLLM and Portkey (several minutes;
+# not part of `make test`). BENCH_ARGS=--quick for a smoke run, --only SYSTEMS for some.
+BENCH_ARGS ?=
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,158 @@
+"""Loading one system: wrk for throughput and saturated latency, the open-loop client for
+latency at a fixed rate, /proc for CPU per request and memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import procstat
+from systems import BENCH, MAIN_BIN, MODES, Server, request_body
+
+#: The rate latency targets are stated at.
+TARGET_RATE = 1000.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    connections: int = 32
+    threads: int = 1
+    warmup_s: float = 3.0
+    duration_s: float = 15.0
+    fixed_s: float = 10.0
+    fixed_warmup_s: float = 1.0
+    rate: float = TARGET_RATE
+
+
+def _headers_text(headers: dict[str, str]) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in headers.items())
+
+
+def run_wrk(
+    url: str, headers: dict[str, str], body_file: Path, seconds: float, plan: Plan
+) -> dict[str, Any]:
+    """One wrk run; its Lua ``done()`` prints a JSON line, parsed here."""
+    env = dict(os.environ, BENCH_BODY_FILE=str(body_file), BENCH_HEADERS=_headers_text(headers))
+    cmd = [
+        "wrk",
+        f"-t{plan.threads}",
+        f"-c{plan.connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(BENCH / "chat.lua"),
+        url,
+    ]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    for line in p.stdout.splitlines():
+        if line.startswith("BENCHJSON "):
+            raw: dict[str, Any] = orjson.loads(line.removeprefix("BENCHJSON "))
+            lat = raw["latency_us"]
+            secs = raw["duration_us"] / 1e6
+            return {
+                "requests": raw["requests"],
+                "seconds": round(secs, 3),
+                "rps": raw["requests"] / secs if secs else 0.0,
+                "errors": raw["errors"],
+                "latency_ms": {
+                    "mean": lat["mean"] / 1000,
+                    "p50": lat["50"] / 1000,
+                    "p90": lat["90"] / 1000,
+                    "p99": lat["99"] / 1000,
+                    "p99.9": lat["99.9"] / 1000,
+                    "max": lat["max"] / 1000,
+                },
+            }
+    raise RuntimeError(f"wrk gave no summary (rc {p.returncode}): {p.stderr.strip()[-400:]}")
+
+
+def run_openloop(
+    url: str, headers: dict[str, str], body_file: Path, rate: float, seconds: float, warmup: float
+) -> dict[str, Any]:
+    cmd = [
+        str(MAIN_BIN / "python"),
+        str(BENCH / "openloop.py"),
+        "--url",
+        url,
+        "--body-file",
+        str(body_file),
+        "--rate",
+        str(rate),
+        "--duration",
+        str(seconds),
+        "--warmup",
+        str(warmup),
+    ]
+    for k, v in headers.items():
+        cmd += ["--header", f"{k}: {v}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + warmup + 60)
+    if p.returncode != 0:
+        raise RuntimeError(f"open-loop client failed: {p.stderr.strip()[-400:]}")
+    result: dict[str, Any] = orjson.loads(p.stdout)
+    return result
+
+
+def fixed_rate_for(rps: float, plan: Plan) -> float:
+    """The target rate when the system sustains it with room; else half what it managed."""
+    if rps >= plan.rate * 1.5:
+        return plan.rate
+    return max(5.0, float(int(rps * 0.5)))
+
+
+def measure_mode(server: Server, mode: str, workdir: Path, plan: Plan) -> dict[str, Any]:
+    body_file = workdir / f"body-{mode}.json"
+    body_file.write_bytes(request_body(mode))
+    url, headers = server.urls[mode], server.headers[mode]
+    print(f"  {server.name}/{mode}: warm-up {plan.warmup_s:.0f} s", flush=True)
+    run_wrk(url, headers, body_file, plan.warmup_s, plan)
+    time.sleep(0.5)
+    cpu0 = procstat.cpu_seconds(server.pid)
+    load = run_wrk(url, headers, body_file, plan.duration_s, plan)
+    cpu1 = procstat.cpu_seconds(server.pid)
+    served = load["requests"]
+    load["server_cpu_s"] = round(cpu1 - cpu0, 3)
+    load["cpu_us_per_req"] = (cpu1 - cpu0) / served * 1e6 if served else None
+    bad = sum(load["errors"].values())
+    print(
+        f"    {load['rps']:.0f} req/s, p99 {load['latency_ms']['p99']:.2f} ms, "
+        f"{load['cpu_us_per_req'] or 0:.0f} µs CPU/req, {bad} errors",
+        flush=True,
+    )
+    time.sleep(0.5)
+    rate = fixed_rate_for(load["rps"], plan)
+    print(f"  {server.name}/{mode}: fixed rate {rate:.0f}/s for {plan.fixed_s:.0f} s", flush=True)
+    fixed = run_openloop(url, headers, body_file, rate, plan.fixed_s, plan.fixed_warmup_s)
+    print(
+        f"    p50 {fixed['latency_ms']['p50']:.2f} ms, p99 {fixed['latency_ms']['p99']:.2f} ms, "
+        f"{fixed['ok']}/{fixed['sent']} ok",
+        flush=True,
+    )
+    return {"load": load, "fixed": fixed}
+
+
+def measure(
+    server: Server, workdir: Path, plan: Plan, mode_errors: dict[str, str]
+) -> dict[str, Any]:
+    """Every mode that passed its smoke test against one running server, with its memory
+    at rest and at peak; the modes that did not are listed with the reason."""
+    time.sleep(1.0)
+    result: dict[str, Any] = {
+        # Others' work on a shared machine shows up here: quote CPU/req, not req/s.
+        "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+        "rss_rest_mb": round(procstat.rss_mb(server.pid), 1),
+        "modes": {},
+        "mode_errors": mode_errors,
+    }
+    for mode in MODES:
+        if mode not in mode_errors:
+            result["modes"][mode] = measure_mode(server, mode, workdir, plan)
+    time.sleep(1.0)
+    result["rss_after_mb"] = round(procstat.rss_mb(server.pid), 1)
+    result["peak_rss_mb"] = round(procstat.peak_rss_mb(server.pid), 1)
+    return result

@@ -1,0 +1,68 @@
+"""CPU time and memory of a server process and all of its descendants, from /proc."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROC = Path("/proc")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold spaces: split after the last ')'.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every live process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is None:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(root: int) -> float:
+    """utime + stime of the tree, plus what its members collected from reaped children."""
+    ticks = 0
+    for pid in descendants(root):
+        fields = _stat_fields(pid)
+        if fields is None:
+            continue
+        # Fields 14-17 of stat (utime, stime, cutime, cstime); index 11 here after pid/comm.
+        ticks += sum(int(x) for x in fields[11:15])
+    return ticks / CLK_TCK
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        for line in (PROC / str(pid) / "status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_mb(root: int) -> float:
+    """Resident memory of the tree now (VmRSS summed), in MiB."""
+    return sum(_status_kb(p, "VmRSS") for p in descendants(root)) / 1024
+
+
+def peak_rss_mb(root: int) -> float:
+    """Peak resident memory (VmHWM summed over the tree's live members), in MiB."""
+    return sum(_status_kb(p, "VmHWM") for p in descendants(root)) / 1024

@@ -1,0 +1,255 @@
+"""RESULTS.md from a run's results: tables per mode, ratios, targets met or missed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from measure import TARGET_RATE
+from systems import BENCH
+
+TOKENOMY = ("tokenomy-sqlite", "tokenomy-pg")
+CPU_TARGET = 1.7  # tokenomy CPU per request over the bare relay's
+P99_ADDED_TARGET_MS = 2.0  # at TARGET_RATE req/s, over direct
+RSS_TARGET_MB = 100.0
+MODE_TITLES = {"json": "Non-streaming", "sse": "Streaming (SSE, 12 content chunks + usage)"}
+
+
+def _f(x: Any, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def _mode(sys_result: dict[str, Any], mode: str) -> dict[str, Any] | None:
+    if not sys_result.get("available"):
+        return None
+    m: dict[str, Any] | None = sys_result.get("modes", {}).get(mode)
+    return m
+
+
+def _cpu(results: dict[str, Any], name: str, mode: str) -> float | None:
+    m = _mode(results["systems"].get(name, {}), mode)
+    return m["load"]["cpu_us_per_req"] if m else None
+
+
+def _rps(results: dict[str, Any], name: str, mode: str) -> float | None:
+    m = _mode(results["systems"].get(name, {}), mode)
+    return m["load"]["rps"] if m else None
+
+
+def p99_added_fixed(results: dict[str, Any], name: str, mode: str) -> float | None:
+    """p99 at the fixed rate over direct's; None unless both ran at the same rate."""
+    m = _mode(results["systems"].get(name, {}), mode)
+    d = _mode(results["systems"].get("direct", {}), mode)
+    if not m or not d or m["fixed"]["rate"] != d["fixed"]["rate"]:
+        return None
+    p99: float = m["fixed"]["latency_ms"]["p99"] - d["fixed"]["latency_ms"]["p99"]
+    return p99
+
+
+def _table(results: dict[str, Any], mode: str) -> list[str]:
+    direct = _mode(results["systems"].get("direct", {}), mode)
+    out = [
+        f"### {MODE_TITLES[mode]}",
+        "",
+        "| system | req/s | p50 ms | p99 ms | p99 added ms | **CPU µs/req** | rate req/s "
+        "| p50 ms @rate | p99 ms @rate | p99 added ms @rate | RSS rest MB | peak RSS MB "
+        "| errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, s in results["systems"].items():
+        m = _mode(s, mode)
+        if m is None:
+            why = s.get("short_reason") or s.get("mode_errors", {}).get(mode, "")
+            why = why.replace("|", "/")[:160]
+            out.append(f"| {s['label']} | not available ({why}) | | | | | | | | | | | |")
+            continue
+        load, fixed = m["load"], m["fixed"]
+        added = (
+            load["latency_ms"]["p99"] - direct["load"]["latency_ms"]["p99"]
+            if direct and name != "direct"
+            else None
+        )
+        fixed_added = p99_added_fixed(results, name, mode) if name != "direct" else None
+        errors = sum(load["errors"].values()) + sum(fixed["errors"].values()) + fixed["dropped"]
+        errors += sum(v for k, v in fixed["statuses"].items() if k != "200")
+        out.append(
+            f"| {s['label']} | {_f(load['rps'])} | {_f(load['latency_ms']['p50'], 2)} "
+            f"| {_f(load['latency_ms']['p99'], 2)} | {_f(added, 2)} "
+            f"| **{_f(load['cpu_us_per_req'])}** | {_f(fixed['rate'])} "
+            f"| {_f(fixed['latency_ms']['p50'], 2)} | {_f(fixed['latency_ms']['p99'], 2)} "
+            f"| {_f(fixed_added, 2)} | {_f(s['rss_rest_mb'])} | {_f(s['peak_rss_mb'])} "
+            f"| {errors} |"
+        )
+    return [*out, ""]
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a and b else "–"
+
+
+def _ratios(results: dict[str, Any]) -> list[str]:
+    out = [
+        "## Ratios",
+        "",
+        "CPU per request (lower is better) and requests/s (higher is better), tokenomy over "
+        "each peer.",
+        "",
+        "| tokenomy run | mode | CPU/req ÷ bare relay (target ≤ 1.7×) | CPU/req ÷ LiteLLM "
+        "| CPU/req ÷ Portkey | req/s ÷ bare relay | req/s ÷ LiteLLM | req/s ÷ Portkey |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for t in TOKENOMY:
+        if not results["systems"].get(t, {}).get("available"):
+            continue
+        for mode in ("json", "sse"):
+            cpu = [
+                _ratio(_cpu(results, t, mode), _cpu(results, p, mode))
+                for p in ("bare", "litellm", "portkey")
+            ]
+            rps = [
+                _ratio(_rps(results, t, mode), _rps(results, p, mode))
+                for p in ("bare", "litellm", "portkey")
+            ]
+            out.append(f"| {t} | {mode} | {' | '.join(cpu)} | {' | '.join(rps)} |")
+    return [*out, ""]
+
+
+def _verdict(ok: bool | None) -> str:
+    return "–" if ok is None else ("met" if ok else "**missed**")
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for t in TOKENOMY:
+        s = results["systems"].get(t, {})
+        if not s.get("available"):
+            continue
+        for mode in ("json", "sse"):
+            cpu, bare = _cpu(results, t, mode), _cpu(results, "bare", mode)
+            ratio = cpu / bare if cpu and bare else None
+            added = p99_added_fixed(results, t, mode)
+            m = _mode(s, mode)
+            at_target = bool(m and m["fixed"]["rate"] == TARGET_RATE)
+            rows.append(
+                {
+                    "system": t,
+                    "mode": mode,
+                    "cpu_ratio": ratio,
+                    "cpu_met": None if ratio is None else ratio <= CPU_TARGET,
+                    "p99_added_ms": added,
+                    "p99_met": None
+                    if added is None or not at_target
+                    else added < P99_ADDED_TARGET_MS,
+                    "rss_rest_mb": s["rss_rest_mb"],
+                    "rss_met": s["rss_rest_mb"] < RSS_TARGET_MB,
+                }
+            )
+    return rows
+
+
+def _targets_md(results: dict[str, Any]) -> list[str]:
+    out = [
+        "## Targets",
+        "",
+        f"| tokenomy run | mode | CPU/req ≤ {CPU_TARGET}× bare relay "
+        f"| p99 added < {P99_ADDED_TARGET_MS:g} ms at {TARGET_RATE:g} req/s "
+        f"| RSS at rest < {RSS_TARGET_MB:g} MB |",
+        "|---|---|---|---|---|",
+    ]
+    for r in targets(results):
+        out.append(
+            f"| {r['system']} | {r['mode']} | {_verdict(r['cpu_met'])} ({_f(r['cpu_ratio'], 2)}×) "
+            f"| {_verdict(r['p99_met'])} ({_f(r['p99_added_ms'], 2)} ms) "
+            f"| {_verdict(r['rss_met'])} ({_f(r['rss_rest_mb'])} MB) |"
+        )
+    return [*out, ""]
+
+
+def _profile_head(name: str, n: int = 12) -> list[str]:
+    """The header and first ``n`` rows of a profile summary's own-time table."""
+    path = BENCH / name
+    if not path.exists():
+        return ["(file missing)"]
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Top") and "own" in line:
+            return lines[i : i + 2 + n]
+    return lines[: 2 + n]
+
+
+def render(results: dict[str, Any], notes: list[str]) -> str:
+    m = results["machine"]
+    p = results["plan"]
+    out = [
+        "# tokenomy benchmark results",
+        "",
+        f"Produced by `make bench` (`bench/run.py{' --quick' if results['quick'] else ''}`) "
+        f"on {results['date']}. Raw figures: `bench/results/{results['json_name']}`.",
+        "",
+        "## Machine",
+        "",
+        f"- {m['nproc']} cores, {m['cpu']}, {m['mem_gb']:.1f} GB memory",
+        f"- kernel {m['kernel']}, Python {m['python']}, {m['nginx']}, {m['wrk']}, node {m['node']}",
+        f"- tokenomy at {results['tokenomy_rev']}",
+        "",
+        "## Method",
+        "",
+        "- Upstream: nginx (one worker) answering a fixed `chat.completion` with usage on one "
+        "port and a fixed SSE stream on another; streaming requests go to the second.",
+        f"- Each system runs as one worker process and is loaded alone: `wrk -t{p['threads']} "
+        f"-c{p['connections']}` for {p['duration_s']:g} s after a {p['warmup_s']:g} s warm-up "
+        f"(bench/chat.lua), so req/s and p50/p99 are at saturation on a 2-core machine where "
+        f"wrk and the server share the cores.",
+        "- **CPU µs/req**, the headline figure: utime+stime of the server process and all its "
+        "descendants from /proc (plus reaped children), before and after the wrk run, divided "
+        "by requests served.",
+        f"- Latency at a fixed rate: bench/openloop.py, an open-loop asyncio client (wrk2 is not "
+        f"in Debian; wrk with a Lua delay stays closed-loop per connection), sends at "
+        f"{p['rate']:g} req/s for {p['fixed_s']:g} s, timed from send to last byte. A system that "
+        f"cannot sustain 1.5× that rate is measured at half its saturated throughput instead "
+        f"(shown in the rate column; then no 'added' figure is given).",
+        "- 'p99 added' is the system's p99 minus direct nginx's p99 under the same load.",
+        "- RSS at rest: VmRSS of the process tree after start and two smoke requests; "
+        "peak RSS: VmHWM at the end of both modes (so the same in both tables).",
+        "",
+        "## Results",
+        "",
+    ]
+    for mode in ("json", "sse"):
+        out += _table(results, mode)
+    out += _ratios(results)
+    out += _targets_md(results)
+    missing = [
+        (s["label"], s.get("short_reason") or s.get("reason", "unknown"))
+        for s in results["systems"].values()
+        if not s.get("available")
+    ]
+    missing += [
+        (f"{s['label']}, {mode}", why)
+        for s in results["systems"].values()
+        if s.get("available")
+        for mode, why in s.get("mode_errors", {}).items()
+    ]
+    if missing:
+        out += ["## Not available", ""]
+        out += [f"- {label}: not available ({reason})" for label, reason in missing]
+        out.append("")
+    prof = results.get("profile") or {}
+    if prof:
+        out += ["## Profiles", ""]
+        for mode, d in prof.items():
+            if "file" in d:
+                out.append(
+                    f"- {mode}: `bench/{d['file']}` ({d['tool']}, top functions by "
+                    "cumulative and own samples); the top of its own-time list:"
+                )
+                head = [f"  {ln}" for ln in _profile_head(d["file"])]
+                out += ["", "  ```", *head, "  ```", ""]
+            else:
+                out.append(f"- {mode}: {d['tool']} failed: {d.get('error', '')[:300]}")
+        out.append("")
+    if notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(out)

@@ -1,0 +1,290 @@
+"""`make bench`: tokenomy against a bare relay and its peers, on a fixed-answer upstream.
+
+Installs what it needs (nginx and wrk from Debian, LiteLLM and Portkey into bench-only
+environments, py-spy for the profile), starts nginx as the upstream, loads each system
+alone with the same requests, profiles tokenomy, and writes bench/RESULTS.md and
+bench/results/*.json. Every server it starts is stopped when it exits; traffic goes to
+127.0.0.1 only.
+
+    python bench/run.py                 # the full run (several minutes)
+    python bench/run.py --quick         # a smoke run with short durations
+    python bench/run.py --only bare,tokenomy-sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import install
+import orjson
+import profiling
+import report
+import systems
+from measure import Plan, measure
+from systems import BENCH, ROOT, Ctx, Server, StartError
+from upstream import nginx_config
+
+ALL = ["direct", "bare", "tokenomy-sqlite", "tokenomy-pg", "litellm", "portkey"]
+LABELS = {
+    "direct": "nginx direct (the upstream itself; baseline)",
+    "bare": "bare Python relay (aiohttp + uvloop + orjson)",
+    "tokenomy-sqlite": "tokenomy, full pipeline, SQLite",
+    "tokenomy-pg": "tokenomy, full pipeline, PostgreSQL + Redis",
+    "litellm": "LiteLLM proxy{v} (no database)",
+    "portkey": "Portkey gateway{v} (Node)",
+}
+QUICK = Plan(warmup_s=1, duration_s=3, fixed_s=2, fixed_warmup_s=0.5)
+FULL = Plan()
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="short durations (a smoke run)")
+    p.add_argument(
+        "--only",
+        help=f"comma-separated systems: {','.join(ALL)} ('tokenomy' = both tokenomy runs)",
+    )
+    p.add_argument("--no-profile", action="store_true", help="skip the profiling run")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (configs and logs)")
+    p.add_argument(
+        "--render", metavar="JSON", help="only rewrite the Markdown from a saved results file"
+    )
+    args = p.parse_args()
+    if args.only:
+        wanted: list[str] = []
+        for name in args.only.split(","):
+            name = name.strip()
+            names = ["tokenomy-sqlite", "tokenomy-pg"] if name == "tokenomy" else [name]
+            for n in names:
+                if n not in ALL:
+                    p.error(f"unknown system {n!r}; choose from {', '.join(ALL)}")
+                wanted.append(n)
+        # direct is the baseline every 'added' figure needs.
+        args.systems = [n for n in ALL if n in wanted or n == "direct"]
+    else:
+        args.systems = list(ALL)
+    return args
+
+
+def _cmd_out(cmd: list[str]) -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return (p.stdout + p.stderr).strip().splitlines()[0] if (p.stdout + p.stderr).strip() else "?"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "mem_gb": mem_kb / 1024 / 1024,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nginx": _cmd_out(["nginx", "-v"]).replace("nginx version: ", ""),
+        "wrk": _cmd_out(["wrk", "-v"]).split(" [")[0],
+        "node": _cmd_out(["node", "--version"]),
+    }
+
+
+def tokenomy_rev() -> str:
+    rev = _cmd_out(["git", "rev-parse", "--short", "HEAD"])
+    dirty = _cmd_out(["git", "status", "--porcelain", "--", "src"])
+    return f"{rev}" + (" plus uncommitted changes in src/" if dirty not in ("?", "") else "")
+
+
+def start_nginx(workdir: Path) -> tuple[Ctx, int]:
+    ctx = Ctx(workdir, systems.free_port(), systems.free_port())
+    conf = workdir / "nginx.conf"
+    conf.write_text(nginx_config(workdir, ctx.json_port, ctx.sse_port))
+    proc = systems.spawn(["nginx", "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", ctx.sse_port), 0.5):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log = (workdir / "nginx-error.log").read_text(errors="replace")[-800:]
+                raise SystemExit(f"nginx did not start: {log}") from None
+            time.sleep(0.1)
+    return ctx, proc.pid
+
+
+def start_system(name: str, ctx: Ctx, nginx_pid: int, sysres: dict[str, Any]) -> Server:
+    """Start one system (installing its peer first); StartError when it cannot run."""
+    if name == "direct":
+        return systems.direct(ctx, nginx_pid)
+    if name == "bare":
+        return systems.bare(ctx)
+    if name == "tokenomy-sqlite":
+        return systems.tokenomy(ctx, "sqlite")
+    if name == "tokenomy-pg":
+        why = systems.postgres_ready()
+        if why:
+            raise StartError(why)
+        return systems.tokenomy(ctx, "pg")
+    inst = install.litellm() if name == "litellm" else install.portkey()
+    if not inst.ok or inst.path is None:
+        raise StartError(inst.reason)
+    sysres["version"] = inst.version
+    sysres["label"] = LABELS[name].format(v=" " + inst.version)
+    if name == "litellm":
+        return systems.litellm(ctx, inst.path)
+    return systems.portkey(ctx, inst.path)
+
+
+def run_system(name: str, ctx: Ctx, nginx_pid: int, plan: Plan) -> dict[str, Any]:
+    print(f"== {name}", flush=True)
+    res: dict[str, Any] = {"label": LABELS[name].format(v=""), "available": False}
+    server: Server | None = None
+    try:
+        server = start_system(name, ctx, nginx_pid, res)
+        mode_errors = systems.wait_ready(server, timeout=180 if name == "litellm" else 60)
+        for mode, why in mode_errors.items():
+            print(f"  {mode} not available: {why}", file=sys.stderr, flush=True)
+        res.update(measure(server, ctx.workdir, plan, mode_errors))
+        res["available"] = True
+    except (StartError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+        res["reason"] = str(e).strip()
+        print(f"  not available: {res['reason'][:2000]}", file=sys.stderr, flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+            res["notes"] = list(server.notes)
+            if server.after_stop is not None:
+                res["notes"].append(server.after_stop())
+            if server.log is not None:
+                tail = server.log_tail(40)
+                if tail and not res["available"]:
+                    res["log_tail"] = tail
+    if res.get("reason"):
+        # One line in the table; the full text stays in the JSON.
+        first = res["reason"].splitlines()[0]
+        res["short_reason"] = first[:300]
+    return res
+
+
+def config_notes() -> list[str]:
+    """What the bench config leaves out because this revision cannot configure it yet."""
+    from tokenomy.config import Config
+
+    fields = set(Config.model_fields)
+    notes = [f"tokenomy config sections at this revision: {', '.join(sorted(fields))}."]
+    if not fields & {"admission", "rate_limits", "ratelimit", "limits"}:
+        notes.append(
+            "Rate limits and fair queues are not configurable from the config file at this "
+            "revision, so the tokenomy figures do not include admission control."
+        )
+    else:
+        notes.append("Rate limits are configurable but the bench config sets none (kept minimal).")
+    return notes
+
+
+def write_markdown(results: dict[str, Any], full: bool) -> Path:
+    """RESULTS.md for a full run of every system; other runs sit beside their JSON."""
+    order = {name: i for i, name in enumerate(ALL)}
+    results["systems"] = dict(sorted(results["systems"].items(), key=lambda kv: order[kv[0]]))
+    notes = config_notes()
+    for name, s in results["systems"].items():
+        notes += [f"{name}: {n}" for n in s.get("notes", [])]
+    loads = ", ".join(
+        f"{name} {s['loadavg_before'][0]}"
+        for name, s in results["systems"].items()
+        if s.get("loadavg_before")
+    )
+    if loads:
+        notes.append(
+            "1-minute load average before each system (others may share the machine; "
+            f"CPU/req is robust to that, req/s and latency less so): {loads}."
+        )
+    md = (
+        BENCH / "RESULTS.md"
+        if full
+        else BENCH / "results" / results["json_name"].replace(".json", ".md")
+    )
+    md.write_text(report.render(results, notes))
+    return md
+
+
+def main() -> int:
+    args = parse_args()
+    if args.render:
+        saved = orjson.loads(Path(args.render).read_bytes())
+        full = not saved["quick"] and set(saved["systems"]) == set(ALL)
+        print(f"wrote {write_markdown(saved, full)}")
+        return 0
+    plan = QUICK if args.quick else FULL
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    atexit.register(systems.stop_all)
+
+    print("== installing what the bench needs", flush=True)
+    err = install.apt_install(["nginx", "wrk"])
+    if err:
+        print(f"bench: {err}", file=sys.stderr)
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="tokenomy-bench-"))
+    started = datetime.now(UTC)
+    results: dict[str, Any] = {
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": args.quick,
+        "plan": plan.__dict__,
+        "machine": machine(),
+        "tokenomy_rev": tokenomy_rev(),
+        "systems": {},
+    }
+    try:
+        ctx, nginx_pid = start_nginx(workdir)
+        for name in args.systems:
+            results["systems"][name] = run_system(name, ctx, nginx_pid, plan)
+        if not args.no_profile and "tokenomy-sqlite" in args.systems:
+            spy = install.py_spy()
+            if not spy.ok:
+                print(f"  py-spy not available ({spy.reason}); using cProfile", flush=True)
+            results["profile"] = profiling.run_profiles(
+                ctx, spy.path if spy.ok else None, 6 if args.quick else 15, plan
+            )
+    finally:
+        systems.stop_all()
+        if args.keep:
+            print(f"temp dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    kind = "quick" if args.quick else "full"
+    subset = "" if args.systems == ALL else "-" + "-".join(args.systems[1:])
+    results["json_name"] = f"{stamp}-{kind}{subset}.json"
+    (BENCH / "results").mkdir(exist_ok=True)
+    (BENCH / "results" / results["json_name"]).write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2)
+    )
+    md = write_markdown(results, full=not args.quick and args.systems == ALL)
+    print(f"\nwrote {md.relative_to(ROOT)} and bench/results/{results['json_name']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

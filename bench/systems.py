@@ -1,0 +1,456 @@
+"""The systems under test: how each is started, reached and stopped.
+
+Every server runs as one worker in its own process group, so its whole tree can be
+measured from /proc and stopped by that group's id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+MAIN_BIN = ROOT / ".venv/bin"
+MODES = ("json", "sse")
+UPSTREAM_KEY = "sk-bench-upstream"
+PG_URL = "postgresql://postgres@127.0.0.1:5432/tokenomy_bench"
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def request_body(mode: str) -> bytes:
+    """The chat request every system gets; the model name picks the upstream port."""
+    body: dict[str, object] = {
+        "model": "bench-json" if mode == "json" else "bench-sse",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Say hello in one short sentence."},
+        ],
+        "max_tokens": 64,
+    }
+    if mode == "sse":
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return orjson.dumps(body)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Ctx:
+    """What every system needs: where to write, where the upstream listens."""
+
+    workdir: Path
+    json_port: int
+    sse_port: int
+    tools: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def json_base(self) -> str:
+        return f"http://127.0.0.1:{self.json_port}"
+
+    @property
+    def sse_base(self) -> str:
+        return f"http://127.0.0.1:{self.sse_port}"
+
+
+@dataclass
+class Server:
+    """A running system: the root of its process tree and how to reach it per mode."""
+
+    name: str
+    proc: subprocess.Popen[bytes] | None
+    pid: int
+    urls: dict[str, str]
+    headers: dict[str, dict[str, str]]
+    log: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    #: Called after the server stops, to check what it recorded.
+    after_stop: Callable[[], str] | None = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        stop_group(self.proc)
+
+    def log_tail(self, n: int = 15) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        lines = self.log.read_text(errors="replace").strip().splitlines()
+        return "\n".join(lines[-n:])
+
+
+class StartError(Exception):
+    """A system that did not come up; the message says why (and its log's tail)."""
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the process group we created for ``proc``, then SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+#: Every process group started by this run, stopped again on any exit.
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    out = log.open("ab")
+    proc = subprocess.Popen(
+        cmd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    out.close()
+    STARTED.append(proc)
+    return proc
+
+
+def stop_all() -> None:
+    for proc in reversed(STARTED):
+        stop_group(proc, grace=5)
+    STARTED.clear()
+
+
+def wait_ready(server: Server, timeout: float) -> dict[str, str]:
+    """Wait for the port to accept, then check each mode answers 200 with the fixed text.
+
+    Returns the modes that failed, with why; StartError when none works."""
+    port = int(server.urls["json"].split(":")[2].split("/")[0])
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.proc is not None and server.proc.poll() is not None:
+            raise StartError(
+                f"exited with code {server.proc.returncode} during start:\n{server.log_tail()}"
+            )
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            break
+        if time.monotonic() > deadline:
+            raise StartError(f"port {port} not open after {timeout:.0f} s:\n{server.log_tail()}")
+        time.sleep(0.25)
+    errors: dict[str, str] = {}
+    for mode in MODES:
+        status, body = post(server.urls[mode], server.headers[mode], request_body(mode))
+        want = b"[DONE]" if mode == "sse" else b'"usage"'
+        if status != 200 or b"benchmark" not in body or want not in body:
+            errors[mode] = f"{mode} smoke request answered {status}: {body[:300]!r}"
+    if len(errors) == len(MODES):
+        raise StartError("; ".join(errors.values()) + "\n" + server.log_tail())
+    for mode, err in errors.items():
+        errors[mode] = err + " " + _first_error(server.log_tail(40))
+    return errors
+
+
+def _first_error(log: str) -> str:
+    """The first line of the log that names an error, for a one-line reason."""
+    for line in log.splitlines():
+        if "error" in line.lower() or "exception" in line.lower():
+            return "(log: " + line.strip()[:200] + ")"
+    return ""
+
+
+def post(url: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST")
+    req.add_header("Content-Type", "application/json")
+    for k, v in headers.items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError as e:
+        return 0, str(e).encode()
+
+
+# ---- the systems ----------------------------------------------------------------------
+
+
+def direct(ctx: Ctx, nginx_pid: int) -> Server:
+    """The fixed-answer nginx itself: the floor every system's latency is compared with."""
+    return Server(
+        "direct",
+        None,
+        nginx_pid,
+        urls={
+            "json": ctx.json_base + "/v1/chat/completions",
+            "sse": ctx.sse_base + "/v1/chat/completions",
+        },
+        headers={m: {"Authorization": "Bearer " + UPSTREAM_KEY} for m in MODES},
+    )
+
+
+def bare(ctx: Ctx) -> Server:
+    port = free_port()
+    log = ctx.workdir / "bare.log"
+    cmd = [
+        str(MAIN_BIN / "python"),
+        str(BENCH / "bare_relay.py"),
+        "--port",
+        str(port),
+        "--upstream",
+        ctx.json_base,
+        "--stream-upstream",
+        ctx.sse_base,
+    ]
+    proc = spawn(cmd, log)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    auth = {"Authorization": "Bearer " + UPSTREAM_KEY}
+    return Server("bare", proc, proc.pid, {m: url for m in MODES}, {m: auth for m in MODES}, log)
+
+
+def _tokenomy_env(ctx: Ctx, db_url: str, redis_url: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("TOKENOMY_REDIS_URL", None)
+    env.update(
+        TOKENOMY_BENCH_JSON_URL=ctx.json_base + "/v1",
+        TOKENOMY_BENCH_SSE_URL=ctx.sse_base + "/v1",
+        TOKENOMY_BENCH_UPSTREAM_KEY=UPSTREAM_KEY,
+        TOKENOMY_DATABASE_URL=db_url,
+        TOKENOMY_ADMIN_KEY="tk-admin-bench",
+    )
+    if redis_url:
+        env["TOKENOMY_REDIS_URL"] = redis_url
+    return env
+
+
+def _tokenomy_cli(env: dict[str, str], log: Path, *args: str) -> tuple[int, str, str]:
+    cmd = [str(MAIN_BIN / "tokenomy"), *args, "--config", str(BENCH / "tokenomy-bench.yaml")]
+    p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    with log.open("a") as f:
+        f.write(f"$ tokenomy {' '.join(args)}\n{p.stdout}{p.stderr}\n")
+    return p.returncode, p.stdout, p.stderr
+
+
+def _account(env: dict[str, str], log: Path) -> tuple[str, list[str]]:
+    """A real API key; bound to a topped-up org with a daily key budget when this revision
+    has the ledger commands, so holds and settlement run too. (secret, notes)"""
+    notes: list[str] = []
+    rc, out, err = _tokenomy_cli(env, log, "orgs", "create", "bench-org", "--currency", "USD")
+    org = out.split()[0] if rc == 0 and out.strip() else None
+    if org is not None:
+        rc, _, err = _tokenomy_cli(env, log, "topup", org, "1000000.00")
+        if rc != 0:
+            notes.append(f"topup failed ({err.strip()[-200:]}); key not bound to an org")
+            org = None
+    else:
+        notes.append(f"no org (orgs create: {err.strip()[-200:] or rc}); a house key is used")
+    rc, out, err = _tokenomy_cli(
+        env, log, "keys", "create", "--name", "bench", *(["--org", org] if org else [])
+    )
+    lines = out.strip().splitlines()
+    if rc != 0 or not lines or not lines[0].startswith("tk-"):
+        raise StartError(f"tokenomy keys create failed ({rc}): {err.strip()[-800:]}")
+    secret = lines[0].strip()
+    if org is None:
+        return secret, notes
+    key_id = lines[1].split()[1] if len(lines) > 1 and lines[1].startswith("id:") else None
+    budget = "no key budget"
+    if key_id:
+        rc, _, err = _tokenomy_cli(
+            env,
+            log,
+            "budgets",
+            "set",
+            "--scope",
+            "key",
+            "--id",
+            key_id,
+            "--period",
+            "day",
+            "--amount",
+            "1000000.00",
+        )
+        budget = "a daily key budget" if rc == 0 else f"no key budget ({err.strip()[-200:]})"
+    notes.append(f"key bound to a prepaid org topped up with 1,000,000 USD, {budget}")
+    return secret, notes
+
+
+def postgres_ready() -> str | None:
+    """None when PostgreSQL and Redis answer and the bench database exists, else why not."""
+    if shutil.which("psql") is None:
+        return "psql is not installed"
+    base = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc"]
+    check = "SELECT 1 FROM pg_database WHERE datname = 'tokenomy_bench'"
+    try:
+        p = subprocess.run([*base, check], capture_output=True, text=True, timeout=20)
+        if p.returncode != 0:
+            return "PostgreSQL on 127.0.0.1:5432 does not answer: " + p.stderr.strip()[-200:]
+        if p.stdout.strip() != "1":
+            c = subprocess.run(
+                [*base, "CREATE DATABASE tokenomy_bench"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if c.returncode != 0:
+                return "cannot create database tokenomy_bench: " + c.stderr.strip()[-200:]
+        with socket.create_connection(("127.0.0.1", 6379), 2) as s:
+            s.sendall(b"PING\r\n")
+            if not s.recv(64).startswith(b"+PONG"):
+                return "Redis on 127.0.0.1:6379 does not answer PING"
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"PostgreSQL or Redis not reachable: {e}"
+    return None
+
+
+def _count_usage(db_url: str) -> int | None:
+    """Rows in usage_events, so the report can show the metering path really ran."""
+    query = "SELECT count(*) FROM usage_events"
+    try:
+        if db_url.startswith("sqlite:///"):
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as c:
+                return int(c.execute(query).fetchone()[0])
+        p = subprocess.run(
+            ["psql", db_url, "-tAc", query], capture_output=True, text=True, timeout=30
+        )
+        return int(p.stdout.strip()) if p.returncode == 0 else None
+    except Exception:
+        return None
+
+
+def tokenomy(
+    ctx: Ctx, backend: str, *, port: int | None = None, wrap: list[str] | None = None
+) -> Server:
+    """tokenomy with its whole pipeline: SQLite alone, or PostgreSQL plus Redis."""
+    name = f"tokenomy-{backend}"
+    log = ctx.workdir / f"{name}.log"
+    if backend == "sqlite":
+        db_url, redis_url = f"sqlite:///{ctx.workdir / 'tokenomy-bench.db'}", None
+    else:
+        db_url, redis_url = PG_URL, REDIS_URL
+    env = _tokenomy_env(ctx, db_url, redis_url)
+    key, notes = _account(env, log)
+    before = _count_usage(db_url) or 0
+    port = port or free_port()
+    cmd = [
+        *(wrap or []),
+        str(MAIN_BIN / "tokenomy"),
+        "serve",
+        "--config",
+        str(BENCH / "tokenomy-bench.yaml"),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    proc = spawn(cmd, log, env)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    auth = {"Authorization": "Bearer " + key}
+
+    def recorded() -> str:
+        after = _count_usage(db_url)
+        if after is None:
+            return "usage rows could not be counted"
+        return f"{after - before} usage rows recorded"
+
+    return Server(
+        name,
+        proc,
+        proc.pid,
+        {m: url for m in MODES},
+        {m: auth for m in MODES},
+        log,
+        notes,
+        after_stop=recorded,
+    )
+
+
+LITELLM_CONFIG = """\
+model_list:
+  - model_name: bench-json
+    litellm_params:
+      model: openai/bench-json
+      api_base: {json_base}/v1
+      api_key: {key}
+  - model_name: bench-sse
+    litellm_params:
+      model: openai/bench-sse
+      api_base: {sse_base}/v1
+      api_key: {key}
+litellm_settings:
+  telemetry: false
+  set_verbose: false
+  drop_params: true
+general_settings:
+  master_key: sk-bench-litellm
+"""
+
+
+def litellm(ctx: Ctx, exe: Path) -> Server:
+    port = free_port()
+    log = ctx.workdir / "litellm.log"
+    cfg = ctx.workdir / "litellm.yaml"
+    cfg.write_text(
+        LITELLM_CONFIG.format(json_base=ctx.json_base, sse_base=ctx.sse_base, key=UPSTREAM_KEY)
+    )
+    env = dict(os.environ)
+    for var in ("DATABASE_URL", "REDIS_URL", "REDIS_HOST"):
+        env.pop(var, None)
+    env.update(
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+        LITELLM_LOG="ERROR",
+        LITELLM_TELEMETRY="False",
+        NO_DOCS="True",
+    )
+    cmd = [
+        str(exe),
+        "--config",
+        str(cfg),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
+    proc = spawn(cmd, log, env)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    auth = {"Authorization": "Bearer sk-bench-litellm"}
+    return Server("litellm", proc, proc.pid, {m: url for m in MODES}, {m: auth for m in MODES}, log)
+
+
+def portkey(ctx: Ctx, entry: Path) -> Server:
+    port = free_port()
+    log = ctx.workdir / "portkey.log"
+    node = shutil.which("node") or "node"
+    proc = spawn([node, str(entry), f"--port={port}", "--headless"], log)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    headers = {
+        mode: {
+            "x-portkey-provider": "openai",
+            "x-portkey-custom-host": (ctx.json_base if mode == "json" else ctx.sse_base) + "/v1",
+            "Authorization": "Bearer " + UPSTREAM_KEY,
+        }
+        for mode in MODES
+    }
+    return Server("portkey", proc, proc.pid, {m: url for m in MODES}, headers, log)
