@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, Table
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +29,36 @@ def insert_ignoring_duplicates(engine: Engine, items: Sequence[Item]) -> None:
     """Insert rows of several tables in ONE transaction, skipping existing primary keys.
 
     One transaction is what makes a usage event and its ledger entries all-or-nothing.
-    Tables are written in the order they first appear.
+    Tables are written in the order they first appear. Rows go to the driver as tuples
+    through one prepared statement per table: building SQLAlchemy constructs per flush
+    cost more CPU than the database did.
     """
     if not items:
         return
     by_table: dict[Table, list[dict[str, Any]]] = {}
     for table, row in items:
         by_table.setdefault(table, []).append(row)
-    pg = engine.dialect.name == "postgresql"
     with engine.begin() as conn:
         for table, rows in by_table.items():
-            ins = pg_insert(table) if pg else sqlite_insert(table)
-            conn.execute(ins.on_conflict_do_nothing(), rows)
+            sql, columns = _insert_sql(table, engine.dialect.name)
+            params = [tuple(r.get(c, d) for c, d in columns) for r in rows]
+            conn.exec_driver_sql(sql, params)
+
+
+def _scalar_default(column: Any) -> Any:
+    d = column.default
+    return d.arg if isinstance(d, ScalarElementColumnDefault) else None
+
+
+@functools.cache
+def _insert_sql(table: Table, dialect: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for every column, and each column's default."""
+    columns = tuple((c.name, _scalar_default(c)) for c in table.columns)
+    mark = "%s" if dialect == "postgresql" else "?"
+    names = ", ".join(f'"{n}"' for n, _ in columns)
+    marks = ", ".join(mark for _ in columns)
+    sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING'
+    return sql, columns
 
 
 class BatchWriter:
