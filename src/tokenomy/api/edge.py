@@ -11,6 +11,7 @@ from aiohttp import web
 
 from tokenomy.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unauthorized
 from tokenomy.gateway.call import Call
+from tokenomy.gateway.relay import StreamRelay
 from tokenomy.services import Services
 from tokenomy.store.keys import ApiKey
 
@@ -92,6 +93,10 @@ async def serve_call(request: web.Request, svc: Services, call: Call) -> web.Str
         chunks = relay.chunks()
         try:
             async for chunk in chunks:
+                if relay.completed and not call.finished:
+                    # The client must not see the end of a stream that is not recorded:
+                    # settle and record (and in synchronous mode commit) first.
+                    await _finish(svc, call, relay)
                 await resp.write(chunk)
             await resp.write_eof()
         except ConnectionResetError:
@@ -111,7 +116,14 @@ async def serve_call(request: web.Request, svc: Services, call: Call) -> web.Str
         call.status, call.http_status, call.error_code = "error", 500, "internal_error"
         raise
     finally:
-        # Shielded: a client that goes away must not stop its call being settled.
-        await asyncio.shield(pipeline.finish(call, relay))
-        if svc.usage_writer.synchronous:
-            await asyncio.shield(svc.usage_writer.flush())
+        await _finish(svc, call, relay)
+
+
+async def _finish(svc: Services, call: Call, relay: StreamRelay | None) -> None:
+    """Settle and record the call once; in synchronous mode, commit before returning."""
+    if call.finished:
+        return
+    # Shielded: a client that goes away must not stop its call being settled.
+    await asyncio.shield(svc.pipeline.finish(call, relay))
+    if svc.usage_writer.synchronous:
+        await asyncio.shield(svc.usage_writer.flush())

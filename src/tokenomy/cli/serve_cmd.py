@@ -111,6 +111,8 @@ def _serve_one(cfg: Any, host: str, port: int, *, reuse_port: bool) -> None:
         access_log=None,
         handle_signals=True,
         reuse_port=reuse_port,
+        # On SIGTERM wait this long for requests in flight, then drain the writer and exit.
+        shutdown_timeout=10.0,
     )
 
 
