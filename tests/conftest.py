@@ -37,6 +37,8 @@ server:
   read_timeout_s: 1.5
 database: {{url: "{db_url}"}}
 writer: {{flush_interval_ms: 20}}
+routing: {{breaker_failures: 3, breaker_cooldown_s: 600}}
+limits: {{models: {{limited: {{requests_per_minute: 3}}}}}}
 vendors:
   sim: {{dialect: openai, base_url: "{sim_url}/v1", auth: none, name: Sim}}
   sim-backup: {{dialect: openai, base_url: "{sim_url}/v1", auth: none, name: SimBackup}}
@@ -67,6 +69,16 @@ models:
   - name: opus
     deployments:
       - {{vendor: sim-anthropic, model: opus-a, price: anthropic/claude-opus-4-6, max_output: 4096}}
+  - name: routed
+    deployments:
+      - {{vendor: sim, model: cheap-a, price: minimax/MiniMax-M2.5, capabilities: [stream]}}
+      - {{vendor: sim-backup, model: dear-b, price: anthropic/claude-opus-4-6}}
+  - name: dead-first
+    deployments:
+      - {{vendor: sim, model: sim-fail-503, price: minimax/MiniMax-M2.5}}
+      - {{vendor: sim-backup, model: alive-b, price: anthropic/claude-opus-4-6}}
+  - name: limited
+    deployments: [{{vendor: sim, model: limited-a}}]
   - name: standby-demo
     deployments:
       - {{vendor: sim-nokey, model: real-a}}
@@ -194,3 +206,10 @@ def gateway(
         svc.key_cache.put(secret, rec)
         yield Gateway(srv, svc, secret, sim.url)
         srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers(request: pytest.FixtureRequest) -> None:
+    """Each test starts with every deployment healthy (the gateway is shared)."""
+    if "gateway" in request.fixturenames:
+        request.getfixturevalue("gateway").services.router.health.reset()

@@ -64,6 +64,32 @@ class LedgerConfig(_Strict):
     redis_prefix: str = "tk:"
 
 
+class LimitsConfig(_Strict):
+    """Requests and tokens per minute and concurrent requests; omitted = unlimited."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    concurrent: int | None = Field(None, ge=1)
+
+
+class RateLimitsConfig(_Strict):
+    """Default limits for every key, every org, and per public model name."""
+
+    key: LimitsConfig | None = None
+    org: LimitsConfig | None = None
+    models: dict[str, LimitsConfig] = Field(default_factory=dict)
+
+
+class RoutingConfig(_Strict):
+    #: The policy when a request says nothing: an OpenRouter ``provider`` object.
+    default: dict[str, Any] = Field(default_factory=dict)
+    #: The longest a request waits in a deployment's queue (X-Tokenomy-Max-Wait lowers it).
+    max_queue_wait_s: float = Field(30.0, ge=0, le=3600)
+    #: Consecutive failures that rest a deployment, and its first rest.
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown_s: float = Field(10.0, gt=0, le=3600)
+
+
 class AdminConfig(_Strict):
     #: Environment variable holding the admin key that guards /admin.
     key_env: str = "TOKENOMY_ADMIN_KEY"
@@ -104,6 +130,8 @@ class DeploymentConfig(_Strict):
     #: Used only when no other deployment of the model is active (e.g. a simulator
     #: standing in until a vendor key is configured).
     standby: bool = False
+    #: Requests this deployment serves at once; more wait in a fair queue.
+    max_concurrent: int | None = Field(None, ge=1)
     #: The catalogue entry it is billed at, "vendor/model"; default its own vendor/model.
     price: str | None = Field(None, pattern=r"^[^/\s]+/\S+$")
 
@@ -121,6 +149,8 @@ class Config(_Strict):
     writer: WriterConfig = WriterConfig()
     admin: AdminConfig = AdminConfig()
     ledger: LedgerConfig = LedgerConfig()
+    routing: RoutingConfig = RoutingConfig()
+    limits: RateLimitsConfig = RateLimitsConfig()
     #: Price entries shaped like the packaged prices.yaml's; they replace or add to it.
     prices: list[dict[str, Any]] = Field(default_factory=list)
     #: Extra FX rates shaped like the packaged fx.yaml's.

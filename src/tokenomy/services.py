@@ -12,10 +12,19 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
+from tokenomy.admission.fairqueue import QueueBoard
+from tokenomy.admission.ratelimit import (
+    Limits,
+    MemoryRateLimiter,
+    RateLimiter,
+    RateLimitStage,
+    RedisRateLimiter,
+    Scope,
+)
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.pricing import openrouter_pricing
-from tokenomy.config import Config
+from tokenomy.config import Config, LimitsConfig
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.pipeline import Pipeline
 from tokenomy.gateway.records import usage_row
@@ -29,6 +38,9 @@ from tokenomy.ledger.stage import CHARGE, ORG, LedgerStage
 from tokenomy.ledger.store import LedgerStore
 from tokenomy.providers.base import Provider
 from tokenomy.providers.factory import build_providers
+from tokenomy.routing.health import BreakerPolicy, HealthBoard
+from tokenomy.routing.preferences import parse_preferences
+from tokenomy.routing.router import Router
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.keys import KeyCache, KeyStore
 from tokenomy.store.schema import usage_events
@@ -57,6 +69,9 @@ class Services:
     live: LiveLedger
     biller: Biller
     ledger_stage: LedgerStage
+    router: Router
+    queues: QueueBoard
+    limiter: RateLimiter
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
@@ -87,6 +102,7 @@ class Services:
         for p in self.providers.values():
             await p.close()
         await self.live.close()
+        await self.limiter.aclose()
         self.engine.dispose()
 
     async def refresh_accounts(self) -> None:
@@ -122,6 +138,46 @@ def build_live(config: Config, store: LedgerStore) -> LiveLedger:
     return MemoryLedger(store)
 
 
+def build_limiter(config: Config) -> RateLimiter:
+    if config.ledger.redis_url:
+        from redis.asyncio import BlockingConnectionPool, Redis
+
+        # Blocking: under load callers wait for a connection instead of failing open.
+        pool = BlockingConnectionPool.from_url(config.ledger.redis_url, max_connections=64)
+        return RedisRateLimiter(Redis(connection_pool=pool), config.ledger.redis_prefix + "rl:")
+    return MemoryRateLimiter()
+
+
+def _limits(c: LimitsConfig | None) -> Limits | None:
+    if c is None or (c.requests_per_minute, c.tokens_per_minute, c.concurrent) == (None,) * 3:
+        return None
+    return Limits(c.requests_per_minute, c.tokens_per_minute, c.concurrent)
+
+
+def rate_limit_stage(config: Config, limiter: RateLimiter, biller: Biller) -> RateLimitStage:
+    """Limits per key, per org and per model, from the config's ``limits`` section."""
+    key_l, org_l = _limits(config.limits.key), _limits(config.limits.org)
+    model_l = {m: lim for m, c in config.limits.models.items() if (lim := _limits(c))}
+    default_out = config.server.default_max_output_tokens
+
+    def scopes(call: Call) -> list[Scope]:
+        out = []
+        if key_l is not None:
+            out.append(Scope("key", call.key.id, key_l))
+        if org_l is not None and call.key.org_id:
+            out.append(Scope("org", call.key.org_id, org_l))
+        name = call.route.name if call.route is not None else call.model
+        if (m := model_l.get(name)) is not None:
+            out.append(Scope("model", name, m))
+        return out
+
+    def estimate(call: Call) -> int:
+        # A prompt's bytes over four is its usual token count; corrected after the call.
+        return biller.prompt_bound(call) // 4 + call.max_output_tokens(default_out)
+
+    return RateLimitStage(limiter, scopes, estimate)
+
+
 def build_services(config: Config, env: Mapping[str, str] | None = None) -> Services:
     """Wire every service from the config; nothing touches the network until start()."""
     env = os.environ if env is None else env
@@ -153,6 +209,21 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         writer.submit_many(rows)
 
     pipeline = Pipeline(registry, providers, counter, record, config.server)
+    rc = config.routing
+    health = HealthBoard(
+        policy=BreakerPolicy(
+            consecutive_failures=rc.breaker_failures, cooldown_s=rc.breaker_cooldown_s
+        )
+    )
+    _, default_prefs = parse_preferences(rc.default or None, "default")
+    router = Router(
+        biller, health, default_prefs, default_max_output=config.server.default_max_output_tokens
+    )
+    queues = QueueBoard(max_wait_s=rc.max_queue_wait_s)
+    pipeline.router = router
+    pipeline.queues = queues
+    limiter = build_limiter(config)
+    pipeline.stages.append(rate_limit_stage(config, limiter, biller))
     stage = LedgerStage(
         biller,
         live,
@@ -180,4 +251,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         live=live,
         biller=biller,
         ledger_stage=stage,
+        router=router,
+        queues=queues,
+        limiter=limiter,
     )

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from tokenomy.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unauthorized
 from tokenomy.gateway.call import Call
+from tokenomy.gateway.pipeline import MAX_WAIT
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.services import Services
 from tokenomy.store.keys import ApiKey
@@ -70,11 +71,24 @@ async def read_json(request: web.Request, svc: Services) -> dict[str, Any]:
     return body
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise InvalidRequest("X-Tokenomy-Max-Wait must be a number of seconds from 0 to 3600.")
+    return value
+
+
 async def serve_call(request: web.Request, svc: Services, call: Call) -> web.StreamResponse:
     """Run a call through the pipeline and answer the client; records it exactly once."""
     pipeline = svc.pipeline
     relay = None
     try:
+        wait = request.headers.get("X-Tokenomy-Max-Wait")
+        if wait is not None:
+            call.extras[MAX_WAIT] = _seconds(wait)
         pipeline.route(call)
         outcome = await pipeline.open(call)
         if outcome.relay is None:

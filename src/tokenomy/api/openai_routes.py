@@ -64,6 +64,24 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return await serve_call(request, svc, call)
 
 
+async def queue_view(request: web.Request) -> web.Response:
+    """Where the key's requests wait: deployment, position and estimated wait."""
+    svc = services(request)
+    key = authenticate(request, svc)
+    entries = [
+        {
+            "deployment": e.queue,
+            "position": e.position,
+            "estimated_wait_s": round(e.estimated_wait_s, 3),
+            "waited_s": round(e.waited_s, 3),
+            "tier": e.tier,
+        }
+        for e in svc.queues.view(key.id)
+    ]
+    body = {"object": "list", "data": entries}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
 async def list_models(request: web.Request) -> web.Response:
     svc = services(request)
     key = authenticate(request, svc)
@@ -111,4 +129,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/queue", queue_view)
     app.router.add_get("/v1/models/{model:.+}", get_model)

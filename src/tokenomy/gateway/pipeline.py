@@ -8,17 +8,20 @@ for the batched writer, exactly once per call, whatever happens.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from tokenomy.admission.fairqueue import QueueBoard, Slot, tier_for
 from tokenomy.config import ServerConfig
 from tokenomy.errors import (
     GatewayError,
     InvalidRequest,
+    Overloaded,
     PermissionDenied,
     RateLimited,
     UpstreamError,
@@ -35,6 +38,9 @@ from tokenomy.gateway.registry import Deployment, Registry
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.gateway.tokencount import TokenCounter
 from tokenomy.gateway.usage import Usage
+
+if TYPE_CHECKING:
+    from tokenomy.routing.router import Router
 from tokenomy.providers.base import Provider
 from tokenomy.providers.translate_request import (
     anthropic_request_to_openai,
@@ -46,6 +52,10 @@ from tokenomy.providers.translate_response import (
 )
 
 log = logging.getLogger(__name__)
+
+SLOT = "queue.slot"
+#: The most a call may wait in a queue, from the X-Tokenomy-Max-Wait header (seconds).
+MAX_WAIT = "queue.max_wait"
 
 #: Errors after which the next deployment is tried (nothing has reached the client yet).
 RETRYABLE = (RateLimited, UpstreamError, UpstreamTimeout)
@@ -96,10 +106,15 @@ class Pipeline:
         self.stages = list(stages)
         #: Set by the ledger: gives responses their cost (``usage.cost``, a header).
         self.quoter: Quoter | None = None
+        #: Ranks deployments by preferences, price and health (None: config order).
+        self.router: Router | None = None
+        #: Fair queues for deployments with a concurrency cap.
+        self.queues: QueueBoard | None = None
 
     def route(self, call: Call) -> None:
         """Resolve the model and check the key may use it (raises 404/403)."""
-        call.route = self.registry.resolve(call.model)
+        name = self.router.prepare(call) if self.router is not None else call.model
+        call.route = self.registry.resolve(name)
         if not call.key.may_use(call.model) and not call.key.may_use(call.route.name):
             raise PermissionDenied(
                 f"This API key is not allowed to use the model '{call.model}'.", param="model"
@@ -120,27 +135,68 @@ class Pipeline:
             passed.append(stage)
         last: GatewayError | None = None
         for dep in self.candidates(call):
+            if self.router is not None and not self.router.health.allow(dep.id):
+                continue  # resting after failures; the breaker lets a probe through later
+            if call.attempts:
+                # Back off a little between fallbacks, more with each one.
+                await asyncio.sleep(min(0.025 * 2 ** (call.attempts - 1), 0.4))
             provider = self.providers[dep.vendor.key]
+            try:
+                slot = await self._slot(call, dep)
+            except Overloaded as e:
+                last = e
+                continue
             call.attempts += 1
             call.deployment = dep
             try:
-                return await self._attempt(call, dep, provider)
+                outcome = await self._attempt(call, dep, provider)
             except RETRYABLE as e:
+                if slot is not None:
+                    slot.release()
+                if self.router is not None:
+                    self.router.failed(dep)
                 log.info("request %s: %s failed (%s); trying the next", call.request_id, dep.id, e)
                 last = e
+                continue
+            except BaseException:
+                if slot is not None:
+                    slot.release()
+                raise
+            if slot is not None:
+                call.extras[SLOT] = slot
+                outcome.headers.update(slot.headers())
+            outcome.headers.update(call.extras.get("ratelimit_headers") or {})
+            return outcome
         call.deployment = None
-        assert last is not None
+        if last is None:
+            raise Overloaded(
+                f"Every deployment of '{call.model}' is resting after failures; retry shortly.",
+                retry_after=5,
+            )
         raise last
+
+    async def _slot(self, call: Call, dep: Deployment) -> Slot | None:
+        """A place in the deployment's fair queue, when it caps concurrency."""
+        if dep.max_concurrent is None or self.queues is None:
+            return None
+        q = self.queues.queue(dep.id, dep.max_concurrent)
+        return await q.acquire(
+            call.key.org_id or call.key.id,
+            key=call.key.id,
+            tier=tier_for(call.body.get("service_tier")),
+            max_wait_s=call.extras.get(MAX_WAIT),
+        )
 
     def candidates(self, call: Call) -> list[Deployment]:
         assert call.route is not None
         needs = required_capabilities(call)
         openai_only = call.endpoint in ("completions", "embeddings")
-        deps = [
-            d
-            for d in call.route.deployments
-            if needs <= d.capabilities and not (openai_only and d.vendor.dialect != "openai")
-        ]
+        pool = (
+            self.router.ranked(call, needs)
+            if self.router is not None
+            else [d for d in call.route.deployments if needs <= d.capabilities]
+        )
+        deps = [d for d in pool if not (openai_only and d.vendor.dialect != "openai")]
         if not deps:
             what = ", ".join(sorted(needs)) or call.endpoint
             raise InvalidRequest(
@@ -218,6 +274,11 @@ class Pipeline:
         if call.usage is None:
             produced = call.deployment is not None and (call.output_text or relay is not None)
             call.usage = counted_usage(self.counter, call) if produced else Usage()
+        slot = call.extras.pop(SLOT, None)
+        if slot is not None:
+            slot.release()
+        if self.router is not None and call.status == "ok" and call.deployment is not None:
+            self.router.succeeded(call)
         for stage in reversed(call.extras.get("stages", ())):
             try:
                 await stage.after(call)

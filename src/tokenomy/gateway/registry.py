@@ -52,6 +52,7 @@ class Deployment:
     standby: bool
     #: (vendor, model) of the catalogue price it is billed at.
     price_ref: tuple[str, str] = ("", "")
+    max_concurrent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +178,7 @@ def _deployment(d: DeploymentConfig, vendor: Vendor) -> Deployment:
         capabilities=caps,
         standby=d.standby,
         price_ref=_price_ref(d, vendor),
+        max_concurrent=d.max_concurrent,
     )
 
 

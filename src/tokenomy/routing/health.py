@@ -376,5 +376,9 @@ class HealthBoard:
         h = self._by_id.get(deployment_id)
         return True if h is None else h.breaker.allow()
 
+    def reset(self) -> None:
+        """Forget every deployment's history (an operator's "try them all again")."""
+        self._by_id.clear()
+
     def ids(self) -> list[str]:
         return list(self._by_id)
