@@ -38,6 +38,9 @@ server:
 database: {{url: "{db_url}"}}
 writer: {{flush_interval_ms: 20}}
 routing: {{breaker_failures: 3, breaker_cooldown_s: 600}}
+regions:
+  us-east: {{usd_per_kwh: "0.15", kwh_per_m_tokens: "0.4", rtt_ms: 5}}
+  cn-west: {{usd_per_kwh: "0.03", kwh_per_m_tokens: "0.4", rtt_ms: 180}}
 limits: {{models: {{limited: {{requests_per_minute: 3}}}}}}
 vendors:
   sim: {{dialect: openai, base_url: "{sim_url}/v1", auth: none, name: Sim}}
@@ -79,6 +82,10 @@ models:
       - {{vendor: sim-backup, model: alive-b, price: anthropic/claude-opus-4-6}}
   - name: limited
     deployments: [{{vendor: sim, model: limited-a}}]
+  - name: placed
+    deployments:
+      - {{vendor: sim, model: near-a, region: us-east, price: sim/sim-small}}
+      - {{vendor: sim-backup, model: far-b, region: cn-west, price: sim/sim-large}}
   - name: standby-demo
     deployments:
       - {{vendor: sim-nokey, model: real-a}}

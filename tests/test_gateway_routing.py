@@ -113,3 +113,19 @@ def test_queue_view_and_max_wait_header(gateway: Gateway) -> None:
 def test_suffixes_resolve_the_base_model(gateway: Gateway, suffix: str) -> None:
     r = chat(gateway, model="routed" + suffix)
     assert r.status_code == 200 and r.json()["model"] in ("routed", "cheap-a", "dear-b")
+
+
+def test_latency_tolerant_work_goes_to_the_cheapest_power_that_meets_its_deadline(
+    gateway: Gateway,
+) -> None:
+    # Interactive: the cheaper (and nearer) us-east deployment.
+    assert served_by(chat(gateway, model="placed")) == "sim/near-a"
+    # Flex traffic: cn-west's power is a fifth of the price, and 180 ms fits no deadline.
+    assert served_by(chat(gateway, model="placed", service_tier="flex")) == "sim-backup/far-b"
+    # A deadline it cannot meet sends it back near.
+    r = httpx.post(
+        gateway.base_url + "/chat/completions",
+        json={"model": "placed", "messages": MSG, "max_tokens": 8, "service_tier": "flex"},
+        headers={"Authorization": f"Bearer {gateway.key}", "X-Tokenomy-Deadline": "0.1"},
+    )
+    assert served_by(r) == "sim/near-a"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +79,18 @@ class RateLimitsConfig(_Strict):
     key: LimitsConfig | None = None
     org: LimitsConfig | None = None
     models: dict[str, LimitsConfig] = Field(default_factory=dict)
+
+
+class RegionConfig(_Strict):
+    """Where deployments run: power price and energy, for placing latency-tolerant work."""
+
+    #: Electricity price in USD per kWh, as a quoted decimal (e.g. "0.03").
+    usd_per_kwh: Decimal
+    #: IT energy to produce a million tokens there, kWh (before PUE).
+    kwh_per_m_tokens: Decimal | None = None
+    pue: Decimal = Decimal("1.2")
+    #: Round trip from this gateway to the region.
+    rtt_ms: float = Field(0.0, ge=0)
 
 
 class RoutingConfig(_Strict):
@@ -150,6 +163,7 @@ class Config(_Strict):
     admin: AdminConfig = AdminConfig()
     ledger: LedgerConfig = LedgerConfig()
     routing: RoutingConfig = RoutingConfig()
+    regions: dict[str, RegionConfig] = Field(default_factory=dict)
     limits: RateLimitsConfig = RateLimitsConfig()
     #: Price entries shaped like the packaged prices.yaml's; they replace or add to it.
     prices: list[dict[str, Any]] = Field(default_factory=list)

@@ -39,6 +39,7 @@ from tokenomy.ledger.store import LedgerStore
 from tokenomy.providers.base import Provider
 from tokenomy.providers.factory import build_providers
 from tokenomy.routing.health import BreakerPolicy, HealthBoard
+from tokenomy.routing.power import Region
 from tokenomy.routing.preferences import parse_preferences
 from tokenomy.routing.router import Router
 from tokenomy.store.db import migrate, open_engine
@@ -217,7 +218,15 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     )
     _, default_prefs = parse_preferences(rc.default or None, "default")
     router = Router(
-        biller, health, default_prefs, default_max_output=config.server.default_max_output_tokens
+        biller,
+        health,
+        default_prefs,
+        default_max_output=config.server.default_max_output_tokens,
+        regions={
+            n: Region(n, r.usd_per_kwh, r.kwh_per_m_tokens, r.pue)
+            for n, r in config.regions.items()
+        },
+        rtt_s={n: r.rtt_ms / 1000 for n, r in config.regions.items()},
     )
     queues = QueueBoard(max_wait_s=rc.max_queue_wait_s)
     pipeline.router = router

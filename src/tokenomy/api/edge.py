@@ -13,6 +13,7 @@ from tokenomy.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unaut
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.pipeline import MAX_WAIT
 from tokenomy.gateway.relay import StreamRelay
+from tokenomy.routing.router import DEADLINE
 from tokenomy.services import Services
 from tokenomy.store.keys import ApiKey
 
@@ -71,13 +72,13 @@ async def read_json(request: web.Request, svc: Services) -> dict[str, Any]:
     return body
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, header: str, most: float = 3600) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 <= value <= 3600:
-        raise InvalidRequest("X-Tokenomy-Max-Wait must be a number of seconds from 0 to 3600.")
+    if not 0 <= value <= most:
+        raise InvalidRequest(f"{header} must be a number of seconds from 0 to {most:g}.")
     return value
 
 
@@ -88,7 +89,10 @@ async def serve_call(request: web.Request, svc: Services, call: Call) -> web.Str
     try:
         wait = request.headers.get("X-Tokenomy-Max-Wait")
         if wait is not None:
-            call.extras[MAX_WAIT] = _seconds(wait)
+            call.extras[MAX_WAIT] = _seconds(wait, "X-Tokenomy-Max-Wait")
+        deadline = request.headers.get("X-Tokenomy-Deadline")
+        if deadline is not None:
+            call.extras[DEADLINE] = _seconds(deadline, "X-Tokenomy-Deadline", 86_400)
         pipeline.route(call)
         outcome = await pipeline.open(call)
         if outcome.relay is None:

@@ -17,6 +17,7 @@ from tokenomy.gateway.call import Call
 from tokenomy.gateway.registry import Deployment
 from tokenomy.ledger.biller import Biller
 from tokenomy.routing.health import HealthBoard
+from tokenomy.routing.power import Placement, Region, latency_tolerant, place
 from tokenomy.routing.preferences import (
     Candidate,
     Needs,
@@ -27,6 +28,8 @@ from tokenomy.routing.preferences import (
 )
 
 PREFS = "routing.prefs"
+#: Seconds a latency-tolerant call may take (X-Tokenomy-Deadline).
+DEADLINE = "routing.deadline"
 RANKED = "routing.ranked"
 #: Characters per token when estimating a prompt for context-window filtering.
 _CHARS_PER_TOKEN = 4
@@ -40,7 +43,11 @@ class Router:
         default: Preferences,
         *,
         default_max_output: int,
+        regions: dict[str, Region] | None = None,
+        rtt_s: dict[str, float] | None = None,
     ) -> None:
+        self.regions = regions or {}
+        self._rtt = rtt_s or {}
         self.biller = biller
         self.health = health
         self.default = default
@@ -72,6 +79,8 @@ class Router:
             parameters=request_parameters(call.body) - {"provider", "model", "messages"},
         )
         order = [by_id[c.deployment_id] for c in rank(cands, prefs, self.health, needs)]
+        if self.regions and latency_tolerant(call.body):
+            order = self._by_power(order, call.extras.get(DEADLINE))
         if not order:
             what = ", ".join(sorted(needs_caps)) or call.endpoint
             raise InvalidRequest(
@@ -81,6 +90,25 @@ class Router:
             )
         call.extras[RANKED] = tuple(order)
         return order
+
+    def _by_power(self, order: list[Deployment], deadline: float | None) -> list[Deployment]:
+        """Latency-tolerant work goes to the cheapest power that meets its deadline.
+
+        Deployments without a configured region keep their order, after the placed ones.
+        """
+        placed: list[Placement] = []
+        rest: list[Deployment] = []
+        for d in order:
+            region = self.regions.get(d.region or "")
+            if region is None:
+                rest.append(d)
+                continue
+            snap = self.health.snapshot(d.id)
+            ttft = snap.ttft_s.at(50) if snap is not None and snap.ttft_s is not None else 0.0
+            rtt = self._rtt.get(region.name, 0.0)
+            placed.append(Placement(d.id, region, rtt, ttft))
+        by_id = {d.id: d for d in order}
+        return [by_id[p.deployment_id] for p in place(True, deadline, placed)] + rest
 
     def candidate(self, dep: Deployment, now: datetime) -> Candidate:
         """The deployment as routing sees it, with USD prices (refreshed each minute)."""
