@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
-from tokenomy.api import admin, anthropic_routes, openai_routes
+from tokenomy.api import admin, anthropic_routes, ledger_admin, openai_routes
 from tokenomy.api.edge import SERVICES
 from tokenomy.config import Config
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
@@ -79,6 +79,7 @@ def app_for(svc: Services) -> web.Application:
     openai_routes.add_routes(app)
     anthropic_routes.add_routes(app)
     admin.add_routes(app)
+    ledger_admin.add_routes(app)
     app.router.add_get("/healthz", healthz)
 
     async def on_startup(_app: web.Application) -> None:

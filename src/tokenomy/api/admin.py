@@ -11,6 +11,7 @@ from aiohttp import web
 
 from tokenomy.api.edge import presented_key, read_json, services
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, Unauthorized
+from tokenomy.ledger.store import NotFoundError
 from tokenomy.services import Services
 from tokenomy.store.keys import ApiKey
 
@@ -71,9 +72,38 @@ async def create_key(request: web.Request) -> web.Response:
     unknown = [m for m in models or () if svc.registry.get(m) is None]
     if unknown:
         raise InvalidRequest(f"Unknown models: {', '.join(unknown)}.", param="models")
-    secret, rec = await asyncio.to_thread(svc.keys.create, name, allowed_models=models)
+    org_id, project_id = await _key_owner(svc, body.get("org_id"), body.get("project_id"))
+    secret, rec = await asyncio.to_thread(
+        svc.keys.create, name, allowed_models=models, org_id=org_id, project_id=project_id
+    )
     svc.key_cache.put(secret, rec)
+    if org_id is not None:
+        await svc.refresh_accounts()  # the org may be new to this process (made by the CLI)
     return _json({**key_json(rec), "key": secret}, status=201)
+
+
+async def _key_owner(svc: Services, org_id: Any, project_id: Any) -> tuple[str | None, str | None]:
+    """The org and project a new key bills to; a project implies its org."""
+    for field, value in (("org_id", org_id), ("project_id", project_id)):
+        if value is not None and not (isinstance(value, str) and value):
+            raise InvalidRequest(f"'{field}' must be a non-empty string.", param=field)
+    if project_id is not None:
+        try:
+            project = await asyncio.to_thread(svc.ledger.project, project_id)
+        except NotFoundError:
+            raise InvalidRequest(f"No project '{project_id}'.", param="project_id") from None
+        if org_id is not None and org_id != project.org_id:
+            raise InvalidRequest(
+                f"Project '{project_id}' belongs to org '{project.org_id}', not '{org_id}'.",
+                param="project_id",
+            )
+        org_id = project.org_id
+    if org_id is not None:
+        try:
+            await asyncio.to_thread(svc.ledger.org, org_id)
+        except NotFoundError:
+            raise InvalidRequest(f"No organisation '{org_id}'.", param="org_id") from None
+    return org_id, project_id
 
 
 async def revoke_key(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from typing import Any
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
 from tokenomy.config import ConfigError, load_config
 from tokenomy.gateway.registry import build_registry
+from tokenomy.ledger.store import LedgerStore, NotFoundError
 from tokenomy.store.keys import KeyStore
 
 
@@ -19,6 +20,8 @@ def register(sub: Any) -> None:
     add_config_arg(c)
     c.add_argument("--name", default="", help="a label for the key")
     c.add_argument("--models", help="comma-separated models the key may use (default: all)")
+    c.add_argument("--org", help="the organisation the key bills to")
+    c.add_argument("--project", help="the project the key belongs to (implies its org)")
     c.set_defaults(func=create)
     ls = ksub.add_parser("list", help="list keys (never their secrets)")
     add_config_arg(ls)
@@ -44,12 +47,33 @@ def create(args: argparse.Namespace) -> int:
         unknown = [m for m in models if reg.get(m) is None]
         if unknown:
             fail(f"unknown models: {', '.join(unknown)}")
-    secret, rec = KeyStore(database(cfg)).create(args.name, allowed_models=models)
+    engine = database(cfg)
+    org_id, project_id = _owner(LedgerStore(engine), args.org, args.project)
+    secret, rec = KeyStore(engine).create(
+        args.name, allowed_models=models, org_id=org_id, project_id=project_id
+    )
     print(secret)
     print(
         f"id: {rec.id}  name: {rec.name or '-'}  models: {', '.join(models) if models else 'all'}"
     )
     return 0
+
+
+def _owner(
+    store: LedgerStore, org: str | None, project: str | None
+) -> tuple[str | None, str | None]:
+    """The org and project a new key bills to; a project implies its org."""
+    try:
+        if project is not None:
+            owner = store.project(project).org_id
+            if org is not None and org != owner:
+                fail(f"project {project} belongs to {owner}, not {org}")
+            org = owner
+        if org is not None:
+            store.org(org)
+    except NotFoundError as e:
+        fail(str(e))
+    return org, project
 
 
 def list_keys(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tokenomy.cli import keys_cmd, serve_cmd
+from tokenomy.cli import keys_cmd, ledger_cmd, plan_cmd, prices_cmd, serve_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_cmd.register(sub)
     keys_cmd.register(sub)
+    ledger_cmd.register(sub)
+    prices_cmd.register(sub)
+    plan_cmd.register(sub)
     return p
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from tokenomy.billing.money import Currency
 from tokenomy.ledger.accounts import Budget, BudgetMeter, Mode, Org, Project, Scope
@@ -39,6 +40,10 @@ class LedgerError(ValueError):
 
 class NotFoundError(LookupError):
     pass
+
+
+class _Exists(Exception):
+    """The transaction id is taken (internal control flow of ``post``)."""
 
 
 class Kind:
@@ -204,6 +209,8 @@ class LedgerStore:
         ):
             raise LedgerError("token limit must be a non-negative integer")
         try:
+            if not isinstance(tz, str):
+                raise ValueError(f"a time zone is a name like 'Asia/Shanghai', not {tz!r}")
             zone(tz)
         except ValueError as e:
             raise LedgerError(str(e)) from None
@@ -278,39 +285,69 @@ class LedgerStore:
         txn = txn_id or new_id("txn")
         ts = now_ms()
         cur = org.currency.value
-        with self.engine.begin() as conn:
-            if conn.execute(select(ledger_txns.c.id).where(ledger_txns.c.id == txn)).first():
-                return self._entry(txn)
-            if amount_nanos < 0:
-                balance = self._balance(conn, org)
-                if balance + amount_nanos < org.floor_nanos:
-                    raise LedgerError(
-                        f"the adjustment would take {org.id} below its floor "
-                        f"({balance + amount_nanos} < {org.floor_nanos} nanos)"
-                    )
-            conn.execute(
-                insert(ledger_txns).values(
-                    id=txn, ts_ms=ts, kind=kind, org_id=org.id, request_id=None, memo=memo
-                )
-            )
-            conn.execute(
-                insert(ledger_postings),
-                [
-                    {
-                        "txn_id": txn,
-                        "account": org.account,
-                        "amount_nanos": amount_nanos,
-                        "currency": cur,
-                    },
-                    {
-                        "txn_id": txn,
-                        "account": f"{COUNTER_ACCOUNT[kind]}:{cur}",
-                        "amount_nanos": -amount_nanos,
-                        "currency": cur,
-                    },
-                ],
-            )
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(select(ledger_txns.c.id).where(ledger_txns.c.id == txn)).first():
+                    raise _Exists
+                self._insert_entry(conn, org, kind, amount_nanos, txn, ts, memo)
+        except (_Exists, IntegrityError):
+            # A replay (or a concurrent twin): the same entry again is a no-op; a different
+            # entry under the same id is refused rather than silently dropped.
+            done = self._entry(txn)
+            if (done.kind, done.amount_nanos) != (kind, amount_nanos) or self._txn_org(
+                txn
+            ) != org.id:
+                raise LedgerError(
+                    f"transaction id {txn!r} was already used for a different entry"
+                ) from None
+            return done
         return Entry(txn, ts, kind, amount_nanos, cur, None, memo)
+
+    def _txn_org(self, txn_id: str) -> str:
+        with self.engine.connect() as conn:
+            q = select(ledger_txns.c.org_id).where(ledger_txns.c.id == txn_id)
+            return str(conn.execute(q).scalar_one())
+
+    def _insert_entry(
+        self,
+        conn: Any,
+        org: Org,
+        kind: str,
+        amount_nanos: int,
+        txn: str,
+        ts: int,
+        memo: str | None,
+    ) -> None:
+        cur = org.currency.value
+        if amount_nanos < 0:
+            balance = self._balance(conn, org)
+            if balance + amount_nanos < org.floor_nanos:
+                raise LedgerError(
+                    f"the adjustment would take {org.id} below its floor "
+                    f"({balance + amount_nanos} < {org.floor_nanos} nanos)"
+                )
+        conn.execute(
+            insert(ledger_txns).values(
+                id=txn, ts_ms=ts, kind=kind, org_id=org.id, request_id=None, memo=memo
+            )
+        )
+        conn.execute(
+            insert(ledger_postings),
+            [
+                {
+                    "txn_id": txn,
+                    "account": org.account,
+                    "amount_nanos": amount_nanos,
+                    "currency": cur,
+                },
+                {
+                    "txn_id": txn,
+                    "account": f"{COUNTER_ACCOUNT[kind]}:{cur}",
+                    "amount_nanos": -amount_nanos,
+                    "currency": cur,
+                },
+            ],
+        )
 
     def _entry(self, txn_id: str) -> Entry:
         q = (

@@ -1,0 +1,613 @@
+"""Admin HTTP API for the ledger: organisations, projects, money, budgets, statements.
+
+Every route is guarded by the admin key. Amounts travel as decimal strings ("12.50") and
+are turned into integer nanos by :func:`tokenomy.billing.money.parse_nanos`; every input is
+checked before anything is written, so a refused request changes nothing. After a change
+the gateway's in-memory accounts are refreshed at once.
+
+The parsing and presentation helpers here are shared with the ``tokenomy`` CLI, so both
+speak the same units and print the same statements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from tokenomy.api.admin import require_admin
+from tokenomy.api.edge import read_json
+from tokenomy.billing.money import MAX_NANOS, NANOS_PER_UNIT, Currency, parse_nanos
+from tokenomy.errors import GatewayError, InvalidRequest, NotFound
+from tokenomy.ledger.accounts import Budget, Mode, Org, OrgMeter, Project, Scope
+from tokenomy.ledger.periods import Period, zone
+from tokenomy.ledger.store import Entry, Kind, LedgerError, LedgerStore, NotFoundError
+from tokenomy.services import Services
+from tokenomy.store.schema import ledger_txns
+
+#: The path segment of each kind of admin entry.
+KIND_PATHS = {
+    Kind.TOPUP: "topups",
+    Kind.CREDIT: "credits",
+    Kind.REFUND: "refunds",
+    Kind.ADJUSTMENT: "adjustments",
+}
+
+STATEMENT_HEADER = (
+    "time",
+    "txn_id",
+    "kind",
+    "amount",
+    "currency",
+    "request_id",
+    "memo",
+    "balance",
+)
+
+T = TypeVar("T")
+
+_IDEMPOTENCY_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}", re.ASCII)
+_MAX_MEMO = 1000
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "idempotency_key_reused"
+
+
+# ---- parsing (shared with the CLI) ------------------------------------------------------
+
+
+def amount_field(value: Any, field: str, *, allow_negative: bool = False) -> int:
+    """Nanos from a decimal string such as "12.50", or a 400 naming ``field``."""
+    try:
+        return parse_nanos(value, allow_negative=allow_negative)
+    except ValueError as e:
+        raise InvalidRequest(f"'{field}': {e}.", param=field) from None
+
+
+def currency_field(value: Any, field: str = "currency") -> Currency:
+    known = ", ".join(c.value for c in Currency)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{field}' must be one of {known}.", param=field)
+    try:
+        return Currency(value.strip().upper())
+    except ValueError:
+        raise InvalidRequest(
+            f"'{field}': unknown currency {value!r} (known: {known}).", param=field
+        ) from None
+
+
+def choice_field(value: Any, field: str, choices: Iterable[str]) -> str:
+    allowed = list(choices)
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidRequest(
+            f"'{field}' must be one of {', '.join(allowed)}, not {value!r}.", param=field
+        )
+    return value
+
+
+def text_field(value: Any, field: str, *, max_len: int = 200) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+        raise InvalidRequest(
+            f"'{field}' must be a non-empty string of at most {max_len} characters.", param=field
+        )
+    return value
+
+
+def memo_field(value: Any, field: str = "memo") -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > _MAX_MEMO:
+        raise InvalidRequest(
+            f"'{field}' must be a string of at most {_MAX_MEMO} characters.", param=field
+        )
+    return value
+
+
+def token_limit_field(value: Any, field: str = "token_limit") -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_NANOS:
+        raise InvalidRequest(
+            f"'{field}' must be a whole number of tokens from 0 to {MAX_NANOS}.", param=field
+        )
+    return value
+
+
+def tz_field(value: Any, field: str = "tz") -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{field}' must be an IANA time zone such as UTC.", param=field)
+    try:
+        zone(value)
+    except ValueError as e:
+        raise InvalidRequest(
+            f"'{field}': {e} (use an IANA name such as Asia/Shanghai).", param=field
+        ) from None
+    return value
+
+
+def time_field(value: str | None, field: str) -> int | None:
+    """Epoch ms from an ISO date or date-time (UTC unless it says otherwise) or epoch ms."""
+    if value is None or value == "":
+        return None
+    s = value.strip()
+    if s.isascii() and s.isdigit() and len(s) <= 15:
+        return int(s)
+    try:
+        if len(s) == 10:
+            d = date.fromisoformat(s)
+            dt = datetime(d.year, d.month, d.day, tzinfo=UTC)
+        else:
+            dt = datetime.fromisoformat(s)
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+    except ValueError:
+        raise InvalidRequest(
+            f"'{field}' must be an ISO date or time such as 2025-01-31 or "
+            f"2025-01-31T12:00:00Z, or epoch milliseconds; not {value!r}.",
+            param=field,
+        ) from None
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def idempotency_field(value: Any, field: str = "idempotency_key") -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _IDEMPOTENCY_RE.fullmatch(value):
+        raise InvalidRequest(
+            f"'{field}' must be 1 to 64 letters, digits or _ . : - characters.", param=field
+        )
+    return value
+
+
+def idempotent_txn_id(org_id: str, key: str) -> str:
+    """A stable transaction id for a client's idempotency key, scoped to the org."""
+    digest = hashlib.sha256(f"{org_id}\n{key}".encode()).hexdigest()
+    return f"idem_{digest[:40]}"
+
+
+# ---- presentation (shared with the CLI) -------------------------------------------------
+
+
+def amount_str(nanos: int) -> str:
+    """Nanos as units with 2 to 9 decimals: 10**10 -> "10.00", 123000 -> "0.000123"."""
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), NANOS_PER_UNIT)
+    digits = f"{frac:09d}".rstrip("0").ljust(2, "0")
+    return f"{sign}{whole}.{digits}"
+
+
+def iso_ms(ms: int) -> str:
+    dt = datetime.fromtimestamp(ms // 1000, UTC) + timedelta(milliseconds=ms % 1000)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def org_json(org: Org) -> dict[str, Any]:
+    return {
+        "object": "organization",
+        "id": org.id,
+        "name": org.name,
+        "currency": org.currency.value,
+        "mode": org.mode.value,
+        "credit_limit": amount_str(org.credit_limit_nanos),
+        "credit_limit_nanos": org.credit_limit_nanos,
+    }
+
+
+def project_json(p: Project) -> dict[str, Any]:
+    return {"object": "project", "id": p.id, "org_id": p.org_id, "name": p.name}
+
+
+def budget_json(b: Budget) -> dict[str, Any]:
+    return {
+        "object": "budget",
+        "id": b.id,
+        "scope": b.scope.value,
+        "scope_id": b.scope_id,
+        "period": b.period.value,
+        "amount": amount_str(b.amount_nanos) if b.amount_nanos is not None else None,
+        "amount_nanos": b.amount_nanos,
+        "token_limit": b.token_limit,
+        "tz": b.tz,
+    }
+
+
+def entry_json(e: Entry) -> dict[str, Any]:
+    return {
+        "object": "ledger_entry",
+        "id": e.txn_id,
+        "time": iso_ms(e.ts_ms),
+        "ts_ms": e.ts_ms,
+        "kind": e.kind,
+        "amount": amount_str(e.amount_nanos),
+        "amount_nanos": e.amount_nanos,
+        "currency": e.currency,
+        "request_id": e.request_id,
+        "memo": e.memo,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    org: Org
+    opening_nanos: int
+    entries: list[Entry]
+
+    def rows(self) -> list[tuple[Entry, int]]:
+        """Each entry with the balance right after it."""
+        out, running = [], self.opening_nanos
+        for e in self.entries:
+            running += e.amount_nanos
+            out.append((e, running))
+        return out
+
+    @property
+    def closing_nanos(self) -> int:
+        return self.opening_nanos + sum(e.amount_nanos for e in self.entries)
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(STATEMENT_HEADER)
+        for e, bal in self.rows():
+            w.writerow(
+                [
+                    iso_ms(e.ts_ms),
+                    e.txn_id,
+                    e.kind,
+                    amount_str(e.amount_nanos),
+                    e.currency,
+                    e.request_id or "",
+                    e.memo or "",
+                    amount_str(bal),
+                ]
+            )
+        return buf.getvalue()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "object": "statement",
+            "org_id": self.org.id,
+            "currency": self.org.currency.value,
+            "opening_balance": amount_str(self.opening_nanos),
+            "closing_balance": amount_str(self.closing_nanos),
+            "data": [{**entry_json(e), "balance": amount_str(b)} for e, b in self.rows()],
+        }
+
+
+def load_statement(
+    store: LedgerStore, org_id: str, since_ms: int | None, until_ms: int | None
+) -> Statement:
+    """The org's entries in [since, until) with the balance carried in from before."""
+    org = store.org(org_id)
+    if since_ms is not None and until_ms is not None and until_ms < since_ms:
+        raise InvalidRequest("'until' is before 'since'.", param="until")
+    opening = 0
+    if since_ms is not None:
+        opening = sum(e.amount_nanos for e in store.statement(org_id, None, since_ms))
+    return Statement(org, opening, store.statement(org_id, since_ms, until_ms))
+
+
+def request_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A usage record as the admin API and CLI show it."""
+    tokens = {
+        "input": row["input_tokens"],
+        "cached": row["cached_tokens"],
+        "cache_write": row["cache_write_tokens"],
+        "output": row["output_tokens"],
+        "reasoning": row["reasoning_tokens"],
+        "total": row["input_tokens"] + row["output_tokens"],
+    }
+    return {
+        "object": "request",
+        "id": row["request_id"],
+        "time": iso_ms(row["ts_ms"]),
+        "ts_ms": row["ts_ms"],
+        "key_id": row["key_id"],
+        "org_id": row["org_id"],
+        "project_id": row["project_id"],
+        "endpoint": row["endpoint"],
+        "dialect": row["dialect"],
+        "model": row["model"],
+        "deployment": row["deployment"],
+        "vendor": row["vendor"],
+        "stream": bool(row["stream"]),
+        "status": row["status"],
+        "http_status": row["http_status"],
+        "error_code": row["error_code"],
+        "tokens": tokens,
+        "usage_source": row["usage_source"],
+        "price_version": row["price_version"],
+        "cost": amount_str(row["cost_nanos"]),
+        "cost_nanos": row["cost_nanos"],
+        "currency": row["currency"],
+        "list_cost": amount_str(row["list_cost_nanos"]),
+        "list_cost_nanos": row["list_cost_nanos"],
+        "list_currency": row["list_currency"],
+        "fx_rate": row["fx_rate"],
+        "held": amount_str(row["held_nanos"]),
+        "held_nanos": row["held_nanos"],
+        "latency_ms": row["latency_ms"],
+        "ttft_ms": row["ttft_ms"],
+        "attempts": row["attempts"],
+    }
+
+
+def check_balance_room(store: LedgerStore, org_id: str, amount_nanos: int) -> None:
+    """Refuse an entry that would take a balance above the largest amount we store."""
+    if amount_nanos > 0 and store.balance(org_id) + amount_nanos > MAX_NANOS:
+        raise InvalidRequest(
+            f"'amount': the balance would exceed the maximum of {MAX_NANOS // NANOS_PER_UNIT}.",
+            param="amount",
+        )
+
+
+def txn_exists(store: LedgerStore, txn_id: str) -> bool:
+    with store.engine.connect() as conn:
+        return (
+            conn.execute(select(ledger_txns.c.id).where(ledger_txns.c.id == txn_id)).first()
+            is not None
+        )
+
+
+def post_entry(
+    store: LedgerStore,
+    kind: str,
+    org_id: str,
+    amount_nanos: int,
+    memo: str | None,
+    idempotency_key: str | None,
+) -> tuple[Entry, bool]:
+    """Post an admin entry; returns it and whether it was a replay of an earlier one.
+
+    A replayed idempotency key with a different kind or amount is refused (409).
+    """
+    store.org(org_id)
+    txn_id = idempotent_txn_id(org_id, idempotency_key) if idempotency_key else None
+    replay = txn_id is not None and txn_exists(store, txn_id)
+    if not replay:
+        check_balance_room(store, org_id, amount_nanos)
+    try:
+        entry = store.post(kind, org_id, amount_nanos, memo=memo, txn_id=txn_id)
+    except IntegrityError:
+        if txn_id is None:
+            raise
+        # A concurrent request with the same key won the insert: this one is its replay.
+        entry, replay = store.post(kind, org_id, amount_nanos, memo=memo, txn_id=txn_id), True
+    if replay and (entry.kind != kind or entry.amount_nanos != amount_nanos):
+        raise Conflict(
+            f"The idempotency key {idempotency_key!r} was already used for a {entry.kind} "
+            f"of {amount_str(entry.amount_nanos)} {entry.currency}.",
+            param="idempotency_key",
+        )
+    return entry, replay
+
+
+# ---- HTTP handlers ----------------------------------------------------------------------
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+
+
+def _org_id(request: web.Request) -> str:
+    return request.match_info["org_id"]
+
+
+def _not_found(e: NotFoundError) -> NotFound:
+    msg = str(e)
+    code = "project_not_found" if "project" in msg else "org_not_found"
+    return NotFound(msg[:1].upper() + msg[1:] + ".", code=code)
+
+
+async def _run(fn: Callable[..., T], *args: Any, param: str | None = None, **kw: Any) -> T:
+    """Run a blocking ledger call in a thread, mapping its refusals to HTTP errors."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kw)
+    except NotFoundError as e:
+        raise _not_found(e) from None
+    except LedgerError as e:
+        raise InvalidRequest(f"{e}.", param=param) from None
+
+
+async def _balance_json(svc: Services, org: Org) -> dict[str, Any]:
+    durable = await asyncio.to_thread(svc.ledger.balance, org.id)
+    live = await svc.live.org_state(OrgMeter(org))
+    available = live.balance - live.held - org.floor_nanos
+    return {
+        "object": "balance",
+        "org_id": org.id,
+        "currency": org.currency.value,
+        "balance": amount_str(durable),
+        "balance_nanos": durable,
+        "held": amount_str(live.held),
+        "held_nanos": live.held,
+        "available": amount_str(available),
+        "available_nanos": available,
+        "credit_limit": amount_str(org.credit_limit_nanos),
+    }
+
+
+async def create_org(request: web.Request) -> web.Response:
+    svc = require_admin(request)
+    body = await read_json(request, svc)
+    name = text_field(body.get("name"), "name")
+    currency = currency_field(body.get("currency", "USD"))
+    mode = choice_field(body.get("mode", "prepaid"), "mode", [m.value for m in Mode])
+    credit = amount_field(body.get("credit_limit", "0"), "credit_limit")
+    if mode == Mode.PREPAID and credit:
+        raise InvalidRequest(
+            "'credit_limit': a prepaid organisation has no credit line.", param="credit_limit"
+        )
+    org = await _run(
+        svc.ledger.create_org, name, currency, mode=mode, credit_limit_nanos=credit, param="name"
+    )
+    await svc.refresh_accounts()
+    return _json(org_json(org), status=201)
+
+
+async def list_orgs(request: web.Request) -> web.Response:
+    svc = require_admin(request)
+    orgs = await asyncio.to_thread(svc.ledger.all_orgs)
+    return _json({"object": "list", "data": [org_json(o) for o in orgs]})
+
+
+async def get_org(request: web.Request) -> web.Response:
+    svc = require_admin(request)
+    org = await _run(svc.ledger.org, _org_id(request))
+    return _json({**org_json(org), "balance": await _balance_json(svc, org)})
+
+
+async def get_balance(request: web.Request) -> web.Response:
+    svc = require_admin(request)
+    org = await _run(svc.ledger.org, _org_id(request))
+    return _json(await _balance_json(svc, org))
+
+
+async def create_project(request: web.Request) -> web.Response:
+    svc = require_admin(request)
+    org_id = _org_id(request)
+    await _run(svc.ledger.org, org_id)
+    body = await read_json(request, svc)
+    name = text_field(body.get("name"), "name")
+    project = await _run(svc.ledger.create_project, org_id, name, param="name")
+    await svc.refresh_accounts()
+    return _json(project_json(project), status=201)
+
+
+async def list_projects(request: web.Request) -> web.Response:
+    svc = require_admin(request)
+    org_id = _org_id(request)
+    await _run(svc.ledger.org, org_id)
+    projects = await asyncio.to_thread(svc.ledger.all_projects, org_id)
+    return _json({"object": "list", "data": [project_json(p) for p in projects]})
+
+
+def _poster(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def post(request: web.Request) -> web.Response:
+        svc = require_admin(request)
+        org_id = _org_id(request)
+        await _run(svc.ledger.org, org_id)
+        body = await read_json(request, svc)
+        amount = amount_field(body.get("amount"), "amount", allow_negative=kind == Kind.ADJUSTMENT)
+        memo = memo_field(body.get("memo"))
+        key = idempotency_field(
+            body.get("idempotency_key") or request.headers.get("Idempotency-Key")
+        )
+        entry, replay = await _run(
+            post_entry, svc.ledger, kind, org_id, amount, memo, key, param="amount"
+        )
+        await svc.refresh_accounts()
+        return _json({**entry_json(entry), "replayed": replay}, status=200 if replay else 201)
+
+    return post
+
+
+async def create_budget(request: web.Request) -> web.Response:
+    svc = require_admin(request)
+    body = await read_json(request, svc)
+    scope = choice_field(body.get("scope"), "scope", [s.value for s in Scope])
+    scope_id = text_field(body.get("scope_id"), "scope_id", max_len=40)
+    period = choice_field(body.get("period"), "period", [p.value for p in Period])
+    raw_amount = body.get("amount")
+    amount = None if raw_amount is None else amount_field(raw_amount, "amount")
+    tokens = token_limit_field(body.get("token_limit"))
+    if amount is None and tokens is None:
+        raise InvalidRequest(
+            "A budget needs an 'amount', a 'token_limit', or both.", param="amount"
+        )
+    tz = tz_field(body.get("tz", "UTC"))
+    budget = await _run(
+        svc.ledger.set_budget,
+        scope,
+        scope_id,
+        period,
+        amount_nanos=amount,
+        token_limit=tokens,
+        tz=tz,
+        param="scope_id",
+    )
+    await svc.refresh_accounts()
+    return _json(budget_json(budget), status=201)
+
+
+async def list_budgets(request: web.Request) -> web.Response:
+    svc = require_admin(request)
+    budgets = await asyncio.to_thread(svc.ledger.all_budgets)
+    scope, scope_id = request.query.get("scope"), request.query.get("scope_id")
+    budgets = [
+        b
+        for b in budgets
+        if (scope is None or b.scope.value == scope)
+        and (scope_id is None or b.scope_id == scope_id)
+    ]
+    return _json({"object": "list", "data": [budget_json(b) for b in budgets]})
+
+
+async def delete_budget(request: web.Request) -> web.Response:
+    svc = require_admin(request)
+    budget_id = request.match_info["budget_id"]
+    if not await asyncio.to_thread(svc.ledger.delete_budget, budget_id):
+        raise NotFound(f"No budget with id '{budget_id}'.", code="budget_not_found")
+    await svc.refresh_accounts()
+    return _json({"id": budget_id, "object": "budget", "deleted": True})
+
+
+async def get_statement(request: web.Request) -> web.Response:
+    svc = require_admin(request)
+    org_id = _org_id(request)
+    await _run(svc.ledger.org, org_id)
+    fmt = choice_field(request.query.get("format", "json"), "format", ["json", "csv"])
+    since = time_field(request.query.get("since"), "since")
+    until = time_field(request.query.get("until"), "until")
+    st = await _run(load_statement, svc.ledger, org_id, since, until)
+    if fmt == "csv":
+        return web.Response(
+            text=st.to_csv(),
+            content_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="statement-{org_id}.csv"'},
+        )
+    return _json(st.to_json())
+
+
+async def get_request(request: web.Request) -> web.Response:
+    svc = require_admin(request)
+    request_id = request.match_info["request_id"]
+    row = await asyncio.to_thread(svc.ledger.request, request_id)
+    if row is None and svc.usage_writer.pending:
+        # The record may still be queued in the batched writer: write it out and look again.
+        await svc.usage_writer.flush()
+        row = await asyncio.to_thread(svc.ledger.request, request_id)
+    if row is None:
+        raise NotFound(f"No request with id '{request_id}'.", code="request_not_found")
+    return _json(request_json(row))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/orgs", list_orgs)
+    app.router.add_post("/admin/orgs", create_org)
+    app.router.add_get("/admin/orgs/{org_id}", get_org)
+    app.router.add_get("/admin/orgs/{org_id}/balance", get_balance)
+    app.router.add_get("/admin/orgs/{org_id}/projects", list_projects)
+    app.router.add_post("/admin/orgs/{org_id}/projects", create_project)
+    for kind, segment in KIND_PATHS.items():
+        app.router.add_post(f"/admin/orgs/{{org_id}}/{segment}", _poster(kind))
+    app.router.add_get("/admin/orgs/{org_id}/statement", get_statement)
+    app.router.add_get("/admin/budgets", list_budgets)
+    app.router.add_post("/admin/budgets", create_budget)
+    app.router.add_delete("/admin/budgets/{budget_id}", delete_budget)
+    app.router.add_get("/admin/requests/{request_id}", get_request)

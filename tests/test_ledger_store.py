@@ -1,0 +1,80 @@
+"""The durable ledger: double entry, floors, idempotent entries, bad input refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tokenomy.ledger.store import Kind, LedgerError, LedgerStore
+from tokenomy.store.db import migrate, open_engine
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LedgerStore:
+    engine = open_engine(f"sqlite:///{tmp_path / 'l.db'}")
+    migrate(engine)
+    return LedgerStore(engine)
+
+
+def test_replayed_entry_is_a_no_op_and_a_reused_id_is_refused(store: LedgerStore) -> None:
+    a = store.create_org("A", "USD")
+    b = store.create_org("B", "CNY")
+    first = store.post(Kind.TOPUP, a.id, 5 * 10**9, txn_id="t1")
+    again = store.post(Kind.TOPUP, a.id, 5 * 10**9, txn_id="t1")
+    assert again.txn_id == first.txn_id and store.balance(a.id) == 5 * 10**9
+    with pytest.raises(LedgerError):
+        store.post(Kind.CREDIT, b.id, 7, txn_id="t1")
+    with pytest.raises(LedgerError):
+        store.post(Kind.TOPUP, a.id, 6, txn_id="t1")
+    assert store.balance(b.id) == 0 and store.trial_balance() == {"USD": 0}
+
+
+@pytest.mark.parametrize(
+    ("call", "word"),
+    [
+        (lambda s, o: s.post(Kind.TOPUP, o, -1), "positive"),
+        (lambda s, o: s.post(Kind.TOPUP, o, 1.5), "integer"),
+        (lambda s, o: s.post(Kind.TOPUP, o, 10**19), "too large"),
+        (lambda s, o: s.post("gift", o, 1), "kind"),
+        (lambda s, o: s.create_org("X", "EUR"), "unknown currency"),
+        (lambda s, o: s.set_budget("org", "org_nope", "day", amount_nanos=1), "no org"),
+        (lambda s, o: s.set_budget("org", o, "day", amount_nanos=1, tz=5), "time zone"),
+        (lambda s, o: s.set_budget("org", o, "day", amount_nanos=1, tz="Mars/Base"), "zone"),
+        (lambda s, o: s.set_budget("org", o, "fortnight", amount_nanos=1), "fortnight"),
+        (lambda s, o: s.post(Kind.ADJUSTMENT, o, -1), "below its floor"),
+    ],
+)
+def test_bad_input_is_refused_and_changes_nothing(store: LedgerStore, call, word) -> None:  # type: ignore[no-untyped-def]
+    org = store.create_org("A", "USD").id
+    with pytest.raises(LedgerError) as e:
+        call(store, org)
+    assert word in str(e.value)
+    assert store.balance(org) == 0 and store.all_budgets() == [] and len(store.all_orgs()) == 1
+
+
+amounts = st.lists(
+    st.tuples(st.sampled_from(Kind.ADMIN), st.integers(-(10**12), 10**12)), max_size=25
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(entries=amounts)
+def test_debits_equal_credits_and_prepaid_never_below_zero(
+    store: LedgerStore, entries: list[tuple[str, int]]
+) -> None:
+    org = store.create_org("P", "USD")
+    expected = 0
+    for kind, amount in entries:
+        try:
+            store.post(kind, org.id, amount)
+        except LedgerError:
+            continue
+        expected += amount
+        assert store.balance(org.id) >= 0
+    assert store.balance(org.id) == expected
+    assert all(v == 0 for v in store.trial_balance().values())
