@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from tokenomy.api.admin import require_admin
 from tokenomy.api.edge import read_json
@@ -32,7 +31,14 @@ from tokenomy.billing.money import MAX_NANOS, NANOS_PER_UNIT, Currency, parse_na
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound
 from tokenomy.ledger.accounts import Budget, Mode, Org, OrgMeter, Project, Scope
 from tokenomy.ledger.periods import Period, zone
-from tokenomy.ledger.store import Entry, Kind, LedgerError, LedgerStore, NotFoundError
+from tokenomy.ledger.store import (
+    Entry,
+    IdempotencyConflict,
+    Kind,
+    LedgerError,
+    LedgerStore,
+    NotFoundError,
+)
 from tokenomy.services import Services
 from tokenomy.store.schema import ledger_txns
 
@@ -382,12 +388,10 @@ def post_entry(
     if not replay:
         check_balance_room(store, org_id, amount_nanos)
     try:
+        # A concurrent twin with the same key is resolved inside post(): a replay.
         entry = store.post(kind, org_id, amount_nanos, memo=memo, txn_id=txn_id)
-    except IntegrityError:
-        if txn_id is None:
-            raise
-        # A concurrent request with the same key won the insert: this one is its replay.
-        entry, replay = store.post(kind, org_id, amount_nanos, memo=memo, txn_id=txn_id), True
+    except IdempotencyConflict as e:
+        entry, replay = e.entry, True
     if replay and (entry.kind != kind or entry.amount_nanos != amount_nanos):
         raise Conflict(
             f"The idempotency key {idempotency_key!r} was already used for a {entry.kind} "

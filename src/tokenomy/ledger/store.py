@@ -42,6 +42,14 @@ class NotFoundError(LookupError):
     pass
 
 
+class IdempotencyConflict(LedgerError):
+    """A transaction id already names a different entry (``entry``)."""
+
+    def __init__(self, message: str, entry: Entry) -> None:
+        super().__init__(message)
+        self.entry = entry
+
+
 class _Exists(Exception):
     """The transaction id is taken (internal control flow of ``post``)."""
 
@@ -297,8 +305,8 @@ class LedgerStore:
             if (done.kind, done.amount_nanos) != (kind, amount_nanos) or self._txn_org(
                 txn
             ) != org.id:
-                raise LedgerError(
-                    f"transaction id {txn!r} was already used for a different entry"
+                raise IdempotencyConflict(
+                    f"transaction id {txn!r} was already used for a different entry", done
                 ) from None
             return done
         return Entry(txn, ts, kind, amount_nanos, cur, None, memo)
