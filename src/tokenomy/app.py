@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
-from tokenomy.api import admin, anthropic_routes, ledger_admin, openai_routes
+from tokenomy.api import admin, anthropic_routes, ledger_admin, openai_routes, usage_routes
 from tokenomy.api.edge import SERVICES
 from tokenomy.config import Config
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
@@ -70,7 +70,7 @@ def create_app(config: Config, env: Mapping[str, str] | None = None) -> web.Appl
     return app_for(svc)
 
 
-def app_for(svc: Services) -> web.Application:
+def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application:
     # Bodies are bounded by our own check (for a JSON error); aiohttp's cap sits just above it.
     app = web.Application(
         middlewares=[error_middleware], client_max_size=svc.config.server.max_body_bytes + 1
@@ -80,6 +80,8 @@ def app_for(svc: Services) -> web.Application:
     anthropic_routes.add_routes(app)
     admin.add_routes(app)
     ledger_admin.add_routes(app)
+    usage_routes.add_routes(app, rollup_interval_s=rollup_interval_s)
+    app[usage_routes.QUEUE_DEPTH] = lambda: svc.queues.depth
     app.router.add_get("/healthz", healthz)
 
     async def on_startup(_app: web.Application) -> None:

@@ -21,6 +21,8 @@ from tokenomy.admission.ratelimit import (
     RedisRateLimiter,
     Scope,
 )
+from tokenomy.analytics.metrics import Metrics
+from tokenomy.analytics.rollup import pending_item
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.pricing import openrouter_pricing
@@ -73,6 +75,7 @@ class Services:
     router: Router
     queues: QueueBoard
     limiter: RateLimiter
+    metrics: Metrics
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
@@ -202,12 +205,17 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         image_tokens=config.ledger.image_tokens,
     )
 
+    metrics = Metrics()
+
     def record(call: Call) -> None:
-        rows = [(usage_events, usage_row(call))]
+        row = usage_row(call)
+        # The pending marker commits with the event: the rollup job finds it exactly once.
+        rows = [(usage_events, row), pending_item(row)]
         charge = call.extras.get(CHARGE)
         if charge is not None:
             rows += ledger_rows(call, call.extras.get(ORG), charge)
         writer.submit_many(rows)
+        metrics.observe(row)
 
     pipeline = Pipeline(registry, providers, counter, record, config.server)
     rc = config.routing
@@ -263,4 +271,5 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         router=router,
         queues=queues,
         limiter=limiter,
+        metrics=metrics,
     )

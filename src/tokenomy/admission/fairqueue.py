@@ -364,3 +364,8 @@ class QueueBoard:
 
     def view(self, key: str) -> list[QueueEntry]:
         return [e for q in self._queues.values() for e in q.view(key)]
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting across every deployment's queue."""
+        return sum(q.waiting for q in self._queues.values())

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tokenomy.cli import keys_cmd, ledger_cmd, plan_cmd, prices_cmd, serve_cmd
+from tokenomy.cli import keys_cmd, ledger_cmd, plan_cmd, prices_cmd, serve_cmd, usage_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     ledger_cmd.register(sub)
     prices_cmd.register(sub)
     plan_cmd.register(sub)
+    usage_cmd.register(sub)
     return p
 
 

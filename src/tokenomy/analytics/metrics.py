@@ -1,0 +1,142 @@
+"""Prometheus metrics: a small registry the request path bumps, rendered as text.
+
+No client library: the gateway needs a handful of counters and two histograms, and a
+dict update per request is cheaper than a general-purpose registry. Names follow the
+Prometheus conventions (``_total`` counters, base units, ``_seconds``).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+#: Histogram upper bounds in seconds (Prometheus ``le``), +Inf implied.
+SECONDS_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+TOKEN_TYPES: Final = (
+    ("input", "input_tokens"),
+    ("cached", "cached_tokens"),
+    ("cache_write", "cache_write_tokens"),
+    ("output", "output_tokens"),
+    ("reasoning", "reasoning_tokens"),
+)
+
+Labels = tuple[str, ...]
+
+
+class _Histogram:
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(SECONDS_BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(SECONDS_BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(names: Labels, values: Labels, extra: str = "") -> str:
+    parts = [f'{n}="{_esc(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+class Metrics:
+    """Counters by model and vendor, latency and TTFT histograms, and callback gauges."""
+
+    def __init__(self) -> None:
+        self.requests: dict[Labels, int] = {}
+        self.tokens: dict[Labels, int] = {}
+        self.spend: dict[Labels, int] = {}
+        self.upstream_errors: dict[Labels, int] = {}
+        self.retries: dict[Labels, int] = {}
+        self.latency: dict[Labels, _Histogram] = {}
+        self.ttft: dict[Labels, _Histogram] = {}
+        self._gauges: dict[str, tuple[str, str, Callable[[], float]]] = {}
+
+    def observe(self, row: Mapping[str, Any]) -> None:
+        """Count one finished request from its usage event row (``gateway.records``)."""
+        model, vendor = str(row.get("model") or ""), str(row.get("vendor") or "")
+        mv = (model, vendor)
+        status = str(row.get("status") or "")
+        k = (model, vendor, status)
+        self.requests[k] = self.requests.get(k, 0) + 1
+        for name, col in TOKEN_TYPES:
+            n = row.get(col) or 0
+            if n:
+                tk = (model, vendor, name)
+                self.tokens[tk] = self.tokens.get(tk, 0) + int(n)
+        cost, cur = row.get("cost_nanos") or 0, row.get("currency")
+        if cost and cur:
+            ck = (model, vendor, str(cur))
+            self.spend[ck] = self.spend.get(ck, 0) + int(cost)
+        if status not in ("ok", "cancelled") and vendor:
+            ek = (vendor, str(row.get("error_code") or status))
+            self.upstream_errors[ek] = self.upstream_errors.get(ek, 0) + 1
+        attempts = int(row.get("attempts") or 0)
+        if attempts > 1:
+            self.retries[(model,)] = self.retries.get((model,), 0) + attempts - 1
+        self.latency.setdefault(mv, _Histogram()).observe(int(row.get("latency_ms") or 0) / 1000)
+        ttft = row.get("ttft_ms")
+        if ttft is not None:
+            self.ttft.setdefault(mv, _Histogram()).observe(int(ttft) / 1000)
+
+    def gauge(self, name: str, help_: str, read: Callable[[], float], kind: str = "gauge") -> None:
+        """Register a value read at scrape time (``kind`` counter for running totals)."""
+        self._gauges[name] = (help_, kind, read)
+
+    def render(self) -> str:
+        out: list[str] = []
+        self._counter(out, "tokenomy_requests_total", "Requests finished, by outcome.",
+                      ("model", "vendor", "status"), self.requests)  # fmt: skip
+        self._counter(out, "tokenomy_tokens_total", "Tokens metered, by type.",
+                      ("model", "vendor", "type"), self.tokens)  # fmt: skip
+        self._counter(out, "tokenomy_spend_nanos_total",
+                      "Amount charged, in nano-units (1e-9) of the currency.",
+                      ("model", "vendor", "currency"), self.spend)  # fmt: skip
+        self._counter(out, "tokenomy_upstream_errors_total",
+                      "Requests that ended in an upstream or gateway error.",
+                      ("vendor", "code"), self.upstream_errors)  # fmt: skip
+        self._counter(out, "tokenomy_retries_total", "Fallback attempts after a failed one.",
+                      ("model",), self.retries)  # fmt: skip
+        self._histogram(out, "tokenomy_request_duration_seconds",
+                        "Time from request to last byte.", self.latency)  # fmt: skip
+        self._histogram(out, "tokenomy_time_to_first_token_seconds",
+                        "Time from request to the first token.", self.ttft)  # fmt: skip
+        for name, (help_, kind, read) in sorted(self._gauges.items()):
+            out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {_num(read())}"]
+        return "\n".join(out) + "\n"
+
+    @staticmethod
+    def _counter(
+        out: list[str], name: str, help_: str, names: Labels, values: dict[Labels, int]
+    ) -> None:
+        out += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
+        out += [f"{name}{_labels(names, k)} {v}" for k, v in sorted(values.items())]
+
+    @staticmethod
+    def _histogram(out: list[str], name: str, help_: str, hs: dict[Labels, _Histogram]) -> None:
+        out += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+        names = ("model", "vendor")
+        for k, h in sorted(hs.items()):
+            cum = 0
+            for le, c in zip((*map(_num, SECONDS_BUCKETS), "+Inf"), h.counts, strict=True):
+                cum += c
+                le_label = 'le="' + le + '"'
+                out.append(f"{name}_bucket{_labels(names, k, le_label)} {cum}")
+            out.append(f"{name}_sum{_labels(names, k)} {_num(h.sum)}")
+            out.append(f"{name}_count{_labels(names, k)} {h.count}")

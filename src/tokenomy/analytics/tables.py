@@ -1,0 +1,85 @@
+"""Analytics tables (migration 0003): rollup buckets and the queue of events to roll up.
+
+``usage_rollups`` holds one row per (period, bucket, org, project, key, model, vendor,
+country, region, status, currency) with additive measures only, so any coarser view is
+a SUM over rows. ``analytics_pending`` holds one marker per usage event, written in the
+same transaction as the event; the roll-up job deletes markers and recomputes their
+buckets from the raw events in one transaction (see ``rollup.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import BigInteger, Column, Index, String, Table
+
+from tokenomy.analytics.histogram import NBUCKETS
+from tokenomy.store.schema import metadata
+
+#: Grouping columns, in order (empty string, never NULL, for "none").
+DIMENSIONS: Final = (
+    "org_id",
+    "project_id",
+    "key_id",
+    "model",
+    "vendor",
+    "country",
+    "region",
+    "status",
+    "currency",
+)
+#: Additive measures besides the histograms.
+MEASURES: Final = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_nanos",
+    "latency_ms_sum",
+    "ttft_count",
+    "ttft_ms_sum",
+)
+LATENCY_COLS: Final = tuple(f"lat_{i:02d}" for i in range(NBUCKETS))
+TTFT_COLS: Final = tuple(f"ttft_{i:02d}" for i in range(NBUCKETS))
+
+_DIM_LENGTHS: Final = {"model": 200, "vendor": 64, "region": 64, "status": 16, "currency": 3}
+
+
+def _columns() -> list[Column[object]]:
+    cols: list[Column[object]] = [
+        # m(inute) h(our) d(ay); H and D: hours and days summed over orgs, projects, keys
+        Column("period", String(1), nullable=False),
+        Column("bucket_ms", BigInteger, nullable=False),
+    ]
+    cols += [Column(d, String(_DIM_LENGTHS.get(d, 40)), nullable=False) for d in DIMENSIONS]
+    cols += [Column(m, BigInteger, nullable=False) for m in MEASURES]
+    cols += [Column(c, BigInteger, nullable=False) for c in LATENCY_COLS + TTFT_COLS]
+    return cols
+
+
+usage_rollups = Table(
+    "usage_rollups",
+    metadata,
+    *_columns(),
+    Index("ix_usage_rollups_period_bucket", "period", "bucket_ms"),
+    Index("ix_usage_rollups_key", "key_id", "period", "bucket_ms"),
+)
+
+analytics_pending = Table(
+    "analytics_pending",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("bucket_ms", BigInteger, nullable=False),  # the event's minute
+    Index("ix_analytics_pending_bucket", "bucket_ms"),
+)
+
+#: Small durable settings of the roll-up job, such as how far back minutes are kept.
+analytics_state = Table(
+    "analytics_state",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)

@@ -1,0 +1,247 @@
+"""Usage analytics over HTTP: ``GET /v1/usage``, ``GET /metrics`` and ``/dashboard``.
+
+A key sees its own usage; the admin key sees everyone's (and may filter by ``org_id`` or
+``key_id``). Every read first rolls up whatever the writer has committed, so a client
+sees its own requests as soon as they are durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tokenomy.analytics import dashboard
+from tokenomy.analytics.metrics import Metrics
+from tokenomy.analytics.queries import EVERYONE, Scope
+from tokenomy.analytics.rollup import Rollups, RollupWorker
+from tokenomy.analytics.views import ViewError, parse_window, run_view
+from tokenomy.api.admin import require_admin
+from tokenomy.api.edge import SERVICES, authenticate, presented_key, services
+from tokenomy.errors import InvalidRequest, Unauthorized
+from tokenomy.services import Services
+
+ROLLUPS: web.AppKey[Rollups] = web.AppKey("analytics.rollups", Rollups)
+METRICS: web.AppKey[Metrics] = web.AppKey("analytics.metrics", Metrics)
+#: How many requests wait in the admission queue now (set by whoever owns the queue).
+QUEUE_DEPTH: web.AppKey[Callable[[], int]] = web.AppKey("analytics.queue_depth")
+_WORKER: web.AppKey[RollupWorker] = web.AppKey("analytics.worker", RollupWorker)
+COOKIE = "tokenomy_dashboard"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    admin: bool
+    scope: Scope
+
+
+def _is_admin(svc: Services, secret: str) -> bool:
+    return bool(svc.admin_key) and secrets.compare_digest(
+        secret.encode(), (svc.admin_key or "").encode()
+    )
+
+
+def _viewer_for(svc: Services, secret: str | None) -> Viewer | None:
+    if not secret:
+        return None
+    if _is_admin(svc, secret):
+        return Viewer(True, EVERYONE)
+    key = svc.key_cache.lookup(secret)
+    return Viewer(False, Scope(key_id=key.id)) if key is not None else None
+
+
+def _api_viewer(request: web.Request) -> Viewer:
+    svc = services(request)
+    secret = presented_key(request)
+    if secret and _is_admin(svc, secret):
+        require_admin(request)
+        org, key = request.query.get("org_id"), request.query.get("key_id")
+        return Viewer(True, Scope(key_id=key or None, org_id=org or None))
+    key_rec = authenticate(request, svc)
+    return Viewer(False, Scope(key_id=key_rec.id))
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+
+
+async def _fresh(request: web.Request) -> Rollups:
+    rollups = request.app[ROLLUPS]
+    await asyncio.to_thread(rollups.refresh)
+    return rollups
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    viewer = _api_viewer(request)
+    svc = services(request)
+    rollups = await _fresh(request)
+    params = dict(request.query)
+    try:
+        out = await asyncio.to_thread(
+            run_view,
+            rollups.engine,
+            params,
+            book=svc.biller.prices,
+            fx=svc.biller.fx,
+            scope=viewer.scope,
+        )
+    except ViewError as e:
+        raise InvalidRequest(str(e), param=e.param) from None
+    out["scope"] = "all" if viewer.admin and viewer.scope == EVERYONE else "filtered"
+    if not viewer.admin:
+        out["scope"] = "key"
+    return _json(out)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    text = request.app[METRICS].render()
+    return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_TEXT})
+
+
+def _html(body: str, status: int = 200) -> web.Response:
+    return web.Response(
+        text=body,
+        status=status,
+        content_type="text/html",
+        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"},
+    )
+
+
+def _with_cookie(resp: web.StreamResponse, request: web.Request, secret: str) -> None:
+    resp.set_cookie(
+        COOKIE, secret, path="/dashboard", httponly=True, samesite="Strict", secure=request.secure
+    )
+
+
+def _dashboard_viewer(request: web.Request) -> Viewer | None:
+    svc = services(request)
+    return _viewer_for(svc, request.cookies.get(COOKIE) or presented_key(request))
+
+
+async def get_dashboard(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    given = request.query.get("key")
+    if given is not None:  # a login link: keep the key out of the address bar and history
+        if _viewer_for(svc, given) is None:
+            return _html(dashboard.login_page("That key was not accepted."), 401)
+        rest = {k: v for k, v in request.query.items() if k != "key"}
+        resp = web.HTTPSeeOther(request.rel_url.with_query(rest).path_qs)
+        _with_cookie(resp, request, given)
+        raise resp
+    viewer = _dashboard_viewer(request)
+    if viewer is None:  # nothing (or nothing valid) presented: the sign-in form
+        bad = bool(request.cookies.get(COOKIE) or presented_key(request))
+        return _html(dashboard.login_page("That key was not accepted." if bad else ""),
+                     401 if bad else 200)  # fmt: skip
+    try:
+        window = parse_window(request.query)
+    except ViewError as e:
+        raise InvalidRequest(str(e), param=e.param) from None
+    rollups = await _fresh(request)
+    names = await asyncio.to_thread(_names, svc) if viewer.admin else {}
+    view = await asyncio.to_thread(
+        dashboard.collect,
+        rollups.engine,
+        window.start_ms,
+        window.end_ms,
+        book=svc.biller.prices,
+        fx=svc.biller.fx,
+        scope=viewer.scope,
+        names=names,
+    )
+    depth = _queue_depth(request)
+    return _html(dashboard.render(view, queue_depth=depth, admin=viewer.admin))
+
+
+def _names(svc: Services) -> dict[str, str]:
+    names = {k.id: k.name or k.prefix for k in svc.keys.all(include_revoked=True)}
+    names.update({o.id: o.name for o in svc.ledger.all_orgs()})
+    return names
+
+
+def _queue_depth(request: web.Request) -> int:
+    read = request.app.get(QUEUE_DEPTH)
+    return int(read()) if read is not None else 0
+
+
+async def post_login(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    secret = str(form.get("key") or "").strip()
+    if _viewer_for(services(request), secret) is None:
+        return _html(dashboard.login_page("That key was not accepted."), 401)
+    resp = web.HTTPSeeOther("/dashboard")
+    _with_cookie(resp, request, secret)
+    raise resp
+
+
+async def get_logout(request: web.Request) -> web.StreamResponse:
+    resp = web.HTTPSeeOther("/dashboard")
+    resp.del_cookie(COOKIE, path="/dashboard")
+    raise resp
+
+
+async def get_live(request: web.Request) -> web.Response:
+    if _dashboard_viewer(request) is None:
+        raise Unauthorized("Sign in to the dashboard first.")
+    svc = services(request)
+    return _json({"queue_depth": _queue_depth(request), "writer_pending": svc.usage_writer.pending})
+
+
+def _register_gauges(app: web.Application, metrics: Metrics, svc: Services) -> None:
+    metrics.gauge("tokenomy_queue_depth", "Requests waiting in the admission queue.",
+                  lambda: _depth_of(app))  # fmt: skip
+    metrics.gauge("tokenomy_writer_pending_rows", "Rows queued for the durable writer.",
+                  lambda: svc.usage_writer.pending)  # fmt: skip
+    metrics.gauge("tokenomy_writer_failures_total", "Failed group commits (retried).",
+                  lambda: svc.usage_writer.failures, kind="counter")  # fmt: skip
+    stage = svc.ledger_stage
+    metrics.gauge("tokenomy_ledger_holds_total", "Funds held before vendor calls.",
+                  lambda: stage.holds, kind="counter")  # fmt: skip
+    metrics.gauge("tokenomy_ledger_settles_total", "Holds settled at the actual cost.",
+                  lambda: stage.settles, kind="counter")  # fmt: skip
+    metrics.gauge("tokenomy_ledger_refusals_total", "Requests refused for lack of funds.",
+                  lambda: stage.refusals, kind="counter")  # fmt: skip
+
+
+def _depth_of(app: web.Application) -> int:
+    read = app.get(QUEUE_DEPTH)
+    return int(read()) if read is not None else 0
+
+
+def add_routes(app: web.Application, *, rollup_interval_s: float = 2.0) -> None:
+    """Wire the analytics routes, the metrics registry and the background roll-up job.
+
+    Call after ``app[SERVICES]`` is set. Uses ``svc.metrics`` when the services carry a
+    registry (so the request path can bump it), else a registry of its own.
+    """
+    svc = app[SERVICES]
+    rollups = Rollups.for_registry(svc.engine, svc.registry)
+    app[ROLLUPS] = rollups
+    metrics = getattr(svc, "metrics", None)
+    if not isinstance(metrics, Metrics):
+        metrics = Metrics()
+    app[METRICS] = metrics
+    _register_gauges(app, metrics, svc)
+    app.router.add_get("/v1/usage", get_usage)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/dashboard", get_dashboard)
+    app.router.add_post("/dashboard/login", post_login)
+    app.router.add_get("/dashboard/logout", get_logout)
+    app.router.add_get("/dashboard/live", get_live)
+    worker = RollupWorker(rollups, rollup_interval_s)
+    app[_WORKER] = worker
+
+    async def start(_app: web.Application) -> None:
+        worker.start()
+
+    async def stop(_app: web.Application) -> None:
+        await worker.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.insert(0, stop)

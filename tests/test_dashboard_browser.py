@@ -1,0 +1,180 @@
+"""The dashboard in headless Chromium: offline, every chart drawn, the date picker works,
+no console errors, readable on a laptop and a phone. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ADMIN_KEY
+from tests.servers import ThreadServer
+from tests.test_usage_api import NOW_MS, AnalyticsGateway, start_analytics_gateway
+from tokenomy.analytics.rollup import DAY
+
+CHROMIUM = "/usr/lib/chromium/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+MARKS = "rect.bar, path.slice, circle.slice, polyline.line, circle.dot"
+
+
+def _need(what: str) -> None:
+    reason = f"{what} is not installed (make browser-deps; pip install playwright)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _need("playwright")
+    if not os.path.exists(CHROMIUM):
+        _need("chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def dash(sim: ThreadServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnalyticsGateway]:
+    gw = start_analytics_gateway(sim.url, tmp_path_factory.mktemp("dash"), days=45)
+    yield gw
+    gw.server.stop()
+
+
+class Page:
+    """A page whose every request outside the gateway is refused and remembered."""
+
+    def __init__(self, browser: Any, base: str, **ctx: Any) -> None:
+        self.context = browser.new_context(**ctx)
+        self.outside: list[str] = []
+        self.console: list[str] = []
+
+        def route(r: Any) -> None:
+            if r.request.url.startswith(base) or r.request.url.startswith("data:"):
+                r.continue_()
+            else:
+                self.outside.append(r.request.url)
+                r.abort()
+
+        self.context.route("**/*", route)
+        self.page = self.context.new_page()
+        self.page.on("console", lambda m: m.type == "error" and self.console.append(m.text))
+        self.page.on("pageerror", lambda e: self.console.append(str(e)))
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def _ymd(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+def test_dashboard_renders_offline_and_the_picker_changes_it(
+    browser: Any, dash: AnalyticsGateway
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    p = Page(browser, dash.url, viewport={"width": 1440, "height": 900})
+    page = p.page
+    resp = page.goto(f"{dash.url}/dashboard?key={ADMIN_KEY}&days=45")
+    assert resp is not None and resp.ok
+    assert "key=" not in page.url  # the login link's key leaves the address bar
+    page.wait_for_load_state("networkidle")
+    cards = page.locator("section[data-chart]")
+    assert cards.count() == 7
+    for i in range(cards.count()):
+        card = cards.nth(i)
+        name = card.get_attribute("data-chart")
+        assert card.locator("svg.chart").count() >= 1, name
+        assert card.locator(MARKS).count() > 0, f"{name} has no data drawn"
+        assert card.locator("text.empty").count() == 0, name
+        box = card.locator("svg.chart").first.bounding_box()
+        assert box is not None and box["width"] > 150 and box["height"] > 80, name
+    bars_before = page.locator("section[data-chart=tokens] rect.bar").count()
+    tokens_before = page.locator("#kpi-tokens").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "dashboard-desktop.png"), full_page=True)
+
+    # The date picker: the last two days only (hourly buckets, fewer tokens).
+    last = NOW_MS - NOW_MS % DAY
+    page.fill("#start", _ymd(last - DAY))
+    page.fill("#end", _ymd(last))
+    with page.expect_navigation():
+        page.click("#apply")
+    page.wait_for_load_state("networkidle")
+    assert f"start={_ymd(last - DAY)}" in page.url
+    assert page.input_value("#start") == _ymd(last - DAY)
+    assert page.locator("#kpi-tokens").inner_text() != tokens_before
+    assert "per hour" in page.locator("section[data-chart=tokens] h2").inner_text()
+    assert page.locator("section[data-chart=tokens] rect.bar").count() != bars_before
+    assert page.locator("section[data-chart=tokens] " + MARKS).count() > 0
+    page.screenshot(path=str(ARTIFACTS / "dashboard-two-days.png"), full_page=True)
+    assert p.outside == [] and p.console == []
+    p.close()
+
+
+def test_dashboard_on_a_phone(browser: Any, dash: AnalyticsGateway) -> None:
+    p = Page(
+        browser,
+        dash.url,
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    page = p.page
+    page.goto(f"{dash.url}/dashboard?key={ADMIN_KEY}&days=30")
+    page.wait_for_load_state("networkidle")
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, "the page scrolls sideways on a phone"
+    widths = page.eval_on_selector_all(
+        "section.card", "els => els.map(e => e.getBoundingClientRect().width)"
+    )
+    assert widths and all(330 <= w <= 390 for w in widths)  # one column, full width
+    assert page.locator("section[data-chart] " + MARKS).count() > 50
+    page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+    assert p.outside == [] and p.console == []
+    p.close()
+
+
+def test_login_form_and_a_keys_own_view(browser: Any, dash: AnalyticsGateway) -> None:
+    secret, rec = dash.services.keys.create("browser", org_id="org_hist_acme")
+    dash.services.key_cache.put(secret, rec)
+    p = Page(browser, dash.url, viewport={"width": 1280, "height": 800})
+    page = p.page
+    page.goto(f"{dash.url}/dashboard")
+    assert page.locator("input[name=key]").count() == 1
+    page.fill("input[name=key]", "wrong")
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    assert "not accepted" in page.content()
+    assert all("401" in m for m in p.console)  # the refused sign-in, and nothing else
+    p.console.clear()
+    page.fill("input[name=key]", secret)
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    assert f"key {rec.id}" in page.locator("header").inner_text()
+    assert page.get_by_text("Top organisations").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "dashboard-key-view.png"), full_page=True)
+    # The live tile polls the gateway without errors.
+    page.wait_for_timeout(5500)
+    assert page.locator("#kpi-queue").inner_text() == "0"
+    assert p.outside == [] and p.console == [], p.console
+    p.close()

@@ -1,0 +1,381 @@
+"""Roll-ups against brute-force aggregation of the raw events: replays, restarts, crashes."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, delete, select
+
+from tests.conftest import throwaway_postgres
+from tokenomy.analytics import rollup
+from tokenomy.analytics.histogram import bucket_of, quantile
+from tokenomy.analytics.rollup import DAY, HOUR, MINUTE, Rollups, pending_item
+from tokenomy.analytics.tables import (
+    DIMENSIONS,
+    LATENCY_COLS,
+    MEASURES,
+    TTFT_COLS,
+    analytics_pending,
+    analytics_state,
+    usage_rollups,
+)
+from tokenomy.store.db import migrate, open_engine
+from tokenomy.store.schema import usage_events
+from tokenomy.store.writer import insert_ignoring_duplicates
+
+COUNTRIES = {"deepseek": "CN", "openai": "US", "mistral": "FR"}
+REGIONS = {"deepseek/deepseek-chat": "cn-east", "openai/gpt-5.4-mini": "us-west"}
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+HIST = (*LATENCY_COLS, *TTFT_COLS)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        eng = open_engine(f"sqlite:///{tmp_path_factory.mktemp('rollups') / 'r.db'}")
+        migrate(eng)
+        yield eng
+        eng.dispose()
+        return
+    with throwaway_postgres() as url:
+        eng = open_engine(url)
+        migrate(eng)
+        yield eng
+        eng.dispose()
+
+
+def clear(engine: Engine) -> None:
+    with engine.begin() as conn:
+        for t in (usage_events, usage_rollups, analytics_pending, analytics_state):
+            conn.execute(delete(t))
+
+
+def make_event(rng: random.Random, i: int, span_ms: int = 3 * DAY) -> dict[str, Any]:
+    vendor, model = rng.choice(
+        [
+            ("deepseek", "deepseek-chat"),
+            ("openai", "gpt-5.4-mini"),
+            ("mistral", "mistral-large"),
+            (None, "ghost"),
+        ]
+    )
+    status = rng.choice(["ok", "ok", "ok", "error", "cancelled", "upstream_cut"])
+    inp = rng.randrange(0, 5000)
+    cached = rng.randrange(0, inp + 1)
+    out = rng.randrange(0, 3000)
+    currency = rng.choice(["USD", "CNY", None])
+    return {
+        "request_id": f"req_{i:08d}",
+        "ts_ms": T0 + rng.randrange(0, span_ms),
+        "key_id": rng.choice(["key_a", "key_b", "key_c", None]),
+        "org_id": rng.choice(["org_1", "org_2", None]),
+        "project_id": rng.choice(["prj_x", None]),
+        "endpoint": "chat",
+        "dialect": "openai",
+        "model": model,
+        "deployment": f"{vendor}/{model}" if vendor else None,
+        "vendor": vendor,
+        "stream": rng.random() < 0.5,
+        "status": status,
+        "http_status": 200 if status == "ok" else 502,
+        "error_code": None,
+        "input_tokens": inp,
+        "cached_tokens": cached,
+        "cache_write_tokens": rng.randrange(0, inp - cached + 1),
+        "output_tokens": out,
+        "reasoning_tokens": rng.randrange(0, out + 1),
+        "usage_source": "upstream",
+        "latency_ms": int(rng.lognormvariate(6, 1.5)),
+        "ttft_ms": None if rng.random() < 0.3 else int(rng.lognormvariate(5, 1.2)),
+        "attempts": 1,
+        "cost_nanos": rng.randrange(0, 10**9) if currency else 0,
+        "currency": currency,
+        "list_cost_nanos": 0,
+        "list_currency": None,
+        "price_version": None,
+        "fx_rate": None,
+        "held_nanos": 0,
+    }
+
+
+def write(engine: Engine, events: list[dict[str, Any]], markers: bool = True) -> None:
+    """What the batched writer does: events and their markers in one transaction."""
+    items: list[Any] = []
+    for e in events:
+        items.append((usage_events, e))
+        if markers:
+            items.append(pending_item(e))
+    insert_ignoring_duplicates(engine, items)
+
+
+Key = tuple[Any, ...]
+
+
+def brute_force(events: list[dict[str, Any]], periods: str = "mhdHD") -> dict[Key, dict[str, int]]:
+    """Aggregate unique events straight into every period (no roll-up code involved)."""
+    unique = {e["request_id"]: e for e in events}
+    out: dict[Key, dict[str, int]] = defaultdict(lambda: dict.fromkeys((*MEASURES, *HIST), 0))
+    for e in unique.values():
+        dims = (
+            e["org_id"] or "",
+            e["project_id"] or "",
+            e["key_id"] or "",
+            e["model"],
+            e["vendor"] or "",
+            COUNTRIES.get(e["vendor"] or "", ""),
+            REGIONS.get(e["deployment"] or "", ""),
+            e["status"],
+            e["currency"] or "",
+        )
+        for p, size in (("m", MINUTE), ("h", HOUR), ("d", DAY), ("H", HOUR), ("D", DAY)):
+            if p not in periods:
+                continue
+            d = ("", "", "", *dims[3:]) if p in "HD" else dims  # everyone's rows
+            acc = out[(p, e["ts_ms"] - e["ts_ms"] % size, *d)]
+            acc["requests"] += 1
+            acc["errors"] += e["status"] != "ok"
+            for c in (
+                "input_tokens",
+                "cached_tokens",
+                "cache_write_tokens",
+                "output_tokens",
+                "reasoning_tokens",
+                "cost_nanos",
+            ):
+                acc[c] += e[c]
+            acc["latency_ms_sum"] += e["latency_ms"]
+            acc[LATENCY_COLS[bucket_of(e["latency_ms"])]] += 1
+            if e["ttft_ms"] is not None:
+                acc["ttft_count"] += 1
+                acc["ttft_ms_sum"] += e["ttft_ms"]
+                acc[TTFT_COLS[bucket_of(e["ttft_ms"])]] += 1
+    return dict(out)
+
+
+def stored(engine: Engine, periods: str = "mhdHD") -> dict[Key, dict[str, int]]:
+    out: dict[Key, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for r in conn.execute(select(usage_rollups)):
+            m = r._mapping
+            if m["period"] not in periods:
+                continue
+            key = (m["period"], int(m["bucket_ms"]), *(m[d] for d in DIMENSIONS))
+            assert key not in out, f"duplicate rollup row {key}"
+            out[key] = {c: int(m[c]) for c in (*MEASURES, *HIST)}
+    return out
+
+
+def new_rollups(engine: Engine, batch_size: int = 5000) -> Rollups:
+    return Rollups(engine, countries=COUNTRIES, regions=REGIONS, batch_size=batch_size)
+
+
+def test_rollups_match_brute_force_with_replays_and_restarts(engine: Engine) -> None:
+    clear(engine)
+    rng = random.Random(7)
+    events = [make_event(rng, i) for i in range(1500)]
+    written: list[dict[str, Any]] = []
+    pos = 0
+    while pos < len(events):
+        n = rng.randrange(1, 200)
+        batch = events[pos : pos + n]
+        pos += n
+        if written and rng.random() < 0.4:  # a replayed batch: the same request ids again
+            batch = batch + rng.sample(written, min(len(written), 50))
+        rng.shuffle(batch)  # out of time order
+        write(engine, batch)
+        written += batch
+        if rng.random() < 0.5:
+            # A "restart": a new Rollups object, and a small batch so runs stop midway.
+            new_rollups(engine, batch_size=rng.choice([7, 64, 5000])).refresh(max_batches=2)
+    new_rollups(engine).refresh()
+    expect = brute_force(events)
+    got = stored(engine)
+    assert got == expect
+    assert sum(v["requests"] for k, v in got.items() if k[0] == "d") == 1500
+
+
+def test_replaying_everything_changes_nothing(engine: Engine) -> None:
+    clear(engine)
+    rng = random.Random(11)
+    events = [make_event(rng, i) for i in range(400)]
+    write(engine, events)
+    r = new_rollups(engine)
+    r.refresh()
+    before = stored(engine)
+    write(engine, events)  # the writer retrying a batch that had in fact committed
+    with engine.connect() as conn:
+        assert conn.execute(select(analytics_pending)).first() is not None
+    assert r.refresh() == 400
+    assert stored(engine) == before == brute_force(events)
+
+
+def test_a_crash_mid_run_loses_nothing(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    clear(engine)
+    rng = random.Random(3)
+    events = [make_event(rng, i) for i in range(300)]
+    write(engine, events)
+    r = new_rollups(engine)
+
+    def boom(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("killed between the minutes and the hours")
+
+    monkeypatch.setattr(Rollups, "_from_rollups", boom)
+    with pytest.raises(RuntimeError):
+        r.refresh()
+    monkeypatch.undo()
+    with engine.connect() as conn:  # rolled back: markers still there, no partial rows
+        assert len(conn.execute(select(analytics_pending)).all()) == 300
+        assert conn.execute(select(usage_rollups)).first() is None
+    new_rollups(engine).refresh()
+    assert stored(engine) == brute_force(events)
+
+
+def test_concurrent_writer_and_rollups(engine: Engine) -> None:
+    """Events committed while roll-ups run are never lost nor counted twice."""
+    clear(engine)
+    rng = random.Random(5)
+    events = [make_event(rng, i, span_ms=20 * MINUTE) for i in range(2000)]
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(0, len(events), 25):
+                write(engine, events[i : i + 25] + events[max(0, i - 10) : i])
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            done.set()
+
+    def roller() -> None:
+        r = new_rollups(engine, batch_size=40)
+        try:
+            while not done.is_set():
+                r.refresh(max_batches=3)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=writer),
+        threading.Thread(target=roller),
+        threading.Thread(target=roller),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    new_rollups(engine).refresh()
+    assert stored(engine) == brute_force(events)
+
+
+def test_reconcile_picks_up_events_written_without_markers(engine: Engine) -> None:
+    clear(engine)
+    rng = random.Random(9)
+    events = [make_event(rng, i) for i in range(300)]
+    write(engine, events[:200])
+    r = new_rollups(engine)
+    r.refresh()
+    write(engine, events[200:], markers=False)
+    assert r.refresh() == 0
+    assert stored(engine) != brute_force(events)
+    assert r.reconcile(T0) > 0
+    r.refresh()
+    assert stored(engine) == brute_force(events)
+    assert r.reconcile(T0) == 0
+
+
+def test_pruned_minutes_keep_hours_and_days_exact(engine: Engine) -> None:
+    clear(engine)
+    rng = random.Random(13)
+    events = [make_event(rng, i) for i in range(400)]
+    write(engine, events[:300])
+    r = new_rollups(engine)
+    r.refresh()
+    assert r.prune_minutes(T0 + 2 * DAY) > 0
+    write(engine, events[300:])  # late events, many of them in pruned minutes
+    r.refresh()
+    assert stored(engine, "hdHD") == brute_force(events, "hdHD")
+    kept = {k: v for k, v in brute_force(events, "m").items() if k[1] >= T0 + 2 * DAY}
+    assert stored(engine, "m") == kept
+
+
+def test_rebuild_equals_incremental(engine: Engine) -> None:
+    clear(engine)
+    rng = random.Random(17)
+    events = [make_event(rng, i) for i in range(500)]
+    write(engine, events, markers=False)
+    r = new_rollups(engine)
+    r.rebuild()
+    assert stored(engine) == brute_force(events)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 10**6),
+    n=st.integers(1, 120),
+    cuts=st.lists(st.integers(0, 120), max_size=6),
+    replays=st.lists(st.tuples(st.integers(0, 119), st.integers(1, 30)), max_size=4),
+)
+def test_property_any_interleaving_matches_brute_force(
+    engine: Engine, seed: int, n: int, cuts: list[int], replays: list[tuple[int, int]]
+) -> None:
+    clear(engine)
+    rng = random.Random(seed)
+    events = [make_event(rng, i, span_ms=2 * HOUR) for i in range(n)]
+    bounds = sorted({0, n, *(min(c, n) for c in cuts)})
+    for a, b in itertools.pairwise(bounds):
+        write(engine, events[a:b])
+        new_rollups(engine, batch_size=rng.choice([1, 5, 100])).refresh()
+    for start, length in replays:
+        write(engine, events[start % n : start % n + length])
+    new_rollups(engine).refresh()
+    assert stored(engine) == brute_force(events)
+
+
+def test_migration_queues_events_recorded_before_it(tmp_path: Any) -> None:
+    from importlib import resources
+
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    eng = open_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = AlembicConfig()
+    cfg.set_main_option(
+        "script_location", str(resources.files("tokenomy.store").joinpath("migrations"))
+    )
+    with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+    rng = random.Random(1)
+    events = [make_event(rng, i) for i in range(50)]
+    insert_ignoring_duplicates(eng, [(usage_events, e) for e in events])
+    migrate(eng)
+    new_rollups(eng).refresh()
+    assert stored(eng) == brute_force(events)
+    eng.dispose()
+
+
+def test_histogram_quantiles() -> None:
+    counts = [0] * len(LATENCY_COLS)
+    for v in range(1, 1001):
+        counts[bucket_of(v)] += 1
+    p50 = quantile(counts, 0.5)
+    p99 = quantile(counts, 0.99)
+    assert p50 is not None and 450 <= p50 <= 550
+    assert p99 is not None and 900 <= p99 <= 1000
+    assert quantile([0] * len(counts), 0.5) is None
+    # Merging hours' histograms gives the day's: the bounds never move.
+    assert rollup.PERIOD_MS["d"] == 24 * rollup.PERIOD_MS["h"]
