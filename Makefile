@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tokenomy demo
+	$(BIN)/tokenomy demo --history 30d
 
 serve: $(STAMP)
 	$(BIN)/tokenomy serve

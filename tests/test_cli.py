@@ -171,3 +171,47 @@ def test_several_workers_need_redis_and_share_one_port(tmp_path: Path, sim: Thre
     with open_engine(f"sqlite:///{tmp_path / 'cli.db'}").connect() as c:
         n = c.execute(select(func.count()).where(usage_events.c.status == "ok")).scalar_one()
     assert n == 10
+
+
+def test_demo_seeds_history_through_the_pipeline_once(tmp_path: Path) -> None:
+    port, sim_port = free_port(), free_port()
+    env = {**os.environ, "TOKENOMY_ADMIN_KEY": "tk-admin-demo-test"}
+    env.pop("TOKENOMY_DATABASE_URL", None)
+    args = ["demo", "--port", str(port), "--sim-port", str(sim_port), "--dir", str(tmp_path)]
+
+    def run_demo() -> str:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tokenomy", *args, "--history", "2d"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            lines = []
+            for line in proc.stdout:
+                lines.append(line)
+                if "Press Ctrl-C" in line:
+                    break
+            r = httpx.get(
+                f"http://127.0.0.1:{port}/v1/usage",
+                headers={"Authorization": "Bearer tk-admin-demo-test"},
+            )
+            assert r.status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            return "".join(lines)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+    first = run_demo()
+    assert "seeded" in first and "API key:" in first
+    with open_engine(f"sqlite:///{tmp_path / 'tokenomy.db'}").connect() as c:
+        n = c.execute(select(func.count()).select_from(usage_events)).scalar_one()
+        days = c.execute(
+            select(func.count(func.distinct(usage_events.c.ts_ms // 86_400_000)))
+        ).scalar_one()
+    assert n > 10 and days == 2
+    assert "not seeding again" in run_demo()

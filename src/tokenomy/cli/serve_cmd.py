@@ -58,6 +58,13 @@ def register(sub: Any) -> None:
     d.add_argument("--port", type=int, default=8000)
     d.add_argument("--sim-port", type=int, default=DEMO_SIM_PORT)
     d.add_argument("--dir", default=".demo", help="where the demo database lives")
+    d.add_argument(
+        "--history",
+        type=_days,
+        default=0,
+        metavar="DAYS",
+        help="first seed this much simulated traffic through the pipeline (e.g. 90d)",
+    )
     d.set_defaults(func=demo)
 
 
@@ -179,10 +186,67 @@ def demo(args: argparse.Namespace) -> int:
     secret, org_id = _demo_account(cfg)
     _install_uvloop()
     try:
+        if args.history:
+            asyncio.run(_seed_history(args, args.history))
         asyncio.run(_run_demo(cfg, args.port, args.sim_port, secret, admin_key, org_id))
     except OSError as e:
         fail(f"cannot start the demo: {e}")
     return 0
+
+
+def _has_history(svc: Any) -> bool:
+    from sqlalchemy import func, select
+
+    from tokenomy.store.schema import usage_events
+
+    with svc.engine.connect() as conn:
+        return bool(conn.execute(select(func.count()).select_from(usage_events)).scalar_one())
+
+
+def _days(text: str) -> int:
+    value = text[:-1] if text.endswith("d") else text
+    if not value.isdigit() or not 0 <= int(value) <= 3650:
+        raise argparse.ArgumentTypeError(f"expected days such as 90d, not {text!r}")
+    return int(value)
+
+
+async def _seed_history(args: argparse.Namespace, days: int) -> None:
+    """Days of traffic through the real pipeline, against an unpaced simulator.
+
+    The demo's own simulator is paced like a real vendor (a second a call); history runs
+    against a fast one on a spare port, into the same database.
+    """
+    import socket
+
+    from tokenomy.analytics.demo_history import seed_history
+    from tokenomy.sim.server import create_sim_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    sim = web.AppRunner(create_sim_app(), access_log=None)
+    await sim.setup()
+    await web.TCPSite(sim, "127.0.0.1", port).start()
+    os.environ["TOKENOMY_SIM_URL"] = f"http://127.0.0.1:{port}/v1"
+    cfg = config_from(args)
+    os.environ["TOKENOMY_SIM_URL"] = f"http://127.0.0.1:{args.sim_port}/v1"
+    if not os.environ.get("TOKENOMY_DATABASE_URL"):
+        url = f"sqlite:///{(Path(args.dir) / 'tokenomy.db').resolve()}"
+        cfg = cfg.model_copy(update={"database": DatabaseConfig(url=url)})
+    svc = build_services(cfg)
+    await svc.start()
+    if await asyncio.to_thread(_has_history, svc):
+        print("the demo database already has history; not seeding again", flush=True)
+        await svc.stop()
+        await sim.cleanup()
+        return
+    print(f"seeding {days} days of simulated traffic through the pipeline...", flush=True)
+    try:
+        report = await seed_history(days, svc, calls_per_day=60)
+    finally:
+        await svc.stop()
+        await sim.cleanup()
+    print(f"seeded {report.calls} calls in {report.seconds:.0f} s", flush=True)
 
 
 def _demo_account(cfg: Any) -> tuple[str, str]:
