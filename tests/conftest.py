@@ -86,6 +86,8 @@ models:
     deployments:
       - {{vendor: sim, model: near-a, region: us-east, price: sim/sim-small}}
       - {{vendor: sim-backup, model: far-b, region: cn-west, price: sim/sim-large}}
+  - name: capped
+    deployments: [{{vendor: sim, model: q-sim-slow, max_concurrent: 1}}]
   - name: standby-demo
     deployments:
       - {{vendor: sim-nokey, model: real-a}}

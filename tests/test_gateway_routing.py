@@ -129,3 +129,25 @@ def test_latency_tolerant_work_goes_to_the_cheapest_power_that_meets_its_deadlin
         headers={"Authorization": f"Bearer {gateway.key}", "X-Tokenomy-Deadline": "0.1"},
     )
     assert served_by(r) == "sim/near-a"
+
+
+async def test_a_full_deployment_queues_sheds_and_shows_the_queue(gateway: Gateway) -> None:
+    import asyncio
+
+    headers = {"Authorization": f"Bearer {gateway.key}"}
+    body = {"model": "capped", "messages": MSG, "max_tokens": 20}
+    async with httpx.AsyncClient(base_url=gateway.base_url, headers=headers, timeout=30) as c:
+        # About a second at the simulator's slow pace: the one slot is taken meanwhile.
+        first = asyncio.create_task(c.post("/chat/completions", json=body))
+        await asyncio.sleep(0.3)
+        shed = await c.post("/chat/completions", json=body, headers={"X-Tokenomy-Max-Wait": "0"})
+        assert shed.status_code == 503 and int(shed.headers["retry-after"]) >= 1
+        waiter = asyncio.create_task(c.post("/chat/completions", json=body))
+        await asyncio.sleep(0.2)
+        view = (await c.get("/queue")).json()["data"]
+        assert [(e["deployment"], e["position"]) for e in view] == [("sim/q-sim-slow", 0)]
+        done, queued = await first, await waiter
+    assert done.status_code == 200 and queued.status_code == 200
+    assert queued.headers["x-tokenomy-queue-position"] == "0"  # first in line
+    assert int(queued.headers["x-tokenomy-queue-wait-ms"]) > 100
+    assert gateway.services.queues.depth == 0
