@@ -416,3 +416,24 @@ def test_postpaid_org_spends_on_credit(admin: httpx.Client, gateway: Gateway) ->
     assert r.status_code == 200, r.text
     (event,) = gateway.wait_events(1, request_id=r.headers["x-request-id"])
     assert balance(admin, org["id"])["balance_nanos"] == -event["cost_nanos"] < 0
+
+
+def test_negative_adjustment_keeps_open_holds_covered(
+    gateway: Gateway, admin: httpx.Client
+) -> None:
+    import time
+
+    from tokenomy.ledger.accounts import OrgMeter
+    from tokenomy.ledger.live import Hold
+
+    org_id = gateway.new_org(10 * 10**9)
+    org = gateway.services.ledger.org(org_id)
+    hold = Hold("req_adjust_test", OrgMeter(org), (), 6 * 10**9, 1, time.time() + 60)
+    gateway.server.call(gateway.services.live.hold(hold))
+    path = f"/admin/orgs/{org_id}/adjustments"
+    r = admin.post(path, json={"amount": "-5.00"})
+    assert r.status_code == 400 and "open holds" in r.json()["error"]["message"]
+    assert gateway.services.ledger.balance(org_id) == 10 * 10**9
+    assert admin.post(path, json={"amount": "-4.00"}).status_code == 201
+    gateway.server.call(gateway.services.live.settle(hold, 0, 0))
+    assert gateway.services.ledger.balance(org_id) == 6 * 10**9

@@ -512,6 +512,18 @@ def _poster(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         key = idempotency_field(
             body.get("idempotency_key") or request.headers.get("Idempotency-Key")
         )
+        if amount < 0:
+            # The store checks the durable balance; open holds are only live: keep them
+            # covered too, so a negative adjustment cannot push an org below its floor.
+            org = svc.ledger.org(org_id)
+            state = await svc.live.org_state(OrgMeter(org))
+            available = state.admin - state.used - state.held - org.floor_nanos
+            if amount + available < 0:
+                raise InvalidRequest(
+                    f"'amount': only {amount_str(max(available, 0))} {org.currency.value} is "
+                    "free of open holds; the adjustment would take the balance below its floor.",
+                    param="amount",
+                )
         entry, replay = await _run(
             post_entry, svc.ledger, kind, org_id, amount, memo, key, param="amount"
         )
