@@ -103,6 +103,14 @@ class RoutingConfig(_Strict):
     breaker_cooldown_s: float = Field(10.0, gt=0, le=3600)
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces of the request path (needs the ``otel`` extra)."""
+
+    #: auto: OTLP when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set, else off.
+    exporter: Literal["auto", "otlp", "console", "none"] = "auto"
+    service_name: str = "tokenomy"
+
+
 class AdminConfig(_Strict):
     #: Environment variable holding the admin key that guards /admin.
     key_env: str = "TOKENOMY_ADMIN_KEY"
@@ -163,6 +171,7 @@ class Config(_Strict):
     admin: AdminConfig = AdminConfig()
     ledger: LedgerConfig = LedgerConfig()
     routing: RoutingConfig = RoutingConfig()
+    tracing: TracingConfig = TracingConfig()
     regions: dict[str, RegionConfig] = Field(default_factory=dict)
     limits: RateLimitsConfig = RateLimitsConfig()
     #: Price entries shaped like the packaged prices.yaml's; they replace or add to it.

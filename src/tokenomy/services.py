@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -48,6 +49,7 @@ from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.keys import KeyCache, KeyStore
 from tokenomy.store.schema import usage_events
 from tokenomy.store.writer import BatchWriter
+from tokenomy.tracing import build_tracer_provider
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class Services:
     queues: QueueBoard
     limiter: RateLimiter
     metrics: Metrics
+    tracer_provider: Any | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
@@ -107,6 +110,8 @@ class Services:
             await p.close()
         await self.live.close()
         await self.limiter.aclose()
+        if self.tracer_provider is not None:
+            await asyncio.to_thread(self.tracer_provider.shutdown)  # flushes spans
         self.engine.dispose()
 
     async def refresh_accounts(self) -> None:
@@ -252,6 +257,9 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     )
     pipeline.stages.append(stage)
     pipeline.quoter = stage
+    provider = build_tracer_provider(config.tracing, env)
+    if provider is not None:
+        pipeline.tracer = provider.get_tracer("tokenomy")
     return Services(
         config=config,
         engine=engine,
@@ -272,4 +280,5 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         queues=queues,
         limiter=limiter,
         metrics=metrics,
+        tracer_provider=provider,
     )

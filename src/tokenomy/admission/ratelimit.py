@@ -456,6 +456,8 @@ class RateLimitStage:
     are left in ``call.extras["ratelimit_headers"]`` for the response.
     """
 
+    span_name = "tokenomy.admit"
+
     def __init__(
         self,
         limiter: RateLimiter,

@@ -16,6 +16,7 @@ from tokenomy.gateway.relay import StreamRelay
 from tokenomy.routing.router import DEADLINE
 from tokenomy.services import Services
 from tokenomy.store.keys import ApiKey
+from tokenomy.tracing import SPAN
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,17 @@ async def serve_call(request: web.Request, svc: Services, call: Call) -> web.Str
         deadline = request.headers.get("X-Tokenomy-Deadline")
         if deadline is not None:
             call.extras[DEADLINE] = _seconds(deadline, "X-Tokenomy-Deadline", 86_400)
+        if pipeline.tracer is not None:
+            call.extras[SPAN] = pipeline.tracer.start_span(
+                "tokenomy.request",
+                attributes={
+                    "tokenomy.request_id": call.request_id,
+                    "tokenomy.endpoint": call.endpoint,
+                    "gen_ai.request.model": call.model,
+                    "tokenomy.key_id": call.key.id,
+                    "tokenomy.stream": call.stream,
+                },
+            )
         pipeline.route(call)
         outcome = await pipeline.open(call)
         if outcome.relay is None:

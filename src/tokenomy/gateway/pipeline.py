@@ -38,6 +38,7 @@ from tokenomy.gateway.registry import Deployment, Registry
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.gateway.tokencount import TokenCounter
 from tokenomy.gateway.usage import Usage
+from tokenomy.tracing import SPAN, child_span
 
 if TYPE_CHECKING:
     from tokenomy.routing.router import Router
@@ -110,6 +111,8 @@ class Pipeline:
         self.router: Router | None = None
         #: Fair queues for deployments with a concurrency cap.
         self.queues: QueueBoard | None = None
+        #: An OpenTelemetry tracer when traces are exported (see tokenomy.tracing).
+        self.tracer: Any | None = None
 
     def route(self, call: Call) -> None:
         """Resolve the model and check the key may use it (raises 404/403)."""
@@ -131,7 +134,8 @@ class Pipeline:
         passed: list[Stage] = []
         call.extras["stages"] = passed
         for stage in self.stages:
-            await stage.before(call)
+            with child_span(self.tracer, call.extras.get(SPAN), _span_name(stage)):
+                await stage.before(call)
             passed.append(stage)
         last: GatewayError | None = None
         for dep in self.candidates(call):
@@ -149,7 +153,13 @@ class Pipeline:
             call.attempts += 1
             call.deployment = dep
             try:
-                outcome = await self._attempt(call, dep, provider)
+                with child_span(
+                    self.tracer,
+                    call.extras.get(SPAN),
+                    "tokenomy.upstream",
+                    **{"tokenomy.deployment": dep.id, "tokenomy.attempt": call.attempts},
+                ):
+                    outcome = await self._attempt(call, dep, provider)
             except RETRYABLE as e:
                 if slot is not None:
                     slot.release()
@@ -279,13 +289,41 @@ class Pipeline:
             slot.release()
         if self.router is not None and call.status == "ok" and call.deployment is not None:
             self.router.succeeded(call)
-        for stage in reversed(call.extras.get("stages", ())):
-            try:
-                await stage.after(call)
-            except Exception:
-                log.exception("request %s: settling %s failed", call.request_id, stage)
+        with child_span(self.tracer, call.extras.get(SPAN), "tokenomy.settle"):
+            for stage in reversed(call.extras.get("stages", ())):
+                try:
+                    await stage.after(call)
+                except Exception:
+                    log.exception("request %s: settling %s failed", call.request_id, stage)
         call.output_text.clear()
         self._record(call)
+        span = call.extras.pop(SPAN, None)
+        if span is not None:
+            _end_request_span(span, call)
+
+
+def _span_name(stage: object) -> str:
+    return str(getattr(stage, "span_name", f"tokenomy.{type(stage).__name__}"))
+
+
+def _end_request_span(span: Any, call: Call) -> None:
+    u = call.usage
+    attrs: dict[str, Any] = {
+        "tokenomy.status": call.status,
+        "http.response.status_code": call.http_status,
+        "tokenomy.attempts": call.attempts,
+    }
+    if call.deployment is not None:
+        attrs["tokenomy.deployment"] = call.deployment.id
+    if u is not None:
+        attrs["gen_ai.usage.input_tokens"] = u.input_tokens
+        attrs["gen_ai.usage.output_tokens"] = u.output_tokens
+    charge = call.extras.get("ledger.charge")
+    if charge is not None and charge.currency is not None:
+        attrs["tokenomy.cost"] = charge.cost_str()
+        attrs["tokenomy.currency"] = charge.currency.value
+    span.set_attributes(attrs)
+    span.end()
 
 
 def _with_cost(body: bytes, cost: str) -> bytes:

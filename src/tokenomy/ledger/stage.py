@@ -22,6 +22,8 @@ CHARGE = "ledger.charge"
 
 
 class LedgerStage:
+    span_name = "tokenomy.reserve"
+
     def __init__(
         self,
         biller: Biller,
