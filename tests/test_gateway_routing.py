@@ -151,3 +151,23 @@ async def test_a_full_deployment_queues_sheds_and_shows_the_queue(gateway: Gatew
     assert queued.headers["x-tokenomy-queue-position"] == "0"  # first in line
     assert int(queued.headers["x-tokenomy-queue-wait-ms"]) > 100
     assert gateway.services.queues.depth == 0
+
+
+def test_provider_preferences_are_not_forwarded_to_the_vendor(gateway: Gateway) -> None:
+    # Through the Anthropic translation too: a vendor would reject an unknown field.
+    for model in ("routed", "opus"):
+        r = chat(gateway, model=model, provider={"sort": "price", "allow_fallbacks": True})
+        assert r.status_code == 200, r.text
+    sent = gateway.services.pipeline._upstream_request
+    from tokenomy.gateway.call import Call
+
+    call = Call(
+        "chat",
+        "openai",
+        {"model": "m", "messages": MSG, "provider": {}},
+        "m",
+        False,
+        gateway.services.key_cache.lookup(gateway.key),
+    )  # type: ignore[arg-type]
+    assert "provider" not in sent(call, "openai")[1]
+    assert "provider" not in sent(call, "anthropic")[1]

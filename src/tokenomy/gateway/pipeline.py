@@ -245,12 +245,15 @@ class Pipeline:
         return Outcome(headers=headers, body=body_out)
 
     def _upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
+        body = call.body
+        if "provider" in body:  # routing preferences are ours; vendors may reject them
+            body = {k: v for k, v in body.items() if k != "provider"}
         if call.endpoint == "chat" and dialect == "anthropic":
             cap = call.max_output_tokens(self.server.default_max_output_tokens)
-            return "messages", openai_request_to_anthropic(call.body, default_max_tokens=cap)
+            return "messages", openai_request_to_anthropic(body, default_max_tokens=cap)
         if call.endpoint == "messages" and dialect == "openai":
-            return "chat", anthropic_request_to_openai(call.body)
-        return call.endpoint, call.body
+            return "chat", anthropic_request_to_openai(body)
+        return call.endpoint, body
 
     def _client_body(self, call: Call, dialect: str, obj: dict[str, Any], raw: bytes) -> bytes:
         """Meter a whole answer and give it to the client in its dialect."""
