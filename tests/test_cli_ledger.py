@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY, Gateway
-from tokenomy.api.ledger_admin import amount_str
 from tokenomy.cli.main import main
+from tokenomy.ledger.operations import amount_str
 from tokenomy.ledger.store import LedgerStore
 from tokenomy.store.db import open_engine
 from tokenomy.store.keys import KeyStore

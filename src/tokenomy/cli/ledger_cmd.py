@@ -11,7 +11,10 @@ import argparse
 import sys
 from typing import Any
 
-from tokenomy.api.ledger_admin import (
+from tokenomy.cli.common import add_config_arg, config_from, database, fail
+from tokenomy.errors import GatewayError
+from tokenomy.ledger.accounts import Mode, Scope
+from tokenomy.ledger.operations import (
     KIND_PATHS,
     amount_field,
     amount_str,
@@ -28,9 +31,6 @@ from tokenomy.api.ledger_admin import (
     token_limit_field,
     tz_field,
 )
-from tokenomy.cli.common import add_config_arg, config_from, database, fail
-from tokenomy.errors import GatewayError
-from tokenomy.ledger.accounts import Mode, Scope
 from tokenomy.ledger.periods import Period
 from tokenomy.ledger.store import LedgerError, LedgerStore, NotFoundError
 
