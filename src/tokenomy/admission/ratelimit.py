@@ -236,18 +236,25 @@ class MemoryRateLimiter:
         return None
 
 
-# KEYS: three per scope (requests TAT, tokens TAT, open-tickets zset).
-# ARGV: now_ms (negative: use the server's clock), scope count, tokens, ticket id, lease ms,
-#       then per scope: rpm, tpm, concurrency (0 = no limit).
-# Returns: {allowed, wait_ms, then per scope: rpm, remaining, reset_ms, tpm, remaining,
-#           reset_ms}; reset and remaining are -1 for a dimension without a limit.
-_ACQUIRE = """
+# Every script starts here: ``now`` in ms, from ARGV[1], or the Redis server's clock (one
+# clock for all replicas) when ARGV[1] is negative.
+_CLOCK = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local now = tonumber(ARGV[1])
 if now < 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+"""
+
+# KEYS: three per scope (requests TAT, tokens TAT, open-tickets zset).
+# ARGV: now_ms (negative: use the server's clock), scope count, tokens, ticket id, lease ms,
+#       then per scope: rpm, tpm, concurrency (0 = no limit).
+# Returns: {allowed, wait_ms, then per scope: rpm, remaining, reset_ms, tpm, remaining,
+#           reset_ms}; reset and remaining are -1 for a dimension without a limit.
+_ACQUIRE = (
+    _CLOCK
+    + """
 local n = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local ticket = ARGV[4]
@@ -304,16 +311,13 @@ out[1] = allowed
 out[2] = math.ceil(wait)
 return out
 """
+)
 
 # KEYS: two per scope (tokens TAT, open-tickets zset).
 # ARGV: now_ms (negative: server clock), scope count, token delta, ticket id, per scope tpm.
-_SETTLE = """
-if redis.replicate_commands then pcall(redis.replicate_commands) end
-local now = tonumber(ARGV[1])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+_SETTLE = (
+    _CLOCK
+    + """
 local n = tonumber(ARGV[2])
 local delta = tonumber(ARGV[3])
 for i = 1, n do
@@ -333,6 +337,7 @@ for i = 1, n do
 end
 return 1
 """
+)
 
 
 class RedisRateLimiter:
