@@ -16,6 +16,10 @@ _PREFIX = secrets.token_hex(6)
 _counter = itertools.count(1)
 
 
+#: Content part types that carry an image, in either dialect.
+IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
+
+
 def new_request_id() -> str:
     """Unique across processes and restarts: a random per-process prefix and a counter.
 
@@ -72,11 +76,17 @@ class Call:
             return None
         return int((self.first_token_at - self.started) * 1000)
 
+    def requested_max_output(self) -> int | None:
+        """The client's own output cap (``max_completion_tokens`` or ``max_tokens``), if any."""
+        cap = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
+        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
+            return cap
+        return None
+
     def max_output_tokens(self, default: int) -> int:
         """The most output this call may produce: its own cap, else the model's, else default."""
-        b = self.body
-        cap = b.get("max_completion_tokens") or b.get("max_tokens")
+        cap = self.requested_max_output()
         limit = self.route.max_output if self.route is not None else None
-        if isinstance(cap, int) and cap > 0:
+        if cap is not None:
             return min(cap, limit) if limit else cap
         return limit or default

@@ -27,7 +27,7 @@ from tokenomy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from tokenomy.gateway.call import Call
+from tokenomy.gateway.call import IMAGE_PARTS, Call
 from tokenomy.gateway.metering import (
     anthropic_response_text,
     count_prompt,
@@ -357,10 +357,6 @@ def _has_image(messages: Any) -> bool:
         content = m.get("content") if isinstance(m, dict) else None
         if isinstance(content, list):
             for part in content:
-                if isinstance(part, dict) and part.get("type") in (
-                    "image_url",
-                    "image",
-                    "input_image",
-                ):
+                if isinstance(part, dict) and part.get("type") in IMAGE_PARTS:
                     return True
     return False

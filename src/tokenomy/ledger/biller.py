@@ -20,7 +20,7 @@ from tokenomy.billing.catalog import PriceBook, PriceNotFound, PriceVersion
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.money import Currency, round_half_up_fraction
 from tokenomy.billing.pricing import price_request, worst_case
-from tokenomy.gateway.call import Call
+from tokenomy.gateway.call import IMAGE_PARTS, Call
 from tokenomy.gateway.registry import Deployment
 from tokenomy.gateway.usage import Usage
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 #: Framing tokens allowed per message and per request when bounding a prompt.
 _PER_MESSAGE = 8
 _PER_REQUEST = 16
+_BOUND = "ledger.prompt_bound"
 
 
 @dataclass(slots=True)
@@ -94,6 +95,15 @@ class Biller:
         A byte-level BPE token covers at least one byte of text, so UTF-8 length bounds
         text; images count ``image_tokens`` each; everything else counts its JSON length.
         """
+        cached = call.extras.get(_BOUND)
+        if cached is not None:
+            return int(cached)
+        bound = self._prompt_bound(call)
+        # Routing, rate limits and the hold all ask: walk the prompt once per call.
+        call.extras[_BOUND] = bound
+        return bound
+
+    def _prompt_bound(self, call: Call) -> int:
         b = call.body
         total = _PER_REQUEST
         if call.endpoint in ("chat", "messages"):
@@ -124,7 +134,7 @@ class Biller:
                     n += len(orjson.dumps(part))
                 elif isinstance(part.get("text"), str):
                     n += len(part["text"].encode())
-                elif part.get("type") in ("image_url", "image", "input_image"):
+                elif part.get("type") in IMAGE_PARTS:
                     n += self.image_tokens
                 else:
                     n += len(orjson.dumps(part))
@@ -138,10 +148,9 @@ class Biller:
     def max_output(self, call: Call, dep: Deployment, default: int) -> int:
         if call.endpoint == "embeddings":
             return 0
-        b = call.body
-        cap = b.get("max_completion_tokens") or b.get("max_tokens")
+        cap = call.requested_max_output()
         limit = dep.max_output
-        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
+        if cap is not None:
             return min(cap, limit) if limit else cap
         return limit or default
 

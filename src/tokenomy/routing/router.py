@@ -142,11 +142,8 @@ class Router:
     def _output_tokens(self, call: Call) -> tuple[int, bool]:
         if call.endpoint == "embeddings":
             return 0, False
-        b = call.body
-        cap = b.get("max_completion_tokens") or b.get("max_tokens")
-        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
-            return cap, True
-        return 0, False
+        cap = call.requested_max_output()
+        return (cap, True) if cap is not None else (0, False)
 
     def succeeded(self, call: Call) -> None:
         dep = call.deployment
