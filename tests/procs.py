@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy.engine import make_url
 
+from tests.needs import require_service
 from tests.servers import free_port
 
 #: Variables that would override the config file a test writes for its gateway.
@@ -37,14 +36,8 @@ def require(name: str, url: str) -> str:
     """``url`` if its server accepts connections; else fail under CI, skip elsewhere."""
     u = make_url(url)
     host, port = u.host or "127.0.0.1", u.port or {"redis": 6379}.get(u.drivername, 5432)
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return url
-    except OSError as e:
-        reason = f"{name} is not reachable at {host}:{port} ({e}); start it to run this test"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    require_service(name, host, port)
+    return url
 
 
 class ProcError(RuntimeError):
