@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from tokenomy.gateway.metering import (
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.gateway.tokencount import TokenCounter
 from tokenomy.gateway.usage import Usage, UsageSource
-from tokenomy.providers.sse import SSEEvent, iter_events
+from tokenomy.providers.sse import SSEEvent, iter_event_batches, iter_events
 from tokenomy.store.keys import ApiKey
 
 FIXTURES = Path(__file__).parent / "fixtures" / "translate"
@@ -80,8 +81,8 @@ class FakeUpstream:
         if self.error is not None:
             raise self.error
 
-    def events(self) -> AsyncIterator[SSEEvent]:
-        return iter_events(self._pieces())
+    def event_batches(self) -> AsyncIterator[list[SSEEvent]]:
+        return iter_event_batches(self._pieces())
 
     def release(self) -> None:
         self.released += 1
@@ -165,7 +166,7 @@ def anthropic_sdk_message(body: bytes) -> Any:
 
 
 async def _parse(body: bytes, size: int) -> list[SSEEvent]:
-    return [ev async for ev in FakeUpstream(body, size=size).events()]
+    return [ev async for ev in iter_events(FakeUpstream(body, size=size)._pieces())]
 
 
 @pytest.mark.parametrize(
@@ -319,6 +320,38 @@ async def test_anthropic_error_event_is_relayed_once() -> None:
     # message_start's output count is a placeholder: the call is counted locally instead.
     assert call.usage is None
     assert call.output_text == ["Partial"]
+
+
+@pytest.mark.parametrize(
+    ("client", "upstream_dialect", "name"),
+    [
+        ("openai", "openai", "openai_stream_tool_calls.sse"),
+        ("openai", "anthropic", "anthropic_stream_tool_use.sse"),
+        ("anthropic", "anthropic", "anthropic_stream_thinking.sse"),
+        ("anthropic", "openai", "openai_stream_tool_calls.sse"),
+    ],
+)
+async def test_events_arriving_together_leave_in_one_write(
+    client: str, upstream_dialect: str, name: str
+) -> None:
+    body = fixture(name)
+    call = make_call(client, wants_usage=True)
+    r = StreamRelay(
+        call, FakeUpstream(body, size=len(body)), upstream_dialect, prompt_tokens_hint=lambda: 42
+    )
+    writes = [b async for b in r.chunks()]
+    assert len(writes) == 1 and len(blocks(writes[0])) > 3
+    # Arriving in small pieces changes the number of writes, never the bytes.
+    piecewise, _ = await relay(
+        make_call(client, wants_usage=True), FakeUpstream(body), upstream_dialect
+    )
+    assert _without_ids(piecewise) == _without_ids(writes[0])
+    assert r.completed and call.usage is not None
+
+
+def _without_ids(raw: bytes) -> bytes:
+    """A translated stream with the per-call ids blanked (each call gets its own)."""
+    return re.sub(rb'"(id|created)":("[^"]*"|\d+)', b'"id":""', raw)
 
 
 # --- cut-off streams ------------------------------------------------------------------------

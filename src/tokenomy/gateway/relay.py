@@ -120,46 +120,53 @@ class StreamRelay:
 
     async def _openai_passthrough(self) -> AsyncIterator[bytes]:
         call, raw = self.call, self._raw
-        async for ev in self.upstream.events():
-            d = ev.data
-            if d == b"[DONE]":
-                self.completed = True
-                yield DONE
-                continue
-            call.mark_first_token()
-            if _may_have_usage(d):
-                obj = orjson.loads(d)
-                u = openai_chunk_usage(obj)
-                if u is not None:
-                    call.usage = Usage.from_openai(u)
-                    if not obj.get("choices") and not call.wants_usage:
-                        continue  # the client did not ask for the usage chunk we added
-                    if self.cost is not None and isinstance(obj.get("usage"), dict):
-                        obj["usage"]["cost"] = orjson.Fragment(self.cost(call).encode())
-                        d = orjson.dumps(obj)
-            raw.append(d)
-            yield frame_data(d)
+        async for batch in self.upstream.event_batches():
+            out: list[bytes] = []
+            for ev in batch:
+                d = ev.data
+                if d == b"[DONE]":
+                    self.completed = True
+                    out.append(DONE)
+                    continue
+                call.mark_first_token()
+                if _may_have_usage(d):
+                    obj = orjson.loads(d)
+                    u = openai_chunk_usage(obj)
+                    if u is not None:
+                        call.usage = Usage.from_openai(u)
+                        if not obj.get("choices") and not call.wants_usage:
+                            continue  # the client did not ask for the usage chunk we added
+                        if self.cost is not None and isinstance(obj.get("usage"), dict):
+                            obj["usage"]["cost"] = orjson.Fragment(self.cost(call).encode())
+                            d = orjson.dumps(obj)
+                raw.append(d)
+                out += (b"data: ", d, b"\n\n")
+            if out:
+                yield b"".join(out)
 
     async def _anthropic_passthrough(self) -> AsyncIterator[bytes]:
         call, raw = self.call, self._raw
         usage: dict[str, Any] = {}
-        async for ev in self.upstream.events():
-            name, d = ev.event or "message", ev.data
-            if name == "content_block_delta":
-                call.mark_first_token()
-                raw.append(d)
-            elif name == "message_start":
-                usage.update(_present((orjson.loads(d).get("message") or {}).get("usage")))
-            elif name == "message_delta":
-                # Cumulative counts: the last value wins, never a sum; a null or missing
-                # field keeps its message_start value.
-                usage.update(_present(orjson.loads(d).get("usage")))
-                call.usage = usage_from_anthropic(usage)
-            elif name == "message_stop":
-                self.completed = True
-            elif name == "error":
-                self.call.status = "upstream_error"
-            yield frame_event(name, d)
+        async for batch in self.upstream.event_batches():
+            out: list[bytes] = []
+            for ev in batch:
+                name, d = ev.event or "message", ev.data
+                if name == "content_block_delta":
+                    call.mark_first_token()
+                    raw.append(d)
+                elif name == "message_start":
+                    usage.update(_present((orjson.loads(d).get("message") or {}).get("usage")))
+                elif name == "message_delta":
+                    # Cumulative counts: the last value wins, never a sum; a null or missing
+                    # field keeps its message_start value.
+                    usage.update(_present(orjson.loads(d).get("usage")))
+                    call.usage = usage_from_anthropic(usage)
+                elif name == "message_stop":
+                    self.completed = True
+                elif name == "error":
+                    self.call.status = "upstream_error"
+                out.append(frame_event(name, d))
+            yield b"".join(out)
 
     async def _openai_to_anthropic(self) -> AsyncIterator[bytes]:
         call = self.call
@@ -168,25 +175,29 @@ class StreamRelay:
             message_id="msg_" + call.request_id[4:],
             input_tokens_hint=self._hint(),
         )
-        async for ev in self.upstream.events():
-            if ev.data == b"[DONE]":
-                self.completed = True
-                break
-            call.mark_first_token()
-            obj = orjson.loads(ev.data)
-            u = openai_chunk_usage(obj)
-            if u is not None:
-                call.usage = Usage.from_openai(u)
-            if obj.get("choices"):
-                self._raw.append(ev.data)
-            if obj.get("error"):
-                call.status = "upstream_error"
-            for name, data in tr.feed(obj):
-                yield frame_json(name, data)
-        if not self.completed:
-            return  # cut off: no message_stop; chunks() sends the error event
-        for name, data in tr.finish(call.usage):
-            yield frame_json(name, data)
+        async for batch in self.upstream.event_batches():
+            out: list[bytes] = []
+            for ev in batch:
+                if ev.data == b"[DONE]":
+                    self.completed = True
+                    break
+                call.mark_first_token()
+                obj = orjson.loads(ev.data)
+                u = openai_chunk_usage(obj)
+                if u is not None:
+                    call.usage = Usage.from_openai(u)
+                if obj.get("choices"):
+                    self._raw.append(ev.data)
+                if obj.get("error"):
+                    call.status = "upstream_error"
+                out += (frame_json(name, data) for name, data in tr.feed(obj))
+            if self.completed:
+                out += (frame_json(name, data) for name, data in tr.finish(call.usage))
+            if out:
+                yield b"".join(out)
+            if self.completed:
+                return
+        # Cut off: no message_stop; chunks() sends the error event.
 
     async def _anthropic_to_openai(self) -> AsyncIterator[bytes]:
         call = self.call
@@ -196,27 +207,35 @@ class StreamRelay:
             created=call.ts_ms // 1000,
             include_usage=call.wants_usage,
         )
-        async for ev in self.upstream.events():
-            name = ev.event or "message"
-            if name == "ping":
-                continue
-            obj = orjson.loads(ev.data)
-            if name == "content_block_delta":
-                call.mark_first_token()
-                self._raw.append(ev.data)
-            elif name == "error":
-                call.status = "upstream_error"
-            for chunk in tr.feed(name, obj):
-                usage = chunk.get("usage")
-                if self.cost is not None and isinstance(usage, dict) and call.usage is not None:
-                    usage["cost"] = orjson.Fragment(self.cost(call).encode())
-                yield frame_json(None, chunk)
-            if name == "error":
+        async for batch in self.upstream.event_batches():
+            out: list[bytes] = []
+            stop = False
+            for ev in batch:
+                name = ev.event or "message"
+                if name == "ping":
+                    continue
+                obj = orjson.loads(ev.data)
+                if name == "content_block_delta":
+                    call.mark_first_token()
+                    self._raw.append(ev.data)
+                elif name == "error":
+                    call.status = "upstream_error"
+                for chunk in tr.feed(name, obj):
+                    usage = chunk.get("usage")
+                    if self.cost is not None and isinstance(usage, dict) and call.usage is not None:
+                        usage["cost"] = orjson.Fragment(self.cost(call).encode())
+                    out.append(frame_json(None, chunk))
+                if name == "error":
+                    stop = True
+                    break
+                if name == "message_delta" and tr.usage is not None:
+                    # Not before: message_start's output count is a placeholder, and a stream
+                    # cut before message_delta is counted locally instead.
+                    call.usage = tr.usage
+                if name == "message_stop":
+                    self.completed = True
+                    out.append(DONE)
+            if out:
+                yield b"".join(out)
+            if stop:
                 return
-            if name == "message_delta" and tr.usage is not None:
-                # Not before: message_start's output count is a placeholder, and a stream
-                # cut before message_delta is counted locally instead.
-                call.usage = tr.usage
-            if name == "message_stop":
-                self.completed = True
-                yield DONE

@@ -18,7 +18,7 @@ from tokenomy.errors import (
     UpstreamTimeout,
 )
 from tokenomy.gateway.registry import Deployment, Vendor
-from tokenomy.providers.sse import SSEEvent, iter_events
+from tokenomy.providers.sse import SSEEvent, iter_event_batches
 
 
 class HttpUpstreamResponse:
@@ -36,8 +36,8 @@ class HttpUpstreamResponse:
         finally:
             self._resp.release()
 
-    def events(self) -> AsyncIterator[SSEEvent]:
-        return iter_events(self._resp.content.iter_any())
+    def event_batches(self) -> AsyncIterator[list[SSEEvent]]:
+        return iter_event_batches(self._resp.content.iter_any())
 
     def release(self) -> None:
         self._resp.release()
