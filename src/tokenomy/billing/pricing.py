@@ -21,7 +21,7 @@ from typing import Final
 from tokenomy.billing.catalog import PriceVersion, PricingError, Promotion, TokenPrices
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.money import EXACT, MAX_DECIMAL_PLACES, Currency, Money, round_nanos
-from tokenomy.billing.windows import require_aware
+from tokenomy.billing.windows import TimeWindow, require_aware
 from tokenomy.gateway.usage import Usage
 
 _MILLION: Final = Decimal(10**6)
@@ -114,26 +114,24 @@ def price_request(
     counts = _Counts.of(usage)
     tier = version.tier_index(counts.uncached + counts.cached + counts.write)
     window, promo = version.window_at(at), version.promotion_at(at)
-    given = _given_prices(version, tier, promo)
-    p = given.resolved()
+    r = _rates(version, tier, window, promo, batch)
     with localcontext(EXACT):
-        m = _scale(version, at, batch)
         rows: list[tuple[str, int, Decimal]] = [
-            ("input", counts.uncached, p.input),
-            ("cached_input", counts.cached, _given(p.cached_input)),
-            ("cache_write", counts.write, _given(p.cache_write)),
+            ("input", counts.uncached, r.input),
+            ("cached_input", counts.cached, r.cached_input),
+            ("cache_write", counts.write, r.cache_write),
         ]
-        if given.reasoning is None:  # reasoning is billed as ordinary output
-            rows.append(("output", counts.plain_output + counts.reasoning, p.output))
+        if r.reasoning is None:  # reasoning is billed as ordinary output
+            rows.append(("output", counts.plain_output + counts.reasoning, r.output))
         else:
-            rows += [("output", counts.plain_output, p.output)]
-            rows += [("reasoning", counts.reasoning, _given(p.reasoning))]
+            rows += [("output", counts.plain_output, r.output)]
+            rows += [("reasoning", counts.reasoning, r.reasoning)]
         lines = tuple(
-            CostLine(name, n, price * m, n * price * m / _MILLION) for name, n, price in rows if n
+            CostLine(name, n, price, n * price / _MILLION) for name, n, price in rows if n
         )
-        exact = sum((line.amount for line in lines), Decimal(0)) + p.request
-    if p.request:
-        lines += (CostLine("request", 1, p.request, p.request),)
+        exact = sum((line.amount for line in lines), Decimal(0)) + r.request
+    if r.request:
+        lines += (CostLine("request", 1, r.request, r.request),)
     return Cost(
         version_id=version.id,
         total=Money(round_nanos(exact), version.currency),
@@ -144,6 +142,58 @@ def price_request(
         promotion=promo.name if promo else None,
         batch=batch,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Scaled:
+    """A tier's per-million prices after promotion overrides, fallbacks and multipliers;
+    ``reasoning`` None when it is billed as output. ``request`` is never scaled."""
+
+    input: Decimal
+    cached_input: Decimal
+    cache_write: Decimal
+    output: Decimal
+    reasoning: Decimal | None
+    request: Decimal
+
+
+_scaled: dict[tuple[int, int, int, int, bool], tuple[PriceVersion, _Scaled]] = {}
+
+
+def _rates(
+    version: PriceVersion,
+    tier: int,
+    window: TimeWindow | None,
+    promo: Promotion | None,
+    batch: bool,
+) -> _Scaled:
+    """The prices one request pays, worked out once per (version, tier, window, promotion,
+    batch): every settlement asks, and resolving fallbacks and multipliers is most of the
+    cost of pricing a call."""
+    key = (id(version), tier, id(window), id(promo), batch)
+    hit = _scaled.get(key)
+    if hit is not None and hit[0] is version:
+        return hit[1]
+    given = _given_prices(version, tier, promo)
+    p = given.resolved()
+    with localcontext(EXACT):
+        m = window.multiplier if window else _ONE
+        m *= promo.multiplier if promo else _ONE
+        if batch:
+            m *= _scale_batch(version)
+        out = _Scaled(
+            input=p.input * m,
+            cached_input=_given(p.cached_input) * m,
+            cache_write=_given(p.cache_write) * m,
+            output=p.output * m,
+            reasoning=None if given.reasoning is None else _given(p.reasoning) * m,
+            request=p.request,
+        )
+    if len(_scaled) > 4096:  # catalogue reloads leave dead versions behind
+        _scaled.clear()
+    # The version holds its windows and promotions, so their ids stay theirs while cached.
+    _scaled[key] = (version, out)
+    return out
 
 
 def _given(v: Decimal | None) -> Decimal:
@@ -170,11 +220,32 @@ def worst_case(
     _require_int(prompt_tokens, "prompt_tokens")
     _require_int(max_output_tokens, "max_output_tokens")
     prompt, out = max(0, prompt_tokens), max(0, max_output_tokens)
-    promos: list[Promotion | None] = [None]
-    promos += [p for p in version.promotions if p.ends is None or p.ends > at]
+    live = tuple(i for i, p in enumerate(version.promotions) if p.ends is None or p.ends > at)
+    top_in, top_out, top_fee = _worst_rates(version, version.tier_index(prompt), live, batch)
+    with localcontext(EXACT):
+        bound = (prompt * top_in + out * top_out) / _MILLION + top_fee
+        nanos = int(bound.scaleb(MAX_DECIMAL_PLACES).to_integral_value(rounding=ROUND_CEILING))
+    return Money(nanos, version.currency)
+
+
+#: Worst-case rates by (version identity, top tier, live promotions, batch). Every hold
+#: asks; the answer changes only with those, so it is worked out once per combination.
+_Rates = tuple[Decimal, Decimal, Decimal]
+_worst: dict[tuple[int, int, tuple[int, ...], bool], tuple[PriceVersion, _Rates]] = {}
+
+
+def _worst_rates(
+    version: PriceVersion, top_tier: int, live: tuple[int, ...], batch: bool
+) -> _Rates:
+    """(input, output per million, with every multiplier; fee): the most any usage pays."""
+    key = (id(version), top_tier, live, batch)
+    hit = _worst.get(key)
+    if hit is not None and hit[0] is version:
+        return hit[1]
+    promos: list[Promotion | None] = [None, *(version.promotions[i] for i in live)]
     with localcontext(EXACT):
         top_in = top_out = top_fee = Decimal(0)
-        for tier in range(version.tier_index(prompt) + 1):
+        for tier in range(top_tier + 1):
             for promo in promos:
                 p = _given_prices(version, tier, promo).resolved()
                 pm = promo.multiplier if promo else _ONE
@@ -185,9 +256,11 @@ def worst_case(
         m = max([_ONE, *(w.multiplier for w in version.windows)])
         if batch:
             m *= _scale_batch(version)
-        bound = (prompt * top_in + out * top_out) * m / _MILLION + top_fee
-        nanos = int(bound.scaleb(MAX_DECIMAL_PLACES).to_integral_value(rounding=ROUND_CEILING))
-    return Money(nanos, version.currency)
+        rates = (top_in * m, top_out * m, top_fee)
+    if len(_worst) > 4096:  # catalogue reloads leave dead versions behind
+        _worst.clear()
+    _worst[key] = (version, rates)
+    return rates
 
 
 def _scale_batch(version: PriceVersion) -> Decimal:

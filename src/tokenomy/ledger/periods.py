@@ -25,6 +25,10 @@ def zone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown time zone {name!r}") from None
 
 
+#: The last bounds computed per (period, zone): every request of a day asks for the same.
+_recent: dict[tuple[Period, str], tuple[int, int]] = {}
+
+
 def period_bounds(period: Period, tz: str, at_ms: int) -> tuple[int, int | None]:
     """[start, end) in epoch ms of the period containing ``at_ms``; end None for lifetime.
 
@@ -33,6 +37,15 @@ def period_bounds(period: Period, tz: str, at_ms: int) -> tuple[int, int | None]
     """
     if period is Period.LIFETIME:
         return EPOCH_MS, None
+    hit = _recent.get((period, tz))
+    if hit is not None and hit[0] <= at_ms < hit[1]:
+        return hit
+    bounds = _compute(period, tz, at_ms)
+    _recent[(period, tz)] = bounds
+    return bounds
+
+
+def _compute(period: Period, tz: str, at_ms: int) -> tuple[int, int]:
     z = zone(tz)
     local = datetime.fromtimestamp(at_ms / 1000, z)
     start = local.replace(hour=0, minute=0, second=0, microsecond=0)
