@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -109,6 +110,7 @@ def serve(args: argparse.Namespace) -> int:
 def _serve_one(cfg: Any, host: str, port: int, *, reuse_port: bool) -> None:
     _install_uvloop()
     app = app_for(build_services(cfg))
+    app.on_startup.append(_settle_gc)  # last: after every other start-up hook
     # run_app handles SIGINT and SIGTERM by running on_cleanup, which drains the writer.
     web.run_app(
         app,
@@ -121,6 +123,24 @@ def _serve_one(cfg: Any, host: str, port: int, *, reuse_port: bool) -> None:
         # On SIGTERM wait this long for requests in flight, then drain the writer and exit.
         shutdown_timeout=10.0,
     )
+
+
+#: Young-generation collections after this many net allocations (CPython's default: 700).
+#: Fewer young collections promote fewer request-scoped objects that die a moment later.
+GC_YOUNG_THRESHOLD = 5000
+
+
+async def _settle_gc(_app: web.Application) -> None:
+    """Keep the cyclic garbage collector out of request latency.
+
+    What start-up built (catalogue, config, routes, tokenizers) lives as long as the
+    process; left in the collector's care, every full collection walked it all: pauses of
+    50-80 ms that were the p99 of the gateway under load. Frozen, it is never scanned.
+    """
+    gc.collect()
+    gc.freeze()
+    _, mid, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, mid, old)
 
 
 def _serve_many(cfg: Any, host: str, port: int, workers: int) -> int:

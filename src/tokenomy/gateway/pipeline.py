@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 SLOT = "queue.slot"
 #: The most a call may wait in a queue, from the X-Tokenomy-Max-Wait header (seconds).
 MAX_WAIT = "queue.max_wait"
+_CANDIDATES = "pipeline.candidates"
 
 #: Errors after which the next deployment is tried (nothing has reached the client yet).
 RETRYABLE = (RateLimited, UpstreamError, UpstreamTimeout)
@@ -198,6 +199,11 @@ class Pipeline:
         )
 
     def candidates(self, call: Call) -> list[Deployment]:
+        """The deployments that may serve the call, best first (worked out once per call:
+        the ledger's hold and the attempts ask)."""
+        cached = call.extras.get(_CANDIDATES)
+        if cached is not None:
+            return list(cached)
         assert call.route is not None
         needs = required_capabilities(call)
         openai_only = call.endpoint in ("completions", "embeddings")
@@ -212,6 +218,7 @@ class Pipeline:
             raise InvalidRequest(
                 f"No deployment of the model '{call.model}' supports {what}.", param="model"
             )
+        call.extras[_CANDIDATES] = tuple(deps)
         return deps
 
     async def _attempt(self, call: Call, dep: Deployment, provider: Provider) -> Outcome:
