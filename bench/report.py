@@ -8,7 +8,7 @@ from typing import Any
 from measure import TARGET_RATE
 from systems import BENCH
 
-TOKENOMY = ("tokenomy-sqlite", "tokenomy-pg")
+TOKENOMY = ("tokenomy-sqlite", "tokenomy-pg", "tokenomy-pg-2w")
 CPU_TARGET = 1.7  # tokenomy CPU per request over the bare relay's
 P99_ADDED_TARGET_MS = 2.0  # at TARGET_RATE req/s, over direct
 RSS_TARGET_MB = 100.0
@@ -113,6 +113,29 @@ def _ratios(results: dict[str, Any]) -> list[str]:
                 for p in ("bare", "litellm", "portkey")
             ]
             out.append(f"| {t} | {mode} | {' | '.join(cpu)} | {' | '.join(rps)} |")
+    return [*out, ""]
+
+
+def _scaling(results: dict[str, Any]) -> list[str]:
+    """Two workers against one on the same backend: the --workers claim, measured."""
+    one, two = "tokenomy-pg", "tokenomy-pg-2w"
+    if not all(results["systems"].get(n, {}).get("available") for n in (one, two)):
+        return []
+    out = [
+        "## Scale-out: 1 and 2 workers (PostgreSQL + Redis)",
+        "",
+        "wrk, nginx and the gateway share the machine's cores, so two workers cannot double "
+        "throughput here; CPU per request shows what a second process costs.",
+        "",
+        "| mode | req/s, 1 worker | req/s, 2 workers | 2 ÷ 1 | CPU µs/req, 1 | CPU µs/req, 2 |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for mode in ("json", "sse"):
+        r1, r2 = _rps(results, one, mode), _rps(results, two, mode)
+        out.append(
+            f"| {mode} | {_f(r1)} | {_f(r2)} | {_ratio(r2, r1)} "
+            f"| {_f(_cpu(results, one, mode))} | {_f(_cpu(results, two, mode))} |"
+        )
     return [*out, ""]
 
 
@@ -221,6 +244,7 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
         out += _table(results, mode)
     out += _ratios(results)
     out += _targets_md(results)
+    out += _scaling(results)
     missing = [
         (s["label"], s.get("short_reason") or s.get("reason", "unknown"))
         for s in results["systems"].values()

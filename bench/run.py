@@ -37,12 +37,13 @@ from measure import Plan, measure
 from systems import BENCH, ROOT, Ctx, Server, StartError
 from upstream import nginx_config
 
-ALL = ["direct", "bare", "tokenomy-sqlite", "tokenomy-pg", "litellm", "portkey"]
+ALL = ["direct", "bare", "tokenomy-sqlite", "tokenomy-pg", "tokenomy-pg-2w", "litellm", "portkey"]
 LABELS = {
     "direct": "nginx direct (the upstream itself; baseline)",
     "bare": "bare Python relay (aiohttp + uvloop + orjson)",
     "tokenomy-sqlite": "tokenomy, full pipeline, SQLite",
     "tokenomy-pg": "tokenomy, full pipeline, PostgreSQL + Redis",
+    "tokenomy-pg-2w": "tokenomy, full pipeline, PostgreSQL + Redis, 2 workers",
     "litellm": "LiteLLM proxy{v} (no database)",
     "portkey": "Portkey gateway{v} (Node)",
 }
@@ -67,7 +68,7 @@ def parse_args() -> argparse.Namespace:
         wanted: list[str] = []
         for name in args.only.split(","):
             name = name.strip()
-            names = ["tokenomy-sqlite", "tokenomy-pg"] if name == "tokenomy" else [name]
+            names = [n for n in ALL if n.startswith("tokenomy")] if name == "tokenomy" else [name]
             for n in names:
                 if n not in ALL:
                     p.error(f"unknown system {n!r}; choose from {', '.join(ALL)}")
@@ -141,11 +142,11 @@ def start_system(name: str, ctx: Ctx, nginx_pid: int, sysres: dict[str, Any]) ->
         return systems.bare(ctx)
     if name == "tokenomy-sqlite":
         return systems.tokenomy(ctx, "sqlite")
-    if name == "tokenomy-pg":
+    if name in ("tokenomy-pg", "tokenomy-pg-2w"):
         why = systems.postgres_ready()
         if why:
             raise StartError(why)
-        return systems.tokenomy(ctx, "pg")
+        return systems.tokenomy(ctx, "pg", workers=2 if name.endswith("-2w") else 1)
     inst = install.litellm() if name == "litellm" else install.portkey()
     if not inst.ok or inst.path is None:
         raise StartError(inst.reason)

@@ -339,10 +339,16 @@ def _count_usage(db_url: str) -> int | None:
 
 
 def tokenomy(
-    ctx: Ctx, backend: str, *, port: int | None = None, wrap: list[str] | None = None
+    ctx: Ctx,
+    backend: str,
+    *,
+    port: int | None = None,
+    wrap: list[str] | None = None,
+    workers: int = 1,
 ) -> Server:
-    """tokenomy with its whole pipeline: SQLite alone, or PostgreSQL plus Redis."""
-    name = f"tokenomy-{backend}"
+    """tokenomy with its whole pipeline: SQLite alone, or PostgreSQL plus Redis (the only
+    way to run several workers: balances and limits must stay global)."""
+    name = f"tokenomy-{backend}" + (f"-{workers}w" if workers > 1 else "")
     log = ctx.workdir / f"{name}.log"
     if backend == "sqlite":
         db_url, redis_url = f"sqlite:///{ctx.workdir / 'tokenomy-bench.db'}", None
@@ -362,6 +368,8 @@ def tokenomy(
         str(port),
         "--log-level",
         "warning",
+        "--workers",
+        str(workers),
     ]
     proc = spawn(cmd, log, env)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
