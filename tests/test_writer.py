@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ from sqlalchemy import Engine, func, select
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.schema import usage_events
 from tokenomy.store.writer import BatchWriter
+
+from .conftest import throwaway_postgres
 
 
 def row(i: int) -> dict[str, Any]:
@@ -42,11 +46,17 @@ def row(i: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    e = open_engine(f"sqlite:///{tmp_path / 'w.db'}")
-    migrate(e)
-    return e
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated database of each kind: the writer has one insert path per dialect."""
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'w.db'}"
+        if request.param == "postgres":
+            url = stack.enter_context(throwaway_postgres())
+        e = open_engine(url)
+        migrate(e)
+        yield e
+        e.dispose()
 
 
 def count(engine: Engine) -> tuple[int, int]:
@@ -123,3 +133,36 @@ async def test_rows_of_several_tables_commit_together_or_not_at_all(engine: Engi
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(ledger_txns)).scalar_one() == 1
     assert count(engine)[0] == 2
+
+
+async def test_duplicates_within_one_batch_count_once(engine: Engine) -> None:
+    w = BatchWriter(engine, usage_events, flush_interval_ms=10_000)
+    for i in (1, 2, 1, 3, 2):
+        w.submit(row(i))
+    await w.flush()
+    assert count(engine) == (3, 6)
+
+
+async def test_missing_columns_take_their_defaults_and_nulls_stay_null(engine: Engine) -> None:
+    w = BatchWriter(engine, usage_events, flush_interval_ms=10_000)
+    w.submit(row(1))  # no cost columns: defaults apply
+    w.submit(row(2) | {"org_id": "org_a", "cost_nanos": 2_000_000_000_123, "currency": "USD"})
+    await w.flush()
+    with engine.connect() as c:
+        got = c.execute(
+            select(
+                usage_events.c.org_id, usage_events.c.cost_nanos, usage_events.c.currency
+            ).order_by(usage_events.c.request_id)
+        ).all()
+    assert got[0] == (None, 0, None)  # cost_nanos defaults to 0
+    assert got[1] == ("org_a", 2_000_000_000_123, "USD")
+
+
+async def test_an_over_long_value_fails_the_batch_not_truncated(engine: Engine) -> None:
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite does not enforce varchar lengths")
+    w = BatchWriter(engine, usage_events, flush_interval_ms=10_000)
+    w.submit(row(1) | {"currency": "USDX"})
+    with pytest.raises(Exception):  # noqa: B017 - the driver's data error
+        await w.flush()
+    assert count(engine)[0] == 0 and w.pending == 1
