@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from tokenomy.billing.catalog import PriceBook, PriceNotFound, PricingError
 from tokenomy.billing.money import Currency
 from tokenomy.billing.price_schema import CatalogIn, parse_models, read_packaged
-from tokenomy.billing.windows import TimeWindow
+from tokenomy.billing.windows import TimeWindow, first_window
 
 BEIJING = ZoneInfo("Asia/Shanghai")
 USD, CNY = Currency.USD, Currency.CNY
@@ -388,6 +388,29 @@ def test_window_wrapping_midnight_belongs_to_its_start_day() -> None:
     assert not w.contains(fri + timedelta(days=1, hours=2))
     assert not w.contains(fri + timedelta(hours=1))  # Friday 01:00 belongs to Thursday
     assert not w.contains(fri.replace(hour=21, minute=59))
+
+
+@pytest.mark.parametrize(
+    "windows",
+    [
+        (  # whole minutes, in zones a quarter and a half hour off UTC, one wrapping midnight
+            TimeWindow("peak", "Asia/Kathmandu", time(9, 30), time(12, 1), Decimal(2)),
+            TimeWindow("late", "Asia/Kolkata", time(23, 59), time(0, 1), Decimal("0.5")),
+        ),
+        # A bound inside a minute: the answer may change within it, so nothing is reused.
+        (TimeWindow("odd", "UTC", time(10, 0, 30), time(10, 2, 15, 500), Decimal(3)),),
+    ],
+)
+def test_first_window_answers_as_the_windows_do_at_every_instant(
+    windows: tuple[TimeWindow, ...],
+) -> None:
+    start = datetime(2026, 11, 24, 3, 40, tzinfo=UTC)
+    starts = [start, start.replace(hour=18, minute=24), start.replace(hour=9, minute=58)]
+    for base in starts:
+        for seconds in [*range(0, 6 * 60, 7), *range(6 * 60, 0, -11)]:
+            at = base + timedelta(seconds=seconds, microseconds=seconds * 997 % 10**6)
+            expected = next((w for w in windows if w.contains(at)), None)
+            assert first_window(windows, at) is expected, at
 
 
 def test_window_validation() -> None:

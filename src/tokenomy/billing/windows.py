@@ -57,6 +57,12 @@ class TimeWindow:
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.tz)
 
+    @cached_property
+    def whole_minutes(self) -> bool:
+        return not (self.start.second or self.start.microsecond) and not (
+            self.end.second or self.end.microsecond
+        )
+
     @property
     def wraps(self) -> bool:
         return self.start > self.end
@@ -92,7 +98,21 @@ class TimeWindow:
 
 def first_window(windows: tuple[TimeWindow, ...], at: datetime) -> TimeWindow | None:
     """The first window in catalogue order that contains ``at`` (windows never stack)."""
-    for w in windows:
-        if w.contains(at):
-            return w
-    return None
+    if not windows:
+        return None
+    minute = int(require_aware(at).timestamp()) // 60
+    key = (id(windows), minute)
+    hit = _by_minute.get(key)
+    if hit is not None and hit[0] is windows:
+        return hit[1]
+    found = next((w for w in windows if w.contains(at)), None)
+    if all(w.whole_minutes for w in windows):
+        # Every bound is a whole local minute and zone offsets are whole minutes, so the
+        # answer holds for the whole UTC minute: every call billed in it asks the same.
+        if len(_by_minute) > 4096:
+            _by_minute.clear()
+        _by_minute[key] = (windows, found)
+    return found
+
+
+_by_minute: dict[tuple[int, int], tuple[tuple[TimeWindow, ...], TimeWindow | None]] = {}

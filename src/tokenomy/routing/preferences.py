@@ -309,8 +309,8 @@ def rank(
     list is the ordered providers (or, with no order, the single best).
     """
     ok = [c for c in candidates if eligible(c, prefs, needs)]
-    if not ok:
-        return []
+    if len(ok) < 2:
+        return ok  # nothing to order: the common case of a model with one deployment
     snaps = {c.deployment_id: health.snapshot(c.deployment_id) for c in ok}
     ordered: list[Candidate] = []
     taken: set[str] = set()
