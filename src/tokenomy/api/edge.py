@@ -26,6 +26,19 @@ SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 CLIENT_CLOSED = 499
 
 
+class EventStream(web.StreamResponse):
+    """An SSE response whose headers leave with its first events, not in a write of their
+    own: the upstream has answered by the time it starts, and a stream that arrives whole
+    goes out as one write (headers, events and the end of the body)."""
+
+    # aiohttp's own switch (web.Response turns it off the same way).
+    _send_headers_immediately = False
+
+    def __init__(self, *, headers: dict[str, str]) -> None:
+        super().__init__(headers=headers)
+        self.ended = False
+
+
 def services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
@@ -112,7 +125,7 @@ async def serve_call(request: web.Request, svc: Services, call: Call) -> web.Str
                 body=outcome.body, headers=outcome.headers, content_type="application/json"
             )
         relay = outcome.relay
-        resp = web.StreamResponse(
+        resp = EventStream(
             headers={
                 **outcome.headers,
                 "Content-Type": "text/event-stream",
@@ -123,11 +136,18 @@ async def serve_call(request: web.Request, svc: Services, call: Call) -> web.Str
         chunks = relay.chunks()
         try:
             async for chunk in chunks:
-                if relay.completed and not call.finished:
-                    # The client must not see the end of a stream that is not recorded:
-                    # settle and record (and in synchronous mode commit) first.
-                    await _finish(svc, call, relay)
-                await resp.write(chunk)
+                if resp.ended:
+                    continue  # past the end the client was given: drain, keep the connection
+                if relay.completed:
+                    if not call.finished:
+                        # The client must not see the end of a stream that is not recorded:
+                        # settle and record (and in synchronous mode commit) first.
+                        await _finish(svc, call, relay)
+                    # The last events and the end of the body leave in one write.
+                    await resp.write_eof(chunk)
+                    resp.ended = True
+                else:
+                    await resp.write(chunk)
             await resp.write_eof()
         except ConnectionResetError:
             # Gone before the end: cancelled, unless everything was already sent.
