@@ -13,7 +13,7 @@ from sqlalchemy import Engine, func, select
 
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.schema import usage_events
-from tokenomy.store.writer import BatchWriter
+from tokenomy.store.writer import SQLITE_CHUNK, BatchWriter
 
 from .conftest import throwaway_postgres
 
@@ -141,6 +141,12 @@ async def test_duplicates_within_one_batch_count_once(engine: Engine) -> None:
         w.submit(row(i))
     await w.flush()
     assert count(engine) == (3, 6)
+    # Over several multi-row statements, repeats landing in other statements than the first.
+    n = SQLITE_CHUNK * 2 + 17
+    for i in range(n):
+        w.submit(row(4 + i % (n // 2)))
+    await w.flush()
+    assert count(engine) == (3 + n // 2, sum(range(1, 4 + n // 2)))
 
 
 async def test_missing_columns_take_their_defaults_and_nulls_stay_null(engine: Engine) -> None:

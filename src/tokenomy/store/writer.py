@@ -14,9 +14,10 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Engine, Integer, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Connection, Engine, Integer, String, Table, Text
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,10 @@ def insert_ignoring_duplicates(engine: Engine, items: Sequence[Item]) -> None:
     """Insert rows of several tables in ONE transaction, skipping existing primary keys.
 
     One transaction is what makes a usage event and its ledger entries all-or-nothing.
-    Tables are written in the order they first appear. Rows go to the driver as tuples
-    through one prepared statement per table: building SQLAlchemy constructs per flush
-    cost more CPU than the database did.
+    Tables are written in the order they first appear, as plain driver statements
+    (building SQLAlchemy constructs per flush cost more CPU than the database did): on
+    PostgreSQL one statement per table with every column as an array, on SQLite
+    multi-row inserts of :data:`SQLITE_CHUNK` rows.
     """
     if not items:
         return
@@ -47,25 +49,48 @@ def insert_ignoring_duplicates(engine: Engine, items: Sequence[Item]) -> None:
                 arrays = tuple([r.get(c, d) for r in rows] for c, d in columns)
                 conn.exec_driver_sql(sql, arrays)
                 continue
-            sql, columns = _insert_sql(table, engine.dialect.name)
-            params = [tuple(r.get(c, d) for c, d in columns) for r in rows]
-            conn.exec_driver_sql(sql, params)
+            _insert_chunked(conn, table, rows)
+
+
+#: Rows per multi-row INSERT on SQLite. One statement per chunk, not one step per row:
+#: the writer thread gives up and takes back the GIL around every step, and each time it
+#: must wait for the event loop's thread to let go.
+SQLITE_CHUNK = 256
+
+
+def _insert_chunked(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    names, defaults = _columns(table)
+    params = [tuple(map(r.get, names, defaults)) for r in rows]
+    whole = len(params) - len(params) % SQLITE_CHUNK
+    if whole:
+        sql = _values_sql(table, SQLITE_CHUNK)
+        for i in range(0, whole, SQLITE_CHUNK):
+            conn.exec_driver_sql(sql, tuple(chain.from_iterable(params[i : i + SQLITE_CHUNK])))
+    if whole < len(params):
+        conn.exec_driver_sql(_values_sql(table, 1), params[whole:])
+
+
+@functools.cache
+def _columns(table: Table) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """The table's column names and each one's default for a row that leaves it out."""
+    return tuple(c.name for c in table.columns), tuple(_scalar_default(c) for c in table.columns)
+
+
+@functools.cache
+def _values_sql(table: Table, rows: int) -> str:
+    """``INSERT ... VALUES (...) x rows ON CONFLICT DO NOTHING`` for every column."""
+    names, _ = _columns(table)
+    one = "(" + ", ".join("?" for _ in names) + ")"
+    cols = ", ".join(f'"{n}"' for n in names)
+    return (
+        f'INSERT INTO "{table.name}" ({cols}) VALUES {", ".join([one] * rows)} '
+        "ON CONFLICT DO NOTHING"
+    )
 
 
 def _scalar_default(column: Any) -> Any:
     d = column.default
     return d.arg if isinstance(d, ScalarElementColumnDefault) else None
-
-
-@functools.cache
-def _insert_sql(table: Table, dialect: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for every column, and each column's default."""
-    columns = tuple((c.name, _scalar_default(c)) for c in table.columns)
-    mark = "%s" if dialect == "postgresql" else "?"
-    names = ", ".join(f'"{n}"' for n, _ in columns)
-    marks = ", ".join(mark for _ in columns)
-    sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING'
-    return sql, columns
 
 
 #: Array element types for PostgreSQL's unnest; strings go as text so that an over-long
