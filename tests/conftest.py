@@ -222,3 +222,15 @@ def _fresh_breakers(request: pytest.FixtureRequest) -> None:
     """Each test starts with every deployment healthy (the gateway is shared)."""
     if "gateway" in request.fixturenames:
         request.getfixturevalue("gateway").services.router.health.reset()
+
+
+def sim_served(stats: dict[str, Any], model: str, status: str | None = None) -> int:
+    """Requests the simulator answered for ``model`` (with ``status`` only, when given),
+    from its /stats document."""
+    per_model = stats.get("models", stats)
+    entry = per_model.get(model, {}) if isinstance(per_model, dict) else {}
+    if not isinstance(entry, dict):
+        return 0
+    if status is not None:
+        return int(entry.get(status, 0))
+    return sum(int(v) for v in entry.values())

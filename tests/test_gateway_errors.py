@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import VENDOR_KEY, Gateway, sim_faults, sim_stats
+from tests.conftest import VENDOR_KEY, Gateway, sim_faults, sim_served, sim_stats
 
 
 def post(gateway: Gateway, path: str, body: object, key: str | None = None) -> httpx.Response:
@@ -156,15 +156,7 @@ def test_fallback_to_the_next_deployment(gateway: Gateway) -> None:
     (ev,) = gateway.wait_events(1, request_id=raw.headers["x-request-id"])
     assert ev["attempts"] == 2 and ev["deployment"] == "sim-backup/flaky-b"
     after = sim_stats(gateway.sim_url)
-    assert _served(after, "flaky-b") == _served(before, "flaky-b") + 1
-
-
-def _served(stats: dict[str, object], model: str) -> int:
-    per_model = stats.get("models", stats)
-    entry = per_model.get(model, {}) if isinstance(per_model, dict) else {}
-    if isinstance(entry, dict):
-        return int(entry.get("200", entry.get("ok", 0)))
-    return 0
+    assert sim_served(after, "flaky-b", "200") == sim_served(before, "flaky-b", "200") + 1
 
 
 def test_vendor_credentials_never_leak(gateway: Gateway) -> None:

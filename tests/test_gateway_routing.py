@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, sim_stats
+from tests.conftest import Gateway, sim_served, sim_stats
 
 MSG = [{"role": "user", "content": "hi"}]
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
@@ -61,7 +61,7 @@ def test_fallback_bills_only_the_deployment_that_served_and_the_breaker_rests_it
     c = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
     dead_calls = []
     for _ in range(5):
-        before = _count(sim_stats(gateway.sim_url), "sim-fail-503")
+        before = sim_served(sim_stats(gateway.sim_url), "sim-fail-503")
         raw = c.chat.completions.with_raw_response.create(
             model="dead-first",
             messages=MSG,  # type: ignore[arg-type]
@@ -71,19 +71,13 @@ def test_fallback_bills_only_the_deployment_that_served_and_the_breaker_rests_it
         (row,) = gateway.wait_events(1, request_id=raw.headers["x-request-id"])
         assert row["deployment"] == "sim-backup/alive-b"
         assert row["price_version"].startswith("anthropic/claude-opus-4-6")
-        dead_calls.append(_count(sim_stats(gateway.sim_url), "sim-fail-503") - before)
+        dead_calls.append(sim_served(sim_stats(gateway.sim_url), "sim-fail-503") - before)
     # Three failures in a row open the breaker: the dead deployment is no longer tried.
     assert dead_calls[:3] == [1, 1, 1] and dead_calls[3:] == [0, 0]
     rows = gateway.events(org_id=org)
     assert [r["attempts"] for r in sorted(rows, key=lambda r: r["ts_ms"])] == [2, 2, 2, 1, 1]
     total = sum(r["cost_nanos"] for r in rows)
     assert gateway.services.ledger.balance(org) == 10**10 - total
-
-
-def _count(stats: dict[str, Any], model: str) -> int:
-    per_model = stats.get("models", stats)
-    entry = per_model.get(model, {}) if isinstance(per_model, dict) else {}
-    return sum(int(v) for v in entry.values()) if isinstance(entry, dict) else 0
 
 
 def test_model_rate_limit_answers_429_with_openai_headers(gateway: Gateway) -> None:

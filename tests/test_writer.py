@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
+from tests.conftest import throwaway_postgres
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.schema import usage_events
 from tokenomy.store.writer import SQLITE_CHUNK, BatchWriter
-
-from .conftest import throwaway_postgres
 
 
 def row(i: int) -> dict[str, Any]:

@@ -181,8 +181,8 @@ def rate_limit_stage(config: Config, limiter: RateLimiter, biller: Biller) -> Ra
         return out
 
     def estimate(call: Call) -> int:
-        # A prompt's bytes over four is its usual token count; corrected after the call.
-        return biller.prompt_bound(call) // 4 + call.max_output_tokens(default_out)
+        # Corrected to the actual count after the call.
+        return biller.prompt_estimate(call) + call.max_output_tokens(default_out)
 
     return RateLimitStage(limiter, scopes, estimate)
 

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 _PER_MESSAGE = 8
 _PER_REQUEST = 16
 _BOUND = "ledger.prompt_bound"
+#: Bytes of prompt per token in the usual estimate (English text and JSON run 3.5-4.5).
+BYTES_PER_TOKEN = 4
 
 
 @dataclass(slots=True)
@@ -102,6 +104,11 @@ class Biller:
         # Routing, rate limits and the hold all ask: walk the prompt once per call.
         call.extras[_BOUND] = bound
         return bound
+
+    def prompt_estimate(self, call: Call) -> int:
+        """The prompt's likely token count (a quarter of its bound), for routing and rate
+        limits: the bound is the right figure for a hold, far too high for these."""
+        return self.prompt_bound(call) // BYTES_PER_TOKEN
 
     def _prompt_bound(self, call: Call) -> int:
         b = call.body

@@ -31,8 +31,6 @@ PREFS = "routing.prefs"
 #: Seconds a latency-tolerant call may take (X-Tokenomy-Deadline).
 DEADLINE = "routing.deadline"
 RANKED = "routing.ranked"
-#: Characters per token when estimating a prompt for context-window filtering.
-_CHARS_PER_TOKEN = 4
 
 
 class Router:
@@ -73,7 +71,7 @@ class Router:
         out = self._output_tokens(call)
         needs = Needs(
             capabilities=needs_caps,
-            prompt_tokens=self.biller.prompt_bound(call) // _CHARS_PER_TOKEN,
+            prompt_tokens=self.biller.prompt_estimate(call),
             output_tokens=out[0],
             explicit_output=out[1],
             parameters=request_parameters(call.body) - {"provider", "model", "messages"},
