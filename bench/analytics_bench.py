@@ -6,8 +6,12 @@ times every dashboard and /v1/usage query (median of several runs) against the t
 of 200 ms. Usage:
 
     python bench/analytics_bench.py [--events 10000000] [--db sqlite|postgres|both]
+        [--sqlite-file bench.db] [--pg-db NAME] [--keep-rollups]
 
-PostgreSQL runs in a throwaway database on 127.0.0.1:5432 (user postgres).
+PostgreSQL runs in a throwaway database on 127.0.0.1:5432 (user postgres), SQLite in a
+temporary file. ``--sqlite-file`` and ``--pg-db`` keep the database instead and reuse its
+events on the next run when it already holds ``--events`` of them (loading takes a
+while); ``--keep-rollups`` skips the roll-up rebuild too.
 """
 
 from __future__ import annotations
@@ -103,19 +107,39 @@ def timed(fn: Callable[[], Any], runs: int = 5) -> float:
     return statistics.median(samples)
 
 
-def run(engine: Engine, n: int) -> list[tuple[str, float]]:
+def _seeded_end(engine: Engine, n: int) -> int | None:
+    """The end day of an earlier load of exactly ``n`` events, or None."""
+    with engine.connect() as conn:
+        count, last = conn.execute(
+            text("SELECT count(*), max(ts_ms) FROM usage_events WHERE request_id LIKE 'bench_%'")
+        ).one()
+    if count != n or last is None:
+        return None
+    return int(last) // DAY * DAY
+
+
+def run(engine: Engine, n: int, *, keep_rollups: bool = False) -> list[tuple[str, float]]:
     migrate(engine)
-    end = int(time.time() * 1000) // DAY * DAY
+    end = _seeded_end(engine, n)
+    if end is None:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM usage_events WHERE request_id LIKE 'bench_%'"))
+        end = int(time.time() * 1000) // DAY * DAY
+        t = time.perf_counter()
+        load(engine, n, end)
+        print(f"  load: {time.perf_counter() - t:.0f} s", flush=True)
+        keep_rollups = False
+    else:
+        print(f"  reusing {n:,} events loaded earlier", flush=True)
     t = time.perf_counter()
-    load(engine, n, end)
-    print(f"  load: {time.perf_counter() - t:.0f} s", flush=True)
-    t = time.perf_counter()
-    Rollups(engine, countries=COUNTRIES).rebuild()
+    if not keep_rollups:
+        Rollups(engine, countries=COUNTRIES).rebuild()
     with engine.connect() as conn:
         rows = conn.execute(
             select(usage_rollups.c.period, func.count()).group_by(usage_rollups.c.period)
         ).all()
-    print(f"  roll-up rebuild: {time.perf_counter() - t:.0f} s; rows {dict(rows)}", flush=True)
+    done = "kept" if keep_rollups else f"rebuilt in {time.perf_counter() - t:.0f} s"
+    print(f"  roll-ups {done}; rows {dict(rows)}", flush=True)
     book, fx = PriceBook.load(), FxTable.load()
     start90, start30 = end - 89 * DAY, end - 29 * DAY
     w90 = {"start": str(start90), "end": str(end + DAY)}
@@ -130,10 +154,19 @@ def run(engine: Engine, n: int) -> list[tuple[str, float]]:
         p = {**w90, "group_by": "model"}
         return run_view(engine, p, book=book, fx=fx, scope=Scope(key_id="key_7"))
 
+    def one_org() -> Any:
+        p = {**w90, "group_by": "model"}
+        return run_view(engine, p, book=book, fx=fx, scope=Scope(org_id="org_7"))
+
+    def dash_of(scope: Scope) -> Callable[[], Any]:
+        return lambda: dashboard.collect(engine, start90, end + DAY, book=book, fx=fx, scope=scope)
+
     cases: list[tuple[str, Callable[[], Any]]] = [
         ("dashboard, 30 days (every view)", dash(start30)),
         ("dashboard, 90 days (every view)", dash(start90)),
         ("dashboard, 2 days hourly", dash(end - DAY)),
+        ("one org's dashboard, 90 days", dash_of(Scope(org_id="org_7"))),
+        ("one key's dashboard, 90 days", dash_of(Scope(key_id="key_7"))),
         ("usage by day x model, 90 d", view(group_by="model")),
         ("usage by day x org, 90 d", view(group_by="org_id")),
         ("usage by hour x model, 2 d", view(granularity="hour", group_by="model",
@@ -143,11 +176,13 @@ def run(engine: Engine, n: int) -> list[tuple[str, float]]:
         ("top models per week, 90 d", view(view="top_models", period="week")),
         ("share by country, 90 d", view(view="share", by="country")),
         ("top orgs, 90 d", view(view="leaders", by="org")),
+        ("top keys, 90 d", view(view="leaders", by="key")),
         ("growth", view(view="growth")),
         ("milestones", view(view="milestones")),
         ("savings vs Opus, 90 d", view(view="savings")),
         ("latency by model, 90 d", view(view="latency", group_by="model", granularity="week")),
-        ("one key's usage by day, 90 d", one_key),
+        ("one key's usage by day x model, 90 d", one_key),
+        ("one org's usage by day x model, 90 d", one_org),
     ]  # fmt: skip
     return [(name, timed(fn)) for name, fn in cases]
 
@@ -156,7 +191,7 @@ def report(label: str, results: list[tuple[str, float]]) -> None:
     print(f"\n{label}")
     for name, ms in results:
         flag = "ok" if ms < TARGET_MS else "SLOW"
-        print(f"  {name:<36} {ms:8.1f} ms  {flag}")
+        print(f"  {name:<40} {ms:8.1f} ms  {flag}")
 
 
 def main() -> None:
@@ -164,6 +199,9 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--sqlite-file", type=Path, help="keep (and reuse) this SQLite file")
+    ap.add_argument("--pg-db", help="keep (and reuse) this PostgreSQL database")
+    ap.add_argument("--keep-rollups", action="store_true", help="reuse the roll-ups too")
     args = ap.parse_args()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"analytics bench, {args.events:,} events, {stamp}, {platform.node()}, "
@@ -171,23 +209,28 @@ def main() -> None:
     if args.db in ("sqlite", "both"):
         with tempfile.TemporaryDirectory() as tmp:
             print("SQLite:", flush=True)
-            engine = open_engine(f"sqlite:///{Path(tmp) / 'bench.db'}")
-            report("SQLite", run(engine, args.events))
+            path = args.sqlite_file or Path(tmp) / "bench.db"
+            engine = open_engine(f"sqlite:///{path}")
+            report("SQLite", run(engine, args.events, keep_rollups=args.keep_rollups))
             engine.dispose()
     if args.db in ("postgres", "both"):
         import psycopg
 
-        name = "tokenomy_bench_" + secrets.token_hex(4)
+        name = args.pg_db or "tokenomy_bench_" + secrets.token_hex(4)
         with psycopg.connect(args.pg, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
+            q = "SELECT 1 FROM pg_database WHERE datname = %s"
+            exists = conn.execute(q, (name,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
         try:
             print("PostgreSQL:", flush=True)
             engine = open_engine(args.pg.rsplit("/", 1)[0] + "/" + name)
-            report("PostgreSQL", run(engine, args.events))
+            report("PostgreSQL", run(engine, args.events, keep_rollups=args.keep_rollups))
             engine.dispose()
         finally:
-            with psycopg.connect(args.pg, autocommit=True) as conn:
-                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            if not args.pg_db:
+                with psycopg.connect(args.pg, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

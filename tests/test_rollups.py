@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +19,7 @@ from sqlalchemy import Engine, delete, select
 from tests.conftest import throwaway_postgres
 from tokenomy.analytics import rollup
 from tokenomy.analytics.histogram import bucket_of, quantile
-from tokenomy.analytics.rollup import DAY, HOUR, MINUTE, Rollups, pending_item
+from tokenomy.analytics.rollup import DAY, HOUR, MINUTE, Rollups, RollupWorker, pending_item
 from tokenomy.analytics.tables import (
     DIMENSIONS,
     LATENCY_COLS,
@@ -121,7 +123,20 @@ def write(engine: Engine, events: list[dict[str, Any]], markers: bool = True) ->
 Key = tuple[Any, ...]
 
 
-def brute_force(events: list[dict[str, Any]], periods: str = "mhdHD") -> dict[Key, dict[str, int]]:
+ALL_PERIODS = "mhdHDKO"
+#: Which dimensions each period keeps, written out here rather than taken from the code.
+KEPT = {
+    "H": {"model", "vendor", "country", "region", "status", "currency"},
+    "D": {"model", "vendor", "country", "region", "status", "currency"},
+    "K": {"org_id", "project_id", "key_id", "currency"},
+    "O": {"org_id", "currency"},
+}
+SIZES = {"m": MINUTE, "h": HOUR, "d": DAY, "H": HOUR, "D": DAY, "K": DAY, "O": DAY}
+
+
+def brute_force(
+    events: list[dict[str, Any]], periods: str = ALL_PERIODS
+) -> dict[Key, dict[str, int]]:
     """Aggregate unique events straight into every period (no roll-up code involved)."""
     unique = {e["request_id"]: e for e in events}
     out: dict[Key, dict[str, int]] = defaultdict(lambda: dict.fromkeys((*MEASURES, *HIST), 0))
@@ -137,10 +152,11 @@ def brute_force(events: list[dict[str, Any]], periods: str = "mhdHD") -> dict[Ke
             e["status"],
             e["currency"] or "",
         )
-        for p, size in (("m", MINUTE), ("h", HOUR), ("d", DAY), ("H", HOUR), ("D", DAY)):
+        for p, size in SIZES.items():
             if p not in periods:
                 continue
-            d = ("", "", "", *dims[3:]) if p in "HD" else dims  # everyone's rows
+            kept = KEPT.get(p, set(DIMENSIONS))
+            d = tuple(v if n in kept else "" for n, v in zip(DIMENSIONS, dims, strict=True))
             acc = out[(p, e["ts_ms"] - e["ts_ms"] % size, *d)]
             acc["requests"] += 1
             acc["errors"] += e["status"] != "ok"
@@ -162,7 +178,7 @@ def brute_force(events: list[dict[str, Any]], periods: str = "mhdHD") -> dict[Ke
     return dict(out)
 
 
-def stored(engine: Engine, periods: str = "mhdHD") -> dict[Key, dict[str, int]]:
+def stored(engine: Engine, periods: str = ALL_PERIODS) -> dict[Key, dict[str, int]]:
     out: dict[Key, dict[str, int]] = {}
     with engine.connect() as conn:
         for r in conn.execute(select(usage_rollups)):
@@ -305,7 +321,7 @@ def test_pruned_minutes_keep_hours_and_days_exact(engine: Engine) -> None:
     assert r.prune_minutes(T0 + 2 * DAY) > 0
     write(engine, events[300:])  # late events, many of them in pruned minutes
     r.refresh()
-    assert stored(engine, "hdHD") == brute_force(events, "hdHD")
+    assert stored(engine, "hdHDKO") == brute_force(events, "hdHDKO")
     kept = {k: v for k, v in brute_force(events, "m").items() if k[1] >= T0 + 2 * DAY}
     assert stored(engine, "m") == kept
 
@@ -368,6 +384,31 @@ def test_migration_queues_events_recorded_before_it(tmp_path: Any) -> None:
     eng.dispose()
 
 
+def test_migration_sums_existing_days_into_key_and_org_days(engine: Engine) -> None:
+    """Databases rolled up before the keys' and orgs' daily rows existed get them from
+    their daily rows, on both databases."""
+    from importlib import resources
+
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    clear(engine)
+    rng = random.Random(29)
+    events = [make_event(rng, i) for i in range(300)]
+    write(engine, events)
+    new_rollups(engine).refresh()
+    cfg = AlembicConfig()
+    cfg.set_main_option(
+        "script_location", str(resources.files("tokenomy.store").joinpath("migrations"))
+    )
+    with engine.begin() as conn:  # back to how 0003 left it
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    assert not set(stored(engine)) & set(brute_force(events, "KO"))
+    migrate(engine)
+    assert stored(engine) == brute_force(events)
+
+
 def test_histogram_quantiles() -> None:
     counts = [0] * len(LATENCY_COLS)
     for v in range(1, 1001):
@@ -379,3 +420,84 @@ def test_histogram_quantiles() -> None:
     assert quantile([0] * len(counts), 0.5) is None
     # Merging hours' histograms gives the day's: the bounds never move.
     assert rollup.PERIOD_MS["d"] == 24 * rollup.PERIOD_MS["h"]
+
+
+def _minutes_from(engine: Engine) -> int:
+    with engine.connect() as conn:
+        v = conn.execute(select(analytics_state.c.value)).scalar()
+    return int(v) if v is not None else 0
+
+
+def test_expired_minutes_are_pruned_and_late_events_still_count(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clear(engine)
+    rng = random.Random(19)
+    events = [make_event(rng, i, span_ms=5 * DAY) for i in range(600)]
+    write(engine, events[:450])
+    r = Rollups(engine, countries=COUNTRIES, regions=REGIONS, minute_retention_ms=2 * DAY)
+    r.refresh()
+    transactions = 0
+    serialise = Rollups._serialise
+
+    def counting(self: Rollups, conn: Any) -> None:
+        nonlocal transactions
+        transactions += 1
+        serialise(self, conn)
+
+    monkeypatch.setattr(Rollups, "_serialise", counting)
+    now = T0 + 4 * DAY + 7 * HOUR  # keeps minutes from the start of day 2
+    assert r.prune_expired(now) > 0
+    assert transactions >= 3  # days 0 and 1 pruned a day per transaction, then the check
+    assert _minutes_from(engine) == T0 + 2 * DAY
+    assert rollup.minutes_kept_from(engine) == T0 + 2 * DAY
+    assert stored(engine, "hdHDKO") == brute_force(events[:450], "hdHDKO")
+    kept = {k: v for k, v in brute_force(events[:450], "m").items() if k[1] >= T0 + 2 * DAY}
+    assert stored(engine, "m") == kept
+    transactions = 0
+    assert r.prune_expired(now + HOUR) == 0 and transactions == 0  # same day: no query
+    assert new_rollups(engine).prune_expired(now) == 0  # another replica finds it done
+    # Late events (many in pruned minutes) and a replay: hours and days stay exact.
+    write(engine, events[450:] + events[:100])
+    r.refresh()
+    assert stored(engine, "hdHDKO") == brute_force(events, "hdHDKO")
+    kept = {k: v for k, v in brute_force(events, "m").items() if k[1] >= T0 + 2 * DAY}
+    assert stored(engine, "m") == kept
+    # A day later the next day's minutes go too; nothing else changes.
+    assert r.prune_expired(now + DAY) > 0
+    assert _minutes_from(engine) == T0 + 3 * DAY
+    assert stored(engine, "hdHDKO") == brute_force(events, "hdHDKO")
+    kept = {k: v for k, v in brute_force(events, "m").items() if k[1] >= T0 + 3 * DAY}
+    assert stored(engine, "m") == kept
+
+
+def test_the_worker_prunes_minutes_on_its_schedule(engine: Engine) -> None:
+    clear(engine)
+    rng = random.Random(23)
+    now = int(time.time() * 1000)
+    events = [make_event(rng, i, span_ms=5 * DAY) for i in range(300)]
+    for e in events:  # the last five days up to now
+        e["ts_ms"] += now - 5 * DAY - T0
+    write(engine, events)
+    r = Rollups(engine, countries=COUNTRIES, regions=REGIONS, minute_retention_ms=2 * DAY)
+
+    async def run_worker() -> None:
+        worker = RollupWorker(r, interval_s=0.01)
+        worker.start()
+        try:
+            for _ in range(1000):
+                await asyncio.sleep(0.01)
+                with engine.connect() as conn:
+                    pending = conn.execute(select(analytics_pending)).first()
+                if pending is None and _minutes_from(engine) > 0:
+                    break
+        finally:
+            await worker.stop()
+
+    asyncio.run(run_worker())
+    horizon = _minutes_from(engine)
+    assert horizon in {(t - 2 * DAY) // DAY * DAY for t in (now, int(time.time() * 1000))}
+    assert stored(engine, "hdHDKO") == brute_force(events, "hdHDKO")
+    kept = {k: v for k, v in brute_force(events, "m").items() if k[1] >= horizon}
+    assert kept and stored(engine, "m") == kept
+    assert min(e["ts_ms"] for e in events) < horizon  # something was in fact pruned

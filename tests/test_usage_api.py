@@ -21,7 +21,7 @@ from tests.servers import ThreadServer
 from tokenomy.analytics.demo_history import seed_history
 from tokenomy.analytics.insights import milestones, reference_cost
 from tokenomy.analytics.metrics import Metrics
-from tokenomy.analytics.rollup import DAY
+from tokenomy.analytics.rollup import DAY, minutes_kept_from
 from tokenomy.api import usage_routes
 from tokenomy.app import app_for
 from tokenomy.billing.catalog import PriceBook
@@ -200,6 +200,30 @@ def test_bad_parameters_get_openai_errors(
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["param"] == param
     assert err["message"]
+
+
+def test_minute_views_stop_where_minutes_were_pruned(agw: AnalyticsGateway) -> None:
+    """The roll-up worker prunes minute buckets older than two days; asking for minutes
+    before that is an error naming the parameter, not a silently empty answer."""
+    engine = agw.services.engine
+    deadline = time.monotonic() + 30
+    while minutes_kept_from(engine) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    kept = minutes_kept_from(engine)
+    assert 0 < kept <= int(time.time() * 1000) - 2 * DAY
+    r = agw.get("/v1/usage", granularity="minute", days=7)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "start"
+    assert "granularity" in r.json()["error"]["message"]
+    ev = agw.events()
+    recent = [e for e in ev if e["ts_ms"] >= kept]
+    end = max(e["ts_ms"] for e in ev) + 1
+    r = agw.get("/v1/usage", granularity="minute", start=kept, end=end)
+    assert r.status_code == 200
+    assert sum(row["requests"] for row in r.json()["data"]) == len(recent) > 0
+    r = agw.get("/v1/usage", granularity="hour", days=7)  # hours are all still there
+    assert sum(row["requests"] for row in r.json()["data"]) == sum(
+        1 for e in ev if e["ts_ms"] >= day_of(NOW_MS) - 6 * DAY
+    )
 
 
 def test_usage_needs_a_key(agw: AnalyticsGateway) -> None:

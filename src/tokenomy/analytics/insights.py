@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal, localcontext
+from fractions import Fraction
 from typing import Any, Final
 
 from sqlalchemy import Engine, Select, func, select
 
-from tokenomy.analytics.queries import EVERYONE, R, Scope, _n, usage
+from tokenomy.analytics.queries import EVERYONE, R, Scope, _n, cube, usage
 from tokenomy.analytics.rollup import DAY
-from tokenomy.billing.catalog import PriceBook, PriceNotFound, PriceVersion
+from tokenomy.billing.catalog import PriceBook, PriceNotFound, PriceVersion, TokenPrices
 from tokenomy.billing.fx import FxTable
-from tokenomy.billing.money import EXACT, Currency, Money, round_nanos
+from tokenomy.billing.money import EXACT, Currency, Money, convert, round_nanos
 
 #: The default savings reference: what the same tokens would cost at Claude Opus 4.6.
 REFERENCE: Final = ("anthropic", "claude-opus-4-6")
@@ -79,21 +80,22 @@ def milestones(
 ) -> list[dict[str, Any]]:
     """Each organisation's cumulative tokens and the day it crossed each threshold."""
     q: Select[Any] = select(R.org_id, R.bucket_ms, func.sum(R.input_tokens + R.output_tokens))
-    q = scope.apply(q.where(R.period == "d"))
+    q = scope.apply(q.where(R.period == cube("d", scope, ["org_id"])))
     if end_ms is not None:
         q = q.where(R.bucket_ms < end_ms)
     q = q.group_by(R.org_id, R.bucket_ms).order_by(R.org_id, R.bucket_ms)
     orgs: dict[str, dict[str, Any]] = {}
     with engine.connect() as conn:
-        for org, day, tokens in conn.execute(q):
-            o = orgs.setdefault(
-                org,
-                {"org_id": org, "total_tokens": 0, "crossed": {str(t): None for t in thresholds}},
-            )
-            before, o["total_tokens"] = o["total_tokens"], o["total_tokens"] + _n(tokens)
-            for t in thresholds:
-                if before < t <= o["total_tokens"]:
-                    o["crossed"][str(t)] = int(day)
+        rows = conn.execute(q).all()
+    for org, day, tokens in rows:
+        o = orgs.setdefault(
+            org,
+            {"org_id": org, "total_tokens": 0, "crossed": {str(t): None for t in thresholds}},
+        )
+        before, o["total_tokens"] = o["total_tokens"], o["total_tokens"] + _n(tokens)
+        for t in thresholds:
+            if before < t <= o["total_tokens"]:
+                o["crossed"][str(t)] = int(day)
     return sorted(orgs.values(), key=lambda o: -o["total_tokens"])
 
 
@@ -107,10 +109,11 @@ def _reference_version(book: PriceBook, vendor: str, model: str, at: datetime) -
         raise
 
 
-def reference_cost(version: PriceVersion, tokens: dict[str, int]) -> int:
-    """What these token counts cost at a version's base-tier prices, in nanos (exact,
-    rounded once). Time-of-day windows and promotions are left out: a list price."""
-    p = version.tiers[0].prices.resolved()
+def reference_cost(version: PriceVersion | TokenPrices, tokens: dict[str, int]) -> int:
+    """What these token counts cost at a version's base-tier prices (or at resolved
+    ``prices``), in nanos (exact, rounded once). Time-of-day windows and promotions are
+    left out: a list price."""
+    p = version if isinstance(version, TokenPrices) else version.tiers[0].prices.resolved()
     cached, write = tokens["cached_tokens"], tokens["cache_write_tokens"]
     reasoning = tokens["reasoning_tokens"]
     with localcontext(EXACT):
@@ -142,25 +145,31 @@ def savings(
     rows = usage(
         engine, start_ms, end_ms, granularity="day", group_by=["model", "currency"], scope=scope
     )
-    versions: dict[int, PriceVersion] = {}
+    # One price version, price lookup and FX rate per day and currency, not per row.
+    versions: dict[int, tuple[Currency, TokenPrices]] = {}
+    rates: dict[tuple[int, str], Fraction] = {}
     ref_cur: Currency | None = None
     by_model: dict[str, dict[str, Any]] = {}
     by_day: dict[int, dict[str, Any]] = {}
     unpriced = 0
     for r in rows:
-        if not r["currency"]:
+        cur = r["currency"]
+        if not cur:
             unpriced += r["total_tokens"]
             continue
         day = r["bucket_ms"]
-        at = datetime.fromtimestamp(day / 1000, UTC)
         if day not in versions:
-            versions[day] = _reference_version(book, *reference, at)
-        v = versions[day]
-        ref_cur = v.currency
-        ref = reference_cost(v, r)
-        paid = _convert(
-            fx, r["cost_nanos"].get(r["currency"], 0), r["currency"], v.currency, at.date()
-        )
+            at = datetime.fromtimestamp(day / 1000, UTC)
+            v = _reference_version(book, *reference, at)
+            versions[day] = (v.currency, v.tiers[0].prices.resolved())
+        ref_cur, prices = versions[day]
+        ref = reference_cost(prices, r)
+        paid = r["cost_nanos"].get(cur, 0)
+        if cur != ref_cur.value and paid:
+            rate = rates.get((day, cur))
+            if rate is None:
+                rate = rates[(day, cur)] = _rate(fx, Currency(cur), ref_cur, day)
+            paid = convert(Money(paid, Currency(cur)), rate, ref_cur).nanos
         for acc, key in ((by_model, r["model"]), (by_day, day)):
             a = acc.setdefault(key, {"tokens": 0, "actual_nanos": 0, "reference_nanos": 0})
             a["tokens"] += r["total_tokens"]
@@ -183,11 +192,9 @@ def savings(
     }
 
 
-def _convert(fx: FxTable, nanos: int, cur: str, to: Currency, on: date) -> int:
-    if cur == to.value or nanos == 0:
-        return nanos
-    amount = Money(nanos, Currency(cur))
+def _rate(fx: FxTable, cur: Currency, to: Currency, day_ms: int) -> Fraction:
+    on = datetime.fromtimestamp(day_ms / 1000, UTC).date()
     try:
-        return fx.convert(amount, to, on).nanos
+        return fx.rate(cur, to, on)
     except LookupError:  # a day before the first known rate: use the latest one
-        return fx.convert(amount, to, None).nanos
+        return fx.rate(cur, to, None)

@@ -9,14 +9,14 @@ chart. Money stays integer nanos, keyed by currency; token counts are ints. Toke
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import ColumnElement, Engine, Select, func, literal_column, select
 
 from tokenomy.analytics.histogram import quantile
-from tokenomy.analytics.rollup import DAY, EVERYONE_OF, HOUR, MINUTE, PER_ACCOUNT
+from tokenomy.analytics.rollup import CUBES, DAY, DERIVED, HOUR, MINUTE
 from tokenomy.analytics.tables import DIMENSIONS, LATENCY_COLS, TTFT_COLS, usage_rollups
 
 R = usage_rollups.c
@@ -44,6 +44,16 @@ class Scope:
 
     key_id: str | None = None
     org_id: str | None = None
+
+    @property
+    def dims(self) -> set[str]:
+        """The dimensions this scope filters on."""
+        out = set()
+        if self.key_id is not None:
+            out.add("key_id")
+        if self.org_id is not None:
+            out.add("org_id")
+        return out
 
     def apply(self, q: Select[Any]) -> Select[Any]:
         if self.key_id is not None:
@@ -86,6 +96,17 @@ def _bucket(size: int) -> ColumnElement[Any]:
     return R.bucket_ms
 
 
+def cube(period: str, scope: Scope = EVERYONE, dims: Iterable[str] = ()) -> str:
+    """The smallest period with ``period``'s buckets that keeps every dimension the scope
+    filters and the query groups by (everyone's days when neither needs orgs or keys, an
+    org's or key's days for rankings, the full rows otherwise)."""
+    needed = scope.dims | set(dims)
+    for p in CUBES[period]:
+        if needed <= set(DERIVED[p][1] if p in DERIVED else DIMENSIONS):
+            return p
+    return period
+
+
 def _ranged(
     q: Select[Any],
     period: str,
@@ -94,11 +115,9 @@ def _ranged(
     scope: Scope,
     dims: Sequence[str] = (),
 ) -> Select[Any]:
-    """Rows of ``period`` in the range and scope: the small "everyone" rows when neither
-    the scope nor the grouping needs orgs, projects or keys."""
-    if scope == EVERYONE and period in EVERYONE_OF and not set(dims) & set(PER_ACCOUNT):
-        period = EVERYONE_OF[period]
-    q = q.where(R.period == period, R.bucket_ms >= start_ms, R.bucket_ms < end_ms)
+    """Rows in the range and scope, from the smallest period that answers (see ``cube``)."""
+    p = cube(period, scope, dims)
+    q = q.where(R.period == p, R.bucket_ms >= start_ms, R.bucket_ms < end_ms)
     return scope.apply(q)
 
 
@@ -129,51 +148,87 @@ def usage(
     q = _ranged(q, period, align(start_ms, size), end_ms, scope, groups).group_by(b, *dims, *extra)
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     with engine.connect() as conn:
-        for row in conn.execute(q):
-            cells: tuple[Any, ...] = tuple(row)
-            bucket, vals = int(cells[0]), cells[1:]
-            key_vals = tuple(vals[: len(groups)])
-            currency = vals[groups.index("currency")] if "currency" in groups else vals[len(groups)]
-            nums = [_n(v) for v in vals[len(groups) + len(extra) :]]
-            acc = out.get((bucket, *key_vals))
-            if acc is None:
-                acc = out[(bucket, *key_vals)] = {
-                    "bucket_ms": bucket,
-                    **dict(zip(groups, key_vals, strict=True)),
-                    "requests": 0,
-                    "errors": 0,
-                    **dict.fromkeys(TOKEN_COLS, 0),
-                    "total_tokens": 0,
-                    "cost_nanos": {},
-                }
-            acc["requests"] += nums[0]
-            acc["errors"] += nums[1]
-            for c, v in zip(TOKEN_COLS, nums[2:7], strict=True):
-                acc[c] += v
-            acc["total_tokens"] += nums[2] + nums[5]
-            if currency:
-                acc["cost_nanos"][currency] = acc["cost_nanos"].get(currency, 0) + nums[7]
+        rows = conn.execute(q).all()
+    for row in rows:
+        cells: tuple[Any, ...] = tuple(row)
+        bucket, vals = int(cells[0]), cells[1:]
+        key_vals = tuple(vals[: len(groups)])
+        currency = vals[groups.index("currency")] if "currency" in groups else vals[len(groups)]
+        nums = [_n(v) for v in vals[len(groups) + len(extra) :]]
+        acc = out.get((bucket, *key_vals))
+        if acc is None:
+            acc = out[(bucket, *key_vals)] = {
+                "bucket_ms": bucket,
+                **dict(zip(groups, key_vals, strict=True)),
+                "requests": 0,
+                "errors": 0,
+                **dict.fromkeys(TOKEN_COLS, 0),
+                "total_tokens": 0,
+                "cost_nanos": {},
+            }
+        acc["requests"] += nums[0]
+        acc["errors"] += nums[1]
+        for c, v in zip(TOKEN_COLS, nums[2:7], strict=True):
+            acc[c] += v
+        acc["total_tokens"] += nums[2] + nums[5]
+        if currency:
+            acc["cost_nanos"][currency] = acc["cost_nanos"].get(currency, 0) + nums[7]
     return sorted(out.values(), key=lambda r: (r["bucket_ms"], -r["total_tokens"]))
+
+
+def _sums(
+    engine: Engine,
+    start_ms: int,
+    end_ms: int,
+    dims: Sequence[str],
+    scope: Scope,
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Requests, errors, tokens and cost per ``dims`` over the whole days of the range."""
+    groups = [R[d] for d in dict.fromkeys((*dims, "currency"))]
+    sums = [func.sum(R.requests), func.sum(R.errors), *(func.sum(R[c]) for c in TOKEN_COLS)]
+    q = select(*groups, *sums, func.sum(R.cost_nanos))
+    q = _ranged(q, "d", align(start_ms, DAY), end_ms, scope, dims).group_by(*groups)
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    n = len(groups)
+    with engine.connect() as conn:
+        rows = conn.execute(q).all()
+    for row in rows:
+        cells: tuple[Any, ...] = tuple(row)
+        key, currency = cells[: len(dims)], cells[n - 1]
+        requests, errors, *tokens, cost = (_n(v) for v in cells[n:])
+        acc = out.get(key)
+        if acc is None:
+            acc = out[key] = {
+                **dict(zip(dims, key, strict=True)),
+                "requests": 0,
+                "errors": 0,
+                **dict.fromkeys(TOKEN_COLS, 0),
+                "total_tokens": 0,
+                "cost_nanos": {},
+            }
+        acc["requests"] += requests
+        acc["errors"] += errors
+        for c, v in zip(TOKEN_COLS, tokens, strict=True):
+            acc[c] += v
+        acc["total_tokens"] += tokens[0] + tokens[3]
+        if currency:
+            acc["cost_nanos"][currency] = acc["cost_nanos"].get(currency, 0) + cost
+    return out
 
 
 def totals(
     engine: Engine, start_ms: int, end_ms: int, *, scope: Scope = EVERYONE
 ) -> dict[str, Any]:
-    """One summary over the range, with latency and TTFT percentiles."""
+    """One summary over the range's days, with latency and TTFT percentiles."""
     rows = latency(engine, start_ms, end_ms, granularity="day", scope=scope, by_bucket=False)
     lat = rows[0] if rows else {}
-    out: dict[str, Any] = {
+    out: dict[str, Any] = _sums(engine, start_ms, end_ms, (), scope).get(()) or {
         "requests": 0,
         "errors": 0,
         **dict.fromkeys(TOKEN_COLS, 0),
         "total_tokens": 0,
         "cost_nanos": {},
     }
-    for r in usage(engine, start_ms, end_ms, granularity="week", scope=scope):
-        for k in ("requests", "errors", *TOKEN_COLS, "total_tokens"):
-            out[k] += r[k]
-        for cur, v in r["cost_nanos"].items():
-            out["cost_nanos"][cur] = out["cost_nanos"].get(cur, 0) + v
     out["latency_ms"] = lat.get("latency_ms", {})
     out["ttft_ms"] = lat.get("ttft_ms", {})
     return out
@@ -188,21 +243,14 @@ def leaders(
     limit: int = 10,
     scope: Scope = EVERYONE,
 ) -> list[dict[str, Any]]:
-    """The top values of one dimension (org, key, model...) by tokens over the range."""
+    """The top values of one dimension (org, key, model...) by tokens over the range's
+    days (read from the orgs' or keys' daily rows when ranking those)."""
     if dim not in DIMENSIONS:
         raise ValueError(f"cannot rank by {dim}; choose from {', '.join(DIMENSIONS)}")
-    rows = usage(engine, start_ms, end_ms, granularity="week", group_by=[dim], scope=scope)
-    acc: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        a = acc.setdefault(
-            r[dim], {dim: r[dim], "requests": 0, "errors": 0, "total_tokens": 0, "cost_nanos": {}}
-        )
-        for k in ("requests", "errors", "total_tokens"):
-            a[k] += r[k]
-        for cur, v in r["cost_nanos"].items():
-            a["cost_nanos"][cur] = a["cost_nanos"].get(cur, 0) + v
-    ranked = sorted(acc.values(), key=lambda a: (-a["total_tokens"], a[dim]))
-    return ranked[:limit]
+    rows = _sums(engine, start_ms, end_ms, (dim,), scope).values()
+    keep = (dim, "requests", "errors", "total_tokens", "cost_nanos")
+    ranked = sorted(rows, key=lambda a: (-a["total_tokens"], a[dim]))
+    return [{k: a[k] for k in keep} for a in ranked[:limit]]
 
 
 def top_models(
@@ -222,8 +270,9 @@ def top_models(
     q = _ranged(select(b, R.model, _tokens()), "d", align(start_ms, size), end_ms, scope)
     per: dict[int, list[tuple[str, int]]] = defaultdict(list)
     with engine.connect() as conn:
-        for bucket, model, tokens in conn.execute(q.group_by(b, R.model)):
-            per[int(bucket)].append((model, _n(tokens)))
+        rows = conn.execute(q.group_by(b, R.model)).all()
+    for bucket, model, tokens in rows:
+        per[int(bucket)].append((model, _n(tokens)))
     out: list[dict[str, Any]] = []
     for bucket in sorted(per):
         ranked = sorted(per[bucket], key=lambda mt: (-mt[1], mt[0]))
@@ -297,30 +346,32 @@ def latency(
     nh = len(LATENCY_COLS)
     out = []
     with engine.connect() as conn:
-        for row in conn.execute(q):
-            cells: tuple[Any, ...] = tuple(row)
-            head, vals = cells[: len(keys)], [_n(v) for v in cells[len(keys) :]]
-            requests, lat_sum = vals[0], vals[1]
-            if not requests:
-                continue
-            lat, ttft = vals[2 : 2 + nh], vals[2 + nh :]
-            r: dict[str, Any] = {}
-            if by_bucket:
-                r["bucket_ms"] = int(head[0])
-            r.update({g: v for g, v in zip(group_by, head[1 if by_bucket else 0 :], strict=False)})
-            r["requests"] = requests
-            r["latency_ms"] = {n: quantile(lat, q_) for n, q_ in QUANTILES}
-            r["latency_ms"]["mean"] = lat_sum / requests
-            r["ttft_ms"] = {n: quantile(ttft, q_) for n, q_ in QUANTILES}
-            r["latency_histogram"] = lat
-            r["ttft_histogram"] = ttft
-            out.append(r)
+        rows = conn.execute(q).all()
+    for row in rows:
+        cells: tuple[Any, ...] = tuple(row)
+        head, vals = cells[: len(keys)], [_n(v) for v in cells[len(keys) :]]
+        requests, lat_sum = vals[0], vals[1]
+        if not requests:
+            continue
+        lat, ttft = vals[2 : 2 + nh], vals[2 + nh :]
+        r: dict[str, Any] = {}
+        if by_bucket:
+            r["bucket_ms"] = int(head[0])
+        r.update({g: v for g, v in zip(group_by, head[1 if by_bucket else 0 :], strict=False)})
+        r["requests"] = requests
+        r["latency_ms"] = {n: quantile(lat, q_) for n, q_ in QUANTILES}
+        r["latency_ms"]["mean"] = lat_sum / requests
+        r["ttft_ms"] = {n: quantile(ttft, q_) for n, q_ in QUANTILES}
+        r["latency_histogram"] = lat
+        r["ttft_histogram"] = ttft
+        out.append(r)
     return sorted(out, key=lambda r: r.get("bucket_ms", 0))
 
 
 def span(engine: Engine, scope: Scope = EVERYONE) -> tuple[int, int] | None:
     """The first and last day with any usage (for date pickers), or None."""
-    q = scope.apply(select(func.min(R.bucket_ms), func.max(R.bucket_ms)).where(R.period == "d"))
+    q: Select[Any] = select(func.min(R.bucket_ms), func.max(R.bucket_ms))
+    q = scope.apply(q.where(R.period == cube("d", scope)))
     with engine.connect() as conn:
         lo, hi = conn.execute(q).one()
     return None if lo is None else (int(lo), int(hi))

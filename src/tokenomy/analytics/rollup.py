@@ -10,6 +10,11 @@ the same rows; a crash before commit leaves the markers for the next run. An eve
 committed during a run keeps its own marker (markers are per request) and is picked up by
 the next run. Runs are serialised by a lock (an advisory lock on PostgreSQL; SQLite has a
 single writer).
+
+Coarser copies (everyone's hours and days, each key's and each org's days; see
+``DERIVED``) are summed from those rows in the same transaction. Minute buckets are
+pruned after a retention: hours before the pruned horizon are then recomputed from the
+raw events, so late events still land exactly once.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -48,6 +54,7 @@ from tokenomy.analytics.tables import (
     analytics_state,
     usage_rollups,
 )
+from tokenomy.catalog.vendors import load_presets
 from tokenomy.store.schema import usage_events
 
 log = logging.getLogger(__name__)
@@ -55,11 +62,24 @@ log = logging.getLogger(__name__)
 MINUTE: Final = 60_000
 HOUR: Final = 3_600_000
 DAY: Final = 86_400_000
-PERIOD_MS: Final = {"m": MINUTE, "h": HOUR, "d": DAY, "H": HOUR, "D": DAY}
-#: "Everyone" periods: hours and days without org, project and key (a few rows a bucket),
-#: read by queries that neither filter nor group by those; built from "h" and "d".
-EVERYONE_OF: Final = {"h": "H", "d": "D"}
+PERIOD_MS: Final = {"m": MINUTE, "h": HOUR, "d": DAY, "H": HOUR, "D": DAY, "K": DAY, "O": DAY}
 PER_ACCOUNT: Final = ("org_id", "project_id", "key_id")
+_NO_ACCOUNT: Final = tuple(d for d in DIMENSIONS if d not in PER_ACCOUNT)
+#: Periods summed from a finer one, keeping some dimensions (the others are stored as ""),
+#: in the order they are built: "H" and "D" are everyone's hours and days (no org,
+#: project or key: a few rows a bucket), "K" each key's days and "O" each org's days (no
+#: model, vendor or status), so rankings of orgs and keys read a few rows an org or key.
+DERIVED: Final = {
+    "H": ("h", _NO_ACCOUNT),
+    "D": ("d", _NO_ACCOUNT),
+    "K": ("d", ("org_id", "project_id", "key_id", "currency")),
+    "O": ("K", ("org_id", "currency")),
+}
+#: Periods holding the same buckets as each full period, smallest first.
+CUBES: Final = {"m": ("m",), "h": ("H", "h"), "d": ("D", "O", "K", "d")}
+#: How long minute buckets are kept by default (the roll-up worker prunes older ones).
+#: Only ``granularity=minute`` views read minutes; the dashboard reads hours and days.
+MINUTE_RETENTION_MS: Final = 2 * DAY
 #: Key of the PostgreSQL advisory lock that serialises roll-up runs across replicas.
 _PG_LOCK: Final = 0x746F6B656E6F6D79 & 0x7FFFFFFFFFFFFFFF
 _MINUTES_FROM: Final = "minutes_from"
@@ -86,6 +106,19 @@ def _bucket_index(col: ColumnElement[Any]) -> ColumnElement[Any]:
     return case(*whens, else_=_int(len(BOUNDS)))
 
 
+def _minutes_from(conn: Connection) -> int:
+    """Where minute buckets start (0 until pruned): before it, hours come from events."""
+    q = select(analytics_state.c.value).where(analytics_state.c.name == _MINUTES_FROM)
+    v = conn.execute(q).scalar()
+    return int(v) if v is not None else 0
+
+
+def minutes_kept_from(engine: Engine) -> int:
+    """The first minute still held in minute buckets (0 when none were pruned)."""
+    with engine.connect() as conn:
+        return _minutes_from(conn)
+
+
 def _clusters(buckets: Sequence[int], size: int) -> list[list[int]]:
     """Sorted buckets split where they are far apart, so each range scan stays short."""
     out: list[list[int]] = []
@@ -99,7 +132,8 @@ def _clusters(buckets: Sequence[int], size: int) -> list[list[int]]:
 
 class Rollups:
     """Recomputes roll-up buckets; ``countries`` maps vendor to home country, ``regions``
-    deployment id to region (both taken at roll-up time)."""
+    deployment id to region (both taken at roll-up time). Minute buckets older than
+    ``minute_retention_ms`` are pruned by :meth:`prune_expired` (None keeps them)."""
 
     def __init__(
         self,
@@ -108,8 +142,11 @@ class Rollups:
         countries: Mapping[str, str | None] | None = None,
         regions: Mapping[str, str | None] | None = None,
         batch_size: int = 5000,
+        minute_retention_ms: int | None = MINUTE_RETENTION_MS,
     ) -> None:
         self.engine = engine
+        self.minute_retention_ms = minute_retention_ms
+        self._pruned_to = 0  # horizon of the last prune by this object (saves a query a run)
         self.countries = {k: v for k, v in (countries or {}).items() if v}
         self.regions = {k: v for k, v in (regions or {}).items() if v}
         self.batch_size = batch_size
@@ -117,11 +154,19 @@ class Rollups:
         self._pg = engine.dialect.name == "postgresql"
 
     @classmethod
-    def for_registry(cls, engine: Engine, registry: Any) -> Rollups:
-        """Countries and regions from a gateway's registry (``gateway.registry.Registry``)."""
-        countries = {v.key: v.country for v in registry.vendors()}
+    def for_registry(
+        cls, engine: Engine, registry: Any, *, minute_retention_ms: int | None = MINUTE_RETENTION_MS
+    ) -> Rollups:
+        """Countries and regions from a gateway's registry (``gateway.registry.Registry``).
+
+        Known vendors' home countries come from the catalogue too: events of a vendor not
+        serving now (no key today, or a demo's simulated stand-in) keep their country."""
+        countries = {k: p.country for k, p in load_presets().items()}
+        countries.update({v.key: v.country for v in registry.vendors() if v.country})
         regions = {d.id: d.region for r in registry.routes for d in r.deployments}
-        return cls(engine, countries=countries, regions=regions)
+        return cls(
+            engine, countries=countries, regions=regions, minute_retention_ms=minute_retention_ms
+        )
 
     # ---- running ----------------------------------------------------------------------
 
@@ -157,7 +202,7 @@ class Rollups:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
 
     def _recompute(self, conn: Connection, minutes: Iterable[int]) -> None:
-        kept_from = self._minutes_from(conn)
+        kept_from = _minutes_from(conn)
         minutes = sorted(set(minutes))
         self._from_events(conn, "m", [m for m in minutes if m >= kept_from])
         hours = sorted({m - m % HOUR for m in minutes})
@@ -165,8 +210,8 @@ class Rollups:
         self._from_rollups(conn, "h", "m", [h for h in hours if h >= kept_from])
         days = sorted({h - h % DAY for h in hours})
         self._from_rollups(conn, "d", "h", days)
-        self._from_rollups(conn, "H", "h", hours)
-        self._from_rollups(conn, "D", "d", days)
+        for period, (child, _) in DERIVED.items():
+            self._from_rollups(conn, period, child, hours if period == "H" else days)
 
     def rebuild(self) -> None:
         """Recompute every bucket from the raw events (after a bulk load, or to repair)."""
@@ -174,12 +219,15 @@ class Rollups:
             self._serialise(conn)
             conn.execute(delete(analytics_pending))
             conn.execute(delete(analytics_state).where(analytics_state.c.name == _MINUTES_FROM))
+            self._pruned_to = 0  # every minute is back: the next prune_expired drops them
             conn.execute(delete(usage_rollups))
             conn.execute(self._insert(self._events_select("m", MINUTE, None)))
             conn.execute(self._insert(self._rollups_select("h", "m", None)))
             conn.execute(self._insert(self._rollups_select("d", "h", None)))
-            conn.execute(self._insert(self._rollups_select("H", "h", None)))
-            conn.execute(self._insert(self._rollups_select("D", "d", None)))
+            for period, (child, _) in DERIVED.items():
+                conn.execute(self._insert(self._rollups_select(period, child, None)))
+            if self._pg:  # every row is new: plan the next reads on fresh statistics
+                conn.execute(text("ANALYZE usage_rollups"))
 
     def reconcile(self, since_ms: int, until_ms: int | None = None) -> int:
         """Queue every minute in the range whose rolled-up request count differs from the
@@ -196,7 +244,7 @@ class Rollups:
             ev = ev.where(ts < until_ms)
             ru = ru.where(usage_rollups.c.bucket_ms < until_ms)
         with self.engine.begin() as conn:
-            kept_from = self._minutes_from(conn)
+            kept_from = _minutes_from(conn)
             raw = {int(k): int(v) for k, v in conn.execute(ev.group_by(b))}
             rolled = {
                 int(k): int(v) for k, v in conn.execute(ru.group_by(usage_rollups.c.bucket_ms))
@@ -211,20 +259,43 @@ class Rollups:
 
     def prune_minutes(self, before_ms: int) -> int:
         """Drop minute buckets before ``before_ms`` (aligned down to a day); hours and days
-        stay, and late events for pruned minutes are rolled up from the raw events."""
+        stay, and late events for pruned minutes are rolled up from the raw events.
+
+        Works a day per transaction, so a first prune of a long history never holds the
+        database (SQLite's single writer) for long. Returns how many rows went."""
         before_ms -= before_ms % DAY
-        with self._lock, self.engine.begin() as conn:
-            self._serialise(conn)
-            if before_ms <= self._minutes_from(conn):
-                return 0
-            gone = conn.execute(
-                delete(usage_rollups).where(
-                    usage_rollups.c.period == "m", usage_rollups.c.bucket_ms < before_ms
-                )
-            ).rowcount
-            conn.execute(delete(analytics_state).where(analytics_state.c.name == _MINUTES_FROM))
-            conn.execute(insert(analytics_state).values(name=_MINUTES_FROM, value=before_ms))
-            return int(gone or 0)
+        gone = 0
+        while True:
+            with self._lock, self.engine.begin() as conn:
+                self._serialise(conn)
+                kept_from = _minutes_from(conn)
+                if before_ms <= kept_from:
+                    return gone
+                r = usage_rollups.c
+                oldest = conn.execute(
+                    select(func.min(r.bucket_ms)).where(r.period == "m", r.bucket_ms < before_ms)
+                ).scalar()
+                upto = before_ms  # through the oldest minute's day: always a step forward
+                if oldest is not None:
+                    upto = min(before_ms, max(oldest - oldest % DAY, kept_from) + DAY)
+                res = conn.execute(delete(usage_rollups).where(r.period == "m", r.bucket_ms < upto))
+                gone += int(res.rowcount or 0)
+                conn.execute(delete(analytics_state).where(analytics_state.c.name == _MINUTES_FROM))
+                conn.execute(insert(analytics_state).values(name=_MINUTES_FROM, value=upto))
+
+    def prune_expired(self, now_ms: int | None = None) -> int:
+        """Prune minute buckets older than the retention (a no-op until a day's minutes
+        expire; the roll-up worker calls it on every run). Returns how many rows went."""
+        if self.minute_retention_ms is None:
+            return 0
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        horizon = now - self.minute_retention_ms
+        horizon -= horizon % DAY
+        if horizon <= self._pruned_to:
+            return 0
+        gone = self.prune_minutes(horizon)
+        self._pruned_to = horizon
+        return gone
 
     # ---- SQL --------------------------------------------------------------------------
 
@@ -236,11 +307,6 @@ class Rollups:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert(table).on_conflict_do_nothing()
-
-    def _minutes_from(self, conn: Connection) -> int:
-        q = select(analytics_state.c.value).where(analytics_state.c.name == _MINUTES_FROM)
-        v = conn.execute(q).scalar()
-        return int(v) if v is not None else 0
 
     def _insert(self, sel: Select[Any]) -> Any:
         return insert(usage_rollups).from_select(list(_ROLLUP_COLS), sel)
@@ -326,8 +392,7 @@ class Rollups:
         size = PERIOD_MS[period]
         b = _floor(r.bucket_ms, size)
         sums = [func.sum(r[c]) for c in (*MEASURES, *LATENCY_COLS, *TTFT_COLS)]
-        narrow = period in EVERYONE_OF.values()
-        keep = [d for d in DIMENSIONS if not (narrow and d in PER_ACCOUNT)]
+        keep = DERIVED[period][1] if period in DERIVED else DIMENSIONS
         dims: list[ColumnElement[Any]] = [
             literal("").label(d) if d not in keep else r[d] for d in DIMENSIONS
         ]
@@ -340,7 +405,8 @@ class Rollups:
 
 
 class RollupWorker:
-    """Runs :meth:`Rollups.refresh` every ``interval_s`` in the background."""
+    """Runs :meth:`Rollups.refresh` and :meth:`Rollups.prune_expired` every ``interval_s``
+    in the background."""
 
     def __init__(self, rollups: Rollups, interval_s: float = 2.0) -> None:
         self.rollups = rollups
@@ -363,5 +429,6 @@ class RollupWorker:
             await asyncio.sleep(self.interval_s)
             try:
                 await asyncio.to_thread(self.rollups.refresh)
+                await asyncio.to_thread(self.rollups.prune_expired)
             except Exception:
                 log.exception("rolling up usage failed; will retry")

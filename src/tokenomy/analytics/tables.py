@@ -1,4 +1,5 @@
-"""Analytics tables (migration 0003): rollup buckets and the queue of events to roll up.
+"""Analytics tables (migrations 0003, 0004): rollup buckets and the queue of events to
+roll up.
 
 ``usage_rollups`` holds one row per (period, bucket, org, project, key, model, vendor,
 country, region, status, currency) with additive measures only, so any coarser view is
@@ -50,7 +51,7 @@ _DIM_LENGTHS: Final = {"model": 200, "vendor": 64, "region": 64, "status": 16, "
 
 def _columns() -> list[Column[object]]:
     cols: list[Column[object]] = [
-        # m(inute) h(our) d(ay); H and D: hours and days summed over orgs, projects, keys
+        # m(inute) h(our) d(ay); H, D, K, O: coarser copies (see ``rollup.DERIVED``)
         Column("period", String(1), nullable=False),
         Column("bucket_ms", BigInteger, nullable=False),
     ]
@@ -66,6 +67,7 @@ usage_rollups = Table(
     *_columns(),
     Index("ix_usage_rollups_period_bucket", "period", "bucket_ms"),
     Index("ix_usage_rollups_key", "key_id", "period", "bucket_ms"),
+    Index("ix_usage_rollups_org", "org_id", "period", "bucket_ms"),
 )
 
 analytics_pending = Table(

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from tokenomy.analytics import insights, queries
 from tokenomy.analytics.queries import EVERYONE, Scope
-from tokenomy.analytics.rollup import DAY
+from tokenomy.analytics.rollup import DAY, minutes_kept_from
 from tokenomy.analytics.tables import DIMENSIONS
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
@@ -127,6 +127,18 @@ def _reference(p: Mapping[str, str], book: PriceBook) -> tuple[str, str]:
     return vendor, model
 
 
+def _check_minutes(engine: Engine, start_ms: int) -> None:
+    """Minute buckets are pruned after a while: say so rather than answer with a gap."""
+    kept = minutes_kept_from(engine)
+    if start_ms < kept:
+        since = datetime.fromtimestamp(kept / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        raise ViewError(
+            f"Minute buckets are kept from {since} on; choose a later 'start' or a coarser "
+            "'granularity'.",
+            "start",
+        )
+
+
 def run_view(
     engine: Engine,
     p: Mapping[str, str],
@@ -144,6 +156,8 @@ def run_view(
     out["end_ms"] = w.end_ms
     a, b = w.start_ms, w.end_ms
     data: Any
+    if gran == "minute" and view in ("usage", "latency"):
+        _check_minutes(engine, a)
     if view == "usage":
         out["granularity"] = gran
         data = queries.usage(
