@@ -14,6 +14,7 @@ from tests.conftest import ADMIN_KEY
 from tests.servers import ThreadServer
 from tests.test_usage_api import NOW_MS, AnalyticsGateway, start_analytics_gateway
 from tokenomy.analytics.rollup import DAY
+from tokenomy.api import usage_routes
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -172,9 +173,21 @@ def test_login_form_and_a_keys_own_view(browser: Any, dash: AnalyticsGateway) ->
     page.wait_for_load_state("networkidle")
     assert f"key {rec.id}" in page.locator("header").inner_text()
     assert page.get_by_text("Top organisations").count() == 0
+    # The browser holds a signed session, never the key, and scripts cannot read it.
+    (cookie,) = p.context.cookies()
+    assert cookie["name"] == usage_routes.COOKIE and secret not in cookie["value"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert cookie["path"] == "/dashboard"
+    assert page.evaluate("document.cookie") == ""
     page.screenshot(path=str(ARTIFACTS / "dashboard-key-view.png"), full_page=True)
     # The live tile polls the gateway without errors.
     page.wait_for_timeout(5500)
     assert page.locator("#kpi-queue").inner_text() == "0"
     assert p.outside == [] and p.console == [], p.console
+    # Revoking the key ends the session on the next page load.
+    assert dash.services.keys.revoke(rec.id)
+    page.reload()
+    assert "session has ended" in page.content()
+    assert page.locator("input[name=key]").count() == 1
+    assert p.context.cookies() == []
     p.close()

@@ -397,7 +397,10 @@ def test_dashboard_login_and_views(agw: AnalyticsGateway) -> None:
         assert c.get("/dashboard", params={"key": "wrong"}).status_code == 401
         r = c.get("/dashboard", params={"key": ADMIN_KEY, "days": "14"})
         assert r.status_code == 303 and r.headers["location"] == "/dashboard?days=14"
-        assert "HttpOnly" in r.headers["set-cookie"]
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/dashboard" in cookie
+        assert f"Max-Age={usage_routes.SESSION_TTL_S}" in cookie
+        assert ADMIN_KEY not in cookie and ADMIN_KEY not in c.cookies[usage_routes.COOKIE]
         r = c.get("/dashboard?days=14")
         assert r.status_code == 200 and "all organisations" in r.text
         assert r.text.count('data-chart="') == 7 and "Top organisations" in r.text
@@ -412,6 +415,67 @@ def test_dashboard_login_and_views(agw: AnalyticsGateway) -> None:
         r = c.post("/dashboard/login", data={"key": secret})
         assert r.status_code == 200 and "Top organisations" not in r.text
         assert f"key {rec.id}" in r.text
+
+
+def test_session_tokens_are_signed_and_expire() -> None:
+    secret = usage_routes.session_secret(ADMIN_KEY)
+    assert secret == usage_routes.session_secret(ADMIN_KEY)  # every replica agrees
+    assert secret != usage_routes.session_secret(ADMIN_KEY + "x")
+    assert usage_routes.session_secret(None) != usage_routes.session_secret(None)
+    now = 1_800_000_000.0
+    token = usage_routes.issue_session(secret, "key:key_abc", now, ttl_s=60)
+    assert usage_routes.read_session(secret, token, now) == "key:key_abc"
+    assert usage_routes.read_session(secret, token, now + 59) == "key:key_abc"
+    assert usage_routes.read_session(secret, token, now + 60) is None  # expired
+    subject, expires, sig = token.split(".")
+    for forged in (
+        f"key:key_other.{expires}.{sig}",  # someone else's key
+        f"admin.{expires}.{sig}",  # promoted to admin
+        f"{subject}.{int(expires) + 3600}.{sig}",  # extended
+        f"{subject}.{expires}.{sig[:-2]}",
+        f"{subject}.{expires}.{sig}é",
+        f"{subject}.{expires}",
+        "",
+    ):
+        assert usage_routes.read_session(secret, forged, now) is None, forged
+    other = usage_routes.session_secret("another admin key")
+    assert usage_routes.read_session(other, token, now) is None
+    with pytest.raises(ValueError):
+        usage_routes.issue_session(secret, "key:a.b", now)
+
+
+def test_dashboard_session_ends_when_its_key_is_revoked(agw: AnalyticsGateway) -> None:
+    secret, rec = agw.services.keys.create("revoked soon", org_id="org_hist_acme")
+    agw.services.key_cache.put(secret, rec)
+    with httpx.Client(base_url=agw.url, timeout=30, follow_redirects=False) as c:
+        r = c.post("/dashboard/login", data={"key": secret})
+        assert r.status_code == 303
+        token = c.cookies[usage_routes.COOKIE]
+        assert secret not in token and secret not in r.headers["set-cookie"]
+        assert token.startswith(f"key:{rec.id}.")
+        r = c.get("/dashboard")
+        assert r.status_code == 200 and f"key {rec.id}" in r.text
+        assert c.get("/dashboard/live").status_code == 200
+        # Revoked in the database only (as another replica or the CLI would): the
+        # gateway's key cache still holds the key, yet the session ends at once.
+        assert agw.services.keys.revoke(rec.id)
+        assert agw.services.key_cache.lookup(secret) is not None
+        r = c.get("/dashboard")
+        assert r.status_code == 401 and "session has ended" in r.text
+        assert f"key {rec.id}" not in r.text
+        live = httpx.get(agw.url + "/dashboard/live", cookies={usage_routes.COOKIE: token})
+        assert live.status_code == 401
+    # A tampered or expired cookie is refused too, and a forged admin one.
+    sess = usage_routes.session_secret(ADMIN_KEY)
+    forged = token.replace(rec.id, "key_someone_else")
+    expired = usage_routes.issue_session(sess, "admin", time.time() - 2 * 86400)
+    wrong = usage_routes.issue_session(b"not the server's secret", "admin", time.time())
+    for bad in (forged, expired, wrong, ADMIN_KEY):
+        r = httpx.get(agw.url + "/dashboard", cookies={usage_routes.COOKIE: bad}, timeout=30)
+        assert r.status_code == 401 and "all organisations" not in r.text, bad
+    good = usage_routes.issue_session(sess, "admin", time.time())
+    r = httpx.get(agw.url + "/dashboard", cookies={usage_routes.COOKIE: good}, timeout=30)
+    assert r.status_code == 200 and "all organisations" in r.text
 
 
 def test_cli_usage_formats(agw: AnalyticsGateway, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,18 +3,27 @@
 A key sees its own usage; the admin key sees everyone's (and may filter by ``org_id`` or
 ``key_id``). Every read first rolls up whatever the writer has committed, so a client
 sees its own requests as soon as they are durable.
+
+Signing in to the dashboard trades the key for a session cookie: who it is for ("admin"
+or a key id) and when it expires, signed with HMAC-SHA256. The raw key never reaches the
+browser's cookie jar, and a key's session ends on the next request after it is revoked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from sqlalchemy import select
 
 from tokenomy.analytics import dashboard
 from tokenomy.analytics.metrics import Metrics
@@ -25,14 +34,20 @@ from tokenomy.api.admin import require_admin
 from tokenomy.api.edge import SERVICES, authenticate, presented_key, services
 from tokenomy.errors import InvalidRequest, Unauthorized
 from tokenomy.services import Services
+from tokenomy.store.schema import api_keys
 
 ROLLUPS: web.AppKey[Rollups] = web.AppKey("analytics.rollups", Rollups)
 METRICS: web.AppKey[Metrics] = web.AppKey("analytics.metrics", Metrics)
 #: How many requests wait in the admission queue now (set by whoever owns the queue).
 QUEUE_DEPTH: web.AppKey[Callable[[], int]] = web.AppKey("analytics.queue_depth")
 _WORKER: web.AppKey[RollupWorker] = web.AppKey("analytics.worker", RollupWorker)
+_SESSION_SECRET: web.AppKey[bytes] = web.AppKey("analytics.session_secret", bytes)
 COOKIE = "tokenomy_dashboard"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+#: How long a dashboard sign-in lasts.
+SESSION_TTL_S: Final = 12 * 3600
+ADMIN_SUBJECT: Final = "admin"
+_KEY_SUBJECT: Final = "key:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +69,75 @@ def _viewer_for(svc: Services, secret: str | None) -> Viewer | None:
         return Viewer(True, EVERYONE)
     key = svc.key_cache.lookup(secret)
     return Viewer(False, Scope(key_id=key.id)) if key is not None else None
+
+
+# ---- dashboard sessions -----------------------------------------------------------------
+
+
+def session_secret(admin_key: str | None) -> bytes:
+    """The key that signs dashboard sessions. Derived from the admin key when there is
+    one, so replicas accept each other's sessions and a new admin key ends them all;
+    otherwise random, so sessions end when the process does."""
+    if admin_key:
+        label = b"tokenomy dashboard session v1"
+        return hmac.new(admin_key.encode(), label, hashlib.sha256).digest()
+    return secrets.token_bytes(32)
+
+
+def _sign(secret: bytes, payload: str) -> str:
+    mac = hmac.new(secret, payload.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def issue_session(secret: bytes, subject: str, now_s: float, ttl_s: int = SESSION_TTL_S) -> str:
+    """A session token for ``subject`` ("admin" or "key:<id>") valid for ``ttl_s``."""
+    if "." in subject:
+        raise ValueError("a session subject cannot contain '.'")
+    payload = f"{subject}.{int(now_s) + ttl_s}"
+    return f"{payload}.{_sign(secret, payload)}"
+
+
+def read_session(secret: bytes, token: str, now_s: float) -> str | None:
+    """The subject of a correctly signed, unexpired session token, else None."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    subject, expires, sig = parts
+    good = _sign(secret, f"{subject}.{expires}")
+    if not hmac.compare_digest(sig.encode(), good.encode()):
+        return None
+    if not expires.isdigit() or int(expires) <= now_s:
+        return None
+    return subject
+
+
+def _subject_for(svc: Services, secret: str) -> str | None:
+    """Whom a presented key signs in as, or None when it is not accepted."""
+    if _is_admin(svc, secret):
+        return ADMIN_SUBJECT
+    key = svc.key_cache.lookup(secret)
+    return _KEY_SUBJECT + key.id if key is not None else None
+
+
+def _key_is_active(svc: Services, key_id: str) -> bool:
+    # Read from the database, not the key cache: a key revoked on another replica (or
+    # by the command line) must end its sessions now, not at the next cache refresh.
+    q = select(api_keys.c.revoked_ms).where(api_keys.c.id == key_id)
+    with svc.engine.connect() as conn:
+        row = conn.execute(q).first()
+    return row is not None and row[0] is None
+
+
+async def _session_viewer(request: web.Request, token: str) -> Viewer | None:
+    svc = services(request)
+    subject = read_session(request.app[_SESSION_SECRET], token, time.time())
+    if subject == ADMIN_SUBJECT and svc.admin_key:
+        return Viewer(True, EVERYONE)
+    if subject is not None and subject.startswith(_KEY_SUBJECT):
+        key_id = subject.removeprefix(_KEY_SUBJECT)
+        if await asyncio.to_thread(_key_is_active, svc, key_id):
+            return Viewer(False, Scope(key_id=key_id))
+    return None
 
 
 def _api_viewer(request: web.Request) -> Viewer:
@@ -113,30 +197,47 @@ def _html(body: str, status: int = 200) -> web.Response:
     )
 
 
-def _with_cookie(resp: web.StreamResponse, request: web.Request, secret: str) -> None:
+def _with_cookie(resp: web.StreamResponse, request: web.Request, subject: str) -> None:
+    token = issue_session(request.app[_SESSION_SECRET], subject, time.time())
     resp.set_cookie(
-        COOKIE, secret, path="/dashboard", httponly=True, samesite="Strict", secure=request.secure
+        COOKIE,
+        token,
+        path="/dashboard",
+        max_age=SESSION_TTL_S,
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
     )
 
 
-def _dashboard_viewer(request: web.Request) -> Viewer | None:
-    svc = services(request)
-    return _viewer_for(svc, request.cookies.get(COOKIE) or presented_key(request))
+async def _dashboard_viewer(request: web.Request) -> Viewer | None:
+    """The session cookie's viewer, else the key in the request's headers (scripts)."""
+    token = request.cookies.get(COOKIE)
+    if token:
+        viewer = await _session_viewer(request, token)
+        if viewer is not None:
+            return viewer
+    return _viewer_for(services(request), presented_key(request))
 
 
 async def get_dashboard(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     given = request.query.get("key")
     if given is not None:  # a login link: keep the key out of the address bar and history
-        if _viewer_for(svc, given) is None:
+        subject = _subject_for(svc, given)
+        if subject is None:
             return _html(dashboard.login_page("That key was not accepted."), 401)
         rest = {k: v for k, v in request.query.items() if k != "key"}
         resp = web.HTTPSeeOther(request.rel_url.with_query(rest).path_qs)
-        _with_cookie(resp, request, given)
+        _with_cookie(resp, request, subject)
         raise resp
-    viewer = _dashboard_viewer(request)
+    viewer = await _dashboard_viewer(request)
     if viewer is None:  # nothing (or nothing valid) presented: the sign-in form
-        bad = bool(request.cookies.get(COOKIE) or presented_key(request))
+        if request.cookies.get(COOKIE):
+            page = _html(dashboard.login_page("Your session has ended; sign in again."), 401)
+            page.del_cookie(COOKIE, path="/dashboard")
+            return page
+        bad = bool(presented_key(request))
         return _html(dashboard.login_page("That key was not accepted." if bad else ""),
                      401 if bad else 200)  # fmt: skip
     try:
@@ -173,10 +274,11 @@ def _queue_depth(request: web.Request) -> int:
 async def post_login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     secret = str(form.get("key") or "").strip()
-    if _viewer_for(services(request), secret) is None:
+    subject = _subject_for(services(request), secret) if secret else None
+    if subject is None:
         return _html(dashboard.login_page("That key was not accepted."), 401)
     resp = web.HTTPSeeOther("/dashboard")
-    _with_cookie(resp, request, secret)
+    _with_cookie(resp, request, subject)
     raise resp
 
 
@@ -187,7 +289,7 @@ async def get_logout(request: web.Request) -> web.StreamResponse:
 
 
 async def get_live(request: web.Request) -> web.Response:
-    if _dashboard_viewer(request) is None:
+    if await _dashboard_viewer(request) is None:
         raise Unauthorized("Sign in to the dashboard first.")
     svc = services(request)
     return _json({"queue_depth": _queue_depth(request), "writer_pending": svc.usage_writer.pending})
@@ -223,6 +325,7 @@ def add_routes(app: web.Application, *, rollup_interval_s: float = 2.0) -> None:
     svc = app[SERVICES]
     rollups = Rollups.for_registry(svc.engine, svc.registry)
     app[ROLLUPS] = rollups
+    app[_SESSION_SECRET] = session_secret(svc.admin_key)
     metrics = getattr(svc, "metrics", None)
     if not isinstance(metrics, Metrics):
         metrics = Metrics()
