@@ -3,7 +3,10 @@ pipeline (routing, holds, metering, pricing, settling, the batched writer), with
 dated into the past. Nothing is written to the usage tables directly.
 
 Calls carry their own ``ts_ms``, which the ledger stage prices and meters at, so a call
-dated 40 days ago is billed at the prices of that day. Latencies are the simulator's real
+dated 40 days ago is billed at the prices of that day. A call served by a simulated
+standby is recorded under the vendor it stands in for (the one whose price it bills at),
+so vendor and country shares look like real traffic; its deployment id still names the
+simulator. Latencies are the simulator's real
 ones: seed against a simulator without pacing (``ttft_ms=0``, ``tokens_per_second=0``) to
 keep a 90-day history to a few seconds a day's worth.
 """
@@ -14,14 +17,16 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from tokenomy.analytics.rollup import DAY
+from tokenomy.catalog.vendors import load_presets
 from tokenomy.errors import GatewayError
 from tokenomy.gateway.call import Call
+from tokenomy.gateway.registry import Deployment
 from tokenomy.ledger.store import Kind, NotFoundError
 from tokenomy.services import Services
 from tokenomy.store.keys import ApiKey
@@ -132,7 +137,26 @@ def _prompt(rng: random.Random, org: str) -> str:
     return system + " ".join(rng.choice(_WORDS) for _ in range(n))
 
 
-async def _one(svc: Services, call: Call, cancel_after: int | None) -> str:
+def _stand_ins(svc: Services) -> dict[str, Deployment]:
+    """Each simulated standby deployment, as the vendor it stands in for (same id, prices
+    and simulator behind it; the vendor's key, name and home country)."""
+    presets = load_presets()
+    out: dict[str, Deployment] = {}
+    for route in svc.registry.routes:
+        for dep in route.deployments:
+            real = presets.get(dep.price_ref[0])
+            if not dep.standby or real is None or real.key == dep.vendor.key:
+                continue
+            vendor = replace(
+                dep.vendor, key=real.key, name=f"{real.name} (simulated)", country=real.country
+            )
+            out[dep.id] = replace(dep, vendor=vendor)
+    return out
+
+
+async def _one(
+    svc: Services, call: Call, cancel_after: int | None, stand_ins: Mapping[str, Deployment]
+) -> str:
     pipeline = svc.pipeline
     relay = None
     try:
@@ -153,6 +177,10 @@ async def _one(svc: Services, call: Call, cancel_after: int | None) -> str:
     except GatewayError as e:
         pipeline.fail(call, e)
     finally:
+        # Served: now record (and settle the vendor's revenue) under the stood-in vendor.
+        # Prices follow the deployment's price reference, which the stand-in keeps.
+        if call.deployment is not None:
+            call.deployment = stand_ins.get(call.deployment.id, call.deployment)
         await pipeline.finish(call, relay)
     return call.status
 
@@ -187,12 +215,13 @@ async def seed_history(
     if not names:
         raise ValueError("no priced chat model is served: nothing to simulate")
     report = HistoryReport(first_ms=first_day)
+    stand_ins = _stand_ins(svc)
     sem = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
 
     async def run(call: Call, cancel_after: int | None) -> None:
         async with sem:
-            status = await _one(svc, call, cancel_after)
+            status = await _one(svc, call, cancel_after, stand_ins)
         report.by_status[status] = report.by_status.get(status, 0) + 1
 
     for d in range(days):
