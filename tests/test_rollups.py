@@ -19,7 +19,7 @@ from sqlalchemy import Engine, delete, select
 from tests.conftest import throwaway_postgres
 from tokenomy.analytics import rollup
 from tokenomy.analytics.histogram import bucket_of, quantile
-from tokenomy.analytics.rollup import DAY, HOUR, MINUTE, Rollups, RollupWorker, pending_item
+from tokenomy.analytics.rollup import DAY, HOUR, MINUTE, Rollups, RollupWorker
 from tokenomy.analytics.tables import (
     DIMENSIONS,
     LATENCY_COLS,
@@ -111,13 +111,18 @@ def make_event(rng: random.Random, i: int, span_ms: int = 3 * DAY) -> dict[str, 
 
 
 def write(engine: Engine, events: list[dict[str, Any]], markers: bool = True) -> None:
-    """What the batched writer does: events and their markers in one transaction."""
-    items: list[Any] = []
-    for e in events:
-        items.append((usage_events, e))
-        if markers:
-            items.append(pending_item(e))
-    insert_ignoring_duplicates(engine, items)
+    """What the batched writer does (the database adds the markers); without ``markers``
+    the events are left unmarked, as a restore from elsewhere might leave them."""
+    insert_ignoring_duplicates(engine, [(usage_events, e) for e in events])
+    if not markers:
+        ids = [e["request_id"] for e in events]
+        with engine.begin() as conn:
+            conn.execute(delete(analytics_pending).where(analytics_pending.c.request_id.in_(ids)))
+
+
+def markers(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {r[0] for r in conn.execute(select(analytics_pending.c.request_id))}
 
 
 Key = tuple[Any, ...]
@@ -229,9 +234,8 @@ def test_replaying_everything_changes_nothing(engine: Engine) -> None:
     r.refresh()
     before = stored(engine)
     write(engine, events)  # the writer retrying a batch that had in fact committed
-    with engine.connect() as conn:
-        assert conn.execute(select(analytics_pending)).first() is not None
-    assert r.refresh() == 400
+    assert markers(engine) == set()  # nothing new was inserted, so nothing to add
+    assert r.refresh() == 0
     assert stored(engine) == before == brute_force(events)
 
 
@@ -242,10 +246,13 @@ def test_a_crash_mid_run_loses_nothing(engine: Engine, monkeypatch: pytest.Monke
     write(engine, events)
     r = new_rollups(engine)
 
-    def boom(*_a: Any, **_k: Any) -> None:
-        raise RuntimeError("killed between the minutes and the hours")
+    add = Rollups._add_events
 
-    monkeypatch.setattr(Rollups, "_from_rollups", boom)
+    def boom(self: Rollups, conn: Any, ids: Any) -> None:
+        add(self, conn, ids)  # the sums are added, the markers deleted, then:
+        raise RuntimeError("killed before the commit")
+
+    monkeypatch.setattr(Rollups, "_add_events", boom)
     with pytest.raises(RuntimeError):
         r.refresh()
     monkeypatch.undo()
@@ -406,6 +413,57 @@ def test_migration_sums_existing_days_into_key_and_org_days(engine: Engine) -> N
         command.downgrade(cfg, "0003")
     assert not set(stored(engine)) & set(brute_force(events, "KO"))
     migrate(engine)
+    assert stored(engine) == brute_force(events)
+
+
+def test_migration_to_additive_rollups_recomputes_old_markers(engine: Engine) -> None:
+    """Markers left by the recomputing roll-ups may belong to events already counted (an
+    earlier run recomputed their minute for a neighbour's marker): 0005 turns them into
+    minute recomputations, so nothing is counted twice."""
+    from importlib import resources
+
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    clear(engine)
+    rng = random.Random(31)
+    events = [make_event(rng, i) for i in range(400)]
+    cfg = AlembicConfig()
+    cfg.set_main_option(
+        "script_location", str(resources.files("tokenomy.store").joinpath("migrations"))
+    )
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    insert_ignoring_duplicates(engine, [(usage_events, e) for e in events[:300]])
+    new_rollups(engine).rebuild()  # all 300 counted, as the old roll-ups would have
+    old = [{"request_id": e["request_id"], "bucket_ms": e["ts_ms"] - e["ts_ms"] % MINUTE}
+           for e in events[150:400]]  # fmt: skip
+    insert_ignoring_duplicates(engine, [(usage_events, e) for e in events[300:]])
+    insert_ignoring_duplicates(engine, [(analytics_pending, m) for m in old])
+    migrate(engine)
+    assert markers(engine) and all(m.startswith(rollup.RECOMPUTE) for m in markers(engine))
+    new_rollups(engine).refresh()
+    assert stored(engine) == brute_force(events)
+    write(engine, events[:50])  # the trigger is in place: a replay adds nothing
+    assert markers(engine) == set()
+
+
+def test_repairs_and_new_events_in_one_batch(engine: Engine) -> None:
+    """A batch holding both a minute to recompute and new events of that minute and of
+    others counts every event once."""
+    clear(engine)
+    rng = random.Random(37)
+    events = [make_event(rng, i, span_ms=30 * MINUTE) for i in range(600)]
+    write(engine, events[:200])
+    r = new_rollups(engine)
+    r.refresh()
+    write(engine, events[200:400], markers=False)  # unmarked: only a repair finds them
+    assert r.reconcile(T0) > 0
+    write(engine, events[400:])  # new events, marked, some in the minutes under repair
+    assert any(not m.startswith(rollup.RECOMPUTE) for m in markers(engine))
+    r.refresh()
+    assert markers(engine) == set()
     assert stored(engine) == brute_force(events)
 
 

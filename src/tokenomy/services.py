@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table
 
 from tokenomy.admission.fairqueue import QueueBoard
 from tokenomy.admission.ratelimit import (
@@ -23,7 +23,6 @@ from tokenomy.admission.ratelimit import (
     Scope,
 )
 from tokenomy.analytics.metrics import Metrics
-from tokenomy.analytics.rollup import pending_item
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.pricing import openrouter_pricing
@@ -214,8 +213,8 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
 
     def record(call: Call) -> None:
         row = usage_row(call)
-        # The pending marker commits with the event: the rollup job finds it exactly once.
-        rows = [(usage_events, row), pending_item(row)]
+        # Its roll-up marker is made by the database when the event is inserted.
+        rows: list[tuple[Table, dict[str, Any]]] = [(usage_events, row)]
         charge = call.extras.get(CHARGE)
         if charge is not None:
             rows += ledger_rows(call, call.extras.get(ORG), charge)

@@ -1,20 +1,20 @@
 """Incremental roll-ups of usage events into minute, hour and day buckets.
 
-How double counting is ruled out: buckets are never incremented, they are recomputed.
-Every usage event is written together with a marker in ``analytics_pending`` (same
-transaction, see :func:`pending_item`). One roll-up transaction takes a batch of markers,
-deletes them, recomputes each touched minute from the raw events (which are unique by
-request id), then each touched hour from its minutes and each touched day from its hours,
-and commits. A replayed event adds nothing to the raw events, so its minute recomputes to
-the same rows; a crash before commit leaves the markers for the next run. An event
-committed during a run keeps its own marker (markers are per request) and is picked up by
-the next run. Runs are serialised by a lock (an advisory lock on PostgreSQL; SQLite has a
-single writer).
+How each event is counted exactly once: inserting a usage event inserts a marker in
+``analytics_pending`` (a trigger, migration 0005), and only when the event itself was
+inserted: a replayed event (same request id) is skipped and leaves no marker. One
+roll-up transaction takes a batch of markers, aggregates their events into per-minute
+sums, adds those onto every period's stored buckets (an upsert on each bucket's cell),
+deletes the markers and commits; a crash before commit leaves the markers for the next
+run. So every bucket always equals the sum of its events that have no marker left. Runs
+are serialised by a lock (an advisory lock on PostgreSQL; SQLite has a single writer).
 
-Coarser copies (everyone's hours and days, each key's and each org's days; see
-``DERIVED``) are summed from those rows in the same transaction. Minute buckets are
-pruned after a retention: hours before the pruned horizon are then recomputed from the
-raw events, so late events still land exactly once.
+Repairs recompute instead: a marker ``reconcile:<minute>`` (see :meth:`Rollups.reconcile`)
+recomputes that minute from the raw events, drops the markers of its events (they are
+now counted), and recomputes its hour and day from their children. Coarser copies
+(everyone's hours and days, each key's and each org's days; see ``DERIVED``) are kept in
+the same transaction. Minute buckets are pruned after a retention; late events for
+pruned minutes still land in their hours and days.
 """
 
 from __future__ import annotations
@@ -27,83 +27,54 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Engine,
-    Select,
-    Table,
-    and_,
-    case,
-    delete,
-    func,
-    insert,
-    literal,
-    literal_column,
-    select,
-    text,
-)
+from sqlalchemy import Connection, Engine, Select, Table, delete, func, insert, select, text
 
-from tokenomy.analytics.histogram import BOUNDS
-from tokenomy.analytics.tables import (
-    DIMENSIONS,
-    LATENCY_COLS,
-    MEASURES,
-    TTFT_COLS,
-    analytics_pending,
-    analytics_state,
-    usage_rollups,
+from tokenomy.analytics.buckets import (
+    CUBES,
+    DAY,
+    DELTA,
+    DERIVED,
+    HOUR,
+    MINUTE,
+    PER_ACCOUNT,
+    PERIOD_MS,
+    PERIODS,
+    ROLLUP_COLS,
+    add_delta_sql,
+    bucket_floor,
+    create_delta_sql,
+    events_select,
+    rollups_select,
 )
+from tokenomy.analytics.tables import analytics_pending, analytics_state, usage_rollups
 from tokenomy.catalog.vendors import load_presets
 from tokenomy.store.schema import usage_events
 
+__all__ = [
+    "CUBES",
+    "DAY",
+    "DERIVED",
+    "HOUR",
+    "MINUTE",
+    "PERIOD_MS",
+    "PER_ACCOUNT",
+    "RECOMPUTE",
+    "RollupWorker",
+    "Rollups",
+    "minutes_kept_from",
+]
+
 log = logging.getLogger(__name__)
 
-MINUTE: Final = 60_000
-HOUR: Final = 3_600_000
-DAY: Final = 86_400_000
-PERIOD_MS: Final = {"m": MINUTE, "h": HOUR, "d": DAY, "H": HOUR, "D": DAY, "K": DAY, "O": DAY}
-PER_ACCOUNT: Final = ("org_id", "project_id", "key_id")
-_NO_ACCOUNT: Final = tuple(d for d in DIMENSIONS if d not in PER_ACCOUNT)
-#: Periods summed from a finer one, keeping some dimensions (the others are stored as ""),
-#: in the order they are built: "H" and "D" are everyone's hours and days (no org,
-#: project or key: a few rows a bucket), "K" each key's days and "O" each org's days (no
-#: model, vendor or status), so rankings of orgs and keys read a few rows an org or key.
-DERIVED: Final = {
-    "H": ("h", _NO_ACCOUNT),
-    "D": ("d", _NO_ACCOUNT),
-    "K": ("d", ("org_id", "project_id", "key_id", "currency")),
-    "O": ("K", ("org_id", "currency")),
-}
-#: Periods holding the same buckets as each full period, smallest first.
-CUBES: Final = {"m": ("m",), "h": ("H", "h"), "d": ("D", "O", "K", "d")}
 #: How long minute buckets are kept by default (the roll-up worker prunes older ones).
 #: Only ``granularity=minute`` views read minutes; the dashboard reads hours and days.
 MINUTE_RETENTION_MS: Final = 2 * DAY
 #: Key of the PostgreSQL advisory lock that serialises roll-up runs across replicas.
 _PG_LOCK: Final = 0x746F6B656E6F6D79 & 0x7FFFFFFFFFFFFFFF
 _MINUTES_FROM: Final = "minutes_from"
-_ROLLUP_COLS: Final = ("period", "bucket_ms", *DIMENSIONS, *MEASURES, *LATENCY_COLS, *TTFT_COLS)
-
-
-def pending_item(row: Mapping[str, Any]) -> tuple[Table, dict[str, Any]]:
-    """The marker to write with a usage event row, in the same transaction."""
-    ts = int(row["ts_ms"])
-    return analytics_pending, {"request_id": row["request_id"], "bucket_ms": ts - ts % MINUTE}
-
-
-def _int(n: int) -> ColumnElement[Any]:
-    """An integer rendered inline, so equal expressions in SELECT and GROUP BY match."""
-    return literal_column(str(int(n)))
-
-
-def _floor(col: ColumnElement[Any], size: int) -> ColumnElement[Any]:
-    return col - col % _int(size)
-
-
-def _bucket_index(col: ColumnElement[Any]) -> ColumnElement[Any]:
-    whens = [(col < _int(b), _int(i)) for i, b in enumerate(BOUNDS)]
-    return case(*whens, else_=_int(len(BOUNDS)))
+#: Marker ids that ask for a minute to be recomputed from the raw events (repairs, and
+#: markers left by the recomputing roll-ups before migration 0005).
+RECOMPUTE: Final = "reconcile:"
 
 
 def _minutes_from(conn: Connection) -> int:
@@ -182,6 +153,7 @@ class Rollups:
         return done
 
     def process_batch(self) -> int:
+        """Roll up one batch of markers in one transaction; returns how many it took."""
         with self._lock, self.engine.begin() as conn:
             self._serialise(conn)
             q = select(analytics_pending.c.request_id, analytics_pending.c.bucket_ms)
@@ -194,19 +166,53 @@ class Rollups:
                 conn.execute(
                     delete(analytics_pending).where(analytics_pending.c.request_id.in_(chunk))
                 )
-            self._recompute(conn, [int(r[1]) for r in rows])
+            repairs = {int(b) for rid, b in rows if rid.startswith(RECOMPUTE)}
+            # An event in a minute that is recomputed is counted by the recomputation.
+            events = [rid for rid, b in rows if not rid.startswith(RECOMPUTE) and b not in repairs]
+            if events:
+                self._add_events(conn, events)
+            if repairs:
+                self._recompute(conn, repairs)
             return len(rows)
 
+    def _add_events(self, conn: Connection, ids: Sequence[str]) -> None:
+        """Add these events' sums onto every period's buckets (they have no marker now)."""
+        conn.execute(text(create_delta_sql(self._pg)))
+        if not self._pg:  # PostgreSQL empties it at commit; SQLite keeps it per connection
+            conn.execute(delete(DELTA))
+        sel = events_select("m", self.countries, self.regions, by_id=True)
+        conn.execute(insert(DELTA).from_select(list(ROLLUP_COLS), sel), {"ids": list(ids)})
+        kept_from = _minutes_from(conn)
+        for period in PERIODS:
+            conn.execute(text(add_delta_sql(period)), {"kept_from": kept_from})
+        if not self._pg:
+            conn.execute(delete(DELTA))
+
     def _serialise(self, conn: Connection) -> None:
+        """Take the roll-ups' lock before reading any marker: two runs must never add
+        the same markers' events."""
         if self._pg:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
+        else:
+            # The driver opens the transaction at the first write and reads before it
+            # outside one: a write that matches nothing takes SQLite's write lock now.
+            conn.execute(text("DELETE FROM analytics_pending WHERE 0 = 1"))
 
     def _recompute(self, conn: Connection, minutes: Iterable[int]) -> None:
+        """Recompute these minutes (and their hours, days and coarser copies) from the
+        raw events; the markers of their events go, as those events are now counted."""
         kept_from = _minutes_from(conn)
         minutes = sorted(set(minutes))
-        self._from_events(conn, "m", [m for m in minutes if m >= kept_from])
+        kept = [m for m in minutes if m >= kept_from]
+        self._from_events(conn, "m", kept)
         hours = sorted({m - m % HOUR for m in minutes})
-        self._from_events(conn, "h", [h for h in hours if h < kept_from])
+        pruned = [h for h in hours if h < kept_from]
+        self._from_events(conn, "h", pruned)
+        p = analytics_pending.c
+        for i in range(0, len(kept), 500):
+            conn.execute(delete(analytics_pending).where(p.bucket_ms.in_(kept[i : i + 500])))
+        for h in pruned:
+            conn.execute(delete(analytics_pending).where(p.bucket_ms >= h, p.bucket_ms < h + HOUR))
         self._from_rollups(conn, "h", "m", [h for h in hours if h >= kept_from])
         days = sorted({h - h % DAY for h in hours})
         self._from_rollups(conn, "d", "h", days)
@@ -221,11 +227,11 @@ class Rollups:
             conn.execute(delete(analytics_state).where(analytics_state.c.name == _MINUTES_FROM))
             self._pruned_to = 0  # every minute is back: the next prune_expired drops them
             conn.execute(delete(usage_rollups))
-            conn.execute(self._insert(self._events_select("m", MINUTE, None)))
-            conn.execute(self._insert(self._rollups_select("h", "m", None)))
-            conn.execute(self._insert(self._rollups_select("d", "h", None)))
+            conn.execute(self._insert(events_select("m", self.countries, self.regions)))
+            conn.execute(self._insert(rollups_select("h", "m", None)))
+            conn.execute(self._insert(rollups_select("d", "h", None)))
             for period, (child, _) in DERIVED.items():
-                conn.execute(self._insert(self._rollups_select(period, child, None)))
+                conn.execute(self._insert(rollups_select(period, child, None)))
             if self._pg:  # every row is new: plan the next reads on fresh statistics
                 conn.execute(text("ANALYZE usage_rollups"))
 
@@ -235,7 +241,7 @@ class Rollups:
         events written without a marker. Returns how many minutes were queued."""
         since_ms = max(since_ms - since_ms % MINUTE, 0)
         ts = usage_events.c.ts_ms
-        b = _floor(ts, MINUTE).label("b")
+        b = bucket_floor(ts, MINUTE).label("b")
         ev = select(b, func.count()).where(ts >= since_ms)
         ru = select(usage_rollups.c.bucket_ms, func.sum(usage_rollups.c.requests)).where(
             usage_rollups.c.period == "m", usage_rollups.c.bucket_ms >= since_ms
@@ -252,7 +258,7 @@ class Rollups:
             stale = sorted(m for m in raw.keys() | rolled.keys() if raw.get(m) != rolled.get(m))
             stale = [m for m in stale if m >= kept_from]
             if stale:
-                rows = [{"request_id": f"reconcile:{m}", "bucket_ms": m} for m in stale]
+                rows = [{"request_id": f"{RECOMPUTE}{m}", "bucket_ms": m} for m in stale]
                 ins = self._insert_ignore(analytics_pending)
                 conn.execute(ins, rows)
         return len(stale)
@@ -309,99 +315,23 @@ class Rollups:
         return sqlite_insert(table).on_conflict_do_nothing()
 
     def _insert(self, sel: Select[Any]) -> Any:
-        return insert(usage_rollups).from_select(list(_ROLLUP_COLS), sel)
+        return insert(usage_rollups).from_select(list(ROLLUP_COLS), sel)
 
     def _from_events(self, conn: Connection, period: str, buckets: Sequence[int]) -> None:
-        size = PERIOD_MS[period]
-        for cluster in _clusters(buckets, size):
+        for cluster in _clusters(buckets, PERIOD_MS[period]):
             self._delete(conn, period, cluster)
-            conn.execute(self._insert(self._events_select(period, size, cluster)))
+            conn.execute(self._insert(events_select(period, self.countries, self.regions, cluster)))
 
     def _from_rollups(
         self, conn: Connection, period: str, child: str, buckets: Sequence[int]
     ) -> None:
         for cluster in _clusters(buckets, PERIOD_MS[period]):
             self._delete(conn, period, cluster)
-            conn.execute(self._insert(self._rollups_select(period, child, cluster)))
+            conn.execute(self._insert(rollups_select(period, child, cluster)))
 
     def _delete(self, conn: Connection, period: str, buckets: Sequence[int]) -> None:
         r = usage_rollups.c
         conn.execute(delete(usage_rollups).where(r.period == period, r.bucket_ms.in_(buckets)))
-
-    def _events_select(self, period: str, size: int, buckets: Sequence[int] | None) -> Select[Any]:
-        e = usage_events.c
-        country: ColumnElement[Any] = literal("")
-        if self.countries:
-            country = case(self.countries, value=e.vendor, else_=literal(""))
-        region: ColumnElement[Any] = literal("")
-        if self.regions:
-            region = case(self.regions, value=e.deployment, else_=literal(""))
-        ttft_bucket = case((e.ttft_ms.is_(None), _int(-1)), else_=_bucket_index(e.ttft_ms))
-        inner = select(
-            _floor(e.ts_ms, size).label("bucket_ms"),
-            func.coalesce(e.org_id, "").label("org_id"),
-            func.coalesce(e.project_id, "").label("project_id"),
-            func.coalesce(e.key_id, "").label("key_id"),
-            e.model,
-            func.coalesce(e.vendor, "").label("vendor"),
-            country.label("country"),
-            region.label("region"),
-            e.status,
-            func.coalesce(e.currency, "").label("currency"),
-            e.input_tokens,
-            e.cached_tokens,
-            e.cache_write_tokens,
-            e.output_tokens,
-            e.reasoning_tokens,
-            e.cost_nanos,
-            e.latency_ms,
-            func.coalesce(e.ttft_ms, 0).label("ttft_ms"),
-            _bucket_index(e.latency_ms).label("lb"),
-            ttft_bucket.label("tb"),
-        )
-        if buckets is not None:
-            inner = inner.where(
-                e.ts_ms >= buckets[0],
-                e.ts_ms < buckets[-1] + size,
-                _floor(e.ts_ms, size).in_(buckets),
-            )
-        s = inner.subquery()
-
-        def count_if(cond: ColumnElement[bool]) -> ColumnElement[Any]:
-            return func.sum(case((cond, _int(1)), else_=_int(0)))
-
-        dims = [s.c[d] for d in DIMENSIONS]
-        measures = [
-            func.count(),
-            count_if(s.c.status != "ok"),
-            *(func.sum(s.c[c]) for c in MEASURES[2:8]),
-            func.sum(s.c.latency_ms),
-            count_if(s.c.tb >= _int(0)),
-            func.sum(s.c.ttft_ms),
-        ]
-        hist = [count_if(s.c.lb == _int(i)) for i in range(len(LATENCY_COLS))]
-        hist += [count_if(s.c.tb == _int(i)) for i in range(len(TTFT_COLS))]
-        return select(literal(period), s.c.bucket_ms, *dims, *measures, *hist).group_by(
-            s.c.bucket_ms, *dims
-        )
-
-    def _rollups_select(
-        self, period: str, child: str, buckets: Sequence[int] | None
-    ) -> Select[Any]:
-        r = usage_rollups.c
-        size = PERIOD_MS[period]
-        b = _floor(r.bucket_ms, size)
-        sums = [func.sum(r[c]) for c in (*MEASURES, *LATENCY_COLS, *TTFT_COLS)]
-        keep = DERIVED[period][1] if period in DERIVED else DIMENSIONS
-        dims: list[ColumnElement[Any]] = [
-            literal("").label(d) if d not in keep else r[d] for d in DIMENSIONS
-        ]
-        q = select(literal(period), b, *dims, *sums).where(r.period == child)
-        if buckets is not None:
-            q = q.where(
-                and_(r.bucket_ms >= buckets[0], r.bucket_ms < buckets[-1] + size), b.in_(buckets)
-            )
-        return q.group_by(b, *(r[d] for d in keep))
 
 
 class RollupWorker:

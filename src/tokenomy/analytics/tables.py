@@ -1,11 +1,12 @@
-"""Analytics tables (migrations 0003, 0004): rollup buckets and the queue of events to
+"""Analytics tables (migrations 0003 to 0005): rollup buckets and the queue of events to
 roll up.
 
 ``usage_rollups`` holds one row per (period, bucket, org, project, key, model, vendor,
 country, region, status, currency) with additive measures only, so any coarser view is
-a SUM over rows. ``analytics_pending`` holds one marker per usage event, written in the
-same transaction as the event; the roll-up job deletes markers and recomputes their
-buckets from the raw events in one transaction (see ``rollup.py``).
+a SUM over rows. ``analytics_pending`` holds one marker per usage event not yet rolled
+up, inserted by a trigger on ``usage_events`` (only for events actually inserted, so a
+replay leaves none); the roll-up job adds the marked events onto the buckets and deletes
+the markers in one transaction (see ``rollup.py``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ usage_rollups = Table(
     "usage_rollups",
     metadata,
     *_columns(),
-    Index("ix_usage_rollups_period_bucket", "period", "bucket_ms"),
+    # One row per cell: what the roll-ups' upsert adds onto (migration 0005).
+    Index("ux_usage_rollups_cell", "period", "bucket_ms", *DIMENSIONS, unique=True),
     Index("ix_usage_rollups_key", "key_id", "period", "bucket_ms"),
     Index("ix_usage_rollups_org", "org_id", "period", "bucket_ms"),
 )

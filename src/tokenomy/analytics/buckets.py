@@ -1,0 +1,215 @@
+"""Roll-up periods, and the SQL that fills their buckets.
+
+Three ways a bucket gets its numbers: aggregated from raw events (:func:`events_select`),
+summed from a finer period's buckets (:func:`rollups_select`), or, on the hot path, a
+batch of new events' aggregate added onto what is stored (:func:`add_delta_sql`, an
+upsert on the bucket's unique cell).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    MetaData,
+    Select,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    literal_column,
+    select,
+)
+
+from tokenomy.analytics.histogram import BOUNDS
+from tokenomy.analytics.tables import (
+    DIMENSIONS,
+    LATENCY_COLS,
+    MEASURES,
+    TTFT_COLS,
+    usage_rollups,
+)
+from tokenomy.store.schema import usage_events
+
+MINUTE: Final = 60_000
+HOUR: Final = 3_600_000
+DAY: Final = 86_400_000
+PERIOD_MS: Final = {"m": MINUTE, "h": HOUR, "d": DAY, "H": HOUR, "D": DAY, "K": DAY, "O": DAY}
+PER_ACCOUNT: Final = ("org_id", "project_id", "key_id")
+_NO_ACCOUNT: Final = tuple(d for d in DIMENSIONS if d not in PER_ACCOUNT)
+#: Periods summed from a finer one, keeping some dimensions (the others are stored as ""),
+#: in the order they are built: "H" and "D" are everyone's hours and days (no org,
+#: project or key: a few rows a bucket), "K" each key's days and "O" each org's days (no
+#: model, vendor or status), so rankings of orgs and keys read a few rows an org or key.
+DERIVED: Final = {
+    "H": ("h", _NO_ACCOUNT),
+    "D": ("d", _NO_ACCOUNT),
+    "K": ("d", ("org_id", "project_id", "key_id", "currency")),
+    "O": ("K", ("org_id", "currency")),
+}
+#: Periods holding the same buckets as each full period, smallest first.
+CUBES: Final = {"m": ("m",), "h": ("H", "h"), "d": ("D", "O", "K", "d")}
+#: Every period, finest first.
+PERIODS: Final = ("m", "h", "d", *DERIVED)
+SUMMED: Final = (*MEASURES, *LATENCY_COLS, *TTFT_COLS)
+ROLLUP_COLS: Final = ("period", "bucket_ms", *DIMENSIONS, *SUMMED)
+
+#: A batch's per-minute aggregate, before it is added to every period. Temporary: each
+#: connection has its own, and on PostgreSQL it empties at commit.
+DELTA: Final = Table(
+    "_rollup_delta",
+    MetaData(),
+    Column("period", String(1)),
+    Column("bucket_ms", BigInteger),
+    *(Column(d, String(200)) for d in DIMENSIONS),
+    *(Column(c, BigInteger) for c in SUMMED),
+    prefixes=["TEMPORARY"],
+)
+
+
+def kept(period: str) -> tuple[str, ...]:
+    """The dimensions a period keeps (the others are stored as "")."""
+    return DERIVED[period][1] if period in DERIVED else DIMENSIONS
+
+
+def _int(n: int) -> ColumnElement[Any]:
+    """An integer rendered inline, so equal expressions in SELECT and GROUP BY match."""
+    return literal_column(str(int(n)))
+
+
+def bucket_floor(col: ColumnElement[Any], size: int) -> ColumnElement[Any]:
+    """The start of the ``size`` ms bucket holding ``col``."""
+    return col - col % _int(size)
+
+
+def _bucket_index(col: ColumnElement[Any]) -> ColumnElement[Any]:
+    whens = [(col < _int(b), _int(i)) for i, b in enumerate(BOUNDS)]
+    return case(*whens, else_=_int(len(BOUNDS)))
+
+
+def events_select(
+    period: str,
+    countries: Mapping[str, str],
+    regions: Mapping[str, str],
+    buckets: Sequence[int] | None = None,
+    *,
+    by_id: bool = False,
+) -> Select[Any]:
+    """Raw events aggregated into ``period``'s buckets (every dimension kept): all of
+    them, those in ``buckets``, or with ``by_id`` those whose request id is in the
+    expanding parameter ``ids``."""
+    size = PERIOD_MS[period]
+    e = usage_events.c
+    country: ColumnElement[Any] = literal("")
+    if countries:
+        country = case(dict(countries), value=e.vendor, else_=literal(""))
+    region: ColumnElement[Any] = literal("")
+    if regions:
+        region = case(dict(regions), value=e.deployment, else_=literal(""))
+    ttft_bucket = case((e.ttft_ms.is_(None), _int(-1)), else_=_bucket_index(e.ttft_ms))
+    inner = select(
+        bucket_floor(e.ts_ms, size).label("bucket_ms"),
+        func.coalesce(e.org_id, "").label("org_id"),
+        func.coalesce(e.project_id, "").label("project_id"),
+        func.coalesce(e.key_id, "").label("key_id"),
+        e.model,
+        func.coalesce(e.vendor, "").label("vendor"),
+        country.label("country"),
+        region.label("region"),
+        e.status,
+        func.coalesce(e.currency, "").label("currency"),
+        e.input_tokens,
+        e.cached_tokens,
+        e.cache_write_tokens,
+        e.output_tokens,
+        e.reasoning_tokens,
+        e.cost_nanos,
+        e.latency_ms,
+        func.coalesce(e.ttft_ms, 0).label("ttft_ms"),
+        _bucket_index(e.latency_ms).label("lb"),
+        ttft_bucket.label("tb"),
+    )
+    if buckets is not None:
+        inner = inner.where(
+            e.ts_ms >= buckets[0],
+            e.ts_ms < buckets[-1] + size,
+            bucket_floor(e.ts_ms, size).in_(buckets),
+        )
+    if by_id:
+        inner = inner.where(e.request_id.in_(bindparam("ids", expanding=True)))
+    s = inner.subquery()
+
+    def count_if(cond: ColumnElement[bool]) -> ColumnElement[Any]:
+        return func.sum(case((cond, _int(1)), else_=_int(0)))
+
+    dims = [s.c[d] for d in DIMENSIONS]
+    measures = [
+        func.count(),
+        count_if(s.c.status != "ok"),
+        *(func.sum(s.c[c]) for c in MEASURES[2:8]),
+        func.sum(s.c.latency_ms),
+        count_if(s.c.tb >= _int(0)),
+        func.sum(s.c.ttft_ms),
+    ]
+    hist = [count_if(s.c.lb == _int(i)) for i in range(len(LATENCY_COLS))]
+    hist += [count_if(s.c.tb == _int(i)) for i in range(len(TTFT_COLS))]
+    return select(literal(period), s.c.bucket_ms, *dims, *measures, *hist).group_by(
+        s.c.bucket_ms, *dims
+    )
+
+
+def rollups_select(period: str, child: str, buckets: Sequence[int] | None) -> Select[Any]:
+    """``child``'s buckets summed into ``period``'s (all of them, or those in ``buckets``)."""
+    r = usage_rollups.c
+    size = PERIOD_MS[period]
+    b = bucket_floor(r.bucket_ms, size)
+    sums = [func.sum(r[c]) for c in SUMMED]
+    keep = kept(period)
+    dims: list[ColumnElement[Any]] = [
+        literal("").label(d) if d not in keep else r[d] for d in DIMENSIONS
+    ]
+    q = select(literal(period), b, *dims, *sums).where(r.period == child)
+    if buckets is not None:
+        q = q.where(
+            and_(r.bucket_ms >= buckets[0], r.bucket_ms < buckets[-1] + size), b.in_(buckets)
+        )
+    return q.group_by(b, *(r[d] for d in keep))
+
+
+def create_delta_sql(pg: bool) -> str:
+    """The DDL of :data:`DELTA` (idempotent: run at the start of every batch)."""
+    cols = ["period VARCHAR(1)", "bucket_ms BIGINT"]
+    cols += [f"{d} VARCHAR(200)" for d in DIMENSIONS]
+    cols += [f"{c} BIGINT" for c in SUMMED]
+    tail = " ON COMMIT DELETE ROWS" if pg else ""
+    return f"CREATE TEMPORARY TABLE IF NOT EXISTS {DELTA.name} ({', '.join(cols)}){tail}"
+
+
+@functools.cache
+def add_delta_sql(period: str) -> str:
+    """Add :data:`DELTA`'s minutes onto ``period``'s stored buckets: one upsert, the
+    sums grouped by the period's bucket and kept dimensions. Minute buckets before
+    ``:kept_from`` were pruned and are not brought back."""
+    size = PERIOD_MS[period]
+    keep = kept(period)
+    bucket = f"bucket_ms - bucket_ms % {size}"
+    dims = [d if d in keep else f"'' AS {d}" for d in DIMENSIONS]
+    sums = [f"SUM({c})" for c in SUMMED]
+    where = "bucket_ms >= :kept_from" if period == "m" else "1 = 1"
+    cell = ", ".join(("period", "bucket_ms", *DIMENSIONS))
+    adds = ", ".join(f"{c} = usage_rollups.{c} + excluded.{c}" for c in SUMMED)
+    # SQLite needs the WHERE: without it "ON CONFLICT" would parse as part of a join.
+    return (
+        f"INSERT INTO usage_rollups ({', '.join(ROLLUP_COLS)}) "
+        f"SELECT '{period}', {bucket}, {', '.join(dims)}, {', '.join(sums)} "
+        f"FROM {DELTA.name} WHERE {where} GROUP BY {', '.join((bucket, *keep))} "
+        f"ON CONFLICT ({cell}) DO UPDATE SET {adds}"
+    )
