@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -110,6 +111,9 @@ def test_anthropic_client_with_cache_write_and_read(gateway: Gateway) -> None:
         assert (
             row["cost_nanos"] == expected_nanos(row, usage) == nanos(raw.headers["x-tokenomy-cost"])
         )
+        # The body carries it too, as an exact decimal (read from the raw JSON, no floats).
+        body = json.loads(raw.http_response.content, parse_float=Decimal)
+        assert nanos(body["usage"]["cost"]) == row["cost_nanos"]
         costs.append((usage.cache_write_tokens, usage.cached_tokens, row["cost_nanos"]))
     (w1, r1, c1), (w2, r2, c2) = costs
     assert w1 > 0 and r1 == 0 and w2 == 0 and r2 > 0 and c2 < c1  # reads are cheaper than writes

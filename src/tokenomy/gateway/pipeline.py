@@ -244,11 +244,17 @@ class Pipeline:
             raise UpstreamError(f"{dep.vendor.name} answered with invalid JSON.") from None
         if not isinstance(obj, dict):
             raise UpstreamError(f"{dep.vendor.name} answered with an unexpected body.")
-        body_out = self._client_body(call, provider.dialect, obj, raw)
+        out = self._client_obj(call, provider.dialect, obj)
+        cost = None
         if self.quoter is not None and call.usage is not None:
             cost = self.quoter.quote(call).cost_str()
             headers["x-tokenomy-cost"] = cost
-            body_out = _with_cost(body_out, cost)
+        usage = out.get("usage")
+        if cost is not None and isinstance(usage, dict):
+            usage["cost"] = orjson.Fragment(cost.encode())  # OpenRouter's field, exact
+            body_out = orjson.dumps(out)
+        else:  # an untranslated answer goes out byte for byte
+            body_out = raw if out is obj else orjson.dumps(out)
         return Outcome(headers=headers, body=body_out)
 
     def _upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
@@ -262,8 +268,9 @@ class Pipeline:
             return "chat", anthropic_request_to_openai(body)
         return call.endpoint, body
 
-    def _client_body(self, call: Call, dialect: str, obj: dict[str, Any], raw: bytes) -> bytes:
-        """Meter a whole answer and give it to the client in its dialect."""
+    def _client_obj(self, call: Call, dialect: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Meter a whole answer; the answer in the client's dialect (``obj`` itself when
+        the dialects match)."""
         u = obj.get("usage")
         if dialect == "openai":
             if isinstance(u, dict):
@@ -271,15 +278,15 @@ class Pipeline:
             else:
                 call.output_text.append(openai_response_text(obj))
             if call.dialect == "openai":
-                return raw
-            return orjson.dumps(openai_response_to_anthropic(obj, model=call.model))
+                return obj
+            return openai_response_to_anthropic(obj, model=call.model)
         if isinstance(u, dict):
             call.usage = Usage.from_anthropic(u)
         else:
             call.output_text.append(anthropic_response_text(obj))
         if call.dialect == "anthropic":
-            return raw
-        return orjson.dumps(anthropic_response_to_openai(obj, model=call.model))
+            return obj
+        return anthropic_response_to_openai(obj, model=call.model)
 
     def fail(self, call: Call, err: GatewayError) -> None:
         call.status = "error"
@@ -334,16 +341,6 @@ def _end_request_span(span: Any, call: Call) -> None:
         attrs["tokenomy.currency"] = charge.currency.value
     span.set_attributes(attrs)
     span.end()
-
-
-def _with_cost(body: bytes, cost: str) -> bytes:
-    """The body with ``usage.cost`` (OpenRouter's field), as an exact decimal number."""
-    obj = orjson.loads(body)
-    usage = obj.get("usage") if isinstance(obj, dict) else None
-    if not isinstance(usage, dict):
-        return body
-    usage["cost"] = orjson.Fragment(cost.encode())
-    return orjson.dumps(obj)
 
 
 def required_capabilities(call: Call) -> frozenset[str]:
