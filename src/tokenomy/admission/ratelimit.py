@@ -20,6 +20,7 @@ Lua script), so a refusal by the org limit consumes nothing from the key's.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import secrets
@@ -144,6 +145,18 @@ def _too_large(scope: Scope, tokens: int) -> RateLimited:
     )
 
 
+class _TicketIds:
+    """Ticket ids unique across processes: a random prefix and a counter (a fresh random
+    id per request would cost a system call each)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(6)
+        self._n = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._n):x}"
+
+
 class MemoryRateLimiter:
     """Limits for one process. All state is in dictionaries; no awaits, so it is atomic."""
 
@@ -151,6 +164,7 @@ class MemoryRateLimiter:
         self._clock = clock
         self._tat: dict[str, float] = {}
         self._open: dict[str, int] = {}
+        self._ids = _TicketIds()
 
     def _gcra(
         self, key: str, limit: int, cost: int, now: float
@@ -202,7 +216,7 @@ class MemoryRateLimiter:
         for s in scopes:
             if s.limits.concurrent is not None:
                 self._open[s.name] = self._open.get(s.name, 0) + 1
-        return Ticket(secrets.token_hex(8), tuple(scopes), tokens, _headers(req_h, tok_h))
+        return Ticket(self._ids.next(), tuple(scopes), tokens, _headers(req_h, tok_h))
 
     def settle(self, ticket: Ticket, actual_tokens: int) -> None:
         if ticket.settled:
@@ -369,6 +383,7 @@ class RedisRateLimiter:
         self._acquire = redis.register_script(_ACQUIRE)
         self._settle = redis.register_script(_SETTLE)
         self._pending: set[asyncio.Task[None]] = set()
+        self._ids = _TicketIds()
 
     def _now_ms(self) -> int:
         return -1 if self._clock is None else int(self._clock() * 1000)
@@ -378,7 +393,7 @@ class RedisRateLimiter:
             tpm = s.limits.tokens_per_minute
             if tpm is not None and tokens > tpm:
                 raise _too_large(s, tokens)
-        ticket = Ticket(secrets.token_hex(8), tuple(scopes), tokens)
+        ticket = Ticket(self._ids.next(), tuple(scopes), tokens)
         keys: list[str] = []
         args: list[Any] = [self._now_ms(), len(scopes), tokens, ticket.id, self._lease_ms]
         for s in scopes:
