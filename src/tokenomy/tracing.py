@@ -50,14 +50,21 @@ def start_request_span(tracer: Any, name: str, attributes: dict[str, Any]) -> An
     return tracer.start_span(name, attributes=attributes)
 
 
-@contextlib.contextmanager
+#: What :func:`child_span` gives when nothing is traced: one shared, stateless context.
+_NO_SPAN: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+
+
 def child_span(
     tracer: Any | None, parent: Any | None, name: str, **attributes: Any
-) -> Iterator[Any | None]:
+) -> contextlib.AbstractContextManager[Any | None]:
     """A span under ``parent`` (nothing at all without a tracer); errors are recorded."""
     if tracer is None or parent is None:
-        yield None
-        return
+        return _NO_SPAN
+    return _span(tracer, parent, name, attributes)
+
+
+@contextlib.contextmanager
+def _span(tracer: Any, parent: Any, name: str, attributes: dict[str, Any]) -> Iterator[Any]:
     from opentelemetry import trace
 
     span = tracer.start_span(
