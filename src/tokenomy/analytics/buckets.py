@@ -115,27 +115,31 @@ def events_select(
     if regions:
         region = case(dict(regions), value=e.deployment, else_=literal(""))
     ttft_bucket = case((e.ttft_ms.is_(None), _int(-1)), else_=_bucket_index(e.ttft_ms))
-    inner = select(
+    lb, tb = _bucket_index(e.latency_ms).label("lb"), ttft_bucket.label("tb")
+    dims_in = [
         bucket_floor(e.ts_ms, size).label("bucket_ms"),
         func.coalesce(e.org_id, "").label("org_id"),
         func.coalesce(e.project_id, "").label("project_id"),
         func.coalesce(e.key_id, "").label("key_id"),
-        e.model,
+        e.model.label("model"),
         func.coalesce(e.vendor, "").label("vendor"),
         country.label("country"),
         region.label("region"),
-        e.status,
+        e.status.label("status"),
         func.coalesce(e.currency, "").label("currency"),
-        e.input_tokens,
-        e.cached_tokens,
-        e.cache_write_tokens,
-        e.output_tokens,
-        e.reasoning_tokens,
-        e.cost_nanos,
-        e.latency_ms,
-        func.coalesce(e.ttft_ms, 0).label("ttft_ms"),
-        _bucket_index(e.latency_ms).label("lb"),
-        ttft_bucket.label("tb"),
+    ]
+    # Two levels: events grouped with their histogram buckets first, then pivoted. An
+    # aggregate is never flattened into the one above it, so each event's bucket index
+    # is worked out once, not once per histogram column that reads it.
+    inner = select(
+        *dims_in,
+        lb,
+        tb,
+        func.count().label("n"),
+        func.sum(case((e.status != "ok", _int(1)), else_=_int(0))).label("errors"),
+        *(func.sum(e[c]).label(c) for c in MEASURES[2:8]),
+        func.sum(e.latency_ms).label("latency_ms"),
+        func.sum(func.coalesce(e.ttft_ms, 0)).label("ttft_ms"),
     )
     if buckets is not None:
         inner = inner.where(
@@ -145,22 +149,22 @@ def events_select(
         )
     if by_id:
         inner = inner.where(e.request_id.in_(bindparam("ids", expanding=True)))
-    s = inner.subquery()
+    s = inner.group_by(*(c.element for c in dims_in), lb.element, tb.element).subquery()
 
-    def count_if(cond: ColumnElement[bool]) -> ColumnElement[Any]:
-        return func.sum(case((cond, _int(1)), else_=_int(0)))
+    def n_if(cond: ColumnElement[bool]) -> ColumnElement[Any]:
+        return func.sum(case((cond, s.c.n), else_=_int(0)))
 
     dims = [s.c[d] for d in DIMENSIONS]
     measures = [
-        func.count(),
-        count_if(s.c.status != "ok"),
+        func.sum(s.c.n),
+        func.sum(s.c.errors),
         *(func.sum(s.c[c]) for c in MEASURES[2:8]),
         func.sum(s.c.latency_ms),
-        count_if(s.c.tb >= _int(0)),
+        n_if(s.c.tb >= _int(0)),
         func.sum(s.c.ttft_ms),
     ]
-    hist = [count_if(s.c.lb == _int(i)) for i in range(len(LATENCY_COLS))]
-    hist += [count_if(s.c.tb == _int(i)) for i in range(len(TTFT_COLS))]
+    hist = [n_if(s.c.lb == _int(i)) for i in range(len(LATENCY_COLS))]
+    hist += [n_if(s.c.tb == _int(i)) for i in range(len(TTFT_COLS))]
     return select(literal(period), s.c.bucket_ms, *dims, *measures, *hist).group_by(
         s.c.bucket_ms, *dims
     )
