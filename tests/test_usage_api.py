@@ -29,6 +29,7 @@ from tokenomy.config import parse_config
 from tokenomy.services import Services, build_services
 from tokenomy.store.schema import usage_events
 
+METRICS_TOKEN = "tk-metrics-test-token"
 HISTORY_DAYS = 35
 #: Noon UTC today: the seeded history ends here.
 NOW_MS = int(time.time() * 1000) // DAY * DAY + DAY // 2
@@ -87,7 +88,7 @@ def start_analytics_gateway(sim_url: str, tmp: Path, days: int = HISTORY_DAYS) -
     text = analytics_yaml(sim_url, db)
     cfg_path = tmp / "analytics.yaml"
     cfg_path.write_text(text)
-    env = {**os.environ, "TOKENOMY_ADMIN_KEY": ADMIN_KEY}
+    env = {**os.environ, "TOKENOMY_ADMIN_KEY": ADMIN_KEY, "TOKENOMY_METRICS_TOKEN": METRICS_TOKEN}
     svc = build_services(parse_config(text, str(cfg_path)), env)
     holder: dict[str, Metrics] = {}
 
@@ -335,8 +336,27 @@ def test_latency_view_has_percentiles(agw: AnalyticsGateway) -> None:
     assert sum(r["requests"] for r in day) == len(agw.events())
 
 
+def scrape(agw: AnalyticsGateway, token: str = METRICS_TOKEN) -> httpx.Response:
+    return httpx.get(agw.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+
+
+def test_metrics_need_the_metrics_token_or_the_admin_key(agw: AnalyticsGateway) -> None:
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {_house_key(agw)}"},
+    ):
+        r = httpx.get(agw.url + "/metrics", headers=headers)
+        assert r.status_code == 401, headers
+        assert r.json()["error"]["code"] == "invalid_api_key"
+        assert "tokenomy_" not in r.text
+    assert scrape(agw).status_code == 200
+    assert scrape(agw, ADMIN_KEY).status_code == 200
+    assert "tokenomy_requests_total" in scrape(agw).text
+
+
 def test_metrics_are_prometheus_text(agw: AnalyticsGateway) -> None:
-    before = httpx.get(agw.url + "/metrics")
+    before = scrape(agw)
     assert before.status_code == 200
     assert before.headers["content-type"].startswith("text/plain; version=0.0.4")
     r = httpx.post(
@@ -346,7 +366,7 @@ def test_metrics_are_prometheus_text(agw: AnalyticsGateway) -> None:
         timeout=30,
     )
     assert r.status_code == 200
-    text = httpx.get(agw.url + "/metrics").text
+    text = scrape(agw).text
     samples = _samples(text)
     k = 'tokenomy_requests_total{model="gpt-5.4-mini",vendor="openai",status="ok"}'
     assert samples[k] == _samples(before.text).get(k, 0) + 1

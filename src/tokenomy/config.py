@@ -114,6 +114,12 @@ class TracingConfig(_Strict):
 class AdminConfig(_Strict):
     #: Environment variable holding the admin key that guards /admin.
     key_env: str = "TOKENOMY_ADMIN_KEY"
+    #: Environment variable holding a read-only token for scraping /metrics (the admin
+    #: key works too); Prometheus sends it as ``authorization: {credentials: ...}``.
+    metrics_token_env: str = "TOKENOMY_METRICS_TOKEN"
+    #: Serve /metrics to anyone (spend by model and vendor is business data: only on a
+    #: network where every reader may see it).
+    public_metrics: bool = False
 
 
 class VendorConfig(_Strict):

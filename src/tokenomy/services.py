@@ -78,6 +78,8 @@ class Services:
     limiter: RateLimiter
     metrics: Metrics
     tracer_provider: Any | None = None
+    #: The read-only credential for /metrics, besides the admin key.
+    metrics_token: str | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
@@ -270,6 +272,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         usage_writer=writer,
         pipeline=pipeline,
         admin_key=env.get(config.admin.key_env) or None,
+        metrics_token=env.get(config.admin.metrics_token_env) or None,
         ledger=ledger,
         directory=directory,
         live=live,

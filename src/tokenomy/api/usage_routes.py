@@ -183,7 +183,25 @@ async def get_usage(request: web.Request) -> web.Response:
     return _json(out)
 
 
+def _may_scrape(svc: Services, secret: str | None) -> bool:
+    if svc.config.admin.public_metrics:
+        return True
+    if not secret:
+        return False
+    token = svc.metrics_token
+    given = secret.encode()
+    return _is_admin(svc, secret) or (
+        bool(token) and secrets.compare_digest(given, (token or "").encode())
+    )
+
+
 async def get_metrics(request: web.Request) -> web.Response:
+    svc = services(request)
+    if not _may_scrape(svc, presented_key(request)):
+        raise Unauthorized(
+            "Metrics need the metrics token or the admin key as 'Authorization: Bearer "
+            "<token>' (or set admin.public_metrics: true)."
+        )
     text = request.app[METRICS].render()
     return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_TEXT})
 
