@@ -29,7 +29,16 @@ from tokenomy.gateway.metering import (
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.gateway.tokencount import TokenCounter
 from tokenomy.gateway.usage import Usage, UsageSource
-from tokenomy.providers.sse import SSEEvent, iter_event_batches, iter_events
+from tokenomy.providers.sse import (
+    BlockBatch,
+    SSEEvent,
+    block_data,
+    frames_data,
+    iter_block_batches,
+    iter_event_batches,
+    iter_events,
+    parse_block,
+)
 from tokenomy.store.keys import ApiKey
 
 FIXTURES = Path(__file__).parent / "fixtures" / "translate"
@@ -83,6 +92,9 @@ class FakeUpstream:
 
     def event_batches(self) -> AsyncIterator[list[SSEEvent]]:
         return iter_event_batches(self._pieces())
+
+    def block_batches(self) -> AsyncIterator[BlockBatch]:
+        return iter_block_batches(self._pieces())
 
     def release(self) -> None:
         self.released += 1
@@ -185,6 +197,26 @@ async def test_sse_parser_is_independent_of_chunk_boundaries(name: str, size: in
     # The same stream with CRLF line endings, a CR and its LF landing in different pieces.
     crlf = fixture(name).replace(b"\n", b"\r\n")
     assert await _parse(crlf, size) == whole
+
+
+async def _blocks(body: bytes, size: int) -> list[SSEEvent]:
+    out = []
+    async for batch in iter_block_batches(FakeUpstream(body, size=size)._pieces()):
+        assert batch.raw.endswith(b"\n\n") and b"\r" not in batch.raw
+        assert [d for d in map(block_data, batch.blocks) if d is not None] == frames_data(batch.raw)
+        out += [e for e in map(parse_block, batch.blocks) if e is not None]
+    return out
+
+
+@pytest.mark.parametrize("name", ["openai_stream_tool_calls.sse", "anthropic_stream_thinking.sse"])
+@pytest.mark.parametrize("size", [1, 7, 4096])
+async def test_unparsed_blocks_hold_the_same_events(name: str, size: int) -> None:
+    whole = await _parse(fixture(name), 1 << 20)
+    assert await _blocks(fixture(name), size) == whole
+    assert await _blocks(fixture(name).replace(b"\n", b"\r\n"), size) == whole
+    tail = b": keep-alive\n\nevent: ping\ndata: {}\n\ndata: [DONE]"
+    assert await _blocks(tail, 3) == await _parse(tail, 3)
+    assert await _blocks(b'data: {"a":1}\n\ndata: {"b":', 3) == [SSEEvent(None, b'{"a":1}')]
 
 
 async def test_sse_parser_keeps_a_final_event_without_its_blank_line() -> None:

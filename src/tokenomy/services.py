@@ -170,16 +170,26 @@ def rate_limit_stage(config: Config, limiter: RateLimiter, biller: Biller) -> Ra
     model_l = {m: lim for m, c in config.limits.models.items() if (lim := _limits(c))}
     default_out = config.server.default_max_output_tokens
 
-    def scopes(call: Call) -> list[Scope]:
+    # The same key, org and model always count against the same scopes: made once each.
+    made: dict[tuple[str, str | None, str], tuple[Scope, ...]] = {}
+
+    def scopes(call: Call) -> tuple[Scope, ...]:
+        name = call.route.name if call.route is not None else call.model
+        which = (call.key.id, call.key.org_id, name)
+        hit = made.get(which)
+        if hit is not None:
+            return hit
         out = []
         if key_l is not None:
             out.append(Scope("key", call.key.id, key_l))
         if org_l is not None and call.key.org_id:
             out.append(Scope("org", call.key.org_id, org_l))
-        name = call.route.name if call.route is not None else call.model
         if (m := model_l.get(name)) is not None:
             out.append(Scope("model", name, m))
-        return out
+        if len(made) > 65_536:  # bounded: many keys come and go
+            made.clear()
+        made[which] = tuple(out)
+        return made[which]
 
     def estimate(call: Call) -> int:
         # Corrected to the actual count after the call.

@@ -64,10 +64,16 @@ class Scope:
     kind: str
     id: str
     limits: Limits
+    #: ``kind:id``, and the keys of its requests and tokens cells (worked out once).
+    name: str = field(init=False, compare=False)
+    requests_key: str = field(init=False, compare=False, repr=False)
+    tokens_key: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def name(self) -> str:
-        return f"{self.kind}:{self.id}"
+    def __post_init__(self) -> None:
+        name = f"{self.kind}:{self.id}"
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "requests_key", name + ":r")
+        object.__setattr__(self, "tokens_key", name + ":t")
 
 
 @dataclass(slots=True)
@@ -196,15 +202,15 @@ class MemoryRateLimiter:
             if lim.tokens_per_minute is not None and tokens > lim.tokens_per_minute:
                 raise _too_large(s, tokens)
             if lim.requests_per_minute is not None:
-                ok, w, new, c = self._gcra(s.name + ":r", lim.requests_per_minute, 1, now)
+                ok, w, new, c = self._gcra(s.requests_key, lim.requests_per_minute, 1, now)
                 req_h = _tightest(req_h, c)
-                commits.append((s.name + ":r", new))
+                commits.append((s.requests_key, new))
                 if not ok:
                     wait, refused = max(wait, w), refused or f"requests per minute for {s.kind}"
             if lim.tokens_per_minute is not None and tokens > 0:
-                ok, w, new, c = self._gcra(s.name + ":t", lim.tokens_per_minute, tokens, now)
+                ok, w, new, c = self._gcra(s.tokens_key, lim.tokens_per_minute, tokens, now)
                 tok_h = _tightest(tok_h, c)
-                commits.append((s.name + ":t", new))
+                commits.append((s.tokens_key, new))
                 if not ok:
                     wait, refused = max(wait, w), refused or f"tokens per minute for {s.kind}"
             if lim.concurrent is not None and self._open.get(s.name, 0) >= lim.concurrent:
@@ -227,7 +233,7 @@ class MemoryRateLimiter:
         for s in ticket.scopes:
             lim = s.limits
             if lim.tokens_per_minute is not None and delta:
-                key = s.name + ":t"
+                key = s.tokens_key
                 tat = max(self._tat.get(key, now), now) if delta > 0 else self._tat.get(key, now)
                 self._tat[key] = max(now, tat + delta * PERIOD_S / lim.tokens_per_minute)
             if lim.concurrent is not None:

@@ -20,13 +20,15 @@ from tokenomy.gateway.call import Call
 from tokenomy.gateway.metering import anthropic_delta_text, openai_chunk_text
 from tokenomy.gateway.usage import Usage, openai_chunk_usage
 from tokenomy.providers.base import UpstreamResponse
-from tokenomy.providers.sse import frame_data, frame_event, frame_json
+from tokenomy.providers.sse import block_data, frame_data, frame_event, frame_json, frames_data
 from tokenomy.providers.translate_response import usage_from_anthropic
 from tokenomy.providers.translate_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 
 log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
+DONE_DATA = b"[DONE]"
+DONE_BLOCK = b"data: [DONE]"
 _STREAM_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
 
 
@@ -66,6 +68,8 @@ class StreamRelay:
         self.upstream_dialect = upstream_dialect
         self._hint = prompt_tokens_hint
         self._raw: list[bytes] = []
+        #: OpenAI passthrough: the frames sent, decoded only if usage never arrives.
+        self._frames: list[bytes] = []
         self.completed = False
         #: Prices the call once its usage is known: adds ``usage.cost`` to OpenAI streams.
         self.cost: Callable[[Call], str] | None = None
@@ -73,7 +77,8 @@ class StreamRelay:
     def output_text(self) -> str:
         """Decode what was produced so far (only needed when usage never arrived)."""
         decode = openai_chunk_text if self.upstream_dialect == "openai" else anthropic_delta_text
-        return "".join(decode(d) for d in self._raw)
+        data = [d for f in self._frames for d in frames_data(f) if d != DONE_DATA]
+        return "".join(decode(d) for d in data + self._raw)
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         relay: Callable[[], AsyncIterator[bytes]]
@@ -105,7 +110,7 @@ class StreamRelay:
             yield self._error_frame(err)
         finally:
             self.upstream.release()
-            if self.call.usage is None and self._raw:
+            if self.call.usage is None and (self._raw or self._frames):
                 self.call.output_text.append(self.output_text())
 
     def _fail(self, err: GatewayError) -> None:
@@ -119,14 +124,28 @@ class StreamRelay:
         return frame_data(err.openai_body())
 
     async def _openai_passthrough(self) -> AsyncIterator[bytes]:
-        call, raw = self.call, self._raw
-        async for batch in self.upstream.event_batches():
+        # Most chunks carry neither usage nor the end: they go out as the bytes that came
+        # in, unparsed. Only the events that may hold either are looked into.
+        call = self.call
+        async for batch in self.upstream.block_batches():
+            raw = batch.raw
+            if not _may_have_usage(raw) and DONE_DATA not in raw:
+                call.mark_first_token()
+                self._frames.append(raw)
+                yield raw
+                continue
             out: list[bytes] = []
-            for ev in batch:
-                d = ev.data
-                if d == b"[DONE]":
+            for block in batch.blocks:
+                if DONE_DATA not in block and not _may_have_usage(block):
+                    call.mark_first_token()
+                    out.append(block)
+                    continue
+                d = block_data(block)
+                if d is None:
+                    continue
+                if d == DONE_DATA:
                     self.completed = True
-                    out.append(DONE)
+                    out.append(DONE_BLOCK)
                     continue
                 call.mark_first_token()
                 if _may_have_usage(d):
@@ -139,10 +158,11 @@ class StreamRelay:
                         if self.cost is not None and isinstance(obj.get("usage"), dict):
                             obj["usage"]["cost"] = orjson.Fragment(self.cost(call).encode())
                             d = orjson.dumps(obj)
-                raw.append(d)
-                out += (b"data: ", d, b"\n\n")
+                out.append(b"data: " + d)
             if out:
-                yield b"".join(out)
+                frames = b"\n\n".join(out) + b"\n\n"
+                self._frames.append(frames)
+                yield frames
 
     async def _anthropic_passthrough(self) -> AsyncIterator[bytes]:
         call, raw = self.call, self._raw

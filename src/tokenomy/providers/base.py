@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from tokenomy.gateway.registry import Deployment
-from tokenomy.providers.sse import SSEEvent
+from tokenomy.providers.sse import BlockBatch, SSEEvent
 
 
 class UpstreamResponse(Protocol):
@@ -18,6 +18,10 @@ class UpstreamResponse(Protocol):
 
     def event_batches(self) -> AsyncIterator[list[SSEEvent]]:
         """The stream's events, a list per network chunk as it arrives."""
+        ...
+
+    def block_batches(self) -> AsyncIterator[BlockBatch]:
+        """The same events unparsed, for relays that pass most of them through."""
         ...
 
     def release(self) -> None: ...

@@ -58,6 +58,55 @@ async def iter_event_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list
             yield [ev]
 
 
+@dataclass(slots=True)
+class BlockBatch:
+    """The complete events of one network chunk, unparsed: ``raw`` is their bytes (line
+    ends normalised, each event ending in a blank line) and ``blocks`` each event's lines,
+    without the blank line."""
+
+    raw: bytes
+    blocks: list[bytes]
+
+
+async def iter_block_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[BlockBatch]:
+    """Like :func:`iter_event_batches`, without parsing: a relay that passes most events
+    through unchanged looks into only the few it must."""
+    buf = b""
+    async for chunk in chunks:
+        buf += chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            continue
+        raw, buf = buf[: end + 2], buf[end + 2 :]
+        blocks = [b for b in raw[:-2].split(b"\n\n") if b]
+        if blocks:
+            yield BlockBatch(raw, blocks)
+    tail = buf.rstrip(b"\r\n")
+    if tail and (buf != tail or tail == b"data: [DONE]") and parse_block(tail) is not None:
+        yield BlockBatch(tail + b"\n\n", [tail])
+
+
+def block_data(block: bytes) -> bytes | None:
+    """The data of one event block (None when it holds none): a plain one-line
+    ``data: ...`` block without parsing, anything else through :func:`parse_block`."""
+    if block.startswith(b"data: ") and b"\n" not in block:
+        return block[6:]
+    ev = parse_block(block)
+    return None if ev is None else ev.data
+
+
+def frames_data(frames: bytes) -> list[bytes]:
+    """The data of each event in complete SSE bytes."""
+    out = []
+    for block in frames.split(b"\n\n"):
+        d = block_data(block) if block else None
+        if d is not None:
+            out.append(d)
+    return out
+
+
 async def iter_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
     """Events one at a time (see :func:`iter_event_batches`)."""
     async for batch in iter_event_batches(chunks):
