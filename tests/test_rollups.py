@@ -248,8 +248,8 @@ def test_a_crash_mid_run_loses_nothing(engine: Engine, monkeypatch: pytest.Monke
 
     add = Rollups._add_events
 
-    def boom(self: Rollups, conn: Any, ids: Any) -> None:
-        add(self, conn, ids)  # the sums are added, the markers deleted, then:
+    def boom(self: Rollups, conn: Any) -> None:
+        add(self, conn)  # the sums are added, the markers deleted, then:
         raise RuntimeError("killed before the commit")
 
     monkeypatch.setattr(Rollups, "_add_events", boom)

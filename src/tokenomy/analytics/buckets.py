@@ -21,7 +21,6 @@ from sqlalchemy import (
     String,
     Table,
     and_,
-    bindparam,
     case,
     func,
     literal,
@@ -75,6 +74,17 @@ DELTA: Final = Table(
 )
 
 
+#: The markers one roll-up run takes, copied aside so that every statement of the run
+#: reads the same set without a round trip through Python. Temporary, as DELTA.
+BATCH: Final = Table(
+    "_rollup_batch",
+    MetaData(),
+    Column("request_id", String(64)),
+    Column("bucket_ms", BigInteger),
+    prefixes=["TEMPORARY"],
+)
+
+
 def kept(period: str) -> tuple[str, ...]:
     """The dimensions a period keeps (the others are stored as "")."""
     return DERIVED[period][1] if period in DERIVED else DIMENSIONS
@@ -101,11 +111,11 @@ def events_select(
     regions: Mapping[str, str],
     buckets: Sequence[int] | None = None,
     *,
-    by_id: bool = False,
+    batched: bool = False,
 ) -> Select[Any]:
     """Raw events aggregated into ``period``'s buckets (every dimension kept): all of
-    them, those in ``buckets``, or with ``by_id`` those whose request id is in the
-    expanding parameter ``ids``."""
+    them, those in ``buckets``, or with ``batched`` those whose markers are in
+    :data:`BATCH`."""
     size = PERIOD_MS[period]
     e = usage_events.c
     country: ColumnElement[Any] = literal("")
@@ -147,8 +157,8 @@ def events_select(
             e.ts_ms < buckets[-1] + size,
             bucket_floor(e.ts_ms, size).in_(buckets),
         )
-    if by_id:
-        inner = inner.where(e.request_id.in_(bindparam("ids", expanding=True)))
+    if batched:
+        inner = inner.where(e.request_id.in_(select(BATCH.c.request_id)))
     s = inner.group_by(*(c.element for c in dims_in), lb.element, tb.element).subquery()
 
     def n_if(cond: ColumnElement[bool]) -> ColumnElement[Any]:
@@ -188,13 +198,17 @@ def rollups_select(period: str, child: str, buckets: Sequence[int] | None) -> Se
     return q.group_by(b, *(r[d] for d in keep))
 
 
-def create_delta_sql(pg: bool) -> str:
-    """The DDL of :data:`DELTA` (idempotent: run at the start of every batch)."""
+def create_temp_sql(pg: bool) -> list[str]:
+    """The DDL of :data:`BATCH` and :data:`DELTA` (idempotent: run by every batch)."""
     cols = ["period VARCHAR(1)", "bucket_ms BIGINT"]
     cols += [f"{d} VARCHAR(200)" for d in DIMENSIONS]
     cols += [f"{c} BIGINT" for c in SUMMED]
     tail = " ON COMMIT DELETE ROWS" if pg else ""
-    return f"CREATE TEMPORARY TABLE IF NOT EXISTS {DELTA.name} ({', '.join(cols)}){tail}"
+    return [
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {BATCH.name} "
+        f"(request_id VARCHAR(64) PRIMARY KEY, bucket_ms BIGINT){tail}",
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {DELTA.name} ({', '.join(cols)}){tail}",
+    ]
 
 
 @functools.cache

@@ -30,6 +30,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, Select, Table, delete, func, insert, select, text
 
 from tokenomy.analytics.buckets import (
+    BATCH,
     CUBES,
     DAY,
     DELTA,
@@ -42,7 +43,7 @@ from tokenomy.analytics.buckets import (
     ROLLUP_COLS,
     add_delta_sql,
     bucket_floor,
-    create_delta_sql,
+    create_temp_sql,
     events_select,
     rollups_select,
 )
@@ -156,37 +157,41 @@ class Rollups:
         """Roll up one batch of markers in one transaction; returns how many it took."""
         with self._lock, self.engine.begin() as conn:
             self._serialise(conn)
-            q = select(analytics_pending.c.request_id, analytics_pending.c.bucket_ms)
-            rows = conn.execute(q.order_by("bucket_ms").limit(self.batch_size)).all()
-            if not rows:
+            for ddl in create_temp_sql(self._pg):
+                conn.execute(text(ddl))
+            if not self._pg:  # PostgreSQL empties them at commit; SQLite keeps them
+                conn.execute(delete(BATCH))
+                conn.execute(delete(DELTA))
+            p = analytics_pending.c
+            taken = select(p.request_id, p.bucket_ms).limit(self.batch_size)
+            conn.execute(insert(BATCH).from_select(["request_id", "bucket_ms"], taken))
+            n = int(conn.execute(select(func.count()).select_from(BATCH)).scalar() or 0)
+            if not n:
                 return 0
-            ids = [r[0] for r in rows]
-            for i in range(0, len(ids), 1000):
-                chunk = ids[i : i + 1000]
-                conn.execute(
-                    delete(analytics_pending).where(analytics_pending.c.request_id.in_(chunk))
-                )
-            repairs = {int(b) for rid, b in rows if rid.startswith(RECOMPUTE)}
-            # An event in a minute that is recomputed is counted by the recomputation.
-            events = [rid for rid, b in rows if not rid.startswith(RECOMPUTE) and b not in repairs]
-            if events:
-                self._add_events(conn, events)
+            in_batch = p.request_id.in_(select(BATCH.c.request_id))
+            conn.execute(delete(analytics_pending).where(in_batch))
+            b = BATCH.c
+            q = select(b.bucket_ms).where(b.request_id.like(RECOMPUTE + "%"))
+            repairs = {int(m) for m in conn.execute(q).scalars()}
+            if repairs:
+                # An event in a minute that is recomputed is counted by the recomputation.
+                conn.execute(delete(BATCH).where(b.bucket_ms.in_(sorted(repairs))))
+            self._add_events(conn)
             if repairs:
                 self._recompute(conn, repairs)
-            return len(rows)
+            if not self._pg:
+                conn.execute(delete(BATCH))
+                conn.execute(delete(DELTA))
+            return n
 
-    def _add_events(self, conn: Connection, ids: Sequence[str]) -> None:
-        """Add these events' sums onto every period's buckets (they have no marker now)."""
-        conn.execute(text(create_delta_sql(self._pg)))
-        if not self._pg:  # PostgreSQL empties it at commit; SQLite keeps it per connection
-            conn.execute(delete(DELTA))
-        sel = events_select("m", self.countries, self.regions, by_id=True)
-        conn.execute(insert(DELTA).from_select(list(ROLLUP_COLS), sel), {"ids": list(ids)})
+    def _add_events(self, conn: Connection) -> None:
+        """Add the batch's events' sums onto every period's buckets."""
+        sel = events_select("m", self.countries, self.regions, batched=True)
+        if not conn.execute(insert(DELTA).from_select(list(ROLLUP_COLS), sel)).rowcount:
+            return
         kept_from = _minutes_from(conn)
         for period in PERIODS:
             conn.execute(text(add_delta_sql(period)), {"kept_from": kept_from})
-        if not self._pg:
-            conn.execute(delete(DELTA))
 
     def _serialise(self, conn: Connection) -> None:
         """Take the roll-ups' lock before reading any marker: two runs must never add
@@ -223,6 +228,10 @@ class Rollups:
         """Recompute every bucket from the raw events (after a bulk load, or to repair)."""
         with self._lock, self.engine.begin() as conn:
             self._serialise(conn)
+            if self._pg:
+                # Writers wait until the commit: an event committed between dropping the
+                # markers and reading the events would be counted, then added again.
+                conn.execute(text("LOCK TABLE usage_events IN SHARE MODE"))
             conn.execute(delete(analytics_pending))
             conn.execute(delete(analytics_state).where(analytics_state.c.name == _MINUTES_FROM))
             self._pruned_to = 0  # every minute is back: the next prune_expired drops them
