@@ -44,10 +44,43 @@ def _short(path: str) -> str:
     return path
 
 
+#: Request-path stages, as (stage, function-name prefix, file fragment). A sample counts
+#: for the innermost stage on its stack; samples in no stage are aiohttp's server side
+#: and the event loop (parsing requests, writing responses).
+STAGES: tuple[tuple[str, str, str], ...] = (
+    ("auth (key lookup)", "authenticate", "api/edge.py"),
+    ("read and parse the body", "read_json", "api/edge.py"),
+    ("validate", "", "gateway/validation.py"),
+    ("admit (rate limits)", "RateLimitStage.", "admission/ratelimit.py"),
+    ("route (rank deployments)", "Router.", "routing/router.py"),
+    ("reserve (ledger hold)", "LedgerStage.before", "ledger/stage.py"),
+    ("vendor call (aiohttp client)", "HttpProvider.send", "providers/http.py"),
+    ("vendor call (aiohttp client)", "HttpUpstreamResponse.", "providers/http.py"),
+    ("relay the stream", "StreamRelay.", "gateway/relay.py"),
+    ("meter and price", "Pipeline._client_obj", "gateway/pipeline.py"),
+    ("meter and price", "LedgerStage.quote", "ledger/stage.py"),
+    ("settle (ledger, limits)", "LedgerStage.after", "ledger/stage.py"),
+    ("record (queue the event, metrics)", "build_services.<locals>.record", "services.py"),
+    ("durable writer (thread)", "insert_ignoring_duplicates", "store/writer.py"),
+    ("roll-ups (thread)", "Rollups.", "analytics/rollup.py"),
+)
+OTHER_OURS = "pipeline glue (other tokenomy code)"
+OTHER = "aiohttp server, event loop, interpreter"
+
+
+def _stage_of(funcs: list[str]) -> str:
+    for f in reversed(funcs):
+        for stage, prefix, path in STAGES:
+            if f.startswith(prefix) and f"({path}" in f.replace("tokenomy/", ""):
+                return stage
+    return OTHER_OURS if funcs and "(tokenomy/" in funcs[-1] else OTHER
+
+
 def summarise_collapsed(raw: str, title: str) -> str:
     """Top functions by inclusive and by own samples, from py-spy's collapsed stacks."""
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
+    stages: Counter[str] = Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -62,7 +95,16 @@ def summarise_collapsed(raw: str, title: str) -> str:
         for f in set(funcs):
             inclusive[f] += n
         own[funcs[-1]] += n
+        stages[_stage_of(funcs)] += n
     out = [title, f"{total} samples (py-spy, non-idle)", ""]
+    out.append(
+        "By stage (each sample counts for the innermost stage on its stack; a thread "
+        "waiting for the GIL may be sampled as busy, so the writer's share reads high):"
+    )
+    out.append(f"{'samples':>8} {'%':>6}  stage")
+    for stage, n in stages.most_common():
+        out.append(f"{n:>8} {100 * n / max(total, 1):>6.1f}  {stage}")
+    out.append("")
     for name, counter in (("cumulative (inclusive)", inclusive), ("own (self)", own)):
         out.append(f"Top {TOP} by {name} samples:")
         out.append(f"{'samples':>8} {'%':>6}  function")

@@ -196,10 +196,14 @@ def _profile_head(name: str, n: int = 12) -> list[str]:
     if not path.exists():
         return ["(file missing)"]
     lines = path.read_text().splitlines()
+    head: list[str] = []
     for i, line in enumerate(lines):
+        if line.startswith("By stage"):
+            end = lines.index("", i) if "" in lines[i:] else len(lines)
+            head = [*lines[i:end], ""]
         if line.startswith("Top") and "own" in line:
-            return lines[i : i + 2 + n]
-    return lines[: 2 + n]
+            return head + lines[i : i + 2 + n]
+    return head + lines[: 2 + n]
 
 
 def render(results: dict[str, Any], notes: list[str]) -> str:
@@ -266,8 +270,9 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
         for mode, d in prof.items():
             if "file" in d:
                 out.append(
-                    f"- {mode}: `bench/{d['file']}` ({d['tool']}, top functions by "
-                    "cumulative and own samples); the top of its own-time list:"
+                    f"- {mode}: `bench/{d['file']}` ({d['tool']}: samples by stage, then top "
+                    "functions by cumulative and own samples); by stage and the top of its "
+                    "own-time list:"
                 )
                 head = [f"  {ln}" for ln in _profile_head(d["file"])]
                 out += ["", "  ```", *head, "  ```", ""]
