@@ -12,9 +12,10 @@ Order of application, for the tier chosen by the prompt length (every input toke
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_CEILING, ROUND_HALF_UP, Context, Decimal, localcontext
+from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
 from fractions import Fraction
 from typing import Final
 
@@ -221,23 +222,24 @@ def worst_case(
     _require_int(max_output_tokens, "max_output_tokens")
     prompt, out = max(0, prompt_tokens), max(0, max_output_tokens)
     live = tuple(i for i, p in enumerate(version.promotions) if p.ends is None or p.ends > at)
-    top_in, top_out, top_fee = _worst_rates(version, version.tier_index(prompt), live, batch)
-    with localcontext(EXACT):
-        bound = (prompt * top_in + out * top_out) / _MILLION + top_fee
-        nanos = int(bound.scaleb(MAX_DECIMAL_PLACES).to_integral_value(rounding=ROUND_CEILING))
-    return Money(nanos, version.currency)
+    per_in, per_out, fee, denom = _worst_rates(version, version.tier_index(prompt), live, batch)
+    # ceil((prompt * in + out * out) / 10**6 + fee) in nanos, in integers: exact, and a
+    # fraction of the cost of Decimal arithmetic in a local context on every hold.
+    return Money(-(-(prompt * per_in + out * per_out + fee) // denom), version.currency)
 
 
 #: Worst-case rates by (version identity, top tier, live promotions, batch). Every hold
 #: asks; the answer changes only with those, so it is worked out once per combination.
-_Rates = tuple[Decimal, Decimal, Decimal]
+#: Kept as integers over one denominator: (nanos per input token, per output token, fee
+#: nanos) times ``denom``.
+_Rates = tuple[int, int, int, int]
 _worst: dict[tuple[int, int, tuple[int, ...], bool], tuple[PriceVersion, _Rates]] = {}
 
 
 def _worst_rates(
     version: PriceVersion, top_tier: int, live: tuple[int, ...], batch: bool
 ) -> _Rates:
-    """(input, output per million, with every multiplier; fee): the most any usage pays."""
+    """The most any usage pays (every multiplier applied), as integers over ``denom``."""
     key = (id(version), top_tier, live, batch)
     hit = _worst.get(key)
     if hit is not None and hit[0] is version:
@@ -256,7 +258,13 @@ def _worst_rates(
         m = max([_ONE, *(w.multiplier for w in version.windows)])
         if batch:
             m *= _scale_batch(version)
-        rates = (top_in * m, top_out * m, top_fee)
+    # Per million tokens in units is per token in nanos times 10**9 / 10**6 (exact).
+    mult = Fraction(m)
+    in_f = Fraction(top_in) * mult * 1000
+    out_f = Fraction(top_out) * mult * 1000
+    fee_f = Fraction(top_fee) * 10**MAX_DECIMAL_PLACES
+    denom = math.lcm(in_f.denominator, out_f.denominator, fee_f.denominator)
+    rates = (int(in_f * denom), int(out_f * denom), int(fee_f * denom), denom)
     if len(_worst) > 4096:  # catalogue reloads leave dead versions behind
         _worst.clear()
     _worst[key] = (version, rates)
