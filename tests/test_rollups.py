@@ -9,9 +9,12 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from importlib import resources
 from typing import Any
 
 import pytest
+from alembic import command
+from alembic.config import Config as AlembicConfig
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, select
@@ -196,6 +199,17 @@ def stored(engine: Engine, periods: str = ALL_PERIODS) -> dict[Key, dict[str, in
     return out
 
 
+def migrate_to(engine: Engine, revision: str, *, down: bool = False) -> None:
+    """Move the schema to an older revision (or up to one), as an old release left it."""
+    cfg = AlembicConfig()
+    cfg.set_main_option(
+        "script_location", str(resources.files("tokenomy.store").joinpath("migrations"))
+    )
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+
+
 def new_rollups(engine: Engine, batch_size: int = 5000) -> Rollups:
     return Rollups(engine, countries=COUNTRIES, regions=REGIONS, batch_size=batch_size)
 
@@ -369,19 +383,8 @@ def test_property_any_interleaving_matches_brute_force(
 
 
 def test_migration_queues_events_recorded_before_it(tmp_path: Any) -> None:
-    from importlib import resources
-
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
     eng = open_engine(f"sqlite:///{tmp_path / 'old.db'}")
-    cfg = AlembicConfig()
-    cfg.set_main_option(
-        "script_location", str(resources.files("tokenomy.store").joinpath("migrations"))
-    )
-    with eng.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0002")
+    migrate_to(eng, "0002")
     rng = random.Random(1)
     events = [make_event(rng, i) for i in range(50)]
     insert_ignoring_duplicates(eng, [(usage_events, e) for e in events])
@@ -394,23 +397,12 @@ def test_migration_queues_events_recorded_before_it(tmp_path: Any) -> None:
 def test_migration_sums_existing_days_into_key_and_org_days(engine: Engine) -> None:
     """Databases rolled up before the keys' and orgs' daily rows existed get them from
     their daily rows, on both databases."""
-    from importlib import resources
-
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
     clear(engine)
     rng = random.Random(29)
     events = [make_event(rng, i) for i in range(300)]
     write(engine, events)
     new_rollups(engine).refresh()
-    cfg = AlembicConfig()
-    cfg.set_main_option(
-        "script_location", str(resources.files("tokenomy.store").joinpath("migrations"))
-    )
-    with engine.begin() as conn:  # back to how 0003 left it
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0003")
+    migrate_to(engine, "0003", down=True)  # back to how 0003 left it
     assert not set(stored(engine)) & set(brute_force(events, "KO"))
     migrate(engine)
     assert stored(engine) == brute_force(events)
@@ -420,21 +412,10 @@ def test_migration_to_additive_rollups_recomputes_old_markers(engine: Engine) ->
     """Markers left by the recomputing roll-ups may belong to events already counted (an
     earlier run recomputed their minute for a neighbour's marker): 0005 turns them into
     minute recomputations, so nothing is counted twice."""
-    from importlib import resources
-
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
     clear(engine)
     rng = random.Random(31)
     events = [make_event(rng, i) for i in range(400)]
-    cfg = AlembicConfig()
-    cfg.set_main_option(
-        "script_location", str(resources.files("tokenomy.store").joinpath("migrations"))
-    )
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0004")
+    migrate_to(engine, "0004", down=True)
     insert_ignoring_duplicates(engine, [(usage_events, e) for e in events[:300]])
     new_rollups(engine).rebuild()  # all 300 counted, as the old roll-ups would have
     old = [{"request_id": e["request_id"], "bucket_ms": e["ts_ms"] - e["ts_ms"] % MINUTE}
