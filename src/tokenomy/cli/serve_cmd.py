@@ -332,5 +332,8 @@ print(r.choices[0].message.content)'
 
   models and prices: curl -s {base}/models -H "Authorization: Bearer {secret}"
   what a request cost: the x-tokenomy-cost header and usage.cost in the response
+  dashboard: http://127.0.0.1:{port}/dashboard (sign in with the admin key, or the API key)
+  usage:     curl -s "{base}/usage?view=summary" -H "Authorization: Bearer {admin_key}"
+  metrics:   curl -s http://127.0.0.1:{port}/metrics -H "Authorization: Bearer {admin_key}"
 Press Ctrl-C to stop.
 """
