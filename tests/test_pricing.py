@@ -22,7 +22,7 @@ from tokenomy.billing.catalog import (
 )
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.money import NANOS_PER_UNIT, Currency, Money, round_half_up_fraction
-from tokenomy.billing.pricing import openrouter_pricing, price_request, worst_case
+from tokenomy.billing.pricing import cost_nanos, openrouter_pricing, price_request, worst_case
 from tokenomy.billing.windows import TimeWindow
 from tokenomy.gateway.usage import Usage
 
@@ -457,6 +457,25 @@ def test_worst_case_covers_every_price_shape(version: PriceVersion, data: st.Dat
     assert cost.total.nanos >= 0
     assert Fraction(cost.exact) == reference_exact(version, usage, billed, batch)
     assert worst_case(version, prompt, max_out, at=at, batch=batch) >= cost.total
+    # Settlement's integer path gives the same total and the same exact amount.
+    nanos, exact = cost_nanos(version, usage, at=billed, batch=batch)
+    assert nanos == cost.total.nanos and exact == Fraction(cost.exact) * 10**9
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_settlement_prices_equal_the_itemised_price(data: st.DataObject) -> None:
+    version = data.draw(st.sampled_from(ALL_VERSIONS))
+    at = data.draw(instant_in(version))
+    usage = data.draw(
+        usages(data.draw(st.integers(0, 2_000_000)), data.draw(st.integers(0, 200_000)))
+    )
+    batch = version.batch_multiplier is not None and data.draw(st.booleans())
+    cost = price_request(version, usage, at=at, batch=batch)
+    assert cost_nanos(version, usage, at=at, batch=batch) == (
+        cost.total.nanos,
+        Fraction(cost.exact) * 10**9,
+    )
 
 
 def test_worst_case_known_values() -> None:

@@ -21,7 +21,14 @@ from typing import Final
 
 from tokenomy.billing.catalog import PriceVersion, PricingError, Promotion, TokenPrices
 from tokenomy.billing.fx import FxTable
-from tokenomy.billing.money import EXACT, MAX_DECIMAL_PLACES, Currency, Money, round_nanos
+from tokenomy.billing.money import (
+    EXACT,
+    MAX_DECIMAL_PLACES,
+    Currency,
+    Money,
+    round_half_up_fraction,
+    round_nanos,
+)
 from tokenomy.billing.windows import TimeWindow, require_aware
 from tokenomy.gateway.usage import Usage
 
@@ -143,6 +150,68 @@ def price_request(
         promotion=promo.name if promo else None,
         batch=batch,
     )
+
+
+def cost_nanos(
+    version: PriceVersion, usage: Usage, *, at: datetime, batch: bool = False
+) -> tuple[int, Fraction]:
+    """``price_request``'s total in nanos, and the exact cost in nanos, in integers.
+
+    The same prices, fallbacks, multipliers and single half-up rounding, without building
+    cost lines: what settling a call needs, on every request."""
+    require_aware(at)
+    if not version.covers(at):
+        raise PricingError(f"{version.id} does not apply at {at.isoformat()}")
+    c = _Counts.of(usage)
+    tier = version.tier_index(c.uncached + c.cached + c.write)
+    r = _int_rates(version, tier, version.window_at(at), version.promotion_at(at), batch)
+    num = c.uncached * r[0] + c.cached * r[1] + c.write * r[2] + r[5]
+    if r[4] is None:  # reasoning is billed as ordinary output
+        num += (c.plain_output + c.reasoning) * r[3]
+    else:
+        num += c.plain_output * r[3] + c.reasoning * r[4]
+    exact = Fraction(num, r[6])
+    return round_half_up_fraction(exact), exact
+
+
+#: (input, cached, cache write, output, reasoning or None, request fee, denominator): a
+#: tier's scaled prices as nanos per token (the fee in nanos), times the denominator.
+_IntRates = tuple[int, int, int, int, int | None, int, int]
+_int_scaled: dict[tuple[int, int, int, int, bool], tuple[PriceVersion, _IntRates]] = {}
+
+
+def _int_rates(
+    version: PriceVersion,
+    tier: int,
+    window: TimeWindow | None,
+    promo: Promotion | None,
+    batch: bool,
+) -> _IntRates:
+    key = (id(version), tier, id(window), id(promo), batch)
+    hit = _int_scaled.get(key)
+    if hit is not None and hit[0] is version:
+        return hit[1]
+    d = _rates(version, tier, window, promo, batch)
+    # Per million tokens in units is per token in nanos times 10**9 / 10**6 (exact).
+    per_token = [Fraction(x) * 1000 for x in (d.input, d.cached_input, d.cache_write, d.output)]
+    reasoning = None if d.reasoning is None else Fraction(d.reasoning) * 1000
+    fee = Fraction(d.request) * 10**MAX_DECIMAL_PLACES
+    parts = [*per_token, fee] + ([reasoning] if reasoning is not None else [])
+    denom = math.lcm(*(f.denominator for f in parts))
+    ints = [int(f * denom) for f in per_token]
+    out: _IntRates = (
+        ints[0],
+        ints[1],
+        ints[2],
+        ints[3],
+        None if reasoning is None else int(reasoning * denom),
+        int(fee * denom),
+        denom,
+    )
+    if len(_int_scaled) > 4096:  # catalogue reloads leave dead versions behind
+        _int_scaled.clear()
+    _int_scaled[key] = (version, out)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

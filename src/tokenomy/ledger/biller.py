@@ -19,7 +19,7 @@ import orjson
 from tokenomy.billing.catalog import PriceBook, PriceNotFound, PriceVersion
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.money import Currency, round_half_up_fraction
-from tokenomy.billing.pricing import price_request, worst_case
+from tokenomy.billing.pricing import cost_nanos, worst_case
 from tokenomy.gateway.call import IMAGE_PARTS, Call
 from tokenomy.gateway.registry import Deployment
 from tokenomy.gateway.usage import Usage
@@ -204,16 +204,16 @@ class Biller:
             if ch.currency is None:
                 ch.currency = v.currency
             return ch
-        cost = price_request(v, usage, at=at)
-        ch.list_cost_nanos = cost.total.nanos
+        list_nanos, exact = cost_nanos(v, usage, at=at)
+        ch.list_cost_nanos = list_nanos
         target = currency or v.currency
         ch.currency = target
         if target is v.currency:
-            nanos = cost.total.nanos
+            nanos = list_nanos
         else:
             ch.fx_rate = self.rate(v.currency, target, at)
             # One rounding: the exact cost times the exact rate, to nanos.
-            nanos = round_half_up_fraction(Fraction(cost.exact) * ch.fx_rate * 10**9)
+            nanos = round_half_up_fraction(exact * ch.fx_rate)
         if held is not None and nanos > held:
             ch.overage_nanos = nanos - held
             nanos = held
