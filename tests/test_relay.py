@@ -244,9 +244,10 @@ async def test_sse_parser_drops_an_event_cut_mid_line() -> None:
         "kimi_stream_usage_in_choice.sse",
     ],
 )
-async def test_openai_passthrough_is_byte_for_byte(name: str) -> None:
+@pytest.mark.parametrize("size", [7, 1 << 20])  # in pieces, and the whole stream at once
+async def test_openai_passthrough_is_byte_for_byte(name: str, size: int) -> None:
     call = make_call("openai", wants_usage=True)
-    upstream = FakeUpstream(fixture(name))
+    upstream = FakeUpstream(fixture(name), size=size)
     out, r = await relay(call, upstream, "openai")
     assert out == fixture(name)
     assert r.completed and call.status == "ok" and call.error_code is None
@@ -281,10 +282,28 @@ async def test_openai_passthrough_records_upstream_usage(name: str, usage: Usage
     assert call.usage == usage
 
 
+async def test_keep_alive_comments_before_the_first_token_do_not_start_it() -> None:
+    body = fixture("openai_stream_text.sse")
+    comment = b": OPENROUTER PROCESSING\n\n"
+    call = make_call("openai")
+    relay = StreamRelay(
+        call,
+        FakeUpstream(comment + body, size=len(comment)),
+        "openai",
+        prompt_tokens_hint=lambda: 0,
+    )
+    chunks = relay.chunks()
+    assert await chunks.__anext__() == comment  # passed through as it came
+    assert call.first_token_at is None
+    rest = b"".join([b async for b in chunks])
+    assert call.first_token_at is not None and rest.endswith(b"data: [DONE]\n\n")
+
+
 @pytest.mark.parametrize("name", ["openai_stream_text.sse", "deepseek_stream_cache_hit.sse"])
-async def test_usage_only_chunk_is_stripped_unless_the_client_asked(name: str) -> None:
+@pytest.mark.parametrize("size", [7, 1 << 20])
+async def test_usage_only_chunk_is_stripped_unless_the_client_asked(name: str, size: int) -> None:
     call = make_call("openai", wants_usage=False)
-    out, _ = await relay(call, FakeUpstream(fixture(name)), "openai")
+    out, _ = await relay(call, FakeUpstream(fixture(name), size=size), "openai")
     assert out == without_usage_chunk(fixture(name))
     assert call.usage is not None and call.usage.input_tokens > 0  # still metered
     chunks = openai_sdk_chunks(out)

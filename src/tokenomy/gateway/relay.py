@@ -32,8 +32,8 @@ DONE_BLOCK = b"data: [DONE]"
 _STREAM_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
 
 
-def _may_have_usage(data: bytes) -> bool:
-    """Whether an OpenAI chunk may carry a usage object, without parsing it.
+def _usage_at(data: bytes) -> int:
+    """Where OpenAI chunks may first carry a usage object (-1: nowhere), without parsing.
 
     A cheap pre-filter: the match may also be a ``"usage"`` value in the produced text, so
     the caller parses the chunk to be sure.
@@ -42,9 +42,23 @@ def _may_have_usage(data: bytes) -> bool:
     while i >= 0:
         rest = data[i + 7 : i + 16].lstrip(b": ")
         if not rest.startswith(b"null"):
-            return True
+            return i
         i = data.find(b'"usage"', i + 7)
-    return False
+    return -1
+
+
+def _may_have_usage(data: bytes) -> bool:
+    return _usage_at(data) >= 0
+
+
+def _split_at_first_special(raw: bytes) -> int:
+    """Where the event holding the first usage or end of stream starts in ``raw`` (SSE
+    bytes of whole events), or ``len(raw)`` when there is none: what comes before passes
+    through untouched."""
+    marks = [i for i in (_usage_at(raw), raw.find(DONE_DATA)) if i >= 0]
+    if not marks:
+        return len(raw)
+    return raw.rfind(b"\n\n", 0, min(marks)) + 2 if b"\n\n" in raw[: min(marks)] else 0
 
 
 def _present(usage: Any) -> dict[str, Any]:
@@ -129,18 +143,16 @@ class StreamRelay:
         call = self.call
         async for batch in self.upstream.block_batches():
             raw = batch.raw
-            if not _may_have_usage(raw) and DONE_DATA not in raw:
+            cut = _split_at_first_special(raw)
+            if b"data:" in raw[:cut]:  # not for keep-alive comments before the first token
                 call.mark_first_token()
+            if cut == len(raw):
                 self._frames.append(raw)
                 yield raw
                 continue
-            out: list[bytes] = []
-            for block in batch.blocks:
-                if DONE_DATA not in block and not _may_have_usage(block):
-                    call.mark_first_token()
-                    out.append(block)
-                    continue
-                d = block_data(block)
+            out: list[bytes] = [raw[: cut - 2]] if cut else []
+            for block in raw[cut:-2].split(b"\n\n"):
+                d = block_data(block) if block else None
                 if d is None:
                     continue
                 if d == DONE_DATA:
