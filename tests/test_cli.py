@@ -168,9 +168,10 @@ def test_several_workers_need_redis_and_share_one_port(tmp_path: Path, sim: Thre
     finally:
         if proc.poll() is None:
             proc.kill()
+    log = proc.stdout.read() if proc.stdout is not None else ""
     with open_engine(f"sqlite:///{tmp_path / 'cli.db'}").connect() as c:
         n = c.execute(select(func.count()).where(usage_events.c.status == "ok")).scalar_one()
-    assert n == 10
+    assert n == 10, log
 
 
 def test_demo_seeds_history_through_the_pipeline_once(tmp_path: Path) -> None:
