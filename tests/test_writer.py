@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from tests.conftest import throwaway_postgres
+from tokenomy.store import writer as writer_mod
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.schema import usage_events
 from tokenomy.store.writer import SQLITE_CHUNK, BatchWriter
@@ -94,6 +97,33 @@ async def test_close_drains_everything(engine: Engine) -> None:
         w.submit(row(i))
     await w.close()
     assert count(engine) == (100, 5050) and w.pending == 0
+
+
+async def test_close_during_a_flush_waits_for_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutting down while the loop's group commit is being written: close returns only
+    once those rows are committed, and the rest after them."""
+    started = threading.Event()
+    real = writer_mod.insert_ignoring_duplicates
+
+    def slow(eng: Engine, items: Any) -> None:
+        if not started.is_set():  # the first commit takes a while (a busy database)
+            started.set()
+            time.sleep(0.5)
+        real(eng, items)
+
+    monkeypatch.setattr(writer_mod, "insert_ignoring_duplicates", slow)
+    w = BatchWriter(engine, usage_events, flush_interval_ms=10)
+    w.start()
+    for i in range(1, 51):
+        w.submit(row(i))
+    while not started.is_set():
+        await asyncio.sleep(0.005)
+    for i in range(51, 61):  # arrive while the first batch is being written
+        w.submit(row(i))
+    await w.close()
+    assert count(engine) == (60, sum(range(1, 61))) and w.pending == 0
 
 
 async def test_synchronous_mode(engine: Engine) -> None:

@@ -145,6 +145,7 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._on_flushed = on_flushed
+        self._closing = False
         self.written = 0
         self.failures = 0
 
@@ -191,7 +192,7 @@ class BatchWriter:
                 self._on_flushed(batch)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
             self._wake.clear()
@@ -201,11 +202,15 @@ class BatchWriter:
                 await asyncio.sleep(min(1.0, self._interval * 10))
 
     async def close(self) -> None:
-        """Stop the loop and drain everything still queued (called on SIGTERM/shutdown)."""
+        """Stop the loop and drain everything still queued (called on SIGTERM/shutdown).
+
+        The loop is asked to stop, not cancelled: a flush cancelled while its thread
+        writes would have taken its rows out of the queue with no word of whether they
+        were committed."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._closing = True
+            self._wake.set()
+            await self._task
             self._task = None
         for _ in range(3):
             try:
