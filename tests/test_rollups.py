@@ -210,6 +210,16 @@ def migrate_to(engine: Engine, revision: str, *, down: bool = False) -> None:
         (command.downgrade if down else command.upgrade)(cfg, revision)
 
 
+def assert_exact_after_pruning(
+    engine: Engine, events: list[dict[str, Any]], kept_from: int
+) -> None:
+    """Hours, days and coarser copies hold every event; minutes only those from
+    ``kept_from`` on (and some are left)."""
+    assert stored(engine, "hdHDKO") == brute_force(events, "hdHDKO")
+    kept = {k: v for k, v in brute_force(events, "m").items() if k[1] >= kept_from}
+    assert kept and stored(engine, "m") == kept
+
+
 def new_rollups(engine: Engine, batch_size: int = 5000) -> Rollups:
     return Rollups(engine, countries=COUNTRIES, regions=REGIONS, batch_size=batch_size)
 
@@ -342,9 +352,7 @@ def test_pruned_minutes_keep_hours_and_days_exact(engine: Engine) -> None:
     assert r.prune_minutes(T0 + 2 * DAY) > 0
     write(engine, events[300:])  # late events, many of them in pruned minutes
     r.refresh()
-    assert stored(engine, "hdHDKO") == brute_force(events, "hdHDKO")
-    kept = {k: v for k, v in brute_force(events, "m").items() if k[1] >= T0 + 2 * DAY}
-    assert stored(engine, "m") == kept
+    assert_exact_after_pruning(engine, events, T0 + 2 * DAY)
 
 
 def test_rebuild_equals_incremental(engine: Engine) -> None:
@@ -490,24 +498,18 @@ def test_expired_minutes_are_pruned_and_late_events_still_count(
     assert transactions >= 3  # days 0 and 1 pruned a day per transaction, then the check
     assert _minutes_from(engine) == T0 + 2 * DAY
     assert rollup.minutes_kept_from(engine) == T0 + 2 * DAY
-    assert stored(engine, "hdHDKO") == brute_force(events[:450], "hdHDKO")
-    kept = {k: v for k, v in brute_force(events[:450], "m").items() if k[1] >= T0 + 2 * DAY}
-    assert stored(engine, "m") == kept
+    assert_exact_after_pruning(engine, events[:450], T0 + 2 * DAY)
     transactions = 0
     assert r.prune_expired(now + HOUR) == 0 and transactions == 0  # same day: no query
     assert new_rollups(engine).prune_expired(now) == 0  # another replica finds it done
     # Late events (many in pruned minutes) and a replay: hours and days stay exact.
     write(engine, events[450:] + events[:100])
     r.refresh()
-    assert stored(engine, "hdHDKO") == brute_force(events, "hdHDKO")
-    kept = {k: v for k, v in brute_force(events, "m").items() if k[1] >= T0 + 2 * DAY}
-    assert stored(engine, "m") == kept
+    assert_exact_after_pruning(engine, events, T0 + 2 * DAY)
     # A day later the next day's minutes go too; nothing else changes.
     assert r.prune_expired(now + DAY) > 0
     assert _minutes_from(engine) == T0 + 3 * DAY
-    assert stored(engine, "hdHDKO") == brute_force(events, "hdHDKO")
-    kept = {k: v for k, v in brute_force(events, "m").items() if k[1] >= T0 + 3 * DAY}
-    assert stored(engine, "m") == kept
+    assert_exact_after_pruning(engine, events, T0 + 3 * DAY)
 
 
 def test_the_worker_prunes_minutes_on_its_schedule(engine: Engine) -> None:
@@ -536,7 +538,5 @@ def test_the_worker_prunes_minutes_on_its_schedule(engine: Engine) -> None:
     asyncio.run(run_worker())
     horizon = _minutes_from(engine)
     assert horizon in {(t - 2 * DAY) // DAY * DAY for t in (now, int(time.time() * 1000))}
-    assert stored(engine, "hdHDKO") == brute_force(events, "hdHDKO")
-    kept = {k: v for k, v in brute_force(events, "m").items() if k[1] >= horizon}
-    assert kept and stored(engine, "m") == kept
+    assert_exact_after_pruning(engine, events, horizon)
     assert min(e["ts_ms"] for e in events) < horizon  # something was in fact pruned
