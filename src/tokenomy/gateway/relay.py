@@ -58,7 +58,8 @@ def _split_at_first_special(raw: bytes) -> int:
     marks = [i for i in (_usage_at(raw), raw.find(DONE_DATA)) if i >= 0]
     if not marks:
         return len(raw)
-    return raw.rfind(b"\n\n", 0, min(marks)) + 2 if b"\n\n" in raw[: min(marks)] else 0
+    end = raw.rfind(b"\n\n", 0, min(marks))  # the end of the event before it, if any
+    return end + 2 if end >= 0 else 0
 
 
 def _present(usage: Any) -> dict[str, Any]:
