@@ -294,28 +294,30 @@ def _account(env: dict[str, str], log: Path) -> tuple[str, list[str]]:
 
 
 def postgres_ready() -> str | None:
-    """None when PostgreSQL and Redis answer and the bench database exists, else why not."""
+    """None when PostgreSQL and Redis answer, after making the bench database and Redis
+    db 15 empty (each run starts from nothing, as rows left by earlier runs would make
+    the figures drift), else why not."""
     if shutil.which("psql") is None:
         return "psql is not installed"
     base = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc"]
-    check = "SELECT 1 FROM pg_database WHERE datname = 'tokenomy_bench'"
     try:
-        p = subprocess.run([*base, check], capture_output=True, text=True, timeout=20)
-        if p.returncode != 0:
-            return "PostgreSQL on 127.0.0.1:5432 does not answer: " + p.stderr.strip()[-200:]
-        if p.stdout.strip() != "1":
-            c = subprocess.run(
-                [*base, "CREATE DATABASE tokenomy_bench"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            if c.returncode != 0:
-                return "cannot create database tokenomy_bench: " + c.stderr.strip()[-200:]
+        for sql in (
+            "DROP DATABASE IF EXISTS tokenomy_bench WITH (FORCE)",
+            "CREATE DATABASE tokenomy_bench",
+        ):
+            p = subprocess.run([*base, sql], capture_output=True, text=True, timeout=60)
+            if p.returncode != 0:
+                return f"PostgreSQL on 127.0.0.1:5432 refused {sql!r}: " + p.stderr.strip()[-200:]
         with socket.create_connection(("127.0.0.1", 6379), 2) as s:
-            s.sendall(b"PING\r\n")
-            if not s.recv(64).startswith(b"+PONG"):
-                return "Redis on 127.0.0.1:6379 does not answer PING"
+            s.sendall(b"SELECT 15\r\nFLUSHDB\r\n")
+            reply = b""
+            while reply.count(b"\r\n") < 2:
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                reply += chunk
+            if reply != b"+OK\r\n+OK\r\n":
+                return f"Redis on 127.0.0.1:6379 did not empty db 15: {reply[:80]!r}"
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"PostgreSQL or Redis not reachable: {e}"
     return None
