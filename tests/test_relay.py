@@ -30,14 +30,11 @@ from tokenomy.gateway.relay import StreamRelay
 from tokenomy.gateway.tokencount import TokenCounter
 from tokenomy.gateway.usage import Usage, UsageSource
 from tokenomy.providers.sse import (
-    BlockBatch,
     SSEEvent,
-    block_data,
     frames_data,
-    iter_block_batches,
     iter_event_batches,
+    iter_event_bytes,
     iter_events,
-    parse_block,
 )
 from tokenomy.store.keys import ApiKey
 
@@ -93,8 +90,8 @@ class FakeUpstream:
     def event_batches(self) -> AsyncIterator[list[SSEEvent]]:
         return iter_event_batches(self._pieces())
 
-    def block_batches(self) -> AsyncIterator[BlockBatch]:
-        return iter_block_batches(self._pieces())
+    def event_bytes(self) -> AsyncIterator[bytes]:
+        return iter_event_bytes(self._pieces())
 
     def release(self) -> None:
         self.released += 1
@@ -199,24 +196,28 @@ async def test_sse_parser_is_independent_of_chunk_boundaries(name: str, size: in
     assert await _parse(crlf, size) == whole
 
 
-async def _blocks(body: bytes, size: int) -> list[SSEEvent]:
+async def _event_bytes(body: bytes, size: int) -> list[bytes]:
     out = []
-    async for batch in iter_block_batches(FakeUpstream(body, size=size)._pieces()):
-        assert batch.raw.endswith(b"\n\n") and b"\r" not in batch.raw
-        assert [d for d in map(block_data, batch.blocks) if d is not None] == frames_data(batch.raw)
-        out += [e for e in map(parse_block, batch.blocks) if e is not None]
+    async for raw in iter_event_bytes(FakeUpstream(body, size=size)._pieces()):
+        assert raw.endswith(b"\n\n") and b"\r" not in raw
+        out.append(raw)
     return out
 
 
 @pytest.mark.parametrize("name", ["openai_stream_tool_calls.sse", "anthropic_stream_thinking.sse"])
 @pytest.mark.parametrize("size", [1, 7, 4096])
-async def test_unparsed_blocks_hold_the_same_events(name: str, size: int) -> None:
-    whole = await _parse(fixture(name), 1 << 20)
-    assert await _blocks(fixture(name), size) == whole
-    assert await _blocks(fixture(name).replace(b"\n", b"\r\n"), size) == whole
+async def test_unparsed_event_bytes_keep_every_byte_and_event(name: str, size: int) -> None:
+    body = fixture(name)
+    assert body.endswith(b"\n\n")
+    whole = [ev.data for ev in await _parse(body, 1 << 20)]
+    for given in (body, body.replace(b"\n", b"\r\n")):
+        raws = await _event_bytes(given, size)
+        assert b"".join(raws) == body  # passed through as sent, line ends normalised
+        assert [d for raw in raws for d in frames_data(raw)] == whole
     tail = b": keep-alive\n\nevent: ping\ndata: {}\n\ndata: [DONE]"
-    assert await _blocks(tail, 3) == await _parse(tail, 3)
-    assert await _blocks(b'data: {"a":1}\n\ndata: {"b":', 3) == [SSEEvent(None, b'{"a":1}')]
+    assert b"".join(await _event_bytes(tail, 3)) == tail + b"\n\n"
+    cut = await _event_bytes(b'data: {"a":1}\n\ndata: {"b":', 3)
+    assert cut == [b'data: {"a":1}\n\n']  # half an event is never passed on
 
 
 async def test_sse_parser_keeps_a_final_event_without_its_blank_line() -> None:

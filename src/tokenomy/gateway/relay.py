@@ -20,7 +20,7 @@ from tokenomy.gateway.call import Call
 from tokenomy.gateway.metering import anthropic_delta_text, openai_chunk_text
 from tokenomy.gateway.usage import Usage, openai_chunk_usage
 from tokenomy.providers.base import UpstreamResponse
-from tokenomy.providers.sse import block_data, frame_data, frame_event, frame_json, frames_data
+from tokenomy.providers.sse import frame_data, frame_event, frame_json, frames_data
 from tokenomy.providers.translate_response import usage_from_anthropic
 from tokenomy.providers.translate_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 
@@ -142,8 +142,7 @@ class StreamRelay:
         # Most chunks carry neither usage nor the end: they go out as the bytes that came
         # in, unparsed. Only the events that may hold either are looked into.
         call = self.call
-        async for batch in self.upstream.block_batches():
-            raw = batch.raw
+        async for raw in self.upstream.event_bytes():
             cut = _split_at_first_special(raw)
             if b"data:" in raw[:cut]:  # not for keep-alive comments before the first token
                 call.mark_first_token()
@@ -152,10 +151,7 @@ class StreamRelay:
                 yield raw
                 continue
             out: list[bytes] = [raw[: cut - 2]] if cut else []
-            for block in raw[cut:-2].split(b"\n\n"):
-                d = block_data(block) if block else None
-                if d is None:
-                    continue
+            for d in frames_data(raw[cut:]):
                 if d == DONE_DATA:
                     self.completed = True
                     out.append(DONE_BLOCK)

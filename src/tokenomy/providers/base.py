@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from tokenomy.gateway.registry import Deployment
-from tokenomy.providers.sse import BlockBatch, SSEEvent
+from tokenomy.providers.sse import SSEEvent
 
 
 class UpstreamResponse(Protocol):
@@ -20,8 +20,9 @@ class UpstreamResponse(Protocol):
         """The stream's events, a list per network chunk as it arrives."""
         ...
 
-    def block_batches(self) -> AsyncIterator[BlockBatch]:
-        """The same events unparsed, for relays that pass most of them through."""
+    def event_bytes(self) -> AsyncIterator[bytes]:
+        """The same events unparsed, a chunk of whole events at a time, for relays that
+        pass most of them through."""
         ...
 
     def release(self) -> None: ...

@@ -18,7 +18,7 @@ from tokenomy.errors import (
     UpstreamTimeout,
 )
 from tokenomy.gateway.registry import Deployment, Vendor
-from tokenomy.providers.sse import BlockBatch, SSEEvent, iter_block_batches, iter_event_batches
+from tokenomy.providers.sse import SSEEvent, iter_event_batches, iter_event_bytes
 
 
 class HttpUpstreamResponse:
@@ -39,8 +39,8 @@ class HttpUpstreamResponse:
     def event_batches(self) -> AsyncIterator[list[SSEEvent]]:
         return iter_event_batches(self._resp.content.iter_any())
 
-    def block_batches(self) -> AsyncIterator[BlockBatch]:
-        return iter_block_batches(self._resp.content.iter_any())
+    def event_bytes(self) -> AsyncIterator[bytes]:
+        return iter_event_bytes(self._resp.content.iter_any())
 
     def release(self) -> None:
         self._resp.release()

@@ -29,11 +29,11 @@ def parse_block(block: bytes) -> SSEEvent | None:
     return SSEEvent(event, b"\n".join(data))
 
 
-async def iter_event_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[SSEEvent]]:
-    """Split raw chunks into events, a list per network chunk (never an empty one).
+async def iter_event_bytes(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The whole events of each network chunk as bytes, unparsed: line ends normalised,
+    each event ending in a blank line. A relay that passes most events through unchanged
+    looks into only the few it must.
 
-    Batches let the relay answer a chunk holding many events with one write, as a plain
-    byte relay would, instead of one socket write (and one generator step) per event.
     A trailing event without its blank line counts only if its last line is whole (or it is
     a bare ``[DONE]``): a stream cut in the middle of a line must not yield half an event,
     which the SSE spec says to discard.
@@ -44,48 +44,27 @@ async def iter_event_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list
         if b"\r" in buf:
             # On the whole buffer, not the chunk: a CRLF may straddle two network chunks.
             buf = buf.replace(b"\r\n", b"\n")
-        if b"\n\n" not in buf:
-            continue
-        blocks = buf.split(b"\n\n")
-        buf = blocks.pop()
-        batch = [ev for ev in map(parse_block, blocks) if ev is not None]
-        if batch:
-            yield batch
-    tail = buf.rstrip(b"\r\n")
-    if tail and (buf != tail or tail == b"data: [DONE]"):
-        ev = parse_block(tail)
-        if ev is not None:
-            yield [ev]
-
-
-@dataclass(slots=True)
-class BlockBatch:
-    """The complete events of one network chunk, unparsed: ``raw`` is their bytes (line
-    ends normalised, each event ending in a blank line) and ``blocks`` each event's lines,
-    without the blank line."""
-
-    raw: bytes
-    blocks: list[bytes]
-
-
-async def iter_block_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[BlockBatch]:
-    """Like :func:`iter_event_batches`, without parsing: a relay that passes most events
-    through unchanged looks into only the few it must."""
-    buf = b""
-    async for chunk in chunks:
-        buf += chunk
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
         end = buf.rfind(b"\n\n")
         if end < 0:
             continue
         raw, buf = buf[: end + 2], buf[end + 2 :]
-        blocks = [b for b in raw[:-2].split(b"\n\n") if b]
-        if blocks:
-            yield BlockBatch(raw, blocks)
+        yield raw
     tail = buf.rstrip(b"\r\n")
-    if tail and (buf != tail or tail == b"data: [DONE]") and parse_block(tail) is not None:
-        yield BlockBatch(tail + b"\n\n", [tail])
+    if tail and (buf != tail or tail == b"data: [DONE]"):
+        yield tail + b"\n\n"
+
+
+async def iter_event_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[SSEEvent]]:
+    """The events of each network chunk, parsed (never an empty list; see
+    :func:`iter_event_bytes`).
+
+    Batches let the relay answer a chunk holding many events with one write, as a plain
+    byte relay would, instead of one socket write (and one generator step) per event.
+    """
+    async for raw in iter_event_bytes(chunks):
+        batch = [ev for ev in map(parse_block, raw.split(b"\n\n")) if ev is not None]
+        if batch:
+            yield batch
 
 
 def block_data(block: bytes) -> bytes | None:
