@@ -13,6 +13,7 @@ Order of application, for the tier chosen by the prompt length (every input toke
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
@@ -192,26 +193,29 @@ def _int_rates(
     if hit is not None and hit[0] is version:
         return hit[1]
     d = _rates(version, tier, window, promo, batch)
-    # Per million tokens in units is per token in nanos times 10**9 / 10**6 (exact).
-    per_token = [Fraction(x) * 1000 for x in (d.input, d.cached_input, d.cache_write, d.output)]
-    reasoning = None if d.reasoning is None else Fraction(d.reasoning) * 1000
-    fee = Fraction(d.request) * 10**MAX_DECIMAL_PLACES
-    parts = [*per_token, fee] + ([reasoning] if reasoning is not None else [])
-    denom = math.lcm(*(f.denominator for f in parts))
-    ints = [int(f * denom) for f in per_token]
-    out: _IntRates = (
-        ints[0],
-        ints[1],
-        ints[2],
-        ints[3],
-        None if reasoning is None else int(reasoning * denom),
-        int(fee * denom),
-        denom,
-    )
+    per_m = [d.input, d.cached_input, d.cache_write, d.output]
+    if d.reasoning is not None:
+        per_m.append(d.reasoning)
+    ints, fee, denom = _nanos_over_one_denominator(per_m, d.request)
+    reasoning = ints[4] if d.reasoning is not None else None
+    out: _IntRates = (ints[0], ints[1], ints[2], ints[3], reasoning, fee, denom)
     if len(_int_scaled) > 4096:  # catalogue reloads leave dead versions behind
         _int_scaled.clear()
     _int_scaled[key] = (version, out)
     return out
+
+
+def _nanos_over_one_denominator(
+    per_million: Sequence[Decimal], fee: Decimal
+) -> tuple[list[int], int, int]:
+    """Prices per million tokens (in units) as nanos per token, and a fee in units as
+    nanos, all as integers over one common denominator: (per token, fee, denominator).
+    Exact: the caller's integer arithmetic then rounds once."""
+    # Per million tokens in units is per token in nanos times 10**9 / 10**6.
+    per_token = [Fraction(p) * 10 ** (MAX_DECIMAL_PLACES - 6) for p in per_million]
+    fee_nanos = Fraction(fee) * 10**MAX_DECIMAL_PLACES
+    denom = math.lcm(*(f.denominator for f in (*per_token, fee_nanos)))
+    return [int(f * denom) for f in per_token], int(fee_nanos * denom), denom
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,13 +331,10 @@ def _worst_rates(
         m = max([_ONE, *(w.multiplier for w in version.windows)])
         if batch:
             m *= _scale_batch(version)
-    # Per million tokens in units is per token in nanos times 10**9 / 10**6 (exact).
-    mult = Fraction(m)
-    in_f = Fraction(top_in) * mult * 1000
-    out_f = Fraction(top_out) * mult * 1000
-    fee_f = Fraction(top_fee) * 10**MAX_DECIMAL_PLACES
-    denom = math.lcm(in_f.denominator, out_f.denominator, fee_f.denominator)
-    rates = (int(in_f * denom), int(out_f * denom), int(fee_f * denom), denom)
+        (per_in, per_out), fee, denom = _nanos_over_one_denominator(
+            [top_in * m, top_out * m], top_fee
+        )
+    rates = (per_in, per_out, fee, denom)
     if len(_worst) > 4096:  # catalogue reloads leave dead versions behind
         _worst.clear()
     _worst[key] = (version, rates)
