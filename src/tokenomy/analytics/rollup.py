@@ -159,7 +159,7 @@ class Rollups:
             self._serialise(conn)
             for ddl in create_temp_sql(self._pg):
                 conn.execute(text(ddl))
-            if not self._pg:  # PostgreSQL empties them at commit; SQLite keeps them
+            if not self._pg:  # PostgreSQL empties them at commit; SQLite keeps their rows
                 conn.execute(delete(BATCH))
                 conn.execute(delete(DELTA))
             p = analytics_pending.c
@@ -179,9 +179,6 @@ class Rollups:
             self._add_events(conn)
             if repairs:
                 self._recompute(conn, repairs)
-            if not self._pg:
-                conn.execute(delete(BATCH))
-                conn.execute(delete(DELTA))
             return n
 
     def _add_events(self, conn: Connection) -> None:
