@@ -56,10 +56,13 @@ class Viewer:
     scope: Scope
 
 
+def _same_secret(expected: str | None, given: str) -> bool:
+    """``given`` is ``expected`` (compared in constant time); never when none is set."""
+    return bool(expected) and secrets.compare_digest(given.encode(), (expected or "").encode())
+
+
 def _is_admin(svc: Services, secret: str) -> bool:
-    return bool(svc.admin_key) and secrets.compare_digest(
-        secret.encode(), (svc.admin_key or "").encode()
-    )
+    return _same_secret(svc.admin_key, secret)
 
 
 def _viewer_for(svc: Services, secret: str | None) -> Viewer | None:
@@ -113,10 +116,10 @@ def read_session(secret: bytes, token: str, now_s: float) -> str | None:
 
 def _subject_for(svc: Services, secret: str) -> str | None:
     """Whom a presented key signs in as, or None when it is not accepted."""
-    if _is_admin(svc, secret):
-        return ADMIN_SUBJECT
-    key = svc.key_cache.lookup(secret)
-    return _KEY_SUBJECT + key.id if key is not None else None
+    viewer = _viewer_for(svc, secret)
+    if viewer is None:
+        return None
+    return ADMIN_SUBJECT if viewer.admin else _KEY_SUBJECT + str(viewer.scope.key_id)
 
 
 def _key_is_active(svc: Services, key_id: str) -> bool:
@@ -188,11 +191,7 @@ def _may_scrape(svc: Services, secret: str | None) -> bool:
         return True
     if not secret:
         return False
-    token = svc.metrics_token
-    given = secret.encode()
-    return _is_admin(svc, secret) or (
-        bool(token) and secrets.compare_digest(given, (token or "").encode())
-    )
+    return _is_admin(svc, secret) or _same_secret(svc.metrics_token, secret)
 
 
 async def get_metrics(request: web.Request) -> web.Response:
