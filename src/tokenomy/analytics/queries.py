@@ -157,23 +157,40 @@ def usage(
         nums = [_n(v) for v in vals[len(groups) + len(extra) :]]
         acc = out.get((bucket, *key_vals))
         if acc is None:
-            acc = out[(bucket, *key_vals)] = {
-                "bucket_ms": bucket,
-                **dict(zip(groups, key_vals, strict=True)),
-                "requests": 0,
-                "errors": 0,
-                **dict.fromkeys(TOKEN_COLS, 0),
-                "total_tokens": 0,
-                "cost_nanos": {},
-            }
-        acc["requests"] += nums[0]
-        acc["errors"] += nums[1]
-        for c, v in zip(TOKEN_COLS, nums[2:7], strict=True):
-            acc[c] += v
-        acc["total_tokens"] += nums[2] + nums[5]
-        if currency:
-            acc["cost_nanos"][currency] = acc["cost_nanos"].get(currency, 0) + nums[7]
+            labels = {"bucket_ms": bucket, **dict(zip(groups, key_vals, strict=True))}
+            acc = out[(bucket, *key_vals)] = _new_sums(labels)
+        _add_sums(acc, nums[0], nums[1], nums[2:7], currency, nums[7])
     return sorted(out.values(), key=lambda r: (r["bucket_ms"], -r["total_tokens"]))
+
+
+def _new_sums(labels: dict[str, Any]) -> dict[str, Any]:
+    """An empty row of counts under ``labels``: requests, errors, tokens, cost by currency."""
+    return {
+        **labels,
+        "requests": 0,
+        "errors": 0,
+        **dict.fromkeys(TOKEN_COLS, 0),
+        "total_tokens": 0,
+        "cost_nanos": {},
+    }
+
+
+def _add_sums(
+    acc: dict[str, Any],
+    requests: int,
+    errors: int,
+    tokens: Sequence[int],
+    currency: str | None,
+    cost: int,
+) -> None:
+    """Add one stored row's sums (``tokens`` in TOKEN_COLS order) onto ``acc``."""
+    acc["requests"] += requests
+    acc["errors"] += errors
+    for c, v in zip(TOKEN_COLS, tokens, strict=True):
+        acc[c] += v
+    acc["total_tokens"] += tokens[0] + tokens[3]  # input + output
+    if currency:
+        acc["cost_nanos"][currency] = acc["cost_nanos"].get(currency, 0) + cost
 
 
 def _sums(
@@ -198,21 +215,8 @@ def _sums(
         requests, errors, *tokens, cost = (_n(v) for v in cells[n:])
         acc = out.get(key)
         if acc is None:
-            acc = out[key] = {
-                **dict(zip(dims, key, strict=True)),
-                "requests": 0,
-                "errors": 0,
-                **dict.fromkeys(TOKEN_COLS, 0),
-                "total_tokens": 0,
-                "cost_nanos": {},
-            }
-        acc["requests"] += requests
-        acc["errors"] += errors
-        for c, v in zip(TOKEN_COLS, tokens, strict=True):
-            acc[c] += v
-        acc["total_tokens"] += tokens[0] + tokens[3]
-        if currency:
-            acc["cost_nanos"][currency] = acc["cost_nanos"].get(currency, 0) + cost
+            acc = out[key] = _new_sums(dict(zip(dims, key, strict=True)))
+        _add_sums(acc, requests, errors, tokens, currency, cost)
     return out
 
 
@@ -222,13 +226,7 @@ def totals(
     """One summary over the range's days, with latency and TTFT percentiles."""
     rows = latency(engine, start_ms, end_ms, granularity="day", scope=scope, by_bucket=False)
     lat = rows[0] if rows else {}
-    out: dict[str, Any] = _sums(engine, start_ms, end_ms, (), scope).get(()) or {
-        "requests": 0,
-        "errors": 0,
-        **dict.fromkeys(TOKEN_COLS, 0),
-        "total_tokens": 0,
-        "cost_nanos": {},
-    }
+    out = _sums(engine, start_ms, end_ms, (), scope).get(()) or _new_sums({})
     out["latency_ms"] = lat.get("latency_ms", {})
     out["ttft_ms"] = lat.get("ttft_ms", {})
     return out
