@@ -20,16 +20,15 @@ Lua script), so a refusal by the org limit consumes nothing from the key's.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tokenomy.errors import RateLimited
+from tokenomy.ids import UniqueIds
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -151,18 +150,6 @@ def _too_large(scope: Scope, tokens: int) -> RateLimited:
     )
 
 
-class _TicketIds:
-    """Ticket ids unique across processes: a random prefix and a counter (a fresh random
-    id per request would cost a system call each)."""
-
-    def __init__(self) -> None:
-        self._prefix = secrets.token_hex(6)
-        self._n = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._n):x}"
-
-
 class MemoryRateLimiter:
     """Limits for one process. All state is in dictionaries; no awaits, so it is atomic."""
 
@@ -170,7 +157,7 @@ class MemoryRateLimiter:
         self._clock = clock
         self._tat: dict[str, float] = {}
         self._open: dict[str, int] = {}
-        self._ids = _TicketIds()
+        self._ids = UniqueIds()
 
     def _gcra(
         self, key: str, limit: int, cost: int, now: float
@@ -389,7 +376,7 @@ class RedisRateLimiter:
         self._acquire = redis.register_script(_ACQUIRE)
         self._settle = redis.register_script(_SETTLE)
         self._pending: set[asyncio.Task[None]] = set()
-        self._ids = _TicketIds()
+        self._ids = UniqueIds()
 
     def _now_ms(self) -> int:
         return -1 if self._clock is None else int(self._clock() * 1000)
