@@ -27,6 +27,7 @@ from sqlalchemy import (
     literal_column,
     select,
 )
+from sqlalchemy.schema import CreateTable
 
 from tokenomy.analytics.histogram import BOUNDS
 from tokenomy.analytics.tables import (
@@ -71,6 +72,7 @@ DELTA: Final = Table(
     *(Column(d, String(200)) for d in DIMENSIONS),
     *(Column(c, BigInteger) for c in SUMMED),
     prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",
 )
 
 
@@ -79,9 +81,10 @@ DELTA: Final = Table(
 BATCH: Final = Table(
     "_rollup_batch",
     MetaData(),
-    Column("request_id", String(64)),
+    Column("request_id", String(64), primary_key=True),
     Column("bucket_ms", BigInteger),
     prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",
 )
 
 
@@ -198,17 +201,9 @@ def rollups_select(period: str, child: str, buckets: Sequence[int] | None) -> Se
     return q.group_by(b, *(r[d] for d in keep))
 
 
-def create_temp_sql(pg: bool) -> list[str]:
+def create_temp_tables() -> list[CreateTable]:
     """The DDL of :data:`BATCH` and :data:`DELTA` (idempotent: run by every batch)."""
-    cols = ["period VARCHAR(1)", "bucket_ms BIGINT"]
-    cols += [f"{d} VARCHAR(200)" for d in DIMENSIONS]
-    cols += [f"{c} BIGINT" for c in SUMMED]
-    tail = " ON COMMIT DELETE ROWS" if pg else ""
-    return [
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {BATCH.name} "
-        f"(request_id VARCHAR(64) PRIMARY KEY, bucket_ms BIGINT){tail}",
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {DELTA.name} ({', '.join(cols)}){tail}",
-    ]
+    return [CreateTable(t, if_not_exists=True) for t in (BATCH, DELTA)]
 
 
 @functools.cache

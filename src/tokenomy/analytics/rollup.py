@@ -43,7 +43,7 @@ from tokenomy.analytics.buckets import (
     ROLLUP_COLS,
     add_delta_sql,
     bucket_floor,
-    create_temp_sql,
+    create_temp_tables,
     events_select,
     rollups_select,
 )
@@ -157,8 +157,8 @@ class Rollups:
         """Roll up one batch of markers in one transaction; returns how many it took."""
         with self._lock, self.engine.begin() as conn:
             self._serialise(conn)
-            for ddl in create_temp_sql(self._pg):
-                conn.execute(text(ddl))
+            for ddl in create_temp_tables():
+                conn.execute(ddl)
             if not self._pg:  # PostgreSQL empties them at commit; SQLite keeps their rows
                 conn.execute(delete(BATCH))
                 conn.execute(delete(DELTA))
