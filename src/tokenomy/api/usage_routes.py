@@ -23,7 +23,6 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
-from sqlalchemy import select
 
 from tokenomy.analytics import dashboard
 from tokenomy.analytics.metrics import Metrics
@@ -34,7 +33,6 @@ from tokenomy.api.admin import require_admin
 from tokenomy.api.edge import SERVICES, authenticate, presented_key, services
 from tokenomy.errors import InvalidRequest, Unauthorized
 from tokenomy.services import Services
-from tokenomy.store.schema import api_keys
 
 ROLLUPS: web.AppKey[Rollups] = web.AppKey("analytics.rollups", Rollups)
 METRICS: web.AppKey[Metrics] = web.AppKey("analytics.metrics", Metrics)
@@ -122,15 +120,6 @@ def _subject_for(svc: Services, secret: str) -> str | None:
     return ADMIN_SUBJECT if viewer.admin else _KEY_SUBJECT + str(viewer.scope.key_id)
 
 
-def _key_is_active(svc: Services, key_id: str) -> bool:
-    # Read from the database, not the key cache: a key revoked on another replica (or
-    # by the command line) must end its sessions now, not at the next cache refresh.
-    q = select(api_keys.c.revoked_ms).where(api_keys.c.id == key_id)
-    with svc.engine.connect() as conn:
-        row = conn.execute(q).first()
-    return row is not None and row[0] is None
-
-
 async def _session_viewer(request: web.Request, token: str) -> Viewer | None:
     svc = services(request)
     subject = read_session(request.app[_SESSION_SECRET], token, time.time())
@@ -138,7 +127,9 @@ async def _session_viewer(request: web.Request, token: str) -> Viewer | None:
         return Viewer(True, EVERYONE)
     if subject is not None and subject.startswith(_KEY_SUBJECT):
         key_id = subject.removeprefix(_KEY_SUBJECT)
-        if await asyncio.to_thread(_key_is_active, svc, key_id):
+        # The database, not the key cache: a key revoked on another replica (or by the
+        # command line) must end its sessions now, not at the next cache refresh.
+        if await asyncio.to_thread(svc.keys.is_active, key_id):
             return Viewer(False, Scope(key_id=key_id))
     return None
 

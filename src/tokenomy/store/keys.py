@@ -91,6 +91,14 @@ class KeyStore:
             )
         return res.rowcount > 0
 
+    def is_active(self, key_id: str) -> bool:
+        """Whether the key exists and is not revoked, as the database says now (a key
+        cache may lag a revocation made elsewhere by a refresh interval)."""
+        q = select(api_keys.c.revoked_ms).where(api_keys.c.id == key_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return row is not None and row[0] is None
+
     def all(self, include_revoked: bool = False) -> list[ApiKey]:
         q = select(api_keys).order_by(api_keys.c.created_ms)
         if not include_revoked:
