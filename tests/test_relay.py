@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anthropic
 import httpx2
 import openai
@@ -36,6 +35,7 @@ from tokenomy.providers.sse import (
     iter_event_bytes,
     iter_events,
 )
+from tokenomy.providers.transport import TransportError
 from tokenomy.store.keys import ApiKey
 
 FIXTURES = Path(__file__).parent / "fixtures" / "translate"
@@ -424,7 +424,7 @@ async def test_cut_stream_ends_with_an_in_band_error_and_is_counted(
 ) -> None:
     errors: dict[str, BaseException | None] = {
         "eof": None,
-        "broken": aiohttp.ClientPayloadError("Response payload is not completed"),
+        "broken": TransportError("the connection closed before the answer was whole"),
         "stalled": TimeoutError(),
     }
     call = make_call(client, wants_usage=True)

@@ -12,7 +12,6 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from tokenomy.errors import GatewayError, UpstreamError, UpstreamTimeout
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
 DONE_DATA = b"[DONE]"
 DONE_BLOCK = b"data: [DONE]"
-_STREAM_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
+_STREAM_ERRORS = (TimeoutError, ConnectionError)
 
 
 def _usage_at(data: bytes) -> int:

@@ -1,15 +1,14 @@
-"""The HTTP transport shared by every vendor protocol: one pooled client per vendor."""
+"""What every vendor protocol shares: one pool of keep-alive connections per vendor."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
+from tokenomy import __version__
 from tokenomy.errors import (
     GatewayError,
     RateLimited,
@@ -19,6 +18,7 @@ from tokenomy.errors import (
 )
 from tokenomy.gateway.registry import Deployment, Vendor
 from tokenomy.providers.sse import SSEEvent, iter_event_batches, iter_event_bytes
+from tokenomy.providers.transport import Origin, Pool, Response, TransportError, header_block
 
 
 class HttpUpstreamResponse:
@@ -26,7 +26,7 @@ class HttpUpstreamResponse:
 
     __slots__ = ("_resp", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: Response) -> None:
         self._resp = resp
         self.status = resp.status
 
@@ -37,13 +37,23 @@ class HttpUpstreamResponse:
             self._resp.release()
 
     def event_batches(self) -> AsyncIterator[list[SSEEvent]]:
-        return iter_event_batches(self._resp.content.iter_any())
+        return iter_event_batches(self._resp.chunks())
 
     def event_bytes(self) -> AsyncIterator[bytes]:
-        return iter_event_bytes(self._resp.content.iter_any())
+        return iter_event_bytes(self._resp.chunks())
 
     def release(self) -> None:
         self._resp.release()
+
+
+def request_headers(*layers: Mapping[str, str]) -> dict[str, str]:
+    """Headers merged by name regardless of case, later layers winning (a vendor's own
+    ``content-type`` replaces ours instead of going out twice)."""
+    merged: dict[str, tuple[str, str]] = {}
+    for layer in layers:
+        for name, value in layer.items():
+            merged[name.lower()] = (name, value)
+    return dict(merged.values())
 
 
 class HttpProvider:
@@ -61,29 +71,24 @@ class HttpProvider:
     ) -> None:
         self.vendor = vendor
         self._first_byte = first_byte_timeout_s
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout_s, sock_read=read_timeout_s
+        self._pool = Pool(
+            Origin.parse(vendor.base_url),
+            limit=vendor.max_connections,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
         )
-        self._session: aiohttp.ClientSession | None = None
-        self._headers = {
-            "Content-Type": "application/json",
-            **self.auth_headers(),
-            **vendor.headers,
-        }
-
-    def _client(self) -> aiohttp.ClientSession:
-        # Created lazily so it binds to the running loop, then reused for every request.
-        if self._session is None:
-            conn = aiohttp.TCPConnector(
-                limit=self.vendor.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
+        # Written out once: every request to this vendor carries the same lines.
+        self._head = header_block(
+            request_headers(
+                {
+                    "Content-Type": "application/json",
+                    "Accept-Encoding": "gzip, deflate",
+                    "User-Agent": f"tokenomy/{__version__}",
+                },
+                self.auth_headers(),
+                vendor.headers,
             )
-            self._session = aiohttp.ClientSession(
-                connector=conn,
-                timeout=self._timeout,
-                json_serialize=lambda o: orjson.dumps(o).decode(),
-                auto_decompress=True,
-            )
-        return self._session
+        )
 
     def auth_headers(self) -> dict[str, str]:
         key = self.vendor.api_key
@@ -98,29 +103,31 @@ class HttpProvider:
     async def send(
         self, deployment: Deployment, endpoint: str, body: dict[str, Any], *, stream: bool
     ) -> HttpUpstreamResponse:
-        url = self.vendor.base_url + self.path_for(endpoint)
         payload = orjson.dumps(self.prepare(deployment, body, stream))
         try:
-            async with asyncio.timeout(self._first_byte):
-                resp = await self._client().post(url, data=payload, headers=self._headers)
-                if resp.status >= 400:
-                    raw = await resp.read()
-                    resp.release()
-                    raise self.error_for(resp.status, resp.headers, raw)
+            resp = await self._pool.post(
+                self.path_for(endpoint), self._head, payload, first_byte_timeout_s=self._first_byte
+            )
+            if resp.status >= 300:
+                raw = await resp.read()
+                raise self.error_for(resp.status, resp.headers, raw)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"{self.vendor.name} did not answer within {self._first_byte:g} s."
             ) from None
-        except aiohttp.ClientError as e:
-            raise UpstreamError(
-                f"{self.vendor.name} could not be reached: {type(e).__name__}."
-            ) from None
+        except TransportError as e:
+            cause = e.__cause__
+            why = type(cause).__name__ if cause is not None else str(e)
+            raise UpstreamError(f"{self.vendor.name} could not be reached: {why}.") from None
         return HttpUpstreamResponse(resp)
 
     def error_for(self, status: int, headers: Any, raw: bytes) -> GatewayError:
         """Map a vendor's error answer to ours, never echoing a credential."""
         message = self._scrub(_error_message(raw)) or f"HTTP {status}"
         who = self.vendor.name
+        if status < 400:  # vendors do not redirect API calls: a wrong base_url
+            where = headers.get("location", "")
+            return UpstreamError(f"{who} answered with a redirect (HTTP {status}) to {where!r}.")
         if status == 429:
             return RateLimited(
                 f"{who} is rate limiting requests: {message}", retry_after=_retry_after(headers)
@@ -142,9 +149,7 @@ class HttpProvider:
         return re.sub(r"(sk|tk)-[A-Za-z0-9_\-*]{6,}", "[redacted]", text)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._pool.close()
 
 
 def _error_message(raw: bytes) -> str:

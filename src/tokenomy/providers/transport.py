@@ -1,0 +1,511 @@
+"""A lean HTTP/1.1 client for vendor calls: a pool of keep-alive connections per origin.
+
+A vendor call is always the same exchange: POST a JSON body, then read the whole answer
+or relay its stream. aiohttp's client did that for about 50 µs of CPU a call (request and
+response objects, multidict headers, a cookie jar, a StreamReader per response), as much
+as the rest of a bare relay. Here one small protocol object per connection feeds bytes to
+httptools' C parser (llhttp, Node's parser) and the body is buffered on the response, so
+a connection goes back to the pool the moment its answer is whole, whoever reads it.
+
+Errors are plain: :class:`TransportError` (a ``ConnectionError``) when a connection fails
+or closes before its answer is whole, ``TimeoutError`` when an answer stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+#: Bytes buffered on a response before the connection stops reading (backpressure).
+HIGH_WATER = 1 << 20
+#: A connection idle this long is not reused: servers close idle ones after 5–120 s,
+#: and a request written into a connection the server is closing fails.
+IDLE_REUSE_S = 15.0
+
+
+class TransportError(ConnectionError):
+    """The connection failed, or closed before the answer was whole."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a base URL's requests go: scheme, host and port, and the path they share."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, base_url: str) -> Origin:
+        u = urlsplit(base_url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        port = u.port or (443 if u.scheme == "https" else 80)
+        return cls(u.scheme, u.hostname, port, u.path.rstrip("/"))
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def header_block(headers: Mapping[str, str]) -> bytes:
+    """Header lines for every request (names and values checked: a line break in a
+    configured header would let it smuggle a request of its own)."""
+    lines = []
+    for name, value in headers.items():
+        if any(c in name for c in "\r\n:") or "\r" in value or "\n" in value:
+            raise ValueError(f"invalid HTTP header {name!r}")
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+class Response:
+    """An answer: status and headers once they arrived, then its body as it comes."""
+
+    __slots__ = (
+        "_buffered",
+        "_conn",
+        "_decoder",
+        "_done",
+        "_error",
+        "_headers_done",
+        "_idle_timer",
+        "_last_data",
+        "_loop",
+        "_parts",
+        "_read_timeout",
+        "_streaming",
+        "_until_close",
+        "_waiter",
+        "got_bytes",
+        "headers",
+        "status",
+    )
+
+    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop, read_timeout: float):
+        self.status = 0
+        #: Lower-case names; a repeated header's values joined with ", ".
+        self.headers: dict[str, str] = {}
+        self._conn: _Connection | None = conn
+        self._loop = loop
+        self._headers_done: asyncio.Future[None] = loop.create_future()
+        self._parts: list[bytes] = []
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        self._decoder: zlib._Decompress | None = None
+        self._until_close = False
+        self._last_data = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._read_timeout = read_timeout
+        self.got_bytes = False
+        self._streaming = False
+
+    # The connection's side.
+
+    def _header(self, name: bytes, value: bytes) -> None:
+        k = name.decode("latin-1").lower()
+        v = value.decode("latin-1")
+        old = self.headers.get(k)
+        self.headers[k] = v if old is None else f"{old}, {v}"
+
+    def _headers_complete(self, status: int) -> None:
+        self.status = status
+        enc = self.headers.get("content-encoding", "").strip().lower()
+        if enc in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif enc == "deflate":
+            self._decoder = zlib.decompressobj()
+        chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        self._until_close = (
+            "content-length" not in self.headers
+            and not chunked
+            and status not in (204, 304)
+            and status >= 200
+        )
+        if not self._headers_done.done():
+            self._headers_done.set_result(None)
+
+    def _body(self, data: bytes) -> None:
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decompress(data)
+            except zlib.error as e:
+                self._fail(TransportError(f"undecodable body: {e}"))
+                return
+            if not data:
+                return
+        self._parts.append(data)
+        self._buffered += len(data)
+        if self._streaming and self._buffered >= HIGH_WATER and self._conn is not None:
+            self._conn.pause()  # the reader is behind (a slow client): stop reading
+        self._wake()
+
+    def _complete(self) -> None:
+        if self._decoder is not None:
+            tail = self._decoder.flush()
+            if tail:
+                self._parts.append(tail)
+        self._done = True
+        self._conn = None
+        self._stop_idle_timer()
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._done or self._error is not None:
+            return
+        self._error = exc
+        if not self._headers_done.done():
+            self._headers_done.set_exception(exc)
+            self._headers_done.exception()  # retrieved here: the waiter may be gone
+        self._stop_idle_timer()
+        self._wake()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort()
+
+    def _lost(self) -> None:
+        """The connection closed: the end of a read-until-close body, else a failure."""
+        if self._done:
+            return
+        if self._until_close and self._headers_done.done():
+            self._complete()
+        else:
+            self._fail(TransportError("the connection closed before the answer was whole"))
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    # The reader's side.
+
+    async def read(self) -> bytes:
+        """The whole body (usually already here: it came with the headers)."""
+        while not self._done:
+            await self._wait()
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: everything buffered since the last chunk, at once."""
+        self._streaming = True
+        while True:
+            if self._parts:
+                parts = self._parts
+                data = parts[0] if len(parts) == 1 else b"".join(parts)
+                parts.clear()
+                self._buffered = 0
+                if self._conn is not None:
+                    self._conn.resume()
+                yield data
+            elif self._done:
+                return
+            else:
+                await self._wait()
+
+    async def _wait(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._idle_timer is None:
+            self._last_data = self._loop.time()
+            self._idle_timer = self._loop.call_at(
+                self._last_data + self._read_timeout, self._check_idle
+            )
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        except BaseException:
+            # The reader went away mid-body (cancelled): the connection cannot be reused.
+            self.release()
+            raise
+        if self._error is not None:
+            raise self._error
+
+    def _check_idle(self) -> None:
+        """Fires once a read timeout after the last data: re-arms, or cuts a stalled body."""
+        self._idle_timer = None
+        if self._done or self._error is not None:
+            return
+        due = self._last_data + self._read_timeout
+        if self._loop.time() >= due:
+            self._fail(TimeoutError(f"no data for {self._read_timeout:g} s"))
+        else:
+            self._idle_timer = self._loop.call_at(due, self._check_idle)
+
+    def _stop_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def release(self) -> None:
+        """Done with it: a body not yet whole closes its connection (it cannot be reused)."""
+        if not self._done and self._error is None:
+            self._fail(TransportError("released before the answer was whole"))
+        self._parts.clear()
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: writes requests, feeds the parser, routes its callbacks."""
+
+    __slots__ = (
+        "_informational",
+        "_paused",
+        "closed",
+        "idle_since",
+        "parser",
+        "pool",
+        "response",
+        "transport",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: Response | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._paused = False
+        self._informational = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        resp = self.response
+        if resp is None:  # bytes nobody asked for: the connection is out of step
+            self.abort()
+            return
+        resp.got_bytes = True
+        resp._last_data = resp._loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            resp._fail(TransportError(f"invalid HTTP response: {e}"))
+
+    def eof_received(self) -> bool:
+        return False  # close; a read-until-close body ends in connection_lost
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        resp, self.response = self.response, None
+        if resp is not None:
+            resp._lost()
+        self.pool._lost(self)
+
+    # httptools callbacks.
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response is not None:
+            self.response._header(name, value)
+
+    def on_headers_complete(self) -> None:
+        resp = self.response
+        if resp is None:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:  # 1xx (103 Early Hints): the real answer follows
+            self._informational = True
+            resp.headers.clear()
+            return
+        resp._headers_complete(status)
+
+    def on_body(self, body: bytes) -> None:
+        if self.response is not None:
+            self.response._body(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        resp, self.response = self.response, None
+        if resp is None:
+            return
+        keep = self.parser.should_keep_alive() and not resp._until_close
+        resp._complete()
+        if keep:
+            self.pool._release(self)
+        else:
+            self.abort()
+
+    # The pool's side.
+
+    def send(self, resp: Response, head: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        self.response = resp
+        self.transport.writelines((head, body))
+
+    def pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+
+class Pool:
+    """Keep-alive connections to one origin, at most ``limit`` open at once."""
+
+    def __init__(
+        self,
+        origin: Origin,
+        *,
+        limit: int,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.origin = origin
+        self.limit = max(1, limit)
+        self._connect_timeout = connect_timeout_s
+        self._read_timeout = read_timeout_s
+        self._ssl: ssl.SSLContext | None = None
+        if origin.scheme == "https":
+            self._ssl = ssl_context or ssl.create_default_context()
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    async def post(
+        self, path: str, head_lines: bytes, body: bytes, *, first_byte_timeout_s: float
+    ) -> Response:
+        """Send one request; returns once the answer's status and headers are in.
+
+        ``head_lines`` are the header lines every request carries (see
+        :func:`header_block`); Host and Content-Length are added here. A request written
+        into a reused connection that closes without a byte of answer (the server shut it
+        as it went idle) is sent once more on a new connection.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + first_byte_timeout_s
+        head = (
+            (
+                f"POST {self.origin.path}{path} HTTP/1.1\r\nHost: {self.origin.host_header}\r\n"
+                f"Content-Length: {len(body)}\r\n"
+            ).encode("latin-1")
+            + head_lines
+            + b"\r\n"
+        )
+        for attempt in (1, 2):
+            conn, reused = await self._acquire(loop, deadline)
+            resp = Response(conn, loop, self._read_timeout)
+            conn.send(resp, head, body)
+            timer = loop.call_at(deadline, resp._fail, TimeoutError("no answer in time"))
+            try:
+                await resp._headers_done
+            except TransportError:
+                if attempt == 1 and reused and not resp.got_bytes:
+                    continue
+                raise
+            except BaseException:
+                resp.release()
+                raise
+            finally:
+                timer.cancel()
+            return resp
+        raise AssertionError("unreachable")
+
+    async def _acquire(
+        self, loop: asyncio.AbstractEventLoop, deadline: float
+    ) -> tuple[_Connection, bool]:
+        if self._closed:
+            raise TransportError("the client is closed")
+        idle = self._idle
+        stale = loop.time() - IDLE_REUSE_S
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.idle_since > stale:
+                return conn, True
+            conn.abort()  # connection_lost will count it out
+        if self._open >= self.limit:
+            async with asyncio.timeout_at(deadline):
+                while self._open >= self.limit and not idle:
+                    w = loop.create_future()
+                    self._waiters.append(w)
+                    try:
+                        await w
+                    finally:
+                        if not w.done():
+                            w.cancel()
+                        with contextlib.suppress(ValueError):
+                            self._waiters.remove(w)
+            if idle:
+                return await self._acquire(loop, deadline)
+        self._open += 1
+        try:
+            async with asyncio.timeout_at(min(deadline, loop.time() + self._connect_timeout)):
+                _, proto = await loop.create_connection(
+                    lambda: _Connection(self),
+                    self.origin.host,
+                    self.origin.port,
+                    ssl=self._ssl,
+                    server_hostname=self.origin.host if self._ssl else None,
+                )
+        except OSError as e:
+            self._open -= 1
+            self._wake_one()
+            raise TransportError(f"could not connect: {type(e).__name__}") from e
+        except BaseException:
+            self._open -= 1
+            self._wake_one()
+            raise
+        return proto, False
+
+    def _release(self, conn: _Connection) -> None:
+        if self._closed or conn.closed:
+            conn.abort()
+            return
+        conn.idle_since = asyncio.get_running_loop().time()
+        self._idle.append(conn)
+        self._wake_one()
+
+    def _lost(self, conn: _Connection) -> None:
+        self._open -= 1
+        if conn in self._idle:
+            self._idle.remove(conn)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.abort()
+        for w in self._waiters:
+            if not w.done():
+                w.set_exception(TransportError("the client is closed"))
+        self._waiters.clear()
+        await asyncio.sleep(0)  # let the aborted transports report connection_lost
