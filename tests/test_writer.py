@@ -178,6 +178,16 @@ async def test_duplicates_within_one_batch_count_once(engine: Engine) -> None:
     assert count(engine) == (3 + n // 2, sum(range(1, 4 + n // 2)))
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 13, SQLITE_CHUNK - 1, SQLITE_CHUNK, SQLITE_CHUNK + 1, 700])
+async def test_every_row_of_a_batch_lands_once_whatever_its_size(engine: Engine, n: int) -> None:
+    # Whole chunks, then falling powers of two: no row left out, none written twice.
+    w = BatchWriter(engine, usage_events, flush_interval_ms=10_000)
+    for i in range(1, n + 1):
+        w.submit(row(i))
+    await w.flush()
+    assert count(engine) == (n, n * (n + 1) // 2)
+
+
 async def test_missing_columns_take_their_defaults_and_nulls_stay_null(engine: Engine) -> None:
     w = BatchWriter(engine, usage_events, flush_interval_ms=10_000)
     w.submit(row(1))  # no cost columns: defaults apply

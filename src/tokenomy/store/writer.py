@@ -56,15 +56,19 @@ SQLITE_CHUNK = 256
 
 
 def _insert_chunked(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Full chunks, then the rest in statements of falling powers of two (a remainder of
+    13 rows is 8 + 4 + 1): a handful of steps a flush, from a handful of cached statements
+    (an executemany would take one step, and one GIL round trip, per row)."""
     names, defaults = _columns(table)
     params = [tuple(map(r.get, names, defaults)) for r in rows]
-    whole = len(params) - len(params) % SQLITE_CHUNK
-    if whole:
-        sql = _values_sql(table, SQLITE_CHUNK)
-        for i in range(0, whole, SQLITE_CHUNK):
-            conn.exec_driver_sql(sql, tuple(chain.from_iterable(params[i : i + SQLITE_CHUNK])))
-    if whole < len(params):
-        conn.exec_driver_sql(_values_sql(table, 1), params[whole:])
+    i, n, size = 0, len(params), SQLITE_CHUNK
+    while i < n:
+        while size > n - i:
+            size //= 2
+        sql = _values_sql(table, size)
+        while i + size <= n:
+            conn.exec_driver_sql(sql, tuple(chain.from_iterable(params[i : i + size])))
+            i += size
 
 
 @functools.cache
