@@ -27,6 +27,7 @@ from tokenomy.errors import RateLimited
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.usage import Usage
 from tokenomy.store.keys import ApiKey
+from tokenomy.store.redis_scripts import ScriptClient
 
 REDIS_DB = 13
 
@@ -231,7 +232,9 @@ async def test_two_redis_clients_share_one_global_limit_exactly(redis_prefix: st
     r1, r2 = two_clients()
     try:
         a = RedisRateLimiter(r1, redis_prefix, clock=clock)
-        b = RedisRateLimiter(r2, redis_prefix, clock=clock)
+        # The other replica calls its scripts through the gateway's pipelined client.
+        scripts = ScriptClient(db=REDIS_DB)
+        b = RedisRateLimiter(r2, redis_prefix, clock=clock, scripts=scripts)
         scopes = [
             key(Limits(requests_per_minute=500)),
             Scope("org", "o", Limits(requests_per_minute=10_000)),
@@ -239,6 +242,7 @@ async def test_two_redis_clients_share_one_global_limit_exactly(redis_prefix: st
         got = await asyncio.gather(hammer(a, scopes, 0, 25, 30), hammer(b, scopes, 0, 25, 30))
         assert len(got[0]) + len(got[1]) == 500  # not 500 per client
         assert len(got[0]) > 0 and len(got[1]) > 0
+        await b.aclose()
     finally:
         await r1.aclose()
         await r2.aclose()

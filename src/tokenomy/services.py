@@ -152,9 +152,15 @@ def build_limiter(config: Config) -> RateLimiter:
     if config.ledger.redis_url:
         from redis.asyncio import BlockingConnectionPool, Redis
 
+        from tokenomy.store.redis_scripts import ScriptClient
+
+        url = config.ledger.redis_url
         # Blocking: under load callers wait for a connection instead of failing open.
-        pool = BlockingConnectionPool.from_url(config.ledger.redis_url, max_connections=64)
-        return RedisRateLimiter(Redis(connection_pool=pool), config.ledger.redis_prefix + "rl:")
+        pool = BlockingConnectionPool.from_url(url, max_connections=64)
+        scripts = ScriptClient.from_url(url) if url.startswith("redis://") else None
+        return RedisRateLimiter(
+            Redis(connection_pool=pool), config.ledger.redis_prefix + "rl:", scripts=scripts
+        )
     return MemoryRateLimiter()
 
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from tokenomy.gateway.call import Call
+    from tokenomy.store.redis_scripts import ScriptClient
 
 log = logging.getLogger(__name__)
 
@@ -367,14 +368,18 @@ class RedisRateLimiter:
         lease_s: float = 600.0,
         clock: Callable[[], float] | None = None,
         fail_open: bool = True,
+        scripts: ScriptClient | None = None,
     ) -> None:
         self._redis = redis
+        #: The lean pipelined client for the two script calls a request makes, if given.
+        self._scripts = scripts
         self._prefix = prefix
         self._lease_ms = int(lease_s * 1000)
         self._clock = clock
         self._fail_open = fail_open
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._settle = redis.register_script(_SETTLE)
+        register = scripts.register_script if scripts is not None else redis.register_script
+        self._acquire = register(_ACQUIRE)
+        self._settle = register(_SETTLE)
         self._pending: set[asyncio.Task[None]] = set()
         self._ids = UniqueIds()
 
@@ -453,6 +458,8 @@ class RedisRateLimiter:
 
     async def aclose(self) -> None:
         await self.flush()
+        if self._scripts is not None:
+            await self._scripts.aclose()
 
 
 def _is_redis_error(e: Exception) -> bool:

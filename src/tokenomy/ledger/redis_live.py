@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.live import BudgetState, Hold, Loader, OrgState, Shortfall
+from tokenomy.store.redis_scripts import ScriptClient
 
 # KEYS: hold, holds, [org], budgets...   ARGV: id, amount, tokens, expires_ms, has_org,
 # floor, -amount, -tokens, record ttl ms, then (limit, tlimit) per budget, -1 meaning
@@ -124,18 +125,30 @@ return 1
 
 
 class RedisLedger:
-    def __init__(self, client: aioredis.Redis, loader: Loader, prefix: str = "tk:") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        loader: Loader,
+        prefix: str = "tk:",
+        *,
+        scripts: ScriptClient | None = None,
+    ) -> None:
         self.r = client
         self.loader = loader
         self.p = prefix
-        self._hold = client.register_script(_HOLD)
-        self._settle = client.register_script(_SETTLE)
-        self._expire = client.register_script(_EXPIRE)
-        self._set_admin = client.register_script(_SET_ADMIN)
+        # Scripts go over the lean pipelined client when there is one (the request path's
+        # hold and settle); loading meters and admin reads stay on redis-py.
+        self._scripts = scripts
+        register = scripts.register_script if scripts is not None else client.register_script
+        self._hold = register(_HOLD)
+        self._settle = register(_SETTLE)
+        self._expire = register(_EXPIRE)
+        self._set_admin = register(_SET_ADMIN)
 
     @classmethod
     def from_url(cls, url: str, loader: Loader, prefix: str = "tk:") -> RedisLedger:
-        return cls(aioredis.Redis.from_url(url), loader, prefix)
+        scripts = ScriptClient.from_url(url) if url.startswith("redis://") else None
+        return cls(aioredis.Redis.from_url(url), loader, prefix, scripts=scripts)
 
     def _keys(self, hold: Hold) -> list[str]:
         keys = [self.p + "hold:" + hold.id, self.p + "holds"]
@@ -239,6 +252,8 @@ class RedisLedger:
 
     async def close(self) -> None:
         await self.r.aclose()
+        if self._scripts is not None:
+            await self._scripts.aclose()
 
 
 def _s(v: Any) -> str:

@@ -1,0 +1,118 @@
+"""The pipelined script client against a real Redis, and against servers that misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import pytest
+from redis import exceptions as rx
+from redis.asyncio import Redis
+
+from tests.needs import require_redis
+from tokenomy.store.redis_scripts import ScriptClient, encode
+
+DB = 12
+
+INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+PAIR = "return {KEYS[1], ARGV[1], tonumber(ARGV[2]) * 2}"
+FAIL = "return redis.error_reply('no such thing')"
+
+
+@pytest.fixture
+async def key() -> object:
+    require_redis()
+    k = f"tokenomy-test:scripts:{secrets.token_hex(6)}"
+    yield k
+    r = Redis(db=DB)
+    await r.delete(k)
+    await r.aclose()
+
+
+def test_commands_are_encoded_as_resp_arrays() -> None:
+    assert encode("EVALSHA", "ab", 1, "k", b"\x00v", -5) == (
+        b"*6\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n1\r\n$1\r\nk\r\n$2\r\n\x00v\r\n$2\r\n-5\r\n"
+    )
+    with pytest.raises(TypeError):
+        encode(1.5)
+
+
+async def test_scripts_load_once_answer_in_order_and_reach_the_right_db(key: str) -> None:
+    c = ScriptClient(db=DB)
+    await c.execute("SCRIPT", "FLUSH")  # the first call must fall back to EVAL
+    incr = c.register_script(INCR)
+    got = await asyncio.gather(*(incr(keys=[key], args=[i]) for i in range(1, 201)))
+    # Pipelined on one connection, answered in order: running totals, each seen once.
+    assert sorted(got) == [i * (i + 1) // 2 for i in range(1, 201)]
+    assert await c.execute("SCRIPT", "EXISTS", incr.sha) == [1]
+    pair = c.register_script(PAIR)
+    assert await pair(keys=["k"], args=["v", 21]) == [b"k", b"v", 42]
+    r = Redis(db=DB)
+    assert int(await r.get(key) or 0) == 200 * 201 // 2  # in db 12, not db 0
+    await r.aclose()
+    with pytest.raises(rx.ResponseError, match="no such thing"):
+        await c.register_script(FAIL)()
+    assert await incr(keys=[key], args=[1]) == 200 * 201 // 2 + 1  # still usable after it
+    await c.aclose()
+
+
+async def test_a_lost_connection_fails_its_calls_and_the_next_call_reconnects(key: str) -> None:
+    c = ScriptClient(db=DB)
+    incr = c.register_script(INCR)
+    assert await incr(keys=[key], args=[1]) == 1
+    r = Redis(db=DB)
+    ids = [cl["id"] for cl in await r.client_list() if cl.get("db") == str(DB)]
+    for cid in ids:
+        await r.client_kill_filter(_id=cid)
+    await r.aclose()
+    await asyncio.sleep(0.05)
+    # The next call finds the connection gone and opens another.
+    assert await incr(keys=[key], args=[1]) == 2
+    await c.aclose()
+
+
+async def _server(answer: bytes | None) -> tuple[asyncio.Server, int]:
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.read(65536)
+        if answer is not None:
+            w.write(answer)
+            await w.drain()
+        await asyncio.sleep(5)
+        w.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return srv, srv.sockets[0].getsockname()[1]
+
+
+async def test_a_silent_server_times_out_and_garbage_fails_the_connection() -> None:
+    srv, port = await _server(None)
+    c = ScriptClient("127.0.0.1", port, timeout_s=0.3)
+    with pytest.raises(rx.TimeoutError):
+        await c.execute("PING")
+    await c.aclose()
+    srv.close()
+
+    srv, port = await _server(b"?what\r\n")
+    c = ScriptClient("127.0.0.1", port)
+    with pytest.raises(rx.ConnectionError):
+        await c.execute("PING")
+    await c.aclose()
+    srv.close()
+
+
+async def test_an_unreachable_redis_is_a_connection_error() -> None:
+    srv, port = await _server(None)
+    srv.close()
+    await srv.wait_closed()
+    c = ScriptClient("127.0.0.1", port)
+    with pytest.raises(rx.ConnectionError):
+        await c.execute("PING")
+    await c.aclose()
+
+
+def test_urls() -> None:
+    c = ScriptClient.from_url("redis://:pw@10.0.0.1:6380/4")
+    assert c._addr == ("10.0.0.1", 6380)
+    assert c._hello == [encode("AUTH", "pw"), encode("SELECT", 4)]
+    with pytest.raises(ValueError):
+        ScriptClient.from_url("rediss://h:6380")
