@@ -56,6 +56,8 @@ class _Connection(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=rx.ResponseError)
         self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
         self.lost = False
+        #: Commands of this loop iteration, written together at its end.
+        self._out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -94,11 +96,19 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     def call(self, loop: asyncio.AbstractEventLoop, data: bytes) -> asyncio.Future[Any]:
-        assert self.transport is not None
+        """Queue a command; every command queued in one loop iteration leaves in one write
+        (a socket write wakes Redis and costs more than encoding a dozen commands)."""
         fut = loop.create_future()
         self.pending.append((fut, loop.time()))
-        self.transport.write(data)
+        if not self._out:
+            loop.call_soon(self._flush)
+        self._out.append(data)
         return fut
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is not None and not self.lost:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
 
 class ScriptClient:
