@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,36 @@ def test_debits_equal_credits_and_prepaid_never_below_zero(
         assert store.balance(org.id) >= 0
     assert store.balance(org.id) == expected
     assert all(v == 0 for v in store.trial_balance().values())
+
+
+def test_directory_meters_follow_periods_keys_and_refreshes(store: LedgerStore) -> None:
+    from tokenomy.ledger.directory import Directory
+    from tokenomy.store.keys import KeyStore
+
+    org = store.create_org("A", "USD")
+    _, key = KeyStore(store.engine).create("k", org_id=org.id)
+    daily = store.set_budget("key", key.id, "day", amount_nanos=10**9, tz="UTC")
+    lifetime = store.set_budget("org", org.id, "lifetime", token_limit=10**6)
+    d = Directory(store)
+    d.refresh()
+    day_ms = 86_400_000
+    noon = 1_790_000_000_000 // day_ms * day_ms + day_ms // 2
+
+    first = d.meters(key, noon)
+    assert [(m.budget.id, m.start_ms, m.end_ms) for m in first] == [
+        (daily.id, noon - day_ms // 2, noon + day_ms // 2),
+        (lifetime.id, 0, None),
+    ]
+    assert first[0].key == f"bud:{daily.id}:{noon - day_ms // 2}"
+    assert d.meters(key, noon + 1000) is first  # same day: the same meters
+    tomorrow = d.meters(key, noon + day_ms)
+    assert tomorrow[0].start_ms == noon + day_ms // 2  # the next day's bucket
+    assert d.meters(key, noon) == first  # an earlier instant is worked out again
+
+    store.delete_budget(daily.id)
+    assert d.meters(key, noon) == first  # not refreshed yet
+    d.refresh()
+    assert [m.budget.id for m in d.meters(key, noon)] == [lifetime.id]
+
+    moved = replace(key, org_id=None)  # the key cache gives a new record when a key changes
+    assert d.meters(moved, noon) == ()

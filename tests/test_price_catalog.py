@@ -84,6 +84,36 @@ def test_every_built_version_carries_source_as_of_and_status(book: PriceBook) ->
         assert book.version(v.id) is v
 
 
+def test_catalogue_instants_are_kept_in_utc() -> None:
+    (m,) = parse_models(
+        [
+            entry(
+                versions=[
+                    version(
+                        effective_from="2026-02-16T00:00:00+08:00",
+                        promotions=[
+                            {
+                                "name": "launch",
+                                "starts": "2026-02-16T00:00:00+08:00",
+                                "ends": "2026-03-01T08:00:00+08:00",
+                                "multiplier": "0.5",
+                            }
+                        ],
+                    )
+                ],
+                priced_until="2026-06-01T00:00:00+08:00",
+            )
+        ]
+    )
+    (v,) = m.versions
+    promo = v.promotions[0]
+    assert v.effective_from == bj(2026, 2, 16, 0) and v.effective_from.tzinfo is UTC
+    assert v.until == bj(2026, 6, 1, 0) and v.until is not None and v.until.tzinfo is UTC
+    assert promo.starts == bj(2026, 2, 16, 0) and promo.starts.tzinfo is UTC
+    assert promo.ends == datetime(2026, 3, 1, tzinfo=UTC) and promo.ends.tzinfo is UTC
+    assert v.id == "acme/m1/USD@2026-02-15T16:00:00Z"
+
+
 def test_catalogue_validates_strictly() -> None:
     CatalogIn.model_validate(read_packaged("prices.yaml"))  # no error, no extra keys
 

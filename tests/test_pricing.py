@@ -254,6 +254,15 @@ def test_inconsistent_counts_are_clamped_to_what_was_reported() -> None:
         ("cached_input", 80),
         ("cache_write", 20),
     ]
+    assert cost_nanos(opus, odd, at=NOW) == (cost.total.nanos, Fraction(cost.exact) * 10**9)
+
+
+def test_settlement_names_the_count_that_is_not_an_int() -> None:
+    opus = v("anthropic", "claude-opus-4-6")
+    with pytest.raises(TypeError, match=r"usage\.output_tokens must be int, not float"):
+        cost_nanos(opus, Usage(input_tokens=1, output_tokens=2.0), at=NOW)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"usage\.cached_tokens must be int, not bool"):
+        cost_nanos(opus, Usage(input_tokens=1, cached_tokens=True), at=NOW)
 
 
 # --------------------------------------------------------------- OpenRouter view

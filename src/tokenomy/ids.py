@@ -14,9 +14,9 @@ class UniqueIds:
     """
 
     def __init__(self, prefix: str = "", *, width: int = 0) -> None:
-        self._prefix = prefix + secrets.token_hex(6)
-        self._width = width
+        # One %-format made once: cheaper per id than an f-string with a nested width.
+        self._format = (prefix + secrets.token_hex(6)).replace("%", "%%") + f"%0{width}x"
         self._n = itertools.count(1)
 
     def next(self) -> str:
-        return f"{self._prefix}{next(self._n):0{self._width}x}"
+        return self._format % next(self._n)

@@ -101,6 +101,10 @@ class RateLimiter(Protocol):
     async def aclose(self) -> None: ...
 
 
+#: One GCRA check: (allowed, wait_s, new_tat, remaining, reset_s).
+_Cell = tuple[bool, float, float, int, float]
+
+
 @dataclass(slots=True)
 class _Check:
     """One dimension (requests or tokens) of one scope: its limit, remaining and reset."""
@@ -113,19 +117,34 @@ class _Check:
 def format_reset(seconds: float) -> str:
     """OpenAI's duration style: ``20ms``, ``1.5s``, ``6m0s``."""
     if seconds < 1:
-        return f"{max(0, math.ceil(seconds * 1000))}ms"
+        ms = math.ceil(seconds * 1000)
+        return f"{ms if ms > 0 else 0}ms"
     minutes, secs = divmod(seconds, 60)
     s = f"{round(secs, 3):g}s"
     return f"{int(minutes)}m{s}" if minutes else s
 
 
+#: The header names of each dimension: (limit, remaining, reset).
+_REQUEST_HEADERS = (
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+)
+_TOKEN_HEADERS = (
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
+
+
 def _headers(requests: _Check | None, tokens: _Check | None) -> dict[str, str]:
     h: dict[str, str] = {}
-    for suffix, c in (("requests", requests), ("tokens", tokens)):
+    for names, c in ((_REQUEST_HEADERS, requests), (_TOKEN_HEADERS, tokens)):
         if c is not None:
-            h[f"x-ratelimit-limit-{suffix}"] = str(c.limit)
-            h[f"x-ratelimit-remaining-{suffix}"] = str(max(0, c.remaining))
-            h[f"x-ratelimit-reset-{suffix}"] = format_reset(c.reset_s)
+            limit, remaining, reset = names
+            h[limit] = str(c.limit)
+            h[remaining] = str(c.remaining if c.remaining > 0 else 0)
+            h[reset] = format_reset(c.reset_s)
     return h
 
 
@@ -160,19 +179,18 @@ class MemoryRateLimiter:
         self._open: dict[str, int] = {}
         self._ids = UniqueIds()
 
-    def _gcra(
-        self, key: str, limit: int, cost: int, now: float
-    ) -> tuple[bool, float, float, _Check]:
-        """(allowed, wait_s, new_tat, headers view) for ``cost`` units against ``limit``."""
+    def _gcra(self, key: str, limit: int, cost: int, now: float) -> _Cell:
+        """``cost`` units against ``limit``: (allowed, wait_s, new_tat, remaining, reset_s)."""
         t = PERIOD_S / limit
-        tat = max(self._tat.get(key, now), now)
+        tat = self._tat.get(key, now)
+        if tat < now:
+            tat = now
         new = tat + cost * t
         if new - now > PERIOD_S + _EPS_S:
-            wait = new - now - PERIOD_S
             left = math.floor((PERIOD_S - (tat - now)) / t + _EPS_S)
-            return False, wait, tat, _Check(limit, left, tat - now)
+            return False, new - now - PERIOD_S, tat, left, tat - now
         left = math.floor((PERIOD_S - (new - now)) / t + _EPS_S)
-        return True, 0.0, new, _Check(limit, left, new - now)
+        return True, 0.0, new, left, new - now
 
     async def acquire(self, scopes: Sequence[Scope], tokens: int) -> Ticket:
         return self.try_acquire(scopes, tokens)
@@ -181,36 +199,42 @@ class MemoryRateLimiter:
         """The synchronous body of :meth:`acquire`."""
         now = self._clock()
         commits: list[tuple[str, float]] = []
-        req_h: _Check | None = None
-        tok_h: _Check | None = None
+        # The tightest cell of each dimension, for the headers: (limit, remaining, reset).
+        req_h: tuple[int, int, float] | None = None
+        tok_h: tuple[int, int, float] | None = None
         wait = 0.0
         refused: str | None = None
         for s in scopes:
             lim = s.limits
-            if lim.tokens_per_minute is not None and tokens > lim.tokens_per_minute:
+            rpm, tpm = lim.requests_per_minute, lim.tokens_per_minute
+            if tpm is not None and tokens > tpm:
                 raise _too_large(s, tokens)
-            if lim.requests_per_minute is not None:
-                ok, w, new, c = self._gcra(s.requests_key, lim.requests_per_minute, 1, now)
-                req_h = _tightest(req_h, c)
+            if rpm is not None:
+                ok, w, new, left, reset = self._gcra(s.requests_key, rpm, 1, now)
+                if req_h is None or left < req_h[1]:
+                    req_h = (rpm, left, reset)
                 commits.append((s.requests_key, new))
                 if not ok:
                     wait, refused = max(wait, w), refused or f"requests per minute for {s.kind}"
-            if lim.tokens_per_minute is not None and tokens > 0:
-                ok, w, new, c = self._gcra(s.tokens_key, lim.tokens_per_minute, tokens, now)
-                tok_h = _tightest(tok_h, c)
+            if tpm is not None and tokens > 0:
+                ok, w, new, left, reset = self._gcra(s.tokens_key, tpm, tokens, now)
+                if tok_h is None or left < tok_h[1]:
+                    tok_h = (tpm, left, reset)
                 commits.append((s.tokens_key, new))
                 if not ok:
                     wait, refused = max(wait, w), refused or f"tokens per minute for {s.kind}"
             if lim.concurrent is not None and self._open.get(s.name, 0) >= lim.concurrent:
                 wait, refused = max(wait, 1.0), refused or f"concurrent requests for {s.kind}"
+        requests = _Check(*req_h) if req_h is not None else None
+        tokens_view = _Check(*tok_h) if tok_h is not None else None
         if refused is not None:
-            raise _refusal(f"Rate limit reached: {refused}.", wait, req_h, tok_h)
+            raise _refusal(f"Rate limit reached: {refused}.", wait, requests, tokens_view)
         for key, new in commits:
             self._tat[key] = new
         for s in scopes:
             if s.limits.concurrent is not None:
                 self._open[s.name] = self._open.get(s.name, 0) + 1
-        return Ticket(self._ids.next(), tuple(scopes), tokens, _headers(req_h, tok_h))
+        return Ticket(self._ids.next(), tuple(scopes), tokens, _headers(requests, tokens_view))
 
     def settle(self, ticket: Ticket, actual_tokens: int) -> None:
         if ticket.settled:

@@ -40,6 +40,15 @@ class _Histogram:
         self.count += 1
 
 
+def _histogram(hs: dict[Labels, _Histogram], labels: Labels) -> _Histogram:
+    """The histogram of ``labels``, made on first use (not one per call, as setdefault's
+    argument would be)."""
+    h = hs.get(labels)
+    if h is None:
+        h = hs[labels] = _Histogram()
+    return h
+
+
 def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -90,10 +99,10 @@ class Metrics:
         attempts = int(row.get("attempts") or 0)
         if attempts > 1:
             self.retries[(model,)] = self.retries.get((model,), 0) + attempts - 1
-        self.latency.setdefault(mv, _Histogram()).observe(int(row.get("latency_ms") or 0) / 1000)
+        _histogram(self.latency, mv).observe(int(row.get("latency_ms") or 0) / 1000)
         ttft = row.get("ttft_ms")
         if ttft is not None:
-            self.ttft.setdefault(mv, _Histogram()).observe(int(ttft) / 1000)
+            _histogram(self.ttft, mv).observe(int(ttft) / 1000)
 
     def gauge(self, name: str, help_: str, read: Callable[[], float], kind: str = "gauge") -> None:
         """Register a value read at scrape time (``kind`` counter for running totals)."""

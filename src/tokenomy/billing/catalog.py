@@ -30,6 +30,15 @@ class PriceNotFound(LookupError):
     """No price is known for this vendor and model at that instant."""
 
 
+def _in_utc(obj: object, *names: str) -> None:
+    """The same instants in UTC: every request is timed in UTC, and comparing datetimes
+    of two different time zones costs about twenty times what comparing in one does."""
+    for name in names:
+        t = getattr(obj, name)
+        if t is not None and t.tzinfo is not UTC:
+            object.__setattr__(obj, name, t.astimezone(UTC))
+
+
 @dataclass(frozen=True, slots=True)
 class TokenPrices:
     """Per-million-token prices of one tier; ``None`` means "billed as the fallback".
@@ -88,6 +97,7 @@ class Promotion:
         require_aware(self.starts, f"promotion {self.name!r} starts")
         if self.ends is not None and require_aware(self.ends, "ends") <= self.starts:
             raise PricingError(f"promotion {self.name!r} ends before it starts")
+        _in_utc(self, "starts", "ends")
         if self.multiplier < 0:
             raise PricingError(f"promotion {self.name!r}: multiplier must not be negative")
         for key, _ in self.overrides:
@@ -132,7 +142,8 @@ class PriceVersion:
             raise PricingError(f"{self.vendor}/{self.model}: tier bounds must increase")
         if self.batch_multiplier is not None and self.batch_multiplier < 0:
             raise PricingError(f"{self.vendor}/{self.model}: negative batch multiplier")
-        stamp = self.effective_from.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        _in_utc(self, "effective_from", "until")
+        stamp = self.effective_from.strftime("%Y-%m-%dT%H:%M:%SZ")
         object.__setattr__(self, "id", f"{self.vendor}/{self.model}/{self.currency}@{stamp}")
 
     def tier_index(self, prompt_tokens: int) -> int:

@@ -187,10 +187,15 @@ def convert(amount: Money, rate: Decimal | Fraction, to: Currency) -> Money:
 
 def round_half_up_fraction(x: Fraction) -> int:
     """``x`` rounded to an integer, halves away from zero, with integer arithmetic only."""
-    q, r = divmod(abs(x.numerator), x.denominator)
-    if 2 * r >= x.denominator:
+    return round_half_up_div(x.numerator, x.denominator)
+
+
+def round_half_up_div(num: int, denom: int) -> int:
+    """``num / denom`` (``denom`` > 0) rounded to an integer, halves away from zero."""
+    q, r = divmod(abs(num), denom)
+    if 2 * r >= denom:
         q += 1
-    return q if x >= 0 else -q
+    return q if num >= 0 else -q
 
 
 def _plain(d: Decimal) -> str:

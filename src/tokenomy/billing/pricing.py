@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
 from fractions import Fraction
-from typing import Final
+from typing import Final, NamedTuple
 
 from tokenomy.billing.catalog import PriceVersion, PricingError, Promotion, TokenPrices
 from tokenomy.billing.fx import FxTable
@@ -27,7 +27,7 @@ from tokenomy.billing.money import (
     MAX_DECIMAL_PLACES,
     Currency,
     Money,
-    round_half_up_fraction,
+    round_half_up_div,
     round_nanos,
 )
 from tokenomy.billing.windows import TimeWindow, require_aware
@@ -67,8 +67,7 @@ class Cost:
         return self.total.currency
 
 
-@dataclass(frozen=True, slots=True)
-class _Counts:
+class _Counts(NamedTuple):
     uncached: int
     cached: int
     write: int
@@ -78,16 +77,28 @@ class _Counts:
     @classmethod
     def of(cls, usage: Usage) -> _Counts:
         """Token counts per component, clamped so they never add up to more than reported."""
-        for name in ("input_tokens", "cached_tokens", "cache_write_tokens"):
-            _require_int(getattr(usage, name), name)
-        _require_int(usage.output_tokens, "output_tokens")
-        _require_int(usage.reasoning_tokens, "reasoning_tokens")
-        inp = max(0, usage.input_tokens)
-        cached = min(max(0, usage.cached_tokens), inp)
-        write = min(max(0, usage.cache_write_tokens), inp - cached)
-        out = max(0, usage.output_tokens)
-        reasoning = min(max(0, usage.reasoning_tokens), out)
+        inp, cached, write = usage.input_tokens, usage.cached_tokens, usage.cache_write_tokens
+        out, reasoning = usage.output_tokens, usage.reasoning_tokens
+        if not (type(inp) is type(cached) is type(write) is type(out) is type(reasoning) is int):
+            for name in _USAGE_FIELDS:  # name the first field that is not an int
+                _require_int(getattr(usage, name), name)
+        if not (cached >= 0 and write >= 0 and cached + write <= inp and 0 <= reasoning <= out):
+            # Clamping leaves counts within these bounds as they are: only others need it.
+            inp = max(0, inp)
+            cached = min(max(0, cached), inp)
+            write = min(max(0, write), inp - cached)
+            out = max(0, out)
+            reasoning = min(max(0, reasoning), out)
         return cls(inp - cached - write, cached, write, out - reasoning, reasoning)
+
+
+_USAGE_FIELDS: Final = (
+    "input_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
 
 
 def _require_int(v: object, name: str) -> None:
@@ -160,6 +171,15 @@ def cost_nanos(
 
     The same prices, fallbacks, multipliers and single half-up rounding, without building
     cost lines: what settling a call needs, on every request."""
+    num, denom = exact_cost_nanos(version, usage, at=at, batch=batch)
+    return round_half_up_div(num, denom), Fraction(num, denom)
+
+
+def exact_cost_nanos(
+    version: PriceVersion, usage: Usage, *, at: datetime, batch: bool = False
+) -> tuple[int, int]:
+    """The exact cost in nanos as ``(numerator, denominator)`` (see :func:`cost_nanos`),
+    for a caller that needs no Fraction when no currency is converted."""
     require_aware(at)
     if not version.covers(at):
         raise PricingError(f"{version.id} does not apply at {at.isoformat()}")
@@ -171,8 +191,7 @@ def cost_nanos(
         num += (c.plain_output + c.reasoning) * r[3]
     else:
         num += c.plain_output * r[3] + c.reasoning * r[4]
-    exact = Fraction(num, r[6])
-    return round_half_up_fraction(exact), exact
+    return num, r[6]
 
 
 #: (input, cached, cache write, output, reasoning or None, request fee, denominator): a
@@ -290,15 +309,32 @@ def worst_case(
     window (when the call will be billed is not known yet), and every promotion not ended
     by ``at``. Rounded up, not half-up, so the bound survives the actual cost's rounding.
     """
+    nanos = worst_case_nanos(version, prompt_tokens, max_output_tokens, at=at, batch=batch)
+    return Money(nanos, version.currency)
+
+
+def worst_case_nanos(
+    version: PriceVersion,
+    prompt_tokens: int,
+    max_output_tokens: int,
+    *,
+    at: datetime,
+    batch: bool = False,
+) -> int:
+    """:func:`worst_case` in nanos of the version's currency (what every hold asks)."""
     require_aware(at)
     _require_int(prompt_tokens, "prompt_tokens")
     _require_int(max_output_tokens, "max_output_tokens")
     prompt, out = max(0, prompt_tokens), max(0, max_output_tokens)
-    live = tuple(i for i, p in enumerate(version.promotions) if p.ends is None or p.ends > at)
+    live = (
+        tuple(i for i, p in enumerate(version.promotions) if p.ends is None or p.ends > at)
+        if version.promotions
+        else ()
+    )
     per_in, per_out, fee, denom = _worst_rates(version, version.tier_index(prompt), live, batch)
     # ceil((prompt * in + out * out) / 10**6 + fee) in nanos, in integers: exact, and a
     # fraction of the cost of Decimal arithmetic in a local context on every hold.
-    return Money(-(-(prompt * per_in + out * per_out + fee) // denom), version.currency)
+    return -(-(prompt * per_in + out * per_out + fee) // denom)
 
 
 #: Worst-case rates by (version identity, top tier, live promotions, batch). Every hold

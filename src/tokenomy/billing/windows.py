@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import cached_property
 from typing import Final
@@ -22,6 +22,8 @@ _DAY: Final = timedelta(days=1)
 
 def require_aware(at: datetime, what: str = "at") -> datetime:
     """``at`` itself, or a ValueError if it has no time zone (a naive time is ambiguous)."""
+    if type(at) is datetime and at.tzinfo is UTC:  # a request's instant: nothing to ask
+        return at
     if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
         raise ValueError(f"{what} must be a timezone-aware datetime, got {at!r}")
     return at

@@ -132,11 +132,16 @@ class Pipeline:
         """
         if call.route is None:
             self.route(call)
+        # Spans only when traced: otherwise not even their names and attributes are made.
+        span = call.extras.get(SPAN) if self.tracer is not None else None
         passed: list[Stage] = []
         call.extras["stages"] = passed
         for stage in self.stages:
-            with child_span(self.tracer, call.extras.get(SPAN), _span_name(stage)):
+            if span is None:
                 await stage.before(call)
+            else:
+                with child_span(self.tracer, span, _span_name(stage)):
+                    await stage.before(call)
             passed.append(stage)
         last: GatewayError | None = None
         for dep in self.candidates(call):
@@ -147,20 +152,23 @@ class Pipeline:
                 await asyncio.sleep(min(0.025 * 2 ** (call.attempts - 1), 0.4))
             provider = self.providers[dep.vendor.key]
             try:
-                slot = await self._slot(call, dep)
+                slot = await self._slot(call, dep) if dep.max_concurrent is not None else None
             except Overloaded as e:
                 last = e
                 continue
             call.attempts += 1
             call.deployment = dep
             try:
-                with child_span(
-                    self.tracer,
-                    call.extras.get(SPAN),
-                    "tokenomy.upstream",
-                    **{"tokenomy.deployment": dep.id, "tokenomy.attempt": call.attempts},
-                ):
+                if span is None:
                     outcome = await self._attempt(call, dep, provider)
+                else:
+                    with child_span(
+                        self.tracer,
+                        span,
+                        "tokenomy.upstream",
+                        **{"tokenomy.deployment": dep.id, "tokenomy.attempt": call.attempts},
+                    ):
+                        outcome = await self._attempt(call, dep, provider)
             except RETRYABLE as e:
                 if slot is not None:
                     slot.release()
@@ -306,17 +314,25 @@ class Pipeline:
             slot.release()
         if self.router is not None and call.status == "ok" and call.deployment is not None:
             self.router.succeeded(call)
-        with child_span(self.tracer, call.extras.get(SPAN), "tokenomy.settle"):
-            for stage in reversed(call.extras.get("stages", ())):
-                try:
-                    await stage.after(call)
-                except Exception:
-                    log.exception("request %s: settling %s failed", call.request_id, stage)
+        parent = call.extras.get(SPAN) if self.tracer is not None else None
+        if parent is None:
+            await self._after(call)
+        else:
+            with child_span(self.tracer, parent, "tokenomy.settle"):
+                await self._after(call)
         call.output_text.clear()
         self._record(call)
         span = call.extras.pop(SPAN, None)
         if span is not None:
             _end_request_span(span, call)
+
+    async def _after(self, call: Call) -> None:
+        """Every passed stage's ``after``, last first; one failing does not stop the rest."""
+        for stage in reversed(call.extras.get("stages", ())):
+            try:
+                await stage.after(call)
+            except Exception:
+                log.exception("request %s: settling %s failed", call.request_id, stage)
 
 
 def _span_name(stage: object) -> str:

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.usage import Usage
 
+_NO_USAGE: Final = Usage()
+#: The money columns of a call no ledger stage priced.
+_NO_MONEY: Final[dict[str, Any]] = {
+    "cost_nanos": 0,
+    "currency": None,
+    "list_cost_nanos": 0,
+    "list_currency": None,
+    "price_version": None,
+    "fx_rate": None,
+    "held_nanos": 0,
+}
+
 
 def usage_row(call: Call) -> dict[str, Any]:
-    u = call.usage or Usage()
+    u = call.usage or _NO_USAGE
     dep = call.deployment
-    return {
+    row = {
         "request_id": call.request_id,
         "ts_ms": call.ts_ms,
         "key_id": call.key.id,
@@ -35,21 +47,18 @@ def usage_row(call: Call) -> dict[str, Any]:
         "latency_ms": call.latency_ms,
         "ttft_ms": call.ttft_ms,
         "attempts": call.attempts,
-        **_money(call.extras.get("ledger.charge")),
     }
-
-
-def _money(ch: Any) -> dict[str, Any]:
-    """The charge's columns (the ledger stage leaves a Charge on every call it priced)."""
+    # The charge's columns (the ledger stage leaves a Charge on every call it priced),
+    # set in place rather than built as a second dict and merged.
+    ch = call.extras.get("ledger.charge")
     if ch is None:
-        ch_none: dict[str, Any] = dict.fromkeys(("currency", "list_currency", "price_version"))
-        return {**ch_none, "cost_nanos": 0, "list_cost_nanos": 0, "fx_rate": None, "held_nanos": 0}
-    return {
-        "cost_nanos": ch.cost_nanos,
-        "currency": ch.currency.value if ch.currency else None,
-        "list_cost_nanos": ch.list_cost_nanos,
-        "list_currency": ch.list_currency.value if ch.list_currency else None,
-        "price_version": ch.price_version,
-        "fx_rate": str(ch.fx_rate) if ch.fx_rate is not None else None,
-        "held_nanos": ch.held_nanos,
-    }
+        row.update(_NO_MONEY)
+        return row
+    row["cost_nanos"] = ch.cost_nanos
+    row["currency"] = ch.currency.value if ch.currency else None
+    row["list_cost_nanos"] = ch.list_cost_nanos
+    row["list_currency"] = ch.list_currency.value if ch.list_currency else None
+    row["price_version"] = ch.price_version
+    row["fx_rate"] = str(ch.fx_rate) if ch.fx_rate is not None else None
+    row["held_nanos"] = ch.held_nanos
+    return row

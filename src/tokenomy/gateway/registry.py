@@ -60,16 +60,16 @@ class ModelRoute:
     name: str
     description: str | None
     deployments: tuple[Deployment, ...]
+    #: The smallest context window and output cap of the deployments (None: none says).
+    #: Worked out once: every request's output cap asks.
+    context_length: int | None = field(init=False)
+    max_output: int | None = field(init=False)
 
-    @property
-    def context_length(self) -> int | None:
+    def __post_init__(self) -> None:
         lengths = [d.context_length for d in self.deployments if d.context_length]
-        return min(lengths) if lengths else None
-
-    @property
-    def max_output(self) -> int | None:
         outs = [d.max_output for d in self.deployments if d.max_output]
-        return min(outs) if outs else None
+        object.__setattr__(self, "context_length", min(lengths) if lengths else None)
+        object.__setattr__(self, "max_output", min(outs) if outs else None)
 
 
 class Registry:

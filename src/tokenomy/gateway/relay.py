@@ -54,10 +54,11 @@ def _split_at_first_special(raw: bytes) -> int:
     """Where the event holding the first usage or end of stream starts in ``raw`` (SSE
     bytes of whole events), or ``len(raw)`` when there is none: what comes before passes
     through untouched."""
-    marks = [i for i in (_usage_at(raw), raw.find(DONE_DATA)) if i >= 0]
-    if not marks:
+    usage, done = _usage_at(raw), raw.find(DONE_DATA)
+    first = done if usage < 0 else usage if done < 0 else min(usage, done)  # -1: neither
+    if first < 0:
         return len(raw)
-    end = raw.rfind(b"\n\n", 0, min(marks))  # the end of the event before it, if any
+    end = raw.rfind(b"\n\n", 0, first)  # the end of the event before it, if any
     return end + 2 if end >= 0 else 0
 
 
@@ -143,7 +144,7 @@ class StreamRelay:
         call = self.call
         async for raw in self.upstream.event_bytes():
             cut = _split_at_first_special(raw)
-            if b"data:" in raw[:cut]:  # not for keep-alive comments before the first token
+            if raw.find(b"data:", 0, cut) >= 0:  # not for keep-alive comments (no copy made)
                 call.mark_first_token()
             if cut == len(raw):
                 self._frames.append(raw)

@@ -40,12 +40,14 @@ class Usage:
         """Read an OpenAI-dialect usage object, DeepSeek's cache fields included."""
         prompt = _int(u.get("prompt_tokens"))
         completion = _int(u.get("completion_tokens"))
-        pdet = u.get("prompt_tokens_details") or {}
-        cdet = u.get("completion_tokens_details") or {}
+        pdet = u.get("prompt_tokens_details")
+        cdet = u.get("completion_tokens_details")
         cached = _int(pdet.get("cached_tokens")) if isinstance(pdet, dict) else 0
         # DeepSeek reports cache hits in its own field next to prompt_tokens, Kimi in a
         # top-level cached_tokens.
-        cached = max(cached, _int(u.get("prompt_cache_hit_tokens")), _int(u.get("cached_tokens")))
+        hits, top = u.get("prompt_cache_hit_tokens"), u.get("cached_tokens")
+        if hits is not None or top is not None:
+            cached = max(cached, _int(hits), _int(top))
         reasoning = _int(cdet.get("reasoning_tokens")) if isinstance(cdet, dict) else 0
         return cls(
             input_tokens=prompt,
@@ -111,6 +113,8 @@ def openai_chunk_usage(chunk: Any) -> dict[str, Any] | None:
 
 def _int(v: Any) -> int:
     """A non-negative int from a vendor field that may be missing, null or malformed."""
+    if type(v) is int:  # nearly always: a plain JSON integer
+        return v if v > 0 else 0
     if isinstance(v, bool) or not isinstance(v, int | float):
         return 0
     return max(0, int(v))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from tokenomy.billing.money import Currency
@@ -69,10 +69,11 @@ class BudgetMeter:
     budget: Budget
     start_ms: int
     end_ms: int | None
+    #: Names the bucket in live state (worked out once: a hold and its settlement ask).
+    key: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> str:
-        return f"bud:{self.budget.id}:{self.start_ms}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"bud:{self.budget.id}:{self.start_ms}")
 
     def describe(self) -> str:
         b = self.budget

@@ -18,8 +18,8 @@ import orjson
 
 from tokenomy.billing.catalog import PriceBook, PriceNotFound, PriceVersion
 from tokenomy.billing.fx import FxTable
-from tokenomy.billing.money import Currency, round_half_up_fraction
-from tokenomy.billing.pricing import cost_nanos, worst_case
+from tokenomy.billing.money import Currency, round_half_up_div, round_half_up_fraction
+from tokenomy.billing.pricing import exact_cost_nanos, worst_case_nanos
 from tokenomy.gateway.call import IMAGE_PARTS, Call
 from tokenomy.gateway.registry import Deployment
 from tokenomy.gateway.usage import Usage
@@ -178,8 +178,7 @@ class Biller:
             v = self.version(dep, at)
             if v is None:
                 continue
-            m = worst_case(v, prompt_tokens, out, at=at)
-            nanos = m.nanos
+            nanos = worst_case_nanos(v, prompt_tokens, out, at=at)
             if v.currency is not currency:
                 x = Fraction(nanos) * self.rate(v.currency, currency, at)
                 nanos = -((-x.numerator) // x.denominator)  # ceiling
@@ -204,7 +203,8 @@ class Biller:
             if ch.currency is None:
                 ch.currency = v.currency
             return ch
-        list_nanos, exact = cost_nanos(v, usage, at=at)
+        num, denom = exact_cost_nanos(v, usage, at=at)
+        list_nanos = round_half_up_div(num, denom)
         ch.list_cost_nanos = list_nanos
         target = currency or v.currency
         ch.currency = target
@@ -213,7 +213,7 @@ class Biller:
         else:
             ch.fx_rate = self.rate(v.currency, target, at)
             # One rounding: the exact cost times the exact rate, to nanos.
-            nanos = round_half_up_fraction(exact * ch.fx_rate)
+            nanos = round_half_up_fraction(Fraction(num, denom) * ch.fx_rate)
         if held is not None and nanos > held:
             ch.overage_nanos = nanos - held
             nanos = held

@@ -126,8 +126,13 @@ class MemoryLedger:
     async def hold(self, hold: Hold) -> None:
         if hold.id in self.holds:
             return
-        org = await self._org(hold.org) if hold.org is not None else None
-        buds = [await self._budget(m) for m in hold.budgets]
+        # Loaded states are looked up in place; only a missing one is awaited (loaded).
+        org = None
+        if hold.org is not None:
+            org = self.orgs.get(hold.org.org.id) or await self._org(hold.org)
+        buds: list[BudgetState] = []
+        for m in hold.budgets:
+            buds.append(self.budgets.get(m.key) or await self._budget(m))
         # Every await is above: from here to the end nothing yields, so check-and-reserve
         # is atomic on this event loop.
         if org is not None and hold.org is not None:
@@ -147,9 +152,9 @@ class MemoryLedger:
         if open_hold is not None:
             self._release(open_hold)
         if hold.org is not None:
-            (await self._org(hold.org)).used += amount
+            (self.orgs.get(hold.org.org.id) or await self._org(hold.org)).used += amount
         for m in hold.budgets:
-            st = await self._budget(m)
+            st = self.budgets.get(m.key) or await self._budget(m)
             st.spent += amount
             st.tokens_spent += tokens
 

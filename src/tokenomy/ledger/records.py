@@ -24,39 +24,42 @@ def ledger_rows(call: Call, org: Org | None, ch: Charge) -> list[tuple[Table, di
     vendor = call.deployment.vendor.key if call.deployment else "unknown"
     revenue = f"revenue:{vendor}:{cur}"
     rows: list[tuple[Table, dict[str, Any]]] = []
+    if ch.cost_nanos:
+        legs = ((org.account, -ch.cost_nanos), (revenue, ch.cost_nanos))
+        _txn(rows, call, org, f"usage:{call.request_id}", Kind.USAGE, cur, legs)
+    if ch.overage_nanos:
+        legs = ((f"writeoffs:{cur}", -ch.overage_nanos), (revenue, ch.overage_nanos))
+        _txn(rows, call, org, f"overage:{call.request_id}", Kind.OVERAGE, cur, legs)
+    return rows
 
-    def txn(txn_id: str, kind: str, legs: list[tuple[str, int]]) -> None:
+
+def _txn(
+    rows: list[tuple[Table, dict[str, Any]]],
+    call: Call,
+    org: Org,
+    txn_id: str,
+    kind: str,
+    cur: str,
+    legs: tuple[tuple[str, int], ...],
+) -> None:
+    """One transaction row and its postings, appended to ``rows``."""
+    rows.append(
+        (
+            ledger_txns,
+            {
+                "id": txn_id,
+                "ts_ms": call.ts_ms,
+                "kind": kind,
+                "org_id": org.id,
+                "request_id": call.request_id,
+                "memo": None,
+            },
+        )
+    )
+    for account, amount in legs:
         rows.append(
             (
-                ledger_txns,
-                {
-                    "id": txn_id,
-                    "ts_ms": call.ts_ms,
-                    "kind": kind,
-                    "org_id": org.id,
-                    "request_id": call.request_id,
-                    "memo": None,
-                },
+                ledger_postings,
+                {"txn_id": txn_id, "account": account, "amount_nanos": amount, "currency": cur},
             )
         )
-        for account, amount in legs:
-            rows.append(
-                (
-                    ledger_postings,
-                    {"txn_id": txn_id, "account": account, "amount_nanos": amount, "currency": cur},
-                )
-            )
-
-    if ch.cost_nanos:
-        txn(
-            f"usage:{call.request_id}",
-            Kind.USAGE,
-            [(org.account, -ch.cost_nanos), (revenue, ch.cost_nanos)],
-        )
-    if ch.overage_nanos:
-        txn(
-            f"overage:{call.request_id}",
-            Kind.OVERAGE,
-            [(f"writeoffs:{cur}", -ch.overage_nanos), (revenue, ch.overage_nanos)],
-        )
-    return rows

@@ -45,6 +45,7 @@ class LedgerStage:
         self.holds = 0
         self.settles = 0
         self.refusals = 0
+        self._org_meters: dict[str, OrgMeter] = {}
 
     async def before(self, call: Call) -> None:
         key = call.key
@@ -91,7 +92,7 @@ class LedgerStage:
         )
         hold = Hold(
             id=call.request_id,
-            org=OrgMeter(org),
+            org=self._org_meter(org),
             budgets=meters,
             amount=amount,
             tokens=tokens,
@@ -99,6 +100,13 @@ class LedgerStage:
         )
         await self.live.hold(hold)
         return hold
+
+    def _org_meter(self, org: Org) -> OrgMeter:
+        """One meter per org, made again only when the directory gives a new Org."""
+        m = self._org_meters.get(org.id)
+        if m is None or m.org is not org:
+            m = self._org_meters[org.id] = OrgMeter(org)
+        return m
 
     def quote(self, call: Call) -> Charge:
         """The call's charge from its usage so far (cached once computed at the end)."""

@@ -64,19 +64,27 @@ class Router:
         if cached is not None:
             return list(cached)
         assert call.route is not None
-        by_id = {d.id: d for d in call.route.deployments}
+        deps = call.route.deployments
         prefs: Preferences = call.extras.get(PREFS) or self.default
         now = datetime.now(UTC)
-        cands = [self.candidate(d, now) for d in call.route.deployments]
+        cands = [self.candidate(d, now) for d in deps]
         out = self._output_tokens(call)
         needs = Needs(
             capabilities=needs_caps,
             prompt_tokens=self.biller.prompt_estimate(call),
             output_tokens=out[0],
             explicit_output=out[1],
-            parameters=request_parameters(call.body) - {"provider", "model", "messages"},
+            # Only require_parameters looks at them: not worked out for other requests.
+            parameters=request_parameters(call.body) - {"provider", "model", "messages"}
+            if prefs.require_parameters
+            else frozenset(),
         )
-        order = [by_id[c.deployment_id] for c in rank(cands, prefs, self.health, needs)]
+        best = rank(cands, prefs, self.health, needs)
+        if len(deps) == 1:  # most models: nothing to look up
+            order = list(deps[: len(best)])
+        else:
+            by_id = {d.id: d for d in deps}
+            order = [by_id[c.deployment_id] for c in best]
         if self.regions and latency_tolerant(call.body):
             order = self._by_power(order, call.extras.get(DEADLINE))
         if not order:
