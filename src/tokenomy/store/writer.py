@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from typing import Any
 
@@ -149,6 +150,9 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._on_flushed = on_flushed
+        # One thread of its own: every flush runs where the last one left its caches
+        # (the shared default pool hands each flush to whichever thread is free).
+        self._thread: ThreadPoolExecutor | None = None
         self._closing = False
         self.written = 0
         self.failures = 0
@@ -185,7 +189,11 @@ class BatchWriter:
                 return
             batch, self._pending = self._pending, []
             try:
-                await asyncio.to_thread(insert_ignoring_duplicates, self._engine, batch)
+                if self._thread is None:
+                    self._thread = ThreadPoolExecutor(1, thread_name_prefix="usage-writer")
+                await asyncio.get_running_loop().run_in_executor(
+                    self._thread, insert_ignoring_duplicates, self._engine, batch
+                )
             except Exception:
                 self.failures += 1
                 log.exception("writing %d %s rows failed; will retry", len(batch), self._table.name)
@@ -216,15 +224,20 @@ class BatchWriter:
             self._wake.set()
             await self._task
             self._task = None
-        for _ in range(3):
-            try:
-                await self.flush()
-                return
-            except Exception:
-                await asyncio.sleep(0.2)
-        log.error(
-            "%d %s rows could not be written at shutdown", len(self._pending), self._table.name
-        )
+        try:
+            for _ in range(3):
+                try:
+                    await self.flush()
+                    return
+                except Exception:
+                    await asyncio.sleep(0.2)
+            log.error(
+                "%d %s rows could not be written at shutdown", len(self._pending), self._table.name
+            )
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown(wait=False)
+                self._thread = None
 
     @property
     def pending(self) -> int:
