@@ -392,6 +392,7 @@ class Pool:
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def post(
         self, path: str, head_lines: bytes, body: bytes, *, first_byte_timeout_s: float
@@ -403,7 +404,10 @@ class Pool:
         into a reused connection that closes without a byte of answer (the server shut it
         as it went idle) is sent once more on a new connection.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            # Bound to the first loop that uses it (asking each time costs a syscall).
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + first_byte_timeout_s
         head = (
             (
@@ -482,7 +486,8 @@ class Pool:
         if self._closed or conn.closed:
             conn.abort()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        assert self._loop is not None  # a connection exists only after a post
+        conn.idle_since = self._loop.time()
         self._idle.append(conn)
         self._wake_one()
 
