@@ -112,3 +112,57 @@ def test_directory_meters_follow_periods_keys_and_refreshes(store: LedgerStore) 
 
     moved = replace(key, org_id=None)  # the key cache gives a new record when a key changes
     assert d.meters(moved, noon) == ()
+
+
+def test_admin_totals_read_only_admin_transactions(store: LedgerStore) -> None:
+    # Every second each gateway re-reads these totals: usage transactions (one per billed
+    # request) must not be scanned, nor counted.
+    from sqlalchemy import event
+
+    from tokenomy.store.schema import ADMIN_KINDS_SQL, ledger_postings, ledger_txns
+    from tokenomy.store.writer import insert_ignoring_duplicates
+
+    assert "kind IN (" + ", ".join(f"'{k}'" for k in Kind.ADMIN) + ")" == ADMIN_KINDS_SQL
+    a = store.create_org("A", "USD")
+    b = store.create_org("B", "USD")
+    store.post(Kind.TOPUP, a.id, 10 * 10**9)
+    store.post(Kind.CREDIT, a.id, 2 * 10**9)
+    store.post(Kind.ADJUSTMENT, a.id, -(10**9))
+    store.post(Kind.TOPUP, b.id, 3 * 10**9)
+    rows = []
+    for i in range(500):
+        tid = f"usage:req_{i}"
+        rows.append(
+            (
+                ledger_txns,
+                {"id": tid, "ts_ms": i, "kind": "usage", "org_id": a.id, "request_id": f"r{i}"},
+            )
+        )
+        rows.append(
+            (
+                ledger_postings,
+                {"txn_id": tid, "account": a.account, "amount_nanos": -7, "currency": "USD"},
+            )
+        )
+        rows.append(
+            (
+                ledger_postings,
+                {"txn_id": tid, "account": "revenue:x:USD", "amount_nanos": 7, "currency": "USD"},
+            )
+        )
+    insert_ignoring_duplicates(store.engine, rows)
+    seen: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+        seen.append((statement, params))
+
+    event.listen(store.engine, "before_cursor_execute", capture)
+    assert store.admin_totals() == {a.id: 11 * 10**9, b.id: 3 * 10**9}
+    event.remove(store.engine, "before_cursor_execute", capture)
+    assert store.balance(a.id) == 11 * 10**9 - 500 * 7
+    # The query the store really runs reads the partial index, not every transaction.
+    (statement, params), *_ = seen
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+        plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()  # type: ignore[arg-type]
+    assert "ix_ledger_txns_admin" in " ".join(str(r[-1]) for r in plan), plan

@@ -14,13 +14,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy import Engine, and_, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from tokenomy.billing.money import Currency
 from tokenomy.ledger.accounts import Budget, BudgetMeter, Mode, Org, Project, Scope
 from tokenomy.ledger.periods import Period, zone
 from tokenomy.store.schema import (
+    ADMIN_KINDS_SQL,
     api_keys,
     budgets,
     ledger_postings,
@@ -406,10 +407,13 @@ class LedgerStore:
 
     def admin_totals(self) -> dict[str, int]:
         """Every org's admin total (top-ups, credits, refunds, adjustments)."""
+        # Written so that it reads the partial index of admin transactions, never the
+        # usage ones (one per billed request): the condition must be the index's own.
         q = (
             select(ledger_txns.c.org_id, func.sum(ledger_postings.c.amount_nanos))
-            .join(ledger_txns, ledger_txns.c.id == ledger_postings.c.txn_id)
-            .where(ledger_txns.c.kind.in_(Kind.ADMIN), ledger_postings.c.account.like("org:%"))
+            .select_from(ledger_txns)
+            .join(ledger_postings, ledger_postings.c.txn_id == ledger_txns.c.id)
+            .where(text(ADMIN_KINDS_SQL), ledger_postings.c.account.like("org:%"))
             .group_by(ledger_txns.c.org_id)
         )
         with self.engine.connect() as conn:
