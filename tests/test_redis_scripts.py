@@ -116,3 +116,41 @@ def test_urls() -> None:
     assert c._hello == [encode("AUTH", "pw"), encode("SELECT", 4)]
     with pytest.raises(ValueError):
         ScriptClient.from_url("rediss://h:6380")
+
+
+async def test_a_server_that_refuses_at_once_fails_calls_and_never_hangs_them() -> None:
+    # Redis at maxclients accepts, answers one error and closes.
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"-ERR max number of clients reached\r\n")
+        await w.drain()
+        w.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    c = ScriptClient("127.0.0.1", srv.sockets[0].getsockname()[1], timeout_s=30)
+    for _ in range(3):
+        results = await asyncio.wait_for(
+            asyncio.gather(*(c.execute("PING") for _ in range(5)), return_exceptions=True), 2
+        )
+        assert all(isinstance(r, rx.RedisError) for r in results), results
+        await asyncio.sleep(0.01)
+    await c.aclose()
+    srv.close()
+
+
+async def test_a_refused_password_closes_its_socket() -> None:
+    closed = asyncio.Event()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.read(65536)
+        w.write(b"-WRONGPASS invalid username-password pair\r\n")
+        await w.drain()
+        await r.read()  # until the client closes
+        closed.set()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    c = ScriptClient("127.0.0.1", srv.sockets[0].getsockname()[1], password="nope")
+    with pytest.raises(rx.ResponseError, match="WRONGPASS"):
+        await c.execute("PING")
+    await asyncio.wait_for(closed.wait(), 2)
+    await c.aclose()
+    srv.close()

@@ -99,6 +99,10 @@ class _Connection(asyncio.Protocol):
         """Queue a command; every command queued in one loop iteration leaves in one write
         (a socket write wakes Redis and costs more than encoding a dozen commands)."""
         fut = loop.create_future()
+        if self.lost:
+            # Nothing will ever read this connection again: fail now, never queue.
+            fut.set_exception(rx.ConnectionError("Redis connection lost"))
+            return fut
         self.pending.append((fut, loop.time()))
         if not self._out:
             loop.call_soon(self._flush)
@@ -159,33 +163,45 @@ class ScriptClient:
         conn = self._conn
         if conn is None or conn.lost:
             conn = await self._connect(loop)
+            if conn.lost:  # lost again before this caller resumed (closed at once)
+                raise rx.ConnectionError("Redis closed the connection on connect")
         fut = conn.call(loop, encode(*args))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout, self._check)
         return await fut
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
-        # Concurrent callers share one connection attempt.
-        if self._connecting is None:
-            self._connecting = loop.create_task(self._open(loop))
+        # Concurrent callers share one connection attempt; it is forgotten as soon as it
+        # ends, whether or not anyone is still waiting for it.
         task = self._connecting
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._connecting = None
+        if task is None:
+            task = self._connecting = loop.create_task(self._open(loop))
+            task.add_done_callback(self._connected)
+        return await asyncio.shield(task)
+
+    def _connected(self, task: asyncio.Task[_Connection]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved: the callers that wanted it may all be gone
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        conn: _Connection | None = None
         try:
             async with asyncio.timeout(self._timeout):
                 _, conn = await loop.create_connection(_Connection, *self._addr)
                 for hello in self._hello:
                     await conn.call(loop, hello)
-        except OSError as e:
-            where = f"{self._addr[0]}:{self._addr[1]}"
-            raise rx.ConnectionError(f"cannot reach Redis at {where}: {e}") from e
-        except TimeoutError as e:  # asyncio's, the builtin
-            raise rx.TimeoutError("Redis did not answer in time") from e
+        except BaseException as e:
+            if conn is not None and conn.transport is not None:
+                conn.transport.abort()  # a refused AUTH or SELECT must not leak the socket
+            # (TimeoutError is an OSError: asyncio's timeout is told apart first.)
+            if isinstance(e, TimeoutError):
+                raise rx.TimeoutError("Redis did not answer in time") from e
+            if isinstance(e, OSError):
+                where = f"{self._addr[0]}:{self._addr[1]}"
+                raise rx.ConnectionError(f"cannot reach Redis at {where}: {e}") from e
+            raise
         self._conn = conn
         return conn
 
@@ -203,6 +219,8 @@ class ScriptClient:
         self._watchdog = loop.call_at(oldest + self._timeout, self._check)
 
     async def aclose(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
