@@ -13,7 +13,9 @@ from tokenomy.providers.transport import (
     HIGH_WATER,
     Origin,
     Pool,
+    Response,
     TransportError,
+    _Connection,
     header_block,
 )
 
@@ -343,3 +345,87 @@ def test_header_lines_refuse_line_breaks_and_origins_parse() -> None:
     assert Origin.parse("http://[::1]:8080").host_header == "[::1]:8080"
     with pytest.raises(ValueError):
         Origin.parse("ftp://x")
+
+
+class FakeTransport:
+    """Stands in for a socket: records writes and whether reading is paused."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.closing = False
+        self.written: list[bytes] = []
+
+    def writelines(self, data: tuple[bytes, ...]) -> None:
+        self.written.extend(data)
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+def fake_connection(pool: Pool) -> tuple[_Connection, FakeTransport]:
+    conn = _Connection(pool)
+    t = FakeTransport()
+    conn.connection_made(t)  # type: ignore[arg-type]
+    pool._open += 1
+    return conn, t
+
+
+async def test_a_connection_paused_by_its_last_bytes_goes_back_to_the_pool_reading() -> None:
+    pool = Pool(Origin.parse("http://h"), limit=2, connect_timeout_s=1, read_timeout_s=1)
+    pool._loop = asyncio.get_running_loop()
+    conn, t = fake_connection(pool)
+    resp = Response(conn, asyncio.get_running_loop(), 5)
+    conn.send(resp, b"", b"")
+    resp._streaming = True  # a stream whose reader is behind
+    body = b"x" * (HIGH_WATER + 10)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert resp._done and pool._idle == [conn]
+    assert not t.paused  # else the next answer on it would never be read
+    assert b"".join([c async for c in resp.chunks()]) == body
+
+
+async def test_a_body_that_fails_to_decode_is_an_error_even_when_it_ended() -> None:
+    pool = Pool(Origin.parse("http://h"), limit=2, connect_timeout_s=1, read_timeout_s=1)
+    pool._loop = asyncio.get_running_loop()
+    conn, t = fake_connection(pool)
+    resp = Response(conn, asyncio.get_running_loop(), 5)
+    conn.send(resp, b"", b"")
+    junk = b"this is not gzip"
+    conn.data_received(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(junk)
+        + junk
+    )
+    with pytest.raises(TransportError, match="undecodable"):
+        await resp.read()
+    assert t.closing and pool._idle == []
+
+
+async def test_a_request_that_failed_late_on_a_reused_connection_is_not_sent_again() -> None:
+    seen: list[bytes] = []
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        _, body = await read_request(r)
+        seen.append(body)
+        w.write(answer(body))
+        await w.drain()
+        _, body = await read_request(r)
+        seen.append(body)
+        await asyncio.sleep(0.3)  # working on it... then the connection drops
+
+    async with Server(script) as srv:
+        pool = srv.pool()
+        assert await post(pool, b"1") == (200, b"1")
+        with pytest.raises(TransportError):
+            await post(pool, b"2")
+        await asyncio.sleep(0.05)
+        await pool.close()
+    assert seen == [b"1", b"2"]  # the vendor saw (and would bill) it once

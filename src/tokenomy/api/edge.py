@@ -167,6 +167,10 @@ async def serve_call(request: web.Request, svc: Services, call: Call) -> web.Str
         call.status, call.http_status, call.error_code = "error", 500, "internal_error"
         raise
     finally:
+        if relay is not None:
+            # A stream whose response never started (the client went away first) would
+            # otherwise keep its upstream connection reading into memory.
+            relay.upstream.release()
         await _finish(svc, call, relay)
 
 

@@ -27,6 +27,9 @@ import httptools
 
 #: Bytes buffered on a response before the connection stops reading (backpressure).
 HIGH_WATER = 1 << 20
+#: A request on a reused connection that fails within this many seconds, with no byte of
+#: answer, met a connection the server had already closed: it is sent once more.
+RETRY_WINDOW_S = 0.1
 #: A connection idle this long is not reused: servers close idle ones after 5–120 s,
 #: and a request written into a connection the server is closing fails.
 IDLE_REUSE_S = 15.0
@@ -155,6 +158,8 @@ class Response:
         self._wake()
 
     def _complete(self) -> None:
+        if self._error is not None:
+            return  # already failed (an undecodable body): the error stands
         if self._decoder is not None:
             tail = self._decoder.flush()
             if tail:
@@ -244,7 +249,12 @@ class Response:
         if self._done or self._error is not None:
             return
         due = self._last_data + self._read_timeout
-        if self._loop.time() >= due:
+        conn = self._conn
+        if conn is not None and conn._paused:
+            # Paused because the reader is behind, not because the upstream is silent.
+            due = self._last_data = self._loop.time()
+            due += self._read_timeout
+        elif self._loop.time() >= due:
             self._fail(TimeoutError(f"no data for {self._read_timeout:g} s"))
         else:
             self._idle_timer = self._loop.call_at(due, self._check_idle)
@@ -268,6 +278,7 @@ class _Connection(asyncio.Protocol):
         "_informational",
         "_paused",
         "closed",
+        "counted_out",
         "idle_since",
         "parser",
         "pool",
@@ -284,6 +295,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._paused = False
         self._informational = False
+        #: Taken off the pool's count of open connections (exactly once).
+        self.counted_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without subclassing it.
@@ -300,6 +313,7 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
             resp._fail(TransportError(f"invalid HTTP response: {e}"))
+            self.abort()  # the parser is out of step: never reuse this connection
 
     def eof_received(self) -> bool:
         return False  # close; a read-until-close body ends in connection_lost
@@ -312,6 +326,10 @@ class _Connection(asyncio.Protocol):
         self.pool._lost(self)
 
     # httptools callbacks.
+
+    def on_message_begin(self) -> None:
+        if self.response is None:  # an answer after the one asked for: out of step
+            self.abort()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.response is not None:
@@ -342,6 +360,7 @@ class _Connection(asyncio.Protocol):
         keep = self.parser.should_keep_alive() and not resp._until_close
         resp._complete()
         if keep:
+            self.resume()  # paused for a slow reader, it must read the next answer
             self.pool._release(self)
         else:
             self.abort()
@@ -419,13 +438,24 @@ class Pool:
         )
         for attempt in (1, 2):
             conn, reused = await self._acquire(loop, deadline)
+            transport = conn.transport
+            if conn.closed or transport is None or transport.is_closing():
+                # Closed by the server before anything was written: nothing was sent.
+                if attempt == 1:
+                    continue
+                raise TransportError("the connection closed before the request was sent")
             resp = Response(conn, loop, self._read_timeout)
             conn.send(resp, head, body)
+            sent_at = loop.time()
             timer = loop.call_at(deadline, resp._fail, TimeoutError("no answer in time"))
             try:
                 await resp._headers_done
             except TransportError:
-                if attempt == 1 and reused and not resp.got_bytes:
+                # A reused connection the server had already shut (it went idle) fails at
+                # once; one that fails later may have had the request processed, and a
+                # POST sent twice is a generation billed twice.
+                quick = loop.time() - sent_at < RETRY_WINDOW_S
+                if attempt == 1 and reused and quick and not resp.got_bytes:
                     continue
                 raise
             except BaseException:
@@ -445,7 +475,13 @@ class Pool:
         stale = loop.time() - IDLE_REUSE_S
         while idle:
             conn = idle.pop()
-            if not conn.closed and conn.idle_since > stale:
+            transport = conn.transport
+            if (
+                not conn.closed
+                and conn.idle_since > stale
+                and transport is not None
+                and not transport.is_closing()
+            ):
                 return conn, True
             conn.abort()  # connection_lost will count it out
         if self._open >= self.limit:
@@ -455,6 +491,10 @@ class Pool:
                     self._waiters.append(w)
                     try:
                         await w
+                    except BaseException:
+                        if w.done() and not w.cancelled():
+                            self._wake_one()  # woken, but leaving: pass the turn on
+                        raise
                     finally:
                         if not w.done():
                             w.cancel()
@@ -463,22 +503,31 @@ class Pool:
             if idle:
                 return await self._acquire(loop, deadline)
         self._open += 1
+        made: list[_Connection] = []
+
+        def protocol() -> _Connection:
+            made.append(_Connection(self))
+            return made[-1]
+
         try:
             async with asyncio.timeout_at(min(deadline, loop.time() + self._connect_timeout)):
                 _, proto = await loop.create_connection(
-                    lambda: _Connection(self),
+                    protocol,
                     self.origin.host,
                     self.origin.port,
                     ssl=self._ssl,
                     server_hostname=self.origin.host if self._ssl else None,
                 )
-        except OSError as e:
-            self._open -= 1
+        except BaseException as e:
+            # Cancelled just after the handshake, the transport may still report
+            # connection_lost: the connection is counted out once, whichever comes first.
+            if made:
+                self._count_out(made[-1])
+            else:
+                self._open -= 1
             self._wake_one()
-            raise TransportError(f"could not connect: {type(e).__name__}") from e
-        except BaseException:
-            self._open -= 1
-            self._wake_one()
+            if isinstance(e, OSError) and not isinstance(e, TimeoutError):
+                raise TransportError(f"could not connect: {type(e).__name__}") from e
             raise
         return proto, False
 
@@ -491,8 +540,13 @@ class Pool:
         self._idle.append(conn)
         self._wake_one()
 
+    def _count_out(self, conn: _Connection) -> None:
+        if not conn.counted_out:
+            conn.counted_out = True
+            self._open -= 1
+
     def _lost(self, conn: _Connection) -> None:
-        self._open -= 1
+        self._count_out(conn)
         if conn in self._idle:
             self._idle.remove(conn)
         self._wake_one()
