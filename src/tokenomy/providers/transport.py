@@ -68,10 +68,16 @@ def header_block(headers: Mapping[str, str]) -> bytes:
     configured header would let it smuggle a request of its own)."""
     lines = []
     for name, value in headers.items():
-        if any(c in name for c in "\r\n:") or "\r" in value or "\n" in value:
+        if not name or any(c in name for c in "\r\n\0: ") or any(c in value for c in "\r\n\0"):
             raise ValueError(f"invalid HTTP header {name!r}")
+        if name.lower() in _FRAMING:
+            continue  # the client writes these itself: a second copy would confuse framing
         lines.append(f"{name}: {value}\r\n")
     return "".join(lines).encode("latin-1")
+
+
+#: Headers each request's own framing sets (see :meth:`Pool.post`).
+_FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
 class Response:
