@@ -36,17 +36,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+from systems import request_body  # noqa: E402  (the request make bench sends)
 from upstream import json_body, sse_body  # noqa: E402
 
 from tokenomy.api import edge  # noqa: E402
+from tokenomy.api.openai_routes import chat_call  # noqa: E402
 from tokenomy.config import load_config  # noqa: E402
-from tokenomy.gateway import validation  # noqa: E402
-from tokenomy.gateway.call import Call  # noqa: E402
 from tokenomy.gateway.registry import Deployment  # noqa: E402
 from tokenomy.providers.sse import SSEEvent, iter_event_batches, iter_event_bytes  # noqa: E402
 from tokenomy.services import Services, build_services  # noqa: E402
@@ -55,22 +53,6 @@ from tokenomy.store.db import migrate  # noqa: E402
 MODES = ("json", "sse")
 JSON_ANSWER = json_body()
 SSE_ANSWER = sse_body()
-
-
-def request_body(mode: str) -> bytes:
-    """The chat request ``make bench`` sends (bench/systems.py)."""
-    body: dict[str, object] = {
-        "model": "bench-json" if mode == "json" else "bench-sse",
-        "messages": [
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Say hello in one short sentence."},
-        ],
-        "max_tokens": 64,
-    }
-    if mode == "sse":
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    return orjson.dumps(body)
 
 
 # ---- the in-memory vendor ----------------------------------------------------------------
@@ -163,18 +145,7 @@ async def start(svc: Services) -> None:
 async def serve(svc: Services, request: BenchRequest) -> bytes:
     key = edge.authenticate(request, svc)  # type: ignore[arg-type]
     body = await edge.read_json(request, svc)  # type: ignore[arg-type]
-    model = validation.require_model(body)
-    stream = validation.check_chat(body, svc.config.server.max_messages)
-    opts = body.get("stream_options") or {}
-    call = Call(
-        endpoint="chat",
-        dialect="openai",
-        body=body,
-        model=model,
-        stream=stream,
-        key=key,
-        wants_usage=bool(opts.get("include_usage")),
-    )
+    call = chat_call(body, key, svc.config.server.max_messages)
     pipeline = svc.pipeline
     relay = None
     try:

@@ -12,16 +12,22 @@ from tokenomy.api.edge import authenticate, read_json, serve_call, services
 from tokenomy.gateway import validation
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.registry import ModelRoute
+from tokenomy.store.keys import ApiKey
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     key = authenticate(request, svc)
     body = await read_json(request, svc)
+    return await serve_call(request, svc, chat_call(body, key, svc.config.server.max_messages))
+
+
+def chat_call(body: dict[str, Any], key: ApiKey, max_messages: int) -> Call:
+    """A chat completion request, validated, as the call the pipeline runs."""
     model = validation.require_model(body)
-    stream = validation.check_chat(body, svc.config.server.max_messages)
+    stream = validation.check_chat(body, max_messages)
     opts = body.get("stream_options") or {}
-    call = Call(
+    return Call(
         endpoint="chat",
         dialect="openai",
         body=body,
@@ -30,7 +36,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         key=key,
         wants_usage=bool(opts.get("include_usage")),
     )
-    return await serve_call(request, svc, call)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
