@@ -116,6 +116,7 @@ def test_urls() -> None:
     assert c._hello == [encode("AUTH", "pw"), encode("SELECT", 4)]
     with pytest.raises(ValueError):
         ScriptClient.from_url("rediss://h:6380")
+    assert ScriptClient.for_url("rediss://h:6380") is None  # TLS stays with redis-py
 
 
 async def test_a_server_that_refuses_at_once_fails_calls_and_never_hangs_them() -> None:

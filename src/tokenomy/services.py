@@ -157,7 +157,7 @@ def build_limiter(config: Config) -> RateLimiter:
         url = config.ledger.redis_url
         # Blocking: under load callers wait for a connection instead of failing open.
         pool = BlockingConnectionPool.from_url(url, max_connections=64)
-        scripts = ScriptClient.from_url(url) if url.startswith("redis://") else None
+        scripts = ScriptClient.for_url(url)
         return RedisRateLimiter(
             Redis(connection_pool=pool), config.ledger.redis_prefix + "rl:", scripts=scripts
         )

@@ -147,7 +147,7 @@ class RedisLedger:
 
     @classmethod
     def from_url(cls, url: str, loader: Loader, prefix: str = "tk:") -> RedisLedger:
-        scripts = ScriptClient.from_url(url) if url.startswith("redis://") else None
+        scripts = ScriptClient.for_url(url)
         return cls(aioredis.Redis.from_url(url), loader, prefix, scripts=scripts)
 
     def _keys(self, hold: Hold) -> list[str]:

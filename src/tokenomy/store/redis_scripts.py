@@ -140,10 +140,20 @@ class ScriptClient:
         self._connecting: asyncio.Task[_Connection] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
 
+    @staticmethod
+    def serves(url: str) -> bool:
+        """Plain TCP only: TLS (rediss://) and Unix sockets are left to redis-py."""
+        return url.startswith("redis://")
+
+    @classmethod
+    def for_url(cls, url: str) -> ScriptClient | None:
+        """The client for ``url``, or None when redis-py must serve it (see :meth:`serves`)."""
+        return cls.from_url(url) if cls.serves(url) else None
+
     @classmethod
     def from_url(cls, url: str) -> ScriptClient:
-        """A redis:// URL (TLS and Unix sockets are left to redis-py: see services)."""
-        if not url.startswith("redis://"):
+        """A redis:// URL."""
+        if not cls.serves(url):
             raise ValueError("only redis:// URLs are served by the script client")
         kw = parse_url(url)  # type: ignore[no-untyped-call]
         return cls(
