@@ -373,20 +373,23 @@ class FakeTransport:
         self.closing = True
 
 
-def fake_connection(pool: Pool) -> tuple[_Connection, FakeTransport]:
+def fake_exchange() -> tuple[Pool, _Connection, FakeTransport, Response]:
+    """A request in flight on a pooled connection over a fake socket: the test feeds the
+    answer's bytes itself, so they arrive in exactly one read."""
+    loop = asyncio.get_running_loop()
+    pool = Pool(Origin.parse("http://h"), limit=2, connect_timeout_s=1, read_timeout_s=1)
+    pool._loop = loop
     conn = _Connection(pool)
     t = FakeTransport()
     conn.connection_made(t)  # type: ignore[arg-type]
     pool._open += 1
-    return conn, t
+    resp = Response(conn, loop, 5)
+    conn.send(resp, b"", b"")
+    return pool, conn, t, resp
 
 
 async def test_a_connection_paused_by_its_last_bytes_goes_back_to_the_pool_reading() -> None:
-    pool = Pool(Origin.parse("http://h"), limit=2, connect_timeout_s=1, read_timeout_s=1)
-    pool._loop = asyncio.get_running_loop()
-    conn, t = fake_connection(pool)
-    resp = Response(conn, asyncio.get_running_loop(), 5)
-    conn.send(resp, b"", b"")
+    pool, conn, t, resp = fake_exchange()
     resp._streaming = True  # a stream whose reader is behind
     body = b"x" * (HIGH_WATER + 10)
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
@@ -396,11 +399,7 @@ async def test_a_connection_paused_by_its_last_bytes_goes_back_to_the_pool_readi
 
 
 async def test_a_body_that_fails_to_decode_is_an_error_even_when_it_ended() -> None:
-    pool = Pool(Origin.parse("http://h"), limit=2, connect_timeout_s=1, read_timeout_s=1)
-    pool._loop = asyncio.get_running_loop()
-    conn, t = fake_connection(pool)
-    resp = Response(conn, asyncio.get_running_loop(), 5)
-    conn.send(resp, b"", b"")
+    pool, conn, t, resp = fake_exchange()
     junk = b"this is not gzip"
     conn.data_received(
         b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(junk)
