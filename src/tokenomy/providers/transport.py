@@ -426,8 +426,9 @@ class Pool:
 
         ``head_lines`` are the header lines every request carries (see
         :func:`header_block`); Host and Content-Length are added here. A request written
-        into a reused connection that closes without a byte of answer (the server shut it
-        as it went idle) is sent once more on a new connection.
+        into a reused connection that fails within :data:`RETRY_WINDOW_S` without a byte
+        of answer (the server had shut it as it went idle) is sent once more on a new
+        connection.
         """
         loop = self._loop
         if loop is None:
