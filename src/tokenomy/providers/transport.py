@@ -418,6 +418,8 @@ class Pool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: What follows the path on every request line, written out once.
+        self._after_path = f" HTTP/1.1\r\nHost: {origin.host_header}\r\n"
 
     async def post(
         self, path: str, head_lines: bytes, body: bytes, *, first_byte_timeout_s: float
@@ -437,8 +439,7 @@ class Pool:
         deadline = loop.time() + first_byte_timeout_s
         head = (
             (
-                f"POST {self.origin.path}{path} HTTP/1.1\r\nHost: {self.origin.host_header}\r\n"
-                f"Content-Length: {len(body)}\r\n"
+                f"POST {self.origin.path}{path}{self._after_path}Content-Length: {len(body)}\r\n"
             ).encode("latin-1")
             + head_lines
             + b"\r\n"
