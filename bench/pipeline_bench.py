@@ -7,9 +7,10 @@ with an org topped up, a daily key budget and a key bound to the org (as ``make 
 sets up through the CLI), and rate limits on for key and org. The vendor is replaced by
 an in-memory provider that answers at once with the fixed JSON body, or SSE stream, of
 the bench upstream (``bench/upstream.py``). Each request then runs as
-``api/edge.py serve_call`` runs it: authenticate, read and validate the body, route,
-open (stages, provider), relay the stream, finish (settle, record), without the aiohttp
-response (nor the provider's own work: serialising the request, HTTP). Requests run one
+the chat route runs it (``api/edge.py run_inference``): authenticate, read and validate
+the body, route, open (stages, provider), relay the stream, finish (settle, record),
+with an exchange that keeps the answer in memory instead of an HTTP response (nor the
+provider's own work: serialising the request, HTTP). Requests run one
 after another on a uvloop loop; the durable writer is flushed every ``--flush-every``
 requests and its cost (including its worker thread) is reported apart. Figures are
 process CPU time (``time.process_time``) per request; each round is reported so the
@@ -42,8 +43,7 @@ sys.path.insert(0, str(BENCH))
 from systems import request_body  # noqa: E402  (the request make bench sends)
 from upstream import json_body, sse_body  # noqa: E402
 
-from tokenomy.api import edge  # noqa: E402
-from tokenomy.api.openai_routes import chat_call  # noqa: E402
+from tokenomy.api import edge, openai_routes  # noqa: E402
 from tokenomy.config import load_config  # noqa: E402
 from tokenomy.gateway.registry import Deployment  # noqa: E402
 from tokenomy.providers.sse import SSEEvent, iter_event_batches, iter_event_bytes  # noqa: E402
@@ -97,16 +97,28 @@ class FixedProvider:
         return None
 
 
-class BenchRequest:
-    """What edge.authenticate and edge.read_json read from an aiohttp request."""
+class BenchExchange:
+    """An ``edge.Exchange`` that keeps the answer in memory: no HTTP."""
 
     def __init__(self, secret: str, body: bytes) -> None:
-        self.headers = {"Authorization": "Bearer " + secret, "Content-Type": "application/json"}
+        self.headers = {"authorization": "Bearer " + secret, "content-type": "application/json"}
         self._body = body
-        self.content_length = len(body)
+        self.out: list[bytes] = []
 
-    async def read(self) -> bytes:
+    async def body(self, limit: int) -> bytes:
         return self._body
+
+    async def reply(self, body: bytes, headers: Any) -> None:
+        self.out.append(body)
+
+    async def start_stream(self, headers: Any) -> None:
+        return None
+
+    async def send(self, chunk: bytes) -> None:
+        self.out.append(chunk)
+
+    async def end(self, chunk: bytes) -> None:
+        self.out.append(chunk)
 
 
 # ---- set-up ------------------------------------------------------------------------------
@@ -139,38 +151,14 @@ async def start(svc: Services) -> None:
     await svc.refresh_accounts()
 
 
-# ---- one request, as api/edge.py serve_call runs it -------------------------------------
+# ---- one request, as the chat route runs it -------------------------------------------
+
+CHAT = next(r for r in openai_routes.INFERENCE if r.path == "/v1/chat/completions")
 
 
-async def serve(svc: Services, request: BenchRequest) -> bytes:
-    key = edge.authenticate(request, svc)  # type: ignore[arg-type]
-    body = await edge.read_json(request, svc)  # type: ignore[arg-type]
-    call = chat_call(body, key, svc.config.server.max_messages)
-    pipeline = svc.pipeline
-    relay = None
-    try:
-        request.headers.get("X-Tokenomy-Max-Wait")
-        request.headers.get("X-Tokenomy-Deadline")
-        pipeline.route(call)
-        outcome = await pipeline.open(call)
-        if outcome.relay is None:
-            assert outcome.body is not None
-            return outcome.body
-        relay = outcome.relay
-        # The response's headers, as serve_call builds them for its EventStream.
-        _headers = {**outcome.headers, "Content-Type": "text/event-stream"}
-        out: list[bytes] = []
-        chunks = relay.chunks()
-        try:
-            async for chunk in chunks:
-                if relay.completed and not call.finished:
-                    await edge._finish(svc, call, relay)
-                out.append(chunk)
-        finally:
-            await chunks.aclose()
-        return b"".join(out)
-    finally:
-        await edge._finish(svc, call, relay)
+async def serve(svc: Services, ex: BenchExchange) -> bytes:
+    await edge.run_inference(ex, svc, CHAT.build)
+    return b"".join(ex.out)
 
 
 # ---- measuring ---------------------------------------------------------------------------
@@ -188,7 +176,7 @@ async def run_round(
         batch = min(flush_every, n - done)
         t0 = time.process_time()
         for _ in range(batch):
-            answer = await serve(svc, BenchRequest(secret, raw))
+            answer = await serve(svc, BenchExchange(secret, raw))
         t1 = time.process_time()
         await svc.usage_writer.flush()
         t2 = time.process_time()
@@ -242,7 +230,7 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> int:
             raw = request_body(mode)
             prof.enable()
             for _ in range(args.requests):
-                await serve(svc, BenchRequest(secret, raw))
+                await serve(svc, BenchExchange(secret, raw))
             prof.disable()
             await svc.usage_writer.flush()
         prof.dump_stats(args.profile)

@@ -11,6 +11,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from tokenomy.api.edge import INFERENCE_ROUTES
+from tokenomy.api.lean_server import LeanSite
+
 T = TypeVar("T")
 
 
@@ -44,7 +47,9 @@ class ThreadServer:
         self.app = self._make_app()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        # The gateway is served as `tokenomy serve` serves it: through the lean server.
+        site = LeanSite if INFERENCE_ROUTES in self.app else web.TCPSite
+        await site(self._runner, "127.0.0.1", self.port).start()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from tokenomy.api import admin, anthropic_routes, ledger_admin, openai_routes, usage_routes
-from tokenomy.api.edge import SERVICES
+from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, error_parts
 from tokenomy.config import Config
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from tokenomy.services import Services, build_services
@@ -20,13 +20,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _render(err: GatewayError, request: web.Request) -> web.Response:
-    anthropic = request.path.startswith("/v1/messages")
-    return web.Response(
-        body=err.anthropic_body() if anthropic else err.openai_body(),
-        status=err.status,
-        headers=err.response_headers(),
-        content_type="application/json",
-    )
+    status, headers, body = error_parts(err, request.path.startswith("/v1/messages"))
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
 @web.middleware
@@ -76,6 +71,7 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
         middlewares=[error_middleware], client_max_size=svc.config.server.max_body_bytes + 1
     )
     app[SERVICES] = svc
+    app[INFERENCE_ROUTES] = openai_routes.INFERENCE + anthropic_routes.INFERENCE
     openai_routes.add_routes(app)
     anthropic_routes.add_routes(app)
     admin.add_routes(app)

@@ -28,7 +28,7 @@ def require_admin(request: web.Request) -> Services:
         raise AdminDisabled(
             f"The admin API is disabled: set {svc.config.admin.key_env} to enable it."
         )
-    given = presented_key(request) or ""
+    given = presented_key(request.headers) or ""
     if not secrets.compare_digest(given.encode(), svc.admin_key.encode()):
         raise Unauthorized("The admin API needs the admin key.")
     return svc

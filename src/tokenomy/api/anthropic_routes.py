@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
-from tokenomy.api.edge import authenticate, read_json, serve_call, services
+from tokenomy.api.edge import InferenceRoute, aio_handler
 from tokenomy.gateway import validation
 from tokenomy.gateway.call import Call
+from tokenomy.services import Services
+from tokenomy.store.keys import ApiKey
 
 
-async def messages(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
-    key = authenticate(request, svc)
-    body = await read_json(request, svc)
+def _messages(body: dict[str, Any], key: ApiKey, svc: Services) -> Call:
     model = validation.require_model(body)
     stream = validation.check_messages(body, svc.config.server.max_messages)
-    call = Call(
+    return Call(
         endpoint="messages", dialect="anthropic", body=body, model=model, stream=stream, key=key
     )
-    return await serve_call(request, svc, call)
+
+
+INFERENCE = (InferenceRoute("/v1/messages", _messages, anthropic=True),)
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/messages", messages)
+    for route in INFERENCE:
+        app.router.add_post(route.path, aio_handler(route))

@@ -1,10 +1,17 @@
-"""What every /v1 route shares: reading bodies, authenticating, running the pipeline."""
+"""What every /v1 route shares: reading bodies, authenticating, running the pipeline.
+
+A call is served through an :class:`Exchange`, one request and its answer, so the same
+code runs under aiohttp (``AioExchange``) and under the lean server that carries the
+inference routes (``tokenomy.api.lean_server``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -23,38 +30,139 @@ log = logging.getLogger(__name__)
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 
+#: The routes the lean server answers itself (see ``lean_server``).
+INFERENCE_ROUTES: web.AppKey[tuple[InferenceRoute, ...]] = web.AppKey("inference_routes", tuple)
+
 #: Status recorded for a request whose client went away (nginx's convention).
 CLIENT_CLOSED = 499
 
+#: The headers an SSE answer adds to the call's own.
+STREAM_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+class Exchange(Protocol):
+    """One request and its answer, whichever server carries them.
+
+    ``headers`` answers lower-case names. A stream's headers leave with its first events,
+    not in a write of their own: the upstream has answered by the time it starts, and a
+    stream that arrives whole goes out as one write (headers, events, end of body).
+    """
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def body(self, limit: int) -> bytes:
+        """The request body; PayloadTooLarge past ``limit`` bytes."""
+        ...
+
+    async def reply(self, body: bytes, headers: Mapping[str, str]) -> None:
+        """Answer 200 with a JSON body."""
+        ...
+
+    async def start_stream(self, headers: Mapping[str, str]) -> None: ...
+
+    async def send(self, chunk: bytes) -> None:
+        """Part of the stream; ConnectionResetError once the client has gone."""
+        ...
+
+    async def end(self, chunk: bytes) -> None:
+        """The stream's last part and the end of its body."""
+        ...
+
+
+#: Builds a route's call from its parsed body and the caller's key.
+CallBuilder = Callable[[dict[str, Any], ApiKey, Services], Call]
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRoute:
+    """A POST route that runs a call through the pipeline."""
+
+    path: str
+    build: CallBuilder
+    anthropic: bool = False  # errors in Anthropic's shape, not OpenAI's
+
+
+def error_parts(err: GatewayError, anthropic: bool) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and JSON body of an error, in the route's dialect."""
+    body = err.anthropic_body() if anthropic else err.openai_body()
+    return err.status, err.response_headers(), body
+
 
 class EventStream(web.StreamResponse):
-    """An SSE response whose headers leave with its first events, not in a write of their
-    own: the upstream has answered by the time it starts, and a stream that arrives whole
-    goes out as one write (headers, events and the end of the body)."""
+    """An SSE response whose headers leave with its first events (see Exchange)."""
 
     # aiohttp's own switch (web.Response turns it off the same way).
     _send_headers_immediately = False
 
-    def __init__(self, *, headers: dict[str, str]) -> None:
-        super().__init__(headers=headers)
-        self.ended = False
+
+class AioExchange:
+    """An exchange carried by aiohttp; ``response`` is what the handler returns."""
+
+    __slots__ = ("request", "response")
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.request.headers
+
+    async def body(self, limit: int) -> bytes:
+        return await read_body(self.request, limit)
+
+    async def reply(self, body: bytes, headers: Mapping[str, str]) -> None:
+        self.response = web.Response(body=body, headers=headers, content_type="application/json")
+
+    async def start_stream(self, headers: Mapping[str, str]) -> None:
+        resp = EventStream(headers=headers)
+        await resp.prepare(self.request)
+        self.response = resp
+
+    async def send(self, chunk: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(chunk)
+
+    async def end(self, chunk: bytes) -> None:
+        assert self.response is not None
+        await self.response.write_eof(chunk)
+
+
+def aio_handler(route: InferenceRoute) -> Callable[[web.Request], Any]:
+    """The aiohttp handler of an inference route."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ex = AioExchange(request)
+        await run_inference(ex, request.app[SERVICES], route.build)
+        assert ex.response is not None
+        return ex.response
+
+    return handle
+
+
+async def run_inference(ex: Exchange, svc: Services, build: CallBuilder) -> None:
+    """Authenticate, read and validate the body, and serve the call it asks for."""
+    key = authenticate(ex.headers, svc)
+    body = parse_json(await ex.body(svc.config.server.max_body_bytes))
+    await serve_call(ex, svc, build(body, key, svc))
 
 
 def services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
 
-def presented_key(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization")
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    auth = headers.get("authorization")
     if auth:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    return request.headers.get("x-api-key") or request.headers.get("api-key")
+    return headers.get("x-api-key") or headers.get("api-key")
 
 
-def authenticate(request: web.Request, svc: Services) -> ApiKey:
-    secret = presented_key(request)
+def authenticate(headers: Mapping[str, str], svc: Services) -> ApiKey:
+    secret = presented_key(headers)
     if not secret:
         raise Unauthorized(
             "You didn't provide an API key. Provide it as 'Authorization: Bearer <key>' "
@@ -66,16 +174,20 @@ def authenticate(request: web.Request, svc: Services) -> ApiKey:
     return key
 
 
-async def read_json(request: web.Request, svc: Services) -> dict[str, Any]:
-    limit = svc.config.server.max_body_bytes
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+        raise too_large(limit)
     try:
-        raw = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"The request body is larger than the limit of {limit} bytes."
-        ) from None
+        raise too_large(limit) from None
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
@@ -85,6 +197,10 @@ async def read_json(request: web.Request, svc: Services) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
+
+
+async def read_json(request: web.Request, svc: Services) -> dict[str, Any]:
+    return parse_json(await read_body(request, svc.config.server.max_body_bytes))
 
 
 def _seconds(text: str, header: str, most: float = 3600) -> float:
@@ -97,15 +213,16 @@ def _seconds(text: str, header: str, most: float = 3600) -> float:
     return value
 
 
-async def serve_call(request: web.Request, svc: Services, call: Call) -> web.StreamResponse:
+async def serve_call(ex: Exchange, svc: Services, call: Call) -> None:
     """Run a call through the pipeline and answer the client; records it exactly once."""
     pipeline = svc.pipeline
     relay = None
+    headers = ex.headers
     try:
-        wait = request.headers.get("X-Tokenomy-Max-Wait")
+        wait = headers.get("x-tokenomy-max-wait")
         if wait is not None:
             call.extras[MAX_WAIT] = _seconds(wait, "X-Tokenomy-Max-Wait")
-        deadline = request.headers.get("X-Tokenomy-Deadline")
+        deadline = headers.get("x-tokenomy-deadline")
         if deadline is not None:
             call.extras[DEADLINE] = _seconds(deadline, "X-Tokenomy-Deadline", 86_400)
         if pipeline.tracer is not None:
@@ -122,22 +239,16 @@ async def serve_call(request: web.Request, svc: Services, call: Call) -> web.Str
         pipeline.route(call)
         outcome = await pipeline.open(call)
         if outcome.relay is None:
-            return web.Response(
-                body=outcome.body, headers=outcome.headers, content_type="application/json"
-            )
+            assert outcome.body is not None  # an answer is a body or a stream
+            await ex.reply(outcome.body, outcome.headers)
+            return
         relay = outcome.relay
-        resp = EventStream(
-            headers={
-                **outcome.headers,
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-            }
-        )
-        await resp.prepare(request)
+        await ex.start_stream({**outcome.headers, **STREAM_HEADERS})
         chunks = relay.chunks()
+        ended = False
         try:
             async for chunk in chunks:
-                if resp.ended:
+                if ended:
                     continue  # past the end the client was given: drain, keep the connection
                 if relay.completed:
                     if not call.finished:
@@ -145,18 +256,18 @@ async def serve_call(request: web.Request, svc: Services, call: Call) -> web.Str
                         # settle and record (and in synchronous mode commit) first.
                         await _finish(svc, call, relay)
                     # The last events and the end of the body leave in one write.
-                    await resp.write_eof(chunk)
-                    resp.ended = True
+                    await ex.end(chunk)
+                    ended = True
                 else:
-                    await resp.write(chunk)
-            await resp.write_eof()
+                    await ex.send(chunk)
+            if not ended:
+                await ex.end(b"")
         except ConnectionResetError:
             # Gone before the end: cancelled, unless everything was already sent.
             if not relay.completed:
                 call.status, call.http_status = "cancelled", CLIENT_CLOSED
         finally:
             await chunks.aclose()
-        return resp
     except GatewayError as e:
         pipeline.fail(call, e)
         raise

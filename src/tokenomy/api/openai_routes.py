@@ -8,24 +8,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tokenomy.api.edge import authenticate, read_json, serve_call, services
+from tokenomy.api.edge import InferenceRoute, aio_handler, authenticate, services
 from tokenomy.gateway import validation
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.registry import ModelRoute
+from tokenomy.services import Services
 from tokenomy.store.keys import ApiKey
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
-    key = authenticate(request, svc)
-    body = await read_json(request, svc)
-    return await serve_call(request, svc, chat_call(body, key, svc.config.server.max_messages))
-
-
-def chat_call(body: dict[str, Any], key: ApiKey, max_messages: int) -> Call:
-    """A chat completion request, validated, as the call the pipeline runs."""
+def _chat(body: dict[str, Any], key: ApiKey, svc: Services) -> Call:
     model = validation.require_model(body)
-    stream = validation.check_chat(body, max_messages)
+    stream = validation.check_chat(body, svc.config.server.max_messages)
     opts = body.get("stream_options") or {}
     return Call(
         endpoint="chat",
@@ -38,14 +31,11 @@ def chat_call(body: dict[str, Any], key: ApiKey, max_messages: int) -> Call:
     )
 
 
-async def completions(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
-    key = authenticate(request, svc)
-    body = await read_json(request, svc)
+def _completions(body: dict[str, Any], key: ApiKey, svc: Services) -> Call:
     model = validation.require_model(body)
     stream = validation.check_completions(body)
     opts = body.get("stream_options") or {}
-    call = Call(
+    return Call(
         endpoint="completions",
         dialect="openai",
         body=body,
@@ -54,25 +44,27 @@ async def completions(request: web.Request) -> web.StreamResponse:
         key=key,
         wants_usage=isinstance(opts, dict) and bool(opts.get("include_usage")),
     )
-    return await serve_call(request, svc, call)
 
 
-async def embeddings(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
-    key = authenticate(request, svc)
-    body = await read_json(request, svc)
+def _embeddings(body: dict[str, Any], key: ApiKey, svc: Services) -> Call:
     model = validation.require_model(body)
     validation.check_embeddings(body)
-    call = Call(
+    return Call(
         endpoint="embeddings", dialect="openai", body=body, model=model, stream=False, key=key
     )
-    return await serve_call(request, svc, call)
+
+
+INFERENCE = (
+    InferenceRoute("/v1/chat/completions", _chat),
+    InferenceRoute("/v1/completions", _completions),
+    InferenceRoute("/v1/embeddings", _embeddings),
+)
 
 
 async def queue_view(request: web.Request) -> web.Response:
     """Where the key's requests wait: deployment, position and estimated wait."""
     svc = services(request)
-    key = authenticate(request, svc)
+    key = authenticate(request.headers, svc)
     entries = [
         {
             "deployment": e.queue,
@@ -89,7 +81,7 @@ async def queue_view(request: web.Request) -> web.Response:
 
 async def list_models(request: web.Request) -> web.Response:
     svc = services(request)
-    key = authenticate(request, svc)
+    key = authenticate(request.headers, svc)
     created = int(time.time())
     data = [
         model_card(r, created, svc.model_pricing(r))
@@ -103,7 +95,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     svc = services(request)
-    key = authenticate(request, svc)
+    key = authenticate(request.headers, svc)
     route = svc.registry.resolve(request.match_info["model"])
     if not key.may_use(route.name):
         route = svc.registry.resolve("\0")  # same 404 as an unknown model: do not leak names
@@ -130,9 +122,8 @@ def model_card(route: ModelRoute, created: int, pricing: dict[str, str] | None) 
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
+    for route in INFERENCE:
+        app.router.add_post(route.path, aio_handler(route))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/queue", queue_view)
     app.router.add_get("/v1/models/{model:.+}", get_model)

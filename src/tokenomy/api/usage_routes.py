@@ -136,12 +136,12 @@ async def _session_viewer(request: web.Request, token: str) -> Viewer | None:
 
 def _api_viewer(request: web.Request) -> Viewer:
     svc = services(request)
-    secret = presented_key(request)
+    secret = presented_key(request.headers)
     if secret and _is_admin(svc, secret):
         require_admin(request)
         org, key = request.query.get("org_id"), request.query.get("key_id")
         return Viewer(True, Scope(key_id=key or None, org_id=org or None))
-    key_rec = authenticate(request, svc)
+    key_rec = authenticate(request.headers, svc)
     return Viewer(False, Scope(key_id=key_rec.id))
 
 
@@ -187,7 +187,7 @@ def _may_scrape(svc: Services, secret: str | None) -> bool:
 
 async def get_metrics(request: web.Request) -> web.Response:
     svc = services(request)
-    if not _may_scrape(svc, presented_key(request)):
+    if not _may_scrape(svc, presented_key(request.headers)):
         raise Unauthorized(
             "Metrics need the metrics token or the admin key as 'Authorization: Bearer "
             "<token>' (or set admin.public_metrics: true)."
@@ -225,7 +225,7 @@ async def _dashboard_viewer(request: web.Request) -> Viewer | None:
         viewer = await _session_viewer(request, token)
         if viewer is not None:
             return viewer
-    return _viewer_for(services(request), presented_key(request))
+    return _viewer_for(services(request), presented_key(request.headers))
 
 
 async def get_dashboard(request: web.Request) -> web.StreamResponse:
@@ -245,7 +245,7 @@ async def get_dashboard(request: web.Request) -> web.StreamResponse:
             page = _html(dashboard.login_page("Your session has ended; sign in again."), 401)
             page.del_cookie(COOKIE, path="/dashboard")
             return page
-        bad = bool(presented_key(request))
+        bad = bool(presented_key(request.headers))
         return _html(dashboard.login_page("That key was not accepted." if bad else ""),
                      401 if bad else 200)  # fmt: skip
     try:

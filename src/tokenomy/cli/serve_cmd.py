@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tokenomy.api.lean_server import LeanSite
 from tokenomy.app import app_for
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
 from tokenomy.config import DatabaseConfig
@@ -112,18 +113,26 @@ def _serve_one(cfg: Any, host: str, port: int, *, reuse_port: bool) -> None:
     _install_uvloop()
     app = app_for(build_services(cfg))
     app.on_startup.append(_settle_gc)  # last: after every other start-up hook
-    # run_app handles SIGINT and SIGTERM by running on_cleanup, which drains the writer.
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        print=None,
-        access_log=None,
-        handle_signals=True,
-        reuse_port=reuse_port,
-        # On SIGTERM wait this long for requests in flight, then drain the writer and exit.
-        shutdown_timeout=10.0,
-    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_until_signal(app, host, port, reuse_port=reuse_port))
+
+
+async def _serve_until_signal(
+    app: web.Application, host: str, port: int, *, reuse_port: bool
+) -> None:
+    """Serve until SIGINT or SIGTERM, then wait up to 10 s for requests in flight and run
+    on_cleanup, which drains the writer."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
+    await runner.setup()
+    try:
+        await LeanSite(runner, host, port, reuse_port=reuse_port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 #: Young-generation collections after this many net allocations (CPython's default: 700).
@@ -301,7 +310,7 @@ async def _run_demo(
     await sim_runner.setup()
     await web.TCPSite(sim_runner, "127.0.0.1", sim_port).start()
     await gw_runner.setup()
-    await web.TCPSite(gw_runner, "127.0.0.1", port).start()
+    await LeanSite(gw_runner, "127.0.0.1", port).start()
     print(_demo_banner(port, sim_port, secret, admin_key, org_id), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

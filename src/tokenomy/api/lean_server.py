@@ -1,0 +1,402 @@
+"""A lean HTTP/1.1 server for the inference routes, in front of the aiohttp application.
+
+Every connection starts here. A request to an inference route (``POST
+/v1/chat/completions`` and the like) in the plain shape clients send (HTTP/1.1, a
+``Content-Length`` body, no ``Expect``, ``Transfer-Encoding`` or ``Upgrade``) is parsed
+and answered here. At the first request that is anything else (another route, another
+method, an odd or malformed head) the connection is handed, with every byte of that
+request, to aiohttp, which serves it from then on with the whole application and its own
+strict parser and errors. So this module never has to be a general HTTP server: what it
+does not recognise exactly, it passes on.
+
+Why: aiohttp's server side (request and response objects, middlewares, a task per
+connection fed through queues) cost a third of a gateway request's CPU; this path is a
+head split, a dict and one write per answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Mapping
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, cast
+
+from aiohttp import web
+
+from tokenomy.api.edge import (
+    INFERENCE_ROUTES,
+    SERVICES,
+    InferenceRoute,
+    error_parts,
+    run_inference,
+    too_large,
+)
+from tokenomy.errors import GatewayError
+from tokenomy.services import Services
+
+log = logging.getLogger(__name__)
+
+#: A head longer than this is aiohttp's to judge (and refuse: its lines are 8 KiB at most).
+MAX_HEAD = 16 * 1024
+#: Bytes a client may send ahead (pipelined) while its answer is being made.
+MAX_AHEAD = 256 * 1024
+#: An idle connection (no request in progress) is closed after this long.
+KEEPALIVE_S = 75.0
+SWEEP_S = 5.0
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # visible characters, spaces and tabs (RFC 9110)
+_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb"?)[ \t]*\r\n")
+#: Headers that change how the request is framed or answered: aiohttp handles those.
+_NOT_PLAIN = frozenset({"transfer-encoding", "expect", "upgrade"})
+#: Headers that must not be given twice (a second Content-Length is a smuggling attempt).
+_ONCE = frozenset({"content-length", "host"})
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+class _Date:
+    """The Date header, formatted once a second."""
+
+    __slots__ = ("line", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.line = ""
+
+    def __call__(self) -> str:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.line = f"Date: {formatdate(now, usegmt=True)}\r\nServer: tokenomy\r\n"
+        return self.line
+
+
+_date = _Date()
+
+
+def response_head(status: int, headers: Mapping[str, str], framing: str) -> bytes:
+    """A response's status line and headers; ``framing`` ends them (length, close)."""
+    fields = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+    if fields.count("\n") != len(headers):
+        raise ValueError("a response header holds a line break")
+    reason = _REASONS.get(status, "Unknown")
+    return f"HTTP/1.1 {status} {reason}\r\n{fields}{_date()}{framing}\r\n".encode("latin-1")
+
+
+class _Exchange:
+    """One request served by the lean server (see ``edge.Exchange``).
+
+    A JSON answer is kept until the call has been settled and recorded, then written: as
+    under aiohttp, the client never sees an answer whose record could still be lost.
+    """
+
+    __slots__ = ("_body", "answer", "conn", "head", "headers")
+
+    def __init__(self, conn: _Connection, headers: dict[str, str], body: bytes) -> None:
+        self.conn = conn
+        self.headers = headers
+        self._body = body
+        self.answer: bytes | None = None  # a whole response, written after the call
+        self.head: bytes | None = None  # a stream's head, not yet sent
+
+    async def body(self, limit: int) -> bytes:
+        return self._body  # its length was checked against the limit before reading it
+
+    async def reply(self, body: bytes, headers: Mapping[str, str]) -> None:
+        self.answer = self.conn.whole(200, headers, body)
+
+    async def start_stream(self, headers: Mapping[str, str]) -> None:
+        self.head = response_head(200, headers, self.conn.framing("Transfer-Encoding: chunked"))
+
+    async def send(self, chunk: bytes) -> None:
+        if chunk:
+            await self.conn.send(self._take_head() + b"%x\r\n%b\r\n" % (len(chunk), chunk))
+
+    async def end(self, chunk: bytes) -> None:
+        data = self._take_head()
+        if chunk:
+            data += b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        await self.conn.send(data + b"0\r\n\r\n")
+
+    def _take_head(self) -> bytes:
+        head, self.head = self.head, None
+        return head or b""
+
+    @property
+    def started(self) -> bool:
+        """Whether any of a stream has been sent (after which no error answer can go)."""
+        return self.conn.sent_stream
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection, until (if ever) it is handed to aiohttp."""
+
+    def __init__(self, site: LeanSite) -> None:
+        self.site = site
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.parts: list[bytes] = []  # a body still arriving, and how much it needs
+        self.need = 0
+        self.busy = False
+        self.close_after = False
+        self.lost = False
+        self.reading_paused = False
+        self.writing_paused = False
+        self.drain: asyncio.Future[None] | None = None
+        self.sent_stream = False
+        self.active = 0.0
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.active = self.site.loop.time()
+        self.site.connections.add(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        self.site.connections.discard(self)
+        self._wake(ConnectionResetError("the client closed the connection"))
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._wake(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.active = self.site.loop.time()
+        if self.need:
+            self.parts.append(data)
+            self.need -= len(data)
+            if self.need > 0:
+                return
+            self.buf, self.parts, self.need = b"".join(self.parts), [], 0
+        else:
+            self.buf = self.buf + data if self.buf else data
+        if not self.busy:
+            self._next()
+        elif len(self.buf) > MAX_AHEAD and not self.reading_paused:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.reading_paused = True
+
+    # requests
+
+    def _next(self) -> None:
+        """Start on the request at the front of the buffer, if it has arrived."""
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HEAD:
+                self._hand_off()
+            return
+        line_end = buf.find(b"\r\n")
+        method, _, rest = buf[:line_end].partition(b" ")
+        target, _, version = rest.partition(b" ")
+        route = self.site.routes.get(target)
+        if method != b"POST" or version != b"HTTP/1.1" or route is None:
+            self._hand_off()
+            return
+        block = buf[line_end + 2 : end + 2]
+        if _BLOCK.fullmatch(block) is None:
+            self._hand_off()
+            return
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in _FIELD.findall(block):
+            name = raw_name.lower().decode()
+            if name in headers:
+                if name in _ONCE:
+                    self._hand_off()
+                    return
+                continue  # the first of a repeated header counts, as aiohttp's get() does
+            headers[name] = raw_value.decode("latin-1")
+        if not _NOT_PLAIN.isdisjoint(headers):
+            self._hand_off()
+            return
+        length_text = headers.get("content-length", "0")
+        if not (length_text.isdigit() and length_text.isascii()):
+            self._hand_off()
+            return
+        length = int(length_text)
+        close = "close" in headers.get("connection", "").lower()
+        limit = self.site.services.config.server.max_body_bytes
+        if length > limit:
+            # Refused before its body is read, so the connection cannot be reused.
+            self.buf = b""
+            self.close_after = True
+            self._write_error(too_large(limit), route)
+            self._finished()
+            return
+        start = end + 4
+        total = start + length
+        if len(buf) < total:
+            self.parts, self.need = [buf], total - len(buf)
+            self.buf = b""
+            return
+        self.buf = buf[total:]
+        self.busy = True
+        self.close_after = close
+        ex = _Exchange(self, headers, buf[start:total])
+        self.site.loop.create_task(self._serve(route, ex))
+
+    async def _serve(self, route: InferenceRoute, ex: _Exchange) -> None:
+        try:
+            await run_inference(ex, self.site.services, route.build)
+        except GatewayError as e:
+            if ex.started:
+                self._abort()
+            else:
+                self._write_error(e, route)
+        except Exception:
+            log.exception("unhandled error on POST %s", route.path)
+            if ex.started:
+                self._abort()
+            else:
+                internal = GatewayError(
+                    "The gateway hit an internal error; the request was not completed."
+                )
+                self._write_error(internal, route)
+        else:
+            if ex.answer is not None:
+                self._write(ex.answer)
+        finally:
+            self.sent_stream = False
+            self._finished()
+
+    def _finished(self) -> None:
+        """One answer is out: close, or go on to the next request."""
+        self.busy = False
+        if self.lost:
+            return
+        assert self.transport is not None
+        if self.close_after or self.site.closing:
+            self.transport.close()
+            return
+        self.active = self.site.loop.time()
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        if self.buf:
+            self._next()
+
+    def _hand_off(self) -> None:
+        """From this request on, aiohttp serves the connection."""
+        transport = self.transport
+        assert transport is not None and not self.busy
+        self.site.connections.discard(self)
+        handler = self.site.fallback()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        data, self.buf = self.buf, b""
+        handler.data_received(data)
+
+    # answers
+
+    def framing(self, line: str) -> str:
+        return f"{line}\r\nConnection: close\r\n" if self.close_after else f"{line}\r\n"
+
+    def whole(self, status: int, headers: Mapping[str, str], body: bytes) -> bytes:
+        framing = self.framing(f"Content-Type: application/json\r\nContent-Length: {len(body)}")
+        return response_head(status, headers, framing) + body
+
+    def _write_error(self, err: GatewayError, route: InferenceRoute) -> None:
+        status, headers, body = error_parts(err, route.anthropic)
+        self._write(self.whole(status, headers, body))
+
+    def _write(self, data: bytes) -> None:
+        if not self.lost:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    async def send(self, data: bytes) -> None:
+        """Part of a stream; waits while the client is slow to read."""
+        if self.lost:
+            raise ConnectionResetError("the client closed the connection")
+        assert self.transport is not None
+        self.sent_stream = True
+        self.transport.write(data)
+        if self.writing_paused:
+            self.drain = self.site.loop.create_future()
+            await self.drain
+
+    def _wake(self, exc: BaseException | None) -> None:
+        drain, self.drain = self.drain, None
+        if drain is not None and not drain.done():
+            if exc is None:
+                drain.set_result(None)
+            else:
+                drain.set_exception(exc)
+
+    def _abort(self) -> None:
+        """A stream failed after it started: the client must not take it for whole."""
+        if not self.lost:
+            assert self.transport is not None
+            self.transport.abort()
+
+    def close_if_idle(self, idle_before: float) -> None:
+        if not self.busy and self.active <= idle_before and self.transport is not None:
+            self.transport.close()
+
+
+class LeanSite(web.TCPSite):
+    """An aiohttp site whose connections start on the lean server (see module doc)."""
+
+    def __init__(self, runner: web.AppRunner, *args: Any, **kwargs: Any) -> None:
+        super().__init__(runner, *args, **kwargs)
+        app = runner.app
+        self.services: Services = app[SERVICES]
+        self.routes = {r.path.encode(): r for r in app[INFERENCE_ROUTES]}
+        self.connections: set[_Connection] = set()
+        self.closing = False
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_event_loop()
+
+    def fallback(self) -> asyncio.Protocol:
+        """A fresh aiohttp protocol, to take a connection over."""
+        server = self._runner.server
+        assert server is not None
+        return server()
+
+    async def start(self) -> None:
+        self._runner._reg_site(self)
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(
+            lambda: _Connection(self),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        sockets = self._server.sockets
+        if sockets:
+            self._bound_port = int(sockets[0].getsockname()[1])
+        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
+
+    def _sweep(self) -> None:
+        idle_before = self.loop.time() - KEEPALIVE_S
+        for conn in list(self.connections):
+            conn.close_if_idle(idle_before)
+        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
+
+    async def stop(self) -> None:
+        """Stop listening; close idle connections; let answers in progress finish."""
+        await super().stop()
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self.connections):
+            conn.close_if_idle(float("inf"))
+        deadline = self.loop.time() + self._runner._shutdown_timeout
+        while any(c.busy for c in self.connections) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)

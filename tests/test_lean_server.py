@@ -1,0 +1,358 @@
+"""The lean server: inference routes answered on raw HTTP/1.1, the rest handed to aiohttp.
+
+Raw sockets, so the tests control exactly which bytes arrive and when; the answers are
+read with h11, an HTTP parser independent of both servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import h11
+import orjson
+import pytest
+from aiohttp import web
+
+from tests.conftest import Gateway
+from tests.servers import ThreadServer
+from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, InferenceRoute
+from tokenomy.api.lean_server import _Connection
+from tokenomy.errors import RateLimited
+
+CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def request(
+    gateway: Gateway,
+    body: Any = CHAT,
+    path: str = "/v1/chat/completions",
+    method: str = "POST",
+    extra: str = "",
+) -> bytes:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {gateway.key}\r\n"
+        f"Content-Type: application/json\r\n{extra}"
+    )
+    if "Transfer-Encoding" not in extra and "Content-Length" not in extra:
+        head += f"Content-Length: {len(raw)}\r\n"
+    return head.encode() + b"\r\n" + raw
+
+
+class Client:
+    """A raw connection and an h11 reader of the answers that come back on it."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.conn = h11.Connection(h11.CLIENT)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def answer(self) -> tuple[h11.Response, dict[str, str], bytes]:
+        """The next whole response: its status line, headers (lower-case) and body."""
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        if self.conn.our_state is h11.IDLE:
+            # h11 tracks both sides; tell it a request went, without sending anything.
+            self.conn.send(h11.Request(method="POST", target="/", headers=[("Host", "gw")]))
+            self.conn.send(h11.EndOfMessage())
+        resp: h11.Response | None = None
+        body = b""
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                data = self.sock.recv(65536)
+                self.conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Response):
+                resp = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert resp is not None
+                headers = {k.decode().lower(): v.decode() for k, v in resp.headers}
+                return resp, headers, body
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError("closed before a whole answer")
+
+    def closed(self) -> bool:
+        """Whether the server has closed the connection (EOF within a second)."""
+        self.sock.settimeout(1.0)
+        try:
+            return self.sock.recv(1) == b""
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def client(gateway: Gateway) -> Iterator[Client]:
+    c = Client(gateway.server.port)
+    yield c
+    c.close()
+
+
+def served_lean(headers: dict[str, str]) -> bool:
+    return headers["server"] == "tokenomy"
+
+
+def test_keep_alive_serves_request_after_request_on_one_connection(
+    gateway: Gateway, client: Client
+) -> None:
+    for _ in range(3):
+        client.send(request(gateway))
+        resp, headers, body = client.answer()
+        assert resp.status_code == 200 and served_lean(headers)
+        assert headers["content-type"] == "application/json"
+        assert int(headers["content-length"]) == len(body)
+        assert orjson.loads(body)["object"] == "chat.completion"
+        assert headers["x-request-id"].startswith("req_")
+    assert not client.closed()
+
+
+def test_pipelined_requests_are_answered_in_order(gateway: Gateway, client: Client) -> None:
+    first = {**CHAT, "model": "sim-small"}
+    second = {**CHAT, "model": "no-such-model"}
+    client.send(request(gateway, first) + request(gateway, second))
+    r1, _, b1 = client.answer()
+    r2, _, b2 = client.answer()
+    assert r1.status_code == 200 and orjson.loads(b1)["model"] == "sim-small"
+    assert r2.status_code == 404 and orjson.loads(b2)["error"]["code"] == "model_not_found"
+
+
+def test_a_request_that_arrives_a_few_bytes_at_a_time_is_served(
+    gateway: Gateway, client: Client
+) -> None:
+    raw = request(gateway)
+    for i in range(0, len(raw), 7):
+        client.send(raw[i : i + 7])
+        time.sleep(0.001)
+    resp, headers, body = client.answer()
+    assert resp.status_code == 200 and served_lean(headers)
+    assert orjson.loads(body)["object"] == "chat.completion"
+
+
+def test_streams_are_chunked_and_end_cleanly(gateway: Gateway, client: Client) -> None:
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    client.send(request(gateway, body))
+    resp, headers, data = client.answer()
+    assert resp.status_code == 200 and served_lean(headers)
+    assert headers["content-type"] == "text/event-stream"
+    assert headers["transfer-encoding"] == "chunked"
+    events = [e for e in data.decode().split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    usage = orjson.loads(events[-2].removeprefix("data: "))["usage"]
+    assert usage["completion_tokens"] > 0
+    client.send(request(gateway))  # the connection is still good after a stream
+    assert client.answer()[0].status_code == 200
+
+
+def test_other_routes_hand_the_connection_to_aiohttp_for_good(
+    gateway: Gateway, client: Client
+) -> None:
+    client.send(request(gateway))
+    assert served_lean(client.answer()[1])
+    client.send(request(gateway, b"", path="/v1/models", method="GET"))
+    resp, headers, body = client.answer()
+    assert resp.status_code == 200 and not served_lean(headers)
+    assert orjson.loads(body)["object"] == "list"
+    client.send(request(gateway))  # aiohttp serves the inference routes as well
+    resp, headers, _ = client.answer()
+    assert resp.status_code == 200 and not served_lean(headers)
+    client.send(request(gateway, {**CHAT, "stream": True}))
+    resp, headers, data = client.answer()
+    assert resp.status_code == 200 and not served_lean(headers)
+    assert headers["content-type"] == "text/event-stream"
+    assert data.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize(
+    "path, extra, raw",
+    [
+        # a chunked body: aiohttp de-chunks it
+        (
+            "/v1/chat/completions",
+            "Transfer-Encoding: chunked\r\n",
+            b"%x\r\n%b\r\n0\r\n\r\n" % (len(orjson.dumps(CHAT)), orjson.dumps(CHAT)),
+        ),
+        ("/v1/chat/completions?trace=1", "", None),  # a query string
+        ("/v1/chat/completions", "Expect: 100-continue\r\n", None),
+    ],
+)
+def test_requests_outside_the_plain_shape_are_served_by_aiohttp(
+    gateway: Gateway, client: Client, path: str, extra: str, raw: bytes | None
+) -> None:
+    client.send(request(gateway, raw if raw is not None else CHAT, path=path, extra=extra))
+    resp, headers, body = client.answer()
+    assert resp.status_code == 200, body
+    assert not served_lean(headers)
+    assert orjson.loads(body)["object"] == "chat.completion"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "Content-Length: 5\r\n",  # a second, different Content-Length: smuggling
+        "X-Odd : value\r\n",  # a space before the colon
+        "X-Folded: a\r\n b\r\n",  # an obsolete line fold
+        "X-Nul: a\x00b\r\n",
+    ],
+)
+def test_malformed_heads_get_aiohttps_400_not_a_guess(
+    gateway: Gateway, client: Client, extra: str
+) -> None:
+    raw = orjson.dumps(CHAT)
+    client.send(request(gateway, CHAT, extra=f"Content-Length: {len(raw)}\r\n{extra}"))
+    resp, headers, _ = client.answer()
+    assert resp.status_code == 400
+    assert not served_lean(headers)
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(
+    gateway: Gateway, client: Client
+) -> None:
+    limit = gateway.services.config.server.max_body_bytes
+    client.send(request(gateway, b"", extra=f"Content-Length: {limit + 1}\r\n"))
+    resp, headers, body = client.answer()
+    assert resp.status_code == 413 and served_lean(headers)
+    assert headers["connection"] == "close"
+    assert "larger than the limit" in orjson.loads(body)["error"]["message"]
+    assert client.closed()
+
+
+def test_connection_close_is_honoured(gateway: Gateway, client: Client) -> None:
+    client.send(request(gateway, extra="Connection: close\r\n"))
+    resp, headers, _ = client.answer()
+    assert resp.status_code == 200 and headers["connection"] == "close"
+    assert client.closed()
+
+
+def test_errors_come_in_the_routes_dialect(gateway: Gateway, client: Client) -> None:
+    client.send(request(gateway, b"{bad", path="/v1/messages"))
+    resp, headers, body = client.answer()
+    assert resp.status_code == 400 and served_lean(headers)
+    err = orjson.loads(body)
+    assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"
+    client.send(request(gateway, b"{bad"))
+    resp, _, body = client.answer()
+    assert resp.status_code == 400
+    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_an_empty_body_is_a_clear_400(gateway: Gateway, client: Client) -> None:
+    client.send(request(gateway, b""))
+    resp, _, body = client.answer()
+    assert resp.status_code == 400
+    assert "empty" in orjson.loads(body)["error"]["message"]
+
+
+def _raising_app(gateway: Gateway, exc: Exception) -> web.Application:
+    def build(body: Any, key: Any, svc: Any) -> Any:
+        raise exc
+
+    app = web.Application()
+    app[SERVICES] = gateway.services
+    app[INFERENCE_ROUTES] = (InferenceRoute("/v1/boom", build),)
+    return app
+
+
+def test_an_unexpected_failure_is_a_json_500_and_the_connection_lives_on(
+    gateway: Gateway,
+) -> None:
+    srv = ThreadServer(lambda: _raising_app(gateway, RuntimeError("boom"))).start()
+    c = Client(srv.port)
+    try:
+        for _ in range(2):
+            c.send(request(gateway, path="/v1/boom"))
+            resp, headers, body = c.answer()
+            assert resp.status_code == 500 and served_lean(headers)
+            assert "internal error" in orjson.loads(body)["error"]["message"]
+    finally:
+        c.close()
+        srv.stop()
+
+
+def test_a_gateway_error_keeps_its_status_and_headers(gateway: Gateway) -> None:
+    srv = ThreadServer(
+        lambda: _raising_app(gateway, RateLimited("slow down", retry_after=3.0))
+    ).start()
+    c = Client(srv.port)
+    try:
+        c.send(request(gateway, path="/v1/boom"))
+        resp, headers, body = c.answer()
+        assert resp.status_code == 429 and headers["retry-after"] == "3"
+        assert orjson.loads(body)["error"]["message"] == "slow down"
+    finally:
+        c.close()
+        srv.stop()
+
+
+class _FakeTransport:
+    """What a _Connection writes, and whether it closed; no socket."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class _FakeSite:
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[_Connection] = set()
+        self.closing = False
+
+
+async def test_a_stream_waits_while_the_client_reads_slowly_and_fails_once_it_is_gone() -> None:
+    conn = _Connection(_FakeSite())  # type: ignore[arg-type]
+    tr = _FakeTransport()
+    conn.connection_made(tr)  # type: ignore[arg-type]
+    conn.pause_writing()
+    send = asyncio.ensure_future(conn.send(b"one"))
+    await asyncio.sleep(0.01)
+    assert not send.done() and tr.written == [b"one"]
+    conn.resume_writing()
+    await asyncio.wait_for(send, 1)
+    conn.pause_writing()
+    send = asyncio.ensure_future(conn.send(b"two"))
+    await asyncio.sleep(0.01)
+    conn.connection_lost(None)
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(send, 1)
+    with pytest.raises(ConnectionResetError):
+        await conn.send(b"three")
+
+
+async def test_idle_connections_are_closed_busy_ones_are_not() -> None:
+    site = _FakeSite()
+    idle, busy = _Connection(site), _Connection(site)  # type: ignore[arg-type]
+    t_idle, t_busy = _FakeTransport(), _FakeTransport()
+    idle.connection_made(t_idle)  # type: ignore[arg-type]
+    busy.connection_made(t_busy)  # type: ignore[arg-type]
+    busy.busy = True
+    for c in (idle, busy):
+        c.close_if_idle(site.loop.time() + 1)
+    assert t_idle.closed and not t_busy.closed
+    fresh = _Connection(site)  # type: ignore[arg-type]
+    t_fresh = _FakeTransport()
+    fresh.connection_made(t_fresh)  # type: ignore[arg-type]
+    fresh.close_if_idle(site.loop.time() - 1)  # active since: not idle long enough
+    assert not t_fresh.closed
