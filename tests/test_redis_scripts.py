@@ -56,6 +56,30 @@ async def test_scripts_load_once_answer_in_order_and_reach_the_right_db(key: str
     await c.aclose()
 
 
+async def test_submitted_calls_leave_together_and_load_the_script_if_needed(key: str) -> None:
+    c = ScriptClient(db=DB)
+    incr = c.register_script(INCR)
+    first = incr.submit(keys=[key], args=[5])  # not connected yet: connects first
+    assert await first == 5
+    await c.execute("SCRIPT", "FLUSH")  # the next must fall back to EVAL
+    conn = c._conn
+    assert conn is not None and conn.transport is not None
+    writes: list[bytes] = []
+    write = conn.transport.write
+
+    def noted(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    conn.transport.write = noted  # type: ignore[method-assign]
+    futs = [incr.submit(keys=[key], args=[i]) for i in (1, 2, 3)]  # queued, no await
+    assert await asyncio.gather(*futs) == [6, 8, 11]
+    assert writes[0].count(b"EVALSHA") == 3  # the three left in one write
+    with pytest.raises(rx.ResponseError, match="no such thing"):
+        await c.register_script(FAIL).submit()
+    await c.aclose()
+
+
 async def test_a_lost_connection_fails_its_calls_and_the_next_call_reconnects(key: str) -> None:
     c = ScriptClient(db=DB)
     incr = c.register_script(INCR)

@@ -404,7 +404,9 @@ class RedisRateLimiter:
         register = scripts.register_script if scripts is not None else redis.register_script
         self._acquire = register(_ACQUIRE)
         self._settle = register(_SETTLE)
-        self._pending: set[asyncio.Task[None]] = set()
+        #: The settle script on the lean client, which can queue a call without a task.
+        self._settle_lean = scripts.register_script(_SETTLE) if scripts is not None else None
+        self._pending: set[asyncio.Future[Any]] = set()
         self._ids = UniqueIds()
 
     def _now_ms(self) -> int:
@@ -454,13 +456,29 @@ class RedisRateLimiter:
         ticket.settled = True
         if not ticket.scopes:
             return
-        task = asyncio.get_running_loop().create_task(self.settle_now(ticket, actual_tokens))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        fut: asyncio.Future[Any]
+        if self._settle_lean is not None:
+            # Queued at once, it shares the write of the ledger's settlement; no task.
+            keys, args = self._settle_call(ticket, actual_tokens)
+            fut = self._settle_lean.submit(keys=keys, args=args)
+            fut.add_done_callback(_log_settle_failure)
+        else:
+            fut = asyncio.get_running_loop().create_task(self.settle_now(ticket, actual_tokens))
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
 
     async def settle_now(self, ticket: Ticket, actual_tokens: int) -> None:
         """Settle and wait for Redis to have it (``settle`` does this in the background)."""
         ticket.settled = True
+        keys, args = self._settle_call(ticket, actual_tokens)
+        try:
+            await self._settle(keys=keys, args=args)
+        except Exception as e:
+            if not _is_redis_error(e):
+                raise
+            _warn_settle_failed(e)
+
+    def _settle_call(self, ticket: Ticket, actual_tokens: int) -> tuple[list[str], list[Any]]:
         keys: list[str] = []
         args: list[Any] = [self._now_ms(), len(ticket.scopes), actual_tokens - ticket.tokens]
         args.append(ticket.id)
@@ -468,12 +486,7 @@ class RedisRateLimiter:
             base = self._prefix + s.name
             keys += [base + ":t", base + ":c"]
             args.append(s.limits.tokens_per_minute or 0)
-        try:
-            await self._settle(keys=keys, args=args)
-        except Exception as e:
-            if not _is_redis_error(e):
-                raise
-            log.warning("settling rate limits failed (the lease will expire): %s", e)
+        return keys, args
 
     async def flush(self) -> None:
         """Wait for background settlements."""
@@ -484,6 +497,22 @@ class RedisRateLimiter:
         await self.flush()
         if self._scripts is not None:
             await self._scripts.aclose()
+
+
+def _warn_settle_failed(e: BaseException) -> None:
+    log.warning("settling rate limits failed (the lease will expire): %s", e)
+
+
+def _log_settle_failure(fut: asyncio.Future[Any]) -> None:
+    if fut.cancelled():
+        return
+    e = fut.exception()
+    if e is None:
+        return
+    if isinstance(e, Exception) and _is_redis_error(e):
+        _warn_settle_failed(e)
+    else:
+        log.error("settling rate limits failed", exc_info=e)
 
 
 def _is_redis_error(e: Exception) -> bool:

@@ -51,7 +51,8 @@ def encode(*args: Any) -> bytes:
 class _Connection(asyncio.Protocol):
     """Replies come back in the order commands went out: one future each, in a queue."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(replyError=rx.ResponseError)
         self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
@@ -169,16 +170,32 @@ class ScriptClient:
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and wait for its reply."""
-        loop = asyncio.get_running_loop()
         conn = self._conn
         if conn is None or conn.lost:
-            conn = await self._connect(loop)
+            conn = await self._connect(asyncio.get_running_loop())
             if conn.lost:  # lost again before this caller resumed (closed at once)
                 raise rx.ConnectionError("Redis closed the connection on connect")
+        return await self._queue(conn, args)
+
+    def submit(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command now, without waiting; its reply comes in the future.
+
+        Queued at once, it leaves in this loop iteration's write (see ``_Connection.call``)
+        and takes no task; only a client not connected yet needs one, to connect first.
+        """
+        conn = self._conn
+        if conn is None or conn.lost:
+            return asyncio.ensure_future(self.execute(*args))
+        return self._queue(conn, args)
+
+    def _queue(self, conn: _Connection, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        # The connection's loop, not asyncio.get_running_loop(): on Python 3.11 asking
+        # for the running loop costs a getpid() system call.
+        loop = conn.loop
         fut = conn.call(loop, encode(*args))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout, self._check)
-        return await fut
+        return fut
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         # Concurrent callers share one connection attempt; it is forgotten as soon as it
@@ -199,7 +216,7 @@ class ScriptClient:
         conn: _Connection | None = None
         try:
             async with asyncio.timeout(self._timeout):
-                _, conn = await loop.create_connection(_Connection, *self._addr)
+                _, conn = await loop.create_connection(lambda: _Connection(loop), *self._addr)
                 for hello in self._hello:
                     await conn.call(loop, hello)
         except BaseException as e:
@@ -251,7 +268,43 @@ class Script:
         try:
             return await self._client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
         except rx.ResponseError as e:
-            if not str(e).startswith("NOSCRIPT"):
+            if not _noscript(e):
                 raise
         # EVAL runs it and leaves it in the server's script cache for the next EVALSHA.
         return await self._client.execute("EVAL", self._source, len(keys), *keys, *args)
+
+    def submit(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> asyncio.Future[Any]:
+        """The call queued now, without waiting (see ``ScriptClient.submit``)."""
+        client = self._client
+        first = client.submit("EVALSHA", self.sha, len(keys), *keys, *args)
+        out: asyncio.Future[Any] = first.get_loop().create_future()
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                out.cancel()
+                return
+            e = f.exception()
+            if isinstance(e, rx.ResponseError) and _noscript(e):
+                again = client.submit("EVAL", self._source, len(keys), *keys, *args)
+                again.add_done_callback(lambda g: _pass_on(g, out))
+                return
+            _pass_on(f, out)
+
+        first.add_done_callback(done)
+        return out
+
+
+def _noscript(e: BaseException) -> bool:
+    return str(e).startswith("NOSCRIPT")
+
+
+def _pass_on(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
+    """Settle ``dst`` as ``src`` ended."""
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.cancel()
+    elif (e := src.exception()) is not None:
+        dst.set_exception(e)
+    else:
+        dst.set_result(src.result())
