@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from datetime import UTC, datetime
@@ -17,10 +18,12 @@ import pytest
 from tests.conftest import Gateway
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.pricing import price_request
+from tokenomy.errors import RateLimited
 from tokenomy.gateway.usage import Usage
-from tokenomy.ledger.accounts import Scope
+from tokenomy.ledger.accounts import OrgMeter, Scope
 
 BOOK = PriceBook.load()
+MSG_HI = [{"role": "user", "content": "hi"}]
 LONG = "Tell me everything about the history of tea. " * 150  # long enough to be cached
 
 
@@ -206,3 +209,52 @@ def test_models_list_carries_openrouter_pricing(gateway: Gateway) -> None:
     assert (
         orjson.loads(orjson.dumps(models["opus"]))["pricing"]["input_cache_write"] == "0.00000625"
     )
+
+
+class _RefuseAfterAWait:
+    """A stage ahead of the ledger that refuses one marked request, after a wait: the
+    ledger's hold, taken side by side with it, must then be released."""
+
+    span_name = "test.refuse"
+
+    def __init__(self) -> None:
+        self.afters = 0
+
+    async def before(self, call: Any) -> None:
+        await asyncio.sleep(0.01)
+        if call.body.get("user") == "refuse-me":
+            raise RateLimited("refused by the test stage", retry_after=1)
+
+    async def after(self, call: Any) -> None:
+        self.afters += 1
+
+
+def test_a_refusal_beside_a_hold_releases_the_hold(gateway: Gateway) -> None:
+    org_id = gateway.new_org(10**9)
+    key = gateway.new_key(org_id=org_id)
+    meter = OrgMeter(gateway.services.ledger.org(org_id))
+    stage = _RefuseAfterAWait()
+    stages = gateway.services.pipeline.stages
+    stages.insert(0, stage)
+    try:
+        r = httpx.post(
+            gateway.base_url + "/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "sim-small", "user": "refuse-me", "messages": MSG_HI},
+        )
+        ok = httpx.post(
+            gateway.base_url + "/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "sim-small", "messages": MSG_HI},
+        )
+    finally:
+        stages.remove(stage)
+    assert r.status_code == 429 and "test stage" in r.json()["error"]["message"]
+    assert ok.status_code == 200
+    assert stage.afters == 1  # only the call it passed is settled by it
+    state = gateway.server.call(gateway.services.live.org_state(meter))
+    assert state.held == 0  # the refused call's hold was released, the other's settled
+    rows = {row["http_status"]: row for row in gateway.events(org_id=org_id)}
+    assert set(rows) == {429, 200} and rows[429]["cost_nanos"] == 0
+    assert gateway.services.ledger.balance(org_id) == 10**9 - rows[200]["cost_nanos"]
+    assert gateway.services.ledger.trial_balance() == {"USD": 0}
