@@ -7,21 +7,30 @@ read with h11, an HTTP parser independent of both servers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import h11
 import orjson
 import pytest
 from aiohttp import web
+from sqlalchemy import select
 
-from tests.conftest import Gateway
-from tests.servers import ThreadServer
+from tests.conftest import Gateway, make_config
+from tests.servers import ThreadServer, free_port
 from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, InferenceRoute
-from tokenomy.api.lean_server import _Connection
+from tokenomy.api.lean_server import MAX_AHEAD, MAX_HEAD, LeanSite, _Connection
+from tokenomy.app import app_for
 from tokenomy.errors import RateLimited
+from tokenomy.services import build_services
+from tokenomy.store.schema import usage_events
 
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -229,8 +238,38 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(
     assert client.closed()
 
 
+def test_a_content_length_of_thousands_of_digits_is_a_413(gateway: Gateway, client: Client) -> None:
+    client.send(request(gateway, b"", extra=f"Content-Length: {'9' * 5000}\r\n"))
+    resp, headers, body = client.answer()
+    assert resp.status_code == 413 and served_lean(headers)
+    assert "larger than the limit" in orjson.loads(body)["error"]["message"]
+
+
+def test_leading_zeros_do_not_make_a_length_long(gateway: Gateway, client: Client) -> None:
+    raw = orjson.dumps(CHAT)
+    client.send(request(gateway, CHAT, extra=f"Content-Length: {'0' * 30}{len(raw)}\r\n"))
+    resp, headers, _ = client.answer()
+    assert resp.status_code == 200 and served_lean(headers)
+
+
+def test_a_head_past_the_limit_is_aiohttps_to_refuse(gateway: Gateway, client: Client) -> None:
+    blanks = " " * (MAX_HEAD + 100)
+    client.send(request(gateway, extra=f"X-Long: a{blanks}b\r\n"))  # one read, whole
+    resp, headers, _ = client.answer()
+    assert resp.status_code == 400 and not served_lean(headers)
+
+
+def test_a_repeated_connection_header_is_aiohttps_to_judge(
+    gateway: Gateway, client: Client
+) -> None:
+    client.send(request(gateway, extra="Connection: keep-alive\r\nConnection: close\r\n"))
+    resp, headers, _ = client.answer()
+    assert resp.status_code == 200 and not served_lean(headers)
+    assert client.closed()
+
+
 def test_connection_close_is_honoured(gateway: Gateway, client: Client) -> None:
-    client.send(request(gateway, extra="Connection: close\r\n"))
+    client.send(request(gateway, extra="Connection: Keep-Alive, Close\r\n"))
     resp, headers, _ = client.answer()
     assert resp.status_code == 200 and headers["connection"] == "close"
     assert client.closed()
@@ -297,11 +336,12 @@ def test_a_gateway_error_keeps_its_status_and_headers(gateway: Gateway) -> None:
 
 
 class _FakeTransport:
-    """What a _Connection writes, and whether it closed; no socket."""
+    """What a _Connection writes, whether it reads, and whether it closed; no socket."""
 
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.closed = False
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -309,16 +349,67 @@ class _FakeTransport:
     def close(self) -> None:
         self.closed = True
 
-    def pause_reading(self) -> None: ...
+    def pause_reading(self) -> None:
+        self.reading = False
 
-    def resume_reading(self) -> None: ...
+    def resume_reading(self) -> None:
+        self.reading = True
 
 
 class _FakeSite:
+    """Requests that are started are kept (not run): the test finishes them."""
+
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
         self.closing = False
+        self.routes = {b"/v1/x": InferenceRoute("/v1/x", lambda *a: None)}  # type: ignore[arg-type, return-value]
+        self.services = SimpleNamespace(
+            config=SimpleNamespace(server=SimpleNamespace(max_body_bytes=1000))
+        )
+        self.started: list[Any] = []
+
+    def serving(self, coro: Any) -> None:
+        coro.close()
+        self.started.append(coro)
+
+
+def _raw(n: int = 0) -> bytes:
+    body = b"{}" + b" " * n
+    return b"POST /v1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+
+
+async def _fake_connection() -> tuple[_Connection, _FakeTransport, _FakeSite]:
+    site = _FakeSite()
+    conn = _Connection(site)  # type: ignore[arg-type]
+    tr = _FakeTransport()
+    conn.connection_made(tr)  # type: ignore[arg-type]
+    return conn, tr, site
+
+
+async def test_a_client_that_sends_without_reading_is_stopped_at_max_ahead() -> None:
+    conn, tr, site = await _fake_connection()
+    conn.data_received(_raw())
+    assert len(site.started) == 1 and conn.busy
+    conn.data_received(_raw(900) * (2 * MAX_AHEAD // 900))  # pipelined, 2 x MAX_AHEAD
+    assert not tr.reading and len(site.started) == 1  # read no further; one at a time
+    served = 1
+    while not tr.reading:
+        conn._finished()  # an answer is out: the next request starts
+        served += 1
+        assert len(site.started) == served
+    assert len(conn.buf) - conn.pos <= MAX_AHEAD  # reading again once caught up
+
+
+async def test_the_next_request_waits_for_a_slow_reader_to_take_the_answer() -> None:
+    conn, _, site = await _fake_connection()
+    conn.data_received(_raw() + _raw())
+    assert len(site.started) == 1
+    conn.pause_writing()  # the first answer has not been read yet
+    conn._finished()
+    assert len(site.started) == 1
+    conn.resume_writing()
+    assert len(site.started) == 2
 
 
 async def test_a_stream_waits_while_the_client_reads_slowly_and_fails_once_it_is_gone() -> None:
@@ -356,3 +447,73 @@ async def test_idle_connections_are_closed_busy_ones_are_not() -> None:
     fresh.connection_made(t_fresh)  # type: ignore[arg-type]
     fresh.close_if_idle(site.loop.time() - 1)  # active since: not idle long enough
     assert not t_fresh.closed
+
+
+SLOW = """  - name: slowpoke
+    deployments: [{vendor: sim, model: sim-slow}]
+"""
+
+
+class _OwnGateway:
+    """A gateway on its own loop and runner, so a test can shut it down."""
+
+    def __init__(self, sim: ThreadServer, tmp: Path, shutdown_timeout: float) -> None:
+        self.svc = build_services(make_config(sim.url, tmp, extra=SLOW), dict(os.environ))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runner = web.AppRunner(
+            app_for(self.svc), access_log=None, shutdown_timeout=shutdown_timeout
+        )
+        self.port = free_port()
+        self.call(self.runner.setup())
+        self.call(LeanSite(self.runner, "127.0.0.1", self.port).start())
+        self.secret, rec = self.svc.keys.create("shutdown test")
+        self.svc.key_cache.put(self.secret, rec)
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def send(self, body: dict[str, Any]) -> socket.socket:
+        raw = orjson.dumps(body)
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %b\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (self.secret.encode(), len(raw), raw)
+        )
+        return sock
+
+    def shut_down(self) -> list[tuple[str, int]]:
+        """Clean up as ``tokenomy serve`` does on SIGTERM; the calls recorded."""
+        self.call(self.runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        with self.svc.engine.connect() as conn:
+            rows = conn.execute(select(usage_events.c.status, usage_events.c.http_status))
+            return [(r[0], r[1]) for r in rows]
+
+
+def test_shutdown_waits_for_the_call_of_a_client_that_has_gone(
+    sim: ThreadServer, tmp_path: Path
+) -> None:
+    gw = _OwnGateway(sim, tmp_path, shutdown_timeout=10.0)
+    sock = gw.send({"model": "slowpoke", "max_tokens": 20, "messages": CHAT["messages"]})
+    time.sleep(0.3)
+    sock.close()  # the client gives up; the call goes on upstream
+    time.sleep(0.1)
+    assert gw.shut_down() == [("ok", 200)]
+
+
+def test_a_call_past_the_shutdown_timeout_is_cancelled_and_recorded(
+    sim: ThreadServer, tmp_path: Path
+) -> None:
+    gw = _OwnGateway(sim, tmp_path, shutdown_timeout=0.5)
+    body = {"model": "slowpoke", "stream": True, "max_tokens": 500, "messages": CHAT["messages"]}
+    sock = gw.send(body)
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # streaming, far from done
+    assert gw.shut_down() == [("cancelled", 499)]
+    sock.settimeout(2)
+    with contextlib.suppress(ConnectionResetError):
+        while sock.recv(65536):
+            pass  # the connection is closed, not left open
+    sock.close()

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, cast
@@ -40,22 +40,25 @@ from tokenomy.services import Services
 
 log = logging.getLogger(__name__)
 
-#: A head longer than this is aiohttp's to judge (and refuse: its lines are 8 KiB at most).
-MAX_HEAD = 16 * 1024
+#: A longer head (request line and headers) is aiohttp's to judge: its lines are 8 KiB at
+#: most, and it answers 400 past that.
+MAX_HEAD = 8190
 #: Bytes a client may send ahead (pipelined) while its answer is being made.
 MAX_AHEAD = 256 * 1024
 #: An idle connection (no request in progress) is closed after this long.
 KEEPALIVE_S = 75.0
 SWEEP_S = 5.0
+#: At shutdown, how long cancelled requests get to record themselves.
+CANCEL_GRACE_S = 5.0
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # visible characters, spaces and tabs (RFC 9110)
+#: Header lines, each ended by CRLF. Linear to match: neither part can run into the next.
 _BLOCK = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
-_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb"?)[ \t]*\r\n")
 #: Headers that change how the request is framed or answered: aiohttp handles those.
 _NOT_PLAIN = frozenset({"transfer-encoding", "expect", "upgrade"})
 #: Headers that must not be given twice (a second Content-Length is a smuggling attempt).
-_ONCE = frozenset({"content-length", "host"})
+_ONCE = frozenset({"content-length", "host", "connection"})
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
@@ -77,6 +80,11 @@ class _Date:
 
 
 _date = _Date()
+
+
+def _tokens(value: str) -> set[str]:
+    """A comma-separated header's tokens, lower case (``Connection: keep-alive, close``)."""
+    return {t.strip() for t in value.lower().split(",")}
 
 
 def response_head(status: int, headers: Mapping[str, str], framing: str) -> bytes:
@@ -134,12 +142,18 @@ class _Exchange:
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection, until (if ever) it is handed to aiohttp."""
+    """One client connection, until (if ever) it is handed to aiohttp.
+
+    Requests are taken one at a time: the next is not looked at while an answer is being
+    made or is waiting for the client to read it, and reading stops once more than
+    :data:`MAX_AHEAD` bytes wait unread.
+    """
 
     def __init__(self, site: LeanSite) -> None:
         self.site = site
         self.transport: asyncio.Transport | None = None
         self.buf = b""
+        self.pos = 0  # where the unread part of buf starts
         self.parts: list[bytes] = []  # a body still arriving, and how much it needs
         self.need = 0
         self.busy = False
@@ -155,6 +169,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if self.site.closing:
+            self.transport.close()  # accepted as the server stopped listening
+            return
         self.active = self.site.loop.time()
         self.site.connections.add(self)
 
@@ -169,6 +186,8 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writing_paused = False
         self._wake(None)
+        if not self.busy and not self.lost:
+            self._take_more()  # an answer the client was slow to read has gone
 
     def data_received(self, data: bytes) -> None:
         self.active = self.site.loop.time()
@@ -177,46 +196,63 @@ class _Connection(asyncio.Protocol):
             self.need -= len(data)
             if self.need > 0:
                 return
-            self.buf, self.parts, self.need = b"".join(self.parts), [], 0
+            self.buf, self.pos, self.parts, self.need = b"".join(self.parts), 0, [], 0
+        elif self.pos < len(self.buf):
+            self.buf, self.pos = self.buf[self.pos :] + data, 0
         else:
-            self.buf = self.buf + data if self.buf else data
-        if not self.busy:
+            self.buf, self.pos = data, 0
+        if not self.busy and not self.writing_paused:
             self._next()
-        elif len(self.buf) > MAX_AHEAD and not self.reading_paused:
+        self._hold_back()
+
+    # requests
+
+    def _hold_back(self) -> None:
+        """Stop reading while too much waits unread."""
+        if len(self.buf) - self.pos > MAX_AHEAD and not self.reading_paused and not self.lost:
             assert self.transport is not None
             self.transport.pause_reading()
             self.reading_paused = True
 
-    # requests
+    def _take_more(self) -> None:
+        """Between requests: read again, and start on what has arrived."""
+        if self.reading_paused and len(self.buf) - self.pos <= MAX_AHEAD:
+            assert self.transport is not None
+            self.reading_paused = False
+            self.transport.resume_reading()
+        if self.pos < len(self.buf):
+            self._next()
+            self._hold_back()
 
     def _next(self) -> None:
-        """Start on the request at the front of the buffer, if it has arrived."""
-        buf = self.buf
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_HEAD:
-                self._hand_off()
+        """Start on the request at the front of the unread bytes, if it has arrived."""
+        buf, pos = self.buf, self.pos
+        end = buf.find(b"\r\n\r\n", pos)
+        if end < 0 or end - pos > MAX_HEAD:
+            if end >= 0 or len(buf) - pos > MAX_HEAD:
+                self._hand_off()  # a long head: aiohttp's limits and errors apply
             return
-        line_end = buf.find(b"\r\n")
-        method, _, rest = buf[:line_end].partition(b" ")
+        line_end = buf.find(b"\r\n", pos)
+        method, _, rest = buf[pos:line_end].partition(b" ")
         target, _, version = rest.partition(b" ")
         route = self.site.routes.get(target)
         if method != b"POST" or version != b"HTTP/1.1" or route is None:
             self._hand_off()
             return
-        block = buf[line_end + 2 : end + 2]
-        if _BLOCK.fullmatch(block) is None:
+        if _BLOCK.fullmatch(buf, line_end + 2, end + 2) is None:
             self._hand_off()
             return
         headers: dict[str, str] = {}
-        for raw_name, raw_value in _FIELD.findall(block):
-            name = raw_name.lower().decode()
-            if name in headers:
-                if name in _ONCE:
-                    self._hand_off()
-                    return
-                continue  # the first of a repeated header counts, as aiohttp's get() does
-            headers[name] = raw_value.decode("latin-1")
+        if line_end < end:
+            for line in buf[line_end + 2 : end].split(b"\r\n"):
+                raw_name, _, raw_value = line.partition(b":")
+                name = raw_name.lower().decode()
+                if name in headers:
+                    if name in _ONCE:
+                        self._hand_off()
+                        return
+                    continue  # the first of a repeated header counts, as aiohttp's get() does
+                headers[name] = raw_value.strip(b" \t").decode("latin-1")
         if not _NOT_PLAIN.isdisjoint(headers):
             self._hand_off()
             return
@@ -224,12 +260,15 @@ class _Connection(asyncio.Protocol):
         if not (length_text.isdigit() and length_text.isascii()):
             self._hand_off()
             return
-        length = int(length_text)
-        close = "close" in headers.get("connection", "").lower()
         limit = self.site.services.config.server.max_body_bytes
+        digits = length_text.lstrip("0")
+        # Past 18 digits it is over any limit (and int() refuses 4,300 digits and more).
+        length = int(digits or "0") if len(digits) <= 18 else limit + 1
+        connection = headers.get("connection")
+        close = connection is not None and "close" in _tokens(connection)
         if length > limit:
             # Refused before its body is read, so the connection cannot be reused.
-            self.buf = b""
+            self.buf, self.pos = b"", 0
             self.close_after = True
             self._write_error(too_large(limit), route)
             self._finished()
@@ -237,14 +276,15 @@ class _Connection(asyncio.Protocol):
         start = end + 4
         total = start + length
         if len(buf) < total:
-            self.parts, self.need = [buf], total - len(buf)
-            self.buf = b""
+            # The head stays, to be read again with the body once it is all here.
+            self.parts, self.need = [buf[pos:]], total - len(buf)
+            self.buf, self.pos = b"", 0
             return
-        self.buf = buf[total:]
+        self.pos = total
         self.busy = True
         self.close_after = close
         ex = _Exchange(self, headers, buf[start:total])
-        self.site.loop.create_task(self._serve(route, ex))
+        self.site.serving(self._serve(route, ex))
 
     async def _serve(self, route: InferenceRoute, ex: _Exchange) -> None:
         try:
@@ -280,11 +320,8 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
             return
         self.active = self.site.loop.time()
-        if self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
-        if self.buf:
-            self._next()
+        if not self.writing_paused:  # else resume_writing goes on, once the client reads
+            self._take_more()
 
     def _hand_off(self) -> None:
         """From this request on, aiohttp serves the connection."""
@@ -297,7 +334,7 @@ class _Connection(asyncio.Protocol):
         if self.reading_paused:
             self.reading_paused = False
             transport.resume_reading()
-        data, self.buf = self.buf, b""
+        data, self.buf, self.pos = self.buf[self.pos :], b"", 0
         handler.data_received(data)
 
     # answers
@@ -339,6 +376,7 @@ class _Connection(asyncio.Protocol):
 
     def _abort(self) -> None:
         """A stream failed after it started: the client must not take it for whole."""
+        self.close_after = True  # nothing more is read from this connection
         if not self.lost:
             assert self.transport is not None
             self.transport.abort()
@@ -357,9 +395,16 @@ class LeanSite(web.TCPSite):
         self.services: Services = app[SERVICES]
         self.routes = {r.path.encode(): r for r in app[INFERENCE_ROUTES]}
         self.connections: set[_Connection] = set()
+        #: Requests being served (also what keeps their tasks alive).
+        self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
-        self.loop = asyncio.get_event_loop()
+        self.loop: asyncio.AbstractEventLoop  # the loop it is started on
+
+    def serving(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def fallback(self) -> asyncio.Protocol:
         """A fresh aiohttp protocol, to take a connection over."""
@@ -390,13 +435,22 @@ class LeanSite(web.TCPSite):
         self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
     async def stop(self) -> None:
-        """Stop listening; close idle connections; let answers in progress finish."""
-        await super().stop()
+        """Stop listening and close idle connections; let requests in progress finish
+        within the runner's shutdown timeout, then cancel the rest (each is recorded as
+        cancelled) before the application's cleanup closes the usage writer."""
         self.closing = True
+        await super().stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self.connections):
             conn.close_if_idle(float("inf"))
-        deadline = self.loop.time() + self._runner._shutdown_timeout
-        while any(c.busy for c in self.connections) and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=self._runner._shutdown_timeout)
+        if self.tasks:
+            log.warning("cancelling %d requests still running at shutdown", len(self.tasks))
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.wait(set(self.tasks), timeout=CANCEL_GRACE_S)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
