@@ -146,6 +146,9 @@ def measure(
         # Others' work on a shared machine shows up here: quote CPU/req, not req/s.
         "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
         "rss_rest_mb": round(procstat.rss_mb(server.pid), 1),
+        # With several workers the tree holds a supervisor and N gateways: the target is
+        # per gateway process.
+        "rss_rest_largest_mb": round(procstat.largest_rss_mb(server.pid), 1),
         "modes": {},
         "mode_errors": mode_errors,
     }

@@ -63,6 +63,11 @@ def rss_mb(root: int) -> float:
     return sum(_status_kb(p, "VmRSS") for p in descendants(root)) / 1024
 
 
+def largest_rss_mb(root: int) -> float:
+    """Resident memory of the tree's largest process now (VmRSS), in MiB."""
+    return max((_status_kb(p, "VmRSS") for p in descendants(root)), default=0) / 1024
+
+
 def peak_rss_mb(root: int) -> float:
     """Peak resident memory (VmHWM summed over the tree's live members), in MiB."""
     return sum(_status_kb(p, "VmHWM") for p in descendants(root)) / 1024

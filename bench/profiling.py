@@ -45,11 +45,12 @@ def _short(path: str) -> str:
 
 
 #: Request-path stages, as (stage, function-name prefix, file fragment). A sample counts
-#: for the innermost stage on its stack; samples in no stage are aiohttp's server side
-#: and the event loop (parsing requests, writing responses).
+#: for the innermost stage on its stack; samples in no stage are the event loop and the
+#: interpreter (including socket reads and writes made from C).
 STAGES: tuple[tuple[str, str, str], ...] = (
+    ("HTTP server (parse requests, write answers)", "", "api/lean_server.py"),
     ("auth (key lookup)", "authenticate", "api/edge.py"),
-    ("read and parse the body", "read_json", "api/edge.py"),
+    ("read and parse the body", "parse_json", "api/edge.py"),
     ("validate", "", "gateway/validation.py"),
     ("admit (rate limits)", "RateLimitStage.", "admission/ratelimit.py"),
     ("route (rank deployments)", "Router.", "routing/router.py"),
@@ -67,7 +68,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("roll-ups (thread)", "Rollups.", "analytics/rollup.py"),
 )
 OTHER_OURS = "pipeline glue (other tokenomy code)"
-OTHER = "aiohttp server, event loop, interpreter"
+OTHER = "event loop, interpreter (aiohttp for other routes)"
 
 
 def _stage_of(funcs: list[str]) -> str:

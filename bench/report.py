@@ -166,7 +166,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     if added is None or not at_target
                     else added < P99_ADDED_TARGET_MS,
                     "rss_rest_mb": s["rss_rest_mb"],
-                    "rss_met": s["rss_rest_mb"] < RSS_TARGET_MB,
+                    # Older results have no per-process figure: judge the tree then.
+                    "rss_largest_mb": s.get("rss_rest_largest_mb", s["rss_rest_mb"]),
+                    "rss_met": s.get("rss_rest_largest_mb", s["rss_rest_mb"]) < RSS_TARGET_MB,
                 }
             )
     return rows
@@ -178,14 +180,15 @@ def _targets_md(results: dict[str, Any]) -> list[str]:
         "",
         f"| tokenomy run | mode | CPU/req ≤ {CPU_TARGET}× bare relay "
         f"| p99 added < {P99_ADDED_TARGET_MS:g} ms at {TARGET_RATE:g} req/s "
-        f"| RSS at rest < {RSS_TARGET_MB:g} MB |",
+        f"| RSS at rest < {RSS_TARGET_MB:g} MB, per gateway process |",
         "|---|---|---|---|---|",
     ]
     for r in targets(results):
         out.append(
             f"| {r['system']} | {r['mode']} | {_verdict(r['cpu_met'])} ({_f(r['cpu_ratio'], 2)}×) "
             f"| {_verdict(r['p99_met'])} ({_f(r['p99_added_ms'], 2)} ms) "
-            f"| {_verdict(r['rss_met'])} ({_f(r['rss_rest_mb'])} MB) |"
+            f"| {_verdict(r['rss_met'])} "
+            f"({_f(r['rss_largest_mb'])} MB; tree {_f(r['rss_rest_mb'])} MB) |"
         )
     return [*out, ""]
 
@@ -239,7 +242,12 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
         f"(shown in the rate column; then no 'added' figure is given).",
         "- 'p99 added' is the system's p99 minus direct nginx's p99 under the same load.",
         "- RSS at rest: VmRSS of the process tree after start and two smoke requests; "
-        "peak RSS: VmHWM at the end of both modes (so the same in both tables).",
+        "peak RSS: VmHWM at the end of both modes (so the same in both tables). The RSS "
+        "target is judged per gateway process (with 2 workers the tree also holds the "
+        "supervisor and multiprocessing's resource tracker).",
+        "- tokenomy answers the inference routes with its own lean HTTP/1.1 server "
+        "(`src/tokenomy/api/lean_server.py`) in front of aiohttp, which serves every other "
+        "route; the bare relay is aiohttp's server throughout.",
         "",
         "## Results",
         "",
