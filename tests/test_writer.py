@@ -211,3 +211,27 @@ async def test_an_over_long_value_fails_the_batch_not_truncated(engine: Engine) 
     with pytest.raises(Exception):  # noqa: B017 - the driver's data error
         await w.flush()
     assert count(engine)[0] == 0 and w.pending == 1
+
+
+async def test_an_idle_writer_sleeps_until_a_row_comes(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'idle.db'}")
+    migrate(engine)
+    w = BatchWriter(engine, usage_events, flush_interval_ms=5)
+    flushes = 0
+    real = w.flush
+
+    async def counted() -> None:
+        nonlocal flushes
+        flushes += 1
+        await real()
+
+    w.flush = counted  # type: ignore[method-assign]
+    w.start()
+    await asyncio.sleep(0.1)
+    assert flushes == 0  # twenty intervals idle, and not one wake-up
+    w.submit(row(1))
+    w.submit(row(2))
+    await asyncio.sleep(0.1)
+    assert flushes == 1 and count(engine) == (2, 3)  # both in the one group commit
+    await w.close()
+    engine.dispose()

@@ -1,8 +1,9 @@
 """The batched durable writer: usage events are queued in memory and group-committed.
 
-The request path only appends to a list. A background task flushes every
-``flush_interval_ms`` (or sooner when ``batch_max`` events wait) in one transaction on a
-worker thread, so no request ever waits for the database. Inserts are idempotent by
+The request path only appends to a list. A background task flushes ``flush_interval_ms``
+after the first queued event (or sooner when ``batch_max`` events wait) in one
+transaction on a worker thread, so no request ever waits for the database; with nothing
+queued it sleeps. Inserts are idempotent by
 request id, so a replayed batch never counts twice. With an interval of 0 every submit
 is written before the request finishes (the synchronous mode).
 """
@@ -137,7 +138,7 @@ class BatchWriter:
         engine: Engine,
         table: Table,
         *,
-        flush_interval_ms: int = 100,
+        flush_interval_ms: int = 10,
         batch_max: int = 2000,
         on_flushed: Callable[[Sequence[Item]], None] | None = None,
     ) -> None:
@@ -154,6 +155,7 @@ class BatchWriter:
         # (the shared default pool hands each flush to whichever thread is free).
         self._thread: ThreadPoolExecutor | None = None
         self._closing = False
+        self._idle = False  # the loop sleeps until a row comes (see _run)
         self.written = 0
         self.failures = 0
 
@@ -167,13 +169,13 @@ class BatchWriter:
 
     def submit(self, row: dict[str, Any], table: Table | None = None) -> None:
         self._pending.append((table if table is not None else self._table, row))
-        if len(self._pending) >= self._batch_max:
+        if self._idle or len(self._pending) >= self._batch_max:
             self._wake.set()
 
     def submit_many(self, items: Sequence[Item]) -> None:
         """Queue rows that must be committed together (they land in the same flush)."""
         self._pending.extend(items)
-        if len(self._pending) >= self._batch_max:
+        if self._idle or len(self._pending) >= self._batch_max:
             self._wake.set()
 
     async def submit_and_wait(self, row: dict[str, Any]) -> None:
@@ -205,6 +207,15 @@ class BatchWriter:
 
     async def _run(self) -> None:
         while not self._closing:
+            if not self._pending:
+                # Nothing queued: sleep until the first row comes, not every interval.
+                self._idle = True
+                await self._wake.wait()
+                self._idle = False
+                self._wake.clear()
+                if self._closing:
+                    break
+            # Then gather what else arrives for one interval (or until batch_max): one commit.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
             self._wake.clear()
