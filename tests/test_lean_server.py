@@ -23,11 +23,12 @@ import pytest
 from aiohttp import web
 from sqlalchemy import select
 
-from tests.conftest import Gateway, make_config
+from tests.conftest import Gateway, make_config, sim_faults
 from tests.servers import ThreadServer, free_port
 from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, InferenceRoute
 from tokenomy.api.lean_server import MAX_AHEAD, MAX_HEAD, LeanSite, _Connection
 from tokenomy.app import app_for
+from tokenomy.config import WriterConfig
 from tokenomy.errors import RateLimited
 from tokenomy.services import build_services
 from tokenomy.store.schema import usage_events
@@ -457,8 +458,13 @@ SLOW = """  - name: slowpoke
 class _OwnGateway:
     """A gateway on its own loop and runner, so a test can shut it down."""
 
-    def __init__(self, sim: ThreadServer, tmp: Path, shutdown_timeout: float) -> None:
-        self.svc = build_services(make_config(sim.url, tmp, extra=SLOW), dict(os.environ))
+    def __init__(
+        self, sim: ThreadServer, tmp: Path, shutdown_timeout: float = 10.0, sync: bool = False
+    ) -> None:
+        cfg = make_config(sim.url, tmp, extra=SLOW)
+        if sync:  # every record committed before its answer ends
+            cfg = cfg.model_copy(update={"writer": WriterConfig(flush_interval_ms=0)})
+        self.svc = build_services(cfg, dict(os.environ))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -517,3 +523,21 @@ def test_a_call_past_the_shutdown_timeout_is_cancelled_and_recorded(
         while sock.recv(65536):
             pass  # the connection is closed, not left open
     sock.close()
+
+
+def test_a_cut_stream_is_committed_before_its_body_ends(sim: ThreadServer, tmp_path: Path) -> None:
+    gw = _OwnGateway(sim, tmp_path, sync=True)
+    sim_faults(sim.url, "single-a", ["disconnect:3"])
+    body = {"model": "single", "stream": True, "max_tokens": 60, "messages": CHAT["messages"]}
+    sock = gw.send(body)
+    data = b""
+    while not data.endswith(b"0\r\n\r\n"):  # the end of the chunked body
+        more = sock.recv(65536)
+        assert more, data
+        data += more
+    with gw.svc.engine.connect() as conn:  # at once, no flush: it must be there already
+        rows = conn.execute(select(usage_events.c.status)).all()
+    assert [r[0] for r in rows] == ["upstream_cut"]
+    assert b"ended before it was complete" in data or b"broke off" in data
+    sock.close()
+    gw.shut_down()

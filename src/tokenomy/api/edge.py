@@ -261,6 +261,9 @@ async def serve_call(ex: Exchange, svc: Services, call: Call) -> None:
                 else:
                     await ex.send(chunk)
             if not ended:
+                # Cut upstream (its error went in-band): recorded before the body ends too.
+                if not call.finished:
+                    await _finish(svc, call, relay)
                 await ex.end(b"")
         except ConnectionResetError:
             # Gone before the end: cancelled, unless everything was already sent.
