@@ -212,8 +212,7 @@ def test_models_list_carries_openrouter_pricing(gateway: Gateway) -> None:
 
 
 class _RefuseAfterAWait:
-    """A stage ahead of the ledger that refuses one marked request, after a wait: the
-    ledger's hold, taken side by side with it, must then be released."""
+    """A stage ahead of the ledger that refuses one marked request, after a wait."""
 
     span_name = "test.refuse"
 
@@ -229,7 +228,7 @@ class _RefuseAfterAWait:
         self.afters += 1
 
 
-def test_a_refusal_beside_a_hold_releases_the_hold(gateway: Gateway) -> None:
+def test_a_call_refused_by_an_earlier_stage_holds_and_costs_nothing(gateway: Gateway) -> None:
     org_id = gateway.new_org(10**9)
     key = gateway.new_key(org_id=org_id)
     meter = OrgMeter(gateway.services.ledger.org(org_id))
@@ -253,7 +252,7 @@ def test_a_refusal_beside_a_hold_releases_the_hold(gateway: Gateway) -> None:
     assert ok.status_code == 200
     assert stage.afters == 1  # only the call it passed is settled by it
     state = gateway.server.call(gateway.services.live.org_state(meter))
-    assert state.held == 0  # the refused call's hold was released, the other's settled
+    assert state.held == 0  # nothing held for the refused call; the other one settled
     rows = {row["http_status"]: row for row in gateway.events(org_id=org_id)}
     assert set(rows) == {429, 200} and rows[429]["cost_nanos"] == 0
     assert gateway.services.ledger.balance(org_id) == 10**9 - rows[200]["cost_nanos"]

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from tokenomy.admission.fairqueue import QueueBoard, Slot, tier_for
-from tokenomy.aio import gather_inline
 from tokenomy.config import ServerConfig
 from tokenomy.errors import (
     GatewayError,
@@ -68,10 +67,7 @@ class Stage(Protocol):
     """A step around the vendor call, such as admission control or a ledger hold.
 
     ``before`` may raise a GatewayError to refuse the call; ``after`` runs exactly once for
-    every call whose ``before`` returned, once usage is known (or the call failed). The
-    stages' ``before`` run side by side (so do their ``after``), each to its first wait
-    in turn: a stage must not depend on what another stage's ``before`` did, and one may
-    pass while another refuses (then it is settled like any other failed call).
+    every call whose ``before`` returned, once usage is known (or the call failed).
     """
 
     async def before(self, call: Call) -> None: ...
@@ -140,20 +136,13 @@ class Pipeline:
         span = call.extras.get(SPAN) if self.tracer is not None else None
         passed: list[Stage] = []
         call.extras["stages"] = passed
-        if span is None:
-            # Side by side: the rate limiter's admission and the ledger's hold go to Redis
-            # in one round trip. A stage that failed is not passed; the first failure
-            # stands, and the stages that passed are settled (released) by finish.
-            errors = await gather_inline([stage.before(call) for stage in self.stages])
-            passed += [s for s, e in zip(self.stages, errors, strict=True) if e is None]
-            for e in errors:
-                if e is not None:
-                    raise e
-        else:
-            for stage in self.stages:
+        for stage in self.stages:
+            if span is None:
+                await stage.before(call)
+            else:
                 with child_span(self.tracer, span, _span_name(stage)):
                     await stage.before(call)
-                passed.append(stage)
+            passed.append(stage)
         last: GatewayError | None = None
         for dep in self.candidates(call):
             if self.router is not None and not self.router.health.allow(dep.id):
@@ -338,13 +327,12 @@ class Pipeline:
             _end_request_span(span, call)
 
     async def _after(self, call: Call) -> None:
-        """Every passed stage's ``after``, started last first and run side by side (their
-        settlements share a round trip); one failing does not stop the rest."""
-        stages = list(reversed(call.extras.get("stages", ())))
-        errors = await gather_inline([stage.after(call) for stage in stages])
-        for stage, e in zip(stages, errors, strict=True):
-            if e is not None:
-                log.error("request %s: settling %s failed", call.request_id, stage, exc_info=e)
+        """Every passed stage's ``after``, last first; one failing does not stop the rest."""
+        for stage in reversed(call.extras.get("stages", ())):
+            try:
+                await stage.after(call)
+            except Exception:
+                log.exception("request %s: settling %s failed", call.request_id, stage)
 
 
 def _span_name(stage: object) -> str:
