@@ -106,6 +106,23 @@ def fixed_rate_for(rps: float, plan: Plan) -> float:
 
 
 def measure_mode(server: Server, mode: str, workdir: Path, plan: Plan) -> dict[str, Any]:
+    load = measure_load(server, mode, workdir, plan)
+    body_file = workdir / f"body-{mode}.json"
+    url, headers = server.urls[mode], server.headers[mode]
+    time.sleep(0.5)
+    rate = fixed_rate_for(load["rps"], plan)
+    print(f"  {server.name}/{mode}: fixed rate {rate:.0f}/s for {plan.fixed_s:.0f} s", flush=True)
+    fixed = run_openloop(url, headers, body_file, rate, plan.fixed_s, plan.fixed_warmup_s)
+    print(
+        f"    p50 {fixed['latency_ms']['p50']:.2f} ms, p99 {fixed['latency_ms']['p99']:.2f} ms, "
+        f"{fixed['ok']}/{fixed['sent']} ok",
+        flush=True,
+    )
+    return {"load": load, "fixed": fixed}
+
+
+def measure_load(server: Server, mode: str, workdir: Path, plan: Plan) -> dict[str, Any]:
+    """wrk at saturation after a warm-up: req/s, latency and server CPU per request."""
     body_file = workdir / f"body-{mode}.json"
     body_file.write_bytes(request_body(mode))
     url, headers = server.urls[mode], server.headers[mode]
@@ -124,16 +141,7 @@ def measure_mode(server: Server, mode: str, workdir: Path, plan: Plan) -> dict[s
         f"{load['cpu_us_per_req'] or 0:.0f} µs CPU/req, {bad} errors",
         flush=True,
     )
-    time.sleep(0.5)
-    rate = fixed_rate_for(load["rps"], plan)
-    print(f"  {server.name}/{mode}: fixed rate {rate:.0f}/s for {plan.fixed_s:.0f} s", flush=True)
-    fixed = run_openloop(url, headers, body_file, rate, plan.fixed_s, plan.fixed_warmup_s)
-    print(
-        f"    p50 {fixed['latency_ms']['p50']:.2f} ms, p99 {fixed['latency_ms']['p99']:.2f} ms, "
-        f"{fixed['ok']}/{fixed['sent']} ok",
-        flush=True,
-    )
-    return {"load": load, "fixed": fixed}
+    return load
 
 
 def measure(

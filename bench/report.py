@@ -33,6 +33,13 @@ def _cpu(results: dict[str, Any], name: str, mode: str) -> float | None:
     return m["load"]["cpu_us_per_req"] if m else None
 
 
+def _bare_cpu(results: dict[str, Any], name: str, mode: str) -> float | None:
+    """The bare relay's CPU per request measured just before ``name`` (the run-wide
+    figure for results that predate the paired measurement)."""
+    paired = results["systems"].get(name, {}).get("paired_bare", {}).get(mode)
+    return paired if paired else _cpu(results, "bare", mode)
+
+
 def _rps(results: dict[str, Any], name: str, mode: str) -> float | None:
     m = _mode(results["systems"].get(name, {}), mode)
     return m["load"]["rps"] if m else None
@@ -96,23 +103,25 @@ def _ratios(results: dict[str, Any]) -> list[str]:
         "CPU per request (lower is better) and requests/s (higher is better), tokenomy over "
         "each peer.",
         "",
-        "| tokenomy run | mode | CPU/req ÷ bare relay (target ≤ 1.7×) | CPU/req ÷ LiteLLM "
+        "| tokenomy run | mode | tokenomy CPU µs/req | bare relay beside it | "
+        "CPU/req ÷ bare relay (target ≤ 1.7×) | CPU/req ÷ LiteLLM "
         "| CPU/req ÷ Portkey | req/s ÷ bare relay | req/s ÷ LiteLLM | req/s ÷ Portkey |",
-        "|---|---|--:|--:|--:|--:|--:|--:|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for t in TOKENOMY:
         if not results["systems"].get(t, {}).get("available"):
             continue
         for mode in ("json", "sse"):
-            cpu = [
+            cpu = [_ratio(_cpu(results, t, mode), _bare_cpu(results, t, mode))] + [
                 _ratio(_cpu(results, t, mode), _cpu(results, p, mode))
-                for p in ("bare", "litellm", "portkey")
+                for p in ("litellm", "portkey")
             ]
             rps = [
                 _ratio(_rps(results, t, mode), _rps(results, p, mode))
                 for p in ("bare", "litellm", "portkey")
             ]
-            out.append(f"| {t} | {mode} | {' | '.join(cpu)} | {' | '.join(rps)} |")
+            own = f"{_f(_cpu(results, t, mode))} | {_f(_bare_cpu(results, t, mode))}"
+            out.append(f"| {t} | {mode} | {own} | {' | '.join(cpu)} | {' | '.join(rps)} |")
     return [*out, ""]
 
 
@@ -150,7 +159,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if not s.get("available"):
             continue
         for mode in ("json", "sse"):
-            cpu, bare = _cpu(results, t, mode), _cpu(results, "bare", mode)
+            cpu, bare = _cpu(results, t, mode), _bare_cpu(results, t, mode)
             ratio = cpu / bare if cpu and bare else None
             added = p99_added_fixed(results, t, mode)
             m = _mode(s, mode)
@@ -241,6 +250,9 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
         f"cannot sustain 1.5× that rate is measured at half its saturated throughput instead "
         f"(shown in the rate column; then no 'added' figure is given).",
         "- 'p99 added' is the system's p99 minus direct nginx's p99 under the same load.",
+        "- CPU ratios to the bare relay use the bare relay measured again (wrk only) just "
+        "before each tokenomy run: this machine's speed drifts by tens of percent within "
+        "minutes. Those paired figures are in the Ratios table.",
         "- RSS at rest: VmRSS of the process tree after start and two smoke requests; "
         "peak RSS: VmHWM at the end of both modes (so the same in both tables). The RSS "
         "target is judged per gateway process (with 2 workers the tree also holds the "

@@ -33,8 +33,8 @@ import orjson
 import profiling
 import report
 import systems
-from measure import Plan, measure
-from systems import BENCH, ROOT, Ctx, Server, StartError
+from measure import Plan, measure, measure_load
+from systems import BENCH, MODES, ROOT, Ctx, Server, StartError
 from upstream import nginx_config
 
 ALL = ["direct", "bare", "tokenomy-sqlite", "tokenomy-pg", "tokenomy-pg-2w", "litellm", "portkey"]
@@ -188,6 +188,28 @@ def run_system(name: str, ctx: Ctx, nginx_pid: int, plan: Plan) -> dict[str, Any
     return res
 
 
+def paired_bare(ctx: Ctx, nginx_pid: int, plan: Plan, workdir: Path) -> dict[str, float]:
+    """The bare relay's CPU per request, measured again just before a tokenomy run.
+
+    This machine's speed drifts by tens of percent within minutes, so the CPU ratio is
+    taken against the bare relay measured next to each run, not once at the start.
+    """
+    print("== bare (again, beside the next tokenomy run)", flush=True)
+    server = systems.bare(ctx)
+    out: dict[str, float] = {}
+    try:
+        systems.wait_ready(server, timeout=60)
+        for mode in MODES:
+            cpu = measure_load(server, mode, workdir, plan)["cpu_us_per_req"]
+            if cpu:
+                out[mode] = cpu
+    except (StartError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+        print(f"  paired bare relay not available: {e}", file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+    return out
+
+
 def config_notes() -> list[str]:
     """What the bench config leaves out because this revision cannot configure it yet."""
     from tokenomy.config import Config
@@ -263,7 +285,12 @@ def main() -> int:
     try:
         ctx, nginx_pid = start_nginx(workdir)
         for name in args.systems:
+            paired = None
+            if name.startswith("tokenomy") and "bare" in args.systems:
+                paired = paired_bare(ctx, nginx_pid, plan, workdir)
             results["systems"][name] = run_system(name, ctx, nginx_pid, plan)
+            if paired:
+                results["systems"][name]["paired_bare"] = paired
         if not args.no_profile and "tokenomy-sqlite" in args.systems:
             spy = install.py_spy()
             if not spy.ok:
