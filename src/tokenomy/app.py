@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from tokenomy.api import admin, anthropic_routes, ledger_admin, openai_routes, usage_routes
-from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, error_parts
+from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, aio_handler, error_parts, internal_error
 from tokenomy.config import Config
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from tokenomy.services import Services, build_services
@@ -46,8 +46,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        internal = GatewayError("The gateway hit an internal error; the request was not completed.")
-        return _render(internal, request)
+        return _render(internal_error(), request)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -71,9 +70,11 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
         middlewares=[error_middleware], client_max_size=svc.config.server.max_body_bytes + 1
     )
     app[SERVICES] = svc
+    # The inference routes, as aiohttp serves them and as the lean server finds them.
     app[INFERENCE_ROUTES] = openai_routes.INFERENCE + anthropic_routes.INFERENCE
+    for route in app[INFERENCE_ROUTES]:
+        app.router.add_post(route.path, aio_handler(route))
     openai_routes.add_routes(app)
-    anthropic_routes.add_routes(app)
     admin.add_routes(app)
     ledger_admin.add_routes(app)
     usage_routes.add_routes(app, rollup_interval_s=rollup_interval_s)

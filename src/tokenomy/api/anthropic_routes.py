@@ -1,12 +1,11 @@
-"""Anthropic-dialect route: POST /v1/messages, for any model behind the gateway."""
+"""Anthropic-dialect route: POST /v1/messages, for any model behind the gateway (registered
+with the other inference routes by ``app.app_for``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
-
-from tokenomy.api.edge import InferenceRoute, aio_handler
+from tokenomy.api.edge import InferenceRoute
 from tokenomy.gateway import validation
 from tokenomy.gateway.call import Call
 from tokenomy.services import Services
@@ -22,8 +21,3 @@ def _messages(body: dict[str, Any], key: ApiKey, svc: Services) -> Call:
 
 
 INFERENCE = (InferenceRoute("/v1/messages", _messages, anthropic=True),)
-
-
-def add_routes(app: web.Application) -> None:
-    for route in INFERENCE:
-        app.router.add_post(route.path, aio_handler(route))

@@ -83,6 +83,11 @@ class InferenceRoute:
     anthropic: bool = False  # errors in Anthropic's shape, not OpenAI's
 
 
+def internal_error() -> GatewayError:
+    """What the client is told of a failure of ours (the details go to the log)."""
+    return GatewayError("The gateway hit an internal error; the request was not completed.")
+
+
 def error_parts(err: GatewayError, anthropic: bool) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and JSON body of an error, in the route's dialect."""
     body = err.anthropic_body() if anthropic else err.openai_body()

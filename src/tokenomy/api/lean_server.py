@@ -32,6 +32,7 @@ from tokenomy.api.edge import (
     SERVICES,
     InferenceRoute,
     error_parts,
+    internal_error,
     run_inference,
     too_large,
 )
@@ -87,6 +88,11 @@ def _tokens(value: str) -> set[str]:
     return {t.strip() for t in value.lower().split(",")}
 
 
+def _chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body (never empty: that would end the body)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
 def response_head(status: int, headers: Mapping[str, str], framing: str) -> bytes:
     """A response's status line and headers; ``framing`` ends them (length, close)."""
     fields = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
@@ -123,12 +129,10 @@ class _Exchange:
 
     async def send(self, chunk: bytes) -> None:
         if chunk:
-            await self.conn.send(self._take_head() + b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            await self.conn.send(self._take_head() + _chunk(chunk))
 
     async def end(self, chunk: bytes) -> None:
-        data = self._take_head()
-        if chunk:
-            data += b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        data = self._take_head() + (_chunk(chunk) if chunk else b"")
         await self.conn.send(data + b"0\r\n\r\n")
 
     def _take_head(self) -> bytes:
@@ -289,20 +293,14 @@ class _Connection(asyncio.Protocol):
     async def _serve(self, route: InferenceRoute, ex: _Exchange) -> None:
         try:
             await run_inference(ex, self.site.services, route.build)
-        except GatewayError as e:
+        except Exception as e:
+            if not isinstance(e, GatewayError):
+                log.exception("unhandled error on POST %s", route.path)
+                e = internal_error()
             if ex.started:
                 self._abort()
             else:
                 self._write_error(e, route)
-        except Exception:
-            log.exception("unhandled error on POST %s", route.path)
-            if ex.started:
-                self._abort()
-            else:
-                internal = GatewayError(
-                    "The gateway hit an internal error; the request was not completed."
-                )
-                self._write_error(internal, route)
         else:
             if ex.answer is not None:
                 self._write(ex.answer)

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tokenomy.api.edge import InferenceRoute, aio_handler, authenticate, services
+from tokenomy.api.edge import InferenceRoute, authenticate, services
 from tokenomy.gateway import validation
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.registry import ModelRoute
@@ -122,8 +122,7 @@ def model_card(route: ModelRoute, created: int, pricing: dict[str, str] | None) 
 
 
 def add_routes(app: web.Application) -> None:
-    for route in INFERENCE:
-        app.router.add_post(route.path, aio_handler(route))
+    """The other routes; ``INFERENCE`` is registered by ``app.app_for``."""
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/queue", queue_view)
     app.router.add_get("/v1/models/{model:.+}", get_model)
