@@ -403,9 +403,9 @@ class RedisRateLimiter:
         self._fail_open = fail_open
         register = scripts.register_script if scripts is not None else redis.register_script
         self._acquire = register(_ACQUIRE)
-        self._settle = register(_SETTLE)
-        #: The settle script on the lean client, which can queue a call without a task.
+        #: The settle script on the lean client (which can queue a call without a task).
         self._settle_lean = scripts.register_script(_SETTLE) if scripts is not None else None
+        self._settle = self._settle_lean or redis.register_script(_SETTLE)
         self._pending: set[asyncio.Future[Any]] = set()
         self._ids = UniqueIds()
 
@@ -458,7 +458,7 @@ class RedisRateLimiter:
             return
         fut: asyncio.Future[Any]
         if self._settle_lean is not None:
-            # Queued at once, it shares the write of the ledger's settlement; no task.
+            # Queued at once: no task, and it leaves in this loop iteration's write.
             keys, args = self._settle_call(ticket, actual_tokens)
             fut = self._settle_lean.submit(keys=keys, args=args)
             fut.add_done_callback(_log_settle_failure)
