@@ -99,9 +99,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def call(self, loop: asyncio.AbstractEventLoop, data: bytes) -> asyncio.Future[Any]:
+    def call(self, data: bytes) -> asyncio.Future[Any]:
         """Queue a command; every command queued in one loop iteration leaves in one write
         (a socket write wakes Redis and costs more than encoding a dozen commands)."""
+        loop = self.loop
         fut = loop.create_future()
         if self.lost:
             # Nothing will ever read this connection again: fail now, never queue.
@@ -195,7 +196,7 @@ class ScriptClient:
         # The connection's loop, not asyncio.get_running_loop(): on Python 3.11 asking
         # for the running loop costs a getpid() system call.
         loop = conn.loop
-        fut = conn.call(loop, encode(*args))
+        fut = conn.call(encode(*args))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout, self._check)
         return fut
@@ -221,7 +222,7 @@ class ScriptClient:
             async with asyncio.timeout(self._timeout):
                 _, conn = await loop.create_connection(lambda: _Connection(loop), *self._addr)
                 for hello in self._hello:
-                    await conn.call(loop, hello)
+                    await conn.call(hello)
         except BaseException as e:
             if conn is not None and conn.transport is not None:
                 conn.transport.abort()  # a refused AUTH or SELECT must not leak the socket
