@@ -26,8 +26,15 @@ def free_port() -> int:
 class ThreadServer:
     """An app served on 127.0.0.1 by its own event loop in a daemon thread."""
 
-    def __init__(self, make_app: Callable[[], web.Application], port: int | None = None) -> None:
+    def __init__(
+        self,
+        make_app: Callable[[], web.Application],
+        port: int | None = None,
+        *,
+        shutdown_timeout: float = 60.0,
+    ) -> None:
         self._make_app = make_app
+        self._shutdown_timeout = shutdown_timeout
         self.port = port or free_port()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -45,7 +52,9 @@ class ThreadServer:
 
     async def _start(self) -> None:
         self.app = self._make_app()
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=self._shutdown_timeout
+        )
         await self._runner.setup()
         # The gateway is served as `tokenomy serve` serves it: through the lean server.
         site = LeanSite if INFERENCE_ROUTES in self.app else web.TCPSite

@@ -10,12 +10,11 @@ import asyncio
 import contextlib
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 import orjson
@@ -24,9 +23,9 @@ from aiohttp import web
 from sqlalchemy import select
 
 from tests.conftest import Gateway, make_config, sim_faults
-from tests.servers import ThreadServer, free_port
+from tests.servers import ThreadServer
 from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, InferenceRoute
-from tokenomy.api.lean_server import MAX_AHEAD, MAX_HEAD, LeanSite, _Connection
+from tokenomy.api.lean_server import MAX_AHEAD, MAX_HEAD, _Connection
 from tokenomy.app import app_for
 from tokenomy.config import WriterConfig
 from tokenomy.errors import RateLimited
@@ -36,8 +35,12 @@ from tokenomy.store.schema import usage_events
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
 
 
+class _Keyed(Protocol):
+    key: str
+
+
 def request(
-    gateway: Gateway,
+    gateway: _Keyed,
     body: Any = CHAT,
     path: str = "/v1/chat/completions",
     method: str = "POST",
@@ -456,7 +459,7 @@ SLOW = """  - name: slowpoke
 
 
 class _OwnGateway:
-    """A gateway on its own loop and runner, so a test can shut it down."""
+    """A gateway of the test's own (not the shared one), so the test can shut it down."""
 
     def __init__(
         self, sim: ThreadServer, tmp: Path, shutdown_timeout: float = 10.0, sync: bool = False
@@ -465,35 +468,20 @@ class _OwnGateway:
         if sync:  # every record committed before its answer ends
             cfg = cfg.model_copy(update={"writer": WriterConfig(flush_interval_ms=0)})
         self.svc = build_services(cfg, dict(os.environ))
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.runner = web.AppRunner(
-            app_for(self.svc), access_log=None, shutdown_timeout=shutdown_timeout
-        )
-        self.port = free_port()
-        self.call(self.runner.setup())
-        self.call(LeanSite(self.runner, "127.0.0.1", self.port).start())
-        self.secret, rec = self.svc.keys.create("shutdown test")
-        self.svc.key_cache.put(self.secret, rec)
-
-    def call(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        self.server = ThreadServer(
+            lambda: app_for(self.svc), shutdown_timeout=shutdown_timeout
+        ).start()
+        self.key, rec = self.svc.keys.create("shutdown test")
+        self.svc.key_cache.put(self.key, rec)
 
     def send(self, body: dict[str, Any]) -> socket.socket:
-        raw = orjson.dumps(body)
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %b\r\n"
-            b"Content-Length: %d\r\n\r\n%b" % (self.secret.encode(), len(raw), raw)
-        )
+        sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=5)
+        sock.sendall(request(self, body))
         return sock
 
     def shut_down(self) -> list[tuple[str, int]]:
         """Clean up as ``tokenomy serve`` does on SIGTERM; the calls recorded."""
-        self.call(self.runner.cleanup())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.server.stop()
         with self.svc.engine.connect() as conn:
             rows = conn.execute(select(usage_events.c.status, usage_events.c.http_status))
             return [(r[0], r[1]) for r in rows]
