@@ -193,3 +193,69 @@ async def test_redis_state_is_rebuilt_from_the_database_when_lost() -> None:
         await live.hold(hold(3, PREPAID, 600, 1, ()))
         state = await live.org_state(OrgMeter(PREPAID))
         assert (state.admin, state.used, state.held) == (1_000, 400, 600)
+
+
+async def test_redis_settlements_leave_together_without_waiting_and_close_waits() -> None:
+    """The request path's settlements (the ledger's and the rate limiter's, on one shared
+    script client) go out in one write with no round trip awaited; closing waits for
+    Redis to have them."""
+    from redis.asyncio import Redis
+
+    from tokenomy.admission.ratelimit import Limits, RedisRateLimiter
+    from tokenomy.admission.ratelimit import Scope as LimitScope
+    from tokenomy.ledger.redis_live import RedisLedger
+    from tokenomy.store.redis_scripts import ScriptClient
+
+    url = require_redis()
+    prefix = f"tktest:{secrets.token_hex(4)}:"
+    scripts = ScriptClient.from_url(url)
+    r = Redis.from_url(url)
+    live = RedisLedger(r, FakeLoader(admin={PREPAID.id: 1_000}), prefix, scripts=scripts)
+    limiter = RedisRateLimiter(r, prefix + "rl:", scripts=scripts)
+    try:
+        h = hold(1, PREPAID, 400, 10, (DAILY,))
+        await live.hold(h)
+        ticket = await limiter.acquire([LimitScope("key", "k1", Limits(10, 10_000))], 10)
+        conn = scripts._conn
+        assert conn is not None and conn.transport is not None
+        writes: list[bytes] = []
+        write = conn.transport.write
+        conn.transport.write = lambda data: (writes.append(bytes(data)), write(data))  # type: ignore[method-assign]
+        settling = live.settle_soon(h, 250, 7)
+        with pytest.raises(StopIteration):  # done at once: it never waited for Redis
+            settling.send(None)
+        limiter.settle(ticket, 7)
+        await live.close()  # waits for both answers before closing the shared client
+        await limiter.aclose()
+        # Both in the first write (another test's SCRIPT FLUSH may add an EVAL after it).
+        assert writes and writes[0].count(b"EVALSHA") == 2
+        check = Redis.from_url(url)
+        org = await check.hmget(prefix + OrgMeter(PREPAID).key, ["used", "held"])
+        assert [int(v) for v in org] == [250, 0]
+        bud = await check.hmget(prefix + DAILY.meter(AT_MS).key, ["spent", "tspent", "held"])
+        assert [int(v) for v in bud] == [250, 7, 0]
+        keys = [k async for k in check.scan_iter(match=prefix + "*")]
+        await check.delete(*keys)
+        await check.aclose()
+    finally:
+        await r.aclose()
+
+
+async def test_a_failed_redis_settlement_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from redis.asyncio import Redis
+
+    from tokenomy.ledger.redis_live import RedisLedger
+    from tokenomy.store.redis_scripts import ScriptClient
+
+    srv = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    srv.close()
+    await srv.wait_closed()  # nothing listens there any more
+    live = RedisLedger(
+        Redis(port=port), FakeLoader(), "tktest:", scripts=ScriptClient("127.0.0.1", port)
+    )
+    await live.settle_soon(hold(1, PREPAID, 400, 1, ()), 100, 1)
+    await live.close()
+    assert "settling hold req_1 in Redis failed" in caplog.text

@@ -80,6 +80,30 @@ async def test_submitted_calls_leave_together_and_load_the_script_if_needed(key:
     await c.aclose()
 
 
+async def test_closing_answers_the_calls_already_queued_first(key: str) -> None:
+    c = ScriptClient(db=DB)
+    incr = c.register_script(INCR)
+    assert await incr(keys=[key], args=[1]) == 1  # connected
+    queued = [incr.submit(keys=[key], args=[1]) for _ in range(50)]
+    await c.aclose()  # before any of them was even written
+    assert [f.result() for f in queued] == list(range(2, 52))
+    assert c._conn is None
+    await c.aclose()  # a second close (the other owner's) is harmless
+
+
+async def test_closing_a_silent_server_gives_up_after_the_call_timeout() -> None:
+    srv, port = await _server(b"+OK\r\n")
+    c = ScriptClient("127.0.0.1", port, timeout_s=0.3)
+    assert await c.execute("PING") == b"OK"
+    queued = c.submit("PING")  # never answered: the server reads once, then sleeps
+    t = asyncio.get_running_loop().time()
+    await c.aclose()
+    assert asyncio.get_running_loop().time() - t < 2
+    await asyncio.sleep(0.05)
+    assert queued.done() and isinstance(queued.exception(), rx.ConnectionError)
+    srv.close()
+
+
 async def test_a_lost_connection_fails_its_calls_and_the_next_call_reconnects(key: str) -> None:
     c = ScriptClient(db=DB)
     incr = c.register_script(INCR)

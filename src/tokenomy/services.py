@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Table
 
@@ -49,6 +49,9 @@ from tokenomy.store.keys import KeyCache, KeyStore
 from tokenomy.store.schema import usage_events
 from tokenomy.store.writer import BatchWriter
 from tokenomy.tracing import build_tracer_provider
+
+if TYPE_CHECKING:
+    from tokenomy.store.redis_scripts import ScriptClient
 
 log = logging.getLogger(__name__)
 
@@ -140,24 +143,36 @@ class Services:
                 log.exception("refreshing accounts failed; keeping the cached ones")
 
 
-def build_live(config: Config, store: LedgerStore) -> LiveLedger:
+def build_scripts(config: Config) -> ScriptClient | None:
+    """The request path's Redis script client, one for the rate limiter and the ledger:
+    the settlements of both leave in one write and their replies come back in one read."""
+    if not config.ledger.redis_url:
+        return None
+    from tokenomy.store.redis_scripts import ScriptClient
+
+    return ScriptClient.for_url(config.ledger.redis_url)
+
+
+def build_live(
+    config: Config, store: LedgerStore, scripts: ScriptClient | None = None
+) -> LiveLedger:
     if config.ledger.redis_url:
+        import redis.asyncio as aioredis
+
         from tokenomy.ledger.redis_live import RedisLedger
 
-        return RedisLedger.from_url(config.ledger.redis_url, store, config.ledger.redis_prefix)
+        client = aioredis.Redis.from_url(config.ledger.redis_url)
+        return RedisLedger(client, store, config.ledger.redis_prefix, scripts=scripts)
     return MemoryLedger(store)
 
 
-def build_limiter(config: Config) -> RateLimiter:
+def build_limiter(config: Config, scripts: ScriptClient | None = None) -> RateLimiter:
     if config.ledger.redis_url:
         from redis.asyncio import BlockingConnectionPool, Redis
-
-        from tokenomy.store.redis_scripts import ScriptClient
 
         url = config.ledger.redis_url
         # Blocking: under load callers wait for a connection instead of failing open.
         pool = BlockingConnectionPool.from_url(url, max_connections=64)
-        scripts = ScriptClient.for_url(url)
         return RedisRateLimiter(
             Redis(connection_pool=pool), config.ledger.redis_prefix + "rl:", scripts=scripts
         )
@@ -220,7 +235,8 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     )
     ledger = LedgerStore(engine)
     directory = Directory(ledger)
-    live = build_live(config, ledger)
+    scripts = build_scripts(config)
+    live = build_live(config, ledger, scripts)
     biller = Biller(
         PriceBook.load(config.prices),
         FxTable.load(config.fx),
@@ -261,7 +277,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     queues = QueueBoard(max_wait_s=rc.max_queue_wait_s)
     pipeline.router = router
     pipeline.queues = queues
-    limiter = build_limiter(config)
+    limiter = build_limiter(config, scripts)
     pipeline.stages.append(rate_limit_stage(config, limiter, biller))
     stage = LedgerStage(
         biller,

@@ -84,6 +84,11 @@ class LiveLedger(Protocol):
         """Release the hold (if still open) and post ``amount`` and ``tokens``."""
         ...
 
+    async def settle_soon(self, hold: Hold, amount: int, tokens: int) -> None:
+        """``settle`` without waiting for a remote store to answer (the request path's
+        way): a failure is logged, not raised, and ``close`` waits for those on their way."""
+        ...
+
     async def expire(self, now: float | None = None) -> int:
         """Release holds past their expiry (crashed or stuck requests); returns how many."""
         ...
@@ -157,6 +162,9 @@ class MemoryLedger:
             st = self.budgets.get(m.key) or await self._budget(m)
             st.spent += amount
             st.tokens_spent += tokens
+
+    # In memory nothing is remote: settling at once is as quick as queueing.
+    settle_soon = settle
 
     def _release(self, hold: Hold) -> None:
         if hold.org is not None:

@@ -12,6 +12,7 @@ of a currency per org); the counters themselves are exact 64-bit integers (HINCR
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -19,7 +20,9 @@ import redis.asyncio as aioredis
 
 from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.live import BudgetState, Hold, Loader, OrgState, Shortfall
-from tokenomy.store.redis_scripts import ScriptClient
+from tokenomy.store.redis_scripts import Script, ScriptClient
+
+log = logging.getLogger(__name__)
 
 # KEYS: hold, holds, [org], budgets...   ARGV: id, amount, tokens, expires_ms, has_org,
 # floor, -amount, -tokens, record ttl ms, then (limit, tlimit) per budget, -1 meaning
@@ -144,6 +147,8 @@ class RedisLedger:
         self._settle = register(_SETTLE)
         self._expire = register(_EXPIRE)
         self._set_admin = register(_SET_ADMIN)
+        #: Settlements queued by settle_soon and not answered yet (close waits for them).
+        self._pending: set[asyncio.Future[Any]] = set()
 
     @classmethod
     def from_url(cls, url: str, loader: Loader, prefix: str = "tk:") -> RedisLedger:
@@ -223,10 +228,32 @@ class RedisLedger:
             pipe.pexpireat(key, meter.end_ms + 7 * 86_400_000)
         await pipe.execute()
 
+    def _settle_args(self, hold: Hold, amount: int, tokens: int) -> list[str | int]:
+        return [hold.id, amount, tokens, 1 if hold.org is not None else 0]
+
     async def settle(self, hold: Hold, amount: int, tokens: int) -> None:
-        keys = self._keys(hold)
-        args: list[str | int] = [hold.id, amount, tokens, 1 if hold.org is not None else 0]
-        await self._settle(keys=keys, args=args)
+        await self._settle(keys=self._keys(hold), args=self._settle_args(hold, amount, tokens))
+
+    async def settle_soon(self, hold: Hold, amount: int, tokens: int) -> None:
+        script = self._settle
+        if not isinstance(script, Script):  # redis-py serves this URL: wait as settle does
+            try:
+                await self.settle(hold, amount, tokens)
+            except Exception as e:
+                _log_settle_failure(hold.id, e)
+            return
+        # Queued at once, it leaves in this loop iteration's write, with the rate
+        # limiter's settlement: the request's end waits for no round trip to Redis. Its
+        # bytes go out before the response's end can reach the client, so a client that
+        # asks next finds the hold settled.
+        fut = script.submit(keys=self._keys(hold), args=self._settle_args(hold, amount, tokens))
+        self._pending.add(fut)
+        fut.add_done_callback(lambda f: self._settled(f, hold.id))
+
+    def _settled(self, fut: asyncio.Future[Any], hold_id: str) -> None:
+        self._pending.discard(fut)
+        if not fut.cancelled() and (e := fut.exception()) is not None:
+            _log_settle_failure(hold_id, e)
 
     async def expire(self, now: float | None = None) -> int:
         now_ms = int((time.time() if now is None else now) * 1000)
@@ -251,9 +278,16 @@ class RedisLedger:
         await self._set_admin(keys=[f"{self.p}org:{org_id}"], args=[admin_nanos])
 
     async def close(self) -> None:
+        while self._pending:  # failures are logged by _settled
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
         await self.r.aclose()
         if self._scripts is not None:
             await self._scripts.aclose()
+
+
+def _log_settle_failure(hold_id: str, e: BaseException) -> None:
+    # The durable record is written regardless; the hold is released when it expires.
+    log.error("settling hold %s in Redis failed (it is released at expiry): %s", hold_id, e)
 
 
 def _s(v: Any) -> str:

@@ -125,7 +125,7 @@ class LedgerStage:
         if hold is not None:
             u = call.usage
             tokens = (u.input_tokens + u.output_tokens) if u else 0
-            await self.live.settle(hold, ch.cost_nanos, tokens)
+            await self.live.settle_soon(hold, ch.cost_nanos, tokens)
             self.settles += 1
 
 

@@ -250,12 +250,19 @@ class ScriptClient:
         self._watchdog = loop.call_at(oldest + self._timeout, self._check)
 
     async def aclose(self) -> None:
+        """Close once the calls already queued are answered (settlements queued without
+        waiting; the rate limiter and the ledger share a client, and either may close it
+        first), or after the call timeout."""
         if self._connecting is not None:
             self._connecting.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.pending and not conn.lost:
+            # asyncio.wait, not a timed gather: a timeout must not cancel the callers' futures
+            # (closing fails them with a ConnectionError instead).
+            await asyncio.wait([fut for fut, _ in conn.pending], timeout=self._timeout)
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        conn, self._conn = self._conn, None
         if conn is not None and conn.transport is not None:
             conn.transport.close()
 
