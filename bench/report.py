@@ -40,6 +40,29 @@ def _bare_cpu(results: dict[str, Any], name: str, mode: str) -> float | None:
     return paired if paired else _cpu(results, "bare", mode)
 
 
+def cpu_ratios(results: dict[str, Any], name: str, mode: str) -> list[float]:
+    """tokenomy ÷ bare relay CPU per request for each pair measured side by side."""
+    pairs = results["systems"].get(name, {}).get("cpu_pairs", {}).get(mode) or []
+    return [tok / bare for tok, bare in pairs if tok and bare]
+
+
+def cpu_ratio(results: dict[str, Any], name: str, mode: str) -> float | None:
+    """The median of the pairs' ratios (the single pair's for older results)."""
+    ratios = sorted(cpu_ratios(results, name, mode))
+    if ratios:
+        mid = len(ratios) // 2
+        return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    cpu, bare = _cpu(results, name, mode), _bare_cpu(results, name, mode)
+    return cpu / bare if cpu and bare else None
+
+
+def _pairs_note(results: dict[str, Any], name: str, mode: str) -> str:
+    ratios = cpu_ratios(results, name, mode)
+    if len(ratios) < 2:
+        return ""
+    return f" (median of {len(ratios)} pairs, {min(ratios):.2f}–{max(ratios):.2f}×)"
+
+
 def _rps(results: dict[str, Any], name: str, mode: str) -> float | None:
     m = _mode(results["systems"].get(name, {}), mode)
     return m["load"]["rps"] if m else None
@@ -112,7 +135,8 @@ def _ratios(results: dict[str, Any]) -> list[str]:
         if not results["systems"].get(t, {}).get("available"):
             continue
         for mode in ("json", "sse"):
-            cpu = [_ratio(_cpu(results, t, mode), _bare_cpu(results, t, mode))] + [
+            median = cpu_ratio(results, t, mode)
+            cpu = [_f(median, 2) + "×" + _pairs_note(results, t, mode) if median else "–"] + [
                 _ratio(_cpu(results, t, mode), _cpu(results, p, mode))
                 for p in ("litellm", "portkey")
             ]
@@ -159,8 +183,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if not s.get("available"):
             continue
         for mode in ("json", "sse"):
-            cpu, bare = _cpu(results, t, mode), _bare_cpu(results, t, mode)
-            ratio = cpu / bare if cpu and bare else None
+            ratio = cpu_ratio(results, t, mode)
             added = p99_added_fixed(results, t, mode)
             m = _mode(s, mode)
             at_target = bool(m and m["fixed"]["rate"] == TARGET_RATE)
@@ -194,7 +217,8 @@ def _targets_md(results: dict[str, Any]) -> list[str]:
     ]
     for r in targets(results):
         out.append(
-            f"| {r['system']} | {r['mode']} | {_verdict(r['cpu_met'])} ({_f(r['cpu_ratio'], 2)}×) "
+            f"| {r['system']} | {r['mode']} | {_verdict(r['cpu_met'])} ({_f(r['cpu_ratio'], 2)}×"
+            f"{_pairs_note(results, r['system'], r['mode'])}) "
             f"| {_verdict(r['p99_met'])} ({_f(r['p99_added_ms'], 2)} ms) "
             f"| {_verdict(r['rss_met'])} "
             f"({_f(r['rss_largest_mb'])} MB; tree {_f(r['rss_rest_mb'])} MB) |"
@@ -252,7 +276,10 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
         "- 'p99 added' is the system's p99 minus direct nginx's p99 under the same load.",
         "- CPU ratios to the bare relay use the bare relay measured again (wrk only) just "
         "before each tokenomy run: this machine's speed drifts by tens of percent within "
-        "minutes. Those paired figures are in the Ratios table.",
+        f"minutes. With `--repeat N` (here {results.get('repeat', 1)}) each one-worker tokenomy "
+        "run is started N times, each after its own bare relay run, and the ratio is the "
+        "median of the N pairs (their range is given); the CPU µs/req columns are the first "
+        "pair's.",
         "- RSS at rest: VmRSS of the process tree after start and two smoke requests; "
         "peak RSS: VmHWM at the end of both modes (so the same in both tables). The RSS "
         "target is judged per gateway process (with 2 workers the tree also holds the "

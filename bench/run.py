@@ -59,6 +59,13 @@ def parse_args() -> argparse.Namespace:
         help=f"comma-separated systems: {','.join(ALL)} ('tokenomy' = both tokenomy runs)",
     )
     p.add_argument("--no-profile", action="store_true", help="skip the profiling run")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help="CPU pairs (bare relay, then tokenomy) per tokenomy run; the ratio is their "
+        "median (default 3, or 1 with --quick)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs and logs)")
     p.add_argument(
         "--render", metavar="JSON", help="only rewrite the Markdown from a saved results file"
@@ -210,6 +217,47 @@ def paired_bare(ctx: Ctx, nginx_pid: int, plan: Plan, workdir: Path) -> dict[str
     return out
 
 
+def load_cpu(name: str, ctx: Ctx, nginx_pid: int, plan: Plan, workdir: Path) -> dict[str, float]:
+    """One more tokenomy start, loaded as in its main run (wrk only): CPU per request."""
+    print(f"== {name} (again, CPU only)", flush=True)
+    out: dict[str, float] = {}
+    server: Server | None = None
+    try:
+        server = start_system(name, ctx, nginx_pid, {})
+        systems.wait_ready(server, timeout=60)
+        for mode in MODES:
+            cpu = measure_load(server, mode, workdir, plan)["cpu_us_per_req"]
+            if cpu:
+                out[mode] = cpu
+    except (StartError, RuntimeError, OSError, subprocess.SubprocessError) as e:
+        print(f"  repeat not available: {e}", file=sys.stderr, flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+    return out
+
+
+def cpu_pairs(
+    name: str, first: dict[str, Any], ctx: Ctx, nginx_pid: int, plan: Plan, repeat: int
+) -> dict[str, list[list[float]]]:
+    """[tokenomy, bare relay] CPU per request per mode: the main run's pair, then
+    ``repeat - 1`` more, each bare relay measured just before its tokenomy run. A single
+    pair cannot settle a ±10% question on a machine that drifts by tens of percent."""
+    pairs: dict[str, list[list[float]]] = {m: [] for m in MODES}
+    for mode in MODES:
+        tok = (first.get("modes", {}).get(mode) or {}).get("load", {}).get("cpu_us_per_req")
+        bare = first.get("paired_bare", {}).get(mode)
+        if tok and bare:
+            pairs[mode].append([tok, bare])
+    for _ in range(repeat - 1):
+        bare_cpu = paired_bare(ctx, nginx_pid, plan, ctx.workdir)
+        tok_cpu = load_cpu(name, ctx, nginx_pid, plan, ctx.workdir)
+        for mode in MODES:
+            if mode in bare_cpu and mode in tok_cpu:
+                pairs[mode].append([tok_cpu[mode], bare_cpu[mode]])
+    return pairs
+
+
 def config_notes() -> list[str]:
     """What the bench config leaves out because this revision cannot configure it yet."""
     from tokenomy.config import Config
@@ -264,6 +312,7 @@ def main() -> int:
         print(f"wrote {write_markdown(saved, full)}")
         return 0
     plan = QUICK if args.quick else FULL
+    repeat = max(1, args.repeat or (1 if args.quick else 3))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     atexit.register(systems.stop_all)
 
@@ -278,6 +327,7 @@ def main() -> int:
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "quick": args.quick,
         "plan": plan.__dict__,
+        "repeat": repeat,
         "machine": machine(),
         "tokenomy_rev": tokenomy_rev(),
         "systems": {},
@@ -288,9 +338,13 @@ def main() -> int:
             paired = None
             if name.startswith("tokenomy") and "bare" in args.systems:
                 paired = paired_bare(ctx, nginx_pid, plan, workdir)
-            results["systems"][name] = run_system(name, ctx, nginx_pid, plan)
+            res = results["systems"][name] = run_system(name, ctx, nginx_pid, plan)
             if paired:
-                results["systems"][name]["paired_bare"] = paired
+                res["paired_bare"] = paired
+                if res.get("available"):
+                    # The ratio target is one worker's; two workers are measured once.
+                    n = 1 if name.endswith("-2w") else repeat
+                    res["cpu_pairs"] = cpu_pairs(name, res, ctx, nginx_pid, plan, n)
         if not args.no_profile and "tokenomy-sqlite" in args.systems:
             spy = install.py_spy()
             if not spy.ok:
