@@ -105,15 +105,15 @@ async def test_close_during_a_flush_waits_for_it(
     """Shutting down while the loop's group commit is being written: close returns only
     once those rows are committed, and the rest after them."""
     started = threading.Event()
-    real = writer_mod.insert_ignoring_duplicates
+    real = writer_mod.Sink.write
 
-    def slow(eng: Engine, items: Any) -> None:
+    def slow(sink: writer_mod.Sink, items: Any) -> None:
         if not started.is_set():  # the first commit takes a while (a busy database)
             started.set()
             time.sleep(0.5)
-        real(eng, items)
+        real(sink, items)
 
-    monkeypatch.setattr(writer_mod, "insert_ignoring_duplicates", slow)
+    monkeypatch.setattr(writer_mod.Sink, "write", slow)
     w = BatchWriter(engine, usage_events, flush_interval_ms=10)
     w.start()
     for i in range(1, 51):
@@ -235,3 +235,30 @@ async def test_an_idle_writer_sleeps_until_a_row_comes(tmp_path: Path) -> None:
     assert flushes == 1 and count(engine) == (2, 3)  # both in the one group commit
     await w.close()
     engine.dispose()
+
+
+async def test_the_writer_keeps_its_connection_and_replaces_one_that_died(
+    engine: Engine,
+) -> None:
+    """One connection from flush to flush (no checkout and ping each time); if the
+    database dropped it meanwhile, the flush goes again on a fresh one, not failed."""
+    w = BatchWriter(engine, usage_events, flush_interval_ms=10_000)
+    w.submit(row(1))
+    await w.flush()
+    kept = w._sink._raw
+    assert kept is not None
+    w.submit(row(2))
+    await w.flush()
+    assert w._sink._raw is kept
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as c:  # a restart, as the writer's connection sees it
+            c.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        w.submit(row(3))
+        await w.flush()
+        assert w.failures == 0 and w._sink._raw is not kept
+    await w.close()
+    assert w._sink._raw is None  # handed back at close
+    assert count(engine)[0] == (3 if engine.dialect.name == "postgresql" else 2)

@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Engine, Table
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 log = logging.getLogger(__name__)
@@ -29,26 +30,86 @@ Item = tuple[Table, dict[str, Any]]
 
 
 def insert_ignoring_duplicates(engine: Engine, items: Sequence[Item]) -> None:
-    """Insert rows of several tables in ONE transaction, skipping existing primary keys.
+    """Insert rows of several tables in ONE transaction, skipping existing primary keys
+    (on a connection from the pool for this call; the writer keeps its own, see Sink)."""
+    sink = Sink(engine)
+    try:
+        sink.write(items)
+    finally:
+        sink.close()
 
-    One transaction is what makes a usage event and its ledger entries all-or-nothing.
-    Tables are written in the order they first appear, as plain driver statements
-    (building SQLAlchemy constructs per flush cost more CPU than the database did): on
-    PostgreSQL one statement per table with every column as an array, on SQLite
-    multi-row inserts of :data:`SQLITE_CHUNK` rows.
-    """
-    if not items:
-        return
-    by_table: dict[Table, list[dict[str, Any]]] = {}
-    for table, row in items:
-        by_table.setdefault(table, []).append(row)
-    pg = engine.dialect.name == "postgresql"
-    with engine.begin() as conn:
-        for table, rows in by_table.items():
-            if pg:
-                _copy_in(conn, table, rows)
-            else:
-                _insert_chunked(conn, table, rows)
+
+class _Disconnected(Exception):
+    """The database had dropped the connection (the write was rolled back)."""
+
+
+class Sink:
+    """One database connection kept by the writer's thread from flush to flush.
+
+    One transaction per write is what makes a usage event and its ledger entries
+    all-or-nothing. Rows go through the driver's cursor as plain statements, not through
+    SQLAlchemy's execution (its per-statement work, and a pool checkout with a ping per
+    flush, cost more than the inserts of a small batch): on PostgreSQL a COPY per table
+    into a staging table, on SQLite multi-row inserts of :data:`SQLITE_CHUNK` rows.
+    Tables are written in the order they first appear. A connection that failed is
+    dropped; the next write takes a fresh one from the pool."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._pg = engine.dialect.name == "postgresql"
+        self._raw: PoolProxiedConnection | None = None
+
+    def write(self, items: Sequence[Item]) -> None:
+        if not items:
+            return
+        by_table: dict[Table, list[dict[str, Any]]] = {}
+        for table, row in items:
+            by_table.setdefault(table, []).append(row)
+        kept, self._raw = self._raw, None
+        if kept is not None:
+            try:
+                self._write(kept, by_table)
+                return
+            except _Disconnected:
+                # Kept since the last flush, it died meanwhile (a database restart): the
+                # pool's ping on checkout would have caught that. Rolled back, the rows
+                # go again once, on a fresh connection.
+                pass
+        try:
+            self._write(self._engine.raw_connection(), by_table)
+        except _Disconnected as e:
+            assert e.__cause__ is not None
+            raise e.__cause__ from None  # the driver's own error, for the caller's log
+
+    def _write(
+        self, raw: PoolProxiedConnection, by_table: dict[Table, list[dict[str, Any]]]
+    ) -> None:
+        try:
+            cur = raw.cursor()
+            for table, rows in by_table.items():
+                if self._pg:
+                    _copy_in(raw, table, rows)
+                else:
+                    _insert_chunked(cur, table, rows)
+            cur.close()
+            raw.commit()
+        except BaseException as e:
+            dialect = self._engine.dialect
+            lost = isinstance(e, dialect.loaded_dbapi.Error) and dialect.is_disconnect(
+                e, raw.dbapi_connection, None
+            )
+            with contextlib.suppress(Exception):
+                raw.rollback()
+            raw.invalidate()  # whatever broke, the next write starts on a fresh connection
+            if lost:
+                raise _Disconnected from e
+            raise
+        self._raw = raw
+
+    def close(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            raw.close()  # back to the pool
 
 
 #: Rows per multi-row INSERT on SQLite. One statement per chunk, not one step per row:
@@ -57,7 +118,7 @@ def insert_ignoring_duplicates(engine: Engine, items: Sequence[Item]) -> None:
 SQLITE_CHUNK = 256
 
 
-def _insert_chunked(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+def _insert_chunked(cur: Any, table: Table, rows: list[dict[str, Any]]) -> None:
     """Full chunks, then the rest in statements of falling powers of two (a remainder of
     13 rows is 8 + 4 + 1): a handful of steps a flush, from a handful of cached statements
     (an executemany would take one step, and one GIL round trip, per row)."""
@@ -69,7 +130,7 @@ def _insert_chunked(conn: Connection, table: Table, rows: list[dict[str, Any]]) 
             size //= 2
         sql = _values_sql(table, size)
         while i + size <= n:
-            conn.exec_driver_sql(sql, tuple(chain.from_iterable(params[i : i + size])))
+            cur.execute(sql, tuple(chain.from_iterable(params[i : i + size])))
             i += size
 
 
@@ -96,12 +157,12 @@ def _scalar_default(column: Any) -> Any:
     return d.arg if isinstance(d, ScalarElementColumnDefault) else None
 
 
-def _copy_in(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+def _copy_in(raw: PoolProxiedConnection, table: Table, rows: list[dict[str, Any]]) -> None:
     """PostgreSQL: COPY the rows into a session-local staging table, then one
     ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. COPY formats rows in the driver's C
     code; binding them as parameters cost the writer about three times the CPU."""
     names, defaults = _columns(table)
-    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cur = raw.driver_connection.cursor()  # type: ignore[union-attr]
     staging, create, insert = _pg_sql(table)
     cur.execute(create)
     with cur.copy(
@@ -143,6 +204,7 @@ class BatchWriter:
         on_flushed: Callable[[Sequence[Item]], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._sink = Sink(engine)
         self._table = table
         self._interval = flush_interval_ms / 1000
         self._batch_max = batch_max
@@ -194,7 +256,7 @@ class BatchWriter:
                 if self._thread is None:
                     self._thread = ThreadPoolExecutor(1, thread_name_prefix="usage-writer")
                 await asyncio.get_running_loop().run_in_executor(
-                    self._thread, insert_ignoring_duplicates, self._engine, batch
+                    self._thread, self._sink.write, batch
                 )
             except Exception:
                 self.failures += 1
@@ -247,6 +309,8 @@ class BatchWriter:
             )
         finally:
             if self._thread is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.get_running_loop().run_in_executor(self._thread, self._sink.close)
                 self._thread.shutdown(wait=False)
                 self._thread = None
 
