@@ -251,6 +251,7 @@ async def test_the_writer_keeps_its_connection_and_replaces_one_that_died(
     await w.flush()
     assert w._sink._raw is kept
     if engine.dialect.name == "postgresql":
+        assert w._sink._staged == {"_writer_usage_events"}  # made once, not every flush
         with engine.connect() as c:  # a restart, as the writer's connection sees it
             c.exec_driver_sql(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -258,7 +259,7 @@ async def test_the_writer_keeps_its_connection_and_replaces_one_that_died(
             )
         w.submit(row(3))
         await w.flush()
-        assert w.failures == 0 and w._sink._raw is not kept
+        assert w.failures == 0 and w._sink._raw is not kept  # its staging table made anew
     await w.close()
     assert w._sink._raw is None  # handed back at close
     assert count(engine)[0] == (3 if engine.dialect.name == "postgresql" else 2)

@@ -58,6 +58,9 @@ class Sink:
         self._engine = engine
         self._pg = engine.dialect.name == "postgresql"
         self._raw: PoolProxiedConnection | None = None
+        #: The connection last written on, and the staging tables it has (PostgreSQL).
+        self._kept: PoolProxiedConnection | None = None
+        self._staged: set[str] = set()
 
     def write(self, items: Sequence[Item]) -> None:
         if not items:
@@ -84,14 +87,15 @@ class Sink:
     def _write(
         self, raw: PoolProxiedConnection, by_table: dict[Table, list[dict[str, Any]]]
     ) -> None:
+        staged = self._staged if raw is self._kept else set()
         try:
-            cur = raw.cursor()
-            for table, rows in by_table.items():
-                if self._pg:
-                    _copy_in(raw, table, rows)
-                else:
+            if self._pg:
+                _copy_in(raw, by_table, staged)
+            else:
+                cur = raw.cursor()
+                for table, rows in by_table.items():
                     _insert_chunked(cur, table, rows)
-            cur.close()
+                cur.close()
             raw.commit()
         except BaseException as e:
             dialect = self._engine.dialect
@@ -101,13 +105,15 @@ class Sink:
             with contextlib.suppress(Exception):
                 raw.rollback()
             raw.invalidate()  # whatever broke, the next write starts on a fresh connection
+            self._kept = None
             if lost:
                 raise _Disconnected from e
             raise
-        self._raw = raw
+        self._raw = self._kept = raw
+        self._staged = staged
 
     def close(self) -> None:
-        raw, self._raw = self._raw, None
+        raw, self._raw, self._kept = self._raw, None, None
         if raw is not None:
             raw.close()  # back to the pool
 
@@ -157,25 +163,33 @@ def _scalar_default(column: Any) -> Any:
     return d.arg if isinstance(d, ScalarElementColumnDefault) else None
 
 
-def _copy_in(raw: PoolProxiedConnection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """PostgreSQL: COPY the rows into a session-local staging table, then one
-    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. COPY formats rows in the driver's C
-    code; binding them as parameters cost the writer about three times the CPU."""
-    names, defaults = _columns(table)
+def _copy_in(
+    raw: PoolProxiedConnection, by_table: dict[Table, list[dict[str, Any]]], staged: set[str]
+) -> None:
+    """PostgreSQL: COPY each table's rows into a session-local staging table, then one
+    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` per table, all sent as one query.
+    COPY formats rows in the driver's C code (binding them as parameters cost the writer
+    about three times the CPU); the staging tables are made once per connection
+    (``staged``: those this connection has). Round trips: one per table, plus one."""
     cur = raw.driver_connection.cursor()  # type: ignore[union-attr]
-    staging, create, insert = _pg_sql(table)
-    cur.execute(create)
-    with cur.copy(
-        f'COPY "{staging}" ({", ".join(f"{chr(34)}{n}{chr(34)}" for n in names)}) FROM STDIN'
-    ) as copy:
-        for r in rows:
-            copy.write_row(tuple(map(r.get, names, defaults)))
-    cur.execute(insert)
+    sql = [_pg_sql(t) for t in by_table]
+    missing = [create for staging, create, _ in sql if staging not in staged]
+    if missing:
+        cur.execute("; ".join(missing))
+    for (staging, _, _), (table, rows) in zip(sql, by_table.items(), strict=True):
+        names, defaults = _columns(table)
+        with cur.copy(
+            f'COPY "{staging}" ({", ".join(f"{chr(34)}{n}{chr(34)}" for n in names)}) FROM STDIN'
+        ) as copy:
+            for r in rows:
+                copy.write_row(tuple(map(r.get, names, defaults)))
+    cur.execute("; ".join(insert for _, _, insert in sql))
+    staged.update(staging for staging, _, _ in sql)
 
 
 @functools.cache
 def _pg_sql(table: Table) -> tuple[str, str, str]:
-    """(the staging table's CREATE, the COPY into it, the INSERT from it). The staging table has the
+    """(the staging table's name, its CREATE, the INSERT from it). The staging table has the
     target's column types, so an over-long value fails as a plain insert would; it lives
     as long as the connection and empties at every commit."""
     names, _ = _columns(table)
