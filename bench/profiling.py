@@ -64,7 +64,9 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("meter and price", "LedgerStage.quote", "ledger/stage.py"),
     ("settle (ledger, limits)", "LedgerStage.after", "ledger/stage.py"),
     ("record (queue the event, metrics)", "build_services.<locals>.record", "services.py"),
-    ("durable writer (thread)", "insert_ignoring_duplicates", "store/writer.py"),
+    ("durable writer (thread)", "Sink.", "store/writer.py"),
+    ("durable writer (thread)", "_insert_chunked", "store/writer.py"),
+    ("durable writer (thread)", "_copy_in", "store/writer.py"),
     ("roll-ups (thread)", "Rollups.", "analytics/rollup.py"),
 )
 OTHER_OURS = "pipeline glue (other tokenomy code)"
