@@ -30,11 +30,24 @@ async def key() -> object:
 
 
 def test_commands_are_encoded_as_resp_arrays() -> None:
-    assert encode("EVALSHA", "ab", 1, "k", b"\x00v", -5) == (
-        b"*6\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n1\r\n$1\r\nk\r\n$2\r\n\x00v\r\n$2\r\n-5\r\n"
-    )
+    for _ in range(2):  # the second time from the segments of the first
+        assert encode("EVALSHA", "ab", 1, "k", b"\x00v", -5) == (
+            b"*6\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n1\r\n$1\r\nk\r\n$2\r\n\x00v\r\n$2\r\n-5\r\n"
+        )
     with pytest.raises(TypeError):
         encode(1.5)
+    with pytest.raises(TypeError):
+        encode(1.0)  # equal to the int 1 already seen, still not an int
+    assert encode(True) == b"*1\r\n$1\r\n1\r\n"  # bools go as ints, not as "True"
+    assert encode("é", 10**30) == b"*2\r\n$2\r\n\xc3\xa9\r\n$31\r\n1" + b"0" * 30 + b"\r\n"
+
+
+def test_the_segment_cache_starts_over_when_full() -> None:
+    from tokenomy.store import redis_scripts
+
+    for i in range(redis_scripts._SEGMENTS_MAX + 10):
+        assert encode(f"id-{i}") == b"*1\r\n$%d\r\nid-%d\r\n" % (len(f"id-{i}"), i)
+    assert len(redis_scripts._SEGMENTS) <= redis_scripts._SEGMENTS_MAX
 
 
 async def test_scripts_load_once_answer_in_order_and_reach_the_right_db(key: str) -> None:

@@ -34,19 +34,38 @@ def _arg(v: Any) -> bytes:
         return v
     if isinstance(v, str):
         return v.encode()
-    if isinstance(v, int):
-        return str(v).encode()
+    if isinstance(v, int):  # a bool too: as 1 or 0, never "True"
+        return b"%d" % v
     raise TypeError(f"cannot send {type(v).__name__} to Redis")
+
+
+#: Strings and ints already encoded as RESP bulk strings: the keys, script SHAs and limits
+#: of a request's calls recur on every request. Started over when full, so that values
+#: seen once (ids, times) cannot keep it from those that recur. Only exact str and int
+#: are looked up (True == 1, but a bool must not be sent as 1).
+_SEGMENTS: dict[str | int, bytes] = {}
+_SEGMENTS_MAX = 4096
 
 
 def encode(*args: Any) -> bytes:
     """One command in RESP: an array of bulk strings."""
     out = [b"*%d\r\n" % len(args)]
     append = out.append
+    segments = _SEGMENTS
     for a in args:
-        # The common types inline (a request's four calls carry some 55 arguments).
+        # The common types inline (a request's calls carry some 55 arguments).
         t = type(a)
-        b = a.encode() if t is str else b"%d" % a if t is int else a if t is bytes else _arg(a)
+        if t is str or t is int:
+            seg = segments.get(a)
+            if seg is None:
+                b = a.encode() if t is str else b"%d" % a
+                seg = b"$%d\r\n%b\r\n" % (len(b), b)
+                if len(segments) >= _SEGMENTS_MAX:
+                    segments.clear()
+                segments[a] = seg
+            append(seg)
+            continue
+        b = a if t is bytes else _arg(a)
         append(b"$%d\r\n%b\r\n" % (len(b), b))
     return b"".join(out)
 
