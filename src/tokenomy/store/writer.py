@@ -57,9 +57,9 @@ class Sink:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._pg = engine.dialect.name == "postgresql"
+        #: The connection kept from the last write, and the staging tables it has made
+        #: (PostgreSQL).
         self._raw: PoolProxiedConnection | None = None
-        #: The connection last written on, and the staging tables it has (PostgreSQL).
-        self._kept: PoolProxiedConnection | None = None
         self._staged: set[str] = set()
 
     def write(self, items: Sequence[Item]) -> None:
@@ -68,10 +68,9 @@ class Sink:
         by_table: dict[Table, list[dict[str, Any]]] = {}
         for table, row in items:
             by_table.setdefault(table, []).append(row)
-        kept, self._raw = self._raw, None
-        if kept is not None:
+        if self._raw is not None:
             try:
-                self._write(kept, by_table)
+                self._write(self._raw, by_table)
                 return
             except _Disconnected:
                 # Kept since the last flush, it died meanwhile (a database restart): the
@@ -87,7 +86,7 @@ class Sink:
     def _write(
         self, raw: PoolProxiedConnection, by_table: dict[Table, list[dict[str, Any]]]
     ) -> None:
-        staged = self._staged if raw is self._kept else set()
+        staged = self._staged if raw is self._raw else set()
         try:
             if self._pg:
                 _copy_in(raw, by_table, staged)
@@ -105,15 +104,14 @@ class Sink:
             with contextlib.suppress(Exception):
                 raw.rollback()
             raw.invalidate()  # whatever broke, the next write starts on a fresh connection
-            self._kept = None
+            self._raw = None
             if lost:
                 raise _Disconnected from e
             raise
-        self._raw = self._kept = raw
-        self._staged = staged
+        self._raw, self._staged = raw, staged
 
     def close(self) -> None:
-        raw, self._raw, self._kept = self._raw, None, None
+        raw, self._raw = self._raw, None
         if raw is not None:
             raw.close()  # back to the pool
 
