@@ -195,46 +195,34 @@ def run_system(name: str, ctx: Ctx, nginx_pid: int, plan: Plan) -> dict[str, Any
     return res
 
 
-def paired_bare(ctx: Ctx, nginx_pid: int, plan: Plan, workdir: Path) -> dict[str, float]:
-    """The bare relay's CPU per request, measured again just before a tokenomy run.
-
-    This machine's speed drifts by tens of percent within minutes, so the CPU ratio is
-    taken against the bare relay measured next to each run, not once at the start.
-    """
-    print("== bare (again, beside the next tokenomy run)", flush=True)
-    server = systems.bare(ctx)
-    out: dict[str, float] = {}
-    try:
-        systems.wait_ready(server, timeout=60)
-        for mode in MODES:
-            cpu = measure_load(server, mode, workdir, plan)["cpu_us_per_req"]
-            if cpu:
-                out[mode] = cpu
-    except (StartError, RuntimeError, OSError, subprocess.SubprocessError) as e:
-        print(f"  paired bare relay not available: {e}", file=sys.stderr, flush=True)
-    finally:
-        server.stop()
-    return out
-
-
-def load_cpu(name: str, ctx: Ctx, nginx_pid: int, plan: Plan, workdir: Path) -> dict[str, float]:
-    """One more tokenomy start, loaded as in its main run (wrk only): CPU per request."""
-    print(f"== {name} (again, CPU only)", flush=True)
+def cpu_only(name: str, ctx: Ctx, nginx_pid: int, plan: Plan, why: str) -> dict[str, float]:
+    """One more start of ``name``, loaded as in a main run (wrk only): CPU per request by
+    mode (the modes it could not serve are left out)."""
+    print(f"== {name} ({why})", flush=True)
     out: dict[str, float] = {}
     server: Server | None = None
     try:
         server = start_system(name, ctx, nginx_pid, {})
         systems.wait_ready(server, timeout=60)
         for mode in MODES:
-            cpu = measure_load(server, mode, workdir, plan)["cpu_us_per_req"]
+            cpu = measure_load(server, mode, ctx.workdir, plan)["cpu_us_per_req"]
             if cpu:
                 out[mode] = cpu
     except (StartError, RuntimeError, OSError, subprocess.SubprocessError) as e:
-        print(f"  repeat not available: {e}", file=sys.stderr, flush=True)
+        print(f"  {name} ({why}) not available: {e}", file=sys.stderr, flush=True)
     finally:
         if server is not None:
             server.stop()
     return out
+
+
+def paired_bare(ctx: Ctx, nginx_pid: int, plan: Plan) -> dict[str, float]:
+    """The bare relay's CPU per request, measured again just before a tokenomy run.
+
+    This machine's speed drifts by tens of percent within minutes, so the CPU ratio is
+    taken against the bare relay measured next to each run, not once at the start.
+    """
+    return cpu_only("bare", ctx, nginx_pid, plan, "again, beside the next tokenomy run")
 
 
 def cpu_pairs(
@@ -250,8 +238,8 @@ def cpu_pairs(
         if tok and bare:
             pairs[mode].append([tok, bare])
     for _ in range(repeat - 1):
-        bare_cpu = paired_bare(ctx, nginx_pid, plan, ctx.workdir)
-        tok_cpu = load_cpu(name, ctx, nginx_pid, plan, ctx.workdir)
+        bare_cpu = paired_bare(ctx, nginx_pid, plan)
+        tok_cpu = cpu_only(name, ctx, nginx_pid, plan, "again, CPU only")
         for mode in MODES:
             if mode in bare_cpu and mode in tok_cpu:
                 pairs[mode].append([tok_cpu[mode], bare_cpu[mode]])
@@ -337,7 +325,7 @@ def main() -> int:
         for name in args.systems:
             paired = None
             if name.startswith("tokenomy") and "bare" in args.systems:
-                paired = paired_bare(ctx, nginx_pid, plan, workdir)
+                paired = paired_bare(ctx, nginx_pid, plan)
             res = results["systems"][name] = run_system(name, ctx, nginx_pid, plan)
             if paired:
                 res["paired_bare"] = paired
