@@ -18,6 +18,8 @@ LITELLM_VENV = BENCH / ".venv-litellm"
 PORTKEY_DIR = BENCH / ".node-portkey"
 TOOLS_VENV = BENCH / ".venv-tools"
 PORTKEY_ENTRY = PORTKEY_DIR / "node_modules/@portkey-ai/gateway/build/start-server.js"
+OPENLOOP_SRC = BENCH / "openloop.c"
+OPENLOOP_EXE = BENCH / ".bin/openloop"
 
 
 @dataclass
@@ -124,3 +126,20 @@ def py_spy() -> Installed:
         if rc != 0 or not exe.exists():
             return Installed(False, reason="pip install py-spy failed: " + _last_line(out))
     return Installed(True, exe, _dist_version(TOOLS_VENV / "bin/python", "py-spy"))
+
+
+def openloop_client() -> Installed:
+    """bench/openloop.c, built with the machine's C compiler whenever the source is newer
+    than the binary."""
+    exe = OPENLOOP_EXE
+    if not exe.exists() or exe.stat().st_mtime < OPENLOOP_SRC.stat().st_mtime:
+        if shutil.which("cc") is None:
+            err = apt_install(["gcc"])
+            if err:
+                return Installed(False, reason=err)
+        exe.parent.mkdir(exist_ok=True)
+        cmd = ["cc", "-O2", "-Wall", "-o", str(exe), str(OPENLOOP_SRC), "-lm"]
+        rc, out = _run(cmd, timeout=120)
+        if rc != 0:
+            return Installed(False, reason="cc openloop.c failed: " + _last_line(out))
+    return Installed(True, exe, "openloop.c")

@@ -1,5 +1,9 @@
 """An open-loop client: sends at a fixed rate whatever the answers do, records latencies.
 
+The bench builds and prefers bench/openloop.c, which does the same job and prints the
+same JSON; this one is its fallback where no C compiler can be had (it costs about as
+much CPU per request as the systems it loads).
+
 wrk2 (wrk with a constant rate) is not in Debian, and wrk with a Lua ``delay()`` is still
 closed-loop per connection (a slow answer delays the next send, hiding the stall). This
 client schedules request i at ``start + i / rate`` and never waits for answers before
@@ -114,6 +118,7 @@ async def run(
             "max": (latencies[-1] * ms) if latencies else float("nan"),
         },
         "lag_ms": {"p50": percentile(lags, 50) * ms, "p99": percentile(lags, 99) * ms},
+        "client": "openloop.py",
     }
 
 

@@ -78,6 +78,22 @@ def p99_added_fixed(results: dict[str, Any], name: str, mode: str) -> float | No
     return p99
 
 
+def _openloop_client(results: dict[str, Any]) -> str:
+    """Which open-loop client measured the fixed-rate figures (results before the C client
+    name none: they came from the Python one)."""
+    used = {
+        (m.get("fixed") or {}).get("client", "openloop.py")
+        for s in results["systems"].values()
+        for m in (s.get("modes") or {}).values()
+        if m.get("fixed")
+    }
+    if used == {"openloop.c"}:
+        return "bench/openloop.c, an open-loop client in C,"
+    if used <= {"openloop.py"}:
+        return "bench/openloop.py, an open-loop asyncio client,"
+    return "bench/openloop.c or, where it could not be built, bench/openloop.py (see the JSON)"
+
+
 def _table(results: dict[str, Any], mode: str) -> list[str]:
     direct = _mode(results["systems"].get("direct", {}), mode)
     out = [
@@ -268,8 +284,8 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
         "- **CPU µs/req**, the headline figure: utime+stime of the server process and all its "
         "descendants from /proc (plus reaped children), before and after the wrk run, divided "
         "by requests served.",
-        f"- Latency at a fixed rate: bench/openloop.py, an open-loop asyncio client (wrk2 is not "
-        f"in Debian; wrk with a Lua delay stays closed-loop per connection), sends at "
+        f"- Latency at a fixed rate: {_openloop_client(results)} (wrk2 is not "
+        f"in Debian; wrk with a Lua delay stays closed-loop per connection) sends at "
         f"{p['rate']:g} req/s for {p['fixed_s']:g} s, timed from send to last byte. A system that "
         f"cannot sustain 1.5× that rate is measured at half its saturated throughput instead "
         f"(shown in the rate column; then no 'added' figure is given).",
