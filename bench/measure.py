@@ -128,10 +128,12 @@ def measure_mode(server: Server, mode: str, workdir: Path, plan: Plan) -> dict[s
     time.sleep(0.5)
     rate = fixed_rate_for(load["rps"], plan)
     print(f"  {server.name}/{mode}: fixed rate {rate:.0f}/s for {plan.fixed_s:.0f} s", flush=True)
+    ticks = procstat.machine_ticks()
     fixed = run_openloop(url, headers, body_file, rate, plan.fixed_s, plan.fixed_warmup_s)
+    fixed["steal_pct"] = procstat.steal_pct(ticks, procstat.machine_ticks())
     print(
         f"    p50 {fixed['latency_ms']['p50']:.2f} ms, p99 {fixed['latency_ms']['p99']:.2f} ms, "
-        f"{fixed['ok']}/{fixed['sent']} ok",
+        f"{fixed['ok']}/{fixed['sent']} ok, {fixed['steal_pct']:.0f}% stolen",
         flush=True,
     )
     return {"load": load, "fixed": fixed}
@@ -145,16 +147,18 @@ def measure_load(server: Server, mode: str, workdir: Path, plan: Plan) -> dict[s
     print(f"  {server.name}/{mode}: warm-up {plan.warmup_s:.0f} s", flush=True)
     run_wrk(url, headers, body_file, plan.warmup_s, plan)
     time.sleep(0.5)
-    cpu0 = procstat.cpu_seconds(server.pid)
+    cpu0, ticks = procstat.cpu_seconds(server.pid), procstat.machine_ticks()
     load = run_wrk(url, headers, body_file, plan.duration_s, plan)
     cpu1 = procstat.cpu_seconds(server.pid)
+    load["steal_pct"] = procstat.steal_pct(ticks, procstat.machine_ticks())
     served = load["requests"]
     load["server_cpu_s"] = round(cpu1 - cpu0, 3)
     load["cpu_us_per_req"] = (cpu1 - cpu0) / served * 1e6 if served else None
     bad = sum(load["errors"].values())
     print(
         f"    {load['rps']:.0f} req/s, p99 {load['latency_ms']['p99']:.2f} ms, "
-        f"{load['cpu_us_per_req'] or 0:.0f} µs CPU/req, {bad} errors",
+        f"{load['cpu_us_per_req'] or 0:.0f} µs CPU/req, {bad} errors, "
+        f"{load['steal_pct']:.0f}% of the machine's CPU stolen",
         flush=True,
     )
     return load

@@ -11,11 +11,12 @@
  *
  *   openloop --url http://127.0.0.1:8000/v1/chat/completions --body-file F \
  *            --rate 1000 --duration 10 [--warmup 1] [--header 'Name: value']...
- *            [--max-inflight 256] [--timeout 10]
+ *            [--max-inflight 256] [--timeout 10] [--trace FILE]
  *
  * One thread, epoll, a timerfd for the schedule; keep-alive connections reused
  * last-in first-out. Answers are read by Content-Length, by chunked framing, or to the
- * connection's close.
+ * connection's close. ``--trace FILE`` writes one line per counted answer (seconds from
+ * the first counted send, latency in seconds, status): where in time a tail came from.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -75,6 +76,9 @@ static conn_t *idle_head;
 static int inflight, open_conns;
 static double *latencies;
 static size_t n_latencies;
+static double *sends; /* with --trace: each timed answer's send, from the schedule's start */
+static int *trace_status;
+static double trace_origin;
 static double *lags;
 static size_t n_lags;
 static long long statuses[600];
@@ -146,7 +150,11 @@ static void finish(conn_t *c, int ok_status, int err) {
             errors[err]++;
         } else {
             if (ok_status >= 0 && ok_status < 600) statuses[ok_status]++;
-            if (ok_status == 200) latencies[n_latencies++] = now_s() - c->t0;
+            if (sends) {
+                sends[n_latencies] = c->t0 - trace_origin;
+                trace_status[n_latencies] = ok_status;
+            }
+            if (ok_status == 200 || sends) latencies[n_latencies++] = now_s() - c->t0;
         }
     }
     if (err >= 0 || c->close_after) {
@@ -382,6 +390,16 @@ static void on_readable(conn_t *c) {
     }
 }
 
+typedef struct {
+    double send, latency;
+    int status;
+} traced_t;
+
+static int cmp_send(const void *a, const void *b) {
+    double x = ((const traced_t *)a)->send, y = ((const traced_t *)b)->send;
+    return (x > y) - (x < y);
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -405,7 +423,7 @@ static void print_ms(const char *name, double seconds, int comma) {
 }
 
 int main(int argc, char **argv) {
-    const char *url = NULL, *body_file = NULL;
+    const char *url = NULL, *body_file = NULL, *trace = NULL;
     double rate = 0, duration = 0, warmup = 1.0, timeout = 10.0;
     int max_inflight = 256;
     const char *headers[MAX_HEADERS];
@@ -421,6 +439,7 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--warmup") == 0) warmup = atof(v);
         else if (strcmp(a, "--timeout") == 0) timeout = atof(v);
         else if (strcmp(a, "--max-inflight") == 0) max_inflight = atoi(v);
+        else if (strcmp(a, "--trace") == 0) trace = v;
         else if (strcmp(a, "--header") == 0) {
             if (n_headers == MAX_HEADERS) die("too many headers");
             headers[n_headers++] = v;
@@ -456,6 +475,10 @@ int main(int argc, char **argv) {
     long long total = (long long)(rate * duration);
     latencies = malloc(sizeof(double) * (size_t)(total + 1));
     lags = malloc(sizeof(double) * (size_t)(total + 1));
+    if (trace) {
+        sends = malloc(sizeof(double) * (size_t)(total + 1));
+        trace_status = malloc(sizeof(int) * (size_t)(total + 1));
+    }
     all_conns = calloc((size_t)max_inflight, sizeof(conn_t *));
     epfd = epoll_create1(EPOLL_CLOEXEC);
     int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -464,6 +487,7 @@ int main(int argc, char **argv) {
 
     long long dropped = 0;
     double start = now_s() + 0.05;
+    trace_origin = start + (double)skip / rate;
     long long next = 0;
     double last_timeout_check = start;
     struct epoll_event events[256];
@@ -561,6 +585,23 @@ int main(int argc, char **argv) {
         }
     }
 
+    if (trace) {
+        /* Answers came in the order they finished; the trace is in the order of sending.
+         * Then only the 200s stay for the percentiles. */
+        traced_t *rows = malloc(sizeof(traced_t) * (n_latencies + 1));
+        for (size_t i = 0; i < n_latencies; i++)
+            rows[i] = (traced_t){sends[i], latencies[i], trace_status[i]};
+        qsort(rows, n_latencies, sizeof(traced_t), cmp_send);
+        FILE *f = fopen(trace, "w");
+        if (!f) die("cannot write the trace file");
+        size_t kept = 0;
+        for (size_t i = 0; i < n_latencies; i++) {
+            fprintf(f, "%.6f %.6f %d\n", rows[i].send, rows[i].latency, rows[i].status);
+            if (rows[i].status == 200) latencies[kept++] = rows[i].latency;
+        }
+        fclose(f);
+        n_latencies = kept;
+    }
     qsort(latencies, n_latencies, sizeof(double), cmp_double);
     qsort(lags, n_lags, sizeof(double), cmp_double);
     printf("{\"rate\":%g,\"duration_s\":%.3f,\"sent\":%lld,\"ok\":%zu,\"dropped\":%lld,", rate,

@@ -71,3 +71,19 @@ def largest_rss_mb(root: int) -> float:
 def peak_rss_mb(root: int) -> float:
     """Peak resident memory (VmHWM summed over the tree's live members), in MiB."""
     return sum(_status_kb(p, "VmHWM") for p in descendants(root)) / 1024
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(all CPU ticks so far, the ticks stolen by the hypervisor) from /proc/stat: on a
+    shared VM the host runs other guests on "our" cores, and every figure taken while it
+    does is slower and noisier."""
+    fields = (PROC / "stat").read_text().split("\n", 1)[0].split()[1:]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    ticks = [int(x) for x in fields[:8]]
+    return sum(ticks), ticks[7] if len(ticks) > 7 else 0
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU time stolen between two ``machine_ticks()``."""
+    total = after[0] - before[0]
+    return round(100 * (after[1] - before[1]) / total, 1) if total > 0 else 0.0

@@ -101,15 +101,15 @@ def _table(results: dict[str, Any], mode: str) -> list[str]:
         "",
         "| system | req/s | p50 ms | p99 ms | p99 added ms | **CPU µs/req** | rate req/s "
         "| p50 ms @rate | p99 ms @rate | p99 added ms @rate | RSS rest MB | peak RSS MB "
-        "| errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| errors | CPU stolen % |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, s in results["systems"].items():
         m = _mode(s, mode)
         if m is None:
             why = s.get("short_reason") or s.get("mode_errors", {}).get(mode, "")
             why = why.replace("|", "/")[:160]
-            out.append(f"| {s['label']} | not available ({why}) | | | | | | | | | | | |")
+            out.append(f"| {s['label']} | not available ({why}) | | | | | | | | | | | | |")
             continue
         load, fixed = m["load"], m["fixed"]
         added = (
@@ -126,9 +126,17 @@ def _table(results: dict[str, Any], mode: str) -> list[str]:
             f"| **{_f(load['cpu_us_per_req'])}** | {_f(fixed['rate'])} "
             f"| {_f(fixed['latency_ms']['p50'], 2)} | {_f(fixed['latency_ms']['p99'], 2)} "
             f"| {_f(fixed_added, 2)} | {_f(s['rss_rest_mb'])} | {_f(s['peak_rss_mb'])} "
-            f"| {errors} |"
+            f"| {errors} | {_stolen(load, fixed)} |"
         )
     return [*out, ""]
+
+
+def _stolen(load: dict[str, Any], fixed: dict[str, Any]) -> str:
+    """The hypervisor's share of the machine's CPU while wrk ran / while the open-loop
+    client ran (absent from results taken before it was recorded)."""
+    if "steal_pct" not in load:
+        return "–"
+    return f"{load['steal_pct']:.0f} / {fixed.get('steal_pct', 0):.0f}"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -290,6 +298,10 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
         f"cannot sustain 1.5× that rate is measured at half its saturated throughput instead "
         f"(shown in the rate column; then no 'added' figure is given).",
         "- 'p99 added' is the system's p99 minus direct nginx's p99 under the same load.",
+        "- 'CPU stolen %': the share of the machine's CPU time that /proc/stat counts as "
+        "stolen by the hypervisor (other guests on the same host) while wrk ran / while the "
+        "open-loop client ran. While it is high every figure is slower and noisier, and a "
+        "vCPU taken away for milliseconds is a latency spike whatever the system does.",
         "- CPU ratios to the bare relay use the bare relay measured again (wrk only) just "
         "before each tokenomy run: this machine's speed drifts by tens of percent within "
         f"minutes. With `--repeat N` (here {results.get('repeat', 1)}) each one-worker tokenomy "

@@ -248,3 +248,25 @@ def test_only_loopback_targets(client: Path, tmp_path: Path) -> None:
         text=True,
     )
     assert p.returncode == 2 and "loopback" in p.stderr
+
+
+async def test_trace_lists_every_counted_answer_in_send_order(
+    client: Path, serve: Callable[[Answer], Awaitable[tuple[Server, str]]], tmp_path: Path
+) -> None:
+    answers = iter(["200 OK", "503 Service Unavailable"] * 100)
+
+    async def answer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        status = next(answers)
+        if status == "200 OK":
+            await asyncio.sleep(0.05)  # each 200 finishes after the 503 sent after it
+        return await fixed(status, b"{}")(r, w)
+
+    _, url = await serve(answer)
+    trace = tmp_path / "trace.txt"
+    r = await run(client, url, tmp_path, "--trace", str(trace), rate=100, seconds=0.4)
+    rows = [line.split() for line in trace.read_text().splitlines()]
+    assert len(rows) == 40 and r["ok"] == 20  # the 503s are traced, not in the percentiles
+    assert sorted(row[2] for row in rows) == ["200"] * 20 + ["503"] * 20
+    sends = [float(row[0]) for row in rows]
+    assert sends == sorted(sends) and 0 <= sends[0] < sends[-1] < 0.5
+    assert all(0 < float(row[1]) < 1 for row in rows)
