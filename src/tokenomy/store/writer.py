@@ -239,7 +239,7 @@ class BatchWriter:
         engine: Engine,
         table: Table,
         *,
-        flush_interval_ms: int = 10,
+        flush_interval_ms: int = 50,
         batch_max: int = 2000,
         on_flushed: Callable[[Sequence[Item]], None] | None = None,
     ) -> None:
