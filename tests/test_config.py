@@ -69,3 +69,11 @@ def test_invalid_yaml_and_missing_file(tmp_path: object) -> None:
 def test_database_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENOMY_DATABASE_URL", "postgresql://postgres@127.0.0.1/x")
     assert load_config(None).database.url == "postgresql://postgres@127.0.0.1/x"
+
+
+def test_a_base_url_may_carry_a_query_but_not_credentials() -> None:
+    ok = "vendors:\n  v: {dialect: openai, base_url: 'https://x.example/v1?api-version=2024-10-21'}\n"
+    assert parse_config(ok, "f.yaml").vendors["v"].base_url.endswith("?api-version=2024-10-21")
+    bad = "vendors:\n  v: {dialect: openai, base_url: 'https://u:secret@x.example/v1'}\n"
+    with pytest.raises(ConfigError, match="credentials in a base URL"):
+        parse_config(bad, "f.yaml")

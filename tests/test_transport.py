@@ -430,3 +430,62 @@ async def test_a_request_that_failed_late_on_a_reused_connection_is_not_sent_aga
         await asyncio.sleep(0.05)
         await pool.close()
     assert seen == [b"1", b"2"]  # the vendor saw (and would bill) it once
+
+
+async def test_raw_deflate_bodies_decode_like_zlib_wrapped_ones() -> None:
+    # RFC 9110 says deflate means zlib-wrapped; some servers send the raw stream.
+    payload = b'{"choices": []}' * 300
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw_body = raw.compress(payload) + raw.flush()
+    bodies = iter(
+        [
+            ("deflate", raw_body),
+            ("deflate", zlib.compress(payload)),
+            ("deflate", raw_body[:1]),  # cut to one byte: not a deflate stream at all
+            ("gzip", gzip.compress(payload)[:-12]),  # its end cut off
+            ("gzip", b""),  # an empty body is no stream to finish
+        ]
+    )
+
+    def make(_body: bytes) -> bytes:
+        enc, body = next(bodies)
+        return answer(body, extra=f"Content-Encoding: {enc}\r\n")
+
+    async with Server(serve_forever(make)) as srv:
+        pool = srv.pool()
+        assert await post(pool) == (200, payload)
+        assert await post(pool) == (200, payload)
+        for _ in range(2):
+            with pytest.raises(TransportError, match="undecodable"):
+                await post(pool)
+        assert await post(pool) == (200, b"")
+        await pool.close()
+
+
+async def test_a_base_url_query_rides_on_every_request() -> None:
+    seen: list[bytes] = []
+
+    async def capture(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await read_request(r)
+            seen.append(head.split(b"\r\n", 1)[0])
+            w.write(answer(b"{}"))
+            await w.drain()
+
+    async with Server(capture) as srv:
+        origin = Origin.parse(f"http://127.0.0.1:{srv.port}/openai/v1?api-version=2024-10-21")
+        pool = Pool(origin, limit=1, connect_timeout_s=2, read_timeout_s=2)
+        for path in ("/chat/completions", "/embeddings?x=1"):
+            resp = await pool.post(path, HEAD, b"{}", first_byte_timeout_s=2)
+            await resp.read()
+        await pool.close()
+    assert seen == [
+        b"POST /openai/v1/chat/completions?api-version=2024-10-21 HTTP/1.1",
+        b"POST /openai/v1/embeddings?x=1&api-version=2024-10-21 HTTP/1.1",
+    ]
+
+
+def test_credentials_in_a_base_url_are_refused_not_dropped() -> None:
+    for url in ("https://user:secret@api.example.com/v1", "https://token@api.example.com"):
+        with pytest.raises(ValueError, match="credentials"):
+            Origin.parse(url)

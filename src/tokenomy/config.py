@@ -13,6 +13,7 @@ from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -149,6 +150,8 @@ class VendorConfig(_Strict):
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if v and "@" in urlsplit(v).netloc:
+            raise ValueError("credentials in a base URL are not sent; use api_key_env or headers")
         return v.rstrip("/") if v else v
 
 
