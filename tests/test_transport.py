@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
+import struct
 import zlib
 from collections.abc import Awaitable, Callable
 
@@ -168,6 +170,21 @@ async def test_body_until_close_and_connection_close_are_not_reused() -> None:
         assert await post(pool) == (200, b"all of it")
         await pool.close()
     assert srv.connections == 2
+
+    async def reset(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart of")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()  # with no linger: a reset, not a clean close
+
+    async with Server(reset) as srv:
+        pool = srv.pool()
+        with pytest.raises(TransportError, match="closed before the answer was whole"):
+            await post(pool)  # a reset ends no body: "part of" may be part of it
+        await pool.close()
 
     closing = serve_forever(lambda b: answer(b"bye", extra="Connection: close\r\n"))
     async with Server(closing) as srv:

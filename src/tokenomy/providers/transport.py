@@ -237,11 +237,12 @@ class Response:
         if conn is not None:
             conn.abort()
 
-    def _lost(self) -> None:
-        """The connection closed: the end of a read-until-close body, else a failure."""
+    def _lost(self, exc: Exception | None) -> None:
+        """The connection closed: the end of a read-until-close body, else a failure. A
+        reset (``exc``) ends no body: what came before it may be only part of one."""
         if self._done:
             return
-        if self._until_close and self._headers_done.done():
+        if self._until_close and self._headers_done.done() and exc is None:
             self._complete()
         else:
             self._fail(TransportError("the connection closed before the answer was whole"))
@@ -377,7 +378,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         resp, self.response = self.response, None
         if resp is not None:
-            resp._lost()
+            resp._lost(exc)
         self.pool._lost(self)
 
     # httptools callbacks.
