@@ -174,8 +174,14 @@ def _scalar_default(column: Any) -> Any:
 UNIQUE_VIOLATION = "23505"
 
 
-def _copy(cur: Any, table: str, rows: list[dict[str, Any]], names: tuple[str, ...],
-          defaults: tuple[Any, ...]) -> None:  # fmt: skip
+def _copy(
+    cur: Any,
+    table: str,
+    rows: list[dict[str, Any]],
+    names: tuple[str, ...],
+    defaults: tuple[Any, ...],
+) -> None:
+    """One COPY of ``rows`` into ``table``, each row's columns in the order of ``names``."""
     cols = ", ".join(f'"{n}"' for n in names)
     with cur.copy(f'COPY "{table}" ({cols}) FROM STDIN') as copy:
         for r in rows:
