@@ -62,8 +62,11 @@ class Server:
             writer.close()
 
 
+Serve = Callable[[Answer], Awaitable[tuple["Server", str]]]
+
+
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Answer], Awaitable[tuple[Server, str]]]]:
+async def serve() -> AsyncIterator[Serve]:
     servers: list[asyncio.Server] = []
 
     async def start(answer: Answer) -> tuple[Server, str]:
@@ -106,9 +109,12 @@ async def run(
     return result
 
 
-def fixed(status: str, body: bytes, extra: str = "") -> Answer:
+def fixed(status: str, body: bytes, extra: str = "", length: int | None = None) -> Answer:
+    """The same answer every time (``length``: a Content-Length other than the body's)."""
+    n = len(body) if length is None else length
+
     async def answer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-        w.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body)
+        w.write(f"HTTP/1.1 {status}\r\nContent-Length: {n}\r\n{extra}\r\n".encode() + body)
         await w.drain()
         return True
 
@@ -116,7 +122,7 @@ def fixed(status: str, body: bytes, extra: str = "") -> Answer:
 
 
 async def test_content_length_answers_reuse_connections(
-    client: Path, serve: Callable[[Answer], Awaitable[tuple[Server, str]]], tmp_path: Path
+    client: Path, serve: Serve, tmp_path: Path
 ) -> None:
     server, url = await serve(fixed("200 OK", b'{"ok": true}'))
     r = await run(client, url, tmp_path, "--header", "Authorization: Bearer sk-test")
@@ -135,7 +141,7 @@ async def test_content_length_answers_reuse_connections(
 
 
 async def test_chunked_answers_end_at_the_last_chunk(
-    client: Path, serve: Callable[[Answer], Awaitable[tuple[Server, str]]], tmp_path: Path
+    client: Path, serve: Serve, tmp_path: Path
 ) -> None:
     async def answer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
         w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -154,7 +160,7 @@ async def test_chunked_answers_end_at_the_last_chunk(
 
 
 async def test_close_delimited_answers_end_at_close(
-    client: Path, serve: Callable[[Answer], Awaitable[tuple[Server, str]]], tmp_path: Path
+    client: Path, serve: Serve, tmp_path: Path
 ) -> None:
     async def answer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
         w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: {}\n\n")
@@ -168,7 +174,7 @@ async def test_close_delimited_answers_end_at_close(
 
 
 async def test_error_statuses_are_counted_not_timed(
-    client: Path, serve: Callable[[Answer], Awaitable[tuple[Server, str]]], tmp_path: Path
+    client: Path, serve: Serve, tmp_path: Path
 ) -> None:
     _, url = await serve(fixed("429 Too Many Requests", b'{"error": {}}', "Retry-After: 1\r\n"))
     r = await run(client, url, tmp_path)
@@ -178,7 +184,7 @@ async def test_error_statuses_are_counted_not_timed(
 
 
 async def test_a_server_that_never_answers_times_out(
-    client: Path, serve: Callable[[Answer], Awaitable[tuple[Server, str]]], tmp_path: Path
+    client: Path, serve: Serve, tmp_path: Path
 ) -> None:
     async def answer(r: asyncio.StreamReader, _w: asyncio.StreamWriter) -> bool:
         await r.read()  # until the client gives up and closes
@@ -190,25 +196,16 @@ async def test_a_server_that_never_answers_times_out(
 
 
 async def test_bytes_past_the_answer_are_a_protocol_error(
-    client: Path, serve: Callable[[Answer], Awaitable[tuple[Server, str]]], tmp_path: Path
+    client: Path, serve: Serve, tmp_path: Path
 ) -> None:
     # A Content-Length shorter than the body sent: the client must not count it as ok.
-    _, url = await serve(_lying_length())
+    _, url = await serve(fixed("200 OK", b"too long", length=2))
     r = await run(client, url, tmp_path, rate=20)
     assert r["ok"] == 0 and r["errors"] == {"ProtocolError": 10}
 
 
-def _lying_length() -> Answer:
-    async def answer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\ntoo long")
-        await w.drain()
-        return True
-
-    return answer
-
-
 async def test_refused_connections_and_the_in_flight_cap(
-    client: Path, serve: Callable[[Answer], Awaitable[tuple[Server, str]]], tmp_path: Path
+    client: Path, serve: Serve, tmp_path: Path
 ) -> None:
     async def slow(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
         await asyncio.sleep(0.4)
@@ -251,7 +248,7 @@ def test_only_loopback_targets(client: Path, tmp_path: Path) -> None:
 
 
 async def test_trace_lists_every_counted_answer_in_send_order(
-    client: Path, serve: Callable[[Answer], Awaitable[tuple[Server, str]]], tmp_path: Path
+    client: Path, serve: Serve, tmp_path: Path
 ) -> None:
     answers = iter(["200 OK", "503 Service Unavailable"] * 100)
 
