@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from tokenomy.providers.origin import Origin
 from tokenomy.providers.transport import (
     HIGH_WATER,
-    Origin,
     Pool,
     Response,
     TransportError,

@@ -13,10 +13,11 @@ from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tokenomy.providers.origin import Origin
 
 Dialect = Literal["openai", "anthropic"]
 Capability = Literal["tools", "vision", "json", "stream", "reasoning", "embeddings"]
@@ -150,8 +151,8 @@ class VendorConfig(_Strict):
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
-        if v and "@" in urlsplit(v).netloc:
-            raise ValueError("credentials in a base URL are not sent; use api_key_env or headers")
+        if v:
+            Origin.parse(v)  # what the vendor client will refuse, refused here with its line
         return v.rstrip("/") if v else v
 
 

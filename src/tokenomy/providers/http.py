@@ -17,8 +17,9 @@ from tokenomy.errors import (
     UpstreamTimeout,
 )
 from tokenomy.gateway.registry import Deployment, Vendor
+from tokenomy.providers.origin import Origin
 from tokenomy.providers.sse import SSEEvent, iter_event_batches, iter_event_bytes
-from tokenomy.providers.transport import Origin, Pool, Response, TransportError, header_block
+from tokenomy.providers.transport import Pool, Response, TransportError, header_block
 
 
 class HttpUpstreamResponse:

@@ -19,11 +19,12 @@ import ssl
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import cast
-from urllib.parse import urlsplit
 
 import httptools
+
+from tokenomy.providers.body_decoder import BodyDecoder
+from tokenomy.providers.origin import Origin
 
 #: Bytes buffered on a response before the connection stops reading (backpressure).
 HIGH_WATER = 1 << 20
@@ -37,77 +38,6 @@ IDLE_REUSE_S = 15.0
 
 class TransportError(ConnectionError):
     """The connection failed, or closed before the answer was whole."""
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a base URL's requests go: scheme, host and port, the path they share, and a
-    query every request carries (``?api-version=...`` for some vendors)."""
-
-    scheme: str
-    host: str
-    port: int
-    path: str
-    query: str = ""
-
-    @classmethod
-    def parse(cls, base_url: str) -> Origin:
-        u = urlsplit(base_url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
-        if u.username is not None or u.password is not None:
-            # Never sent by this client, and a URL ends up in logs: refuse, don't drop.
-            raise ValueError("credentials in a base URL are not sent; use api_key_env or headers")
-        port = u.port or (443 if u.scheme == "https" else 80)
-        return cls(u.scheme, u.hostname, port, u.path.rstrip("/"), u.query)
-
-    def target(self, path: str) -> str:
-        """The request target for an endpoint ``path`` (which may have a query of its own)."""
-        if not self.query:
-            return self.path + path
-        return f"{self.path}{path}{'&' if '?' in path else '?'}{self.query}"
-
-    @property
-    def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.scheme == "https" else 80
-        return host if self.port == default else f"{host}:{self.port}"
-
-
-class _Decoder:
-    """A compressed body's decoder. ``deflate`` is zlib-wrapped by the RFC, raw deflate
-    from some servers: told apart by the first two bytes (a zlib header names method 8 and
-    is a multiple of 31). A body that ends before its compressed stream does is an error,
-    not a shorter answer."""
-
-    def __init__(self, gzip: bool) -> None:
-        self._inner = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzip else None
-        self._head = b""
-        self._fed = False
-
-    def decompress(self, data: bytes) -> bytes:
-        self._fed = self._fed or bool(data)
-        if self._inner is None:
-            self._head += data
-            if len(self._head) < 2:
-                return b""
-            cmf, flg = self._head[0], self._head[1]
-            wrapped = cmf & 0x0F == 8 and (cmf << 8 | flg) % 31 == 0
-            self._inner = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
-            data, self._head = self._head, b""
-        return self._inner.decompress(data)
-
-    def finish(self) -> bytes:
-        """What is left once the body has ended; zlib.error if the stream had not."""
-        if not self._fed:
-            return b""  # an empty body (a 204, say) is not a truncated one
-        inner = self._inner
-        if inner is None:
-            raise zlib.error("a compressed body of one byte")
-        tail = inner.flush()
-        if not inner.eof:
-            raise zlib.error("the compressed body stopped before its end")
-        return tail
 
 
 def header_block(headers: Mapping[str, str]) -> bytes:
@@ -162,7 +92,7 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
         self._error: BaseException | None = None
-        self._decoder: _Decoder | None = None
+        self._decoder: BodyDecoder | None = None
         self._until_close = False
         self._last_data = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -182,7 +112,7 @@ class Response:
         self.status = status
         enc = self.headers.get("content-encoding", "").strip().lower()
         if enc in ("gzip", "x-gzip", "deflate"):
-            self._decoder = _Decoder(gzip=enc != "deflate")
+            self._decoder = BodyDecoder(gzip=enc != "deflate")
         chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
         self._until_close = (
             "content-length" not in self.headers
