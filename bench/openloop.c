@@ -73,7 +73,7 @@ static char *request;
 static size_t request_len;
 static int epfd;
 static conn_t *idle_head;
-static int inflight, open_conns;
+static int inflight;
 static double *latencies;
 static size_t n_latencies;
 static double *sends; /* with --trace: each timed answer's send, from the schedule's start */
@@ -138,7 +138,6 @@ static void drop_conn(conn_t *c) {
     close(c->fd);
     c->fd = -1;
     c->connected = 0;
-    open_conns--;
 }
 
 /* The request on ``c`` ended: an answer with ``ok_status`` (err < 0), or error ``err``. */
@@ -178,7 +177,6 @@ static int open_conn(conn_t *c) {
     epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
     c->fd = fd;
     c->connected = 0;
-    open_conns++;
     return 0;
 }
 
