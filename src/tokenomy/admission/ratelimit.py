@@ -269,8 +269,11 @@ class MemoryRateLimiter:
 
 
 # Every script starts here: ``now`` in ms, from ARGV[1], or the Redis server's clock (one
-# clock for all replicas) when ARGV[1] is negative.
+# clock for all replicas) when ARGV[1] is negative. Times are stored with all 17 digits:
+# tostring keeps 14, which near 1.7e12 ms is 0.01 ms, more than a request's share of a
+# limit of a million a minute (and a token's of any large token limit).
 _CLOCK = """
+local function ms(x) return string.format('%.17g', x) end
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local now = tonumber(ARGV[1])
 if now < 0 then
@@ -330,7 +333,7 @@ for i = 1, n do
 end
 if allowed == 1 then
   for _, s in ipairs(sets) do
-    redis.call('SET', s[1], tostring(s[2]), 'PX', math.ceil(s[2] - now) + 1000)
+    redis.call('SET', s[1], ms(s[2]), 'PX', math.ceil(s[2] - now) + 1000)
   end
   for i = 1, n do
     if tonumber(ARGV[5 + 3 * i]) > 0 then
@@ -362,7 +365,7 @@ for i = 1, n do
     if new <= now then
       redis.call('DEL', key)
     else
-      redis.call('SET', key, tostring(new), 'PX', math.ceil(new - now) + 1000)
+      redis.call('SET', key, ms(new), 'PX', math.ceil(new - now) + 1000)
     end
   end
   redis.call('ZREM', KEYS[2 * i], ARGV[4])
