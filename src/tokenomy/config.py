@@ -89,6 +89,11 @@ class RateLimitsConfig(_Strict):
     key: LimitsConfig | None = None
     org: LimitsConfig | None = None
     models: dict[str, LimitsConfig] = Field(default_factory=dict)
+    #: With Redis: the most of each limit one gateway process takes ahead as a lease,
+    #: admitting from it without a round trip. Never lets a limit be exceeded; other
+    #: processes may be refused early by up to this share per process. 0: every request
+    #: asks Redis.
+    lease_share: float = Field(0.01, ge=0, le=0.5)
 
 
 class RegionConfig(_Strict):

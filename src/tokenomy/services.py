@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, Table
 
 from tokenomy.admission.fairqueue import QueueBoard
+from tokenomy.admission.leases import LeasedRateLimiter
 from tokenomy.admission.ratelimit import (
     Limits,
     MemoryRateLimiter,
@@ -173,9 +174,11 @@ def build_limiter(config: Config, scripts: ScriptClient | None = None) -> RateLi
         url = config.ledger.redis_url
         # Blocking: under load callers wait for a connection instead of failing open.
         pool = BlockingConnectionPool.from_url(url, max_connections=64)
-        return RedisRateLimiter(
-            Redis(connection_pool=pool), config.ledger.redis_prefix + "rl:", scripts=scripts
-        )
+        client, prefix = Redis(connection_pool=pool), config.ledger.redis_prefix + "rl:"
+        share = config.limits.lease_share
+        if share > 0:
+            return LeasedRateLimiter(client, prefix, share=share, scripts=scripts)
+        return RedisRateLimiter(client, prefix, scripts=scripts)
     return MemoryRateLimiter()
 
 

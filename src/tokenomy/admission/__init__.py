@@ -1,6 +1,7 @@
-"""Admission control: rate limits (in memory or Redis) and fair queues at capacity."""
+"""Admission control: rate limits (in memory, Redis, or leased from Redis) and fair queues."""
 
 from tokenomy.admission.fairqueue import FairQueue, QueueBoard, QueueEntry, Slot, tier_for
+from tokenomy.admission.leases import LeasedRateLimiter
 from tokenomy.admission.ratelimit import (
     Limits,
     MemoryRateLimiter,
@@ -13,6 +14,7 @@ from tokenomy.admission.ratelimit import (
 
 __all__ = [
     "FairQueue",
+    "LeasedRateLimiter",
     "Limits",
     "MemoryRateLimiter",
     "QueueBoard",

@@ -1,0 +1,133 @@
+"""The Lua scripts of leased rate limits (see :mod:`tokenomy.admission.leases`).
+
+They share the exact limiter's keys: a scope's requests and tokens TAT cells, and its
+sorted set of slots by expiry, so leased and exact processes count against one limit.
+"""
+
+from __future__ import annotations
+
+from tokenomy.admission.ratelimit import _CLOCK
+
+# KEYS: three per scope (requests TAT, tokens TAT, slots zset).
+# ARGV: now_ms (negative: the server's clock), scope count, tokens, lease ms, slot member
+#       prefix, then per scope: rpm, tpm, concurrency (0 = no limit), and the extra
+#       requests, tokens and slots wanted beyond this request's own.
+# Returns {allowed, wait_ms, then per scope: requests granted, remaining, reset_ms, tokens
+# granted, remaining, reset_ms, slots granted}; remaining is -1 for a dimension without a
+# limit. Granted counts include the request's own; all or nothing for those, best effort
+# for the extras.
+TAKE = (
+    _CLOCK
+    + """
+local n = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local lease = tonumber(ARGV[4])
+local member = ARGV[5]
+local P = 60000
+local EPS = 0.001
+local allowed = 1
+local wait = 0
+local out = {0, 0}
+local sets = {}
+local adds = {}
+local function take(key, limit, need, extra)
+  local T = P / limit
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  if tat + need * T - now > P + EPS then
+    allowed = 0
+    if tat + need * T - now - P > wait then wait = tat + need * T - now - P end
+    return 0, math.floor((P - (tat - now)) / T + EPS), math.ceil(tat - now)
+  end
+  local grant = need + extra
+  local room = math.floor((P + EPS - (tat - now)) / T)
+  if grant > room then grant = room end
+  local new = tat + grant * T
+  sets[#sets + 1] = {key, new}
+  return grant, math.floor((P - (new - now)) / T + EPS), math.ceil(new - now)
+end
+for i = 1, n do
+  local j = 5 + 6 * (i - 1)
+  local rpm, tpm, conc = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
+  local g, r, t = 0, -1, -1
+  if rpm > 0 then g, r, t = take(KEYS[3 * i - 2], rpm, 1, tonumber(ARGV[j + 4])) end
+  out[#out + 1] = g; out[#out + 1] = r; out[#out + 1] = t
+  g, r, t = 0, -1, -1
+  if tpm > 0 and cost > 0 then g, r, t = take(KEYS[3 * i - 1], tpm, cost, tonumber(ARGV[j + 5])) end
+  out[#out + 1] = g; out[#out + 1] = r; out[#out + 1] = t
+  g = 0
+  if conc > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[3 * i], '-inf', now)
+    local room = conc - redis.call('ZCARD', KEYS[3 * i])
+    if room < 1 then
+      allowed = 0
+      if wait < 1000 then wait = 1000 end
+    else
+      g = 1 + tonumber(ARGV[j + 6])
+      if g > room then g = room end
+      adds[#adds + 1] = {KEYS[3 * i], g}
+    end
+  end
+  out[#out + 1] = g
+end
+if allowed == 1 then
+  for _, s in ipairs(sets) do
+    redis.call('SET', s[1], ms(s[2]), 'PX', math.ceil(s[2] - now) + 1000)
+  end
+  for _, a in ipairs(adds) do
+    for k = 1, a[2] do redis.call('ZADD', a[1], now + lease, member .. ':' .. k) end
+    redis.call('PEXPIRE', a[1], lease + 1000)
+  end
+end
+out[1] = allowed
+out[2] = math.ceil(wait)
+return out
+"""
+)
+
+# KEYS: three per scope (requests TAT, tokens TAT, slots zset).
+# ARGV: now_ms (negative: server clock), scope count, lease ms, then per scope: rpm, tpm,
+#       requests given back, tokens given back (negative: owed, after an overrun), the
+#       number of slots freed and of slots kept, then those members (freed first).
+# Returns the kept members that had expired meanwhile (no longer counted).
+GIVE = (
+    _CLOCK
+    + """
+local n = tonumber(ARGV[2])
+local lease = tonumber(ARGV[3])
+local lost = {}
+local function give(key, limit, back)
+  local tat = tonumber(redis.call('GET', key) or now)
+  if back < 0 and tat < now then tat = now end
+  local new = tat - back * 60000 / limit
+  if new <= now then
+    redis.call('DEL', key)
+  else
+    redis.call('SET', key, ms(new), 'PX', math.ceil(new - now) + 1000)
+  end
+end
+local j = 4
+for i = 1, n do
+  local rpm, tpm = tonumber(ARGV[j]), tonumber(ARGV[j + 1])
+  local rb, tb = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
+  local freed, kept = tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])
+  j = j + 6
+  if rpm > 0 and rb ~= 0 then give(KEYS[3 * i - 2], rpm, rb) end
+  if tpm > 0 and tb ~= 0 then give(KEYS[3 * i - 1], tpm, tb) end
+  for k = 1, freed do
+    redis.call('ZREM', KEYS[3 * i], ARGV[j])
+    j = j + 1
+  end
+  for k = 1, kept do
+    if redis.call('ZSCORE', KEYS[3 * i], ARGV[j]) then
+      redis.call('ZADD', KEYS[3 * i], now + lease, ARGV[j])
+    else
+      lost[#lost + 1] = ARGV[j]
+    end
+    j = j + 1
+  end
+  if kept > 0 then redis.call('PEXPIRE', KEYS[3 * i], lease + 1000) end
+end
+return lost
+"""
+)
