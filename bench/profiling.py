@@ -23,6 +23,7 @@ from systems import (
     MAIN_BIN,
     Ctx,
     StartError,
+    postgres_ready,
     request_body,
     spawn,
     stop_group,
@@ -127,20 +128,27 @@ def summarise_pstats(path: Path, title: str) -> str:
     return f"{title}\n(cProfile, main thread only)\n\n{buf.getvalue()}"
 
 
+#: What each backend's profiles are called: their key in the results and file suffix.
+BACKENDS = {"sqlite": ("", ""), "pg": (" (PostgreSQL + Redis)", "-pg")}
+
+
 def profile_tokenomy(
-    ctx: Ctx, mode: str, py_spy: Path | None, seconds: float, plan: Plan
+    ctx: Ctx, mode: str, py_spy: Path | None, seconds: float, plan: Plan, backend: str = "sqlite"
 ) -> tuple[str, str]:
-    """Profile tokenomy (SQLite) over ``seconds`` of load after a warm-up; (tool, summary).
+    """Profile tokenomy over ``seconds`` of load after a warm-up; (tool, summary).
 
     py-spy attaches to the warmed-up server for exactly the loaded window, so start-up
     and imports stay out of the figures; cProfile has to run the server in-process."""
-    out = ctx.workdir / f"profile-{mode}"
+    label, suffix = BACKENDS[backend]
+    out = ctx.workdir / f"profile-{mode}{suffix}"
     tool = "py-spy" if py_spy is not None else "cProfile"
     wrap = None
     if py_spy is None:
         prof = str(out.with_suffix(".prof"))
         wrap = [str(MAIN_BIN / "python"), str(BENCH / "profile_serve.py"), prof]
-    server = tokenomy(ctx, "sqlite", wrap=wrap)
+    if backend == "pg" and (why := postgres_ready()):
+        raise StartError(why)
+    server = tokenomy(ctx, backend, wrap=wrap)
     try:
         if mode in wait_ready(server, timeout=60):
             raise StartError(f"tokenomy does not answer {mode} requests")
@@ -181,7 +189,7 @@ def profile_tokenomy(
     finally:
         server.stop()
     title = (
-        f"tokenomy profile, {mode} mode: {load['requests']} requests in {load['seconds']} s "
+        f"tokenomy{label} profile, {mode} mode: {load['requests']} requests in {load['seconds']} s "
         f"under wrk -c{plan.connections} (throughput under a profiler is not comparable)"
     )
     if py_spy is not None:
@@ -197,22 +205,30 @@ def profile_tokenomy(
 
 
 def run_profiles(
-    ctx: Ctx, py_spy: Path | None, seconds: float, plan: Plan
+    ctx: Ctx,
+    py_spy: Path | None,
+    seconds: float,
+    plan: Plan,
+    backends: tuple[str, ...] = ("sqlite",),
 ) -> dict[str, dict[str, str]]:
-    """Profile both modes; write bench/profile-<mode>.txt; return what was done."""
+    """Profile both modes on each backend; write bench/profile-<mode>[-pg].txt; return
+    what was done, keyed by mode (and backend, for all but SQLite)."""
     done: dict[str, dict[str, str]] = {}
-    for mode in ("json", "sse"):
-        print(f"profiling tokenomy/{mode}", flush=True)
-        tools = [py_spy, None] if py_spy is not None else [None]
-        for tool_path in tools:
-            try:
-                tool, text = profile_tokenomy(ctx, mode, tool_path, seconds, plan)
-            except (StartError, RuntimeError, OSError) as e:
-                print(f"  profile failed: {e}", file=sys.stderr, flush=True)
-                done[mode] = {"tool": "py-spy" if tool_path else "cProfile", "error": str(e)}
-                continue
-            path = BENCH / f"profile-{mode}.txt"
-            path.write_text(text + "\n")
-            done[mode] = {"tool": tool, "file": path.name}
-            break
+    for backend in backends:
+        label, suffix = BACKENDS[backend]
+        for mode in ("json", "sse"):
+            key = mode + label
+            print(f"profiling tokenomy{label}/{mode}", flush=True)
+            tools = [py_spy, None] if py_spy is not None else [None]
+            for tool_path in tools:
+                try:
+                    tool, text = profile_tokenomy(ctx, mode, tool_path, seconds, plan, backend)
+                except (StartError, RuntimeError, OSError) as e:
+                    print(f"  profile failed: {e}", file=sys.stderr, flush=True)
+                    done[key] = {"tool": "py-spy" if tool_path else "cProfile", "error": str(e)}
+                    continue
+                path = BENCH / f"profile-{mode}{suffix}.txt"
+                path.write_text(text + "\n")
+                done[key] = {"tool": tool, "file": path.name}
+                break
     return done
