@@ -141,7 +141,6 @@ class LeasedRateLimiter:
     ) -> None:
         if not 0 <= share <= 0.5:
             raise ValueError("share must be between 0 and 0.5")
-        self._redis = redis
         self._scripts = scripts
         self._prefix = prefix
         self._share = share
