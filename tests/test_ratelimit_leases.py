@@ -199,6 +199,43 @@ async def test_concurrency_holds_across_leased_replicas_and_nothing_leaks(
         await r2.aclose()
 
 
+async def test_requests_arriving_at_an_empty_lease_together_ask_for_one_block(
+    redis_prefix: str,
+) -> None:
+    """32 requests at once find the lease empty: together they ask Redis for one block
+    (its cap), not a block each; what a lease holds never exceeds its cap by more than
+    the requests' own units."""
+    r = client()
+    try:
+        rl = LeasedRateLimiter(r, redis_prefix, scripts=ScriptClient(db=REDIS_DB))
+        take = rl._take
+        asked = {"requests": 0, "tokens": 0, "slots": 0}
+
+        async def counted(*, keys: list[str], args: list[Any]) -> Any:
+            # args: now, n, tokens, lease, member, then rpm, tpm, conc, +r, +t, +s.
+            asked["requests"] += args[8]
+            asked["tokens"] += args[9]
+            asked["slots"] += args[10]
+            return await take(keys=keys, args=args)
+
+        rl._take = counted  # type: ignore[assignment]
+        s = key(Limits(requests_per_minute=100_000, tokens_per_minute=10**7, concurrent=10_000))
+        tickets = await asyncio.gather(*(rl.acquire([s], 100) for _ in range(32)))
+        lease = rl._leases[s.name]
+        assert lease.requests is not None and lease.tokens is not None
+        # Caps: 1000 requests, 100,000 tokens, 100 slots (1% of each limit).
+        assert asked["requests"] <= 1000 and asked["tokens"] <= 100_000
+        assert asked["slots"] <= 100
+        assert lease.requests.asked == lease.tokens.asked == lease.slots_asked == 0
+        assert len(lease.free) + len(lease.busy) <= 100 + 32
+        for t in tickets:
+            rl.settle(t, 100)
+        await rl.aclose()
+        assert await r.zcard(redis_prefix + s.name + ":c") == 0
+    finally:
+        await r.aclose()
+
+
 async def test_idle_leases_go_back_and_held_slots_are_renewed(redis_prefix: str) -> None:
     clock = FakeClock(NOW)
     r = client()

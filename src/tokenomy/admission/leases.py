@@ -59,6 +59,9 @@ class _Dim:
     credit: int = 0
     #: The extra units the next Redis call asks for (doubles while demand outruns it).
     block: int = 0
+    #: Extra units asked of Redis by calls still in flight: requests that find the lease
+    #: short meanwhile ask only for what is not on its way already.
+    asked: int = 0
     #: The most credit kept: ``share`` of the limit (0: nothing is kept).
     cap: int = 0
     #: As of the last Redis answer: remaining (leased credit excluded) and reset, and when.
@@ -77,6 +80,12 @@ class _Dim:
     def grow(self, need: int) -> None:
         self.block = min(self.cap, max(need, 2 * self.block))
 
+    def ask(self) -> int:
+        """The extra units a Redis call asks for now (counted as in flight)."""
+        extra = max(self.block - self.credit - self.asked, 0)
+        self.asked += extra
+        return extra
+
 
 @dataclass(slots=True)
 class _Lease:
@@ -89,6 +98,11 @@ class _Lease:
     #: next Redis call asks for, slots held and free, slots held and in use.
     slot_cap: int = 0
     slot_block: int = 0
+    #: Extra slots asked of Redis by calls in flight (as :attr:`_Dim.asked`): without it,
+    #: every request arriving while the lease is empty asked for a whole block, and the
+    #: hundreds of thousands of slots the hand-back then returned made one script call
+    #: that held Redis (and every gateway's requests) for tens of milliseconds.
+    slots_asked: int = 0
     free: list[str] = field(default_factory=list)
     busy: set[str] = field(default_factory=set)
     used_at: float = 0.0
@@ -243,26 +257,34 @@ class LeasedRateLimiter:
             if slot is not None:
                 lease.busy.add(slot)
             mine.append(slot)
+        asked: list[tuple[int, int, int]] = []
         for lease, slot in zip(leases, mine, strict=True):
             base = self._prefix + lease.scope.name
             keys += [base + ":r", base + ":t", base + ":c"]
             lim = lease.scope.limits
-            # A dimension short of credit asks for its block beyond this request's need.
+            # A dimension short of credit asks for its block beyond this request's need,
+            # less what calls still in flight will bring.
             r, t = lease.requests, lease.tokens
+            extra_r = extra_t = extra_s = 0
             if r is not None and r.credit < 1:
                 r.grow(1)
+                extra_r = r.ask()
             if t is not None and tokens > 0 and t.credit < tokens:
                 t.grow(tokens)
+                extra_t = t.ask()
             ask_slots = lim.concurrent is not None and slot is None
             if ask_slots:
                 lease.slot_block = min(lease.slot_cap, max(1, 2 * lease.slot_block))
+                extra_s = max(lease.slot_block - lease.slots_asked, 0)
+                lease.slots_asked += extra_s
+            asked.append((extra_r, extra_t, extra_s))
             args += [
                 lim.requests_per_minute or 0,
                 lim.tokens_per_minute or 0,
                 (lim.concurrent or 0) if ask_slots else 0,
-                max(r.block - r.credit, 0) if r is not None else 0,
-                max(t.block - t.credit, 0) if t is not None else 0,
-                lease.slot_block if ask_slots else 0,
+                extra_r,
+                extra_t,
+                extra_s,
             ]
         try:
             res = await self._take(keys=keys, args=args)
@@ -275,6 +297,8 @@ class LeasedRateLimiter:
         except BaseException:
             self._unreserve(leases, mine)
             raise
+        finally:
+            self._arrived(leases, asked)
         vals = [int(v) for v in res]
         now = self._local_now()
         req_h: _Check | None = None
@@ -307,6 +331,16 @@ class LeasedRateLimiter:
         if not allowed:
             raise _refusal("Rate limit reached.", vals[1] / 1000, req_h, tok_h)
         return self._ticket(leases, tokens, slots, req_h, tok_h)
+
+    @staticmethod
+    def _arrived(leases: list[_Lease], asked: list[tuple[int, int, int]]) -> None:
+        """A Redis call is answered (or failed): its extras are no longer in flight."""
+        for lease, (extra_r, extra_t, extra_s) in zip(leases, asked, strict=True):
+            if lease.requests is not None:
+                lease.requests.asked -= extra_r
+            if lease.tokens is not None:
+                lease.tokens.asked -= extra_t
+            lease.slots_asked -= extra_s
 
     @staticmethod
     def _unreserve(leases: list[_Lease], mine: list[str | None]) -> None:
