@@ -6,7 +6,7 @@ sorted set of slots by expiry, so leased and exact processes count against one l
 
 from __future__ import annotations
 
-from tokenomy.admission.ratelimit import _CLOCK
+from tokenomy.admission.ratelimit import LUA_CLOCK
 
 # KEYS: three per scope (requests TAT, tokens TAT, slots zset).
 # ARGV: now_ms (negative: the server's clock), scope count, tokens, lease ms, slot member
@@ -17,7 +17,7 @@ from tokenomy.admission.ratelimit import _CLOCK
 # limit. Granted counts include the request's own; all or nothing for those, best effort
 # for the extras.
 TAKE = (
-    _CLOCK
+    LUA_CLOCK
     + """
 local n = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
@@ -91,7 +91,7 @@ return out
 #       number of slots freed and of slots kept, then those members (freed first).
 # Returns the kept members that had expired meanwhile (no longer counted).
 GIVE = (
-    _CLOCK
+    LUA_CLOCK
     + """
 local n = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])

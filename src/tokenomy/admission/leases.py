@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any
 from tokenomy.admission.lease_scripts import GIVE, TAKE
 from tokenomy.admission.ratelimit import (
     PERIOD_S,
+    LimitView,
     Scope,
     Ticket,
-    _Check,
-    _headers,
-    _is_redis_error,
-    _refusal,
-    _tightest,
-    _too_large,
+    is_redis_error,
+    limit_headers,
+    refusal,
+    tightest,
+    too_large,
 )
 from tokenomy.ids import UniqueIds
 
@@ -69,13 +69,13 @@ class _Dim:
     reset_s: float = 0.0
     at: float = 0.0
 
-    def check(self, now: float) -> _Check:
+    def check(self, now: float) -> LimitView:
         """The client's view: what remains counting the unused credit."""
         t = PERIOD_S / self.limit
         credit = max(self.credit, 0)
         # Rounded to the µs: float dust must not move a reset shown in whole ms.
         reset = max(round(self.reset_s - (now - self.at) - credit * t, 6), 0.0)
-        return _Check(self.limit, self.remaining + credit, reset)
+        return LimitView(self.limit, self.remaining + credit, reset)
 
     def grow(self, need: int) -> None:
         self.block = min(self.cap, max(need, 2 * self.block))
@@ -180,7 +180,7 @@ class LeasedRateLimiter:
         for s in scopes:
             tpm = s.limits.tokens_per_minute
             if tpm is not None and tokens > tpm:
-                raise _too_large(s, tokens)
+                raise too_large(s, tokens)
         now = self._local_now()
         leases = [self._lease(s, now) for s in scopes]
         if all(lease.covers(tokens) for lease in leases):
@@ -211,17 +211,17 @@ class LeasedRateLimiter:
         return None if limit is None else _Dim(limit, cap=int(limit * self._share))
 
     def _admit_locally(self, leases: list[_Lease], tokens: int, now: float) -> Ticket:
-        req_h: _Check | None = None
-        tok_h: _Check | None = None
+        req_h: LimitView | None = None
+        tok_h: LimitView | None = None
         slots: list[str | None] = []
         for lease in leases:
             lease.used_at = now
             if (d := lease.requests) is not None:
                 d.credit -= 1
-                req_h = _tightest(req_h, d.check(now))
+                req_h = tightest(req_h, d.check(now))
             if (d := lease.tokens) is not None and tokens > 0:
                 d.credit -= tokens
-                tok_h = _tightest(tok_h, d.check(now))
+                tok_h = tightest(tok_h, d.check(now))
             slot = None
             if lease.scope.limits.concurrent is not None:
                 slot = lease.free.pop()
@@ -234,14 +234,14 @@ class LeasedRateLimiter:
         leases: list[_Lease],
         tokens: int,
         slots: list[str | None],
-        req_h: _Check | None,
-        tok_h: _Check | None,
+        req_h: LimitView | None,
+        tok_h: LimitView | None,
     ) -> LeasedTicket:
         return LeasedTicket(
             self._ids.next(),
             tuple(lease.scope for lease in leases),
             tokens,
-            _headers(req_h, tok_h),
+            limit_headers(req_h, tok_h),
             slots=tuple(slots),
         )
 
@@ -290,7 +290,7 @@ class LeasedRateLimiter:
             res = await self._take(keys=keys, args=args)
         except Exception as e:
             self._unreserve(leases, mine)
-            if not self._fail_open or not _is_redis_error(e):
+            if not self._fail_open or not is_redis_error(e):
                 raise
             log.warning("rate limits unavailable (admitting without limits): %s", e)
             return Ticket(member, (), tokens)
@@ -301,8 +301,8 @@ class LeasedRateLimiter:
             self._arrived(leases, asked)
         vals = [int(v) for v in res]
         now = self._local_now()
-        req_h: _Check | None = None
-        tok_h: _Check | None = None
+        req_h: LimitView | None = None
+        tok_h: LimitView | None = None
         allowed = bool(vals[0])
         slots: list[str | None] = []
         if not allowed:
@@ -313,12 +313,12 @@ class LeasedRateLimiter:
                 if allowed:  # the request's own unit is spent; the rest is credit
                     d.credit += rg - 1
                 d.remaining, d.reset_s, d.at = rr, rs / 1000, now
-                req_h = _tightest(req_h, d.check(now))
+                req_h = tightest(req_h, d.check(now))
             if (d := lease.tokens) is not None and tr >= 0:
                 if allowed:
                     d.credit += tg - tokens
                 d.remaining, d.reset_s, d.at = tr, ts / 1000, now
-                tok_h = _tightest(tok_h, d.check(now))
+                tok_h = tightest(tok_h, d.check(now))
             if allowed and slot is None and sg > 0:
                 if not (lease.free or lease.busy):  # the first slots held: renewal counts from now
                     lease.renewed_at = now
@@ -329,7 +329,7 @@ class LeasedRateLimiter:
             slots.append(slot if allowed else None)
             lease.used_at = now
         if not allowed:
-            raise _refusal("Rate limit reached.", vals[1] / 1000, req_h, tok_h)
+            raise refusal("Rate limit reached.", vals[1] / 1000, req_h, tok_h)
         return self._ticket(leases, tokens, slots, req_h, tok_h)
 
     @staticmethod
@@ -465,7 +465,7 @@ class LeasedRateLimiter:
             return
         e = fut.exception()
         if e is not None:
-            if isinstance(e, Exception) and _is_redis_error(e):
+            if isinstance(e, Exception) and is_redis_error(e):
                 log.warning("handing rate-limit leases back failed (they expire): %s", e)
             else:
                 log.error("handing rate-limit leases back failed", exc_info=e)

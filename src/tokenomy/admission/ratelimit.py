@@ -106,7 +106,7 @@ _Cell = tuple[bool, float, float, int, float]
 
 
 @dataclass(slots=True)
-class _Check:
+class LimitView:
     """One dimension (requests or tokens) of one scope: its limit, remaining and reset."""
 
     limit: int
@@ -137,7 +137,8 @@ _TOKEN_HEADERS = (
 )
 
 
-def _headers(requests: _Check | None, tokens: _Check | None) -> dict[str, str]:
+def limit_headers(requests: LimitView | None, tokens: LimitView | None) -> dict[str, str]:
+    """The ``x-ratelimit-*`` headers OpenAI's clients read, for the dimensions given."""
     h: dict[str, str] = {}
     for names, c in ((_REQUEST_HEADERS, requests), (_TOKEN_HEADERS, tokens)):
         if c is not None:
@@ -148,20 +149,24 @@ def _headers(requests: _Check | None, tokens: _Check | None) -> dict[str, str]:
     return h
 
 
-def _tightest(current: _Check | None, new: _Check) -> _Check:
+def tightest(current: LimitView | None, new: LimitView) -> LimitView:
+    """Of two scopes' views of one dimension, the one with less remaining (the headers
+    show the limit that will refuse first)."""
     return new if current is None or new.remaining < current.remaining else current
 
 
-def _refusal(
-    message: str, retry_after: float | None, requests: _Check | None, tokens: _Check | None
+def refusal(
+    message: str, retry_after: float | None, requests: LimitView | None, tokens: LimitView | None
 ) -> RateLimited:
-    h = _headers(requests, tokens)
+    """The 429 for a refused admission, with the limit headers and when to retry."""
+    h = limit_headers(requests, tokens)
     if retry_after is not None:
         h["retry-after-ms"] = str(max(1, math.ceil(retry_after * 1000)))
     return RateLimited(message, retry_after=retry_after, headers=h)
 
 
-def _too_large(scope: Scope, tokens: int) -> RateLimited:
+def too_large(scope: Scope, tokens: int) -> RateLimited:
+    """The refusal of a request that could never fit the scope's tokens per minute."""
     return RateLimited(
         f"Request too large: it may use {tokens} tokens, more than the "
         f"{scope.limits.tokens_per_minute} tokens per minute allowed for {scope.kind} "
@@ -208,7 +213,7 @@ class MemoryRateLimiter:
             lim = s.limits
             rpm, tpm = lim.requests_per_minute, lim.tokens_per_minute
             if tpm is not None and tokens > tpm:
-                raise _too_large(s, tokens)
+                raise too_large(s, tokens)
             if rpm is not None:
                 ok, w, new, left, reset = self._gcra(s.requests_key, rpm, 1, now)
                 if req_h is None or left < req_h[1]:
@@ -225,16 +230,16 @@ class MemoryRateLimiter:
                     wait, refused = max(wait, w), refused or f"tokens per minute for {s.kind}"
             if lim.concurrent is not None and self._open.get(s.name, 0) >= lim.concurrent:
                 wait, refused = max(wait, 1.0), refused or f"concurrent requests for {s.kind}"
-        requests = _Check(*req_h) if req_h is not None else None
-        tokens_view = _Check(*tok_h) if tok_h is not None else None
+        requests = LimitView(*req_h) if req_h is not None else None
+        tokens_view = LimitView(*tok_h) if tok_h is not None else None
         if refused is not None:
-            raise _refusal(f"Rate limit reached: {refused}.", wait, requests, tokens_view)
+            raise refusal(f"Rate limit reached: {refused}.", wait, requests, tokens_view)
         for key, new in commits:
             self._tat[key] = new
         for s in scopes:
             if s.limits.concurrent is not None:
                 self._open[s.name] = self._open.get(s.name, 0) + 1
-        return Ticket(self._ids.next(), tuple(scopes), tokens, _headers(requests, tokens_view))
+        return Ticket(self._ids.next(), tuple(scopes), tokens, limit_headers(requests, tokens_view))
 
     def settle(self, ticket: Ticket, actual_tokens: int) -> None:
         if ticket.settled:
@@ -272,7 +277,7 @@ class MemoryRateLimiter:
 # clock for all replicas) when ARGV[1] is negative. Times are stored with all 17 digits:
 # tostring keeps 14, which near 1.7e12 ms is 0.01 ms, more than a request's share of a
 # limit of a million a minute (and a token's of any large token limit).
-_CLOCK = """
+LUA_CLOCK = """
 local function ms(x) return string.format('%.17g', x) end
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local now = tonumber(ARGV[1])
@@ -288,7 +293,7 @@ end
 # Returns: {allowed, wait_ms, then per scope: rpm, remaining, reset_ms, tpm, remaining,
 #           reset_ms}; reset and remaining are -1 for a dimension without a limit.
 _ACQUIRE = (
-    _CLOCK
+    LUA_CLOCK
     + """
 local n = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
@@ -351,7 +356,7 @@ return out
 # KEYS: two per scope (tokens TAT, open-tickets zset).
 # ARGV: now_ms (negative: server clock), scope count, token delta, ticket id, per scope tpm.
 _SETTLE = (
-    _CLOCK
+    LUA_CLOCK
     + """
 local n = tonumber(ARGV[2])
 local delta = tonumber(ARGV[3])
@@ -419,7 +424,7 @@ class RedisRateLimiter:
         for s in scopes:
             tpm = s.limits.tokens_per_minute
             if tpm is not None and tokens > tpm:
-                raise _too_large(s, tokens)
+                raise too_large(s, tokens)
         ticket = Ticket(self._ids.next(), tuple(scopes), tokens)
         keys: list[str] = []
         args: list[Any] = [self._now_ms(), len(scopes), tokens, ticket.id, self._lease_ms]
@@ -435,22 +440,22 @@ class RedisRateLimiter:
         try:
             res = await self._acquire(keys=keys, args=args)
         except Exception as e:
-            if not self._fail_open or not _is_redis_error(e):
+            if not self._fail_open or not is_redis_error(e):
                 raise
             log.warning("rate limits unavailable (admitting without limits): %s", e)
             return Ticket(ticket.id, (), tokens)
         vals = [int(v) for v in res]
-        req_h: _Check | None = None
-        tok_h: _Check | None = None
+        req_h: LimitView | None = None
+        tok_h: LimitView | None = None
         for i in range(len(scopes)):
             r = vals[2 + 6 * i : 8 + 6 * i]
             if r[0] >= 0:
-                req_h = _tightest(req_h, _Check(r[0], r[1], r[2] / 1000))
+                req_h = tightest(req_h, LimitView(r[0], r[1], r[2] / 1000))
             if r[3] >= 0:
-                tok_h = _tightest(tok_h, _Check(r[3], r[4], r[5] / 1000))
+                tok_h = tightest(tok_h, LimitView(r[3], r[4], r[5] / 1000))
         if not vals[0]:
-            raise _refusal("Rate limit reached.", vals[1] / 1000, req_h, tok_h)
-        ticket.headers = _headers(req_h, tok_h)
+            raise refusal("Rate limit reached.", vals[1] / 1000, req_h, tok_h)
+        ticket.headers = limit_headers(req_h, tok_h)
         return ticket
 
     def settle(self, ticket: Ticket, actual_tokens: int) -> None:
@@ -477,7 +482,7 @@ class RedisRateLimiter:
         try:
             await self._settle(keys=keys, args=args)
         except Exception as e:
-            if not _is_redis_error(e):
+            if not is_redis_error(e):
                 raise
             _warn_settle_failed(e)
 
@@ -512,13 +517,14 @@ def _log_settle_failure(fut: asyncio.Future[Any]) -> None:
     e = fut.exception()
     if e is None:
         return
-    if isinstance(e, Exception) and _is_redis_error(e):
+    if isinstance(e, Exception) and is_redis_error(e):
         _warn_settle_failed(e)
     else:
         log.error("settling rate limits failed", exc_info=e)
 
 
-def _is_redis_error(e: Exception) -> bool:
+def is_redis_error(e: Exception) -> bool:
+    """Whether ``e`` means Redis could not be reached or answered (fail open on those)."""
     from redis.exceptions import RedisError
 
     return isinstance(e, RedisError | OSError | asyncio.TimeoutError)
