@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from tests.needs import require_redis
 from tokenomy.billing.money import Currency
 from tokenomy.ledger.accounts import Budget, BudgetMeter, Mode, Org, OrgMeter, Scope
+from tokenomy.ledger.leased import LeasedLedger
 from tokenomy.ledger.live import Hold, LiveLedger, MemoryLedger, Shortfall
 from tokenomy.ledger.periods import Period
 
@@ -45,17 +46,25 @@ async def make_live(backend: str, loader: FakeLoader) -> AsyncIterator[LiveLedge
     if backend == "memory":
         yield MemoryLedger(loader)
         return
+    from redis.asyncio import Redis
+
     from tokenomy.ledger.redis_live import RedisLedger
 
     prefix = f"tktest:{secrets.token_hex(4)}:"
-    live = RedisLedger.from_url(require_redis(), loader, prefix)
+    exact = RedisLedger.from_url(require_redis(), loader, prefix)
+    live: RedisLedger | LeasedLedger = exact
+    if backend == "leased":
+        # Leased from a meter's first hold on, so every step below runs against a lease.
+        live = LeasedLedger(exact, share=0.5, hot_holds=1, flush_s=0.001)
     try:
         yield live
     finally:
-        keys = [k async for k in live.r.scan_iter(match=prefix + "*")]
-        if keys:
-            await live.r.delete(*keys)
         await live.close()
+        r = Redis.from_url(require_redis())
+        keys = [k async for k in r.scan_iter(match=prefix + "*")]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()
 
 
 def hold(i: int, org: Org, amount: int, tokens: int, budgets: tuple[Budget, ...]) -> Hold:
@@ -74,7 +83,7 @@ ops = st.lists(
 )
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", ["memory", "redis", "leased"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=ops, org=st.sampled_from([PREPAID, POSTPAID]))
 def test_random_sequences_keep_every_invariant(
@@ -125,7 +134,7 @@ async def _run_sequence(backend: str, ops: list[tuple[str, int, int, int]], org:
         assert state.held == 0 and state.used == posted
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", ["memory", "redis", "leased"])
 async def test_concurrent_holds_never_overspend(backend: str) -> None:
     loader = FakeLoader(admin={PREPAID.id: 10_000})
     async for live in make_live(backend, loader):
@@ -140,7 +149,7 @@ async def test_concurrent_holds_never_overspend(backend: str) -> None:
         assert state.held == 300 * len(admitted)
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", ["memory", "redis", "leased"])
 async def test_expired_holds_release_and_late_settles_still_post(backend: str) -> None:
     loader = FakeLoader(admin={PREPAID.id: 1_000}, used={PREPAID.id: 100})
     async for live in make_live(backend, loader):
@@ -161,7 +170,7 @@ async def test_expired_holds_release_and_late_settles_still_post(backend: str) -
         assert (b.spent, b.held, b.tokens_spent, b.tokens_held) == (50, 0, 5, 0)
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", ["memory", "redis", "leased"])
 async def test_budget_and_token_shortfalls_name_what_ran_out(backend: str) -> None:
     loader = FakeLoader(admin={PREPAID.id: 10**9})
     loader.spent[DAILY.meter(AT_MS).key] = (650, 0)

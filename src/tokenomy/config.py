@@ -73,6 +73,15 @@ class LedgerConfig(_Strict):
     refresh_s: float = Field(1.0, gt=0, le=300)
     #: Key prefix in Redis, so several gateways can share one Redis.
     redis_prefix: str = "tk:"
+    #: With Redis: the part of a busy balance's or budget's free funds one gateway process
+    #: reserves ahead, admitting holds from it without a round trip. Never lets a balance
+    #: below its floor or a budget over its limit; other processes may be refused early by
+    #: up to this share per process. 0: every hold and settlement goes to Redis.
+    lease_share: float = Field(0.01, ge=0, le=0.5)
+    #: How long usage settled against a lease waits before it is posted to Redis (all
+    #: meters in one call). A process killed outright leaves that much usage out of the
+    #: live counters (not out of the durable ledger) until they are rebuilt.
+    lease_flush_ms: int = Field(50, ge=1, le=10_000)
 
 
 class LimitsConfig(_Strict):

@@ -163,7 +163,13 @@ def build_live(
         from tokenomy.ledger.redis_live import RedisLedger
 
         client = aioredis.Redis.from_url(config.ledger.redis_url)
-        return RedisLedger(client, store, config.ledger.redis_prefix, scripts=scripts)
+        exact = RedisLedger(client, store, config.ledger.redis_prefix, scripts=scripts)
+        if config.ledger.lease_share > 0:
+            from tokenomy.ledger.leased import LeasedLedger
+
+            flush_s = config.ledger.lease_flush_ms / 1000
+            return LeasedLedger(exact, share=config.ledger.lease_share, flush_s=flush_s)
+        return exact
     return MemoryLedger(store)
 
 

@@ -1,0 +1,92 @@
+"""The Lua script of leased live balances (see :mod:`tokenomy.ledger.leased`).
+
+A lease is an ordinary hold record (``hold:<id>`` with negated amounts, in the ``holds``
+sorted set by expiry) on one meter, so the hold expiry that releases a crashed request's
+hold releases a crashed process's lease the same way.
+"""
+
+from __future__ import annotations
+
+# KEYS: holds, then per lease: the meter's hash, the lease's hold record.
+# ARGV: expiry ms, record ttl ms, lease count, then per lease (9): kind ('o' org, 'b'
+#       budget), money bound (org: its floor; budget: its limit, -1 none), token limit (-1
+#       none), usage to post (nanos, tokens: strings, for HINCRBY), share in millionths
+#       (0: keep only what is in use), nanos and tokens to keep at least, lease id.
+# Returns per lease: 1 (or 0: the meter is gone, nothing was posted), then the nanos and
+# tokens the lease holds now.
+#
+# Posting converts the usage's part of the reserve into usage; then the reserve is set to
+# ``share`` of what the meter has free (the lease's own reserve counted as free), at least
+# what is in use, and never more than is free: the floor and limits hold in Redis as they
+# do for every hold. Lua numbers are doubles: exact up to 2**53 nanos, as for holds.
+SYNC = """
+local n = tonumber(ARGV[3])
+local out = {}
+-- Integers as digits: tostring would write a large one as 1e+14, which HINCRBY refuses.
+local function I(x) return string.format('%d', x) end
+-- The reserve to hold: share of the pot (what is free, this reserve counted), at least
+-- keep, and grown by no more than what is free.
+local function retarget(pot, share, keep, R, free)
+  local T = 0
+  if share > 0 then T = math.floor(pot * share / 1000000) end
+  if T < keep then T = keep end
+  if T - R > free then T = R + math.max(free, 0) end
+  return T
+end
+for i = 1, n do
+  local mk, rk = KEYS[2 * i], KEYS[2 * i + 1]
+  local j = 4 + (i - 1) * 9
+  local kind = ARGV[j]
+  local lim, tlim = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
+  local c, t = tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])
+  local share = tonumber(ARGV[j + 5])
+  local keep, tkeep = tonumber(ARGV[j + 6]), tonumber(ARGV[j + 7])
+  local id = ARGV[j + 8]
+  if redis.call('EXISTS', mk) == 0 then
+    redis.call('DEL', rk)
+    redis.call('ZREM', KEYS[1], id)
+    out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = 0
+  else
+    local rec = redis.call('HMGET', rk, 'amount', 'tokens')
+    local R, RT = 0, 0
+    if rec[1] then R = -tonumber(rec[1]); RT = -tonumber(rec[2]) end
+    local cr, tr = math.min(c, R), math.min(t, RT)
+    R, RT = R - cr, RT - tr
+    local T, TT = 0, 0
+    if kind == 'o' then
+      redis.call('HINCRBY', mk, 'used', ARGV[j + 3])
+      local v = redis.call('HMGET', mk, 'admin', 'used', 'held')
+      local held = tonumber(v[3]) - cr
+      local free = tonumber(v[1]) - tonumber(v[2]) - held - lim
+      T = retarget(free + R, share, keep, R, free)
+      redis.call('HINCRBY', mk, 'held', I(T - R - cr))
+    else
+      redis.call('HINCRBY', mk, 'spent', ARGV[j + 3])
+      redis.call('HINCRBY', mk, 'tspent', ARGV[j + 4])
+      local v = redis.call('HMGET', mk, 'spent', 'held', 'tspent', 'theld')
+      local held, theld = tonumber(v[2]) - cr, tonumber(v[4]) - tr
+      if lim >= 0 then
+        local free = lim - tonumber(v[1]) - held
+        T = retarget(free + R, share, keep, R, free)
+      end
+      if tlim >= 0 then
+        local tfree = tlim - tonumber(v[3]) - theld
+        TT = retarget(tfree + RT, share, tkeep, RT, tfree)
+      end
+      redis.call('HINCRBY', mk, 'held', I(T - R - cr))
+      redis.call('HINCRBY', mk, 'theld', I(TT - RT - tr))
+    end
+    if T == 0 and TT == 0 then
+      redis.call('DEL', rk)
+      redis.call('ZREM', KEYS[1], id)
+    else
+      redis.call('HSET', rk, 'amount', I(-T), 'tokens', I(-TT),
+                 'org', kind == 'o' and '1' or '0', 'keys', mk)
+      redis.call('PEXPIRE', rk, ARGV[2])
+      redis.call('ZADD', KEYS[1], ARGV[1], id)
+    end
+    out[#out + 1] = 1; out[#out + 1] = I(T); out[#out + 1] = I(TT)
+  end
+end
+return out
+"""

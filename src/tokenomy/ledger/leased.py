@@ -1,0 +1,418 @@
+"""Live balances in Redis with each gateway process holding a small lease of a busy meter.
+
+Holding and settling in Redis costs two script calls a request, and Redis's own CPU as
+much again: on two cores, the largest share of the machine a request took besides the
+gateway itself. Here a process that sees a meter (an org's balance, a budget's bucket)
+busy reserves ``share`` of what the meter has free as one hold of its own, admits the
+next requests' holds against that reserve in memory, and posts their usage in one script
+call per ``flush_s`` for all its meters, which also sets the reserve to ``share`` of what
+is free again. What a reserve holds is held in Redis, so **no balance goes below its
+floor and no budget over its limit**; another process may be refused early by at most
+``share`` of what was free per process holding a lease. A hold a lease cannot cover goes
+to Redis exactly (after giving back this process's own unused reserve, when that is what
+stood in the way), so near the floor every request is exact.
+
+What a crash costs: a lease is an ordinary hold record, released by hold expiry after
+``lease_ttl_s``; the usage settled in the last ``flush_s`` before a crash reaches the
+durable ledger (if the writer committed it) but not Redis's live counters, which read that
+much high until the meter is rebuilt. ``held`` as Redis shows it counts unused reserves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from tokenomy.ids import UniqueIds
+from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
+from tokenomy.ledger.lease_script import SYNC
+from tokenomy.ledger.live import BudgetState, Hold, OrgState, Shortfall
+from tokenomy.ledger.redis_live import RedisLedger
+
+log = logging.getLogger(__name__)
+
+#: Holds a meter must see in one second, the exact way, before this process leases it:
+#: a meter used now and then costs fewer calls held exactly than leased.
+HOT_HOLDS = 8
+
+
+@dataclass(slots=True)
+class _Lease:
+    """This process's reserve on one meter, and what is in use or settled against it."""
+
+    key: str
+    id: str
+    org: OrgMeter | None
+    budget: BudgetMeter | None
+    #: Reserved in Redis (nanos, tokens), as of the last sync.
+    reserve: int = 0
+    treserve: int = 0
+    #: Local holds open against it, and usage settled and not posted yet.
+    held: int = 0
+    theld: int = 0
+    used: int = 0
+    tused: int = 0
+    used_at: float = 0.0
+    synced_at: float = 0.0
+
+    @property
+    def money_bound(self) -> bool:
+        return self.budget is None or self.budget.budget.amount_nanos is not None
+
+    @property
+    def token_bound(self) -> bool:
+        return self.budget is not None and self.budget.budget.token_limit is not None
+
+    def covers(self, amount: int, tokens: int) -> bool:
+        if self.money_bound and amount > self.reserve - self.held - self.used:
+            return False
+        return not (self.token_bound and tokens > self.treserve - self.theld - self.tused)
+
+    def idle(self) -> bool:
+        return not (self.held or self.theld or self.used or self.tused)
+
+    def empty(self) -> bool:
+        return self.idle() and not (self.reserve or self.treserve)
+
+
+class LeasedLedger:
+    """A :class:`RedisLedger` whose busy meters are admitted from per-process leases.
+
+    ``share`` is the part of a meter's free funds (and tokens) one process reserves;
+    ``flush_s`` how long settled usage waits before it is posted (with every other
+    meter's, in one call); ``idle_s`` how long an unused reserve is kept.
+    """
+
+    def __init__(
+        self,
+        inner: RedisLedger,
+        *,
+        share: float = 0.01,
+        flush_s: float = 0.05,
+        idle_s: float = 1.0,
+        lease_ttl_s: float = 60.0,
+        hot_holds: int = HOT_HOLDS,
+    ) -> None:
+        if not 0 < share <= 0.5:
+            raise ValueError("share must be above 0 and at most 0.5")
+        self.inner = inner
+        self.r = inner.r
+        self._p = inner.p
+        self._share_ppm = int(share * 1_000_000)
+        self._flush_s = flush_s
+        self._idle_s = idle_s
+        self._ttl_s = lease_ttl_s
+        self._hot = hot_holds
+        scripts = inner._scripts
+        register = scripts.register_script if scripts is not None else self.r.register_script
+        self._sync_script = register(SYNC)
+        self._ids = UniqueIds("lease:")
+        self._leases: dict[str, _Lease] = {}
+        #: Holds admitted from leases, by id, until settled.
+        self._local: dict[str, Hold] = {}
+        #: Exact holds per meter in the current second: (second, count).
+        self._heat: dict[str, tuple[int, int]] = {}
+        #: Meters to lease or grow at the next sync.
+        self._wanted: set[str] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._syncing: asyncio.Task[None] | None = None
+        self._again = False
+        self._upkeep: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    # -- holds -------------------------------------------------------------------------
+
+    async def hold(self, hold: Hold) -> None:
+        if hold.id in self._local:
+            return
+        leases = self._leases_of(hold)
+        if leases is not None and all(ls.covers(hold.amount, hold.tokens) for ls in leases):
+            now = time.monotonic()
+            for ls in leases:
+                ls.held += hold.amount
+                ls.theld += hold.tokens
+                ls.used_at = now
+            self._local[hold.id] = hold
+            return
+        try:
+            await self.inner.hold(hold)
+        except Shortfall:
+            # This process's own unused reserve may be what stands in the way: give it
+            # back and ask again, so a lease never refuses what exact holds would admit.
+            mine = [ls for ls in self._meter_leases(hold) if ls.reserve or ls.treserve]
+            if not mine:
+                raise
+            await self.sync(mine, give_back=True)
+            await self.inner.hold(hold)
+            return
+        self._warm(hold)
+
+    def _meter_keys(self, hold: Hold) -> Iterable[str]:
+        if hold.org is not None:
+            yield hold.org.key
+        for m in hold.budgets:
+            yield m.key
+
+    def _meter_leases(self, hold: Hold) -> list[_Lease]:
+        return [ls for k in self._meter_keys(hold) if (ls := self._leases.get(k)) is not None]
+
+    def _leases_of(self, hold: Hold) -> list[_Lease] | None:
+        """The leases of every meter of the hold, or None when one has none."""
+        out: list[_Lease] = []
+        if hold.org is not None:
+            ls = self._leases.get(hold.org.key)
+            if ls is None:
+                return None
+            ls.org = hold.org  # the newest Org (its floor) for the next sync
+            out.append(ls)
+        for m in hold.budgets:
+            ls = self._leases.get(m.key)
+            if ls is None:
+                return None
+            ls.budget = m  # the newest Budget (its limits)
+            out.append(ls)
+        return out
+
+    def _warm(self, hold: Hold) -> None:
+        """Count an exact hold on its meters; a meter gone hot is leased at the next sync."""
+        second = int(time.monotonic())
+        hot = False
+        for key in self._meter_keys(hold):
+            at, n = self._heat.get(key, (second, 0))
+            n = n + 1 if at == second else 1
+            if len(self._heat) > 65_536:  # bounded: many meters come and go
+                self._heat.clear()
+            self._heat[key] = (second, n)
+            if n >= self._hot or key in self._leases:
+                hot = True
+        if not hot:
+            return
+        if hold.org is not None:
+            self._lease_for(hold.org.key, hold.org, None)
+        for m in hold.budgets:
+            self._lease_for(m.key, None, m)
+        self._wanted.update(self._meter_keys(hold))
+        # A lease synced just now and still short cannot cover this hold (it is over its
+        # share of what is free): asking again at once would cost a call per request.
+        now = time.monotonic()
+        recent = any(now - ls.synced_at < self._flush_s for ls in self._meter_leases(hold))
+        self._schedule(self._flush_s if recent else 0.0)
+
+    def _lease_for(self, key: str, org: OrgMeter | None, budget: BudgetMeter | None) -> None:
+        ls = self._leases.get(key)
+        if ls is None:
+            ls = self._leases[key] = _Lease(key, self._ids.next(), org, budget)
+            ls.used_at = time.monotonic()
+            if self._upkeep is None:
+                self._upkeep = asyncio.get_running_loop().create_task(self._run_upkeep())
+
+    # -- settling ----------------------------------------------------------------------
+
+    async def settle_soon(self, hold: Hold, amount: int, tokens: int) -> None:
+        if self._local.pop(hold.id, None) is None:
+            await self.inner.settle_soon(hold, amount, tokens)
+            return
+        for key in self._meter_keys(hold):
+            ls = self._leases[key]
+            ls.held -= hold.amount
+            ls.theld -= hold.tokens
+            ls.used += amount
+            ls.tused += tokens
+        self._schedule(self._flush_s)
+
+    async def settle(self, hold: Hold, amount: int, tokens: int) -> None:
+        if hold.id not in self._local:
+            await self.inner.settle(hold, amount, tokens)
+            return
+        await self.settle_soon(hold, amount, tokens)
+        await self.flush()
+
+    # -- syncing with Redis ------------------------------------------------------------
+
+    def _schedule(self, delay: float) -> None:
+        if self._syncing is not None:
+            self._again = True  # the call in flight ends by scheduling the next
+            return
+        if self._timer is not None:
+            if delay > 0:
+                return
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, self._start_sync)
+
+    def _start_sync(self) -> None:
+        self._timer = None
+        if self._syncing is None:
+            self._syncing = asyncio.get_running_loop().create_task(self._background_sync())
+
+    async def _background_sync(self) -> None:
+        try:
+            wanted, self._wanted = self._wanted, set()
+            due = [ls for ls in self._leases.values() if ls.used or ls.tused or ls.key in wanted]
+            if due:
+                await self.sync(due)
+        except Exception as e:
+            # Kept locally, the usage goes with the next sync; holds go exact meanwhile
+            # when the reserve runs out.
+            log.warning("syncing ledger leases with Redis failed (retrying): %s", e)
+            self._again = True
+        finally:
+            self._syncing = None
+        if self._again:
+            self._again = False
+            self._schedule(self._flush_s)
+
+    async def sync(self, leases: list[_Lease], *, give_back: bool = False) -> None:
+        """Post the leases' settled usage and set their reserves: ``share`` of what is
+        free (never less than they hold now), or (``give_back``) only what is in use.
+
+        One call at a time: the usage a call posts leaves the leases when it is sent, so
+        two calls in flight never post it twice."""
+        async with self._lock:
+            await self._sync(leases, give_back)
+
+    async def _sync(self, leases: list[_Lease], give_back: bool) -> None:
+        keys: list[str] = [self._p + "holds"]
+        ttl_ms = int(self._ttl_s * 1000)
+        args: list[Any] = [int((time.time() + self._ttl_s) * 1000), ttl_ms, len(leases)]
+        for ls in leases:
+            if ls.org is not None:
+                kind, bound, tbound = "o", ls.org.org.floor_nanos, -1
+            else:
+                assert ls.budget is not None
+                b = ls.budget.budget
+                kind = "b"
+                bound = -1 if b.amount_nanos is None else b.amount_nanos
+                tbound = -1 if b.token_limit is None else b.token_limit
+            used, tused = ls.used, ls.tused
+            # Posted usage stops being reserve: the room left (reserve - held - used) is
+            # the same before and after.
+            ls.used = ls.tused = 0
+            ls.reserve -= min(used, ls.reserve)
+            ls.treserve -= min(tused, ls.treserve)
+            if give_back:
+                # Admitted from now on only against what stays; Redis keeps what is in use.
+                ls.reserve, ls.treserve = min(ls.reserve, ls.held), min(ls.treserve, ls.theld)
+                keep, tkeep = ls.held, ls.theld
+            else:
+                # Never less than this process counts on (holds admitted meanwhile).
+                keep, tkeep = max(ls.reserve, ls.held), max(ls.treserve, ls.theld)
+            keys += [self._p + ls.key, self._p + "hold:" + ls.id]
+            share = 0 if give_back else self._share_ppm
+            args += [kind, bound, tbound, used, tused, share, keep, tkeep, ls.id]
+        try:
+            res = await self._sync_script(keys=keys, args=args)
+        except BaseException:
+            # Whether Redis applied it is unknown: posting the usage again could count it
+            # twice, so it is not (the durable ledger has it; a lost post is what a failed
+            # settlement costs too). Nothing more is admitted from these reserves until a
+            # call succeeds; Redis keeps what it has until the leases expire.
+            for ls in leases:
+                ls.reserve, ls.treserve = min(ls.reserve, ls.held), min(ls.treserve, ls.theld)
+            raise
+        now = time.monotonic()
+        for i, ls in enumerate(leases):
+            ok, reserve, treserve = (int(v) for v in res[3 * i : 3 * i + 3])
+            # A meter gone from Redis had nothing to post against (rebuilt from the
+            # database, it counts what the writer recorded) and holds no reserve.
+            ls.reserve, ls.treserve = (reserve, treserve) if ok else (0, 0)
+            ls.synced_at = now
+
+    async def flush(self) -> None:
+        """Post every lease's settled usage now and wait until Redis has it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = [ls for ls in self._leases.values() if ls.used or ls.tused]
+        if due:
+            await self.sync(due)
+
+    async def _run_upkeep(self) -> None:
+        while True:
+            await asyncio.sleep(self._idle_s / 2)
+            try:
+                await self.upkeep(time.monotonic())
+            except Exception as e:
+                log.warning("ledger lease upkeep failed (retrying): %s", e)
+
+    async def upkeep(self, now: float) -> None:
+        """Give back reserves unused for ``idle_s`` (forgetting leases left empty) and
+        renew those kept longer than a quarter of their time to live."""
+        idle = [ls for ls in self._leases.values() if now - ls.used_at >= self._idle_s]
+        back = [ls for ls in idle if ls.reserve or ls.treserve or ls.used or ls.tused]
+        if back:
+            await self.sync(back, give_back=True)
+        old = [
+            ls
+            for ls in self._leases.values()
+            if ls not in idle
+            and (ls.reserve or ls.treserve)
+            and now - ls.synced_at >= self._ttl_s / 4
+        ]
+        if old:
+            await self.sync(old)
+        for ls in idle:
+            if ls.empty() and self._leases.get(ls.key) is ls:
+                del self._leases[ls.key]
+
+    # -- views and the rest ------------------------------------------------------------
+
+    async def org_state(self, meter: OrgMeter) -> OrgState:
+        """As Redis has it once this process's usage is posted, its unused reserve not
+        counted as held."""
+        await self.flush()
+        st = await self.inner.org_state(meter)
+        ls = self._leases.get(meter.key)
+        if ls is not None:
+            st.held -= ls.reserve - ls.held
+        return st
+
+    async def budget_state(self, meter: BudgetMeter) -> BudgetState:
+        await self.flush()
+        st = await self.inner.budget_state(meter)
+        ls = self._leases.get(meter.key)
+        if ls is not None:
+            st.held -= ls.reserve - ls.held
+            st.tokens_held -= ls.treserve - ls.theld
+        return st
+
+    async def expire(self, now: float | None = None) -> int:
+        """Release expired holds: those in Redis (a crashed process's leases among them)
+        and this process's own admitted from leases (stuck requests)."""
+        return self.expire_local(time.time() if now is None else now) + await self.inner.expire(
+            now
+        )
+
+    def expire_local(self, now: float) -> int:
+        stale = [h for h in self._local.values() if h.expires_at <= now]
+        for h in stale:
+            del self._local[h.id]
+            for key in self._meter_keys(h):
+                ls = self._leases[key]
+                ls.held -= h.amount
+                ls.theld -= h.tokens
+        return len(stale)
+
+    async def set_admin_total(self, org_id: str, admin_nanos: int) -> None:
+        await self.inner.set_admin_total(org_id, admin_nanos)
+
+    async def close(self) -> None:
+        """Post what is settled, give every reserve back (what is still in use stays held
+        until its lease expires) and close."""
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._upkeep
+            self._upkeep = None
+        await self.flush()
+        if self._leases:
+            try:
+                await self.sync(list(self._leases.values()), give_back=True)
+            except Exception as e:
+                log.warning("giving ledger leases back failed (they expire): %s", e)
+        self._leases.clear()
+        await self.inner.close()

@@ -1,0 +1,233 @@
+"""Leased live balances: busy meters held from per-process reserves, never below a floor
+or over a budget, and Redis ends with the exact usage (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.needs import require_redis
+from tests.test_ledger_live import AT_MS, PREPAID, FakeLoader, hold
+from tokenomy.ledger.accounts import Budget, OrgMeter, Scope
+from tokenomy.ledger.leased import LeasedLedger
+from tokenomy.ledger.live import Shortfall
+from tokenomy.ledger.periods import Period
+from tokenomy.ledger.redis_live import RedisLedger
+from tokenomy.store.redis_scripts import ScriptClient
+
+TOKENS_ONLY = Budget("bud_tok", Scope.ORG, PREPAID.id, Period.DAY, None, 10_000, "UTC")
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    p = f"tktest:{secrets.token_hex(4)}:"
+    yield p
+    r = Redis.from_url(require_redis())
+    keys = [k async for k in r.scan_iter(match=p + "*")]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+
+
+def replica(loader: FakeLoader, prefix: str, **kw: Any) -> LeasedLedger:
+    url = require_redis()
+    exact = RedisLedger(Redis.from_url(url), loader, prefix, scripts=ScriptClient.from_url(url))
+    return LeasedLedger(exact, **kw)
+
+
+def counting(live: LeasedLedger) -> dict[str, int]:
+    """Counts the script calls the ledger makes: exact holds, settles, lease syncs."""
+    n = {"hold": 0, "settle": 0, "sync": 0}
+    inner = live.inner
+
+    def wrap(name: str, fn: Any) -> Any:
+        def counted(**kw: Any) -> Any:
+            n[name] += 1
+            return fn(**kw)
+
+        counted.submit = lambda **kw: (n.__setitem__(name, n[name] + 1), fn.submit(**kw))[1]  # type: ignore[attr-defined]
+        return counted
+
+    inner._hold = wrap("hold", inner._hold)
+    inner._settle = wrap("settle", inner._settle)
+    live._sync_script = wrap("sync", live._sync_script)
+    return n
+
+
+async def redis_org(prefix: str) -> tuple[int, int, int]:
+    r = Redis.from_url(require_redis())
+    v = await r.hmget(prefix + OrgMeter(PREPAID).key, ["admin", "used", "held"])
+    await r.aclose()
+    return tuple(int(x or 0) for x in v)  # type: ignore[return-value]
+
+
+async def lease_records(prefix: str) -> int:
+    r = Redis.from_url(require_redis())
+    n = len([k async for k in r.scan_iter(match=prefix + "hold:*")])
+    n += await r.zcard(prefix + "holds")
+    await r.aclose()
+    return n
+
+
+async def test_a_busy_org_is_held_from_its_lease_and_redis_ends_with_the_exact_usage(
+    prefix: str,
+) -> None:
+    live = replica(FakeLoader(admin={PREPAID.id: 10**12}), prefix)
+    calls = counting(live)
+    for i in range(2000):
+        h = hold(i, PREPAID, 1_000_000, 50, ())
+        await live.hold(h)
+        await live.settle_soon(h, 400_003, 20)
+        if i % 50 == 0:
+            await asyncio.sleep(0)  # the background sync gets its turn, as under load
+    assert calls["hold"] + calls["settle"] + calls["sync"] < 100  # not two a request
+    await live.close()
+    # Every reserve went back: Redis holds the usage to the nano and nothing held.
+    assert await redis_org(prefix) == (10**12, 2000 * 400_003, 0)
+    assert await lease_records(prefix) == 0
+
+
+async def test_two_leased_replicas_never_take_a_balance_below_its_floor(prefix: str) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 200_000_000})
+    replicas = [replica(loader, prefix, share=0.05, hot_holds=1) for _ in range(2)]
+    spent = 0
+    ids = iter(range(10**9))
+
+    async def worker(live: LeasedLedger) -> None:
+        nonlocal spent
+        refused = 0
+        while refused < 3:
+            h = hold(next(ids), PREPAID, 1_000_000, 1, ())
+            try:
+                await live.hold(h)
+            except Shortfall:
+                refused += 1
+                await asyncio.sleep(0.005)
+                continue
+            refused = 0
+            await asyncio.sleep(0)
+            await live.settle_soon(h, 1_000_000, 1)
+            spent += 1_000_000
+            admin, used, held = await redis_org(prefix)
+            assert admin - used - held >= 0  # the floor holds at every step
+
+    await asyncio.gather(*(worker(replicas[i % 2]) for i in range(16)))
+    for live in replicas:
+        await live.close()
+    _, used, held = await redis_org(prefix)
+    assert used == spent <= 200_000_000 and held == 0
+    # Refused early by the other's reserve at most: a few holds' worth, not more.
+    assert spent >= 200_000_000 - 10 * 1_000_000
+
+
+async def test_a_hold_its_own_unused_reserve_stands_in_the_way_of_is_admitted(
+    prefix: str,
+) -> None:
+    live = replica(FakeLoader(admin={PREPAID.id: 1_000}), prefix, share=0.5, hot_holds=1)
+    try:
+        first = hold(1, PREPAID, 10, 0, ())
+        await live.hold(first)
+        await live.flush()
+        await live.sync(list(live._leases.values()))  # a reserve of half the free funds
+        assert live._leases[OrgMeter(PREPAID).key].reserve > 400
+        big = hold(2, PREPAID, 990, 0, ())  # all the rest: only with the reserve back
+        await live.hold(big)
+        assert (await live.org_state(OrgMeter(PREPAID))).held == 1_000
+        with pytest.raises(Shortfall):
+            await live.hold(hold(3, PREPAID, 1, 0, ()))
+        await live.settle_soon(first, 10, 0)
+        await live.settle_soon(big, 500, 0)
+        state = await live.org_state(OrgMeter(PREPAID))
+        assert (state.used, state.held) == (510, 0)
+    finally:
+        await live.close()
+    assert await redis_org(prefix) == (1_000, 510, 0)
+
+
+async def test_a_crashed_replicas_reserve_is_released_at_its_expiry(prefix: str) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 10**9})
+    crashed = replica(loader, prefix, share=0.1, hot_holds=1, lease_ttl_s=60)
+    h = hold(1, PREPAID, 1_000, 0, ())
+    await crashed.hold(h)
+    await crashed.sync(list(crashed._leases.values()))
+    _, _, held = await redis_org(prefix)
+    assert held >= 10**8  # a tenth of the funds, reserved
+    # The process dies here: it never closes. Another gateway's expiry pass, later:
+    other = replica(loader, prefix)
+    try:
+        assert await other.expire(now=time.time() + 120) == 1  # its lease
+        # Left held: the request's own exact hold, until its own (later) expiry.
+        assert await redis_org(prefix) == (10**9, 0, 1_000)
+    finally:
+        await other.close()
+        await crashed.inner.r.aclose()
+
+
+async def test_token_budgets_hold_across_leased_replicas(prefix: str) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 10**12})
+    replicas = [replica(loader, prefix, share=0.1, hot_holds=1) for _ in range(2)]
+    admitted = 0
+    ids = iter(range(10**9))
+
+    async def worker(live: LeasedLedger) -> None:
+        nonlocal admitted
+        for _ in range(80):
+            h = hold(next(ids), PREPAID, 10, 100, (TOKENS_ONLY,))
+            try:
+                await live.hold(h)
+            except Shortfall as s:
+                assert s.tokens
+                await asyncio.sleep(0.001)
+                continue
+            admitted += 1
+            await asyncio.sleep(0)
+            await live.settle_soon(h, 10, 100)
+
+    await asyncio.gather(*(worker(replicas[i % 2]) for i in range(4)))
+    for live in replicas:
+        await live.close()
+    r = Redis.from_url(require_redis())
+    v = await r.hmget(prefix + TOKENS_ONLY.meter(AT_MS).key, ["tspent", "theld", "held"])
+    await r.aclose()
+    assert [int(x) for x in v] == [admitted * 100, 0, 0]
+    assert 90 <= admitted <= 100  # 10,000 tokens at 100 a request
+
+
+async def test_usage_settled_against_a_lease_lost_in_redis_is_still_posted(prefix: str) -> None:
+    live = replica(FakeLoader(admin={PREPAID.id: 10**9}), prefix, hot_holds=1)
+    try:
+        await live.hold(hold(0, PREPAID, 100, 0, ()))
+        await live.sync(list(live._leases.values()))
+        h = hold(1, PREPAID, 100, 0, ())
+        await live.hold(h)
+        assert h.id in live._local  # admitted from the lease
+        # Redis loses the lease's record (and so no longer counts its reserve as held).
+        r = Redis.from_url(require_redis())
+        lease = live._leases[OrgMeter(PREPAID).key]
+        await r.delete(prefix + "hold:" + lease.id)
+        await r.hset(prefix + OrgMeter(PREPAID).key, "held", 100)  # the exact hold's
+        await r.aclose()
+        await live.settle_soon(h, 70, 0)
+        await live.flush()
+        _, used, held = await redis_org(prefix)
+        assert used == 70
+        assert held == 100 + lease.reserve  # the exact hold, and the lease taken again
+    finally:
+        await live.close()
+
+
+def test_the_config_picks_leases_unless_their_share_is_zero() -> None:
+    from tokenomy.config import parse_config
+    from tokenomy.services import build_live
+
+    url = require_redis()
+    for share, kind in ((0.01, LeasedLedger), (0, RedisLedger)):
+        cfg = parse_config(f"ledger: {{redis_url: '{url}', lease_share: {share}}}\n")
+        live = build_live(cfg, None)  # type: ignore[arg-type]
+        assert type(live) is kind
