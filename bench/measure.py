@@ -128,9 +128,15 @@ def measure_mode(server: Server, mode: str, workdir: Path, plan: Plan) -> dict[s
     time.sleep(0.5)
     rate = fixed_rate_for(load["rps"], plan)
     print(f"  {server.name}/{mode}: fixed rate {rate:.0f}/s for {plan.fixed_s:.0f} s", flush=True)
-    ticks = procstat.machine_ticks()
+    ticks, sched = procstat.machine_ticks(), procstat.sched_ns(server.pid)
     fixed = run_openloop(url, headers, body_file, rate, plan.fixed_s, plan.fixed_warmup_s)
     fixed["steal_pct"] = procstat.steal_pct(ticks, procstat.machine_ticks())
+    ran, waited = (b - a for a, b in zip(sched, procstat.sched_ns(server.pid), strict=True))
+    if fixed.get("ok"):
+        # Both per request answered (the warm-up's included: it ran in the same window).
+        n = fixed["ok"] * (1 + plan.fixed_warmup_s / plan.fixed_s)
+        fixed["cpu_us_per_req"] = ran / n / 1000
+        fixed["runq_wait_us_per_req"] = waited / n / 1000
     print(
         f"    p50 {fixed['latency_ms']['p50']:.2f} ms, p99 {fixed['latency_ms']['p99']:.2f} ms, "
         f"{fixed['ok']}/{fixed['sent']} ok, {fixed['steal_pct']:.0f}% stolen",

@@ -48,6 +48,26 @@ def cpu_seconds(root: int) -> float:
     return ticks / CLK_TCK
 
 
+def sched_ns(root: int) -> tuple[int, int]:
+    """(ns on a CPU, ns waiting for one) of every thread of the tree, from schedstat: the
+    second is time a thread was ready to run while every core was busy with something
+    else (the load client, the upstream, the database, its own other threads)."""
+    run = wait = 0
+    for pid in descendants(root):
+        try:
+            tasks = list((PROC / str(pid) / "task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                a, b, _ = (task / "schedstat").read_text().split()
+            except (OSError, ValueError):
+                continue
+            run += int(a)
+            wait += int(b)
+    return run, wait
+
+
 def _status_kb(pid: int, key: str) -> int:
     try:
         for line in (PROC / str(pid) / "status").read_text().splitlines():

@@ -245,6 +245,11 @@ def _p99_context(results: dict[str, Any], name: str, mode: str) -> str:
         parts.append(f"bare relay {_f(bare, 2)} ms")
     if "steal_pct" in fixed:
         parts.append(f"{fixed['steal_pct']:.0f}% of the CPU stolen")
+    if "runq_wait_us_per_req" in fixed:
+        parts.append(
+            f"{_f(fixed['cpu_us_per_req'])} µs CPU and {_f(fixed['runq_wait_us_per_req'])} µs "
+            "waiting for a core per request"
+        )
     return "; ".join(parts)
 
 
@@ -320,6 +325,11 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
         "stolen by the hypervisor (other guests on the same host) while wrk ran / while the "
         "open-loop client ran. While it is high every figure is slower and noisier, and a "
         "vCPU taken away for milliseconds is a latency spike whatever the system does.",
+        "- At the fixed rate the targets table also gives the server's CPU per request there "
+        "(higher than at saturation: fewer requests share each wake-up) and the time its "
+        "threads were ready to run but every core was busy (schedstat): on two cores shared "
+        "with the load client, nginx, PostgreSQL and Redis, that wait is part of every "
+        "latency.",
         "- CPU ratios to the bare relay use the bare relay measured again (wrk only) just "
         "before each tokenomy run: this machine's speed drifts by tens of percent within "
         f"minutes. With `--repeat N` (here {results.get('repeat', 1)}) each one-worker tokenomy "
