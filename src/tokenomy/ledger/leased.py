@@ -383,9 +383,7 @@ class LeasedLedger:
     async def expire(self, now: float | None = None) -> int:
         """Release expired holds: those in Redis (a crashed process's leases among them)
         and this process's own admitted from leases (stuck requests)."""
-        return self.expire_local(time.time() if now is None else now) + await self.inner.expire(
-            now
-        )
+        return self.expire_local(time.time() if now is None else now) + await self.inner.expire(now)
 
     def expire_local(self, now: float) -> int:
         stale = [h for h in self._local.values() if h.expires_at <= now]

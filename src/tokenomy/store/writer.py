@@ -17,11 +17,14 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Table
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
+
+if TYPE_CHECKING:
+    from tokenomy.store.pg_sink import AsyncPgSink
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ def _insert_chunked(cur: Any, table: Table, rows: list[dict[str, Any]]) -> None:
     """Full chunks, then the rest in statements of falling powers of two (a remainder of
     13 rows is 8 + 4 + 1): a handful of steps a flush, from a handful of cached statements
     (an executemany would take one step, and one GIL round trip, per row)."""
-    names, defaults = _columns(table)
+    names, defaults = table_columns(table)
     params = [tuple(map(r.get, names, defaults)) for r in rows]
     i, n, size = 0, len(params), SQLITE_CHUNK
     while i < n:
@@ -148,7 +151,7 @@ def _insert_chunked(cur: Any, table: Table, rows: list[dict[str, Any]]) -> None:
 
 
 @functools.cache
-def _columns(table: Table) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+def table_columns(table: Table) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     """The table's column names and each one's default for a row that leaves it out."""
     return tuple(c.name for c in table.columns), tuple(_scalar_default(c) for c in table.columns)
 
@@ -156,7 +159,7 @@ def _columns(table: Table) -> tuple[tuple[str, ...], tuple[Any, ...]]:
 @functools.cache
 def _values_sql(table: Table, rows: int) -> str:
     """``INSERT ... VALUES (...) x rows ON CONFLICT DO NOTHING`` for every column."""
-    names, _ = _columns(table)
+    names, _ = table_columns(table)
     one = "(" + ", ".join("?" for _ in names) + ")"
     cols = ", ".join(f'"{n}"' for n in names)
     return (
@@ -196,7 +199,7 @@ def _copy_straight(raw: PoolProxiedConnection, by_table: dict[Table, list[dict[s
     every commit."""
     cur = raw.driver_connection.cursor()  # type: ignore[union-attr]
     for table, rows in by_table.items():
-        _copy(cur, table.name, rows, *_columns(table))
+        _copy(cur, table.name, rows, *table_columns(table))
 
 
 def _copy_in(
@@ -209,22 +212,22 @@ def _copy_in(
     about three times the CPU); the staging tables are made once per connection
     (``staged``: those this connection has). Round trips: one per table, plus one."""
     cur = raw.driver_connection.cursor()  # type: ignore[union-attr]
-    sql = [_pg_sql(t) for t in by_table]
+    sql = [staging_sql(t) for t in by_table]
     missing = [create for staging, create, _ in sql if staging not in staged]
     if missing:
         cur.execute("; ".join(missing))
     for (staging, _, _), (table, rows) in zip(sql, by_table.items(), strict=True):
-        _copy(cur, staging, rows, *_columns(table))
+        _copy(cur, staging, rows, *table_columns(table))
     cur.execute("; ".join(insert for _, _, insert in sql))
     staged.update(staging for staging, _, _ in sql)
 
 
 @functools.cache
-def _pg_sql(table: Table) -> tuple[str, str, str]:
+def staging_sql(table: Table) -> tuple[str, str, str]:
     """(the staging table's name, its CREATE, the INSERT from it). The staging table has the
     target's column types, so an over-long value fails as a plain insert would; it lives
     as long as the connection and empties at every commit."""
-    names, _ = _columns(table)
+    names, _ = table_columns(table)
     staging = f"_writer_{table.name}"
     cols = ", ".join(f'"{n}"' for n in names)
     create = (
@@ -251,6 +254,13 @@ class BatchWriter:
     ) -> None:
         self._engine = engine
         self._sink = Sink(engine)
+        #: PostgreSQL is written from the event loop itself (see tokenomy.store.pg_sink);
+        #: SQLite, whose calls block, from the writer's thread.
+        self._async_sink: AsyncPgSink | None = None
+        if engine.dialect.name == "postgresql":
+            from tokenomy.store.pg_sink import AsyncPgSink
+
+            self._async_sink = AsyncPgSink(engine)
         self._table = table
         self._interval = flush_interval_ms / 1000
         self._batch_max = batch_max
@@ -299,15 +309,24 @@ class BatchWriter:
                 return
             batch, self._pending = self._pending, []
             try:
-                if self._thread is None:
-                    self._thread = ThreadPoolExecutor(1, thread_name_prefix="usage-writer")
-                await asyncio.get_running_loop().run_in_executor(
-                    self._thread, self._sink.write, batch
-                )
-            except Exception:
-                self.failures += 1
-                log.exception("writing %d %s rows failed; will retry", len(batch), self._table.name)
+                if self._async_sink is not None:
+                    await self._async_sink.write(batch)
+                else:
+                    if self._thread is None:
+                        self._thread = ThreadPoolExecutor(1, thread_name_prefix="usage-writer")
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._thread, self._sink.write, batch
+                    )
+            except BaseException as e:
+                # Kept for the next try, cancelled or not: whether a commit cut short
+                # landed is unknown, and writing it again is harmless (rows are keyed
+                # by request id; a replay skips those already there).
                 self._pending[:0] = batch
+                if isinstance(e, Exception):
+                    self.failures += 1
+                    log.exception(
+                        "writing %d %s rows failed; will retry", len(batch), self._table.name
+                    )
                 raise
             self.written += len(batch)
             if self._on_flushed is not None:
@@ -354,6 +373,9 @@ class BatchWriter:
                 "%d %s rows could not be written at shutdown", len(self._pending), self._table.name
             )
         finally:
+            if self._async_sink is not None:
+                with contextlib.suppress(Exception):
+                    await self._async_sink.close()
             if self._thread is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.get_running_loop().run_in_executor(self._thread, self._sink.close)
