@@ -65,9 +65,13 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("meter and price", "LedgerStage.quote", "ledger/stage.py"),
     ("settle (ledger, limits)", "LedgerStage.after", "ledger/stage.py"),
     ("record (queue the event, metrics)", "build_services.<locals>.record", "services.py"),
-    ("durable writer (thread)", "Sink.", "store/writer.py"),
-    ("durable writer (thread)", "_insert_chunked", "store/writer.py"),
-    ("durable writer (thread)", "_copy_in", "store/writer.py"),
+    # A thread of its own on SQLite; on PostgreSQL the event loop's (store/pg_sink.py).
+    ("durable writer", "Sink.", "store/writer.py"),
+    ("durable writer", "_insert_chunked", "store/writer.py"),
+    ("durable writer", "_copy_in", "store/writer.py"),
+    ("durable writer", "BatchWriter.flush", "store/writer.py"),
+    ("durable writer", "BatchWriter._run", "store/writer.py"),
+    ("durable writer", "", "store/pg_sink.py"),
     ("roll-ups (thread)", "Rollups.", "analytics/rollup.py"),
 )
 OTHER_OURS = "pipeline glue (other tokenomy code)"
@@ -105,7 +109,7 @@ def summarise_collapsed(raw: str, title: str) -> str:
     out = [title, f"{total} samples (py-spy, non-idle)", ""]
     out.append(
         "By stage (each sample counts for the innermost stage on its stack; a thread "
-        "waiting for the GIL may be sampled as busy, so the writer's share reads high):"
+        "waiting for the GIL may be sampled as busy, so a writer thread's share reads high):"
     )
     out.append(f"{'samples':>8} {'%':>6}  stage")
     for stage, n in stages.most_common():
