@@ -87,6 +87,8 @@ async def test_a_busy_org_is_held_from_its_lease_and_redis_ends_with_the_exact_u
         if i % 50 == 0:
             await asyncio.sleep(0)  # the background sync gets its turn, as under load
     assert calls["hold"] + calls["settle"] + calls["sync"] < 100  # not two a request
+    assert live.leased_holds > 1900 and live.syncs == calls["sync"]
+    assert live.sync_failures == 0
     await live.close()
     # Every reserve went back: Redis holds the usage to the nano and nothing held.
     assert await redis_org(prefix) == (10**12, 2000 * 400_003, 0)
@@ -231,3 +233,26 @@ def test_the_config_picks_leases_unless_their_share_is_zero() -> None:
         cfg = parse_config(f"ledger: {{redis_url: '{url}', lease_share: {share}}}\n")
         live = build_live(cfg, None)  # type: ignore[arg-type]
         assert type(live) is kind
+
+
+async def test_the_lease_counters_are_exported_as_metrics(prefix: str, tmp_path: Any) -> None:
+    from tokenomy.analytics.metrics import Metrics
+    from tokenomy.api import usage_routes
+    from tokenomy.config import parse_config
+    from tokenomy.services import build_services
+
+    url = require_redis()
+    cfg = parse_config(
+        f"database: {{url: 'sqlite:///{tmp_path / 'm.db'}'}}\n"
+        f"ledger: {{redis_url: '{url}', redis_prefix: '{prefix}'}}\n"
+    )
+    svc = build_services(cfg, env={})
+    assert isinstance(svc.live, LeasedLedger)
+    svc.live.leased_holds, svc.live.syncs = 7, 3
+    metrics = Metrics()
+    usage_routes._register_gauges({}, metrics, svc)  # type: ignore[arg-type]
+    text = metrics.render()
+    assert "tokenomy_ledger_leased_holds_total 7" in text
+    assert "tokenomy_ledger_lease_syncs_total 3" in text
+    assert "tokenomy_ledger_lease_sync_failures_total 0" in text
+    await svc.stop()

@@ -317,6 +317,24 @@ def _register_gauges(app: web.Application, metrics: Metrics, svc: Services) -> N
                   lambda: stage.settles, kind="counter")  # fmt: skip
     metrics.gauge("tokenomy_ledger_refusals_total", "Requests refused for lack of funds.",
                   lambda: stage.refusals, kind="counter")  # fmt: skip
+    if svc.config.ledger.redis_url:  # (Redis is an optional dependency: imported only then)
+        _register_lease_gauges(metrics, svc)
+
+
+def _register_lease_gauges(metrics: Metrics, svc: Services) -> None:
+    from tokenomy.ledger.leased import LeasedLedger
+
+    live = svc.live
+    if isinstance(live, LeasedLedger):
+        metrics.gauge("tokenomy_ledger_leased_holds_total",
+                      "Holds admitted from this process's lease, without a call to Redis.",
+                      lambda: live.leased_holds, kind="counter")  # fmt: skip
+        metrics.gauge("tokenomy_ledger_lease_syncs_total",
+                      "Calls that posted leased usage to Redis and set the reserves.",
+                      lambda: live.syncs, kind="counter")  # fmt: skip
+        metrics.gauge("tokenomy_ledger_lease_sync_failures_total",
+                      "Lease syncs that failed (their usage is left to the durable ledger).",
+                      lambda: live.sync_failures, kind="counter")  # fmt: skip
 
 
 def _depth_of(app: web.Application) -> int:

@@ -124,6 +124,11 @@ class LeasedLedger:
         self._again = False
         self._upkeep: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        #: Holds admitted from leases (no Redis call), script calls that synced leases,
+        #: and those that failed: exported as metrics.
+        self.leased_holds = 0
+        self.syncs = 0
+        self.sync_failures = 0
 
     # -- holds -------------------------------------------------------------------------
 
@@ -138,6 +143,7 @@ class LeasedLedger:
                 ls.theld += hold.tokens
                 ls.used_at = now
             self._local[hold.id] = hold
+            self.leased_holds += 1
             return
         try:
             await self.inner.hold(hold)
@@ -304,9 +310,11 @@ class LeasedLedger:
             keys += [self._p + ls.key, self._p + "hold:" + ls.id]
             share = 0 if give_back else self._share_ppm
             args += [kind, bound, tbound, used, tused, share, keep, tkeep, ls.id]
+        self.syncs += 1
         try:
             res = await self._sync_script(keys=keys, args=args)
         except BaseException:
+            self.sync_failures += 1
             # Whether Redis applied it is unknown: posting the usage again could count it
             # twice, so it is not (the durable ledger has it; a lost post is what a failed
             # settlement costs too). Nothing more is admitted from these reserves until a
