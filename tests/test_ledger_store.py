@@ -166,3 +166,53 @@ def test_admin_totals_read_only_admin_transactions(store: LedgerStore) -> None:
         conn.exec_driver_sql("ANALYZE")
         plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()  # type: ignore[arg-type]
     assert "ix_ledger_txns_admin" in " ".join(str(r[-1]) for r in plan), plan
+
+
+def test_admin_totals_on_postgresql_never_scan_the_usage_postings() -> None:
+    """With usage postings piling up faster than statistics are refreshed (as under load),
+    PostgreSQL must still start from the admin transactions' index: joined on
+    ``account LIKE 'org:%'`` it scanned every posting, 240 ms a call at 330,000."""
+    from sqlalchemy import event
+
+    from tests.conftest import throwaway_postgres
+    from tokenomy.store.schema import ledger_postings, ledger_txns
+    from tokenomy.store.writer import insert_ignoring_duplicates
+
+    with throwaway_postgres() as url:
+        engine = open_engine(url)
+        try:
+            migrate(engine)
+            store = LedgerStore(engine)
+            with engine.begin() as conn:  # statistics from before anything was written
+                conn.exec_driver_sql("ANALYZE")
+            a = store.create_org("A", "USD")
+            store.post(Kind.TOPUP, a.id, 10 * 10**9)
+            rows: list[tuple[object, dict[str, object]]] = []
+            for i in range(30_000):
+                tid = f"usage:req_{i}"
+                rows.append((ledger_txns, {"id": tid, "ts_ms": i, "kind": "usage",
+                                           "org_id": a.id, "request_id": f"r{i}"}))  # fmt: skip
+                rows.append((ledger_postings, {"txn_id": tid, "account": a.account,
+                                               "amount_nanos": -7, "currency": "USD"}))  # fmt: skip
+                rows.append((ledger_postings, {"txn_id": tid, "account": "revenue:x:USD",
+                                               "amount_nanos": 7, "currency": "USD"}))  # fmt: skip
+            insert_ignoring_duplicates(engine, rows)  # type: ignore[arg-type]
+            seen: list[tuple[str, object]] = []
+
+            def capture(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+                seen.append((statement, params))
+
+            event.listen(engine, "before_cursor_execute", capture)
+            assert store.admin_totals() == {a.id: 10 * 10**9}
+            event.remove(engine, "before_cursor_execute", capture)
+            (statement, params), *_ = seen
+            with engine.connect() as conn:
+                plan = " ".join(
+                    r[0]
+                    for r in conn.exec_driver_sql("EXPLAIN " + statement, params)  # type: ignore[arg-type]
+                )
+            assert "ix_ledger_txns_admin" in plan and "Seq Scan on ledger_postings" not in plan, (
+                plan
+            )
+        finally:
+            engine.dispose()

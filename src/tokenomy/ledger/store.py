@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, select, text, update
+from sqlalchemy import Engine, and_, func, insert, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from tokenomy.billing.money import Currency
@@ -409,13 +409,18 @@ class LedgerStore:
         """Every org's admin total (top-ups, credits, refunds, adjustments)."""
         # Written so that it reads the partial index of admin transactions, never the
         # usage ones (one per billed request): the condition must be the index's own.
-        q = (
-            select(ledger_txns.c.org_id, func.sum(ledger_postings.c.amount_nanos))
-            .select_from(ledger_txns)
-            .join(ledger_postings, ledger_postings.c.txn_id == ledger_txns.c.id)
-            .where(text(ADMIN_KINDS_SQL), ledger_postings.c.account.like("org:%"))
-            .group_by(ledger_txns.c.org_id)
+        # Each one's posting to its own org's account is looked up by its primary key in
+        # a correlated subquery, which no plan can turn into a scan of every posting: a
+        # join (on ``account LIKE 'org:%'``, or even on the whole key) let PostgreSQL's
+        # planner, on statistics older than the usage, scan and hash them all: 240 ms a
+        # call at 330,000 postings, once a second per gateway process, against 0.3 ms.
+        t, p = ledger_txns.c, ledger_postings.c
+        own = (
+            select(p.amount_nanos)
+            .where(p.txn_id == t.id, p.account == literal("org:") + t.org_id)
+            .scalar_subquery()
         )
+        q = select(t.org_id, func.sum(own)).where(text(ADMIN_KINDS_SQL)).group_by(t.org_id)
         with self.engine.connect() as conn:
             return {org_id: int(total) for org_id, total in conn.execute(q)}
 
