@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Engine, Table
 
-from tokenomy.store.writer import UNIQUE_VIOLATION, Item, staging_sql, table_columns
+from tokenomy.store.writer import UNIQUE_VIOLATION, Item, copy_sql, staging_sql, table_columns
 
 
 class AsyncPgSink:
@@ -99,7 +99,7 @@ async def _copy(
     names: tuple[str, ...],
     defaults: tuple[Any, ...],
 ) -> None:
-    cols = ", ".join(f'"{n}"' for n in names)
-    async with cur.copy(f'COPY "{table}" ({cols}) FROM STDIN') as copy:
+    """As the writer thread's COPY (``tokenomy.store.writer``), awaited on the loop."""
+    async with cur.copy(copy_sql(table, names)) as copy:
         for r in rows:
             await copy.write_row(tuple(map(r.get, names, defaults)))

@@ -177,6 +177,12 @@ def _scalar_default(column: Any) -> Any:
 UNIQUE_VIOLATION = "23505"
 
 
+def copy_sql(table: str, names: tuple[str, ...]) -> str:
+    """``COPY "table" (every column) FROM STDIN``; rows follow in the order of ``names``."""
+    cols = ", ".join(f'"{n}"' for n in names)
+    return f'COPY "{table}" ({cols}) FROM STDIN'
+
+
 def _copy(
     cur: Any,
     table: str,
@@ -184,9 +190,8 @@ def _copy(
     names: tuple[str, ...],
     defaults: tuple[Any, ...],
 ) -> None:
-    """One COPY of ``rows`` into ``table``, each row's columns in the order of ``names``."""
-    cols = ", ".join(f'"{n}"' for n in names)
-    with cur.copy(f'COPY "{table}" ({cols}) FROM STDIN') as copy:
+    """One COPY of ``rows`` into ``table``, a row's missing columns at their defaults."""
+    with cur.copy(copy_sql(table, names)) as copy:
         for r in rows:
             copy.write_row(tuple(map(r.get, names, defaults)))
 
