@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,16 +101,13 @@ class LeasedLedger:
         if not 0 < share <= 0.5:
             raise ValueError("share must be above 0 and at most 0.5")
         self.inner = inner
-        self.r = inner.r
         self._p = inner.p
         self._share_ppm = int(share * 1_000_000)
         self._flush_s = flush_s
         self._idle_s = idle_s
         self._ttl_s = lease_ttl_s
         self._hot = hot_holds
-        scripts = inner._scripts
-        register = scripts.register_script if scripts is not None else self.r.register_script
-        self._sync_script = register(SYNC)
+        self._sync_script = inner.register_script(SYNC)
         self._ids = UniqueIds("lease:")
         self._leases: dict[str, _Lease] = {}
         #: Holds admitted from leases, by id, until settled.
@@ -158,11 +155,16 @@ class LeasedLedger:
             return
         self._warm(hold)
 
-    def _meter_keys(self, hold: Hold) -> Iterable[str]:
+    @staticmethod
+    def _meters(hold: Hold) -> Iterator[tuple[str, OrgMeter | None, BudgetMeter | None]]:
+        """(key, org meter, budget meter) of every meter the hold is on, org first."""
         if hold.org is not None:
-            yield hold.org.key
+            yield hold.org.key, hold.org, None
         for m in hold.budgets:
-            yield m.key
+            yield m.key, None, m
+
+    def _meter_keys(self, hold: Hold) -> Iterator[str]:
+        return (key for key, _, _ in self._meters(hold))
 
     def _meter_leases(self, hold: Hold) -> list[_Lease]:
         return [ls for k in self._meter_keys(hold) if (ls := self._leases.get(k)) is not None]
@@ -170,25 +172,24 @@ class LeasedLedger:
     def _leases_of(self, hold: Hold) -> list[_Lease] | None:
         """The leases of every meter of the hold, or None when one has none."""
         out: list[_Lease] = []
-        if hold.org is not None:
-            ls = self._leases.get(hold.org.key)
+        for key, org, budget in self._meters(hold):
+            ls = self._leases.get(key)
             if ls is None:
                 return None
-            ls.org = hold.org  # the newest Org (its floor) for the next sync
-            out.append(ls)
-        for m in hold.budgets:
-            ls = self._leases.get(m.key)
-            if ls is None:
-                return None
-            ls.budget = m  # the newest Budget (its limits)
+            # The newest Org (its floor) or Budget (its limits), for the next sync.
+            if org is not None:
+                ls.org = org
+            else:
+                ls.budget = budget
             out.append(ls)
         return out
 
     def _warm(self, hold: Hold) -> None:
         """Count an exact hold on its meters; a meter gone hot is leased at the next sync."""
         second = int(time.monotonic())
+        meters = list(self._meters(hold))
         hot = False
-        for key in self._meter_keys(hold):
+        for key, _, _ in meters:
             at, n = self._heat.get(key, (second, 0))
             n = n + 1 if at == second else 1
             if len(self._heat) > 65_536:  # bounded: many meters come and go
@@ -198,11 +199,9 @@ class LeasedLedger:
                 hot = True
         if not hot:
             return
-        if hold.org is not None:
-            self._lease_for(hold.org.key, hold.org, None)
-        for m in hold.budgets:
-            self._lease_for(m.key, None, m)
-        self._wanted.update(self._meter_keys(hold))
+        for key, org, budget in meters:
+            self._lease_for(key, org, budget)
+            self._wanted.add(key)
         # A lease synced just now and still short cannot cover this hold (it is over its
         # share of what is free): asking again at once would cost a call per request.
         now = time.monotonic()
@@ -262,8 +261,8 @@ class LeasedLedger:
             if due:
                 await self.sync(due)
         except Exception as e:
-            # Kept locally, the usage goes with the next sync; holds go exact meanwhile
-            # when the reserve runs out.
+            # The usage it carried is not posted again (see _sync); the next sync sets
+            # the reserves afresh, and until then holds go exact once they run out.
             log.warning("syncing ledger leases with Redis failed (retrying): %s", e)
             self._again = True
         finally:

@@ -142,13 +142,19 @@ class RedisLedger:
         # Scripts go over the lean pipelined client when there is one (the request path's
         # hold and settle); loading meters and admin reads stay on redis-py.
         self._scripts = scripts
-        register = scripts.register_script if scripts is not None else client.register_script
-        self._hold = register(_HOLD)
-        self._settle = register(_SETTLE)
-        self._expire = register(_EXPIRE)
-        self._set_admin = register(_SET_ADMIN)
+        self._hold = self.register_script(_HOLD)
+        self._settle = self.register_script(_SETTLE)
+        self._expire = self.register_script(_EXPIRE)
+        self._set_admin = self.register_script(_SET_ADMIN)
         #: Settlements queued by settle_soon and not answered yet (close waits for them).
         self._pending: set[asyncio.Future[Any]] = set()
+
+    def register_script(self, source: str) -> Any:
+        """A Lua script on the lean pipelined client when there is one, else on redis-py
+        (for scripts that work on this ledger's keys, as leases do)."""
+        if self._scripts is not None:
+            return self._scripts.register_script(source)
+        return self.r.register_script(source)
 
     @classmethod
     def from_url(cls, url: str, loader: Loader, prefix: str = "tk:") -> RedisLedger:

@@ -16,7 +16,14 @@ from typing import Any
 import psycopg
 from sqlalchemy import Engine, Table
 
-from tokenomy.store.writer import UNIQUE_VIOLATION, Item, copy_sql, staging_sql, table_columns
+from tokenomy.store.writer import (
+    UNIQUE_VIOLATION,
+    Item,
+    copy_sql,
+    rows_by_table,
+    staging_sql,
+    table_columns,
+)
 
 
 class AsyncPgSink:
@@ -36,9 +43,7 @@ class AsyncPgSink:
     async def write(self, items: Sequence[Item]) -> None:
         if not items:
             return
-        by_table: dict[Table, list[dict[str, Any]]] = {}
-        for table, row in items:
-            by_table.setdefault(table, []).append(row)
+        by_table = rows_by_table(items)
         conn = self._conn
         if conn is not None and not conn.closed:
             try:

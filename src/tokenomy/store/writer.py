@@ -42,6 +42,14 @@ def insert_ignoring_duplicates(engine: Engine, items: Sequence[Item]) -> None:
         sink.close()
 
 
+def rows_by_table(items: Sequence[Item]) -> dict[Table, list[dict[str, Any]]]:
+    """Each table's rows, tables in the order they first appear (one COPY or INSERT each)."""
+    by_table: dict[Table, list[dict[str, Any]]] = {}
+    for table, row in items:
+        by_table.setdefault(table, []).append(row)
+    return by_table
+
+
 class _Disconnected(Exception):
     """The database had dropped the connection (the write was rolled back)."""
 
@@ -69,9 +77,7 @@ class Sink:
     def write(self, items: Sequence[Item]) -> None:
         if not items:
             return
-        by_table: dict[Table, list[dict[str, Any]]] = {}
-        for table, row in items:
-            by_table.setdefault(table, []).append(row)
+        by_table = rows_by_table(items)
         if self._raw is not None:
             try:
                 self._write(self._raw, by_table)
