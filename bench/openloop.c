@@ -16,7 +16,8 @@
  * One thread, epoll, a timerfd for the schedule; keep-alive connections reused
  * last-in first-out. Answers are read by Content-Length, by chunked framing, or to the
  * connection's close. ``--trace FILE`` writes one line per counted answer (seconds from
- * the first counted send, latency in seconds, status): where in time a tail came from.
+ * the first counted send, latency in seconds, status) after a "# origin S" line (the first
+ * counted send on CLOCK_MONOTONIC): where in time a tail came from.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -592,6 +593,9 @@ int main(int argc, char **argv) {
         qsort(rows, n_latencies, sizeof(traced_t), cmp_send);
         FILE *f = fopen(trace, "w");
         if (!f) die("cannot write the trace file");
+        /* The origin on CLOCK_MONOTONIC (Python's time.monotonic()), to line the trace
+         * up with what the server logged. */
+        fprintf(f, "# origin %.6f\n", trace_origin);
         size_t kept = 0;
         for (size_t i = 0; i < n_latencies; i++) {
             fprintf(f, "%.6f %.6f %d\n", rows[i].send, rows[i].latency, rows[i].status);

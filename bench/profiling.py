@@ -65,13 +65,12 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("meter and price", "LedgerStage.quote", "ledger/stage.py"),
     ("settle (ledger, limits)", "LedgerStage.after", "ledger/stage.py"),
     ("record (queue the event, metrics)", "build_services.<locals>.record", "services.py"),
-    # A thread of its own on SQLite; on PostgreSQL the event loop's (store/pg_sink.py).
+    # A thread of its own (store/writer.py), on SQLite and on PostgreSQL.
     ("durable writer", "Sink.", "store/writer.py"),
     ("durable writer", "_insert_chunked", "store/writer.py"),
     ("durable writer", "_copy_in", "store/writer.py"),
     ("durable writer", "BatchWriter.flush", "store/writer.py"),
     ("durable writer", "BatchWriter._run", "store/writer.py"),
-    ("durable writer", "", "store/pg_sink.py"),
     ("roll-ups (thread)", "Rollups.", "analytics/rollup.py"),
 )
 OTHER_OURS = "pipeline glue (other tokenomy code)"

@@ -16,7 +16,6 @@ from sqlalchemy import Engine, func, select
 from tests.conftest import throwaway_postgres
 from tokenomy.store import writer as writer_mod
 from tokenomy.store.db import migrate, open_engine
-from tokenomy.store.pg_sink import AsyncPgSink
 from tokenomy.store.schema import usage_events
 from tokenomy.store.writer import SQLITE_CHUNK, BatchWriter
 
@@ -62,13 +61,6 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         e.dispose()
 
 
-def kept_connection(w: BatchWriter) -> Any:
-    """The connection the writer keeps between flushes (PostgreSQL's is the loop's own)."""
-    if w._async_sink is not None:
-        return w._async_sink._conn
-    return w._sink._raw
-
-
 def count(engine: Engine) -> tuple[int, int]:
     with engine.connect() as c:
         n, s = c.execute(select(func.count(), func.sum(usage_events.c.input_tokens))).one()
@@ -92,8 +84,7 @@ async def test_replay_is_idempotent(engine: Engine) -> None:
         w.submit(row(i))
     await w.flush()
     if engine.dialect.name == "postgresql":
-        assert w._async_sink is not None
-        assert w._async_sink._staged == set()  # new rows go straight in, no staging table
+        assert w._sink._staged == set()  # new rows go straight in, no staging table
     for i in range(1, 11):  # the same events again, e.g. replayed after a crash
         w.submit(row(i))
     w.submit(row(11))
@@ -101,7 +92,7 @@ async def test_replay_is_idempotent(engine: Engine) -> None:
     assert count(engine) == (11, 66)
     if engine.dialect.name == "postgresql":
         # The straight COPY met the rows already there; the batch went again by staging.
-        assert w._async_sink._staged == {"_writer_usage_events"}
+        assert w._sink._staged == {"_writer_usage_events"}
         assert w.failures == 0
 
 
@@ -120,26 +111,15 @@ async def test_close_during_a_flush_waits_for_it(
     """Shutting down while the loop's group commit is being written: close returns only
     once those rows are committed, and the rest after them."""
     started = threading.Event()
-    if engine.dialect.name == "postgresql":
-        real_async = AsyncPgSink.write
+    real = writer_mod.Sink.write
 
-        async def slow_async(sink: AsyncPgSink, items: Any) -> None:
-            if not started.is_set():  # the first commit takes a while (a busy database)
-                started.set()
-                await asyncio.sleep(0.5)
-            await real_async(sink, items)
+    def slow(sink: writer_mod.Sink, items: Any) -> None:
+        if not started.is_set():  # the first commit takes a while (a busy database)
+            started.set()
+            time.sleep(0.5)
+        real(sink, items)
 
-        monkeypatch.setattr(AsyncPgSink, "write", slow_async)
-    else:
-        real = writer_mod.Sink.write
-
-        def slow(sink: writer_mod.Sink, items: Any) -> None:
-            if not started.is_set():
-                started.set()
-                time.sleep(0.5)
-            real(sink, items)
-
-        monkeypatch.setattr(writer_mod.Sink, "write", slow)
+    monkeypatch.setattr(writer_mod.Sink, "write", slow)
     w = BatchWriter(engine, usage_events, flush_interval_ms=10)
     w.start()
     for i in range(1, 51):
@@ -271,11 +251,11 @@ async def test_the_writer_keeps_its_connection_and_replaces_one_that_died(
     w = BatchWriter(engine, usage_events, flush_interval_ms=10_000)
     w.submit(row(1))
     await w.flush()
-    kept = kept_connection(w)
+    kept = w._sink._raw
     assert kept is not None
     w.submit(row(2))
     await w.flush()
-    assert kept_connection(w) is kept
+    assert w._sink._raw is kept
     if engine.dialect.name == "postgresql":
         with engine.connect() as c:  # a restart, as the writer's connection sees it
             c.exec_driver_sql(
@@ -284,7 +264,7 @@ async def test_the_writer_keeps_its_connection_and_replaces_one_that_died(
             )
         w.submit(row(3))
         await w.flush()
-        assert w.failures == 0 and kept_connection(w) is not kept
+        assert w.failures == 0 and w._sink._raw is not kept
     await w.close()
-    assert kept_connection(w) is None  # handed back (or closed) at close
+    assert w._sink._raw is None  # handed back at close
     assert count(engine)[0] == (3 if engine.dialect.name == "postgresql" else 2)

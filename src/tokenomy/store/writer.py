@@ -17,14 +17,11 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Engine, Table
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
-
-if TYPE_CHECKING:
-    from tokenomy.store.pg_sink import AsyncPgSink
 
 log = logging.getLogger(__name__)
 
@@ -265,13 +262,6 @@ class BatchWriter:
     ) -> None:
         self._engine = engine
         self._sink = Sink(engine)
-        #: PostgreSQL is written from the event loop itself (see tokenomy.store.pg_sink);
-        #: SQLite, whose calls block, from the writer's thread.
-        self._async_sink: AsyncPgSink | None = None
-        if engine.dialect.name == "postgresql":
-            from tokenomy.store.pg_sink import AsyncPgSink
-
-            self._async_sink = AsyncPgSink(engine)
         self._table = table
         self._interval = flush_interval_ms / 1000
         self._batch_max = batch_max
@@ -281,7 +271,10 @@ class BatchWriter:
         self._lock = asyncio.Lock()
         self._on_flushed = on_flushed
         # One thread of its own: every flush runs where the last one left its caches
-        # (the shared default pool hands each flush to whichever thread is free).
+        # (the shared default pool hands each flush to whichever thread is free). On
+        # PostgreSQL too: the same COPYs awaited on the event loop (psycopg async) cost
+        # the same CPU but put each flush's work between the requests in flight; at
+        # 1000 req/s on 2 cores, p99 was 2.0-2.4 ms on the loop against 1.0-1.3 ms here.
         self._thread: ThreadPoolExecutor | None = None
         self._closing = False
         self._idle = False  # the loop sleeps until a row comes (see _run)
@@ -320,14 +313,11 @@ class BatchWriter:
                 return
             batch, self._pending = self._pending, []
             try:
-                if self._async_sink is not None:
-                    await self._async_sink.write(batch)
-                else:
-                    if self._thread is None:
-                        self._thread = ThreadPoolExecutor(1, thread_name_prefix="usage-writer")
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._thread, self._sink.write, batch
-                    )
+                if self._thread is None:
+                    self._thread = ThreadPoolExecutor(1, thread_name_prefix="usage-writer")
+                await asyncio.get_running_loop().run_in_executor(
+                    self._thread, self._sink.write, batch
+                )
             except BaseException as e:
                 # Kept for the next try, cancelled or not: whether a commit cut short
                 # landed is unknown, and writing it again is harmless (rows are keyed
@@ -384,9 +374,6 @@ class BatchWriter:
                 "%d %s rows could not be written at shutdown", len(self._pending), self._table.name
             )
         finally:
-            if self._async_sink is not None:
-                with contextlib.suppress(Exception):
-                    await self._async_sink.close()
             if self._thread is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.get_running_loop().run_in_executor(self._thread, self._sink.close)
