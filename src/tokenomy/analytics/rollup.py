@@ -124,6 +124,7 @@ class Rollups:
         self.batch_size = batch_size
         self._lock = threading.Lock()
         self._pg = engine.dialect.name == "postgresql"
+        self._delta_insert: Any = None  # see _add_events
 
     @classmethod
     def for_registry(
@@ -183,8 +184,12 @@ class Rollups:
 
     def _add_events(self, conn: Connection) -> None:
         """Add the batch's events' sums onto every period's buckets."""
-        sel = events_select("m", self.countries, self.regions, batched=True)
-        if not conn.execute(insert(DELTA).from_select(list(ROLLUP_COLS), sel)).rowcount:
+        if self._delta_insert is None:
+            # Built once: making the expression (a CASE per histogram bound, the country
+            # and region maps) took 10 ms of a 30 ms run, holding the GIL each time.
+            sel = events_select("m", self.countries, self.regions, batched=True)
+            self._delta_insert = insert(DELTA).from_select(list(ROLLUP_COLS), sel)
+        if not conn.execute(self._delta_insert).rowcount:
             return
         kept_from = _minutes_from(conn)
         for period in PERIODS:
