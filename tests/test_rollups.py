@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, select, text
 
 from tests.conftest import throwaway_postgres
 from tokenomy.analytics import rollup
@@ -326,6 +326,36 @@ def test_concurrent_writer_and_rollups(engine: Engine) -> None:
     assert stored(engine) == brute_force(events)
 
 
+def test_a_run_that_finds_another_under_way_skips_it(engine: Engine) -> None:
+    """The worker's runs (``wait=False``) leave the markers to a replica already rolling
+    up, and take them on a later run; an explicit run waits its turn."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("replicas share a database only on PostgreSQL (an advisory lock)")
+    clear(engine)
+    rng = random.Random(29)
+    events = [make_event(rng, i) for i in range(120)]
+    write(engine, events)
+    r = new_rollups(engine)
+    with engine.connect() as other:  # a replica's run, holding the lock
+        other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": rollup._PG_LOCK})
+        took: list[int] = []
+        skipping = threading.Thread(target=lambda: took.append(r.refresh(wait=False)))
+        skipping.start()
+        skipping.join(5)
+        assert took == [0]  # returned at once, not queued behind the replica's run
+        assert len(markers(engine)) == 120 and stored(engine) == {}
+        waiting = threading.Thread(target=r.refresh)  # an explicit run queues
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive()
+        other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": rollup._PG_LOCK})
+        other.commit()
+        waiting.join(10)
+    assert not waiting.is_alive()
+    assert r.refresh(wait=False) == 0  # the explicit run took them all
+    assert markers(engine) == set() and stored(engine) == brute_force(events)
+
+
 def test_reconcile_picks_up_events_written_without_markers(engine: Engine) -> None:
     clear(engine)
     rng = random.Random(9)
@@ -487,10 +517,10 @@ def test_expired_minutes_are_pruned_and_late_events_still_count(
     transactions = 0
     serialise = Rollups._serialise
 
-    def counting(self: Rollups, conn: Any) -> None:
+    def counting(self: Rollups, conn: Any, **kw: Any) -> bool:
         nonlocal transactions
         transactions += 1
-        serialise(self, conn)
+        return serialise(self, conn, **kw)
 
     monkeypatch.setattr(Rollups, "_serialise", counting)
     now = T0 + 4 * DAY + 7 * HOUR  # keeps minutes from the start of day 2

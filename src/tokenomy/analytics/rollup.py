@@ -143,21 +143,25 @@ class Rollups:
 
     # ---- running ----------------------------------------------------------------------
 
-    def refresh(self, max_batches: int | None = None) -> int:
-        """Roll up everything pending; returns how many markers were consumed."""
+    def refresh(self, max_batches: int | None = None, *, wait: bool = True) -> int:
+        """Roll up everything pending; returns how many markers were consumed. With
+        ``wait=False`` a run finds another one under way (a replica's) and leaves the
+        markers to it instead of queueing behind it."""
         done = batches = 0
         while max_batches is None or batches < max_batches:
-            n = self.process_batch()
+            n = self.process_batch(wait=wait)
             done += n
             batches += 1
             if n < self.batch_size:
                 break
         return done
 
-    def process_batch(self) -> int:
-        """Roll up one batch of markers in one transaction; returns how many it took."""
+    def process_batch(self, *, wait: bool = True) -> int:
+        """Roll up one batch of markers in one transaction; returns how many it took (0
+        when ``wait`` is false and another run holds the lock)."""
         with self._lock, self.engine.begin() as conn:
-            self._serialise(conn)
+            if not self._serialise(conn, wait=wait):
+                return 0
             for ddl in create_temp_tables():
                 conn.execute(ddl)
             if not self._pg:  # PostgreSQL empties them at commit; SQLite keeps their rows
@@ -195,15 +199,19 @@ class Rollups:
         for period in PERIODS:
             conn.execute(text(add_delta_sql(period)), {"kept_from": kept_from})
 
-    def _serialise(self, conn: Connection) -> None:
+    def _serialise(self, conn: Connection, *, wait: bool = True) -> bool:
         """Take the roll-ups' lock before reading any marker: two runs must never add
-        the same markers' events."""
+        the same markers' events. False when ``wait`` is false and another run has it."""
         if self._pg:
+            if not wait:
+                q = text("SELECT pg_try_advisory_xact_lock(:k)")
+                return bool(conn.execute(q, {"k": _PG_LOCK}).scalar())
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
         else:
             # The driver opens the transaction at the first write and reads before it
             # outside one: a write that matches nothing takes SQLite's write lock now.
             conn.execute(text("DELETE FROM analytics_pending WHERE 0 = 1"))
+        return True
 
     def _recompute(self, conn: Connection, minutes: Iterable[int]) -> None:
         """Recompute these minutes (and their hours, days and coarser copies) from the
@@ -369,7 +377,10 @@ class RollupWorker:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                await asyncio.to_thread(self.rollups.refresh)
+                # Replicas (every worker of ``serve --workers N``) all run this loop: one
+                # rolls up, the others find it busy and skip, not wait their turn and
+                # then find nothing left.
+                await asyncio.to_thread(self.rollups.refresh, wait=False)
                 await asyncio.to_thread(self.rollups.prune_expired)
             except Exception:
                 log.exception("rolling up usage failed; will retry")
