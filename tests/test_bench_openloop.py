@@ -11,6 +11,7 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -261,7 +262,11 @@ async def test_trace_lists_every_counted_answer_in_send_order(
     _, url = await serve(answer)
     trace = tmp_path / "trace.txt"
     r = await run(client, url, tmp_path, "--trace", str(trace), rate=100, seconds=0.4)
-    rows = [line.split() for line in trace.read_text().splitlines()]
+    head, *lines = trace.read_text().splitlines()
+    # The origin is on the monotonic clock (the server's logs can be lined up with it).
+    label, origin = head.rsplit(" ", 1)
+    assert label == "# origin" and 0 < float(origin) <= time.monotonic()
+    rows = [line.split() for line in lines]
     assert len(rows) == 40 and r["ok"] == 20  # the 503s are traced, not in the percentiles
     assert sorted(row[2] for row in rows) == ["200"] * 20 + ["503"] * 20
     sends = [float(row[0]) for row in rows]
