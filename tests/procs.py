@@ -52,14 +52,17 @@ def gateway_yaml(
     redis_url: str = "",
     redis_prefix: str = "tk:",
     extra: str = "",
+    ledger: str = "",
 ) -> str:
-    """A gateway config on the simulator at ``sim_url``; ``extra`` is appended verbatim."""
+    """A gateway config on the simulator at ``sim_url``; ``extra`` is appended verbatim,
+    ``ledger`` (lines of ``key: value``) goes into the ledger section."""
+    ledger_lines = "".join(f"\n  {line.strip()}" for line in ledger.splitlines() if line.strip())
     return f"""
 database: {{url: "{db_url}"}}
 writer: {{flush_interval_ms: {flush_interval_ms}}}
 ledger:
   redis_url: "{redis_url}"
-  redis_prefix: "{redis_prefix}"
+  redis_prefix: "{redis_prefix}"{ledger_lines}
 server:
   first_byte_timeout_s: 10
   read_timeout_s: 10

@@ -168,7 +168,12 @@ def build_live(
             from tokenomy.ledger.leased import LeasedLedger
 
             flush_s = config.ledger.lease_flush_ms / 1000
-            return LeasedLedger(exact, share=config.ledger.lease_share, flush_s=flush_s)
+            # A lease is a hold: a killed process's reserve is released no later than
+            # its requests' holds are.
+            ttl_s = min(60.0, config.ledger.hold_ttl_s)
+            return LeasedLedger(
+                exact, share=config.ledger.lease_share, flush_s=flush_s, lease_ttl_s=ttl_s
+            )
         return exact
     return MemoryLedger(store)
 

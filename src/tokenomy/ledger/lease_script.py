@@ -8,10 +8,11 @@ hold releases a crashed process's lease the same way.
 from __future__ import annotations
 
 # KEYS: holds, then per lease: the meter's hash, the lease's hold record.
-# ARGV: expiry ms, record ttl ms, lease count, then per lease (9): kind ('o' org, 'b'
-#       budget), money bound (org: its floor; budget: its limit, -1 none), token limit (-1
-#       none), usage to post (nanos, tokens: strings, for HINCRBY), share in millionths
-#       (0: keep only what is in use), nanos and tokens to keep at least, lease id.
+# ARGV: expiry ms, record ttl ms (a day past the expiry: see leased.RECORD_MARGIN_MS),
+#       lease count, then per lease (9): kind ('o' org, 'b' budget), money bound (org: its
+#       floor; budget: its limit, -1 none), token limit (-1 none), usage to post (nanos,
+#       tokens: strings, for HINCRBY), share in millionths (0: keep only what is in use),
+#       nanos and tokens to keep at least, lease id.
 # Returns per lease: 1 (or 0: the meter is gone, nothing was posted), then the nanos and
 # tokens the lease holds now.
 #

@@ -12,10 +12,12 @@ floor and no budget over its limit**; another process may be refused early by at
 to Redis exactly (after giving back this process's own unused reserve, when that is what
 stood in the way), so near the floor every request is exact.
 
-What a crash costs: a lease is an ordinary hold record, released by hold expiry after
-``lease_ttl_s``; the usage settled in the last ``flush_s`` before a crash reaches the
-durable ledger (if the writer committed it) but not Redis's live counters, which read that
-much high until the meter is rebuilt. ``held`` as Redis shows it counts unused reserves.
+What a crash costs: a lease is an ordinary hold record, released by the expiry sweep
+``lease_ttl_s`` after its last renewal (the record itself outlives that deadline, so the
+sweep always finds what to release); the usage settled in the last ``flush_s`` before a
+crash reaches the durable ledger (if the writer committed it) but not Redis's live
+counters, which read that much high until the meter is rebuilt. ``held`` as Redis shows
+it counts unused reserves.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ log = logging.getLogger(__name__)
 #: Holds a meter must see in one second, the exact way, before this process leases it:
 #: a meter used now and then costs fewer calls held exactly than leased.
 HOT_HOLDS = 8
+
+#: How long a lease record outlives its deadline in the holds set. Were both to end
+#: together, Redis would drop the record before the sweep released it, and the reserve
+#: of a process killed outright would stay held for good.
+RECORD_MARGIN_MS = 86_400_000
 
 
 @dataclass(slots=True)
@@ -282,8 +289,10 @@ class LeasedLedger:
 
     async def _sync(self, leases: list[_Lease], give_back: bool) -> None:
         keys: list[str] = [self._p + "holds"]
-        ttl_ms = int(self._ttl_s * 1000)
-        args: list[Any] = [int((time.time() + self._ttl_s) * 1000), ttl_ms, len(leases)]
+        # The record outlives its deadline in the holds set by a day, as a hold's does:
+        # the expiry sweep releases by the set and needs the record to know how much.
+        record_ms = int(self._ttl_s * 1000) + RECORD_MARGIN_MS
+        args: list[Any] = [int((time.time() + self._ttl_s) * 1000), record_ms, len(leases)]
         for ls in leases:
             if ls.org is not None:
                 kind, bound, tbound = "o", ls.org.org.floor_nanos, -1
