@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 
 import pytest
@@ -18,6 +18,7 @@ from tokenomy.ledger.accounts import Budget, BudgetMeter, Mode, Org, OrgMeter, S
 from tokenomy.ledger.leased import LeasedLedger
 from tokenomy.ledger.live import Hold, LiveLedger, MemoryLedger, Shortfall
 from tokenomy.ledger.periods import Period
+from tokenomy.ledger.snapshot import LiveTotals
 
 
 @dataclass
@@ -27,12 +28,19 @@ class FakeLoader:
     admin: dict[str, int] = field(default_factory=dict)
     used: dict[str, int] = field(default_factory=dict)
     spent: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Request ids whose usage the database has.
+    recorded: set[str] = field(default_factory=set)
 
     def org_totals(self, org_id: str) -> tuple[int, int]:
         return self.admin.get(org_id, 0), self.used.get(org_id, 0)
 
     def budget_spent(self, meter: BudgetMeter) -> tuple[int, int]:
         return self.spent.get(meter.key, (0, 0))
+
+    def live_totals(self, at_ms: int, request_ids: Collection[str]) -> LiveTotals:
+        orgs = {o: self.org_totals(o) for o in self.admin.keys() | self.used.keys()}
+        budgets = {k: (n, t, None) for k, (n, t) in self.spent.items()}
+        return LiveTotals(orgs, budgets, frozenset(request_ids) & self.recorded)
 
 
 AT_MS = int(time.time() * 1000)

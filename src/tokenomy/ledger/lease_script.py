@@ -7,14 +7,20 @@ hold releases a crashed process's lease the same way.
 
 from __future__ import annotations
 
-# KEYS: holds, then per lease: the meter's hash, the lease's hold record.
+# KEYS: holds, then per lease: the meter's hash, the lease's hold record; then unposted,
+#       epoch (see redis_recovery).
 # ARGV: expiry ms, record ttl ms (a day past the expiry: see leased.RECORD_MARGIN_MS),
 #       lease count, then per lease (9): kind ('o' org, 'b' budget), money bound (org: its
 #       floor; budget: its limit, -1 none), token limit (-1 none), usage to post (nanos,
-#       tokens: strings, for HINCRBY), share in millionths (0: keep only what is in use),
-#       nanos and tokens to keep at least, lease id.
+#       tokens: strings, for HINCRBY), share in millionths (0: keep only what is in use;
+#       -1: keep it even past the floor, as after a rebuild that missed the lease),
+#       nanos and tokens to keep at least, lease id; then the count of requests whose
+#       usage this posts, and per request (4): lease index (from 1), request id, nanos,
+#       tokens.
 # Returns per lease: 1 (or 0: the meter is gone, nothing was posted), then the nanos and
-# tokens the lease holds now.
+# tokens the lease holds now; or {-1} when the state is lost: then nothing is posted, each
+# request's usage is kept in ``unposted`` for the rebuild and each lease is published
+# there as an open hold of what it keeps.
 #
 # Posting converts the usage's part of the reserve into usage; then the reserve is set to
 # ``share`` of what the meter has free (the lease's own reserve counted as free), at least
@@ -23,6 +29,28 @@ from __future__ import annotations
 SYNC = """
 local n = tonumber(ARGV[3])
 local out = {}
+if redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+  local U = KEYS[#KEYS - 1]
+  local m = tonumber(ARGV[4 + n * 9])
+  for i = 0, m - 1 do
+    local j = 5 + n * 9 + 4 * i
+    local li = tonumber(ARGV[j])
+    local kind = ARGV[4 + (li - 1) * 9] == 'o' and 'o' or 'b'
+    redis.call('HSET', U, 'u ' .. ARGV[j + 1] .. ' ' .. KEYS[2 * li],
+               ARGV[j + 2] .. ' ' .. ARGV[j + 3] .. ' ' .. kind)
+  end
+  for i = 1, n do
+    local j = 4 + (i - 1) * 9
+    local keep, tkeep = ARGV[j + 6], ARGV[j + 7]
+    if keep == '0' and tkeep == '0' then
+      redis.call('HDEL', U, 'h ' .. ARGV[j + 8])
+    else
+      redis.call('HSET', U, 'h ' .. ARGV[j + 8], keep .. ' ' .. tkeep .. ' ' ..
+                 (ARGV[j] == 'o' and '1' or '0') .. ' ' .. ARGV[1] .. ' ' .. KEYS[2 * i])
+    end
+  end
+  return {-1}
+end
 -- Integers as digits: tostring would write a large one as 1e+14, which HINCRBY refuses.
 local function I(x) return string.format('%d', x) end
 -- The reserve to hold: share of the pot (what is free, this reserve counted), at least
@@ -31,7 +59,7 @@ local function retarget(pot, share, keep, R, free)
   local T = 0
   if share > 0 then T = math.floor(pot * share / 1000000) end
   if T < keep then T = keep end
-  if T - R > free then T = R + math.max(free, 0) end
+  if share >= 0 and T - R > free then T = R + math.max(free, 0) end
   return T
 end
 for i = 1, n do

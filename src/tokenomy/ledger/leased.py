@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tokenomy.ids import UniqueIds
@@ -66,6 +66,13 @@ class _Lease:
     tused: int = 0
     used_at: float = 0.0
     synced_at: float = 0.0
+    #: The requests whose usage ``used`` and ``tused`` sum, posted with it: (id, nanos,
+    #: tokens). Kept by request so that a rebuild adds what the database had not yet.
+    items: list[tuple[str, int, int]] = field(default_factory=list)
+    #: What the last sync asked Redis to keep at least (nanos, tokens).
+    keep: tuple[int, int] = (0, 0)
+    #: Hold what is in use at the next sync even past the floor (see _reassert).
+    force: bool = False
 
     @property
     def money_bound(self) -> bool:
@@ -126,6 +133,7 @@ class LeasedLedger:
         self._timer: asyncio.TimerHandle | None = None
         self._syncing: asyncio.Task[None] | None = None
         self._again = False
+        self._failing = False
         self._upkeep: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         #: Holds admitted from leases (no Redis call), script calls that synced leases,
@@ -133,6 +141,8 @@ class LeasedLedger:
         self.leased_holds = 0
         self.syncs = 0
         self.sync_failures = 0
+        inner.recovery.inflight = self._inflight
+        inner.recovery.reassert = self._reassert
 
     # -- holds -------------------------------------------------------------------------
 
@@ -235,6 +245,7 @@ class LeasedLedger:
             ls.theld -= hold.tokens
             ls.used += amount
             ls.tused += tokens
+            ls.items.append((hold.id, amount, tokens))
         self._schedule(self._flush_s)
 
     async def settle(self, hold: Hold, amount: int, tokens: int) -> None:
@@ -267,10 +278,16 @@ class LeasedLedger:
             due = [ls for ls in self._leases.values() if ls.used or ls.tused or ls.key in wanted]
             if due:
                 await self.sync(due)
+            if self._failing:
+                self._failing = False
+                log.warning("syncing ledger leases with Redis works again")
         except Exception as e:
-            # The usage it carried is not posted again (see _sync); the next sync sets
-            # the reserves afresh, and until then holds go exact once they run out.
-            log.warning("syncing ledger leases with Redis failed (retrying): %s", e)
+            # The usage it carried is posted again (see _sync); the next sync sets the
+            # reserves afresh, and until then holds go exact once they run out. Logged
+            # once per run of failures, not every flush interval.
+            if not self._failing:
+                log.warning("syncing ledger leases with Redis failed (retrying): %s", e)
+            self._failing = True
             self._again = True
         finally:
             self._syncing = None
@@ -289,6 +306,8 @@ class LeasedLedger:
 
     async def _sync(self, leases: list[_Lease], give_back: bool) -> None:
         keys: list[str] = [self._p + "holds"]
+        posted: list[tuple[_Lease, int, int, list[tuple[str, int, int]]]] = []
+        items: list[Any] = []
         # The record outlives its deadline in the holds set by a day, as a hold's does:
         # the expiry sweep releases by the set and needs the record to know how much.
         record_ms = int(self._ttl_s * 1000) + RECORD_MARGIN_MS
@@ -303,9 +322,13 @@ class LeasedLedger:
                 bound = -1 if b.amount_nanos is None else b.amount_nanos
                 tbound = -1 if b.token_limit is None else b.token_limit
             used, tused = ls.used, ls.tused
+            posted.append((ls, used, tused, ls.items))
+            for rid, nanos, toks in ls.items:
+                items += [len(posted), rid, nanos, toks]
             # Posted usage stops being reserve: the room left (reserve - held - used) is
             # the same before and after.
             ls.used = ls.tused = 0
+            ls.items = []
             ls.reserve -= min(used, ls.reserve)
             ls.treserve -= min(tused, ls.treserve)
             if give_back:
@@ -317,26 +340,69 @@ class LeasedLedger:
                 keep, tkeep = max(ls.reserve, ls.held), max(ls.treserve, ls.theld)
             keys += [self._p + ls.key, self._p + "hold:" + ls.id]
             share = 0 if give_back else self._share_ppm
+            if ls.force:
+                # What a rebuild missed: held again whatever is free (keep already counts
+                # the reserve the process admits against, and what is in use).
+                share, ls.force = -1, False
             args += [kind, bound, tbound, used, tused, share, keep, tkeep, ls.id]
+            ls.keep = (keep, tkeep)
+        keys += self.inner.tail_keys
+        args.append(len(items) // 4)
+        args += items
         self.syncs += 1
         try:
             res = await self._sync_script(keys=keys, args=args)
         except BaseException:
             self.sync_failures += 1
-            # Whether Redis applied it is unknown: posting the usage again could count it
-            # twice, so it is not (the durable ledger has it; a lost post is what a failed
-            # settlement costs too). Nothing more is admitted from these reserves until a
-            # call succeeds; Redis keeps what it has until the leases expire.
-            for ls in leases:
+            # Kept to be posted again: Redis gone or restarted empty took none of it (the
+            # next call finds the state lost and hands it to the rebuild, which adds
+            # what the database lacks); a call that timed out after Redis applied it
+            # counts it twice, on the safe side. Nothing more is admitted from these
+            # reserves until a call succeeds.
+            for ls, used, tused, done in posted:
+                ls.used += used
+                ls.tused += tused
+                ls.items[:0] = done
                 ls.reserve, ls.treserve = min(ls.reserve, ls.held), min(ls.treserve, ls.theld)
             raise
         now = time.monotonic()
+        if int(res[0]) == -1:
+            # The state is lost: the usage and what each lease keeps are with the rebuild.
+            for ls in leases:
+                ls.reserve, ls.treserve = ls.keep
+                ls.synced_at = now
+            self.inner.recovery.start()
+            return
         for i, ls in enumerate(leases):
             ok, reserve, treserve = (int(v) for v in res[3 * i : 3 * i + 3])
             # A meter gone from Redis had nothing to post against (rebuilt from the
             # database, it counts what the writer recorded) and holds no reserve.
             ls.reserve, ls.treserve = (reserve, treserve) if ok else (0, 0)
             ls.synced_at = now
+
+    def _inflight(self) -> dict[str, str]:
+        """Open holds to publish when the state is lost: the exact ones, and what each
+        lease has in use: its open holds and the usage it has not posted, which its
+        next sync takes out of the reserve (from now on it admits against no more)."""
+        out = self.inner.inflight()
+        expires = int((time.time() + self._ttl_s) * 1000)
+        for ls in self._leases.values():
+            ls.reserve, ls.treserve = ls.held + ls.used, ls.theld + ls.tused
+            if ls.reserve or ls.treserve:
+                flag = 1 if ls.org is not None else 0
+                what = f"{ls.reserve} {ls.treserve} {flag} {expires} {self._p}{ls.key}"
+                out["h " + ls.id] = what
+        return out
+
+    async def _reassert(self) -> None:
+        """After a rebuild that missed this process's open holds: hold them again (the
+        exact ones now, the leases' at their next sync, at least what is in use)."""
+        await self.inner.reassert()
+        for ls in self._leases.values():
+            if ls.held or ls.theld:
+                ls.force = True
+                self._wanted.add(ls.key)
+        self._schedule(0.0)
 
     async def flush(self) -> None:
         """Post every lease's settled usage now and wait until Redis has it."""
@@ -353,7 +419,8 @@ class LeasedLedger:
             try:
                 await self.upkeep(time.monotonic())
             except Exception as e:
-                log.warning("ledger lease upkeep failed (retrying): %s", e)
+                if not self._failing:
+                    log.warning("ledger lease upkeep failed (retrying): %s", e)
 
     async def upkeep(self, now: float) -> None:
         """Give back reserves unused for ``idle_s`` (forgetting leases left empty) and

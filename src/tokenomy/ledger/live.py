@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
+from tokenomy.ledger.snapshot import LiveTotals
 
 
 class Shortfall(Exception):
@@ -73,6 +74,15 @@ class Loader(Protocol):
     def budget_spent(self, meter: BudgetMeter) -> tuple[int, int]:
         """(nanos, tokens) already posted in a budget's current period."""
         ...
+
+    def live_totals(self, at_ms: int, request_ids: Collection[str]) -> LiveTotals:
+        """Every org's and current budget bucket's totals, and which of ``request_ids``
+        are recorded, in one snapshot: what lost live state is rebuilt from."""
+        ...
+
+
+class LiveStateUnavailable(Exception):
+    """Live balances cannot be reached or are being rebuilt: nothing can be held now."""
 
 
 class LiveLedger(Protocol):

@@ -17,20 +17,37 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis import exceptions as rx
 
 from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
-from tokenomy.ledger.live import BudgetState, Hold, Loader, OrgState, Shortfall
+from tokenomy.ledger.live import (
+    BudgetState,
+    Hold,
+    LiveStateUnavailable,
+    Loader,
+    OrgState,
+    Shortfall,
+)
+from tokenomy.ledger.redis_recovery import Recovery
 from tokenomy.store.redis_scripts import Script, ScriptClient
 
 log = logging.getLogger(__name__)
 
-# KEYS: hold, holds, [org], budgets...   ARGV: id, amount, tokens, expires_ms, has_org,
-# floor, -amount, -tokens, record ttl ms, then (limit, tlimit) per budget, -1 meaning
-# none. Amounts travel as strings and reach HINCRBY untouched: Lua would print a large
-# number as 1e+14.
+#: How long a hold waits for lost live state to be rebuilt before it is answered 503.
+RECOVER_WAIT_S = 5.0
+#: A floor no balance reaches: holds of requests already running, held again after a
+#: rebuild, are not refused.
+_NO_FLOOR = -(2**60)
+
+# KEYS: hold, holds, [org], budgets..., unposted, epoch   ARGV: id, amount, tokens,
+# expires_ms, has_org, floor, -amount, -tokens, record ttl ms, then (limit, tlimit) per
+# budget, -1 meaning none. Amounts travel as strings and reach HINCRBY untouched: Lua
+# would print a large number as 1e+14. No epoch: the state is lost (see redis_recovery).
 _HOLD = """
+if redis.call('EXISTS', KEYS[#KEYS]) == 0 then return {'lost'} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'dup'} end
-for i = 3, #KEYS do
+local last = #KEYS - 2
+for i = 3, last do
   if redis.call('EXISTS', KEYS[i]) == 0 then return {'missing', i - 3} end
 end
 local amount = tonumber(ARGV[2])
@@ -43,7 +60,7 @@ if has_org then
   local avail = tonumber(v[1]) - tonumber(v[2]) - tonumber(v[3]) - tonumber(ARGV[6])
   if amount > avail then return {'short', 0, tostring(avail), 'money'} end
 end
-for i = first_budget, #KEYS do
+for i = first_budget, last do
   local j = 10 + (i - first_budget) * 2
   local limit, tlimit = tonumber(ARGV[j]), tonumber(ARGV[j + 1])
   local v = redis.call('HMGET', KEYS[i], 'spent', 'held', 'tspent', 'theld')
@@ -55,7 +72,7 @@ for i = first_budget, #KEYS do
   end
 end
 local keys = {}
-for i = 3, #KEYS do
+for i = 3, last do
   redis.call('HINCRBY', KEYS[i], 'held', ARGV[2])
   if i >= first_budget then redis.call('HINCRBY', KEYS[i], 'theld', ARGV[3]) end
   keys[#keys + 1] = KEYS[i]
@@ -86,17 +103,31 @@ local function release(hkey, zkey, id)
 end
 """
 
-# KEYS: hold, holds, [org], budgets...   ARGV: id, amount, tokens, has_org
+# KEYS: hold, holds, [org], budgets..., unposted, epoch   ARGV: id, amount, tokens, has_org
+# Returns 1, or 0 when the state is lost: the usage is then kept in ``unposted`` for the
+# rebuild (and the hold, if its process published it as open, is not held again).
 _SETTLE = (
     _RELEASE_BODY
     + """
-release(KEYS[1], KEYS[2], ARGV[1])
+local last = #KEYS - 2
 local first_budget = 3
-if ARGV[4] == '1' then
-  first_budget = 4
-  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[3], 'used', ARGV[2]) end
+if ARGV[4] == '1' then first_budget = 4 end
+if redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+  local U = KEYS[#KEYS - 1]
+  redis.call('HDEL', U, 'h ' .. ARGV[1])
+  if first_budget == 4 then
+    redis.call('HSET', U, 'u ' .. ARGV[1] .. ' ' .. KEYS[3], ARGV[2] .. ' 0 o')
+  end
+  for i = first_budget, last do
+    redis.call('HSET', U, 'u ' .. ARGV[1] .. ' ' .. KEYS[i], ARGV[2] .. ' ' .. ARGV[3] .. ' b')
+  end
+  return 0
 end
-for i = first_budget, #KEYS do
+release(KEYS[1], KEYS[2], ARGV[1])
+if first_budget == 4 and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HINCRBY', KEYS[3], 'used', ARGV[2])
+end
+for i = first_budget, last do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('HINCRBY', KEYS[i], 'spent', ARGV[2])
     redis.call('HINCRBY', KEYS[i], 'tspent', ARGV[3])
@@ -106,10 +137,11 @@ return 1
 """
 )
 
-# KEYS: holds; ARGV: now_ms, prefix, max
+# KEYS: holds, epoch; ARGV: now_ms, prefix, max. Returns -1 when the state is lost.
 _EXPIRE = (
     _RELEASE_BODY
     + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 local n = 0
 for _, id in ipairs(ids) do
@@ -148,6 +180,16 @@ class RedisLedger:
         self._set_admin = self.register_script(_SET_ADMIN)
         #: Settlements queued by settle_soon and not answered yet (close waits for them).
         self._pending: set[asyncio.Future[Any]] = set()
+        #: This process's holds in Redis not settled yet, to hold again after a rebuild.
+        self._open: dict[str, Hold] = {}
+        #: The last keys of every script call on holds: where usage waits while the state
+        #: is lost, and the marker whose absence says it is.
+        self.tail_keys = [prefix + "unposted", prefix + "epoch"]
+        self.recovery = Recovery(client, prefix, loader)
+        self.recovery.inflight = self.inflight
+        self.recovery.reassert = self.reassert
+        #: Whether Redis is unreachable (logged once per outage, not per request).
+        self._outage = False
 
     def register_script(self, source: str) -> Any:
         """A Lua script on the lean pipelined client when there is one, else on redis-py
@@ -166,33 +208,23 @@ class RedisLedger:
         if hold.org is not None:
             keys.append(self.p + hold.org.key)
         keys += [self.p + m.key for m in hold.budgets]
+        keys += self.tail_keys
         return keys
 
     async def hold(self, hold: Hold) -> None:
         keys = self._keys(hold)
-        args: list[Any] = [
-            hold.id,
-            hold.amount,
-            hold.tokens,
-            int(hold.expires_at * 1000),
-            1 if hold.org is not None else 0,
-            hold.org.org.floor_nanos if hold.org is not None else 0,
-            -hold.amount,
-            -hold.tokens,
-            # The record outlives the hold's expiry by a day, so a dup is still recognised.
-            int(max(hold.expires_at - time.time(), 0) * 1000) + 86_400_000,
-        ]
-        for m in hold.budgets:
-            b = m.budget
-            args += [
-                -1 if b.amount_nanos is None else b.amount_nanos,
-                -1 if b.token_limit is None else b.token_limit,
-            ]
+        args = self._hold_args(hold)
         for _ in range(len(keys)):
-            res = await self._hold(keys=keys, args=args)
+            res = await self._call(self._hold, keys, args)
             status = _s(res[0])
             if status in ("ok", "dup"):
+                self._open[hold.id] = hold
+                self.recovery.seen = True
                 return
+            if status == "lost":
+                if not await self.recovery.wait(RECOVER_WAIT_S):
+                    raise LiveStateUnavailable("live balances are being rebuilt")
+                continue
             if status == "missing":
                 await self._rebuild(hold, int(res[1]))
                 continue
@@ -204,7 +236,56 @@ class RedisLedger:
                 offset = 1 if hold.org is not None else 0
                 what = hold.budgets[idx - offset].describe()
             raise Shortfall(what, hold.tokens if tokens else hold.amount, available, tokens=tokens)
-        raise RuntimeError("live ledger state could not be rebuilt")
+        raise LiveStateUnavailable("live ledger state could not be rebuilt")
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """A script call; Redis unreachable is LiveStateUnavailable, logged once."""
+        try:
+            res = await script(keys=keys, args=args)
+        except (rx.ConnectionError, rx.TimeoutError) as e:
+            if not self._outage:
+                self._outage = True
+                log.error("Redis is unreachable: holds are refused (503) until it is back: %s", e)
+            raise LiveStateUnavailable(f"live balances are unreachable: {e}") from e
+        if self._outage:
+            self._outage = False
+            log.warning("Redis is reachable again")
+        return res
+
+    def _hold_args(self, hold: Hold, *, force: bool = False) -> list[Any]:
+        args: list[Any] = [
+            hold.id,
+            hold.amount,
+            hold.tokens,
+            int(hold.expires_at * 1000),
+            1 if hold.org is not None else 0,
+            _NO_FLOOR if force else hold.org.org.floor_nanos if hold.org is not None else 0,
+            -hold.amount,
+            -hold.tokens,
+            # The record outlives the hold's expiry by a day, so a dup is still recognised.
+            int(max(hold.expires_at - time.time(), 0) * 1000) + 86_400_000,
+        ]
+        for m in hold.budgets:
+            b = m.budget
+            args += [
+                -1 if b.amount_nanos is None or force else b.amount_nanos,
+                -1 if b.token_limit is None or force else b.token_limit,
+            ]
+        return args
+
+    def inflight(self) -> dict[str, str]:
+        """This process's open holds as unposted entries (see redis_recovery)."""
+        out = {}
+        for h in self._open.values():
+            meters = " ".join(self._keys(h)[2:-2])
+            flag = 1 if h.org is not None else 0
+            out["h " + h.id] = f"{h.amount} {h.tokens} {flag} {int(h.expires_at * 1000)} {meters}"
+        return out
+
+    async def reassert(self) -> None:
+        """Hold this process's open holds again, past every limit: their requests run."""
+        for h in list(self._open.values()):
+            await self._hold(keys=self._keys(h), args=self._hold_args(h, force=True))
 
     async def _rebuild(self, hold: Hold, index: int) -> None:
         """Load one missing meter from the database (HSETNX: a concurrent load wins)."""
@@ -238,9 +319,13 @@ class RedisLedger:
         return [hold.id, amount, tokens, 1 if hold.org is not None else 0]
 
     async def settle(self, hold: Hold, amount: int, tokens: int) -> None:
-        await self._settle(keys=self._keys(hold), args=self._settle_args(hold, amount, tokens))
+        self._open.pop(hold.id, None)
+        keys, args = self._keys(hold), self._settle_args(hold, amount, tokens)
+        if int(await self._settle(keys=keys, args=args)) == 0:
+            self.recovery.start()  # the usage waits in ``unposted`` for the rebuild
 
     async def settle_soon(self, hold: Hold, amount: int, tokens: int) -> None:
+        self._open.pop(hold.id, None)
         script = self._settle
         if not isinstance(script, Script):  # redis-py serves this URL: wait as settle does
             try:
@@ -258,13 +343,21 @@ class RedisLedger:
 
     def _settled(self, fut: asyncio.Future[Any], hold_id: str) -> None:
         self._pending.discard(fut)
-        if not fut.cancelled() and (e := fut.exception()) is not None:
+        if fut.cancelled():
+            return
+        if (e := fut.exception()) is not None:
             _log_settle_failure(hold_id, e)
+        elif int(fut.result()) == 0:
+            self.recovery.start()
 
     async def expire(self, now: float | None = None) -> int:
         now_ms = int((time.time() if now is None else now) * 1000)
-        n = await self._expire(keys=[self.p + "holds"], args=[now_ms, self.p, 1000])
-        return int(n)
+        keys = [self.p + "holds", self.tail_keys[1]]
+        n = int(await self._call(self._expire, keys, [now_ms, self.p, 1000]))
+        if n < 0:  # the state is lost (the sweep runs on idle replicas too: they notice)
+            self.recovery.start()
+            return 0
+        return n
 
     async def org_state(self, meter: OrgMeter) -> OrgState:
         key = self.p + meter.key
@@ -281,7 +374,7 @@ class RedisLedger:
         return BudgetState(*(int(x or 0) for x in v))
 
     async def set_admin_total(self, org_id: str, admin_nanos: int) -> None:
-        await self._set_admin(keys=[f"{self.p}org:{org_id}"], args=[admin_nanos])
+        await self._call(self._set_admin, [f"{self.p}org:{org_id}"], [admin_nanos])
 
     async def close(self) -> None:
         while self._pending:  # failures are logged by _settled

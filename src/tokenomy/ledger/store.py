@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, literal, select, text, update
+from sqlalchemy import Engine, func, insert, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from tokenomy.billing.money import Currency
+from tokenomy.ledger import snapshot
 from tokenomy.ledger.accounts import Budget, BudgetMeter, Mode, Org, Project, Scope
 from tokenomy.ledger.periods import Period, zone
 from tokenomy.store.schema import (
@@ -390,20 +391,8 @@ class LedgerStore:
 
     def org_totals(self, org_id: str) -> tuple[int, int]:
         """(admin, used): the sums of the org's non-usage and (negated) usage postings."""
-        q = (
-            select(ledger_txns.c.kind, func.sum(ledger_postings.c.amount_nanos))
-            .join(ledger_txns, ledger_txns.c.id == ledger_postings.c.txn_id)
-            .where(ledger_postings.c.account == f"org:{org_id}")
-            .group_by(ledger_txns.c.kind)
-        )
-        admin = used = 0
         with self.engine.connect() as conn:
-            for kind, total in conn.execute(q):
-                if kind in Kind.ADMIN:
-                    admin += int(total)
-                else:
-                    used -= int(total)
-        return admin, used
+            return snapshot.org_totals(conn, org_id)
 
     def admin_totals(self) -> dict[str, int]:
         """Every org's admin total (top-ups, credits, refunds, adjustments)."""
@@ -426,22 +415,15 @@ class LedgerStore:
 
     def budget_spent(self, meter: BudgetMeter) -> tuple[int, int]:
         """(nanos, tokens) of usage already recorded in the budget's current period."""
-        b = meter.budget
-        col = {
-            Scope.ORG: usage_events.c.org_id,
-            Scope.PROJECT: usage_events.c.project_id,
-            Scope.KEY: usage_events.c.key_id,
-        }[b.scope]
-        cond = [col == b.scope_id, usage_events.c.ts_ms >= meter.start_ms]
-        if meter.end_ms is not None:
-            cond.append(usage_events.c.ts_ms < meter.end_ms)
-        q = select(
-            func.coalesce(func.sum(usage_events.c.cost_nanos), 0),
-            func.coalesce(func.sum(usage_events.c.input_tokens + usage_events.c.output_tokens), 0),
-        ).where(and_(*cond))
         with self.engine.connect() as conn:
-            nanos, tokens = conn.execute(q).one()
-        return int(nanos), int(tokens)
+            return snapshot.budget_spent(conn, meter)
+
+    def live_totals(self, at_ms: int, request_ids: Collection[str]) -> snapshot.LiveTotals:
+        """Every org's totals and every budget's bucket at ``at_ms``, and which of
+        ``request_ids`` are recorded, in one snapshot (rebuilding lost live state)."""
+        meters = [b.meter(at_ms) for b in self.all_budgets()]
+        org_ids = [o.id for o in self.all_orgs()]
+        return snapshot.read_live_totals(self.engine, org_ids, meters, request_ids)
 
     def statement(
         self, org_id: str, since_ms: int | None = None, until_ms: int | None = None
