@@ -35,7 +35,7 @@ from tokenomy.gateway.registry import ModelRoute, Registry, build_registry
 from tokenomy.gateway.tokencount import TokenCounter
 from tokenomy.ledger.biller import Biller
 from tokenomy.ledger.directory import Directory
-from tokenomy.ledger.live import LiveLedger, MemoryLedger
+from tokenomy.ledger.live import LiveLedger, LiveStateUnavailable, MemoryLedger
 from tokenomy.ledger.records import ledger_rows
 from tokenomy.ledger.stage import CHARGE, ORG, LedgerStage
 from tokenomy.ledger.store import LedgerStore
@@ -140,6 +140,8 @@ class Services:
             try:
                 await self.refresh_accounts()
                 await self.live.expire()
+            except LiveStateUnavailable:
+                pass  # Redis unreachable: logged once by the ledger, retried next time
             except Exception:
                 log.exception("refreshing accounts failed; keeping the cached ones")
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from tokenomy.errors import InsufficientQuota, PermissionDenied
+from tokenomy.errors import InsufficientQuota, Overloaded, PermissionDenied
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.metering import count_prompt
 from tokenomy.gateway.registry import Deployment
@@ -14,11 +14,14 @@ from tokenomy.gateway.tokencount import TokenCounter
 from tokenomy.ledger.accounts import BudgetMeter, Org, OrgMeter
 from tokenomy.ledger.biller import Biller, Charge, units
 from tokenomy.ledger.directory import Directory
-from tokenomy.ledger.live import Hold, LiveLedger, Shortfall
+from tokenomy.ledger.live import Hold, LiveLedger, LiveStateUnavailable, Shortfall
 
 HOLD = "ledger.hold"
 ORG = "ledger.org"
 CHARGE = "ledger.charge"
+
+#: Retry-After of a 503 while live balances are unreachable or being rebuilt.
+RETRY_AFTER_S = 1.0
 
 
 class LedgerStage:
@@ -62,7 +65,28 @@ class LedgerStage:
         bound = self.biller.prompt_bound(call)
         meters = self.directory.meters(key, call.ts_ms)
         try:
-            hold = await self._hold(call, org, deps, bound, meters, at)
+            hold = await self._hold_or_refuse(call, org, deps, bound, meters, at)
+        except LiveStateUnavailable as e:
+            # Fail closed: money is never spent without a hold.
+            raise Overloaded(
+                "Balances are unavailable for a moment; retry shortly.",
+                code="ledger_unavailable",
+                retry_after=RETRY_AFTER_S,
+            ) from e
+        call.extras[HOLD] = hold
+        self.holds += 1
+
+    async def _hold_or_refuse(
+        self,
+        call: Call,
+        org: Org,
+        deps: list[Deployment],
+        bound: int,
+        meters: tuple[BudgetMeter, ...],
+        at: datetime,
+    ) -> Hold:
+        try:
+            return await self._hold(call, org, deps, bound, meters, at)
         except Shortfall:
             # The byte bound is loose (about 4x for English): count the prompt for real,
             # with a margin for vendors whose tokenizer differs from ours, and try again.
@@ -71,12 +95,10 @@ class LedgerStage:
             try:
                 if tight >= bound:
                     raise
-                hold = await self._hold(call, org, deps, tight, meters, at)
+                return await self._hold(call, org, deps, tight, meters, at)
             except Shortfall as s:
                 self.refusals += 1
                 raise _refusal(s, org) from None
-        call.extras[HOLD] = hold
-        self.holds += 1
 
     async def _hold(
         self,
