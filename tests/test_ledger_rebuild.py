@@ -1,0 +1,105 @@
+"""Rebuilding lost live state counts each request once: by the database or by Redis
+(real Redis; the loss is simulated by deleting this test's own keys, epoch included)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.needs import require_redis
+from tests.test_ledger_live import PREPAID, FakeLoader, hold
+from tokenomy.ledger.accounts import OrgMeter
+from tokenomy.ledger.leased import LeasedLedger
+from tokenomy.ledger.redis_live import RedisLedger
+from tokenomy.store.redis_scripts import ScriptClient
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    p = f"tktest:{secrets.token_hex(4)}:"
+    yield p
+    r = Redis.from_url(require_redis())
+    keys = [k async for k in r.scan_iter(match=p + "*")]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+
+
+def ledger(loader: FakeLoader, prefix: str) -> RedisLedger:
+    url = require_redis()
+    live = RedisLedger(Redis.from_url(url), loader, prefix, scripts=ScriptClient.from_url(url))
+    live.recovery.grace_s = 0.05
+    return live
+
+
+async def lose_everything(prefix: str) -> None:
+    """What FLUSHDB does, to this test's keys only."""
+    r = Redis.from_url(require_redis())
+    keys = [k async for k in r.scan_iter(match=prefix + "*")]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+
+
+async def test_usage_settled_while_the_state_is_lost_is_counted_once(prefix: str) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 10_000})
+    live = ledger(loader, prefix)
+    try:
+        written, unwritten, running = (hold(i, PREPAID, 1_000, 0, ()) for i in (1, 2, 3))
+        for h in (written, unwritten, running):
+            await live.hold(h)
+        await lose_everything(prefix)
+        # Both settle into the lost state; the writer has committed the first one only.
+        await live.settle(written, 700, 0)
+        await live.settle(unwritten, 400, 0)
+        loader.used[PREPAID.id] = 700
+        loader.recorded.add(written.id)
+        # The next hold finds the state lost, waits for the rebuild, and is admitted.
+        await live.hold(hold(4, PREPAID, 500, 0, ()))
+        st = await live.org_state(OrgMeter(PREPAID))
+        # 700 from the database, 400 from Redis (not in the database), never 700 twice;
+        # the request still running and the new one held.
+        assert (st.admin, st.used, st.held) == (10_000, 1_100, 1_500)
+        # The running request settles against its hold, held again by the rebuild.
+        await live.settle(running, 900, 0)
+        st = await live.org_state(OrgMeter(PREPAID))
+        assert (st.used, st.held) == (2_000, 500)
+        assert live.recovery.rebuilds == 2  # the first (a new Redis) and after the loss
+    finally:
+        await live.close()
+
+
+async def test_a_lease_keeps_its_holds_and_unposted_usage_through_a_loss(prefix: str) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 100_000})
+    leased = LeasedLedger(ledger(loader, prefix), share=0.2, hot_holds=1, flush_s=60)
+    try:
+        first = hold(1, PREPAID, 1_000, 0, ())
+        await leased.hold(first)  # exact; the meter goes hot and is leased
+        await leased.flush()
+        await leased.sync(list(leased._leases.values()))
+        leased_holds = [hold(i, PREPAID, 1_000, 0, ()) for i in range(2, 6)]
+        for h in leased_holds:
+            await leased.hold(h)
+        assert leased.leased_holds == 4
+        await leased.settle_soon(leased_holds[0], 600, 0)  # not posted: flush_s is long
+        await lose_everything(prefix)
+        loader.used[PREPAID.id] = 0  # the writer has not committed it yet
+        # The sync finds the state lost: the usage and what the lease has in use go to
+        # the rebuild, which the next exact hold waits for.
+        await leased.flush()
+        await leased.inner.hold(hold(9, PREPAID, 100, 0, ()))
+        await leased.settle(first, 1_000, 0)
+        for h in leased_holds[1:]:
+            await leased.settle_soon(h, 1_000, 0)
+        await leased.flush()
+        st = await leased.inner.org_state(OrgMeter(PREPAID))
+        lease = next(iter(leased._leases.values()))
+        # Used: 600 + 3 x 1,000 + 1,000; held: the exact hold of 100 and what the lease
+        # still reserves (nothing of it is in use).
+        assert st.used == 4_600
+        assert st.held == 100 + lease.reserve and lease.held == 0
+    finally:
+        await leased.close()
