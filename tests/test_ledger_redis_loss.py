@@ -257,3 +257,55 @@ def test_redis_outage_answers_503_with_retry_after_and_recovers(
         assert live_org(r, acct.org_id) == (db_admin, db_used, 0)
     finally:
         r.close()
+
+
+RPM = 300  # an org's requests per minute: leased (1% of it is 3) and quick to exhaust
+
+
+async def admitted_until_refused(urls: list[str], key: str, seconds: float) -> Counter[int]:
+    """Requests from 16 workers over ``seconds``: how many were admitted (200) or not."""
+    tally = Tally()
+    stop = asyncio.Event()
+    task = asyncio.create_task(load(urls, key, stop, tally, 16))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+    return tally.statuses
+
+
+def test_flushdb_does_not_hand_out_a_rate_limit_again(
+    pg_url: str,  # noqa: F811
+    private_redis: PrivateRedis,
+    procs: Procs,  # noqa: F811
+) -> None:
+    sim = procs.sim()
+    text_ = gateway_yaml(
+        sim.url,
+        pg_url,
+        flush_interval_ms=20,
+        redis_url=private_redis.url,
+        redis_prefix="tk:",
+        extra=EXTRA + f"limits: {{org: {{requests_per_minute: {RPM}}}}}\n",
+    )
+    acct = seed(pg_url, {"limited": 10**12})["limited"]
+    config = procs.write_config(text_)
+    gateways = [procs.gateway(config, name="gateway-a"), procs.gateway(config, name="gateway-b")]
+    urls = [g.url for g in gateways]
+    r = private_redis.client()
+    started = time.monotonic()
+    # The whole minute's burst, until the limit refuses.
+    first = asyncio.run(admitted_until_refused(urls, acct.key, 4.0))
+    assert first[429] > 0, first
+    r.flushdb()
+    second = asyncio.run(admitted_until_refused(urls, acct.key, 3.0))
+    elapsed = time.monotonic() - started
+    r.close()
+    admitted = first[200] + second[200]
+    # GCRA: at most the burst (RPM) plus the steady rate over the time elapsed.
+    allowed = RPM + int(RPM * elapsed / 60) + 1
+    print(
+        f"\nrate limit {RPM}/min across FLUSHDB: {first[200]} admitted before, "
+        f"{second[200]} after, {admitted} in {elapsed:.1f} s against at most {allowed} "
+        f"({100 * (admitted - allowed) / RPM:+.0f}% of the limit)"
+    )
+    assert admitted <= allowed + 2 * 3  # two processes may each hold a lease of 1%

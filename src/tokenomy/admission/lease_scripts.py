@@ -6,9 +6,9 @@ sorted set of slots by expiry, so leased and exact processes count against one l
 
 from __future__ import annotations
 
-from tokenomy.admission.ratelimit import LUA_CLOCK
+from tokenomy.admission.ratelimit import LUA_BASE, LUA_CLOCK
 
-# KEYS: three per scope (requests TAT, tokens TAT, slots zset).
+# KEYS: three per scope (requests TAT, tokens TAT, slots zset), the state marker (LUA_BASE).
 # ARGV: now_ms (negative: the server's clock), scope count, tokens, lease ms, slot member
 #       prefix, then per scope: rpm, tpm, concurrency (0 = no limit), and the extra
 #       requests, tokens and slots wanted beyond this request's own.
@@ -24,6 +24,9 @@ local cost = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
 local member = ARGV[5]
 local P = 60000
+"""
+    + LUA_BASE
+    + """
 local EPS = 0.001
 local allowed = 1
 local wait = 0
@@ -32,7 +35,7 @@ local sets = {}
 local adds = {}
 local function take(key, limit, need, extra)
   local T = P / limit
-  local tat = tonumber(redis.call('GET', key) or now)
+  local tat = tonumber(redis.call('GET', key) or base)
   if tat < now then tat = now end
   if tat + need * T - now > P + EPS then
     allowed = 0

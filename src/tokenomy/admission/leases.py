@@ -37,6 +37,7 @@ from tokenomy.admission.ratelimit import (
     is_redis_error,
     limit_headers,
     refusal,
+    start_state,
     tightest,
     too_large,
 )
@@ -156,6 +157,7 @@ class LeasedRateLimiter:
         if not 0 <= share <= 0.5:
             raise ValueError("share must be between 0 and 0.5")
         self._scripts = scripts
+        self._redis = redis
         self._prefix = prefix
         self._share = share
         self._idle_s = idle_s
@@ -166,6 +168,8 @@ class LeasedRateLimiter:
         register = scripts.register_script if scripts is not None else redis.register_script
         self._take = register(TAKE)
         self._give = register(GIVE)
+        self._marker = prefix + "state"
+        self._marked = False
         self._leases: dict[str, _Lease] = {}
         #: Leases with something to hand back now (refunds, freed slots over the cap).
         self._due: dict[str, _Lease] = {}
@@ -286,7 +290,10 @@ class LeasedRateLimiter:
                 extra_t,
                 extra_s,
             ]
+        keys.append(self._marker)
         try:
+            if not self._marked:
+                self._marked = await start_state(self._redis, self._marker)
             res = await self._take(keys=keys, args=args)
         except Exception as e:
             self._unreserve(leases, mine)

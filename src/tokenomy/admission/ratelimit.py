@@ -287,7 +287,25 @@ if now < 0 then
 end
 """
 
-# KEYS: three per scope (requests TAT, tokens TAT, open-tickets zset).
+#: After LUA_CLOCK and P: ``base``, the theoretical arrival time a missing GCRA key starts
+#: from. The limiter's state marker is the last key (when the keys are three per scope and
+#: one): set when a limiter starts, so a missing marker means Redis lost the state. For a
+#: period from then a missing key counts as a whole window used: a loss does not hand
+#: every limit out again (the steady rate goes on).
+LUA_BASE = """
+local base = now
+if #KEYS % 3 == 1 then
+  local since = redis.call('GET', KEYS[#KEYS])
+  if not since then
+    redis.call('SET', KEYS[#KEYS], ms(now))
+    since = now
+  end
+  since = tonumber(since)
+  if since + P > now then base = since + P end
+end
+"""
+
+# KEYS: three per scope (requests TAT, tokens TAT, open-tickets zset), the state marker.
 # ARGV: now_ms (negative: use the server's clock), scope count, tokens, ticket id, lease ms,
 #       then per scope: rpm, tpm, concurrency (0 = no limit).
 # Returns: {allowed, wait_ms, then per scope: rpm, remaining, reset_ms, tpm, remaining,
@@ -300,6 +318,9 @@ local cost = tonumber(ARGV[3])
 local ticket = ARGV[4]
 local lease = tonumber(ARGV[5])
 local P = 60000
+"""
+    + LUA_BASE
+    + """
 local EPS = 0.001
 local allowed = 1
 local wait = 0
@@ -307,7 +328,7 @@ local out = {0, 0}
 local sets = {}
 local function gcra(key, limit, units)
   local T = P / limit
-  local tat = tonumber(redis.call('GET', key) or now)
+  local tat = tonumber(redis.call('GET', key) or base)
   if tat < now then tat = now end
   local new = tat + units * T
   if new - now > P + EPS then
@@ -416,6 +437,8 @@ class RedisRateLimiter:
         self._settle = self._settle_lean or redis.register_script(_SETTLE)
         self._pending: set[asyncio.Future[Any]] = set()
         self._ids = UniqueIds()
+        self._marker = prefix + "state"
+        self._marked = False
 
     def _now_ms(self) -> int:
         return -1 if self._clock is None else int(self._clock() * 1000)
@@ -437,7 +460,10 @@ class RedisRateLimiter:
                 lim.tokens_per_minute or 0,
                 lim.concurrent or 0,
             ]
+        keys.append(self._marker)
         try:
+            if not self._marked:
+                self._marked = await start_state(self._redis, self._marker)
             res = await self._acquire(keys=keys, args=args)
         except Exception as e:
             if not self._fail_open or not is_redis_error(e):
@@ -521,6 +547,13 @@ def _log_settle_failure(fut: asyncio.Future[Any]) -> None:
         _warn_settle_failed(e)
     else:
         log.error("settling rate limits failed", exc_info=e)
+
+
+async def start_state(redis: Redis, marker: str) -> bool:
+    """Mark the limiter's state in Redis as started (unless it is), long ago: a limiter
+    starting on a new Redis lets limits burst as usual (see LUA_BASE)."""
+    await redis.set(marker, "0", nx=True)
+    return True
 
 
 def is_redis_error(e: Exception) -> bool:
