@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -103,3 +104,19 @@ async def test_a_lease_keeps_its_holds_and_unposted_usage_through_a_loss(prefix:
         assert st.held == 100 + lease.reserve and lease.held == 0
     finally:
         await leased.close()
+
+
+async def test_an_expired_hold_is_not_held_again_after_a_loss(prefix: str) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 10_000})
+    live = ledger(loader, prefix)
+    try:
+        stuck = hold(1, PREPAID, 1_000, 0, ())
+        stuck.expires_at = time.time() + 60
+        await live.hold(stuck)
+        assert await live.expire(now=time.time() + 120) == 1  # a request that never ended
+        await lose_everything(prefix)
+        await live.hold(hold(2, PREPAID, 500, 0, ()))
+        st = await live.org_state(OrgMeter(PREPAID))
+        assert (st.used, st.held) == (0, 500)
+    finally:
+        await live.close()

@@ -351,7 +351,11 @@ class RedisLedger:
             self.recovery.start()
 
     async def expire(self, now: float | None = None) -> int:
-        now_ms = int((time.time() if now is None else now) * 1000)
+        at = time.time() if now is None else now
+        # Expired holds are released by the sweep: none is held again after a rebuild.
+        for h in [h for h in self._open.values() if h.expires_at <= at]:
+            del self._open[h.id]
+        now_ms = int(at * 1000)
         keys = [self.p + "holds", self.tail_keys[1]]
         n = int(await self._call(self._expire, keys, [now_ms, self.p, 1000]))
         if n < 0:  # the state is lost (the sweep runs on idle replicas too: they notice)
