@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 import redis
@@ -228,6 +229,13 @@ def test_redis_outage_answers_503_with_retry_after_and_recovers(
     asyncio.run(window(before, 1.0))
     private_redis.kill()
     asyncio.run(window(during, 2.0))
+    # An Anthropic client gets the same refusal in its own format.
+    claude = anthropic.Anthropic(base_url=urls[0], api_key=acct.key, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        claude.messages.create(model="sim-flat", max_tokens=MAX_TOKENS, messages=MESSAGES)
+    assert refused.value.status_code == 503
+    assert refused.value.response.headers["retry-after"] == "1"
+    assert refused.value.body["error"]["type"] == "overloaded_error"
     private_redis.start()  # empty: a restart without persistence
     time.sleep(1.5)
     asyncio.run(window(after, 2.0))
