@@ -255,4 +255,6 @@ async def test_the_lease_counters_are_exported_as_metrics(prefix: str, tmp_path:
     assert "tokenomy_ledger_leased_holds_total 7" in text
     assert "tokenomy_ledger_lease_syncs_total 3" in text
     assert "tokenomy_ledger_lease_sync_failures_total 0" in text
+    assert "tokenomy_ledger_redis_losses_total 0" in text
+    assert "tokenomy_ledger_redis_rebuilds_total" in text
     await svc.stop()

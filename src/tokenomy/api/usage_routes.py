@@ -323,8 +323,18 @@ def _register_gauges(app: web.Application, metrics: Metrics, svc: Services) -> N
 
 def _register_lease_gauges(metrics: Metrics, svc: Services) -> None:
     from tokenomy.ledger.leased import LeasedLedger
+    from tokenomy.ledger.redis_live import RedisLedger
 
     live = svc.live
+    exact = live.inner if isinstance(live, LeasedLedger) else live
+    if isinstance(exact, RedisLedger):
+        rec = exact.recovery
+        metrics.gauge("tokenomy_ledger_redis_losses_total",
+                      "Times this process found Redis had lost the live ledger state.",
+                      lambda: rec.losses, kind="counter")  # fmt: skip
+        metrics.gauge("tokenomy_ledger_redis_rebuilds_total",
+                      "Rebuilds of the live ledger state from the database by this process.",
+                      lambda: rec.rebuilds, kind="counter")  # fmt: skip
     if isinstance(live, LeasedLedger):
         metrics.gauge("tokenomy_ledger_leased_holds_total",
                       "Holds admitted from this process's lease, without a call to Redis.",
@@ -333,7 +343,7 @@ def _register_lease_gauges(metrics: Metrics, svc: Services) -> None:
                       "Calls that posted leased usage to Redis and set the reserves.",
                       lambda: live.syncs, kind="counter")  # fmt: skip
         metrics.gauge("tokenomy_ledger_lease_sync_failures_total",
-                      "Lease syncs that failed (their usage is left to the durable ledger).",
+                      "Lease syncs that failed (their usage is posted again).",
                       lambda: live.sync_failures, kind="counter")  # fmt: skip
 
 
