@@ -313,39 +313,12 @@ class LeasedLedger:
         record_ms = int(self._ttl_s * 1000) + RECORD_MARGIN_MS
         args: list[Any] = [int((time.time() + self._ttl_s) * 1000), record_ms, len(leases)]
         for ls in leases:
-            if ls.org is not None:
-                kind, bound, tbound = "o", ls.org.org.floor_nanos, -1
-            else:
-                assert ls.budget is not None
-                b = ls.budget.budget
-                kind = "b"
-                bound = -1 if b.amount_nanos is None else b.amount_nanos
-                tbound = -1 if b.token_limit is None else b.token_limit
             used, tused = ls.used, ls.tused
             posted.append((ls, used, tused, ls.items))
             for rid, nanos, toks in ls.items:
                 items += [len(posted), rid, nanos, toks]
-            # Posted usage stops being reserve: the room left (reserve - held - used) is
-            # the same before and after.
-            ls.used = ls.tused = 0
-            ls.items = []
-            ls.reserve -= min(used, ls.reserve)
-            ls.treserve -= min(tused, ls.treserve)
-            if give_back:
-                # Admitted from now on only against what stays; Redis keeps what is in use.
-                ls.reserve, ls.treserve = min(ls.reserve, ls.held), min(ls.treserve, ls.theld)
-                keep, tkeep = ls.held, ls.theld
-            else:
-                # Never less than this process counts on (holds admitted meanwhile).
-                keep, tkeep = max(ls.reserve, ls.held), max(ls.treserve, ls.theld)
             keys += [self._p + ls.key, self._p + "hold:" + ls.id]
-            share = 0 if give_back else self._share_ppm
-            if ls.force:
-                # What a rebuild missed: held again whatever is free (keep already counts
-                # the reserve the process admits against, and what is in use).
-                share, ls.force = -1, False
-            args += [kind, bound, tbound, used, tused, share, keep, tkeep, ls.id]
-            ls.keep = (keep, tkeep)
+            args += self._post_args(ls, give_back)
         keys += self.inner.tail_keys
         args.append(len(items) // 4)
         args += items
@@ -379,6 +352,39 @@ class LeasedLedger:
             # database, it counts what the writer recorded) and holds no reserve.
             ls.reserve, ls.treserve = (reserve, treserve) if ok else (0, 0)
             ls.synced_at = now
+
+    def _post_args(self, ls: _Lease, give_back: bool) -> list[Any]:
+        """A lease's part of a sync call; its usage leaves it (posted, or put back when
+        the call fails)."""
+        if ls.org is not None:
+            kind, bound, tbound = "o", ls.org.org.floor_nanos, -1
+        else:
+            assert ls.budget is not None
+            b = ls.budget.budget
+            kind = "b"
+            bound = -1 if b.amount_nanos is None else b.amount_nanos
+            tbound = -1 if b.token_limit is None else b.token_limit
+        used, tused = ls.used, ls.tused
+        # Posted usage stops being reserve: the room left (reserve - held - used) is
+        # the same before and after.
+        ls.used = ls.tused = 0
+        ls.items = []
+        ls.reserve -= min(used, ls.reserve)
+        ls.treserve -= min(tused, ls.treserve)
+        if give_back:
+            # Admitted from now on only against what stays; Redis keeps what is in use.
+            ls.reserve, ls.treserve = min(ls.reserve, ls.held), min(ls.treserve, ls.theld)
+            keep, tkeep = ls.held, ls.theld
+        else:
+            # Never less than this process counts on (holds admitted meanwhile).
+            keep, tkeep = max(ls.reserve, ls.held), max(ls.treserve, ls.theld)
+        share = 0 if give_back else self._share_ppm
+        if ls.force:
+            # What a rebuild missed: held again whatever is free (keep already counts
+            # the reserve the process admits against, and what is in use).
+            share, ls.force = -1, False
+        ls.keep = (keep, tkeep)
+        return [kind, bound, tbound, used, tused, share, keep, tkeep, ls.id]
 
     def _inflight(self) -> dict[str, str]:
         """Open holds to publish when the state is lost: the exact ones, and what each
