@@ -120,3 +120,19 @@ async def test_an_expired_hold_is_not_held_again_after_a_loss(prefix: str) -> No
         assert (st.used, st.held) == (0, 500)
     finally:
         await live.close()
+
+
+async def test_holds_that_survive_a_lost_marker_are_counted_once(prefix: str) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 10_000})
+    live, other = ledger(loader, prefix), ledger(loader, prefix)
+    try:
+        await other.hold(hold(1, PREPAID, 1_000, 0, ()))  # a process that publishes nothing
+        r = Redis.from_url(require_redis())
+        await r.delete(prefix + "epoch")  # evicted, or a Redis an older version used
+        await r.aclose()
+        await live.hold(hold(2, PREPAID, 500, 0, ()))  # rebuilt first
+        st = await live.org_state(OrgMeter(PREPAID))
+        assert st.held == 1_500
+    finally:
+        await live.close()
+        await other.close()

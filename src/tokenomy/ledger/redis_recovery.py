@@ -12,8 +12,9 @@ the loss publishes its open holds there too, takes the ``rebuild`` lock (SET NX)
    every budget's current bucket and which of those requests the database already has;
 2. one script, if no entry arrived meanwhile, writes every counter from the snapshot,
    adds the unposted usage the snapshot did not have (usage the writer had committed is
-   in the totals and is not added again), holds the published open holds again, and
-   sets the new epoch. Entries that arrived meanwhile send it back to step 1.
+   in the totals and is not added again), holds the published open holds again (and
+   any hold whose record survived, as when only the marker was lost or an older
+   version made it), and sets the new epoch. Entries that arrived meanwhile send it back to step 1.
 
 So each request's usage is counted once: by the database snapshot or by the unposted
 entry, never both. Open holds the rebuild missed (published too late) are held again by
@@ -82,11 +83,13 @@ if not final then
     if rid and recorded[rid] == nil then return 'again' end
   end
 end
--- What the lost state left behind (an evicted marker): old holds go, counters are set.
+-- Holds that survived (only the marker was lost, or an older version made them) are
+-- kept and counted again below; none survive a FLUSHDB or a restart.
+local kept = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-  redis.call('DEL', ARGV[2] .. 'hold:' .. id)
+  local h = redis.call('HMGET', ARGV[2] .. 'hold:' .. id, 'amount', 'tokens', 'org', 'keys')
+  if h[1] then kept[#kept + 1] = h else redis.call('ZREM', KEYS[3], id) end
 end
-redis.call('DEL', KEYS[3])
 for i = 0, norgs - 1 do
   local k = orgs_at + 3 * i
   redis.call('DEL', ARGV[k])
@@ -98,6 +101,20 @@ for i = 0, nbud - 1 do
   redis.call('HSET', ARGV[k], 'spent', ARGV[k + 1], 'held', '0', 'tspent', ARGV[k + 2],
              'theld', '0')
   if ARGV[k + 3] ~= '-1' then redis.call('PEXPIREAT', ARGV[k], ARGV[k + 3]) end
+end
+-- A hold record keeps its amounts negated.
+local function hold_on(keys, org, a, t)
+  local first = true
+  for k in string.gmatch(keys, '%S+') do
+    if redis.call('EXISTS', k) == 1 then
+      redis.call('HINCRBY', k, 'held', a)
+      if not (first and org == '1') then redis.call('HINCRBY', k, 'theld', t) end
+    end
+    first = false
+  end
+end
+for _, h in ipairs(kept) do
+  hold_on(h[4], h[3], I(-tonumber(h[1])), I(-tonumber(h[2])))
 end
 local added, held = 0, 0
 for i = 1, #entries, 2 do
@@ -117,16 +134,9 @@ for i = 1, #entries, 2 do
   else
     local id = string.match(f, '^h (%S+)$')
     local a, t, org, exp, keys = string.match(v, '^(%S+) (%S+) (%S+) (%S+) (.*)$')
-    if id and a then
-      local first = true
-      for k in string.gmatch(keys, '%S+') do
-        if redis.call('EXISTS', k) == 1 then
-          redis.call('HINCRBY', k, 'held', a)
-          if not (first and org == '1') then redis.call('HINCRBY', k, 'theld', t) end
-        end
-        first = false
-      end
-      local rec = ARGV[2] .. 'hold:' .. id
+    local rec = id and ARGV[2] .. 'hold:' .. id
+    if id and a and redis.call('EXISTS', rec) == 0 then
+      hold_on(keys, org, a, t)
       redis.call('HSET', rec, 'amount', I(-tonumber(a)), 'tokens', I(-tonumber(t)),
                  'org', org, 'keys', keys)
       redis.call('PEXPIREAT', rec, tonumber(exp) + 86400000)
