@@ -9,9 +9,17 @@ import orjson
 from aiohttp import web
 
 from tokenomy.api import admin, anthropic_routes, ledger_admin, openai_routes, usage_routes
-from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, aio_handler, error_parts, internal_error
+from tokenomy.api.edge import (
+    INFERENCE_ROUTES,
+    REQUEST_ID,
+    SERVICES,
+    aio_handler,
+    error_parts,
+    internal_error,
+)
 from tokenomy.config import Config
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from tokenomy.gateway.call import new_request_id
 from tokenomy.services import Services, build_services
 
 log = logging.getLogger(__name__)
@@ -28,7 +36,7 @@ def _render(err: GatewayError, request: web.Request) -> web.Response:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as JSON in the route's dialect: never a traceback or HTML page."""
     try:
-        return await handler(request)
+        resp = await handler(request)
     except GatewayError as e:
         return _render(e, request)
     except web.HTTPException as e:
@@ -47,6 +55,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _render(internal_error(), request)
+    if not resp.prepared and REQUEST_ID not in resp.headers:
+        resp.headers[REQUEST_ID] = new_request_id()
+    return resp
 
 
 async def healthz(request: web.Request) -> web.Response:
