@@ -97,13 +97,20 @@ class FakeUpstream:
         self.released += 1
 
 
-def make_call(dialect: str, *, wants_usage: bool = False) -> Call:
+def vendor_model(raw: bytes) -> str:
+    """The model a recorded stream names (a call for that name relays it unchanged)."""
+    named = re.search(rb'"model": ?"([^"]*)"', raw)
+    assert named is not None
+    return named.group(1).decode()
+
+
+def make_call(dialect: str, *, wants_usage: bool = False, model: str | None = None) -> Call:
     if dialect == "openai":
         return Call(
             endpoint="chat",
             dialect="openai",
             body=CHAT_BODY,
-            model="gpt-4o-mini",
+            model=model or "gpt-4o-mini",
             stream=True,
             key=KEY,
             wants_usage=wants_usage,
@@ -112,7 +119,7 @@ def make_call(dialect: str, *, wants_usage: bool = False) -> Call:
         endpoint="messages",
         dialect="anthropic",
         body=MESSAGES_BODY,
-        model="claude-sonnet-4-5",
+        model=model or "claude-sonnet-4-5",
         stream=True,
         key=KEY,
     )
@@ -247,7 +254,7 @@ async def test_sse_parser_drops_an_event_cut_mid_line() -> None:
 )
 @pytest.mark.parametrize("size", [7, 1 << 20])  # in pieces, and the whole stream at once
 async def test_openai_passthrough_is_byte_for_byte(name: str, size: int) -> None:
-    call = make_call("openai", wants_usage=True)
+    call = make_call("openai", wants_usage=True, model=vendor_model(fixture(name)))
     upstream = FakeUpstream(fixture(name), size=size)
     out, r = await relay(call, upstream, "openai")
     assert out == fixture(name)
@@ -256,6 +263,16 @@ async def test_openai_passthrough_is_byte_for_byte(name: str, size: int) -> None
     assert call.usage is not None and call.usage.source is UsageSource.UPSTREAM
     assert call.output_text == []  # the vendor's count is known: nothing kept to count
     assert call.first_token_at is not None
+
+
+@pytest.mark.parametrize("size", [7, 1 << 20])
+async def test_openai_passthrough_names_the_public_model_in_every_chunk(size: int) -> None:
+    raw = fixture("openai_stream_tool_calls.sse")
+    vendor_id = re.search(rb'"model":"([^"]*)"', raw).group(0)  # type: ignore[union-attr]
+    call = make_call("openai", wants_usage=True, model="our-name")
+    out, _ = await relay(call, FakeUpstream(raw, size=size), "openai")
+    assert out == raw.replace(vendor_id, b'"model":"our-name"')
+    assert out.count(b'"model":"our-name"') == raw.count(vendor_id) > 1
 
 
 @pytest.mark.parametrize(
@@ -303,7 +320,7 @@ async def test_keep_alive_comments_before_the_first_token_do_not_start_it() -> N
 @pytest.mark.parametrize("name", ["openai_stream_text.sse", "deepseek_stream_cache_hit.sse"])
 @pytest.mark.parametrize("size", [7, 1 << 20])
 async def test_usage_only_chunk_is_stripped_unless_the_client_asked(name: str, size: int) -> None:
-    call = make_call("openai", wants_usage=False)
+    call = make_call("openai", wants_usage=False, model=vendor_model(fixture(name)))
     out, _ = await relay(call, FakeUpstream(fixture(name), size=size), "openai")
     assert out == without_usage_chunk(fixture(name))
     assert call.usage is not None and call.usage.input_tokens > 0  # still metered
@@ -314,7 +331,8 @@ async def test_usage_only_chunk_is_stripped_unless_the_client_asked(name: str, s
 async def test_usage_on_a_chunk_with_choices_is_kept() -> None:
     # DeepSeek puts usage on the finishing chunk: it cannot be dropped without the text.
     name = "deepseek_stream_reasoning.sse"
-    out, _ = await relay(make_call("openai"), FakeUpstream(fixture(name)), "openai")
+    call = make_call("openai", model=vendor_model(fixture(name)))
+    out, _ = await relay(call, FakeUpstream(fixture(name)), "openai")
     assert out == fixture(name)
 
 
@@ -342,7 +360,7 @@ async def test_openai_passthrough_output_reads_in_the_sdk() -> None:
     ],
 )
 async def test_anthropic_passthrough_is_byte_for_byte(name: str, usage: Usage) -> None:
-    call = make_call("anthropic")
+    call = make_call("anthropic", model=vendor_model(fixture(name)))
     upstream = FakeUpstream(fixture(name))
     out, r = await relay(call, upstream, "anthropic")
     assert out == fixture(name)
@@ -364,7 +382,7 @@ async def test_anthropic_passthrough_null_usage_fields_keep_message_start_values
 
 
 async def test_anthropic_error_event_is_relayed_once() -> None:
-    call = make_call("anthropic")
+    call = make_call("anthropic", model=vendor_model(fixture("anthropic_stream_error.sse")))
     out, _ = await relay(call, FakeUpstream(fixture("anthropic_stream_error.sse")), "anthropic")
     assert out == fixture("anthropic_stream_error.sse")
     assert out.count(b"event: error") == 1
@@ -619,3 +637,13 @@ def test_counted_usage_without_output() -> None:
     usage = counted_usage(TokenCounter(), call)
     assert usage.source is UsageSource.COUNTED
     assert usage.output_tokens == 0 and usage.input_tokens > 0
+
+
+async def test_anthropic_passthrough_names_the_public_model() -> None:
+    raw = fixture("anthropic_stream_text.sse")
+    call = make_call("anthropic", model="our-name")
+    out, _ = await relay(call, FakeUpstream(raw), "anthropic")
+    assert vendor_model(out) == "our-name" and vendor_model(raw) != "our-name"
+    assert call.usage == Usage(input_tokens=1025, cached_tokens=1000, output_tokens=15)
+    # Only message_start names the model; every other event leaves as it came.
+    assert out.split(b"\n\n")[1:] == raw.split(b"\n\n")[1:]

@@ -67,6 +67,7 @@ async def queue_view(request: web.Request) -> web.Response:
     key = authenticate(request.headers, svc)
     entries = [
         {
+            "request_id": e.request_id,
             "deployment": e.queue,
             "position": e.position,
             "estimated_wait_s": round(e.estimated_wait_s, 3),

@@ -56,6 +56,12 @@ class Call:
     #: Arbitrary per-stage state (holds, tickets) keyed by the stage that owns it.
     extras: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def public_model(self) -> str:
+        """The model answers name: its own name, not an alias, a routing suffix (":floor")
+        or the vendor's id for it (OpenRouter's convention)."""
+        return self.route.name if self.route is not None else self.model
+
     def mark_first_token(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()

@@ -59,6 +59,9 @@ SLOT = "queue.slot"
 MAX_WAIT = "queue.max_wait"
 _CANDIDATES = "pipeline.candidates"
 
+EMBEDDINGS = "embeddings"
+_ENDPOINT_NAMES = {"chat": "chat completions", "messages": "messages"}
+
 #: Errors after which the next deployment is tried (nothing has reached the client yet).
 RETRYABLE = (RateLimited, UpstreamError, UpstreamTimeout)
 
@@ -204,6 +207,7 @@ class Pipeline:
             key=call.key.id,
             tier=tier_for(call.body.get("service_tier")),
             max_wait_s=call.extras.get(MAX_WAIT),
+            request_id=call.request_id,
         )
 
     def candidates(self, call: Call) -> list[Deployment]:
@@ -220,9 +224,16 @@ class Pipeline:
             if self.router is not None
             else [d for d in call.route.deployments if needs <= d.capabilities]
         )
-        deps = [d for d in pool if not (openai_only and d.vendor.dialect != "openai")]
+        embeds = call.endpoint == "embeddings"
+        # An embeddings deployment answers embeddings only, and only it answers them.
+        deps = [
+            d
+            for d in pool
+            if not (openai_only and d.vendor.dialect != "openai")
+            and (EMBEDDINGS in d.capabilities) == embeds
+        ]
         if not deps:
-            what = ", ".join(sorted(needs)) or call.endpoint
+            what = ", ".join(sorted(needs)) or _ENDPOINT_NAMES.get(call.endpoint, call.endpoint)
             raise InvalidRequest(
                 f"No deployment of the model '{call.model}' supports {what}.", param="model"
             )
@@ -253,6 +264,9 @@ class Pipeline:
         if not isinstance(obj, dict):
             raise UpstreamError(f"{dep.vendor.name} answered with an unexpected body.")
         out = self._client_obj(call, provider.dialect, obj)
+        renamed = out is obj and obj.get("model") != call.public_model
+        if renamed:
+            obj["model"] = call.public_model
         cost = None
         if self.quoter is not None and call.usage is not None:
             cost = self.quoter.quote(call).cost_str()
@@ -262,7 +276,7 @@ class Pipeline:
             usage["cost"] = orjson.Fragment(cost.encode())  # OpenRouter's field, exact
             body_out = orjson.dumps(out)
         else:  # an untranslated answer goes out byte for byte
-            body_out = raw if out is obj else orjson.dumps(out)
+            body_out = raw if out is obj and not renamed else orjson.dumps(out)
         return Outcome(headers=headers, body=body_out)
 
     def _upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
@@ -287,14 +301,14 @@ class Pipeline:
                 call.output_text.append(openai_response_text(obj))
             if call.dialect == "openai":
                 return obj
-            return openai_response_to_anthropic(obj, model=call.model)
+            return openai_response_to_anthropic(obj, model=call.public_model)
         if isinstance(u, dict):
             call.usage = Usage.from_anthropic(u)
         else:
             call.output_text.append(anthropic_response_text(obj))
         if call.dialect == "anthropic":
             return obj
-        return anthropic_response_to_openai(obj, model=call.model)
+        return anthropic_response_to_openai(obj, model=call.public_model)
 
     def fail(self, call: Call, err: GatewayError) -> None:
         call.status = "error"

@@ -31,7 +31,8 @@ def usage_row(call: Call) -> dict[str, Any]:
         "project_id": call.key.project_id,
         "endpoint": call.endpoint,
         "dialect": call.dialect,
-        "model": call.model,
+        # Aliases and routing suffixes (":floor") count as the model itself.
+        "model": call.public_model,
         "deployment": dep.id if dep else None,
         "vendor": dep.vendor.key if dep else None,
         "stream": call.stream,

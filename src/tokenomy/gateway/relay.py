@@ -9,6 +9,7 @@ vendor never reports usage (a cut-off stream or a silent vendor).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
@@ -60,6 +61,35 @@ def _split_at_first_special(raw: bytes) -> int:
         return len(raw)
     end = raw.rfind(b"\n\n", 0, first)  # the end of the event before it, if any
     return end + 2 if end >= 0 else 0
+
+
+#: The "model" member of an OpenAI chunk, in whatever spacing the vendor writes it.
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"[^"\\]*"')
+
+
+class _ModelRename:
+    """Names the public model in an unparsed OpenAI stream.
+
+    The vendor's spelling is learned from the first chunk that names one; after that a
+    plain byte replace does it (a chunk cannot hold that text elsewhere: quotes inside
+    JSON strings are escaped).
+    """
+
+    __slots__ = ("learned", "new", "old")
+
+    def __init__(self, public: str) -> None:
+        self.new = b'"model":' + orjson.dumps(public)
+        self.old: bytes | None = None
+        self.learned = False
+
+    def __call__(self, raw: bytes) -> bytes:
+        if not self.learned:
+            m = _MODEL_FIELD.search(raw)
+            if m is None:
+                return raw
+            self.learned = True
+            self.old = None if m.group(0) == self.new else m.group(0)
+        return raw.replace(self.old, self.new) if self.old is not None else raw
 
 
 def _present(usage: Any) -> dict[str, Any]:
@@ -142,7 +172,9 @@ class StreamRelay:
         # Most chunks carry neither usage nor the end: they go out as the bytes that came
         # in, unparsed. Only the events that may hold either are looked into.
         call = self.call
+        rename = _ModelRename(call.public_model)
         async for raw in self.upstream.event_bytes():
+            raw = rename(raw)
             cut = _split_at_first_special(raw)
             if raw.find(b"data:", 0, cut) >= 0:  # not for keep-alive comments (no copy made)
                 call.mark_first_token()
@@ -184,7 +216,13 @@ class StreamRelay:
                     call.mark_first_token()
                     raw.append(d)
                 elif name == "message_start":
-                    usage.update(_present((orjson.loads(d).get("message") or {}).get("usage")))
+                    start = orjson.loads(d)
+                    message = start.get("message")
+                    if isinstance(message, dict):
+                        usage.update(_present(message.get("usage")))
+                        if message.get("model") != call.public_model:
+                            message["model"] = call.public_model
+                            d = orjson.dumps(start)
                 elif name == "message_delta":
                     # Cumulative counts: the last value wins, never a sum; a null or missing
                     # field keeps its message_start value.
@@ -200,7 +238,7 @@ class StreamRelay:
     async def _openai_to_anthropic(self) -> AsyncIterator[bytes]:
         call = self.call
         tr = OpenAIToAnthropicStream(
-            model=call.model,
+            model=call.public_model,
             message_id="msg_" + call.request_id[4:],
             input_tokens_hint=self._hint(),
         )
@@ -231,7 +269,7 @@ class StreamRelay:
     async def _anthropic_to_openai(self) -> AsyncIterator[bytes]:
         call = self.call
         tr = AnthropicToOpenAIStream(
-            model=call.model,
+            model=call.public_model,
             completion_id="chatcmpl-" + call.request_id[4:],
             created=call.ts_ms // 1000,
             include_usage=call.wants_usage,
