@@ -137,9 +137,16 @@ def _refusal(s: Shortfall, org: Org) -> InsufficientQuota:
         )
     else:
         cur = org.currency.value
-        msg = (
-            f"Insufficient funds: {s.what} has {units(max(s.available, 0))} {cur} available "
-            f"and this request may cost up to {units(s.needed)} {cur}. Top up or lower "
-            "max_tokens."
-        )
+        left = f"{units(max(s.available, 0))} {cur}"
+        most = f"{units(s.needed)} {cur}"
+        if s.budget:
+            msg = (
+                f"Budget exceeded: {s.what} has {left} left and this request may cost up to "
+                f"{most}. Raise the budget, wait for its next period, or lower max_tokens."
+            )
+        else:
+            msg = (
+                f"Insufficient funds: {s.what} has {left} available and this request may "
+                f"cost up to {most}. Top up or lower max_tokens."
+            )
     return InsufficientQuota(msg)
