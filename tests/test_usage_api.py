@@ -534,3 +534,26 @@ def test_cli_usage_formats(agw: AnalyticsGateway, capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit):
         main([*args, "--granularity", "fortnight"])
     assert "--granularity" in capsys.readouterr().err
+
+
+def test_top_models_scoped_to_an_org_or_key_name_every_model(agw: AnalyticsGateway) -> None:
+    secret, rec = agw.services.keys.create("ranked-view", org_id="org_hist_initech")
+    agw.services.key_cache.put(secret, rec)
+    r = httpx.post(
+        agw.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    for params in ({"key": secret}, {"org_id": "org_hist_initech"}):
+        deadline = time.monotonic() + 10
+        while True:
+            r = agw.get("/v1/usage", view="top_models", **params, **window())
+            assert r.status_code == 200, r.text
+            rows = [x for x in r.json()["data"] if x["rank"] is not None]
+            if rows or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert rows, params
+        assert all(x["model"] for x in rows), rows
