@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Table
@@ -24,6 +25,8 @@ from tokenomy.admission.ratelimit import (
     Scope,
 )
 from tokenomy.analytics.metrics import Metrics
+from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
+from tokenomy.analytics.metrics_share import SharedMetrics
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.pricing import openrouter_pricing
@@ -86,6 +89,8 @@ class Services:
     tracer_provider: Any | None = None
     #: The read-only credential for /metrics, besides the admin key.
     metrics_token: str | None = None
+    #: Under ``serve --workers N``: this worker's metrics shared with the others.
+    shared_metrics: SharedMetrics | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
@@ -104,6 +109,8 @@ class Services:
         self.usage_writer.start()
         self._tasks.append(asyncio.create_task(self._refresh_keys(), name="key-refresh"))
         self._tasks.append(asyncio.create_task(self._follow_keys(), name="key-events"))
+        if self.shared_metrics is not None:
+            self._tasks.append(asyncio.create_task(self.shared_metrics.run(), name="metrics"))
         self._tasks.append(asyncio.create_task(self._refresh_ledger(), name="ledger-refresh"))
 
     async def stop(self) -> None:
@@ -113,6 +120,8 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        if self.shared_metrics is not None:
+            self.shared_metrics.close()
         await self.usage_writer.close()
         for p in self.providers.values():
             await p.close()
@@ -273,6 +282,8 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     )
 
     metrics = Metrics()
+    shared_dir = env.get(METRICS_DIR_ENV)
+    shared = SharedMetrics(metrics, Path(shared_dir)) if shared_dir else None
 
     def record(call: Call) -> None:
         row = usage_row(call)
@@ -343,5 +354,6 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         queues=queues,
         limiter=limiter,
         metrics=metrics,
+        shared_metrics=shared,
         tracer_provider=provider,
     )
