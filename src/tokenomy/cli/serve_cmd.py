@@ -187,12 +187,15 @@ def _serve_many(cfg: Any, host: str, port: int, workers: int) -> int:
     procs = {slot: start() for slot in range(workers)}
     born = dict.fromkeys(procs, time.monotonic())
 
+    signalled: set[int] = set()
+
     def forward(signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
         for p in procs.values():
             if p.pid is not None and p.is_alive():
                 os.kill(p.pid, signum)
+                signalled.add(p.pid)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -205,8 +208,13 @@ def _serve_many(cfg: Any, host: str, port: int, workers: int) -> int:
                 log.error("worker pid %s %s; starting a new one", p.pid, _ended(p.exitcode))
                 if time.monotonic() - born[slot] < RESPAWN_MIN_S:
                     time.sleep(RESPAWN_MIN_S)  # dying at start-up: do not spin
+                if stopping:
+                    break
                 procs[slot], born[slot] = start(), time.monotonic()
                 log.warning("started worker pid %s in place of pid %s", procs[slot].pid, p.pid)
+        for p in procs.values():  # one started as the signal came: stop it too
+            if p.pid is not None and p.pid not in signalled and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
         for p in procs.values():
             p.join()
     finally:
