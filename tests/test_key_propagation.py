@@ -1,6 +1,7 @@
 """Key changes reach every gateway process at once, not at the next periodic refresh.
 
-Two real ``tokenomy serve`` processes share PostgreSQL (and Redis, in one case). A key
+Two real ``tokenomy serve`` processes share a database (SQLite with Redis, PostgreSQL
+alone, PostgreSQL with Redis). A key
 revoked through one gateway's admin API is refused by the other within milliseconds, and
 a key made by ``tokenomy keys create`` (which writes to the database directly) is
 accepted by both at once. The periodic refresh runs every ``KEY_REFRESH_S`` (2 s); each
@@ -57,18 +58,22 @@ def pg_url() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["sqlite+redis", "postgres", "postgres+redis"])
 def two_gateways(
-    request: pytest.FixtureRequest, procs: Procs, pg_url: str
+    request: pytest.FixtureRequest, procs: Procs, tmp_path: Path
 ) -> Iterator[tuple[Proc, Proc, Path]]:
-    """Two gateways on one PostgreSQL database: with Redis (pub/sub), or without it
-    (LISTEN/NOTIFY)."""
+    """Two gateways on one database: announcements by Redis pub/sub alone (SQLite), by
+    PostgreSQL LISTEN/NOTIFY alone, or by both."""
     redis_url, prefix = "", f"tktest:{secrets.token_hex(4)}:"
-    if request.param == "redis":
+    if request.param.endswith("redis"):
         redis_url = require("Redis", REDIS_URL)
+    if request.param.startswith("postgres"):
+        db_url = request.getfixturevalue("pg_url")
+    else:
+        db_url = f"sqlite:///{tmp_path / 'keys.db'}"
     sim = procs.sim()
     config = procs.write_config(
-        gateway_yaml(sim.url, pg_url, redis_url=redis_url, redis_prefix=prefix)
+        gateway_yaml(sim.url, db_url, redis_url=redis_url, redis_prefix=prefix)
     )
     env = {"TOKENOMY_ADMIN_KEY": ADMIN_KEY}
     a = procs.gateway(config, name="gateway-a", env=env)

@@ -8,7 +8,7 @@ periodic refresh (which stays, as the safety net for a lost announcement).
 - With Redis configured the announcement is a Redis PUBLISH on ``<prefix>keys``, sent
   after the change commits, and gateways subscribe to it.
 - On PostgreSQL every change also sends a NOTIFY inside its own transaction (delivered
-  when, and only if, it commits); gateways without Redis LISTEN for it.
+  when, and only if, it commits), and gateways LISTEN for it too.
 - On SQLite without Redis nothing is announced: processes pick changes up at the
   periodic refresh.
 """
@@ -67,12 +67,18 @@ def pg_dsn(url: str) -> str:
 async def listen(redis_url: str, prefix: str, db_url: str, reload: Reload) -> None:
     """Follow key announcements for as long as the task runs; reconnects with backoff.
 
-    Returns at once when there is nothing to listen to (SQLite without Redis).
+    Both channels when both exist: a change made by a command run without the Redis
+    setting still arrives by PostgreSQL. Returns at once when there is nothing to listen
+    to (SQLite without Redis).
     """
+    follow = []
     if redis_url:
-        await _forever(lambda: _redis_once(redis_url, redis_channel(prefix), reload), "Redis")
-    elif make_url(db_url).get_backend_name() == "postgresql":
-        await _forever(lambda: _postgres_once(pg_dsn(db_url), reload), "PostgreSQL")
+        follow.append(_forever(lambda: _redis_once(redis_url, redis_channel(prefix), reload),
+                               "Redis"))  # fmt: skip
+    if make_url(db_url).get_backend_name() == "postgresql":
+        follow.append(_forever(lambda: _postgres_once(pg_dsn(db_url), reload), "PostgreSQL"))
+    if follow:
+        await asyncio.gather(*follow)
 
 
 async def _forever(once: Callable[[], Awaitable[None]], what: str) -> None:
