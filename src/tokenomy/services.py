@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Table
@@ -24,6 +25,8 @@ from tokenomy.admission.ratelimit import (
     Scope,
 )
 from tokenomy.analytics.metrics import Metrics
+from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
+from tokenomy.analytics.metrics_share import SharedMetrics
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.pricing import openrouter_pricing
@@ -45,6 +48,7 @@ from tokenomy.routing.health import BreakerPolicy, HealthBoard
 from tokenomy.routing.power import Region
 from tokenomy.routing.preferences import parse_preferences
 from tokenomy.routing.router import Router
+from tokenomy.store import key_events
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.keys import KeyCache, KeyStore
 from tokenomy.store.schema import usage_events
@@ -56,7 +60,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How often a gateway picks up keys created or revoked elsewhere (CLI, other replicas).
+#: How often a gateway re-reads keys created or revoked elsewhere: the safety net under
+#: the announcements (``store.key_events``) that apply them at once.
 KEY_REFRESH_S = 2.0
 
 
@@ -84,6 +89,8 @@ class Services:
     tracer_provider: Any | None = None
     #: The read-only credential for /metrics, besides the admin key.
     metrics_token: str | None = None
+    #: Under ``serve --workers N``: this worker's metrics shared with the others.
+    shared_metrics: SharedMetrics | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
@@ -101,6 +108,9 @@ class Services:
         await self.refresh_accounts()
         self.usage_writer.start()
         self._tasks.append(asyncio.create_task(self._refresh_keys(), name="key-refresh"))
+        self._tasks.append(asyncio.create_task(self._follow_keys(), name="key-events"))
+        if self.shared_metrics is not None:
+            self._tasks.append(asyncio.create_task(self.shared_metrics.run(), name="metrics"))
         self._tasks.append(asyncio.create_task(self._refresh_ledger(), name="ledger-refresh"))
 
     async def stop(self) -> None:
@@ -110,6 +120,8 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        if self.shared_metrics is not None:
+            self.shared_metrics.close()
         await self.usage_writer.close()
         for p in self.providers.values():
             await p.close()
@@ -134,6 +146,16 @@ class Services:
             except Exception:
                 log.exception("refreshing API keys failed; keeping the cached ones")
 
+    async def _follow_keys(self) -> None:
+        async def reload(key_id: str | None) -> None:
+            if key_id is None:
+                await asyncio.to_thread(self.key_cache.refresh)
+            else:
+                await asyncio.to_thread(self.key_cache.reload, key_id)
+
+        lc = self.config.ledger
+        await key_events.listen(lc.redis_url, lc.redis_prefix, self.config.database.url, reload)
+
     async def _refresh_ledger(self) -> None:
         while True:
             await asyncio.sleep(self.config.ledger.refresh_s)
@@ -142,6 +164,13 @@ class Services:
                 await self.live.expire()
             except Exception:
                 log.exception("refreshing accounts failed; keeping the cached ones")
+
+
+def key_store(engine: Engine, config: Config) -> KeyStore:
+    """The key store, announcing its changes on Redis when there is one."""
+    lc = config.ledger
+    announce = key_events.RedisAnnouncer(lc.redis_url, lc.redis_prefix) if lc.redis_url else None
+    return KeyStore(engine, announce)
 
 
 def build_scripts(config: Config) -> ScriptClient | None:
@@ -232,7 +261,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     """Wire every service from the config; nothing touches the network until start()."""
     env = os.environ if env is None else env
     engine = open_engine(config.database.url)
-    keys = KeyStore(engine)
+    keys = key_store(engine, config)
     registry = build_registry(config, env)
     providers = build_providers(registry, config.server)
     counter = TokenCounter()
@@ -253,6 +282,8 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     )
 
     metrics = Metrics()
+    shared_dir = env.get(METRICS_DIR_ENV)
+    shared = SharedMetrics(metrics, Path(shared_dir)) if shared_dir else None
 
     def record(call: Call) -> None:
         row = usage_row(call)
@@ -323,5 +354,6 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         queues=queues,
         limiter=limiter,
         metrics=metrics,
+        shared_metrics=shared,
         tracer_provider=provider,
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
 from tokenomy.api.lean_server import LeanSite
 from tokenomy.app import app_for
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
@@ -23,6 +24,8 @@ from tokenomy.config import DatabaseConfig
 from tokenomy.ledger.store import Kind, LedgerStore, NotFoundError
 from tokenomy.services import build_services
 from tokenomy.store.keys import KeyStore
+
+log = logging.getLogger(__name__)
 
 DEMO_SIM_PORT = 8001
 DEMO_ORG = "org_demo"
@@ -160,29 +163,75 @@ async def _settle_gc(_app: web.Application) -> None:
 
 
 def _serve_many(cfg: Any, host: str, port: int, workers: int) -> int:
-    """N processes on one port (SO_REUSEPORT: the kernel spreads connections)."""
+    """N processes on one port (SO_REUSEPORT: the kernel spreads connections), kept at N:
+    a worker that dies is logged and replaced. They share their metrics through a
+    directory of their own (``analytics.metrics_share``)."""
     import multiprocessing
+    import multiprocessing.connection
+    import shutil
+    import tempfile
+    import time
 
     # Migrate once here, not in N workers racing on an empty database.
     database(cfg).dispose()
+    metrics_dir = tempfile.mkdtemp(prefix="tokenomy-metrics-")
+    os.environ[METRICS_DIR_ENV] = metrics_dir  # inherited by the spawned workers
     ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_serve_one, args=(cfg, host, port), kwargs={"reuse_port": True})
-        for _ in range(workers)
-    ]
-    for p in procs:
+    stopping = False
+
+    def start() -> Any:
+        p = ctx.Process(target=_serve_one, args=(cfg, host, port), kwargs={"reuse_port": True})
         p.start()
+        return p
+
+    procs = {slot: start() for slot in range(workers)}
+    born = dict.fromkeys(procs, time.monotonic())
+
+    signalled: set[int] = set()
 
     def forward(signum: int, _frame: Any) -> None:
-        for p in procs:
+        nonlocal stopping
+        stopping = True
+        for p in procs.values():
             if p.pid is not None and p.is_alive():
                 os.kill(p.pid, signum)
+                signalled.add(p.pid)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for p in procs:
-        p.join()
-    return max((p.exitcode or 0) for p in procs)
+    try:
+        while not stopping:
+            multiprocessing.connection.wait([p.sentinel for p in procs.values()], timeout=1.0)
+            for slot, p in list(procs.items()):
+                if stopping or p.exitcode is None:
+                    continue
+                log.error("worker pid %s %s; starting a new one", p.pid, _ended(p.exitcode))
+                if time.monotonic() - born[slot] < RESPAWN_MIN_S:
+                    time.sleep(RESPAWN_MIN_S)  # dying at start-up: do not spin
+                if stopping:
+                    break
+                procs[slot], born[slot] = start(), time.monotonic()
+                log.warning("started worker pid %s in place of pid %s", procs[slot].pid, p.pid)
+        for p in procs.values():  # one started as the signal came: stop it too
+            if p.pid is not None and p.pid not in signalled and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+        for p in procs.values():
+            p.join()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return max((p.exitcode or 0) for p in procs.values())
+
+
+#: A worker that dies sooner than this after its start is restarted only this much later.
+RESPAWN_MIN_S = 1.0
+
+
+def _ended(exitcode: int) -> str:
+    if exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
 
 
 def _sim_settings(args: argparse.Namespace) -> Any:
