@@ -63,4 +63,7 @@ def list_dead_letters(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:
     t = writer_dead_letters
     with engine.connect() as conn:
         rows = conn.execute(select(t).order_by(t.c.ts_ms.desc(), t.c.id).limit(limit)).all()
-    return [{**r._mapping, "record": json.loads(r.record)} for r in rows]
+    # Plain str keys: a column's name is a str subclass, which orjson refuses as a key.
+    return [
+        {str(k): v for k, v in r._mapping.items()} | {"record": json.loads(r.record)} for r in rows
+    ]
