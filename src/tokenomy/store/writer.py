@@ -325,7 +325,8 @@ class BatchWriter:
         self.submit_many(((table if table is not None else self._table, row),))
 
     def submit_many(self, items: Sequence[Item]) -> None:
-        """Queue rows that must be committed together (one record: all or nothing)."""
+        """Queue rows that must be committed together (one record: all or nothing).
+        ``items`` is kept as it is, not copied: the caller hands it over."""
         if self._queued_since is None:
             self._queued_since = time.monotonic()
         self._pending.append(items)
