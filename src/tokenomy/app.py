@@ -8,7 +8,14 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
-from tokenomy.api import admin, anthropic_routes, ledger_admin, openai_routes, usage_routes
+from tokenomy.api import (
+    admin,
+    anthropic_routes,
+    ledger_admin,
+    openai_routes,
+    usage_routes,
+    writer_admin,
+)
 from tokenomy.api.edge import (
     INFERENCE_ROUTES,
     REQUEST_ID,
@@ -61,13 +68,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while the replica serves and its writer keeps up; 503 once the writer is
+    behind (a database down or refusing every write), so a balancer stops sending it
+    requests whose records would only pile up in memory."""
     svc = request.app[SERVICES]
+    writer = svc.usage_writer.health()
+    wc = svc.config.writer
+    behind = writer.behind(wc.health_max_lag_s, wc.health_max_pending)
     body = {
-        "status": "ok",
+        "status": "unhealthy" if behind else "ok",
         "models": len(svc.registry.routes),
-        "writer_pending": svc.usage_writer.pending,
+        "writer_pending": writer.pending,
+        "writer": {
+            "pending": writer.pending,
+            "oldest_age_s": writer.oldest_age_s,
+            "last_error": writer.last_error,
+            "dead_letters": writer.dead_letters,
+        },
     }
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+    return web.Response(
+        body=orjson.dumps(body), status=503 if behind else 200, content_type="application/json"
+    )
 
 
 def create_app(config: Config, env: Mapping[str, str] | None = None) -> web.Application:
@@ -88,6 +109,7 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
     openai_routes.add_routes(app)
     admin.add_routes(app)
     ledger_admin.add_routes(app)
+    writer_admin.add_routes(app)
     usage_routes.add_routes(app, rollup_interval_s=rollup_interval_s)
     app[usage_routes.QUEUE_DEPTH] = lambda: svc.queues.depth
     app.router.add_get("/healthz", healthz)

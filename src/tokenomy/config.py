@@ -57,6 +57,11 @@ class WriterConfig(_Strict):
     #: does not.
     flush_interval_ms: int = Field(50, ge=0, le=60_000)
     batch_max: int = Field(2000, ge=1)
+    #: /healthz answers 503 once the oldest record not yet committed is older than this
+    #: (a database down or refusing every write) ...
+    health_max_lag_s: float = Field(30.0, gt=0)
+    #: ... or once more records than this wait in memory.
+    health_max_pending: int = Field(100_000, ge=1)
 
 
 class LedgerConfig(_Strict):

@@ -325,6 +325,9 @@ def _register_gauges(app: web.Application, metrics: Metrics, svc: Services) -> N
                   lambda: svc.usage_writer.pending)  # fmt: skip
     metrics.gauge("tokenomy_writer_failures_total", "Failed group commits (retried).",
                   lambda: svc.usage_writer.failures, kind="counter")  # fmt: skip
+    metrics.gauge("tokenomy_writer_dead_letters_total",
+                  "Records the database refused, kept in writer_dead_letters.",
+                  lambda: svc.usage_writer.dead_letters, kind="counter")  # fmt: skip
     stage = svc.ledger_stage
     metrics.gauge("tokenomy_ledger_holds_total", "Funds held before vendor calls.",
                   lambda: stage.holds, kind="counter")  # fmt: skip

@@ -21,12 +21,27 @@ def _type_error(param: str, expected: str, value: Any) -> InvalidRequest:
     )
 
 
+#: The longest model name taken: the width of the ``model`` column of a usage event.
+MAX_MODEL_CHARS = 200
+
+
 def require_model(body: dict[str, Any]) -> str:
+    """The requested model; a name the usage record could not store is refused here
+    (PostgreSQL refuses a NUL byte and an over-long value, and the record with it)."""
     model = body.get("model")
     if model is None:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model")
     if not isinstance(model, str) or not model:
         raise _type_error("model", "a non-empty string", model)
+    if len(model) > MAX_MODEL_CHARS:
+        raise InvalidRequest(
+            f"Invalid 'model': longer than {MAX_MODEL_CHARS} characters.", param="model"
+        )
+    if not model.isprintable():
+        raise InvalidRequest(
+            "Invalid 'model': it holds a control character (NUL, line break, ...).",
+            param="model",
+        )
     return model
 
 

@@ -150,3 +150,22 @@ ledger_postings = Table(
     Column("currency", String(3), nullable=False),
     Index("ix_ledger_postings_account", "account"),
 )
+
+
+# ---- The writer's dead letters (0007) --------------------------------------------------
+
+# A record the database refused (a usage event with its ledger rows), kept whole as JSON
+# for an operator, so that the rows queued behind it still land. Keyed by a hash of the
+# record: quarantining the same record again (a replayed batch) adds nothing.
+writer_dead_letters = Table(
+    "writer_dead_letters",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    # The usage event's request id, when the record has one (JSON-safe, may be cut short).
+    Column("request_id", String(64), nullable=True),
+    Column("reason", Text, nullable=False),
+    # [{"table": ..., "row": {...}}, ...]: every row of the record, as it was queued.
+    Column("record", Text, nullable=False),
+    Index("ix_writer_dead_letters_ts", "ts_ms"),
+)
