@@ -52,6 +52,8 @@ from tokenomy.store.writer import BatchWriter
 from tokenomy.tracing import build_tracer_provider
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from tokenomy.store.redis_scripts import ScriptClient
 
 log = logging.getLogger(__name__)
@@ -113,8 +115,9 @@ class Services:
         await self.usage_writer.close()
         for p in self.providers.values():
             await p.close()
-        await self.live.close()
+        # The limiter first: the ledger's close also closes the Redis client they share.
         await self.limiter.aclose()
+        await self.live.close()
         if self.tracer_provider is not None:
             await asyncio.to_thread(self.tracer_provider.shutdown)  # flushes spans
         self.engine.dispose()
@@ -151,18 +154,35 @@ def build_scripts(config: Config) -> ScriptClient | None:
         return None
     from tokenomy.store.redis_scripts import ScriptClient
 
-    return ScriptClient.for_url(config.ledger.redis_url)
+    scripts = ScriptClient.for_url(config.ledger.redis_url)
+    if scripts is None:
+        log.warning("Redis over a Unix socket: scripts go through redis-py (slower)")
+    return scripts
+
+
+def build_redis(config: Config) -> Redis | None:
+    """The process's one redis-py client (meters loaded, admin reads, scripts the lean
+    client does not serve), shared by the ledger and the rate limiter."""
+    if not config.ledger.redis_url:
+        return None
+    from redis.asyncio import BlockingConnectionPool, Redis
+
+    # Blocking: under load callers wait for a connection instead of failing open.
+    pool = BlockingConnectionPool.from_url(config.ledger.redis_url, max_connections=64)
+    return Redis(connection_pool=pool)
 
 
 def build_live(
-    config: Config, store: LedgerStore, scripts: ScriptClient | None = None
+    config: Config,
+    store: LedgerStore,
+    scripts: ScriptClient | None = None,
+    redis: Redis | None = None,
 ) -> LiveLedger:
     if config.ledger.redis_url:
-        import redis.asyncio as aioredis
-
         from tokenomy.ledger.redis_live import RedisLedger
 
-        client = aioredis.Redis.from_url(config.ledger.redis_url)
+        client = redis if redis is not None else build_redis(config)
+        assert client is not None
         exact = RedisLedger(client, store, config.ledger.redis_prefix, scripts=scripts)
         if config.ledger.lease_share > 0:
             from tokenomy.ledger.leased import LeasedLedger
@@ -173,14 +193,13 @@ def build_live(
     return MemoryLedger(store)
 
 
-def build_limiter(config: Config, scripts: ScriptClient | None = None) -> RateLimiter:
+def build_limiter(
+    config: Config, scripts: ScriptClient | None = None, redis: Redis | None = None
+) -> RateLimiter:
     if config.ledger.redis_url:
-        from redis.asyncio import BlockingConnectionPool, Redis
-
-        url = config.ledger.redis_url
-        # Blocking: under load callers wait for a connection instead of failing open.
-        pool = BlockingConnectionPool.from_url(url, max_connections=64)
-        client, prefix = Redis(connection_pool=pool), config.ledger.redis_prefix + "rl:"
+        client = redis if redis is not None else build_redis(config)
+        assert client is not None
+        prefix = config.ledger.redis_prefix + "rl:"
         share = config.limits.lease_share
         if share > 0:
             return LeasedRateLimiter(client, prefix, share=share, scripts=scripts)
@@ -245,7 +264,8 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     ledger = LedgerStore(engine)
     directory = Directory(ledger)
     scripts = build_scripts(config)
-    live = build_live(config, ledger, scripts)
+    redis = build_redis(config)
+    live = build_live(config, ledger, scripts, redis)
     biller = Biller(
         PriceBook.load(config.prices),
         FxTable.load(config.fx),
@@ -286,7 +306,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     queues = QueueBoard(max_wait_s=rc.max_queue_wait_s)
     pipeline.router = router
     pipeline.queues = queues
-    limiter = build_limiter(config, scripts)
+    limiter = build_limiter(config, scripts, redis)
     pipeline.stages.append(rate_limit_stage(config, limiter, biller))
     stage = LedgerStage(
         biller,
