@@ -29,6 +29,8 @@ from tokenomy.app import app_for
 from tokenomy.config import parse_config
 from tokenomy.ledger.accounts import OrgMeter
 from tokenomy.services import build_services
+from tokenomy.store.db import migrate
+from tokenomy.store.redis_check import RedisClusterUnsupported
 from tokenomy.store.redis_scripts import ScriptClient
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
@@ -266,3 +268,86 @@ def test_a_rediss_url_with_client_cert_params_builds_a_verifying_context(
     assert c._ssl is not None and c._ssl.verify_mode == ssl.CERT_REQUIRED
     insecure = ScriptClient.from_url("rediss://h:1/0?ssl_cert_reqs=none")
     assert insecure._ssl is not None and insecure._ssl.verify_mode == ssl.CERT_NONE
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def redis_cluster(tmp: Path) -> Iterator[list[int]]:
+    """A real three-node Redis Cluster (no replicas) on free ports."""
+    ports: list[int] = []
+    while len(ports) < 3:
+        # Each node also listens on its port + 10000 (the cluster bus).
+        p = free_port()
+        if p < 55_000 and p not in ports and _free(p + 10_000):
+            ports.append(p)
+    with contextlib.ExitStack() as stack:
+        for p in ports:
+            d = tmp / f"node-{p}"
+            d.mkdir()
+            stack.enter_context(
+                redis_server(
+                    d, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", port=p
+                )
+            )
+        nodes = [f"127.0.0.1:{p}" for p in ports]
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *nodes,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 20
+        while (
+            b"cluster_state:ok"
+            not in subprocess.run(
+                ["redis-cli", "-p", str(ports[0]), "cluster", "info"],
+                capture_output=True,
+                timeout=10,
+            ).stdout
+        ):
+            assert time.monotonic() < deadline, "the cluster never came up"
+            time.sleep(0.1)
+        yield ports
+
+
+def test_a_redis_cluster_url_is_refused_at_start_with_a_clear_reason(
+    tmp_path: Path, sim: ThreadServer
+) -> None:
+    with redis_cluster(tmp_path) as ports:
+        text = f"""
+database: {{url: "sqlite:///{tmp_path / "gw.db"}"}}
+ledger: {{redis_url: "redis://127.0.0.1:{ports[0]}/0"}}
+vendors:
+  sim: {{dialect: openai, base_url: "{sim.url}/v1", auth: none}}
+models:
+  - {{name: m, deployments: [{{vendor: sim, model: sim-small, price: sim/sim-small}}]}}
+"""
+        svc = build_services(parse_config(text, "t"), {})
+        migrate(svc.engine)
+        for n in range(20):  # orgs whose keys land on every node
+            svc.ledger.create_org(f"org {n}", "USD")
+
+        async def start() -> None:
+            try:
+                await svc.start()
+            finally:
+                await svc.stop()
+
+        with pytest.raises(RedisClusterUnsupported, match="Redis Cluster"):
+            asyncio.run(start())

@@ -86,6 +86,8 @@ class Services:
     tracer_provider: Any | None = None
     #: The read-only credential for /metrics, besides the admin key.
     metrics_token: str | None = None
+    #: The process's one redis-py client, when live state is in Redis.
+    redis: Any | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
@@ -98,6 +100,10 @@ class Services:
         return None
 
     async def start(self) -> None:
+        if self.redis is not None:
+            from tokenomy.store.redis_check import ensure_single_redis
+
+            await ensure_single_redis(self.redis, "TOKENOMY_REDIS_URL (ledger.redis_url)")
         await asyncio.to_thread(migrate, self.engine)
         await asyncio.to_thread(self.key_cache.refresh)
         await self.refresh_accounts()
@@ -344,4 +350,5 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         limiter=limiter,
         metrics=metrics,
         tracer_provider=provider,
+        redis=redis,
     )
