@@ -185,6 +185,17 @@ async def test_while_redis_is_down_calls_fail_at_once_and_it_reconnects_when_bac
         with pytest.raises(rx.ConnectionError, match="unreachable"):
             await fut
         rest = loop.time() - t0
+        # Once the backoff is over one caller probes; the others still fail at once.
+        await asyncio.sleep(0.2)
+        probe = asyncio.ensure_future(script(keys=["k"], args=[1]))
+        await asyncio.sleep(0.05)
+        assert client.resting and not probe.done()
+        t0 = loop.time()
+        with pytest.raises(rx.ConnectionError, match="under way"):
+            await script(keys=["k"], args=[1])
+        assert loop.time() - t0 < 0.05
+        with pytest.raises(rx.TimeoutError):
+            await probe
     assert 0.4 < first < 2.0, first
     assert rest < 0.2, rest  # 201 calls: each of them would have waited 0.5 s before
     # Redis comes back on the same port: after the backoff the client connects again.

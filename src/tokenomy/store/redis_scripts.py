@@ -234,29 +234,33 @@ class ScriptClient:
         conn = self._conn
         if conn is None or conn.lost:
             loop = asyncio.get_running_loop()
-            if loop.time() < self._retry_at:
+            if self._is_resting(loop):
                 fut: asyncio.Future[Any] = loop.create_future()
                 fut.set_exception(self._resting_error(loop))
                 return fut
             return asyncio.ensure_future(self.execute(*args))
         return self._queue(conn, args)
 
+    def _is_resting(self, loop: asyncio.AbstractEventLoop) -> bool:
+        # After a failure only one caller probes: the others fail at once meanwhile too.
+        return self._failures > 0 and (loop.time() < self._retry_at or self._connecting is not None)
+
     def _check_resting(self, loop: asyncio.AbstractEventLoop) -> None:
-        if loop.time() < self._retry_at:
+        if self._is_resting(loop):
             raise self._resting_error(loop)
 
     def _resting_error(self, loop: asyncio.AbstractEventLoop) -> rx.ConnectionError:
         wait = self._retry_at - loop.time()
         where = f"{self._addr[0]}:{self._addr[1]}"
+        then = f"next attempt in {wait:.2f} s" if wait > 0 else "an attempt is under way"
         return rx.ConnectionError(
-            f"Redis at {where} is unreachable ({self._failures} failed connects in a row); "
-            f"next attempt in {wait:.2f} s"
+            f"Redis at {where} is unreachable ({self._failures} failed connects in a row); " + then
         )
 
     @property
     def resting(self) -> bool:
         """Whether calls fail at once (Redis could not be reached a moment ago)."""
-        return self._retry_at > 0 and asyncio.get_running_loop().time() < self._retry_at
+        return self._is_resting(asyncio.get_running_loop())
 
     def _queue(self, conn: _Connection, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         # The connection's loop, not asyncio.get_running_loop(): on Python 3.11 asking
