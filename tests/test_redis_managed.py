@@ -31,6 +31,7 @@ from tokenomy.ledger.accounts import OrgMeter
 from tokenomy.services import build_services
 from tokenomy.store.db import migrate
 from tokenomy.store.redis_check import RedisClusterUnsupported
+from tokenomy.store.redis_cluster import slot_of
 from tokenomy.store.redis_scripts import ScriptClient
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
@@ -337,28 +338,160 @@ def redis_cluster(tmp: Path) -> Iterator[list[int]]:
         yield ports
 
 
-def test_a_redis_cluster_url_is_refused_at_start_with_a_clear_reason(
-    tmp_path: Path, sim: ThreadServer
-) -> None:
-    with redis_cluster(tmp_path) as ports:
-        text = f"""
-database: {{url: "sqlite:///{tmp_path / "gw.db"}"}}
-ledger: {{redis_url: "redis://127.0.0.1:{ports[0]}/0"}}
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as ports:
+        yield ports
+
+
+def gateway_text(tmp: Path, sim_url: str, redis_url: str, share: float = 0) -> str:
+    return f"""
+server: {{first_byte_timeout_s: 5}}
+database: {{url: "sqlite:///{tmp / "gw.db"}"}}
+ledger: {{redis_url: "{redis_url}", redis_prefix: "tkc:", lease_share: {share}}}
+limits: {{lease_share: {share}, key: {{requests_per_minute: 3}}}}
 vendors:
-  sim: {{dialect: openai, base_url: "{sim.url}/v1", auth: none}}
+  sim: {{dialect: openai, base_url: "{sim_url}/v1", auth: none}}
 models:
   - {{name: m, deployments: [{{vendor: sim, model: sim-small, price: sim/sim-small}}]}}
 """
-        svc = build_services(parse_config(text, "t"), {})
-        migrate(svc.engine)
-        for n in range(20):  # orgs whose keys land on every node
-            svc.ledger.create_org(f"org {n}", "USD")
 
-        async def start() -> None:
-            try:
-                await svc.start()
-            finally:
-                await svc.stop()
 
-        with pytest.raises(RedisClusterUnsupported, match="Redis Cluster"):
-            asyncio.run(start())
+def test_a_cluster_node_named_as_a_single_redis_is_refused_at_start_with_the_fix(
+    tmp_path: Path, sim: ThreadServer, cluster: list[int]
+) -> None:
+    text = gateway_text(tmp_path, sim.url, f"redis://127.0.0.1:{cluster[0]}/0")
+    svc = build_services(parse_config(text, "t"), {})
+    migrate(svc.engine)
+    for n in range(20):  # orgs whose keys would land on every node
+        svc.ledger.create_org(f"org {n}", "USD")
+
+    async def start() -> None:
+        try:
+            await svc.start()
+        finally:
+            await svc.stop()
+
+    with pytest.raises(RedisClusterUnsupported, match=r"redis\+cluster://"):
+        asyncio.run(start())
+
+
+@pytest.mark.parametrize("share", [0, 0.01])
+def test_a_gateway_on_a_three_node_redis_cluster_holds_settles_and_limits(
+    tmp_path: Path, sim: ThreadServer, cluster: list[int], share: float
+) -> None:
+    # Seeded with the node that does not serve the keys' slot: the client finds the one.
+    slot = slot_of("{tkc}:")
+    info = subprocess.run(
+        ["redis-cli", "-p", str(cluster[0]), "cluster", "keyslot", "{tkc}:"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(info.stdout) == slot
+    owner = ScriptClient.from_url(f"redis+cluster://127.0.0.1:{cluster[0]}", slot=slot)
+    owner_port = asyncio.run(_owner_port(owner))
+    seed = next(p for p in cluster if p != owner_port)
+    text = gateway_text(tmp_path, sim.url, f"redis+cluster://127.0.0.1:{seed}", share)
+    svc = build_services(parse_config(text, "t"), {"TOKENOMY_ADMIN_KEY": ADMIN_KEY})
+    srv = ThreadServer(lambda: app_for(svc)).start()
+    try:
+        org = svc.ledger.create_org("acme", "USD")
+        svc.ledger.post("topup", org.id, 10**10)
+        srv.call(svc.refresh_accounts())
+        secret, rec = svc.keys.create("k", org_id=org.id)
+        svc.key_cache.put(secret, rec)
+        body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+        auth = {"Authorization": f"Bearer {secret}"}
+        codes = [
+            httpx.post(srv.url + "/v1/chat/completions", json=body, headers=auth).status_code
+            for _ in range(4)
+        ]
+        assert codes == [200, 200, 200, 429], codes
+        exact: Any = getattr(svc.live, "inner", svc.live)
+
+        async def settled() -> Any:
+            for _ in range(100):
+                state = await exact.org_state(OrgMeter(org))
+                if state.used > 0:
+                    return state
+                await asyncio.sleep(0.05)
+            return state
+
+        state = srv.call(settled())
+        assert state.admin == 10**10 and state.used > 0, state
+        if share == 0:
+            assert state.held == 0, state
+        srv.call(svc.usage_writer.flush())
+        cost = sum(r["cost_nanos"] for r in _events(svc, org.id))
+        assert state.used == cost  # exactly what the durable ledger billed
+    finally:
+        srv.stop()
+    # The keys are in the cluster, on the node that serves their slot.
+    keys = subprocess.run(
+        ["redis-cli", "-p", str(owner_port), "keys", "{tkc}:*"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert any(k.startswith("{tkc}:org:") for k in keys), keys
+    assert any(k.startswith("{tkc}:rl:") for k in keys), keys
+
+
+async def _owner_port(client: ScriptClient) -> int:
+    await client.execute("PING")
+    port = client._addr[1]
+    await client.aclose()
+    return port
+
+
+def _events(svc: Any, org_id: str) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from tokenomy.store.schema import usage_events
+
+    with svc.engine.connect() as c:
+        rows = c.execute(select(usage_events).where(usage_events.c.org_id == org_id))
+        return [dict(r._mapping) for r in rows]
+
+
+def _cli(port: int, *args: str) -> str:
+    out = subprocess.run(
+        ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def move_slot(slot: int, src: int, dst: int) -> None:
+    """Move one slot and its keys between two nodes, as a resharding does."""
+    src_id, dst_id = _cli(src, "cluster", "myid"), _cli(dst, "cluster", "myid")
+    _cli(dst, "cluster", "setslot", str(slot), "importing", src_id)
+    _cli(src, "cluster", "setslot", str(slot), "migrating", dst_id)
+    keys = _cli(src, "cluster", "getkeysinslot", str(slot), "1000").split()
+    if keys:
+        _cli(src, "migrate", "127.0.0.1", str(dst), "", "0", "5000", "keys", *keys)
+    for port in (src, dst):
+        _cli(port, "cluster", "setslot", str(slot), "node", dst_id)
+
+
+async def test_the_script_client_follows_its_slot_when_the_cluster_moves_it(
+    cluster: list[int],
+) -> None:
+    slot = slot_of("{moving}:")
+    client = ScriptClient.from_url(f"redis+cluster://127.0.0.1:{cluster[0]}", slot=slot)
+    script = client.register_script(SCRIPT)
+    assert await script(keys=["{moving}:n"], args=[1]) == [b"{moving}:n", b"1", 1]
+    before = client._addr[1]
+    after = next(p for p in cluster if p != before)
+    await asyncio.to_thread(move_slot, slot, before, after)
+    # The call that meets MOVED fails (it was not run); the next goes to the new owner,
+    # where the key arrived with its value.
+    results = []
+    for _ in range(3):
+        try:
+            results.append(await script(keys=["{moving}:n"], args=[1]))
+        except rx.ResponseError as e:
+            assert str(e).startswith("MOVED"), e
+    assert client._addr[1] == after
+    assert results[-1][2] == 1 + len(results)
+    await client.aclose()

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Engine, Table
 
@@ -47,6 +47,7 @@ from tokenomy.routing.preferences import parse_preferences
 from tokenomy.routing.router import Router
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.keys import KeyCache, KeyStore
+from tokenomy.store.redis_cluster import is_cluster_url, node_url, slot_of, slot_prefix
 from tokenomy.store.schema import usage_events
 from tokenomy.store.writer import BatchWriter
 from tokenomy.tracing import build_tracer_provider
@@ -100,7 +101,7 @@ class Services:
         return None
 
     async def start(self) -> None:
-        if self.redis is not None:
+        if self.redis is not None and not is_cluster_url(self.config.ledger.redis_url):
             from tokenomy.store.redis_check import ensure_single_redis
 
             await ensure_single_redis(self.redis, "TOKENOMY_REDIS_URL (ledger.redis_url)")
@@ -160,7 +161,8 @@ def build_scripts(config: Config) -> ScriptClient | None:
         return None
     from tokenomy.store.redis_scripts import ScriptClient
 
-    scripts = ScriptClient.for_url(config.ledger.redis_url)
+    url = config.ledger.redis_url
+    scripts = ScriptClient.for_url(url, slot=slot_of(redis_prefix(config)))
     if scripts is None:
         log.warning("Redis over a Unix socket: scripts go through redis-py (slower)")
     return scripts
@@ -169,13 +171,24 @@ def build_scripts(config: Config) -> ScriptClient | None:
 def build_redis(config: Config) -> Redis | None:
     """The process's one redis-py client (meters loaded, admin reads, scripts the lean
     client does not serve), shared by the ledger and the rate limiter."""
-    if not config.ledger.redis_url:
+    url = config.ledger.redis_url
+    if not url:
         return None
-    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
+    if is_cluster_url(url):
+        # Typed as Redis: the commands used on it (hashes, one-slot transactions, scripts)
+        # are the same on both, and a cluster client routes each by its key.
+        return cast("Redis", RedisCluster.from_url(node_url(url)))
     # Blocking: under load callers wait for a connection instead of failing open.
-    pool = BlockingConnectionPool.from_url(config.ledger.redis_url, max_connections=64)
+    pool = BlockingConnectionPool.from_url(url, max_connections=64)
     return Redis(connection_pool=pool)
+
+
+def redis_prefix(config: Config) -> str:
+    """The prefix of every key: on a Redis Cluster a hash tag, so that they share a slot."""
+    prefix = config.ledger.redis_prefix
+    return slot_prefix(prefix) if is_cluster_url(config.ledger.redis_url) else prefix
 
 
 def build_live(
@@ -189,7 +202,7 @@ def build_live(
 
         client = redis if redis is not None else build_redis(config)
         assert client is not None
-        exact = RedisLedger(client, store, config.ledger.redis_prefix, scripts=scripts)
+        exact = RedisLedger(client, store, redis_prefix(config), scripts=scripts)
         if config.ledger.lease_share > 0:
             from tokenomy.ledger.leased import LeasedLedger
 
@@ -205,7 +218,7 @@ def build_limiter(
     if config.ledger.redis_url:
         client = redis if redis is not None else build_redis(config)
         assert client is not None
-        prefix = config.ledger.redis_prefix + "rl:"
+        prefix = redis_prefix(config) + "rl:"
         share = config.limits.lease_share
         if share > 0:
             return LeasedRateLimiter(client, prefix, share=share, scripts=scripts)

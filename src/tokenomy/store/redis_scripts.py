@@ -33,6 +33,8 @@ import hiredis
 from redis import exceptions as rx
 from redis.connection import parse_url
 
+from tokenomy.store.redis_cluster import CLUSTER_SCHEMES, is_cluster_url, node_url
+
 #: A call not answered within this many seconds fails its connection (and every call on it).
 CALL_TIMEOUT_S = 5.0
 #: Connecting (TCP, TLS, AUTH, SELECT) takes at most this long.
@@ -94,6 +96,8 @@ class _Connection(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=rx.ResponseError)
         self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
         self.lost = False
+        #: Talking to a cluster node: a MOVED reply means the slot went elsewhere.
+        self.cluster = False
         #: Commands of this loop iteration, written together at its end.
         self._out: list[bytes] = []
 
@@ -120,6 +124,10 @@ class _Connection(asyncio.Protocol):
                     fut.set_exception(reply)
                 else:
                     fut.set_result(reply)
+            if self.cluster and isinstance(reply, rx.ResponseError) and _moved(reply):
+                # Resharded or failed over: the next call finds the slot's new node.
+                self.fail(rx.ConnectionError(f"Redis Cluster moved the slot: {reply}"))
+                return
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(rx.ConnectionError(f"Redis connection lost: {exc or 'closed'}"))
@@ -168,8 +176,14 @@ class ScriptClient:
         timeout_s: float = CALL_TIMEOUT_S,
         ssl_context: ssl.SSLContext | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        cluster_slot: int | None = None,
     ) -> None:
         self._addr = (host, port)
+        #: On a Redis Cluster: the one slot every call's keys are in (see
+        #: store.redis_cluster); the connection goes to the node that serves it, found
+        #: from the seed node (host, port) on every connect.
+        self._seed = (host, port)
+        self._slot = cluster_slot
         self._ssl = ssl_context
         self._connect_timeout = connect_timeout_s
         #: Failed connects in a row, and when the next may be tried (loop time).
@@ -188,27 +202,32 @@ class ScriptClient:
 
     @staticmethod
     def serves(url: str) -> bool:
-        """TCP, plain or TLS; Unix sockets are left to redis-py."""
-        return url.startswith(("redis://", "rediss://"))
+        """TCP, plain or TLS, one node or a cluster; Unix sockets are left to redis-py."""
+        return url.startswith(("redis://", "rediss://", *CLUSTER_SCHEMES))
 
     @classmethod
-    def for_url(cls, url: str) -> ScriptClient | None:
+    def for_url(cls, url: str, *, slot: int | None = None) -> ScriptClient | None:
         """The client for ``url``, or None when redis-py must serve it (see :meth:`serves`)."""
-        return cls.from_url(url) if cls.serves(url) else None
+        return cls.from_url(url, slot=slot) if cls.serves(url) else None
 
     @classmethod
-    def from_url(cls, url: str) -> ScriptClient:
-        """A redis:// or rediss:// URL."""
+    def from_url(cls, url: str, *, slot: int | None = None) -> ScriptClient:
+        """A redis://, rediss:// or (with the ``slot`` of every key) a cluster URL."""
         if not cls.serves(url):
             raise ValueError("only redis:// and rediss:// URLs are served by the script client")
+        cluster = is_cluster_url(url)
+        if cluster and slot is None:
+            raise ValueError("a Redis Cluster URL needs the slot of the keys")
+        url = node_url(url)
         kw = parse_url(url)  # type: ignore[no-untyped-call]
         return cls(
             kw.get("host", "127.0.0.1"),
             int(kw.get("port", 6379)),
-            db=int(kw.get("db", 0)),
+            db=0 if cluster else int(kw.get("db", 0)),
             username=kw.get("username"),
             password=kw.get("password"),
             ssl_context=tls_context(kw) if url.startswith("rediss://") else None,
+            cluster_slot=slot if cluster else None,
         )
 
     def register_script(self, source: str) -> Script:
@@ -288,17 +307,18 @@ class ScriptClient:
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         conn: _Connection | None = None
-        host = self._addr[0]
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(loop),
-                    *self._addr,
-                    ssl=self._ssl,
-                    server_hostname=host if self._ssl is not None else None,
-                )
-                for hello in self._hello:
-                    await conn.call(hello)
+                conn = await self._dial(loop, self._seed)
+                if self._slot is not None:
+                    owner = _slot_owner(await conn.call(encode("CLUSTER", "SLOTS")), self._slot)
+                    if owner != self._seed:
+                        assert conn.transport is not None
+                        conn.transport.close()
+                        conn = None
+                        conn = await self._dial(loop, owner)
+                    self._addr = owner
+                    conn.cluster = True
         except BaseException as e:
             if conn is not None and conn.transport is not None:
                 conn.transport.abort()  # a refused AUTH or SELECT must not leak the socket
@@ -314,6 +334,24 @@ class ScriptClient:
         self._failures = 0
         self._retry_at = 0.0
         self._conn = conn
+        return conn
+
+    async def _dial(self, loop: asyncio.AbstractEventLoop, addr: tuple[str, int]) -> _Connection:
+        """A connection to ``addr``, authenticated and on its database."""
+        conn: _Connection | None = None
+        try:
+            _, conn = await loop.create_connection(
+                lambda: _Connection(loop),
+                *addr,
+                ssl=self._ssl,
+                server_hostname=addr[0] if self._ssl is not None else None,
+            )
+            for hello in self._hello:
+                await conn.call(hello)
+        except BaseException:
+            if conn is not None and conn.transport is not None:
+                conn.transport.abort()
+            raise
         return conn
 
     def _rest(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -403,6 +441,19 @@ def tls_context(kw: dict[str, Any]) -> ssl.SSLContext:
     if kw.get("ssl_certfile"):
         ctx.load_cert_chain(kw["ssl_certfile"], kw.get("ssl_keyfile"))
     return ctx
+
+
+def _moved(e: BaseException) -> bool:
+    return str(e).startswith(("MOVED ", "ASK "))
+
+
+def _slot_owner(slots: Any, slot: int) -> tuple[str, int]:
+    """The (host, port) of the primary serving ``slot``, from a CLUSTER SLOTS reply."""
+    for start, end, primary, *_ in slots:
+        if int(start) <= slot <= int(end):
+            host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
+            return host, int(primary[1])
+    raise rx.ConnectionError(f"no Redis Cluster node serves slot {slot}")
 
 
 def _noscript(e: BaseException) -> bool:
