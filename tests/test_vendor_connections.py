@@ -378,10 +378,14 @@ def test_an_answer_over_the_size_cap_is_a_502_not_unbounded_memory(
     sim: ThreadServer, tmp_path: Path
 ) -> None:
     text = gateway_config(
-        f'  sim: {{dialect: openai, base_url: "{sim.url}/v1", auth: none}}',
+        f"""  sim: {{dialect: openai, base_url: "{sim.url}/v1", auth: none}}
+  roomy: {{dialect: openai, base_url: "{sim.url}/v1", auth: none, max_response_bytes: 1048576}}""",
         """  - {name: m, deployments: [{vendor: sim, model: sim-small, price: sim/sim-small}]}
   - name: e
-    deployments: [{vendor: sim, model: sim-embed, price: sim/sim-small, capabilities: [embeddings]}]""",
+    deployments: [{vendor: sim, model: sim-embed, price: sim/sim-small, capabilities: [embeddings]}]
+  - name: e2
+    deployments:
+      - {vendor: roomy, model: sim-embed, price: sim/sim-small, capabilities: [embeddings]}""",
         tmp_path,
         server=", max_response_bytes: 4096",
     )
@@ -394,6 +398,9 @@ def test_an_answer_over_the_size_cap_is_a_502_not_unbounded_memory(
         r = httpx.post(url + "/v1/embeddings", json=big, headers=auth)
         assert r.status_code == 502, r.text
         assert "over 4096 bytes" in r.json()["error"]["message"]
+        # A vendor's own cap overrides the server's.
+        r = httpx.post(url + "/v1/embeddings", json={**big, "model": "e2"}, headers=auth)
+        assert r.status_code == 200 and len(r.json()["data"]) == 4, r.text
 
 
 async def test_a_stream_event_over_the_cap_ends_the_stream_but_small_events_pass() -> None:

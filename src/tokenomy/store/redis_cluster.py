@@ -9,8 +9,6 @@ script unchanged on a managed cluster; it does not spread the load over its node
 
 from __future__ import annotations
 
-from redis.crc import key_slot
-
 #: ``redis+cluster://`` and ``rediss+cluster://``: a seed node of a Redis Cluster.
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
@@ -32,4 +30,6 @@ def slot_prefix(prefix: str) -> str:
 
 
 def slot_of(prefix: str) -> int:
+    from redis.crc import key_slot  # (Redis is an optional dependency)
+
     return int(key_slot(prefix.encode()))
