@@ -227,7 +227,7 @@ async def test_an_http_vendor_is_reached_through_a_real_proxy(
 
 def gateway_config(vendors: str, models: str, tmp: Path, server: str = "") -> str:
     return f"""
-server: {{first_byte_timeout_s: 1.5, read_timeout_s: 5, pool_wait_s: 0.5{server}}}
+server: {{first_byte_timeout_s: 5, read_timeout_s: 5, pool_wait_s: 0.5{server}}}
 database: {{url: "sqlite:///{tmp / "gw.db"}"}}
 routing: {{breaker_failures: 3, breaker_cooldown_s: 600}}
 vendors:
