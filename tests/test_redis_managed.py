@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import ssl
@@ -34,7 +35,16 @@ from tokenomy.store.redis_check import RedisClusterUnsupported
 from tokenomy.store.redis_cluster import slot_of
 from tokenomy.store.redis_scripts import ScriptClient
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
+
+@pytest.fixture(autouse=True)
+def _needs_redis_server() -> None:
+    """Skip locally, fail in CI, without the redis-server binary (and redis-cli)."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        why = "redis-server and redis-cli are needed to start private Redis instances"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+
 
 ALICE_PW = "alice-pw-0123"
 ADMIN_PW = "admin-pw-4567"
