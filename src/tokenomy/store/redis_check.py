@@ -19,6 +19,8 @@ async def ensure_single_redis(client: Any, where: str) -> None:
         info = await client.info("cluster")
     except rx.ResponseError:
         return  # INFO renamed or denied (some managed services): nothing to tell from it
+    except rx.RedisError:
+        return  # unreachable now: what happens then is the outage handling's business
     if str(info.get("cluster_enabled", 0)) == "1":
         raise RedisClusterUnsupported(
             f"{where} is a Redis Cluster node: name the cluster as such, with "
