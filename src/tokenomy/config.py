@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tokenomy.providers.origin import Origin
+from tokenomy.providers.proxy import Proxy
 
 Dialect = Literal["openai", "anthropic"]
 Capability = Literal["tools", "vision", "json", "stream", "reasoning", "embeddings"]
@@ -37,6 +38,13 @@ class ServerConfig(_Strict):
     #: Seconds an upstream may stay silent mid-stream before the stream is cut.
     read_timeout_s: float = Field(120.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
+    #: Seconds a request waits for a free connection to a vendor whose pool is full
+    #: (``max_connections``) before it is refused with 503: the gateway's overload, which
+    #: never counts against the vendor's health.
+    pool_wait_s: float = Field(5.0, gt=0)
+    #: A vendor answer (decoded) larger than this is a 502, and so is a stream event:
+    #: memory per request stays bounded. A vendor's own ``max_response_bytes`` overrides.
+    max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     #: Output cap used when a request gives no max_tokens and the model states no limit.
     default_max_output_tokens: int = Field(4096, ge=1)
 
@@ -164,6 +172,36 @@ class VendorConfig(_Strict):
     stream_usage: bool | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     max_connections: int = Field(256, ge=1)
+    #: ``http://[user:password@]host:port``: every connection goes through this proxy (a
+    #: CONNECT tunnel). Unset: ``HTTPS_PROXY``/``HTTP_PROXY`` minus ``NO_PROXY``;
+    #: ``direct``: no proxy whatever the environment says.
+    proxy: str | None = None
+    #: A PEM CA bundle that replaces the system's trust store for this vendor.
+    ca_file: str | None = None
+    #: A PEM client certificate (and its key, unless in the same file) for mutual TLS.
+    client_cert: str | None = None
+    client_key: str | None = None
+    max_response_bytes: int | None = Field(None, ge=1024)
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str | None) -> str | None:
+        if v is not None and v != "direct":
+            Proxy.parse(v)
+        return v
+
+    @field_validator("ca_file", "client_cert", "client_key")
+    @classmethod
+    def _pem(cls, v: str | None) -> str | None:
+        if v is not None and not os.path.isfile(v):
+            raise ValueError(f"no such file: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> VendorConfig:
+        if self.client_key and not self.client_cert:
+            raise ValueError("client_key needs client_cert")
+        return self
 
     @field_validator("base_url")
     @classmethod

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Engine, Table
 
@@ -51,11 +51,14 @@ from tokenomy.routing.router import Router
 from tokenomy.store import key_events
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.keys import KeyCache, KeyStore
+from tokenomy.store.redis_cluster import is_cluster_url, node_url, slot_of, slot_prefix
 from tokenomy.store.schema import usage_events
 from tokenomy.store.writer import BatchWriter
 from tokenomy.tracing import build_tracer_provider
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from tokenomy.store.redis_scripts import ScriptClient
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,8 @@ class Services:
     metrics_token: str | None = None
     #: Under ``serve --workers N``: this worker's metrics shared with the others.
     shared_metrics: SharedMetrics | None = None
+    #: The process's one redis-py client, when live state is in Redis.
+    redis: Any | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
@@ -103,6 +108,10 @@ class Services:
         return None
 
     async def start(self) -> None:
+        if self.redis is not None and not is_cluster_url(self.config.ledger.redis_url):
+            from tokenomy.store.redis_check import ensure_single_redis
+
+            await ensure_single_redis(self.redis, "TOKENOMY_REDIS_URL (ledger.redis_url)")
         await asyncio.to_thread(migrate, self.engine)
         await asyncio.to_thread(self.key_cache.refresh)
         await self.refresh_accounts()
@@ -125,8 +134,9 @@ class Services:
         await self.usage_writer.close()
         for p in self.providers.values():
             await p.close()
-        await self.live.close()
+        # The limiter first: the ledger's close also closes the Redis client they share.
         await self.limiter.aclose()
+        await self.live.close()
         if self.tracer_provider is not None:
             await asyncio.to_thread(self.tracer_provider.shutdown)  # flushes spans
         self.engine.dispose()
@@ -180,19 +190,48 @@ def build_scripts(config: Config) -> ScriptClient | None:
         return None
     from tokenomy.store.redis_scripts import ScriptClient
 
-    return ScriptClient.for_url(config.ledger.redis_url)
+    url = config.ledger.redis_url
+    scripts = ScriptClient.for_url(url, slot=slot_of(redis_prefix(config)))
+    if scripts is None:
+        log.warning("Redis over a Unix socket: scripts go through redis-py (slower)")
+    return scripts
+
+
+def build_redis(config: Config) -> Redis | None:
+    """The process's one redis-py client (meters loaded, admin reads, scripts the lean
+    client does not serve), shared by the ledger and the rate limiter."""
+    url = config.ledger.redis_url
+    if not url:
+        return None
+    from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+
+    if is_cluster_url(url):
+        # Typed as Redis: the commands used on it (hashes, one-slot transactions, scripts)
+        # are the same on both, and a cluster client routes each by its key.
+        return cast("Redis", RedisCluster.from_url(node_url(url)))
+    # Blocking: under load callers wait for a connection instead of failing open.
+    pool = BlockingConnectionPool.from_url(url, max_connections=64)
+    return Redis(connection_pool=pool)
+
+
+def redis_prefix(config: Config) -> str:
+    """The prefix of every key: on a Redis Cluster a hash tag, so that they share a slot."""
+    prefix = config.ledger.redis_prefix
+    return slot_prefix(prefix) if is_cluster_url(config.ledger.redis_url) else prefix
 
 
 def build_live(
-    config: Config, store: LedgerStore, scripts: ScriptClient | None = None
+    config: Config,
+    store: LedgerStore,
+    scripts: ScriptClient | None = None,
+    redis: Redis | None = None,
 ) -> LiveLedger:
     if config.ledger.redis_url:
-        import redis.asyncio as aioredis
-
         from tokenomy.ledger.redis_live import RedisLedger
 
-        client = aioredis.Redis.from_url(config.ledger.redis_url)
-        exact = RedisLedger(client, store, config.ledger.redis_prefix, scripts=scripts)
+        client = redis if redis is not None else build_redis(config)
+        assert client is not None
+        exact = RedisLedger(client, store, redis_prefix(config), scripts=scripts)
         if config.ledger.lease_share > 0:
             from tokenomy.ledger.leased import LeasedLedger
 
@@ -202,14 +241,13 @@ def build_live(
     return MemoryLedger(store)
 
 
-def build_limiter(config: Config, scripts: ScriptClient | None = None) -> RateLimiter:
+def build_limiter(
+    config: Config, scripts: ScriptClient | None = None, redis: Redis | None = None
+) -> RateLimiter:
     if config.ledger.redis_url:
-        from redis.asyncio import BlockingConnectionPool, Redis
-
-        url = config.ledger.redis_url
-        # Blocking: under load callers wait for a connection instead of failing open.
-        pool = BlockingConnectionPool.from_url(url, max_connections=64)
-        client, prefix = Redis(connection_pool=pool), config.ledger.redis_prefix + "rl:"
+        client = redis if redis is not None else build_redis(config)
+        assert client is not None
+        prefix = redis_prefix(config) + "rl:"
         share = config.limits.lease_share
         if share > 0:
             return LeasedRateLimiter(client, prefix, share=share, scripts=scripts)
@@ -274,7 +312,8 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     ledger = LedgerStore(engine)
     directory = Directory(ledger)
     scripts = build_scripts(config)
-    live = build_live(config, ledger, scripts)
+    redis = build_redis(config)
+    live = build_live(config, ledger, scripts, redis)
     biller = Biller(
         PriceBook.load(config.prices),
         FxTable.load(config.fx),
@@ -317,7 +356,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     queues = QueueBoard(max_wait_s=rc.max_queue_wait_s)
     pipeline.router = router
     pipeline.queues = queues
-    limiter = build_limiter(config, scripts)
+    limiter = build_limiter(config, scripts, redis)
     pipeline.stages.append(rate_limit_stage(config, limiter, biller))
     stage = LedgerStage(
         biller,
@@ -356,4 +395,5 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         metrics=metrics,
         shared_metrics=shared,
         tracer_provider=provider,
+        redis=redis,
     )

@@ -172,6 +172,13 @@ class Pipeline:
                         **{"tokenomy.deployment": dep.id, "tokenomy.attempt": call.attempts},
                     ):
                         outcome = await self._attempt(call, dep, provider)
+            except Overloaded as e:
+                # The gateway's own limit (a full connection pool): the next deployment
+                # may have room, and this one's health is untouched.
+                if slot is not None:
+                    slot.release()
+                last = e
+                continue
             except RETRYABLE as e:
                 if slot is not None:
                     slot.release()
