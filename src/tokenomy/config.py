@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from tokenomy.providers.origin import Origin
 
@@ -214,6 +221,14 @@ class Config(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
     #: Where the YAML came from, for messages; not part of the file.
     source: str = "<defaults>"
+    #: The parsed YAML, so later checks (prices against the catalogue) name lines too.
+    _node: yaml.Node | None = PrivateAttr(None)
+
+    def where(self, *loc: str | int) -> str:
+        """``source:line: field`` for a place in the file, as every config error starts."""
+        line = _line_of(self._node, loc)
+        field = ".".join(str(p) for p in loc)
+        return f"{self.source}:{line}: {field}" if line else f"{self.source}: {field}"
 
 
 class ConfigError(Exception):
@@ -291,13 +306,17 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     except ValidationError as e:
         raise ConfigError(_describe(e, node, source)) from None
     _check_references(cfg, node, source)
+    _check_prices(cfg.prices, node, source)
+    cfg._node = node
     return cfg
 
 
-def _describe(err: ValidationError, root: yaml.Node | None, source: str) -> str:
+def _describe(
+    err: ValidationError, root: yaml.Node | None, source: str, under: tuple[Any, ...] = ()
+) -> str:
     lines = []
     for item in err.errors():
-        loc = tuple(item["loc"])
+        loc = under + tuple(item["loc"])
         line = _line_of(root, loc)
         where = f"{source}:{line}" if line else source
         field = ".".join(str(p) for p in loc) or "(top level)"
@@ -353,5 +372,25 @@ def _check_references(cfg: Config, root: yaml.Node | None, source: str) -> None:
                 f"{source}:{line}: vendors.{name}: no catalogue preset '{preset}', so "
                 "base_url and dialect are required"
             )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _check_prices(entries: list[dict[str, Any]], root: yaml.Node | None, source: str) -> None:
+    """The config's own price entries, validated as the catalogue's are, with their lines.
+
+    A price must be a quoted string: an unquoted ``0.3`` is a YAML float, and a float
+    never becomes money (the message says to quote it)."""
+    from tokenomy.billing.catalog import PricingError
+    from tokenomy.billing.price_schema import parse_models
+
+    problems = []
+    for i, entry in enumerate(entries):
+        try:
+            parse_models([entry])
+        except ValidationError as e:
+            problems.append(_describe(e, root, source, ("prices", i)))
+        except PricingError as e:
+            problems.append(f"{source}:{_line_of(root, ('prices', i))}: prices.{i}: {e}")
     if problems:
         raise ConfigError("\n".join(problems))
