@@ -192,6 +192,10 @@ class DeploymentConfig(_Strict):
     standby: bool = False
     #: Requests this deployment serves at once; more wait in a fair queue.
     max_concurrent: int | None = Field(None, ge=1)
+    #: Runs on our own hardware: what it costs is the energy it burns, so placement adds
+    #: its region's kwh_per_m_tokens x pue x usd_per_kwh to its token price. A vendor's
+    #: power is in its price (false, the default). Needs a region with kwh_per_m_tokens.
+    self_hosted: bool = False
     #: The catalogue entry it is billed at, "vendor/model"; default its own vendor/model.
     price: str | None = Field(None, pattern=r"^[^/\s]+/\S+$")
 
@@ -358,6 +362,7 @@ def _check_references(cfg: Config, root: yaml.Node | None, source: str) -> None:
                 problems.append(f"{source}:{line}: models.{i}.name: '{name}' is defined twice")
             seen[name] = i
         for j, d in enumerate(m.deployments):
+            problems += _self_hosted_problems(cfg, d, root, source, ("models", i, "deployments", j))
             if d.vendor not in cfg.vendors and d.vendor not in presets:
                 line = _line_of(root, ("models", i, "deployments", j, "vendor"))
                 problems.append(
@@ -374,6 +379,30 @@ def _check_references(cfg: Config, root: yaml.Node | None, source: str) -> None:
             )
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _self_hosted_problems(
+    cfg: Config, d: DeploymentConfig, root: yaml.Node | None, source: str, at: tuple[Any, ...]
+) -> list[str]:
+    """A self-hosted deployment's energy cost needs its region's power price and energy."""
+    if not d.self_hosted:
+        return []
+    field = ".".join(str(p) for p in at)
+    if d.region is None:
+        line = _line_of(root, (*at, "self_hosted"))
+        return [
+            f"{source}:{line}: {field}.self_hosted: a self-hosted deployment needs a region: "
+            "(one under regions: with usd_per_kwh and kwh_per_m_tokens)"
+        ]
+    region = cfg.regions.get(d.region)
+    if region is None or region.kwh_per_m_tokens is None:
+        line = _line_of(root, (*at, "region"))
+        what = "is not under regions:" if region is None else "has no kwh_per_m_tokens"
+        return [
+            f"{source}:{line}: {field}.region: region '{d.region}' {what}; a self-hosted "
+            "deployment's energy cost needs its usd_per_kwh and kwh_per_m_tokens"
+        ]
+    return []
 
 
 def _check_prices(entries: list[dict[str, Any]], root: yaml.Node | None, source: str) -> None:
