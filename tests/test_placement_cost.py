@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import make_config
 from tests.servers import ThreadServer
 from tokenomy.app import app_for
+from tokenomy.cli.main import main
 from tokenomy.config import ConfigError, parse_config
 from tokenomy.routing.power import Placement, Region, place
 from tokenomy.services import build_services
@@ -164,3 +165,35 @@ def test_a_self_hosted_deployment_needs_a_region_with_its_energy(tmp_path: Path)
     assert "f.yaml:8: models.0.deployments.0.self_hosted" in str(e.value)
     assert "f.yaml:9: models.0.deployments.1.region" in str(e.value)
     assert "kwh_per_m_tokens" in str(e.value)
+
+
+def test_plan_shows_token_and_energy_cost_of_each_deployment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "placement.yaml"
+    cfg.write_text(
+        "regions:\n"
+        "  us-east: {usd_per_kwh: '0.15', kwh_per_m_tokens: '0.4', rtt_ms: 5}\n"
+        "  cn-west: {usd_per_kwh: '0.03', kwh_per_m_tokens: '0.4', rtt_ms: 180}\n"
+        "vendors:\n  sim: {dialect: openai, base_url: 'http://127.0.0.1:9/v1', auth: none}\n"
+        "models:\n  - name: own-gpus\n    deployments:\n"
+        "      - {vendor: sim, model: gpu-east, region: us-east, self_hosted: true,"
+        " price: sim/sim-small}\n"
+        "      - {vendor: sim, model: gpu-west, region: cn-west, self_hosted: true,"
+        " price: sim/sim-small}\n"
+        "      - {vendor: sim, model: vendor, region: cn-west, price: sim/sim-large}\n"
+    )
+    # 1e9 tokens a day in calls of 1500 input + 500 output tokens: 500,000 calls.
+    args = ["plan", "--tokens-per-day", "1e9", "-c", str(cfg), "--model", "own-gpus"]
+    assert main([*args, "--tier", "batch"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {
+        line[2:].split()[0]: (line[0], line[2:].split()[1:])
+        for line in out
+        if line.startswith(("* sim/", "  sim/"))
+    }
+    # Tokens at batch (half of 0.10 / 0.40): 500,000 x (1500 x 0.05 + 500 x 0.20) / 1e6.
+    # Energy: 1e9 tokens x 0.4 kWh/M x 1.2 x USD/kWh (0.03 in cn-west, 0.15 in us-east).
+    assert rows["sim/gpu-west"] == ("*", ["cn-west", "yes", "$87.50", "$14.40", "$101.90"])
+    assert rows["sim/gpu-east"] == (" ", ["us-east", "yes", "$87.50", "$72.00", "$159.50"])
+    assert rows["sim/vendor"][1][1:4] == ["no", "$1,800.00", "$0.00"]

@@ -7,6 +7,7 @@ attempt's outcome so the health board and breakers learn.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -111,9 +112,27 @@ class Router:
         tokens_out = 0 if call.endpoint == "embeddings" else needs.output_tokens
         if not needs.explicit_output and call.endpoint != "embeddings":
             tokens_out = self.default_max_output
-        batch = wants_batch(call)
+        placed = self.placements(order, tokens_in, tokens_out, batch=wants_batch(call), now=now)
+        ranked = place(True, call.extras.get(DEADLINE), placed)
+        call.extras[PLACEMENT] = {
+            p.deployment_id: _header(p, tokens_in, tokens_out) for p in ranked
+        }
+        by_id = {d.id: d for d in order}
+        return [by_id[p.deployment_id] for p in ranked]
+
+    def placements(
+        self,
+        deps: Sequence[Deployment],
+        tokens_in: int,
+        tokens_out: int,
+        *,
+        batch: bool,
+        now: datetime,
+    ) -> list[Placement]:
+        """Each deployment with what a call of these tokens would cost there (token price
+        and energy, USD) and how long it would take; ``tokenomy plan`` shows the same."""
         placed: list[Placement] = []
-        for d in order:
+        for d in deps:
             region = self.regions.get(d.region or "")
             snap = self.health.snapshot(d.id)
             ttft = snap.ttft_s.at(50) if snap is not None and snap.ttft_s is not None else 0.0
@@ -122,24 +141,27 @@ class Router:
             token = self._token_usd(d, tokens_in, tokens_out, batch, now)
             resting = snap is not None and snap.resting
             placed.append(Placement(d.id, region, rtt, ttft, token, energy, resting))
-        ranked = place(True, call.extras.get(DEADLINE), placed)
-        call.extras[PLACEMENT] = {
-            p.deployment_id: _header(p, tokens_in, tokens_out) for p in ranked
-        }
-        by_id = {d.id: d for d in order}
-        return [by_id[p.deployment_id] for p in ranked]
+        return placed
 
     def _token_usd(
         self, dep: Deployment, tokens_in: int, tokens_out: int, batch: bool, now: datetime
     ) -> Decimal | None:
-        """What ``dep``'s price charges for the call in USD (first tier, no window)."""
+        """What ``dep``'s price charges for the call in USD (first tier, no time-of-day
+        window or promotion: an estimate to compare deployments by, not a bill)."""
         c = self.candidate(dep, now)
         if c.input_usd_per_m is None or c.output_usd_per_m is None:
             return None
         v = self.biller.version(dep, now)
         m = v.batch_multiplier if v is not None and batch_priced(v, batch) else None
         per_m = tokens_in * c.input_usd_per_m + tokens_out * c.output_usd_per_m
-        return (per_m * m if m is not None else per_m) / MILLION
+        cost = (per_m * m if m is not None else per_m) / MILLION
+        fee = v.tiers[0].prices.request if v is not None else _ZERO
+        if fee:  # a per-request fee is never scaled by the batch multiplier
+            rate = Fraction(1)
+            if v is not None and v.currency is not Currency.USD:
+                rate = self.biller.rate(v.currency, Currency.USD, now)
+            cost += _usd(fee, rate)
+        return cost
 
     def candidate(self, dep: Deployment, now: datetime) -> Candidate:
         """The deployment as routing sees it, with USD prices (refreshed each minute)."""
