@@ -33,6 +33,7 @@ from tokenomy.billing.pricing import openrouter_pricing
 from tokenomy.config import Config, LimitsConfig
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.pipeline import Pipeline
+from tokenomy.gateway.price_check import check_served_prices
 from tokenomy.gateway.records import usage_row
 from tokenomy.gateway.registry import ModelRoute, Registry, build_registry
 from tokenomy.gateway.tokencount import TokenCounter
@@ -319,6 +320,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         FxTable.load(config.fx),
         image_tokens=config.ledger.image_tokens,
     )
+    check_served_prices(config, registry, biller.prices)  # nothing served for free
 
     metrics = Metrics()
     shared_dir = env.get(METRICS_DIR_ENV)

@@ -6,8 +6,10 @@ import argparse
 import time
 from typing import Any
 
+from tokenomy.billing.catalog import PriceBook
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
 from tokenomy.config import ConfigError, load_config
+from tokenomy.gateway.price_check import check_served_prices
 from tokenomy.gateway.registry import build_registry
 from tokenomy.ledger.store import LedgerStore, NotFoundError
 from tokenomy.services import key_store
@@ -103,6 +105,10 @@ def check(args: argparse.Namespace) -> int:
     except ConfigError as e:
         fail(str(e), code=1)
     reg = build_registry(cfg)
+    try:
+        check_served_prices(cfg, reg, PriceBook.load(cfg.prices))
+    except ConfigError as e:
+        fail(str(e), code=1)
     print(f"{cfg.source}: OK — {len(cfg.models)} models configured, {len(reg.routes)} served")
     for r in reg.routes:
         print(f"  {r.name}: " + ", ".join(d.id for d in r.deployments))

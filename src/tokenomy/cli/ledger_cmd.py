@@ -257,7 +257,7 @@ def request(args: argparse.Namespace) -> int:
         f"tokens:        input {t['input']} (cached {t['cached']}, cache write "
         f"{t['cache_write']}), output {t['output']} (reasoning {t['reasoning']})"
     )
-    print(f"price version: {r['price_version'] or '-'}")
+    print(f"price version: {r['price_version'] or '-'}  tier: {r['price_tier'] or '-'}")
     print(f"cost:          {r['cost']} {r['currency'] or ''}".rstrip())
     print(f"list cost:     {r['list_cost']} {r['list_currency'] or ''}".rstrip())
     print(f"fx rate:       {r['fx_rate'] or '-'}")

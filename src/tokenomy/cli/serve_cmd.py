@@ -20,7 +20,7 @@ from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
 from tokenomy.api.lean_server import LeanSite
 from tokenomy.app import app_for
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
-from tokenomy.config import DatabaseConfig
+from tokenomy.config import Config, ConfigError, DatabaseConfig
 from tokenomy.ledger.store import Kind, LedgerStore, NotFoundError
 from tokenomy.services import build_services
 from tokenomy.store.keys import KeyStore
@@ -92,6 +92,7 @@ def _install_uvloop() -> None:
 def serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     cfg = config_from(args)
+    _refuse_unpriced(cfg)
     host = args.host or cfg.server.host
     port = args.port if args.port is not None else cfg.server.port
     workers = args.workers
@@ -110,6 +111,18 @@ def serve(args: argparse.Namespace) -> int:
         _serve_one(cfg, host, port, reuse_port=False)
         return 0
     return _serve_many(cfg, host, port, workers)
+
+
+def _refuse_unpriced(cfg: Config) -> None:
+    """Refuse, before binding a port, a config that would serve a model for free."""
+    from tokenomy.billing.catalog import PriceBook
+    from tokenomy.gateway.price_check import check_served_prices
+    from tokenomy.gateway.registry import build_registry
+
+    try:
+        check_served_prices(cfg, build_registry(cfg), PriceBook.load(cfg.prices))
+    except ConfigError as e:
+        fail(str(e))
 
 
 def _serve_one(cfg: Any, host: str, port: int, *, reuse_port: bool) -> None:

@@ -18,6 +18,11 @@ _REQUEST_IDS = UniqueIds("req_", width=12)
 IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
 
 
+#: Where a latency-tolerant call's placement leaves, per deployment id, what the work would
+#: cost there (token price and energy); the response carries it as x-tokenomy-placement.
+PLACEMENT = "routing.placement"
+
+
 def new_request_id() -> str:
     """Unique across processes and restarts; ids from one process sort in arrival order."""
     return _REQUEST_IDS.next()

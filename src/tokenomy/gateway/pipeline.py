@@ -27,7 +27,7 @@ from tokenomy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from tokenomy.gateway.call import IMAGE_PARTS, Call
+from tokenomy.gateway.call import IMAGE_PARTS, PLACEMENT, Call
 from tokenomy.gateway.metering import (
     anthropic_response_text,
     count_prompt,
@@ -251,6 +251,9 @@ class Pipeline:
         endpoint, body = self._upstream_request(call, provider.dialect)
         resp = await provider.send(dep, endpoint, body, stream=call.stream)
         headers = {"x-request-id": call.request_id, "x-tokenomy-deployment": dep.id}
+        placed = call.extras.get(PLACEMENT)
+        if placed is not None and dep.id in placed:  # latency-tolerant: what it costs here
+            headers["x-tokenomy-placement"] = placed[dep.id]
         if call.stream:
             relay = StreamRelay(
                 call,

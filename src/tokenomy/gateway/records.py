@@ -17,6 +17,7 @@ _NO_MONEY: Final[dict[str, Any]] = {
     "price_version": None,
     "fx_rate": None,
     "held_nanos": 0,
+    "price_tier": None,
 }
 
 
@@ -62,4 +63,5 @@ def usage_row(call: Call) -> dict[str, Any]:
     row["price_version"] = ch.price_version
     row["fx_rate"] = str(ch.fx_rate) if ch.fx_rate is not None else None
     row["held_nanos"] = ch.held_nanos
+    row["price_tier"] = ch.tier
     return row

@@ -61,6 +61,8 @@ class Deployment:
     #: (vendor, model) of the catalogue price it is billed at.
     price_ref: tuple[str, str] = ("", "")
     max_concurrent: int | None = None
+    #: Runs on our own hardware: its energy is a cost of its own (see routing.power).
+    self_hosted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +200,7 @@ def _deployment(d: DeploymentConfig, vendor: Vendor) -> Deployment:
         standby=d.standby,
         price_ref=_price_ref(d, vendor),
         max_concurrent=d.max_concurrent,
+        self_hosted=d.self_hosted,
     )
 
 

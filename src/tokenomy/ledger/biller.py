@@ -47,10 +47,27 @@ class Charge:
     held_nanos: int = 0
     #: Cost above the hold, written off (the hold is the most a call can be charged).
     overage_nanos: int = 0
+    #: The price tier billed: "batch" (the catalogue's batch price) or "standard".
+    tier: str | None = None
 
     def cost_str(self) -> str:
         """The charged cost in units as a plain decimal string (for headers and bodies)."""
         return units(self.cost_nanos)
+
+
+BATCH_TIER = "batch"
+STANDARD_TIER = "standard"
+
+
+def wants_batch(call: Call) -> bool:
+    """Did the client ask for the batch tier (``service_tier: "batch"``)?"""
+    return call.body.get("service_tier") == BATCH_TIER
+
+
+def batch_priced(version: PriceVersion, batch: bool) -> bool:
+    """Is a call asking for batch billed at ``version``'s batch price? (Only if it has one:
+    a deployment without a batch offer bills the standard price.)"""
+    return batch and version.batch_multiplier is not None
 
 
 def units(nanos: int) -> str:
@@ -172,13 +189,14 @@ class Biller:
     ) -> tuple[int, int]:
         """(nanos in ``currency``, tokens): the most any candidate could charge."""
         top_nanos = top_tokens = 0
+        batch = wants_batch(call)
         for dep in deps:
             out = self.max_output(call, dep, default_max_output)
             top_tokens = max(top_tokens, prompt_tokens + out)
             v = self.version(dep, at)
             if v is None:
                 continue
-            nanos = worst_case_nanos(v, prompt_tokens, out, at=at)
+            nanos = worst_case_nanos(v, prompt_tokens, out, at=at, batch=batch_priced(v, batch))
             if v.currency is not currency:
                 x = Fraction(nanos) * self.rate(v.currency, currency, at)
                 nanos = -((-x.numerator) // x.denominator)  # ceiling
@@ -199,11 +217,13 @@ class Biller:
             return ch
         ch.price_version = v.id
         ch.list_currency = v.currency
+        batch = batch_priced(v, wants_batch(call))
+        ch.tier = BATCH_TIER if batch else STANDARD_TIER
         if not (usage.input_tokens or usage.output_tokens):
             if ch.currency is None:
                 ch.currency = v.currency
             return ch
-        num, denom = exact_cost_nanos(v, usage, at=at)
+        num, denom = exact_cost_nanos(v, usage, at=at, batch=batch)
         list_nanos = round_half_up_div(num, denom)
         ch.list_cost_nanos = list_nanos
         target = currency or v.currency

@@ -329,6 +329,7 @@ def request_json(row: dict[str, Any]) -> dict[str, Any]:
         "tokens": tokens,
         "usage_source": row["usage_source"],
         "price_version": row["price_version"],
+        "price_tier": row["price_tier"],
         "cost": amount_str(row["cost_nanos"]),
         "cost_nanos": row["cost_nanos"],
         "currency": row["currency"],

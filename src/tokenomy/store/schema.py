@@ -68,6 +68,8 @@ usage_events = Table(
     Column("price_version", String(200), nullable=True),
     Column("fx_rate", String(40), nullable=True),
     Column("held_nanos", BigInteger, nullable=False, default=0),
+    # The price tier billed (0008): "standard", or "batch" at the catalogue's batch price.
+    Column("price_tier", String(16), nullable=True),
     Index("ix_usage_events_ts", "ts_ms"),
     Index("ix_usage_events_key_ts", "key_id", "ts_ms"),
     Index("ix_usage_events_org_ts", "org_id", "ts_ms"),
