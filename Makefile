@@ -6,10 +6,12 @@ STAMP  := $(VENV)/.installed-dev
 
 .PHONY: demo test lint typecheck unit browser-deps serve sim bench clean
 
+# llama-cpp-python (a dev dependency) compiles from source, once: pip caches the wheel,
+# built for any x86-64 CPU rather than this one's.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
