@@ -255,3 +255,37 @@ def test_the_tiny_model_is_written_offline(tmp_path: Path) -> None:
     arch = reader.fields["general.architecture"]
     assert bytes(arch.parts[arch.data[0]]).decode() == "llama"
     assert len(reader.tensors) == 12
+
+
+def test_a_legacy_completions_stream_from_llamacpp_gets_usage_billed_as_counted(
+    gw: Gateway, org_key: tuple[str, str]
+) -> None:
+    _, key = org_key
+    body = {"model": MODEL, "prompt": "Say something.", "max_tokens": MAX_TOKENS}
+    with httpx.stream(
+        "POST",
+        gw.base_url + "/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+        timeout=60,
+    ) as r:
+        assert r.status_code == 200
+        rid = r.headers["x-request-id"]
+        datas = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert datas[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in datas[:-1]]
+    text = "".join(ch["choices"][0]["text"] for ch in chunks if ch["choices"])
+    last = chunks[-1]
+    assert last["choices"] == [] and last["object"] == "text_completion"
+    (ev,) = gw.wait_events(1, request_id=rid)
+    assert ev["usage_source"] == "counted"
+    assert last["usage"]["completion_tokens"] == ev["output_tokens"] == counted(gw, text) > 0
+    assert nanos(last["usage"]["cost"]) == ev["cost_nanos"] > 0
+    whole = httpx.post(
+        gw.base_url + "/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json=body,
+        timeout=60,
+    ).json()
+    assert whole["choices"][0]["text"] == text
+    assert whole["usage"]["completion_tokens"] == ev["output_tokens"]
