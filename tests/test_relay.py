@@ -655,6 +655,17 @@ async def test_anthropic_passthrough_without_an_output_count_keeps_the_vendors_i
     assert msg.usage.output_tokens == call.usage.output_tokens
 
 
+async def test_a_second_message_delta_without_usage_counts_the_text_once() -> None:
+    body = silent_anthropic_stream()
+    delta = next(b for b in body.split(b"\n\n") if b.startswith(b"event: message_delta"))
+    body = body.replace(delta, delta + b"\n\n" + delta)
+    call = make_call("anthropic")
+    out, _ = await relay(call, FakeUpstream(body), "anthropic")
+    assert call.usage is not None
+    assert call.usage.output_tokens == COUNTER.count_text("claude-sonnet-4-5", "Hello!")
+    assert anthropic_sdk_message(out).usage.output_tokens == call.usage.output_tokens
+
+
 @pytest.mark.parametrize("wants_usage", [True, False])
 async def test_silent_anthropic_upstream_to_openai_client_is_counted(wants_usage: bool) -> None:
     call = make_call("openai", wants_usage=wants_usage)

@@ -106,8 +106,9 @@ class StreamRelay:
 
     def _count_now(self, pending: Sequence[bytes] = ()) -> Usage:
         """Count the call's usage at the end of a stream the vendor sent none for: settlement
-        runs as the end leaves, before ``chunks`` gets to its ``finally``."""
-        self.call.output_text.append(self.output_text(pending))
+        runs as the end leaves, before ``chunks`` gets to its ``finally``. Counting again
+        (a second message_delta) counts the same text, never twice over."""
+        self.call.output_text[:] = [self.output_text(pending)]
         usage = self.call.usage = self._count()
         return usage
 
