@@ -655,6 +655,28 @@ async def test_anthropic_passthrough_without_an_output_count_keeps_the_vendors_i
     assert msg.usage.output_tokens == call.usage.output_tokens
 
 
+async def test_an_anthropic_vendor_reporting_only_output_is_billed_our_prompt_count() -> None:
+    body = fixture("anthropic_stream_text.sse")
+    start = next(b for b in body.split(b"\n\n") if b.startswith(b"event: message_start"))
+    head, _, data = start.partition(b"\ndata: ")
+    obj = json.loads(data)
+    del obj["message"]["usage"]
+    body = body.replace(start, head + b"\ndata: " + json.dumps(obj).encode())
+    call = make_call("anthropic")
+    r = StreamRelay(
+        call,
+        FakeUpstream(body),
+        "anthropic",
+        prompt_tokens_hint=lambda: count_prompt(COUNTER, call),
+        count_usage=count(call),
+    )
+    out = b"".join([b async for b in r.chunks()])
+    assert call.usage is not None and call.usage.output_tokens == 15  # the vendor's
+    assert call.usage.input_tokens == count_prompt(COUNTER, call) > 0  # not free
+    msg = anthropic_sdk_message(out)
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == (call.usage.input_tokens, 15)
+
+
 async def test_a_second_message_delta_without_usage_counts_the_text_once() -> None:
     body = silent_anthropic_stream()
     delta = next(b for b in body.split(b"\n\n") if b.startswith(b"event: message_delta"))

@@ -239,8 +239,10 @@ class StreamRelay:
                         usage.update(_present(msg["usage"]))
                     elif isinstance(msg, dict):
                         # A vendor that leaves usage out here breaks the official SDKs, which
-                        # build on this object: our prompt count stands in until the end.
-                        msg["usage"] = {"input_tokens": self._hint(), "output_tokens": 0}
+                        # build on this object: our prompt count stands in, for the client
+                        # and the bill, unless the vendor gives its own later.
+                        usage["input_tokens"] = self._hint()
+                        msg["usage"] = {"input_tokens": usage["input_tokens"], "output_tokens": 0}
                         d = orjson.dumps(obj)
                 elif name == "message_delta":
                     # Cumulative counts: the last value wins, never a sum; a null or missing
