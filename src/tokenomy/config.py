@@ -55,6 +55,9 @@ class ServerConfig(_Strict):
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     #: Output cap used when a request gives no max_tokens and the model states no limit.
     default_max_output_tokens: int = Field(4096, ge=1)
+    #: The most choices one request may ask for (``n``, and ``best_of`` on legacy
+    #: completions): each is held for and billed, so this bounds a request's worst case.
+    max_choices: int = Field(16, ge=1, le=128)
 
 
 class DatabaseConfig(_Strict):

@@ -76,6 +76,9 @@ class Metrics:
         self.spend: dict[Labels, int] = {}
         self.upstream_errors: dict[Labels, int] = {}
         self.retries: dict[Labels, int] = {}
+        #: Calls charged above their hold, and by how much (charged in full all the same).
+        self.overruns: dict[Labels, int] = {}
+        self.overrun_nanos: dict[Labels, int] = {}
         self.latency: dict[Labels, _Histogram] = {}
         self.ttft: dict[Labels, _Histogram] = {}
         self._gauges: dict[str, tuple[str, str, Callable[[], float]]] = {}
@@ -98,6 +101,10 @@ class Metrics:
         if cost and cur:
             ck = (model, vendor, str(cur))
             self.spend[ck] = self.spend.get(ck, 0) + int(cost)
+            held = row.get("held_nanos") or 0
+            if held and cost > held:  # no hold (a house key) is no overrun
+                self.overruns[mv] = self.overruns.get(mv, 0) + 1
+                self.overrun_nanos[ck] = self.overrun_nanos.get(ck, 0) + int(cost) - int(held)
         if status not in ("ok", "cancelled") and vendor:
             ek = (vendor, str(row.get("error_code") or status))
             self.upstream_errors[ek] = self.upstream_errors.get(ek, 0) + 1
@@ -148,6 +155,12 @@ COUNTERS: Final = (
     ("tokenomy_upstream_errors_total", "Requests that ended in an upstream or gateway error.",
      ("vendor", "code"), "upstream_errors"),
     ("tokenomy_retries_total", "Fallback attempts after a failed one.", ("model",), "retries"),
+    ("tokenomy_ledger_overruns_total",
+     "Calls whose cost came out above their hold (charged in full).",
+     ("model", "vendor"), "overruns"),
+    ("tokenomy_ledger_overrun_nanos_total",
+     "Cost above holds, charged all the same, in nano-units of the currency.",
+     ("model", "vendor", "currency"), "overrun_nanos"),
 )  # fmt: skip
 #: Histograms (labelled by model and vendor): name, help, the Metrics attribute.
 HISTOGRAMS: Final = (

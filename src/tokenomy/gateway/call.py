@@ -23,6 +23,11 @@ IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
 PLACEMENT = "routing.placement"
 
 
+def _count(v: Any) -> int:
+    """A positive count from a client field, 1 when absent (validated at the edge)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 1 else 1
+
+
 def new_request_id() -> str:
     """Unique across processes and restarts; ids from one process sort in arrival order."""
     return _REQUEST_IDS.next()
@@ -87,6 +92,23 @@ class Call:
         if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
             return cap
         return None
+
+    def choices(self) -> int:
+        """How many answers the call may produce, each up to the output cap: ``n`` (the
+        larger of it and ``best_of`` on legacy completions, whose candidates the vendor
+        generates and bills) for each prompt."""
+        b = self.body
+        if self.endpoint == "messages":
+            return 1  # Anthropic's Messages have no n (nor is one sent on)
+        n = _count(b.get("n"))
+        if self.endpoint != "completions":
+            return n
+        prompt = b.get("prompt")
+        # A list of strings or of token lists is several prompts; a list of ints is one.
+        prompts = len(prompt) if isinstance(prompt, list) and prompt else 1
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            prompts = 1
+        return max(n, _count(b.get("best_of"))) * prompts
 
     def max_output_tokens(self, default: int) -> int:
         """The most output this call may produce: its own cap, else the model's, else default."""

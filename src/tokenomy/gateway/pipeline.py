@@ -37,7 +37,7 @@ from tokenomy.gateway.metering import (
 from tokenomy.gateway.registry import Deployment, Registry
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.gateway.tokencount import TokenCounter
-from tokenomy.gateway.usage import Usage
+from tokenomy.gateway.usage import Usage, UsageSource
 from tokenomy.tracing import SPAN, child_span
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ from tokenomy.providers.translate_request import (
 )
 from tokenomy.providers.translate_response import (
     anthropic_response_to_openai,
+    anthropic_usage,
     openai_response_to_anthropic,
 )
 
@@ -260,6 +261,7 @@ class Pipeline:
                 resp,
                 provider.dialect,
                 prompt_tokens_hint=lambda: count_prompt(self.counter, call),
+                count_usage=lambda: counted_usage(self.counter, call),
             )
             if self.quoter is not None:
                 quoter = self.quoter
@@ -285,8 +287,15 @@ class Pipeline:
         if cost is not None and isinstance(usage, dict):
             usage["cost"] = orjson.Fragment(cost.encode())  # OpenRouter's field, exact
             body_out = orjson.dumps(out)
-        else:  # an untranslated answer goes out byte for byte
-            body_out = raw if out is obj and not renamed else orjson.dumps(out)
+        elif (
+            out is obj
+            and not renamed
+            and call.usage is not None
+            and call.usage.source is UsageSource.UPSTREAM
+        ):
+            body_out = raw  # an untranslated answer goes out byte for byte
+        else:
+            body_out = orjson.dumps(out)
         return Outcome(headers=headers, body=body_out)
 
     def _upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
@@ -308,7 +317,10 @@ class Pipeline:
             if isinstance(u, dict):
                 call.usage = Usage.from_openai(u)
             else:
+                # A silent vendor: the answer goes out with our count, as it is billed.
                 call.output_text.append(openai_response_text(obj))
+                call.usage = counted_usage(self.counter, call)
+                obj["usage"] = _openai_usage(call)
             if call.dialect == "openai":
                 return obj
             return openai_response_to_anthropic(obj, model=call.public_model)
@@ -316,6 +328,8 @@ class Pipeline:
             call.usage = Usage.from_anthropic(u)
         else:
             call.output_text.append(anthropic_response_text(obj))
+            call.usage = counted_usage(self.counter, call)
+            obj["usage"] = anthropic_usage(call.usage)
         if call.dialect == "anthropic":
             return obj
         return anthropic_response_to_openai(obj, model=call.public_model)
@@ -357,6 +371,15 @@ class Pipeline:
                 await stage.after(call)
             except Exception:
                 log.exception("request %s: settling %s failed", call.request_id, stage)
+
+
+def _openai_usage(call: Call) -> dict[str, Any]:
+    """The call's usage as the OpenAI answer to its endpoint carries it."""
+    assert call.usage is not None
+    if call.endpoint == "embeddings":
+        n = call.usage.input_tokens
+        return {"prompt_tokens": n, "total_tokens": n}
+    return call.usage.to_openai()
 
 
 def _span_name(stage: object) -> str:

@@ -45,8 +45,8 @@ class Charge:
     price_version: str | None = None
     fx_rate: Fraction | None = None
     held_nanos: int = 0
-    #: Cost above the hold, written off (the hold is the most a call can be charged).
-    overage_nanos: int = 0
+    #: Cost above the hold (charged all the same; the hold bounded it wrongly).
+    overrun_nanos: int = 0
     #: The price tier billed: "batch" (the catalogue's batch price) or "standard".
     tier: str | None = None
 
@@ -187,11 +187,13 @@ class Biller:
         default_max_output: int,
         at: datetime,
     ) -> tuple[int, int]:
-        """(nanos in ``currency``, tokens): the most any candidate could charge."""
+        """(nanos in ``currency``, tokens): the most any candidate could charge, every
+        choice (``n``, ``best_of``) producing its whole output cap."""
         top_nanos = top_tokens = 0
         batch = wants_batch(call)
+        choices = call.choices()
         for dep in deps:
-            out = self.max_output(call, dep, default_max_output)
+            out = self.max_output(call, dep, default_max_output) * choices
             top_tokens = max(top_tokens, prompt_tokens + out)
             v = self.version(dep, at)
             if v is None:
@@ -206,7 +208,8 @@ class Biller:
     # ---- settlement -------------------------------------------------------------------
 
     def charge(self, call: Call, currency: Currency | None, held: int | None) -> Charge:
-        """Price the call's usage; cap the charge at ``held`` when a hold was taken."""
+        """Price the call's usage. Never capped at ``held``: the vendor bills what it
+        produced, so a cost above the hold is charged in full and noted as an overrun."""
         ch = Charge(currency=currency, held_nanos=held or 0)
         dep, usage = call.deployment, call.usage or Usage()
         at = datetime.fromtimestamp(call.ts_ms / 1000, UTC)
@@ -235,7 +238,9 @@ class Biller:
             # One rounding: the exact cost times the exact rate, to nanos.
             nanos = round_half_up_fraction(Fraction(num, denom) * ch.fx_rate)
         if held is not None and nanos > held:
-            ch.overage_nanos = nanos - held
-            nanos = held
+            ch.overrun_nanos = nanos - held
+            log.info(
+                "request %s cost %s nanos, %s above its hold", call.request_id, nanos, nanos - held
+            )
         ch.cost_nanos = nanos
         return ch

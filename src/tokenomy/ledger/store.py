@@ -61,6 +61,8 @@ class Kind:
     REFUND = "refund"
     ADJUSTMENT = "adjustment"
     USAGE = "usage"
+    #: A cost above its hold written off: made by earlier versions only (an overrun is
+    #: now charged to the org in full), kept so their ledgers still read.
     OVERAGE = "overage"
 
     ADMIN = (TOPUP, CREDIT, REFUND, ADJUSTMENT)
