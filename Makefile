@@ -3,22 +3,32 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
+# What running the gateway needs (demo, serve, sim): no test tools, nothing to compile.
+RUN    := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit browser-deps serve sim bench clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(RUN): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[postgres]'
+	touch $(RUN)
 
-demo: $(STAMP)
+# llama-cpp-python (a dev dependency) compiles from source, once: pip caches the wheel,
+# built for any x86-64 CPU rather than this one's.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP) $(RUN)
+
+demo: $(RUN)
 	$(BIN)/tokenomy demo --history 30d
 
-serve: $(STAMP)
+serve: $(RUN)
 	$(BIN)/tokenomy serve
 
-sim: $(STAMP)
+sim: $(RUN)
 	$(BIN)/tokenomy sim
 
 lint: $(STAMP)

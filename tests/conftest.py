@@ -50,23 +50,28 @@ vendors:
 models:
   - name: sim-small
     aliases: [small]
-    deployments: [{{vendor: sim, model: sim-small, context_length: 32768, max_output: 4096}}]
+    deployments:
+      - {{vendor: sim, model: sim-small, context_length: 32768, max_output: 4096,
+         price: sim/sim-small}}
   - name: sim-claude
-    deployments: [{{vendor: sim-anthropic, model: sim-claude, max_output: 8192}}]
+    deployments:
+      - {{vendor: sim-anthropic, model: sim-claude, max_output: 8192, price: sim/sim-small}}
   - name: sim-embed
-    deployments: [{{vendor: sim, model: sim-embed, capabilities: [embeddings]}}]
+    deployments:
+      - {{vendor: sim, model: sim-embed, capabilities: [embeddings], price: sim/sim-small}}
   - name: flaky
     deployments:
-      - {{vendor: sim, model: flaky-a}}
-      - {{vendor: sim-backup, model: flaky-b}}
+      - {{vendor: sim, model: flaky-a, price: sim/sim-small}}
+      - {{vendor: sim-backup, model: flaky-b, price: sim/sim-small}}
   - name: single
-    deployments: [{{vendor: sim, model: single-a}}]
+    deployments: [{{vendor: sim, model: single-a, price: sim/sim-small}}]
   - name: no-tools
-    deployments: [{{vendor: sim, model: plain-a, capabilities: [stream]}}]
+    deployments:
+      - {{vendor: sim, model: plain-a, capabilities: [stream], price: sim/sim-small}}
   - name: silent
-    deployments: [{{vendor: sim, model: silent-a}}]
+    deployments: [{{vendor: sim, model: silent-a, price: sim/sim-small}}]
   - name: inline
-    deployments: [{{vendor: sim, model: inline-a}}]
+    deployments: [{{vendor: sim, model: inline-a, price: sim/sim-small}}]
   - name: ds-reasoner
     deployments: [{{vendor: sim, model: ds-reasoner, price: deepseek/deepseek-flash}}]
   - name: opus
@@ -81,17 +86,18 @@ models:
       - {{vendor: sim, model: sim-fail-503, price: minimax/MiniMax-M2.5}}
       - {{vendor: sim-backup, model: alive-b, price: anthropic/claude-opus-4-6}}
   - name: limited
-    deployments: [{{vendor: sim, model: limited-a}}]
+    deployments: [{{vendor: sim, model: limited-a, price: sim/sim-small}}]
   - name: placed
     deployments:
       - {{vendor: sim, model: near-a, region: us-east, price: sim/sim-small}}
       - {{vendor: sim-backup, model: far-b, region: cn-west, price: sim/sim-large}}
   - name: capped
-    deployments: [{{vendor: sim, model: q-sim-slow, max_concurrent: 1}}]
+    deployments:
+      - {{vendor: sim, model: q-sim-slow, max_concurrent: 1, price: sim/sim-small}}
   - name: standby-demo
     deployments:
-      - {{vendor: sim-nokey, model: real-a}}
-      - {{vendor: sim, model: standby-a, standby: true}}
+      - {{vendor: sim-nokey, model: real-a, price: sim/sim-small}}
+      - {{vendor: sim, model: standby-a, standby: true, price: sim/sim-small}}
 {extra}
 """
 

@@ -174,12 +174,20 @@ class Procs:
     started: list[Proc] = field(default_factory=list)
     _seq: int = 0
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _OVERRIDES}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra or {})
         return env
 
-    def _spawn(self, name: str, args: Sequence[str], ready_path: str, port: int | None) -> Proc:
+    def _spawn(
+        self,
+        name: str,
+        args: Sequence[str],
+        ready_path: str,
+        port: int | None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
         # A free port can be taken between the probe and the child's bind: try a few.
         attempts = 1 if port is not None else 3
         last: ProcError | None = None
@@ -188,7 +196,7 @@ class Procs:
             p = port if port is not None else free_port()
             argv = [sys.executable, "-m", "tokenomy", *args, "--port", str(p)]
             log = self.workdir / f"{self._seq:02d}-{name}.log"
-            proc = Proc(name, argv, p, log, ready_path, self._env())
+            proc = Proc(name, argv, p, log, ready_path, self._env(env))
             self.started.append(proc)
             try:
                 return proc.start()
@@ -210,10 +218,22 @@ class Procs:
         path.write_text(text)
         return path
 
-    def gateway(self, config: Path, *, port: int | None = None, name: str = "gateway") -> Proc:
-        """``tokenomy serve --config FILE``, ready once /healthz answers."""
-        args = ["serve", "--config", str(config), "--log-level", "warning"]
-        return self._spawn(name, args, "/healthz", port)
+    def gateway(
+        self,
+        config: Path,
+        *,
+        port: int | None = None,
+        name: str = "gateway",
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        log_level: str = "warning",
+    ) -> Proc:
+        """``tokenomy serve --config FILE``, ready once /healthz answers; ``env`` is
+        added to the environment."""
+        args = ["serve", "--config", str(config), "--log-level", log_level]
+        if workers != 1:
+            args += ["--workers", str(workers)]
+        return self._spawn(name, args, "/healthz", port, env)
 
     def close(self) -> None:
         """Stop everything still running: SIGTERM first, SIGKILL if it lingers."""

@@ -88,15 +88,35 @@ def _ymd(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
 
 
+def _sign_in(page: Any, url: str, key: str) -> None:
+    """Open ``url``, get the sign-in form, and post ``key`` through it."""
+    resp = page.goto(url)
+    assert resp is not None and resp.ok
+    page.fill("input[name=key]", key)
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    assert page.locator("input[name=key]").count() == 0, "not signed in"
+
+
+def test_a_login_link_does_not_sign_the_browser_in(browser: Any, dash: AnalyticsGateway) -> None:
+    p = Page(browser, dash.url, viewport={"width": 1280, "height": 800})
+    page = p.page
+    resp = page.goto(f"{dash.url}/dashboard?key={ADMIN_KEY}&days=45")
+    assert resp is not None and resp.status == 200
+    assert page.locator("input[name=key]").count() == 1
+    assert page.get_by_text("Top organisations").count() == 0
+    assert p.context.cookies() == []
+    p.close()
+
+
 def test_dashboard_renders_offline_and_the_picker_changes_it(
     browser: Any, dash: AnalyticsGateway
 ) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     p = Page(browser, dash.url, viewport={"width": 1440, "height": 900})
     page = p.page
-    resp = page.goto(f"{dash.url}/dashboard?key={ADMIN_KEY}&days=45")
-    assert resp is not None and resp.ok
-    assert "key=" not in page.url  # the login link's key leaves the address bar
+    _sign_in(page, f"{dash.url}/dashboard?days=45", ADMIN_KEY)
+    assert page.url == f"{dash.url}/dashboard?days=45"  # back to the view asked for
     page.wait_for_load_state("networkidle")
     cards = page.locator("section[data-chart]")
     assert cards.count() == 7
@@ -140,7 +160,7 @@ def test_dashboard_on_a_phone(browser: Any, dash: AnalyticsGateway) -> None:
         has_touch=True,
     )
     page = p.page
-    page.goto(f"{dash.url}/dashboard?key={ADMIN_KEY}&days=30")
+    _sign_in(page, f"{dash.url}/dashboard?days=30", ADMIN_KEY)
     page.wait_for_load_state("networkidle")
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1, "the page scrolls sideways on a phone"

@@ -100,11 +100,16 @@ def test_vendor_without_usage_is_counted(client: openai.OpenAI, gateway: Gateway
     )
     r = raw.parse()
     (ev,) = gateway.wait_events(1, request_id=raw.headers["x-request-id"])
-    assert r.usage is None
     assert ev["usage_source"] == "counted"
     counted = gateway.services.counter.count_text("silent-a", r.choices[0].message.content or "")
     assert ev["output_tokens"] == counted > 0
     assert ev["input_tokens"] > 0
+    # The answer carries the usage it was billed for, though the vendor gave none.
+    assert r.usage is not None
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (
+        ev["input_tokens"],
+        ev["output_tokens"],
+    )
 
 
 def test_tools_round_trip(client: openai.OpenAI) -> None:

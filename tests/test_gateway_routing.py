@@ -109,14 +109,17 @@ def test_suffixes_resolve_the_base_model(gateway: Gateway, suffix: str) -> None:
     assert r.status_code == 200 and r.json()["model"] in ("routed", "cheap-a", "dear-b")
 
 
-def test_latency_tolerant_work_goes_to_the_cheapest_power_that_meets_its_deadline(
+def test_latency_tolerant_work_is_not_sent_to_a_dearer_vendor_for_its_cheaper_power(
     gateway: Gateway,
 ) -> None:
     # Interactive: the cheaper (and nearer) us-east deployment.
     assert served_by(chat(gateway, model="placed")) == "sim/near-a"
-    # Flex traffic: cn-west's power is a fifth of the price, and 180 ms fits no deadline.
-    assert served_by(chat(gateway, model="placed", service_tier="flex")) == "sim-backup/far-b"
-    # A deadline it cannot meet sends it back near.
+    # Flex: cn-west's power is a fifth of the price, but far-b is a vendor billed at
+    # sim-large, 20x sim-small per token: its power is in its price, and it saves nothing.
+    r = chat(gateway, model="placed", service_tier="flex")
+    assert served_by(r) == "sim/near-a"
+    placement = r.headers["x-tokenomy-placement"]
+    assert "region=us-east" in placement and "energy_usd=0;" in placement
     r = httpx.post(
         gateway.base_url + "/chat/completions",
         json={"model": "placed", "messages": MSG, "max_tokens": 8, "service_tier": "flex"},

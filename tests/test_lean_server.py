@@ -454,7 +454,7 @@ async def test_idle_connections_are_closed_busy_ones_are_not() -> None:
 
 
 SLOW = """  - name: slowpoke
-    deployments: [{vendor: sim, model: sim-slow}]
+    deployments: [{vendor: sim, model: sim-slow, price: sim/sim-small}]
 """
 
 

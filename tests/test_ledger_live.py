@@ -179,6 +179,22 @@ async def test_expired_holds_release_and_late_settles_still_post(backend: str) -
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis", "leased"])
+async def test_usage_above_its_hold_is_posted_in_full_even_below_the_floor(backend: str) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 1_000})
+    async for live in make_live(backend, loader):
+        h = hold(1, PREPAID, 600, 10, (DAILY,))
+        await live.hold(h)
+        await live.settle(h, 1_200, 30)  # the vendor billed twice what was held
+        state = await live.org_state(OrgMeter(PREPAID))
+        assert (state.used, state.held) == (1_200, 0)
+        assert state.admin - state.used == -200  # below the floor: posted all the same
+        b = await live.budget_state(DAILY.meter(AT_MS))
+        assert (b.spent, b.held, b.tokens_spent, b.tokens_held) == (1_200, 0, 30, 0)
+        with pytest.raises(Shortfall):
+            await live.hold(hold(2, PREPAID, 1, 1, ()))
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis", "leased"])
 async def test_budget_and_token_shortfalls_name_what_ran_out(backend: str) -> None:
     loader = FakeLoader(admin={PREPAID.id: 10**9})
     loader.spent[DAILY.meter(AT_MS).key] = (650, 0)

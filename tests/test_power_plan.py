@@ -11,6 +11,7 @@ from tokenomy.routing.power import (
     Placement,
     PowerPrice,
     Region,
+    energy_usd,
     kwh_per_million_tokens,
     latency_tolerant,
     place,
@@ -120,11 +121,12 @@ def test_region_cost_floor() -> None:
 
 
 def test_interactive_traffic_stays_near_and_tolerant_traffic_chases_cheap_power() -> None:
+    # Self-hosted, the same token price everywhere: power makes the difference.
     cands = [
-        Placement("us/a", US, rtt_s=0.02, service_s=5),
-        Placement("east/a", EAST, rtt_s=0.15, service_s=5),
-        Placement("west/a", WEST, rtt_s=0.25, service_s=60),
-        Placement("edge/a", UNKNOWN, rtt_s=0.01, service_s=5),
+        Placement("us/a", US, rtt_s=0.02, service_s=5, energy_usd=energy_usd(US, 1000)),
+        Placement("east/a", EAST, rtt_s=0.15, service_s=5, energy_usd=energy_usd(EAST, 1000)),
+        Placement("west/a", WEST, rtt_s=0.25, service_s=60, energy_usd=energy_usd(WEST, 1000)),
+        Placement("edge/a", UNKNOWN, rtt_s=0.01, service_s=5, energy_usd=None),
     ]
     assert [p.deployment_id for p in place(False, None, cands)] == [
         "edge/a",

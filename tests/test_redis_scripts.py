@@ -176,8 +176,11 @@ def test_urls() -> None:
     assert c._addr == ("10.0.0.1", 6380)
     assert c._hello == [encode("AUTH", "pw"), encode("SELECT", 4)]
     with pytest.raises(ValueError):
-        ScriptClient.from_url("rediss://h:6380")
-    assert ScriptClient.for_url("rediss://h:6380") is None  # TLS stays with redis-py
+        ScriptClient.from_url("unix:///run/redis.sock")
+    assert ScriptClient.for_url("unix:///run/redis.sock") is None  # sockets stay with redis-py
+    tls = ScriptClient.for_url("rediss://u:pw@h:6380")  # TLS is served here (managed Redis)
+    assert tls is not None and tls._ssl is not None
+    assert tls._hello == [encode("AUTH", "u", "pw")]
 
 
 async def test_a_server_that_refuses_at_once_fails_calls_and_never_hangs_them() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +97,28 @@ class FakeUpstream:
         self.released += 1
 
 
-def make_call(dialect: str, *, wants_usage: bool = False) -> Call:
+COUNTER = TokenCounter()
+
+
+def count(call: Call) -> Callable[[], Usage]:
+    """The relay's own count of ``call``'s usage, as the pipeline gives it."""
+    return lambda: counted_usage(COUNTER, call)
+
+
+def vendor_model(raw: bytes) -> str:
+    """The model a recorded stream names (a call for that name relays it unchanged)."""
+    named = re.search(rb'"model": ?"([^"]*)"', raw)
+    assert named is not None
+    return named.group(1).decode()
+
+
+def make_call(dialect: str, *, wants_usage: bool = False, model: str | None = None) -> Call:
     if dialect == "openai":
         return Call(
             endpoint="chat",
             dialect="openai",
             body=CHAT_BODY,
-            model="gpt-4o-mini",
+            model=model or "gpt-4o-mini",
             stream=True,
             key=KEY,
             wants_usage=wants_usage,
@@ -112,7 +127,7 @@ def make_call(dialect: str, *, wants_usage: bool = False) -> Call:
         endpoint="messages",
         dialect="anthropic",
         body=MESSAGES_BODY,
-        model="claude-sonnet-4-5",
+        model=model or "claude-sonnet-4-5",
         stream=True,
         key=KEY,
     )
@@ -121,7 +136,9 @@ def make_call(dialect: str, *, wants_usage: bool = False) -> Call:
 async def relay(
     call: Call, upstream: FakeUpstream, upstream_dialect: str
 ) -> tuple[bytes, StreamRelay]:
-    r = StreamRelay(call, upstream, upstream_dialect, prompt_tokens_hint=lambda: 42)
+    r = StreamRelay(
+        call, upstream, upstream_dialect, prompt_tokens_hint=lambda: 42, count_usage=count(call)
+    )
     out = b"".join([b async for b in r.chunks()])
     return out, r
 
@@ -247,7 +264,7 @@ async def test_sse_parser_drops_an_event_cut_mid_line() -> None:
 )
 @pytest.mark.parametrize("size", [7, 1 << 20])  # in pieces, and the whole stream at once
 async def test_openai_passthrough_is_byte_for_byte(name: str, size: int) -> None:
-    call = make_call("openai", wants_usage=True)
+    call = make_call("openai", wants_usage=True, model=vendor_model(fixture(name)))
     upstream = FakeUpstream(fixture(name), size=size)
     out, r = await relay(call, upstream, "openai")
     assert out == fixture(name)
@@ -256,6 +273,16 @@ async def test_openai_passthrough_is_byte_for_byte(name: str, size: int) -> None
     assert call.usage is not None and call.usage.source is UsageSource.UPSTREAM
     assert call.output_text == []  # the vendor's count is known: nothing kept to count
     assert call.first_token_at is not None
+
+
+@pytest.mark.parametrize("size", [7, 1 << 20])
+async def test_openai_passthrough_names_the_public_model_in_every_chunk(size: int) -> None:
+    raw = fixture("openai_stream_tool_calls.sse")
+    vendor_id = re.search(rb'"model":"([^"]*)"', raw).group(0)  # type: ignore[union-attr]
+    call = make_call("openai", wants_usage=True, model="our-name")
+    out, _ = await relay(call, FakeUpstream(raw, size=size), "openai")
+    assert out == raw.replace(vendor_id, b'"model":"our-name"')
+    assert out.count(b'"model":"our-name"') == raw.count(vendor_id) > 1
 
 
 @pytest.mark.parametrize(
@@ -292,6 +319,7 @@ async def test_keep_alive_comments_before_the_first_token_do_not_start_it() -> N
         FakeUpstream(comment + body, size=len(comment)),
         "openai",
         prompt_tokens_hint=lambda: 0,
+        count_usage=count(call),
     )
     chunks = relay.chunks()
     assert await chunks.__anext__() == comment  # passed through as it came
@@ -303,7 +331,7 @@ async def test_keep_alive_comments_before_the_first_token_do_not_start_it() -> N
 @pytest.mark.parametrize("name", ["openai_stream_text.sse", "deepseek_stream_cache_hit.sse"])
 @pytest.mark.parametrize("size", [7, 1 << 20])
 async def test_usage_only_chunk_is_stripped_unless_the_client_asked(name: str, size: int) -> None:
-    call = make_call("openai", wants_usage=False)
+    call = make_call("openai", wants_usage=False, model=vendor_model(fixture(name)))
     out, _ = await relay(call, FakeUpstream(fixture(name), size=size), "openai")
     assert out == without_usage_chunk(fixture(name))
     assert call.usage is not None and call.usage.input_tokens > 0  # still metered
@@ -314,7 +342,8 @@ async def test_usage_only_chunk_is_stripped_unless_the_client_asked(name: str, s
 async def test_usage_on_a_chunk_with_choices_is_kept() -> None:
     # DeepSeek puts usage on the finishing chunk: it cannot be dropped without the text.
     name = "deepseek_stream_reasoning.sse"
-    out, _ = await relay(make_call("openai"), FakeUpstream(fixture(name)), "openai")
+    call = make_call("openai", model=vendor_model(fixture(name)))
+    out, _ = await relay(call, FakeUpstream(fixture(name)), "openai")
     assert out == fixture(name)
 
 
@@ -342,7 +371,7 @@ async def test_openai_passthrough_output_reads_in_the_sdk() -> None:
     ],
 )
 async def test_anthropic_passthrough_is_byte_for_byte(name: str, usage: Usage) -> None:
-    call = make_call("anthropic")
+    call = make_call("anthropic", model=vendor_model(fixture(name)))
     upstream = FakeUpstream(fixture(name))
     out, r = await relay(call, upstream, "anthropic")
     assert out == fixture(name)
@@ -364,7 +393,7 @@ async def test_anthropic_passthrough_null_usage_fields_keep_message_start_values
 
 
 async def test_anthropic_error_event_is_relayed_once() -> None:
-    call = make_call("anthropic")
+    call = make_call("anthropic", model=vendor_model(fixture("anthropic_stream_error.sse")))
     out, _ = await relay(call, FakeUpstream(fixture("anthropic_stream_error.sse")), "anthropic")
     assert out == fixture("anthropic_stream_error.sse")
     assert out.count(b"event: error") == 1
@@ -389,7 +418,11 @@ async def test_events_arriving_together_leave_in_one_write(
     body = fixture(name)
     call = make_call(client, wants_usage=True)
     r = StreamRelay(
-        call, FakeUpstream(body, size=len(body)), upstream_dialect, prompt_tokens_hint=lambda: 42
+        call,
+        FakeUpstream(body, size=len(body)),
+        upstream_dialect,
+        prompt_tokens_hint=lambda: 42,
+        count_usage=count(call),
     )
     writes = [b async for b in r.chunks()]
     assert len(writes) == 1 and len(blocks(writes[0])) > 3
@@ -488,7 +521,7 @@ async def test_cut_anthropic_stream_after_message_start_is_not_billed_from_it() 
 async def test_client_going_away_releases_upstream_and_keeps_text() -> None:
     call = make_call("openai")
     upstream = FakeUpstream(fixture("openai_stream_text.sse"))
-    r = StreamRelay(call, upstream, "openai", prompt_tokens_hint=lambda: 0)
+    r = StreamRelay(call, upstream, "openai", prompt_tokens_hint=lambda: 0, count_usage=count(call))
     gen = r.chunks()
     got = [await gen.__anext__() for _ in range(3)]
     assert len(got) == 3
@@ -527,15 +560,165 @@ async def test_kimi_upstream_to_anthropic_client_uses_usage_in_choice() -> None:
     assert (msg.usage.cache_read_input_tokens, msg.usage.output_tokens) == (32, 12)
 
 
-async def test_silent_openai_upstream_to_anthropic_client_is_counted() -> None:
+def silent_anthropic_stream() -> bytes:
+    """Anthropic's text stream from a vendor that reports no usage at all."""
+    out = []
+    for block in fixture("anthropic_stream_text.sse").split(b"\n\n"):
+        head, _, data = block.partition(b"\ndata: ")
+        if data:
+            obj = json.loads(data)
+            obj.pop("usage", None)
+            if isinstance(obj.get("message"), dict):
+                obj["message"].pop("usage", None)
+            block = head + b"\ndata: " + json.dumps(obj).encode()
+        out.append(block)
+    return b"\n\n".join(out)
+
+
+@pytest.mark.parametrize("size", [7, 1 << 20])
+async def test_silent_openai_upstream_to_anthropic_client_is_counted_before_its_end(
+    size: int,
+) -> None:
     call = make_call("anthropic")
-    out, r = await relay(call, FakeUpstream(fixture("openai_stream_no_usage.sse")), "openai")
+    r = StreamRelay(
+        call,
+        FakeUpstream(fixture("openai_stream_no_usage.sse"), size=size),
+        "openai",
+        prompt_tokens_hint=lambda: count_prompt(COUNTER, call),
+        count_usage=count(call),
+    )
+    writes = []
+    async for w in r.chunks():
+        writes.append(w)
+        if r.completed:
+            # Settlement runs as the end leaves: the usage must be known by then.
+            assert call.usage == counted_usage(COUNTER, call)
+    out = b"".join(writes)
     assert r.completed and call.status == "ok"
-    assert call.usage is None
-    assert call.output_text == ["Once upon a time"]
+    assert call.usage is not None and call.usage.source is UsageSource.COUNTED
+    assert call.usage.output_tokens == COUNTER.count_text("gpt-4o-mini", "Once upon a time") > 0
     msg = anthropic_sdk_message(out)
     assert msg.stop_reason == "max_tokens"
-    assert msg.usage.input_tokens == 42  # the prompt hint
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == (
+        call.usage.input_tokens,
+        call.usage.output_tokens,
+    )
+
+
+@pytest.mark.parametrize("wants_usage", [True, False])
+@pytest.mark.parametrize("size", [7, 1 << 20])
+async def test_silent_openai_passthrough_is_counted_before_done_and_sends_usage_if_asked(
+    wants_usage: bool, size: int
+) -> None:
+    call = make_call("openai", wants_usage=wants_usage)
+    r = StreamRelay(
+        call,
+        FakeUpstream(fixture("openai_stream_no_usage.sse"), size=size),
+        "openai",
+        prompt_tokens_hint=lambda: 0,
+        count_usage=count(call),
+    )
+    r.cost = lambda c: "0.000123"
+    writes = []
+    async for w in r.chunks():
+        if r.completed:
+            assert call.usage is not None and call.usage.output_tokens > 0
+        writes.append(w)
+    out = b"".join(writes)
+    assert out.endswith(b"data: [DONE]\n\n")
+    assert call.usage is not None and call.usage.source is UsageSource.COUNTED
+    assert call.usage.output_tokens == COUNTER.count_text("gpt-4o-mini", "Once upon a time")
+    chunks = openai_sdk_chunks(out)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Once upon a time"
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    if not wants_usage:
+        assert usage_chunks == [] and out == fixture("openai_stream_no_usage.sse")
+        return
+    [u] = usage_chunks
+    assert u is chunks[-1] and u.choices == []
+    assert (u.id, u.model, u.created) == ("chatcmpl-nu", "some-vendor-model", 1723000001)
+    assert u.usage is not None
+    assert (u.usage.prompt_tokens, u.usage.completion_tokens) == (
+        call.usage.input_tokens,
+        call.usage.output_tokens,
+    )
+    assert u.usage.model_extra["cost"] == 0.000123  # type: ignore[index]
+
+
+@pytest.mark.parametrize("size", [7, 1 << 20])
+async def test_silent_anthropic_passthrough_tells_the_client_the_counted_output(
+    size: int,
+) -> None:
+    call = make_call("anthropic")
+    out, r = await relay(call, FakeUpstream(silent_anthropic_stream(), size=size), "anthropic")
+    assert r.completed and call.usage is not None
+    assert call.usage.source is UsageSource.COUNTED
+    assert call.usage.output_tokens == COUNTER.count_text("claude-sonnet-4-5", "Hello!") > 0
+    msg = anthropic_sdk_message(out)
+    assert msg.content[0].text == "Hello!"
+    assert msg.usage.output_tokens == call.usage.output_tokens
+    assert msg.usage.input_tokens == call.usage.input_tokens > 0
+
+
+async def test_anthropic_passthrough_without_an_output_count_keeps_the_vendors_input() -> None:
+    # message_start reports input (with its placeholder output of 1); message_delta nothing.
+    body = fixture("anthropic_stream_text.sse").replace(b', "usage": {"output_tokens": 15}', b"")
+    call = make_call("anthropic")
+    out, _ = await relay(call, FakeUpstream(body), "anthropic")
+    assert call.usage is not None and call.usage.source is UsageSource.COUNTED
+    assert (call.usage.input_tokens, call.usage.cached_tokens) == (1025, 1000)
+    assert call.usage.output_tokens == COUNTER.count_text("claude-sonnet-4-5", "Hello!")
+    msg = anthropic_sdk_message(out)
+    assert msg.usage.output_tokens == call.usage.output_tokens
+
+
+async def test_an_anthropic_vendor_reporting_only_output_is_billed_our_prompt_count() -> None:
+    body = fixture("anthropic_stream_text.sse")
+    start = next(b for b in body.split(b"\n\n") if b.startswith(b"event: message_start"))
+    head, _, data = start.partition(b"\ndata: ")
+    obj = json.loads(data)
+    del obj["message"]["usage"]
+    body = body.replace(start, head + b"\ndata: " + json.dumps(obj).encode())
+    call = make_call("anthropic")
+    r = StreamRelay(
+        call,
+        FakeUpstream(body),
+        "anthropic",
+        prompt_tokens_hint=lambda: count_prompt(COUNTER, call),
+        count_usage=count(call),
+    )
+    out = b"".join([b async for b in r.chunks()])
+    assert call.usage is not None and call.usage.output_tokens == 15  # the vendor's
+    assert call.usage.input_tokens == count_prompt(COUNTER, call) > 0  # not free
+    msg = anthropic_sdk_message(out)
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == (call.usage.input_tokens, 15)
+
+
+async def test_a_second_message_delta_without_usage_counts_the_text_once() -> None:
+    body = silent_anthropic_stream()
+    delta = next(b for b in body.split(b"\n\n") if b.startswith(b"event: message_delta"))
+    body = body.replace(delta, delta + b"\n\n" + delta)
+    call = make_call("anthropic")
+    out, _ = await relay(call, FakeUpstream(body), "anthropic")
+    assert call.usage is not None
+    assert call.usage.output_tokens == COUNTER.count_text("claude-sonnet-4-5", "Hello!")
+    assert anthropic_sdk_message(out).usage.output_tokens == call.usage.output_tokens
+
+
+@pytest.mark.parametrize("wants_usage", [True, False])
+async def test_silent_anthropic_upstream_to_openai_client_is_counted(wants_usage: bool) -> None:
+    call = make_call("openai", wants_usage=wants_usage)
+    out, r = await relay(call, FakeUpstream(silent_anthropic_stream()), "anthropic")
+    assert r.completed and out.endswith(b"data: [DONE]\n\n")
+    assert call.usage is not None and call.usage.source is UsageSource.COUNTED
+    assert call.usage.output_tokens == COUNTER.count_text("gpt-4o-mini", "Hello!") > 0
+    usage_chunks = [c for c in openai_sdk_chunks(out) if c.usage is not None]
+    if wants_usage:
+        [u] = usage_chunks
+        assert u.usage is not None and u.usage.completion_tokens == call.usage.output_tokens
+    else:
+        assert usage_chunks == []
 
 
 async def test_openai_upstream_error_chunk_to_anthropic_client() -> None:
@@ -619,3 +802,13 @@ def test_counted_usage_without_output() -> None:
     usage = counted_usage(TokenCounter(), call)
     assert usage.source is UsageSource.COUNTED
     assert usage.output_tokens == 0 and usage.input_tokens > 0
+
+
+async def test_anthropic_passthrough_names_the_public_model() -> None:
+    raw = fixture("anthropic_stream_text.sse")
+    call = make_call("anthropic", model="our-name")
+    out, _ = await relay(call, FakeUpstream(raw), "anthropic")
+    assert vendor_model(out) == "our-name" and vendor_model(raw) != "our-name"
+    assert call.usage == Usage(input_tokens=1025, cached_tokens=1000, output_tokens=15)
+    # Only message_start names the model; every other event leaves as it came.
+    assert out.split(b"\n\n")[1:] == raw.split(b"\n\n")[1:]

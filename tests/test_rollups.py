@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, select, text
+from sqlalchemy import Engine, MetaData, Table, delete, select, text
 
 from tests.conftest import throwaway_postgres
 from tokenomy.analytics import rollup
@@ -57,6 +57,15 @@ def engine(
         migrate(eng)
         yield eng
         eng.dispose()
+
+
+def events_before_0008() -> Table:
+    """The events table as revisions 0002-0006 had it: without the columns added since."""
+    return Table(
+        "usage_events",
+        MetaData(),
+        *(c._copy() for c in usage_events.columns if c.name != "price_tier"),
+    )
 
 
 def clear(engine: Engine) -> None:
@@ -425,7 +434,7 @@ def test_migration_queues_events_recorded_before_it(tmp_path: Any) -> None:
     migrate_to(eng, "0002")
     rng = random.Random(1)
     events = [make_event(rng, i) for i in range(50)]
-    insert_ignoring_duplicates(eng, [(usage_events, e) for e in events])
+    insert_ignoring_duplicates(eng, [(events_before_0008(), e) for e in events])
     migrate(eng)
     new_rollups(eng).refresh()
     assert stored(eng) == brute_force(events)
@@ -454,11 +463,12 @@ def test_migration_to_additive_rollups_recomputes_old_markers(engine: Engine) ->
     rng = random.Random(31)
     events = [make_event(rng, i) for i in range(400)]
     migrate_to(engine, "0004", down=True)
-    insert_ignoring_duplicates(engine, [(usage_events, e) for e in events[:300]])
+    at_0004 = events_before_0008()
+    insert_ignoring_duplicates(engine, [(at_0004, e) for e in events[:300]])
     new_rollups(engine).rebuild()  # all 300 counted, as the old roll-ups would have
     old = [{"request_id": e["request_id"], "bucket_ms": e["ts_ms"] - e["ts_ms"] % MINUTE}
            for e in events[150:400]]  # fmt: skip
-    insert_ignoring_duplicates(engine, [(usage_events, e) for e in events[300:]])
+    insert_ignoring_duplicates(engine, [(at_0004, e) for e in events[300:]])
     insert_ignoring_duplicates(engine, [(analytics_pending, m) for m in old])
     migrate(engine)
     assert markers(engine) and all(m.startswith(rollup.RECOMPUTE) for m in markers(engine))

@@ -414,8 +414,9 @@ def test_dashboard_login_and_views(agw: AnalyticsGateway) -> None:
         r = c.get("/dashboard")
         assert r.status_code == 200 and "<form" in r.text and 'name="key"' in r.text
         assert "all organisations" not in r.text
-        assert c.get("/dashboard", params={"key": "wrong"}).status_code == 401
-        r = c.get("/dashboard", params={"key": ADMIN_KEY, "days": "14"})
+        r = c.post("/dashboard/login", data={"key": "wrong"})
+        assert r.status_code == 401 and "not accepted" in r.text
+        r = c.post("/dashboard/login", data={"key": ADMIN_KEY, "next": "days=14"})
         assert r.status_code == 303 and r.headers["location"] == "/dashboard?days=14"
         cookie = r.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/dashboard" in cookie
@@ -435,6 +436,40 @@ def test_dashboard_login_and_views(agw: AnalyticsGateway) -> None:
         r = c.post("/dashboard/login", data={"key": secret})
         assert r.status_code == 200 and "Top organisations" not in r.text
         assert f"key {rec.id}" in r.text
+
+
+def test_a_login_link_does_not_sign_in(agw: AnalyticsGateway) -> None:
+    """``GET /dashboard?key=...`` (a key in the request line, or a link planted by someone
+    else: login CSRF) shows the sign-in form and sets no session."""
+    with httpx.Client(base_url=agw.url, follow_redirects=False, timeout=30) as c:
+        for key in (ADMIN_KEY, "wrong", "", "\x00"):
+            r = c.get("/dashboard", params={"key": key, "days": "14"})
+            assert r.status_code == 200 and 'name="key"' in r.text, key
+            assert "set-cookie" not in r.headers and "all organisations" not in r.text
+            assert ADMIN_KEY not in r.text
+            # The form carries the view's other parameters, never the key.
+            assert 'name="next" value="days=14"' in r.text
+        assert not c.cookies
+        assert c.get("/dashboard/live").status_code == 401
+
+
+def test_a_cross_site_sign_in_is_refused(agw: AnalyticsGateway) -> None:
+    """A form on another site posting its owner's key would sign the victim's browser in
+    to the attacker's account: the browser's Origin and Sec-Fetch-Site headers give it
+    away."""
+    with httpx.Client(base_url=agw.url, follow_redirects=False, timeout=30) as c:
+        for headers in (
+            {"Origin": "https://evil.example"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site", "Origin": "https://sub.example"},
+        ):
+            r = c.post("/dashboard/login", data={"key": ADMIN_KEY}, headers=headers)
+            assert r.status_code == 403 and "set-cookie" not in r.headers, headers
+        same = {"Origin": agw.url, "Sec-Fetch-Site": "same-origin"}
+        r = c.post("/dashboard/login", data={"key": ADMIN_KEY, "next": "key=x&days=3"},
+                   headers=same)  # fmt: skip
+        assert r.status_code == 303 and r.headers["location"] == "/dashboard?days=3"
+        assert "set-cookie" in r.headers
 
 
 def test_session_tokens_are_signed_and_expire() -> None:
@@ -534,3 +569,26 @@ def test_cli_usage_formats(agw: AnalyticsGateway, capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit):
         main([*args, "--granularity", "fortnight"])
     assert "--granularity" in capsys.readouterr().err
+
+
+def test_top_models_scoped_to_an_org_or_key_name_every_model(agw: AnalyticsGateway) -> None:
+    secret, rec = agw.services.keys.create("ranked-view", org_id="org_hist_initech")
+    agw.services.key_cache.put(secret, rec)
+    r = httpx.post(
+        agw.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    for params in ({"key": secret}, {"org_id": "org_hist_initech"}):
+        deadline = time.monotonic() + 10
+        while True:
+            r = agw.get("/v1/usage", view="top_models", **params, **window())
+            assert r.status_code == 200, r.text
+            rows = [x for x in r.json()["data"] if x["rank"] is not None]
+            if rows or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert rows, params
+        assert all(x["model"] for x in rows), rows

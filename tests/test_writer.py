@@ -139,35 +139,22 @@ async def test_synchronous_mode(engine: Engine) -> None:
     assert count(engine) == (1, 1)
 
 
-async def test_failed_flush_keeps_rows_for_the_next_try(engine: Engine) -> None:
-    w = BatchWriter(engine, usage_events, flush_interval_ms=10_000)
-    bad = row(1) | {"model": None}  # violates NOT NULL
-    w.submit(bad)
-    with pytest.raises(Exception):  # noqa: B017 - the driver's integrity error
-        await w.flush()
-    assert w.pending == 1 and w.failures == 1
-    w._pending[0] = (usage_events, row(1))  # the cause is fixed; nothing was lost meanwhile
-    await w.flush()
-    assert count(engine) == (1, 1)
-
-
-async def test_rows_of_several_tables_commit_together_or_not_at_all(engine: Engine) -> None:
-    from tokenomy.store.schema import ledger_txns
+async def test_rows_of_several_tables_commit_together_or_are_quarantined_together(
+    engine: Engine,
+) -> None:
+    """A record whose ledger row the database refuses is not half-written: its usage
+    event goes to the dead letters with it, and the other record lands whole."""
+    from tokenomy.store.schema import ledger_txns, writer_dead_letters
 
     w = BatchWriter(engine, usage_events, flush_interval_ms=10_000)
     txn = {"id": "usage:r1", "ts_ms": 1, "kind": "usage", "org_id": "o", "request_id": "r1"}
     w.submit_many([(usage_events, row(1)), (ledger_txns, txn | {"memo": None})])
     w.submit_many([(usage_events, row(2)), (ledger_txns, {**txn, "id": "x", "kind": None})])
-    with pytest.raises(Exception):  # noqa: B017 - NOT NULL on kind fails the whole batch
-        await w.flush()
+    await w.flush()  # NOT NULL on kind refuses the second record, not the first
     with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(ledger_txns)).scalar_one() == 0
-    assert count(engine)[0] == 0
-    w._pending.pop()  # drop the bad row: the rest commits as one transaction
-    await w.flush()
-    with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(ledger_txns)).scalar_one() == 1
-    assert count(engine)[0] == 2
+        assert conn.execute(select(ledger_txns.c.id)).scalars().all() == ["usage:r1"]
+        assert conn.execute(select(writer_dead_letters.c.request_id)).scalars().all() == ["req_2"]
+    assert count(engine) == (1, 1) and w.pending == 0 and w.dead_letters == 1
 
 
 async def test_duplicates_within_one_batch_count_once(engine: Engine) -> None:
@@ -209,14 +196,18 @@ async def test_missing_columns_take_their_defaults_and_nulls_stay_null(engine: E
     assert got[1] == ("org_a", 2_000_000_000_123, "USD")
 
 
-async def test_an_over_long_value_fails_the_batch_not_truncated(engine: Engine) -> None:
+async def test_an_over_long_value_is_quarantined_not_truncated(engine: Engine) -> None:
+    from tokenomy.store.dead_letters import list_dead_letters
+
     if engine.dialect.name == "sqlite":
         pytest.skip("SQLite does not enforce varchar lengths")
     w = BatchWriter(engine, usage_events, flush_interval_ms=10_000)
     w.submit(row(1) | {"currency": "USDX"})
-    with pytest.raises(Exception):  # noqa: B017 - the driver's data error
-        await w.flush()
-    assert count(engine)[0] == 0 and w.pending == 1
+    await w.flush()
+    assert count(engine)[0] == 0 and w.pending == 0
+    (dead,) = list_dead_letters(engine)
+    assert dead["record"][0]["row"]["currency"] == "USDX"  # kept whole, as queued
+    assert "too long" in dead["reason"]
 
 
 async def test_an_idle_writer_sleeps_until_a_row_comes(tmp_path: Path) -> None:

@@ -8,10 +8,25 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
-from tokenomy.api import admin, anthropic_routes, ledger_admin, openai_routes, usage_routes
-from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, aio_handler, error_parts, internal_error
+from tokenomy.api import (
+    admin,
+    anthropic_routes,
+    ledger_admin,
+    openai_routes,
+    usage_routes,
+    writer_admin,
+)
+from tokenomy.api.edge import (
+    INFERENCE_ROUTES,
+    REQUEST_ID,
+    SERVICES,
+    aio_handler,
+    error_parts,
+    internal_error,
+)
 from tokenomy.config import Config
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from tokenomy.gateway.call import new_request_id
 from tokenomy.services import Services, build_services
 
 log = logging.getLogger(__name__)
@@ -28,7 +43,7 @@ def _render(err: GatewayError, request: web.Request) -> web.Response:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as JSON in the route's dialect: never a traceback or HTML page."""
     try:
-        return await handler(request)
+        resp = await handler(request)
     except GatewayError as e:
         return _render(e, request)
     except web.HTTPException as e:
@@ -47,16 +62,33 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _render(internal_error(), request)
+    if not resp.prepared and REQUEST_ID not in resp.headers:
+        resp.headers[REQUEST_ID] = new_request_id()
+    return resp
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while the replica serves and its writer keeps up; 503 once the writer is
+    behind (a database down or refusing every write), so a balancer stops sending it
+    requests whose records would only pile up in memory."""
     svc = request.app[SERVICES]
+    writer = svc.usage_writer.health()
+    wc = svc.config.writer
+    behind = writer.behind(wc.health_max_lag_s, wc.health_max_pending)
     body = {
-        "status": "ok",
+        "status": "unhealthy" if behind else "ok",
         "models": len(svc.registry.routes),
-        "writer_pending": svc.usage_writer.pending,
+        "writer_pending": writer.pending,
+        "writer": {
+            "pending": writer.pending,
+            "oldest_age_s": writer.oldest_age_s,
+            "last_error": writer.last_error,
+            "dead_letters": writer.dead_letters,
+        },
     }
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+    return web.Response(
+        body=orjson.dumps(body), status=503 if behind else 200, content_type="application/json"
+    )
 
 
 def create_app(config: Config, env: Mapping[str, str] | None = None) -> web.Application:
@@ -77,6 +109,7 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
     openai_routes.add_routes(app)
     admin.add_routes(app)
     ledger_admin.add_routes(app)
+    writer_admin.add_routes(app)
     usage_routes.add_routes(app, rollup_interval_s=rollup_interval_s)
     app[usage_routes.QUEUE_DEPTH] = lambda: svc.queues.depth
     app.router.add_get("/healthz", healthz)

@@ -15,9 +15,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tokenomy.providers.origin import Origin
+from tokenomy.providers.proxy import Proxy
 
 Dialect = Literal["openai", "anthropic"]
 Capability = Literal["tools", "vision", "json", "stream", "reasoning", "embeddings"]
@@ -37,8 +46,18 @@ class ServerConfig(_Strict):
     #: Seconds an upstream may stay silent mid-stream before the stream is cut.
     read_timeout_s: float = Field(120.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
+    #: Seconds a request waits for a free connection to a vendor whose pool is full
+    #: (``max_connections``) before it is refused with 503: the gateway's overload, which
+    #: never counts against the vendor's health.
+    pool_wait_s: float = Field(5.0, gt=0)
+    #: A vendor answer (decoded) larger than this is a 502, and so is a stream event:
+    #: memory per request stays bounded. A vendor's own ``max_response_bytes`` overrides.
+    max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     #: Output cap used when a request gives no max_tokens and the model states no limit.
     default_max_output_tokens: int = Field(4096, ge=1)
+    #: The most choices one request may ask for (``n``, and ``best_of`` on legacy
+    #: completions): each is held for and billed, so this bounds a request's worst case.
+    max_choices: int = Field(16, ge=1, le=128)
 
 
 class DatabaseConfig(_Strict):
@@ -57,6 +76,11 @@ class WriterConfig(_Strict):
     #: does not.
     flush_interval_ms: int = Field(50, ge=0, le=60_000)
     batch_max: int = Field(2000, ge=1)
+    #: /healthz answers 503 once the oldest record not yet committed is older than this
+    #: (a database down or refusing every write) ...
+    health_max_lag_s: float = Field(30.0, gt=0)
+    #: ... or once more records than this wait in memory.
+    health_max_pending: int = Field(100_000, ge=1)
 
 
 class LedgerConfig(_Strict):
@@ -159,6 +183,36 @@ class VendorConfig(_Strict):
     stream_usage: bool | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     max_connections: int = Field(256, ge=1)
+    #: ``http://[user:password@]host:port``: every connection goes through this proxy (a
+    #: CONNECT tunnel). Unset: ``HTTPS_PROXY``/``HTTP_PROXY`` minus ``NO_PROXY``;
+    #: ``direct``: no proxy whatever the environment says.
+    proxy: str | None = None
+    #: A PEM CA bundle that replaces the system's trust store for this vendor.
+    ca_file: str | None = None
+    #: A PEM client certificate (and its key, unless in the same file) for mutual TLS.
+    client_cert: str | None = None
+    client_key: str | None = None
+    max_response_bytes: int | None = Field(None, ge=1024)
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str | None) -> str | None:
+        if v is not None and v != "direct":
+            Proxy.parse(v)
+        return v
+
+    @field_validator("ca_file", "client_cert", "client_key")
+    @classmethod
+    def _pem(cls, v: str | None) -> str | None:
+        if v is not None and not os.path.isfile(v):
+            raise ValueError(f"no such file: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> VendorConfig:
+        if self.client_key and not self.client_cert:
+            raise ValueError("client_key needs client_cert")
+        return self
 
     @field_validator("base_url")
     @classmethod
@@ -185,6 +239,10 @@ class DeploymentConfig(_Strict):
     standby: bool = False
     #: Requests this deployment serves at once; more wait in a fair queue.
     max_concurrent: int | None = Field(None, ge=1)
+    #: Runs on our own hardware: what it costs is the energy it burns, so placement adds
+    #: its region's kwh_per_m_tokens x pue x usd_per_kwh to its token price. A vendor's
+    #: power is in its price (false, the default). Needs a region with kwh_per_m_tokens.
+    self_hosted: bool = False
     #: The catalogue entry it is billed at, "vendor/model"; default its own vendor/model.
     price: str | None = Field(None, pattern=r"^[^/\s]+/\S+$")
 
@@ -214,6 +272,14 @@ class Config(_Strict):
     models: list[ModelConfig] = Field(default_factory=list)
     #: Where the YAML came from, for messages; not part of the file.
     source: str = "<defaults>"
+    #: The parsed YAML, so later checks (prices against the catalogue) name lines too.
+    _node: yaml.Node | None = PrivateAttr(None)
+
+    def where(self, *loc: str | int) -> str:
+        """``source:line: field`` for a place in the file, as every config error starts."""
+        line = _line_of(self._node, loc)
+        field = ".".join(str(p) for p in loc)
+        return f"{self.source}:{line}: {field}" if line else f"{self.source}: {field}"
 
 
 class ConfigError(Exception):
@@ -291,13 +357,17 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     except ValidationError as e:
         raise ConfigError(_describe(e, node, source)) from None
     _check_references(cfg, node, source)
+    _check_prices(cfg.prices, node, source)
+    cfg._node = node
     return cfg
 
 
-def _describe(err: ValidationError, root: yaml.Node | None, source: str) -> str:
+def _describe(
+    err: ValidationError, root: yaml.Node | None, source: str, under: tuple[Any, ...] = ()
+) -> str:
     lines = []
     for item in err.errors():
-        loc = tuple(item["loc"])
+        loc = under + tuple(item["loc"])
         line = _line_of(root, loc)
         where = f"{source}:{line}" if line else source
         field = ".".join(str(p) for p in loc) or "(top level)"
@@ -339,6 +409,7 @@ def _check_references(cfg: Config, root: yaml.Node | None, source: str) -> None:
                 problems.append(f"{source}:{line}: models.{i}.name: '{name}' is defined twice")
             seen[name] = i
         for j, d in enumerate(m.deployments):
+            problems += _self_hosted_problems(cfg, d, root, source, ("models", i, "deployments", j))
             if d.vendor not in cfg.vendors and d.vendor not in presets:
                 line = _line_of(root, ("models", i, "deployments", j, "vendor"))
                 problems.append(
@@ -353,5 +424,49 @@ def _check_references(cfg: Config, root: yaml.Node | None, source: str) -> None:
                 f"{source}:{line}: vendors.{name}: no catalogue preset '{preset}', so "
                 "base_url and dialect are required"
             )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _self_hosted_problems(
+    cfg: Config, d: DeploymentConfig, root: yaml.Node | None, source: str, at: tuple[Any, ...]
+) -> list[str]:
+    """A self-hosted deployment's energy cost needs its region's power price and energy."""
+    if not d.self_hosted:
+        return []
+    field = ".".join(str(p) for p in at)
+    if d.region is None:
+        line = _line_of(root, (*at, "self_hosted"))
+        return [
+            f"{source}:{line}: {field}.self_hosted: a self-hosted deployment needs a region: "
+            "(one under regions: with usd_per_kwh and kwh_per_m_tokens)"
+        ]
+    region = cfg.regions.get(d.region)
+    if region is None or region.kwh_per_m_tokens is None:
+        line = _line_of(root, (*at, "region"))
+        what = "is not under regions:" if region is None else "has no kwh_per_m_tokens"
+        return [
+            f"{source}:{line}: {field}.region: region '{d.region}' {what}; a self-hosted "
+            "deployment's energy cost needs its usd_per_kwh and kwh_per_m_tokens"
+        ]
+    return []
+
+
+def _check_prices(entries: list[dict[str, Any]], root: yaml.Node | None, source: str) -> None:
+    """The config's own price entries, validated as the catalogue's are, with their lines.
+
+    A price must be a quoted string: an unquoted ``0.3`` is a YAML float, and a float
+    never becomes money (the message says to quote it)."""
+    from tokenomy.billing.catalog import PricingError
+    from tokenomy.billing.price_schema import parse_models
+
+    problems = []
+    for i, entry in enumerate(entries):
+        try:
+            parse_models([entry])
+        except ValidationError as e:
+            problems.append(_describe(e, root, source, ("prices", i)))
+        except PricingError as e:
+            problems.append(f"{source}:{_line_of(root, ('prices', i))}: prices.{i}: {e}")
     if problems:
         raise ConfigError("\n".join(problems))

@@ -9,7 +9,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Engine, Table
 
@@ -24,12 +25,15 @@ from tokenomy.admission.ratelimit import (
     Scope,
 )
 from tokenomy.analytics.metrics import Metrics
+from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
+from tokenomy.analytics.metrics_share import SharedMetrics
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.pricing import openrouter_pricing
 from tokenomy.config import Config, LimitsConfig
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.pipeline import Pipeline
+from tokenomy.gateway.price_check import check_served_prices
 from tokenomy.gateway.records import usage_row
 from tokenomy.gateway.registry import ModelRoute, Registry, build_registry
 from tokenomy.gateway.tokencount import TokenCounter
@@ -45,18 +49,23 @@ from tokenomy.routing.health import BreakerPolicy, HealthBoard
 from tokenomy.routing.power import Region
 from tokenomy.routing.preferences import parse_preferences
 from tokenomy.routing.router import Router
+from tokenomy.store import key_events
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.keys import KeyCache, KeyStore
+from tokenomy.store.redis_cluster import is_cluster_url, node_url, slot_of, slot_prefix
 from tokenomy.store.schema import usage_events
 from tokenomy.store.writer import BatchWriter
 from tokenomy.tracing import build_tracer_provider
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from tokenomy.store.redis_scripts import ScriptClient
 
 log = logging.getLogger(__name__)
 
-#: How often a gateway picks up keys created or revoked elsewhere (CLI, other replicas).
+#: How often a gateway re-reads keys created or revoked elsewhere: the safety net under
+#: the announcements (``store.key_events``) that apply them at once.
 KEY_REFRESH_S = 2.0
 
 
@@ -84,6 +93,10 @@ class Services:
     tracer_provider: Any | None = None
     #: The read-only credential for /metrics, besides the admin key.
     metrics_token: str | None = None
+    #: Under ``serve --workers N``: this worker's metrics shared with the others.
+    shared_metrics: SharedMetrics | None = None
+    #: The process's one redis-py client, when live state is in Redis.
+    redis: Any | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
@@ -96,11 +109,18 @@ class Services:
         return None
 
     async def start(self) -> None:
+        if self.redis is not None and not is_cluster_url(self.config.ledger.redis_url):
+            from tokenomy.store.redis_check import ensure_single_redis
+
+            await ensure_single_redis(self.redis, "TOKENOMY_REDIS_URL (ledger.redis_url)")
         await asyncio.to_thread(migrate, self.engine)
         await asyncio.to_thread(self.key_cache.refresh)
         await self.refresh_accounts()
         self.usage_writer.start()
         self._tasks.append(asyncio.create_task(self._refresh_keys(), name="key-refresh"))
+        self._tasks.append(asyncio.create_task(self._follow_keys(), name="key-events"))
+        if self.shared_metrics is not None:
+            self._tasks.append(asyncio.create_task(self.shared_metrics.run(), name="metrics"))
         self._tasks.append(asyncio.create_task(self._refresh_ledger(), name="ledger-refresh"))
 
     async def stop(self) -> None:
@@ -110,11 +130,14 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        if self.shared_metrics is not None:
+            self.shared_metrics.close()
         await self.usage_writer.close()
         for p in self.providers.values():
             await p.close()
-        await self.live.close()
+        # The limiter first: the ledger's close also closes the Redis client they share.
         await self.limiter.aclose()
+        await self.live.close()
         if self.tracer_provider is not None:
             await asyncio.to_thread(self.tracer_provider.shutdown)  # flushes spans
         self.engine.dispose()
@@ -134,6 +157,16 @@ class Services:
             except Exception:
                 log.exception("refreshing API keys failed; keeping the cached ones")
 
+    async def _follow_keys(self) -> None:
+        async def reload(key_id: str | None) -> None:
+            if key_id is None:
+                await asyncio.to_thread(self.key_cache.refresh)
+            else:
+                await asyncio.to_thread(self.key_cache.reload, key_id)
+
+        lc = self.config.ledger
+        await key_events.listen(lc.redis_url, lc.redis_prefix, self.config.database.url, reload)
+
     async def _refresh_ledger(self) -> None:
         while True:
             await asyncio.sleep(self.config.ledger.refresh_s)
@@ -146,6 +179,13 @@ class Services:
                 log.exception("refreshing accounts failed; keeping the cached ones")
 
 
+def key_store(engine: Engine, config: Config) -> KeyStore:
+    """The key store, announcing its changes on Redis when there is one."""
+    lc = config.ledger
+    announce = key_events.RedisAnnouncer(lc.redis_url, lc.redis_prefix) if lc.redis_url else None
+    return KeyStore(engine, announce)
+
+
 def build_scripts(config: Config) -> ScriptClient | None:
     """The request path's Redis script client, one for the rate limiter and the ledger:
     the settlements of both leave in one write and their replies come back in one read."""
@@ -153,19 +193,48 @@ def build_scripts(config: Config) -> ScriptClient | None:
         return None
     from tokenomy.store.redis_scripts import ScriptClient
 
-    return ScriptClient.for_url(config.ledger.redis_url)
+    url = config.ledger.redis_url
+    scripts = ScriptClient.for_url(url, slot=slot_of(redis_prefix(config)))
+    if scripts is None:
+        log.warning("Redis over a Unix socket: scripts go through redis-py (slower)")
+    return scripts
+
+
+def build_redis(config: Config) -> Redis | None:
+    """The process's one redis-py client (meters loaded, admin reads, scripts the lean
+    client does not serve), shared by the ledger and the rate limiter."""
+    url = config.ledger.redis_url
+    if not url:
+        return None
+    from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+
+    if is_cluster_url(url):
+        # Typed as Redis: the commands used on it (hashes, one-slot transactions, scripts)
+        # are the same on both, and a cluster client routes each by its key.
+        return cast("Redis", RedisCluster.from_url(node_url(url)))
+    # Blocking: under load callers wait for a connection instead of failing open.
+    pool = BlockingConnectionPool.from_url(url, max_connections=64)
+    return Redis(connection_pool=pool)
+
+
+def redis_prefix(config: Config) -> str:
+    """The prefix of every key: on a Redis Cluster a hash tag, so that they share a slot."""
+    prefix = config.ledger.redis_prefix
+    return slot_prefix(prefix) if is_cluster_url(config.ledger.redis_url) else prefix
 
 
 def build_live(
-    config: Config, store: LedgerStore, scripts: ScriptClient | None = None
+    config: Config,
+    store: LedgerStore,
+    scripts: ScriptClient | None = None,
+    redis: Redis | None = None,
 ) -> LiveLedger:
     if config.ledger.redis_url:
-        import redis.asyncio as aioredis
-
         from tokenomy.ledger.redis_live import RedisLedger
 
-        client = aioredis.Redis.from_url(config.ledger.redis_url)
-        exact = RedisLedger(client, store, config.ledger.redis_prefix, scripts=scripts)
+        client = redis if redis is not None else build_redis(config)
+        assert client is not None
+        exact = RedisLedger(client, store, redis_prefix(config), scripts=scripts)
         if config.ledger.lease_share > 0:
             from tokenomy.ledger.leased import LeasedLedger
 
@@ -180,14 +249,13 @@ def build_live(
     return MemoryLedger(store)
 
 
-def build_limiter(config: Config, scripts: ScriptClient | None = None) -> RateLimiter:
+def build_limiter(
+    config: Config, scripts: ScriptClient | None = None, redis: Redis | None = None
+) -> RateLimiter:
     if config.ledger.redis_url:
-        from redis.asyncio import BlockingConnectionPool, Redis
-
-        url = config.ledger.redis_url
-        # Blocking: under load callers wait for a connection instead of failing open.
-        pool = BlockingConnectionPool.from_url(url, max_connections=64)
-        client, prefix = Redis(connection_pool=pool), config.ledger.redis_prefix + "rl:"
+        client = redis if redis is not None else build_redis(config)
+        assert client is not None
+        prefix = redis_prefix(config) + "rl:"
         share = config.limits.lease_share
         if share > 0:
             return LeasedRateLimiter(client, prefix, share=share, scripts=scripts)
@@ -239,7 +307,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     """Wire every service from the config; nothing touches the network until start()."""
     env = os.environ if env is None else env
     engine = open_engine(config.database.url)
-    keys = KeyStore(engine)
+    keys = key_store(engine, config)
     registry = build_registry(config, env)
     providers = build_providers(registry, config.server)
     counter = TokenCounter()
@@ -252,14 +320,18 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     ledger = LedgerStore(engine)
     directory = Directory(ledger)
     scripts = build_scripts(config)
-    live = build_live(config, ledger, scripts)
+    redis = build_redis(config)
+    live = build_live(config, ledger, scripts, redis)
     biller = Biller(
         PriceBook.load(config.prices),
         FxTable.load(config.fx),
         image_tokens=config.ledger.image_tokens,
     )
+    check_served_prices(config, registry, biller.prices)  # nothing served for free
 
     metrics = Metrics()
+    shared_dir = env.get(METRICS_DIR_ENV)
+    shared = SharedMetrics(metrics, Path(shared_dir)) if shared_dir else None
 
     def record(call: Call) -> None:
         row = usage_row(call)
@@ -293,7 +365,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     queues = QueueBoard(max_wait_s=rc.max_queue_wait_s)
     pipeline.router = router
     pipeline.queues = queues
-    limiter = build_limiter(config, scripts)
+    limiter = build_limiter(config, scripts, redis)
     pipeline.stages.append(rate_limit_stage(config, limiter, biller))
     stage = LedgerStage(
         biller,
@@ -330,5 +402,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         queues=queues,
         limiter=limiter,
         metrics=metrics,
+        shared_metrics=shared,
         tracer_provider=provider,
+        redis=redis,
     )

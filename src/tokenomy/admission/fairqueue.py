@@ -48,16 +48,25 @@ class _Waiter:
         "org",
         "position",
         "queued",
+        "request_id",
         "seq",
         "tag",
         "tier",
     )
 
     def __init__(
-        self, org: str, key: str | None, tier: int, tag: float, seq: int, now: float
+        self,
+        org: str,
+        key: str | None,
+        tier: int,
+        tag: float,
+        seq: int,
+        now: float,
+        request_id: str | None = None,
     ) -> None:
         self.org = org
         self.key = key
+        self.request_id = request_id
         self.tier = tier
         self.tag = tag
         self.seq = seq
@@ -89,6 +98,7 @@ class QueueEntry:
     position: int
     estimated_wait_s: float
     waited_s: float
+    request_id: str | None = None
 
 
 class Slot:
@@ -167,6 +177,7 @@ class FairQueue:
         weight: float = 1.0,
         tier: int = DEFAULT_TIER,
         max_wait_s: float | None = None,
+        request_id: str | None = None,
     ) -> Slot:
         """A slot now, or after a fair wait; raises Overloaded (503) when the wait is too long."""
         now = self._clock()
@@ -174,7 +185,7 @@ class FairQueue:
             self.in_use += 1
             return Slot(self, now, 0.0, 0, 0.0)
         bound = self.max_wait_s if max_wait_s is None else max_wait_s
-        w = self._enqueue(org, key, max(weight, 1e-6), tier, now)
+        w = self._enqueue(org, key, max(weight, 1e-6), tier, now, request_id)
         if w.estimate_s > bound:
             self._remove(w)
             raise self._shed(w.estimate_s)
@@ -207,7 +218,15 @@ class FairQueue:
             retry_after=max(1.0, estimate),
         )
 
-    def _enqueue(self, org: str, key: str | None, weight: float, tier: int, now: float) -> _Waiter:
+    def _enqueue(
+        self,
+        org: str,
+        key: str | None,
+        weight: float,
+        tier: int,
+        now: float,
+        request_id: str | None = None,
+    ) -> _Waiter:
         t = self._tiers.get(tier)
         if t is None:
             t = self._tiers[tier] = _Tier()
@@ -215,7 +234,7 @@ class FairQueue:
         t.finish[org] = tag + 1.0 / weight
         t.weights[org] = weight
         self._seq += 1
-        w = _Waiter(org, key, tier, tag, self._seq, now)
+        w = _Waiter(org, key, tier, tag, self._seq, now, request_id)
         line = t.orgs.get(org)
         if line is None:
             line = t.orgs[org] = deque()
@@ -326,9 +345,11 @@ class FairQueue:
         out = []
         for w in self._by_key.get(key, ()):
             pos = self.position(w)
-            out.append(
-                QueueEntry(self.name, w.org, w.tier, pos, self._wait_for(pos), now - w.enqueued_at)
+            waited = now - w.enqueued_at
+            entry = QueueEntry(
+                self.name, w.org, w.tier, pos, self._wait_for(pos), waited, w.request_id
             )
+            out.append(entry)
         out.sort(key=lambda e: e.position)
         return out
 

@@ -315,9 +315,10 @@ def _css() -> str:
     return resources.files("tokenomy.analytics").joinpath("static/dashboard.css").read_text()
 
 
-def login_page(error: str = "") -> str:
+def login_page(error: str = "", after: str = "") -> str:
+    """The sign-in form; ``after`` is the dashboard query to return to once signed in."""
     err = f'<p class="error">{escape(error)}</p>' if error else ""
-    return _LOGIN.format(css=_css(), error=err)
+    return _LOGIN.format(css=_css(), error=err, after=escape(after))
 
 
 _SCRIPT = """
@@ -369,6 +370,7 @@ _LOGIN = """<!doctype html>
   <div class="brand"><span class="logo">◆</span> tokenomy</div>
   <p>Sign in with the admin key to see everyone's usage, or an API key to see its own.</p>
   {error}
+  <input type="hidden" name="next" value="{after}">
   <input type="password" name="key" placeholder="tk-…" autocomplete="current-password" required>
   <button type="submit">Open dashboard</button>
 </form>

@@ -20,12 +20,17 @@ def compact(n: float) -> str:
 
 
 def money(nanos: int, currency: str | None, places: int = 2) -> str:
-    """Integer nanos as "$1,234.57" (rounded half-up for display; no float involved)."""
-    units = (Decimal(int(nanos)) / Decimal(10**9)).quantize(
-        Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP
-    )
+    """Integer nanos as "$1,234.57" (rounded half-up for display; no float involved).
+
+    An amount under a cent keeps two significant digits ("$0.0042"), down to the nano:
+    a small spend is never shown as nothing.
+    """
+    exact = Decimal(int(nanos)).scaleb(-9)
+    if nanos and abs(exact) < Decimal(1).scaleb(-places):
+        places = min(9, 1 - exact.adjusted())
+    units = exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
     sym = SYMBOLS.get(currency or "", "")
-    text = f"{units:,}"
+    text = f"{units:,f}"
     if not sym:
         return f"{text} {currency}" if currency else text
     return f"-{sym}{text[1:]}" if text.startswith("-") else f"{sym}{text}"

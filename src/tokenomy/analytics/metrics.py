@@ -2,13 +2,14 @@
 
 No client library: the gateway needs a handful of counters and two histograms, and a
 dict update per request is cheaper than a general-purpose registry. Names follow the
-Prometheus conventions (``_total`` counters, base units, ``_seconds``).
+Prometheus conventions (``_total`` counters, base units, ``_seconds``). Under several
+workers each one's values are shared at scrape time (``analytics.metrics_share``).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 #: Histogram upper bounds in seconds (Prometheus ``le``), +Inf implied.
@@ -24,6 +25,8 @@ TOKEN_TYPES: Final = (
 )
 
 Labels = tuple[str, ...]
+#: Every value of a registry as plain data: see ``Metrics.snapshot``.
+Snapshot = dict[str, Any]
 
 
 class _Histogram:
@@ -73,9 +76,14 @@ class Metrics:
         self.spend: dict[Labels, int] = {}
         self.upstream_errors: dict[Labels, int] = {}
         self.retries: dict[Labels, int] = {}
+        #: Calls charged above their hold, and by how much (charged in full all the same).
+        self.overruns: dict[Labels, int] = {}
+        self.overrun_nanos: dict[Labels, int] = {}
         self.latency: dict[Labels, _Histogram] = {}
         self.ttft: dict[Labels, _Histogram] = {}
         self._gauges: dict[str, tuple[str, str, Callable[[], float]]] = {}
+        #: Adds the other workers' values to this one's at scrape time (several workers).
+        self.peers: Callable[[Snapshot], Snapshot] | None = None
 
     def observe(self, row: Mapping[str, Any]) -> None:
         """Count one finished request from its usage event row (``gateway.records``)."""
@@ -93,6 +101,10 @@ class Metrics:
         if cost and cur:
             ck = (model, vendor, str(cur))
             self.spend[ck] = self.spend.get(ck, 0) + int(cost)
+            held = row.get("held_nanos") or 0
+            if held and cost > held:  # no hold (a house key) is no overrun
+                self.overruns[mv] = self.overruns.get(mv, 0) + 1
+                self.overrun_nanos[ck] = self.overrun_nanos.get(ck, 0) + int(cost) - int(held)
         if status not in ("ok", "cancelled") and vendor:
             ek = (vendor, str(row.get("error_code") or status))
             self.upstream_errors[ek] = self.upstream_errors.get(ek, 0) + 1
@@ -108,44 +120,109 @@ class Metrics:
         """Register a value read at scrape time (``kind`` counter for running totals)."""
         self._gauges[name] = (help_, kind, read)
 
+    def snapshot(self) -> Snapshot:
+        """Every value now, as plain data (JSON-ready): what ``render_snapshot`` draws and
+        what workers of one server share (``analytics.metrics_share``)."""
+        return {
+            "counters": {
+                name: [[*k, v] for k, v in getattr(self, attr).items()]
+                for name, _, _, attr in COUNTERS
+            },
+            "histograms": {
+                name: [[*k, h.counts, h.sum, h.count] for k, h in getattr(self, attr).items()]
+                for name, _, attr in HISTOGRAMS
+            },
+            "gauges": {
+                name: [help_, kind, float(read())]
+                for name, (help_, kind, read) in self._gauges.items()
+            },
+        }
+
     def render(self) -> str:
-        out: list[str] = []
-        self._counter(out, "tokenomy_requests_total", "Requests finished, by outcome.",
-                      ("model", "vendor", "status"), self.requests)  # fmt: skip
-        self._counter(out, "tokenomy_tokens_total", "Tokens metered, by type.",
-                      ("model", "vendor", "type"), self.tokens)  # fmt: skip
-        self._counter(out, "tokenomy_spend_nanos_total",
-                      "Amount charged, in nano-units (1e-9) of the currency.",
-                      ("model", "vendor", "currency"), self.spend)  # fmt: skip
-        self._counter(out, "tokenomy_upstream_errors_total",
-                      "Requests that ended in an upstream or gateway error.",
-                      ("vendor", "code"), self.upstream_errors)  # fmt: skip
-        self._counter(out, "tokenomy_retries_total", "Fallback attempts after a failed one.",
-                      ("model",), self.retries)  # fmt: skip
-        self._histogram(out, "tokenomy_request_duration_seconds",
-                        "Time from request to last byte.", self.latency)  # fmt: skip
-        self._histogram(out, "tokenomy_time_to_first_token_seconds",
-                        "Time from request to the first token.", self.ttft)  # fmt: skip
-        for name, (help_, kind, read) in sorted(self._gauges.items()):
-            out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {_num(read())}"]
-        return "\n".join(out) + "\n"
+        snap = self.snapshot()
+        if self.peers is not None:
+            snap = self.peers(snap)
+        return render_snapshot(snap)
 
-    @staticmethod
-    def _counter(
-        out: list[str], name: str, help_: str, names: Labels, values: dict[Labels, int]
-    ) -> None:
+
+#: Counters: name, help, label names, the Metrics attribute holding them.
+COUNTERS: Final = (
+    ("tokenomy_requests_total", "Requests finished, by outcome.",
+     ("model", "vendor", "status"), "requests"),
+    ("tokenomy_tokens_total", "Tokens metered, by type.", ("model", "vendor", "type"), "tokens"),
+    ("tokenomy_spend_nanos_total", "Amount charged, in nano-units (1e-9) of the currency.",
+     ("model", "vendor", "currency"), "spend"),
+    ("tokenomy_upstream_errors_total", "Requests that ended in an upstream or gateway error.",
+     ("vendor", "code"), "upstream_errors"),
+    ("tokenomy_retries_total", "Fallback attempts after a failed one.", ("model",), "retries"),
+    ("tokenomy_ledger_overruns_total",
+     "Calls whose cost came out above their hold (charged in full).",
+     ("model", "vendor"), "overruns"),
+    ("tokenomy_ledger_overrun_nanos_total",
+     "Cost above holds, charged all the same, in nano-units of the currency.",
+     ("model", "vendor", "currency"), "overrun_nanos"),
+)  # fmt: skip
+#: Histograms (labelled by model and vendor): name, help, the Metrics attribute.
+HISTOGRAMS: Final = (
+    ("tokenomy_request_duration_seconds", "Time from request to last byte.", "latency"),
+    ("tokenomy_time_to_first_token_seconds", "Time from request to the first token.", "ttft"),
+)
+
+
+def merge_snapshots(snaps: Iterable[tuple[Snapshot, bool]]) -> Snapshot:
+    """One snapshot of several processes' ``(snapshot, alive)``: counters and histograms
+    add up (a dead process's counts still happened), and so do counter-kind gauges;
+    gauge-kind values (queue depth, pending rows) only from processes still alive."""
+    counters: dict[str, dict[Labels, int]] = {}
+    hists: dict[str, dict[Labels, list[Any]]] = {}
+    gauges: dict[str, list[Any]] = {}
+    for snap, alive in snaps:
+        for name, rows in snap["counters"].items():
+            into = counters.setdefault(name, {})
+            for *labels, v in rows:
+                k = tuple(labels)
+                into[k] = into.get(k, 0) + int(v)
+        for name, rows in snap["histograms"].items():
+            hinto = hists.setdefault(name, {})
+            for row in rows:
+                k, (counts, total, n) = tuple(row[:-3]), row[-3:]
+                have = hinto.get(k)
+                if have is None:
+                    hinto[k] = [list(counts), float(total), int(n)]
+                else:
+                    have[0] = [a + b for a, b in zip(have[0], counts, strict=True)]
+                    have[1] += float(total)
+                    have[2] += int(n)
+        for name, (help_, kind, value) in snap["gauges"].items():
+            g = gauges.setdefault(name, [help_, kind, 0.0])
+            if alive or kind == "counter":
+                g[2] += float(value)
+    return {
+        "counters": {n: [[*k, v] for k, v in rows.items()] for n, rows in counters.items()},
+        "histograms": {n: [[*k, *h] for k, h in rows.items()] for n, rows in hists.items()},
+        "gauges": gauges,
+    }
+
+
+def render_snapshot(snap: Snapshot) -> str:
+    """Prometheus text exposition of a snapshot."""
+    out: list[str] = []
+    for name, help_, names, _ in COUNTERS:
         out += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
-        out += [f"{name}{_labels(names, k)} {v}" for k, v in sorted(values.items())]
-
-    @staticmethod
-    def _histogram(out: list[str], name: str, help_: str, hs: dict[Labels, _Histogram]) -> None:
+        rows = sorted((tuple(r[:-1]), r[-1]) for r in snap["counters"].get(name, ()))
+        out += [f"{name}{_labels(names, k)} {v}" for k, v in rows]
+    for name, help_, _ in HISTOGRAMS:
         out += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
         names = ("model", "vendor")
-        for k, h in sorted(hs.items()):
+        for row in sorted(snap["histograms"].get(name, ()), key=lambda r: tuple(r[:-3])):
+            k, (counts, total, n) = tuple(row[:-3]), row[-3:]
             cum = 0
-            for le, c in zip((*map(_num, SECONDS_BUCKETS), "+Inf"), h.counts, strict=True):
+            for le, c in zip((*map(_num, SECONDS_BUCKETS), "+Inf"), counts, strict=True):
                 cum += c
                 le_label = 'le="' + le + '"'
                 out.append(f"{name}_bucket{_labels(names, k, le_label)} {cum}")
-            out.append(f"{name}_sum{_labels(names, k)} {_num(h.sum)}")
-            out.append(f"{name}_count{_labels(names, k)} {h.count}")
+            out.append(f"{name}_sum{_labels(names, k)} {_num(total)}")
+            out.append(f"{name}_count{_labels(names, k)} {n}")
+    for name, (help_, kind, value) in sorted(snap["gauges"].items()):
+        out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {_num(value)}"]
+    return "\n".join(out) + "\n"

@@ -265,7 +265,7 @@ def top_models(
         raise ValueError("period must be day or week")
     size = GRANULARITIES[period][1]
     b = _bucket(size).label("bucket")
-    q = _ranged(select(b, R.model, _tokens()), "d", align(start_ms, size), end_ms, scope)
+    q = _ranged(select(b, R.model, _tokens()), "d", align(start_ms, size), end_ms, scope, ["model"])
     per: dict[int, list[tuple[str, int]]] = defaultdict(list)
     with engine.connect() as conn:
         rows = conn.execute(q.group_by(b, R.model)).all()

@@ -63,8 +63,10 @@ async def create_key(request: web.Request) -> web.Response:
     body = await read_json(request, svc)
     name = body.get("name", "")
     models = body.get("models")
-    if not isinstance(name, str) or len(name) > 200:
-        raise InvalidRequest("'name' must be a string of at most 200 characters.", param="name")
+    if not isinstance(name, str) or len(name) > 200 or not name.isprintable():
+        raise InvalidRequest(
+            "'name' must be a string of at most 200 printable characters.", param="name"
+        )
     if models is not None and (
         not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)
     ):

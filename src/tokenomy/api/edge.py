@@ -18,7 +18,7 @@ from aiohttp import web
 
 from tokenomy.aio import shield_inline
 from tokenomy.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unauthorized
-from tokenomy.gateway.call import Call
+from tokenomy.gateway.call import Call, new_request_id
 from tokenomy.gateway.pipeline import MAX_WAIT
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.routing.router import DEADLINE
@@ -32,6 +32,9 @@ SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 
 #: The routes the lean server answers itself (see ``lean_server``).
 INFERENCE_ROUTES: web.AppKey[tuple[InferenceRoute, ...]] = web.AppKey("inference_routes", tuple)
+
+#: The header naming the request (and its usage record) on every answer.
+REQUEST_ID = "x-request-id"
 
 #: Status recorded for a request whose client went away (nginx's convention).
 CLIENT_CLOSED = 499
@@ -89,9 +92,16 @@ def internal_error() -> GatewayError:
 
 
 def error_parts(err: GatewayError, anthropic: bool) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and JSON body of an error, in the route's dialect."""
+    """Status, headers and JSON body of an error, in the route's dialect.
+
+    Every error names a request id: the call's own when one was made (its record has it),
+    else a fresh one, so that a support request can always quote one.
+    """
     body = err.anthropic_body() if anthropic else err.openai_body()
-    return err.status, err.response_headers(), body
+    headers = err.response_headers()
+    if REQUEST_ID not in headers:
+        headers[REQUEST_ID] = new_request_id()
+    return err.status, headers, body
 
 
 class EventStream(web.StreamResponse):
@@ -278,6 +288,7 @@ async def serve_call(ex: Exchange, svc: Services, call: Call) -> None:
             await chunks.aclose()
     except GatewayError as e:
         pipeline.fail(call, e)
+        e.headers[REQUEST_ID] = call.request_id
         raise
     except asyncio.CancelledError:
         call.status, call.http_status = "cancelled", CLIENT_CLOSED

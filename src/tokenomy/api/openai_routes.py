@@ -18,7 +18,8 @@ from tokenomy.store.keys import ApiKey
 
 def _chat(body: dict[str, Any], key: ApiKey, svc: Services) -> Call:
     model = validation.require_model(body)
-    stream = validation.check_chat(body, svc.config.server.max_messages)
+    server = svc.config.server
+    stream = validation.check_chat(body, server.max_messages, server.max_choices)
     opts = body.get("stream_options") or {}
     return Call(
         endpoint="chat",
@@ -33,7 +34,7 @@ def _chat(body: dict[str, Any], key: ApiKey, svc: Services) -> Call:
 
 def _completions(body: dict[str, Any], key: ApiKey, svc: Services) -> Call:
     model = validation.require_model(body)
-    stream = validation.check_completions(body)
+    stream = validation.check_completions(body, svc.config.server.max_choices)
     opts = body.get("stream_options") or {}
     return Call(
         endpoint="completions",
@@ -67,6 +68,7 @@ async def queue_view(request: web.Request) -> web.Response:
     key = authenticate(request.headers, svc)
     entries = [
         {
+            "request_id": e.request_id,
             "deployment": e.queue,
             "position": e.position,
             "estimated_wait_s": round(e.estimated_wait_s, 3),

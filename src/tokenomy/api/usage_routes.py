@@ -4,9 +4,10 @@ A key sees its own usage; the admin key sees everyone's (and may filter by ``org
 ``key_id``). Every read first rolls up whatever the writer has committed, so a client
 sees its own requests as soon as they are durable.
 
-Signing in to the dashboard trades the key for a session cookie: who it is for ("admin"
-or a key id) and when it expires, signed with HMAC-SHA256. The raw key never reaches the
-browser's cookie jar, and a key's session ends on the next request after it is revoked.
+Signing in to the dashboard (a form POST, never a link) trades the key for a session
+cookie: who it is for ("admin" or a key id) and when it expires, signed with HMAC-SHA256.
+The raw key never reaches the browser's cookie jar, and a key's session ends on the next
+request after it is revoked.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 from aiohttp import web
@@ -230,23 +232,18 @@ async def _dashboard_viewer(request: web.Request) -> Viewer | None:
 
 async def get_dashboard(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    given = request.query.get("key")
-    if given is not None:  # a login link: keep the key out of the address bar and history
-        subject = _subject_for(svc, given)
-        if subject is None:
-            return _html(dashboard.login_page("That key was not accepted."), 401)
-        rest = {k: v for k, v in request.query.items() if k != "key"}
-        resp = web.HTTPSeeOther(request.rel_url.with_query(rest).path_qs)
-        _with_cookie(resp, request, subject)
-        raise resp
+    # A ``key`` in the query never signs in: sign-in is a POST (a link would put the key
+    # in the request line and let another site sign a browser in to its account).
     viewer = await _dashboard_viewer(request)
     if viewer is None:  # nothing (or nothing valid) presented: the sign-in form
+        after = _view_query(request.query)
         if request.cookies.get(COOKIE):
-            page = _html(dashboard.login_page("Your session has ended; sign in again."), 401)
+            page = _html(dashboard.login_page("Your session has ended; sign in again.", after),
+                         401)  # fmt: skip
             page.del_cookie(COOKIE, path="/dashboard")
             return page
         bad = bool(presented_key(request.headers))
-        return _html(dashboard.login_page("That key was not accepted." if bad else ""),
+        return _html(dashboard.login_page("That key was not accepted." if bad else "", after),
                      401 if bad else 200)  # fmt: skip
     try:
         window = parse_window(request.query)
@@ -279,13 +276,31 @@ def _queue_depth(request: web.Request) -> int:
     return int(read()) if read is not None else 0
 
 
+def _view_query(params: Mapping[str, str]) -> str:
+    """The dashboard view's parameters, to come back to after signing in (never a key)."""
+    return urlencode([(k, v) for k, v in params.items() if k != "key"])
+
+
+def _cross_site(request: web.Request) -> bool:
+    """Whether a browser sent this from another site's page (login CSRF)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("Origin")
+    return origin is not None and urlsplit(origin).netloc != request.host
+
+
 async def post_login(request: web.Request) -> web.StreamResponse:
+    if _cross_site(request):
+        return _html(dashboard.login_page("Sign in from this site's own page."), 403)
     form = await request.post()
     secret = str(form.get("key") or "").strip()
     subject = _subject_for(services(request), secret) if secret else None
+    after = _view_query(dict(parse_qsl(str(form.get("next") or ""))))
     if subject is None:
-        return _html(dashboard.login_page("That key was not accepted."), 401)
-    resp = web.HTTPSeeOther("/dashboard")
+        return _html(dashboard.login_page("That key was not accepted.", after), 401)
+    # Only the query comes from the form: the redirect never leaves /dashboard.
+    resp = web.HTTPSeeOther("/dashboard" + ("?" + after if after else ""))
     _with_cookie(resp, request, subject)
     raise resp
 
@@ -310,6 +325,9 @@ def _register_gauges(app: web.Application, metrics: Metrics, svc: Services) -> N
                   lambda: svc.usage_writer.pending)  # fmt: skip
     metrics.gauge("tokenomy_writer_failures_total", "Failed group commits (retried).",
                   lambda: svc.usage_writer.failures, kind="counter")  # fmt: skip
+    metrics.gauge("tokenomy_writer_dead_letters_total",
+                  "Records the database refused, kept in writer_dead_letters.",
+                  lambda: svc.usage_writer.dead_letters, kind="counter")  # fmt: skip
     stage = svc.ledger_stage
     metrics.gauge("tokenomy_ledger_holds_total", "Funds held before vendor calls.",
                   lambda: stage.holds, kind="counter")  # fmt: skip

@@ -6,11 +6,13 @@ import argparse
 import time
 from typing import Any
 
+from tokenomy.billing.catalog import PriceBook
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
 from tokenomy.config import ConfigError, load_config
+from tokenomy.gateway.price_check import check_served_prices
 from tokenomy.gateway.registry import build_registry
 from tokenomy.ledger.store import LedgerStore, NotFoundError
-from tokenomy.store.keys import KeyStore
+from tokenomy.services import key_store
 
 
 def register(sub: Any) -> None:
@@ -49,7 +51,7 @@ def create(args: argparse.Namespace) -> int:
             fail(f"unknown models: {', '.join(unknown)}")
     engine = database(cfg)
     org_id, project_id = _owner(LedgerStore(engine), args.org, args.project)
-    secret, rec = KeyStore(engine).create(
+    secret, rec = key_store(engine, cfg).create(
         args.name, allowed_models=models, org_id=org_id, project_id=project_id
     )
     print(secret)
@@ -78,7 +80,7 @@ def _owner(
 
 def list_keys(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    keys = KeyStore(database(cfg)).all(include_revoked=args.all)
+    keys = key_store(database(cfg), cfg).all(include_revoked=args.all)
     print(f"{'id':<22} {'prefix':<12} {'name':<20} {'models':<30} {'created':<20} revoked")
     for k in keys:
         models = ",".join(sorted(k.allowed_models)) if k.allowed_models is not None else "all"
@@ -91,7 +93,7 @@ def list_keys(args: argparse.Namespace) -> int:
 
 def revoke(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    if not KeyStore(database(cfg)).revoke(args.key_id):
+    if not key_store(database(cfg), cfg).revoke(args.key_id):
         fail(f"no active key with id '{args.key_id}'", code=1)
     print(f"revoked {args.key_id}")
     return 0
@@ -103,6 +105,10 @@ def check(args: argparse.Namespace) -> int:
     except ConfigError as e:
         fail(str(e), code=1)
     reg = build_registry(cfg)
+    try:
+        check_served_prices(cfg, reg, PriceBook.load(cfg.prices))
+    except ConfigError as e:
+        fail(str(e), code=1)
     print(f"{cfg.source}: OK — {len(cfg.models)} models configured, {len(reg.routes)} served")
     for r in reg.routes:
         print(f"  {r.name}: " + ", ".join(d.id for d in r.deployments))

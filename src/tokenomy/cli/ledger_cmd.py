@@ -45,25 +45,25 @@ def register(sub: Any) -> None:
     c.add_argument("--credit-limit", default="0", help="postpaid credit line, e.g. 500.00")
     _cmd(osub, "list", "list organisations", org_list)
     s = _cmd(osub, "show", "show an organisation and its balance", org_show)
-    s.add_argument("org")
+    s.add_argument("org", help="the organisation's id or name")
 
     projects = sub.add_parser("projects", help="create and list projects")
     psub = projects.add_subparsers(dest="projects_command", required=True, metavar="ACTION")
     pc = _cmd(psub, "create", "create a project under an organisation", project_create)
-    pc.add_argument("org")
+    pc.add_argument("org", help="the organisation's id or name")
     pc.add_argument("name")
     pl = _cmd(psub, "list", "list projects", project_list)
     pl.add_argument("--org", help="only this organisation's projects")
 
     t = _cmd(sub, "topup", "add money to an organisation (or credit, refund, adjust)", topup)
-    t.add_argument("org")
+    t.add_argument("org", help="the organisation's id or name")
     t.add_argument("amount", help="decimal amount, e.g. 10.00 (adjustments may be negative)")
     t.add_argument("--kind", default="topup", choices=list(KIND_PATHS))
     t.add_argument("--memo")
     t.add_argument("--idempotency-key", help="post at most once per key")
 
     b = _cmd(sub, "balance", "an organisation's balance", balance)
-    b.add_argument("org")
+    b.add_argument("org", help="the organisation's id or name")
 
     budgets = sub.add_parser("budgets", help="set, list and delete budgets")
     bsub = budgets.add_subparsers(dest="budgets_command", required=True, metavar="ACTION")
@@ -79,7 +79,7 @@ def register(sub: Any) -> None:
     bd.add_argument("budget_id")
 
     st = _cmd(sub, "statement", "an organisation's ledger entries", statement)
-    st.add_argument("org")
+    st.add_argument("org", help="the organisation's id or name")
     st.add_argument("--since", help="ISO date or time (UTC unless given), inclusive")
     st.add_argument("--until", help="ISO date or time (UTC unless given), exclusive")
     st.add_argument("--csv", action="store_true", help="CSV instead of a table")
@@ -115,6 +115,11 @@ def _store(args: argparse.Namespace) -> LedgerStore:
     return LedgerStore(database(config_from(args)))
 
 
+def _org_id(store: LedgerStore, id_or_name: str) -> str:
+    """The id of the organisation a command names by id or by (unique) name."""
+    return store.find_org(id_or_name).id
+
+
 def org_create(args: argparse.Namespace) -> int:
     name = text_field(args.name, "name")
     currency = currency_field(args.currency)
@@ -136,7 +141,7 @@ def org_list(args: argparse.Namespace) -> int:
 
 def org_show(args: argparse.Namespace) -> int:
     store = _store(args)
-    org = store.org(args.org)
+    org = store.find_org(args.org)
     print(f"id:           {org.id}")
     print(f"name:         {org.name}")
     print(f"currency:     {org.currency.value}")
@@ -149,7 +154,8 @@ def org_show(args: argparse.Namespace) -> int:
 
 
 def project_create(args: argparse.Namespace) -> int:
-    p = _store(args).create_project(args.org, text_field(args.name, "name"))
+    store = _store(args)
+    p = store.create_project(_org_id(store, args.org), text_field(args.name, "name"))
     print(p.id)
     return 0
 
@@ -166,16 +172,17 @@ def topup(args: argparse.Namespace) -> int:
     amount = amount_field(args.amount, "amount", allow_negative=args.kind == "adjustment")
     memo = memo_field(args.memo)
     key = idempotency_field(args.idempotency_key, "idempotency-key")
-    entry, replay = post_entry(store, args.kind, args.org, amount, memo, key)
+    org_id = _org_id(store, args.org)
+    entry, replay = post_entry(store, args.kind, org_id, amount, memo, key)
     note = " (already posted with this idempotency key)" if replay else ""
     print(f"{entry.txn_id} {entry.kind} {amount_str(entry.amount_nanos)} {entry.currency}{note}")
-    print(f"balance: {amount_str(store.balance(args.org))} {entry.currency}")
+    print(f"balance: {amount_str(store.balance(org_id))} {entry.currency}")
     return 0
 
 
 def balance(args: argparse.Namespace) -> int:
     store = _store(args)
-    org = store.org(args.org)
+    org = store.find_org(args.org)
     print(f"{amount_str(store.balance(org.id))} {org.currency.value}")
     return 0
 
@@ -218,7 +225,8 @@ def budget_delete(args: argparse.Namespace) -> int:
 def statement(args: argparse.Namespace) -> int:
     since = time_field(args.since, "since")
     until = time_field(args.until, "until")
-    st = load_statement(_store(args), args.org, since, until)
+    store = _store(args)
+    st = load_statement(store, _org_id(store, args.org), since, until)
     if args.csv:
         sys.stdout.write(st.to_csv())
         return 0
@@ -249,7 +257,7 @@ def request(args: argparse.Namespace) -> int:
         f"tokens:        input {t['input']} (cached {t['cached']}, cache write "
         f"{t['cache_write']}), output {t['output']} (reasoning {t['reasoning']})"
     )
-    print(f"price version: {r['price_version'] or '-'}")
+    print(f"price version: {r['price_version'] or '-'}  tier: {r['price_tier'] or '-'}")
     print(f"cost:          {r['cost']} {r['currency'] or ''}".rstrip())
     print(f"list cost:     {r['list_cost']} {r['list_currency'] or ''}".rstrip())
     print(f"fx rate:       {r['fx_rate'] or '-'}")

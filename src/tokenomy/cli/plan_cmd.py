@@ -52,6 +52,22 @@ def register(sub: Any) -> None:
         + "); USD when no currency is given",
     )
     p.add_argument(
+        "-c", "--config", metavar="FILE", help="with --model: the config (default: packaged)"
+    )
+    p.add_argument(
+        "--model",
+        help="also show where latency-tolerant work of this model goes: each deployment's "
+        "token cost and (self-hosted) energy cost for the volume",
+    )
+    p.add_argument(
+        "--output-per-call",
+        type=_decimal,
+        help="output tokens of each call, for --model (default: a quarter of tokens per call)",
+    )
+    p.add_argument(
+        "--tier", choices=("standard", "batch"), default="standard", help="price tier, --model"
+    )
+    p.add_argument(
         "--cny-per-usd",
         type=_decimal,
         help="exchange rate for the USD columns (default: the packaged FX table)",
@@ -93,7 +109,71 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         fail(str(e))
     print(render(result, args.gpu_watts, args.tps_per_gpu, args.cny_per_usd or _cny_per_usd()))
+    if args.model:
+        print()
+        print(placement_table(args, result))
     return 0
+
+
+def placement_table(args: argparse.Namespace, p: Plan) -> str:
+    """Where flex/batch work of ``args.model`` goes, and why: token and energy cost a day."""
+    from datetime import UTC, datetime
+
+    from tokenomy.billing.catalog import PriceBook
+    from tokenomy.billing.fx import FxTable
+    from tokenomy.cli.common import config_from
+    from tokenomy.errors import NotFound
+    from tokenomy.gateway.registry import build_registry
+    from tokenomy.ledger.biller import Biller
+    from tokenomy.routing.health import HealthBoard
+    from tokenomy.routing.power import Region, place
+    from tokenomy.routing.preferences import Preferences
+    from tokenomy.routing.router import Router
+
+    cfg = config_from(args)
+    try:
+        route = build_registry(cfg).resolve(args.model)
+    except NotFound as e:
+        fail(e.message)
+    out = args.output_per_call if args.output_per_call is not None else p.tokens_per_call / 4
+    if not 0 <= out <= p.tokens_per_call:
+        fail("--output-per-call must be between 0 and --tokens-per-call")
+    tokens_out, tokens_in = int(out), int(p.tokens_per_call - out)
+    router = Router(
+        Biller(PriceBook.load(cfg.prices), FxTable.load(cfg.fx)),
+        HealthBoard(),
+        Preferences(),
+        default_max_output=cfg.server.default_max_output_tokens,
+        regions={
+            n: Region(n, r.usd_per_kwh, r.kwh_per_m_tokens, r.pue) for n, r in cfg.regions.items()
+        },
+        rtt_s={n: r.rtt_ms / 1000 for n, r in cfg.regions.items()},
+    )
+    placed = router.placements(
+        route.deployments, tokens_in, tokens_out, batch=args.tier == "batch", now=datetime.now(UTC)
+    )
+    ranked = place(True, None, placed)
+    own = {d.id for d in route.deployments if d.self_hosted}
+    calls = p.calls_per_day
+    lines = [
+        f"{route.name}, latency-tolerant, {args.tier} tier: {_n(calls)} calls/day of "
+        f"{tokens_in:,} input + {tokens_out:,} output tokens (* = the choice)",
+        f"  {'deployment':<32} {'region':<10} {'self-hosted':<11} {'token USD/day':>16} "
+        f"{'energy USD/day':>16} {'total USD/day':>16}",
+    ]
+    for i, c in enumerate(ranked):
+        region = c.region.name if c.region else "-"
+        hosted = "yes" if c.deployment_id in own else "no"
+        lines.append(
+            f"{'*' if i == 0 else ' '} {c.deployment_id:<32} {region:<10} {hosted:<11} "
+            f"{_per_day(c.token_usd, calls):>16} {_per_day(c.energy_usd, calls):>16} "
+            f"{_per_day(c.total_usd, calls):>16}"
+        )
+    return "\n".join(lines)
+
+
+def _per_day(per_call: Decimal | None, calls: Decimal) -> str:
+    return "unknown" if per_call is None else _money(per_call * calls, "USD", 2)
 
 
 def render(p: Plan, gpu_watts: Decimal, tps_per_gpu: Decimal, cny_per_usd: Decimal) -> str:

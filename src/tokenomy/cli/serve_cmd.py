@@ -16,13 +16,16 @@ from typing import Any
 
 from aiohttp import web
 
+from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
 from tokenomy.api.lean_server import LeanSite
 from tokenomy.app import app_for
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
-from tokenomy.config import DatabaseConfig
+from tokenomy.config import Config, ConfigError, DatabaseConfig
 from tokenomy.ledger.store import Kind, LedgerStore, NotFoundError
 from tokenomy.services import build_services
 from tokenomy.store.keys import KeyStore
+
+log = logging.getLogger(__name__)
 
 DEMO_SIM_PORT = 8001
 DEMO_ORG = "org_demo"
@@ -89,6 +92,7 @@ def _install_uvloop() -> None:
 def serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     cfg = config_from(args)
+    _refuse_unpriced(cfg)
     host = args.host or cfg.server.host
     port = args.port if args.port is not None else cfg.server.port
     workers = args.workers
@@ -107,6 +111,18 @@ def serve(args: argparse.Namespace) -> int:
         _serve_one(cfg, host, port, reuse_port=False)
         return 0
     return _serve_many(cfg, host, port, workers)
+
+
+def _refuse_unpriced(cfg: Config) -> None:
+    """Refuse, before binding a port, a config that would serve a model for free."""
+    from tokenomy.billing.catalog import PriceBook
+    from tokenomy.gateway.price_check import check_served_prices
+    from tokenomy.gateway.registry import build_registry
+
+    try:
+        check_served_prices(cfg, build_registry(cfg), PriceBook.load(cfg.prices))
+    except ConfigError as e:
+        fail(str(e))
 
 
 def _serve_one(cfg: Any, host: str, port: int, *, reuse_port: bool) -> None:
@@ -160,29 +176,75 @@ async def _settle_gc(_app: web.Application) -> None:
 
 
 def _serve_many(cfg: Any, host: str, port: int, workers: int) -> int:
-    """N processes on one port (SO_REUSEPORT: the kernel spreads connections)."""
+    """N processes on one port (SO_REUSEPORT: the kernel spreads connections), kept at N:
+    a worker that dies is logged and replaced. They share their metrics through a
+    directory of their own (``analytics.metrics_share``)."""
     import multiprocessing
+    import multiprocessing.connection
+    import shutil
+    import tempfile
+    import time
 
     # Migrate once here, not in N workers racing on an empty database.
     database(cfg).dispose()
+    metrics_dir = tempfile.mkdtemp(prefix="tokenomy-metrics-")
+    os.environ[METRICS_DIR_ENV] = metrics_dir  # inherited by the spawned workers
     ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_serve_one, args=(cfg, host, port), kwargs={"reuse_port": True})
-        for _ in range(workers)
-    ]
-    for p in procs:
+    stopping = False
+
+    def start() -> Any:
+        p = ctx.Process(target=_serve_one, args=(cfg, host, port), kwargs={"reuse_port": True})
         p.start()
+        return p
+
+    procs = {slot: start() for slot in range(workers)}
+    born = dict.fromkeys(procs, time.monotonic())
+
+    signalled: set[int] = set()
 
     def forward(signum: int, _frame: Any) -> None:
-        for p in procs:
+        nonlocal stopping
+        stopping = True
+        for p in procs.values():
             if p.pid is not None and p.is_alive():
                 os.kill(p.pid, signum)
+                signalled.add(p.pid)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for p in procs:
-        p.join()
-    return max((p.exitcode or 0) for p in procs)
+    try:
+        while not stopping:
+            multiprocessing.connection.wait([p.sentinel for p in procs.values()], timeout=1.0)
+            for slot, p in list(procs.items()):
+                if stopping or p.exitcode is None:
+                    continue
+                log.error("worker pid %s %s; starting a new one", p.pid, _ended(p.exitcode))
+                if time.monotonic() - born[slot] < RESPAWN_MIN_S:
+                    time.sleep(RESPAWN_MIN_S)  # dying at start-up: do not spin
+                if stopping:
+                    break
+                procs[slot], born[slot] = start(), time.monotonic()
+                log.warning("started worker pid %s in place of pid %s", procs[slot].pid, p.pid)
+        for p in procs.values():  # one started as the signal came: stop it too
+            if p.pid is not None and p.pid not in signalled and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+        for p in procs.values():
+            p.join()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return max((p.exitcode or 0) for p in procs.values())
+
+
+#: A worker that dies sooner than this after its start is restarted only this much later.
+RESPAWN_MIN_S = 1.0
+
+
+def _ended(exitcode: int) -> str:
+    if exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
 
 
 def _sim_settings(args: argparse.Namespace) -> Any:

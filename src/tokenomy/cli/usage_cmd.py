@@ -87,7 +87,8 @@ def _flat(row: dict[str, Any], *, human: bool) -> dict[str, Any]:
             out[k[:-3]] = _when(v)
         elif k == "cost_nanos" and isinstance(v, dict):
             for cur, n in sorted(v.items()):
-                out[f"cost_{cur}"] = money(n, cur) if human else n
+                # A machine-readable column says it holds integer nanos.
+                out[f"cost_{cur}" if human else f"cost_nanos_{cur}"] = money(n, cur) if human else n
         elif k.endswith("_nanos") and isinstance(v, int) and human:
             out[k[:-6]] = money(v, row.get("currency") or "USD")
         elif isinstance(v, dict):

@@ -18,6 +18,16 @@ _REQUEST_IDS = UniqueIds("req_", width=12)
 IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
 
 
+#: Where a latency-tolerant call's placement leaves, per deployment id, what the work would
+#: cost there (token price and energy); the response carries it as x-tokenomy-placement.
+PLACEMENT = "routing.placement"
+
+
+def _count(v: Any) -> int:
+    """A positive count from a client field, 1 when absent (validated at the edge)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 1 else 1
+
+
 def new_request_id() -> str:
     """Unique across processes and restarts; ids from one process sort in arrival order."""
     return _REQUEST_IDS.next()
@@ -56,6 +66,12 @@ class Call:
     #: Arbitrary per-stage state (holds, tickets) keyed by the stage that owns it.
     extras: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def public_model(self) -> str:
+        """The model answers name: its own name, not an alias, a routing suffix (":floor")
+        or the vendor's id for it (OpenRouter's convention)."""
+        return self.route.name if self.route is not None else self.model
+
     def mark_first_token(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
@@ -76,6 +92,23 @@ class Call:
         if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
             return cap
         return None
+
+    def choices(self) -> int:
+        """How many answers the call may produce, each up to the output cap: ``n`` (the
+        larger of it and ``best_of`` on legacy completions, whose candidates the vendor
+        generates and bills) for each prompt."""
+        b = self.body
+        if self.endpoint == "messages":
+            return 1  # Anthropic's Messages have no n (nor is one sent on)
+        n = _count(b.get("n"))
+        if self.endpoint != "completions":
+            return n
+        prompt = b.get("prompt")
+        # A list of strings or of token lists is several prompts; a list of ints is one.
+        prompts = len(prompt) if isinstance(prompt, list) and prompt else 1
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            prompts = 1
+        return max(n, _count(b.get("best_of"))) * prompts
 
     def max_output_tokens(self, default: int) -> int:
         """The most output this call may produce: its own cap, else the model's, else default."""

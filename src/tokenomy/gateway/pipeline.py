@@ -27,7 +27,7 @@ from tokenomy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from tokenomy.gateway.call import IMAGE_PARTS, Call
+from tokenomy.gateway.call import IMAGE_PARTS, PLACEMENT, Call
 from tokenomy.gateway.metering import (
     anthropic_response_text,
     count_prompt,
@@ -37,7 +37,7 @@ from tokenomy.gateway.metering import (
 from tokenomy.gateway.registry import Deployment, Registry
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.gateway.tokencount import TokenCounter
-from tokenomy.gateway.usage import Usage
+from tokenomy.gateway.usage import Usage, UsageSource
 from tokenomy.tracing import SPAN, child_span
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ from tokenomy.providers.translate_request import (
 )
 from tokenomy.providers.translate_response import (
     anthropic_response_to_openai,
+    anthropic_usage,
     openai_response_to_anthropic,
 )
 
@@ -58,6 +59,9 @@ SLOT = "queue.slot"
 #: The most a call may wait in a queue, from the X-Tokenomy-Max-Wait header (seconds).
 MAX_WAIT = "queue.max_wait"
 _CANDIDATES = "pipeline.candidates"
+
+EMBEDDINGS = "embeddings"
+_ENDPOINT_NAMES = {"chat": "chat completions", "messages": "messages"}
 
 #: Errors after which the next deployment is tried (nothing has reached the client yet).
 RETRYABLE = (RateLimited, UpstreamError, UpstreamTimeout)
@@ -169,6 +173,13 @@ class Pipeline:
                         **{"tokenomy.deployment": dep.id, "tokenomy.attempt": call.attempts},
                     ):
                         outcome = await self._attempt(call, dep, provider)
+            except Overloaded as e:
+                # The gateway's own limit (a full connection pool): the next deployment
+                # may have room, and this one's health is untouched.
+                if slot is not None:
+                    slot.release()
+                last = e
+                continue
             except RETRYABLE as e:
                 if slot is not None:
                     slot.release()
@@ -204,6 +215,7 @@ class Pipeline:
             key=call.key.id,
             tier=tier_for(call.body.get("service_tier")),
             max_wait_s=call.extras.get(MAX_WAIT),
+            request_id=call.request_id,
         )
 
     def candidates(self, call: Call) -> list[Deployment]:
@@ -220,9 +232,16 @@ class Pipeline:
             if self.router is not None
             else [d for d in call.route.deployments if needs <= d.capabilities]
         )
-        deps = [d for d in pool if not (openai_only and d.vendor.dialect != "openai")]
+        embeds = call.endpoint == "embeddings"
+        # An embeddings deployment answers embeddings only, and only it answers them.
+        deps = [
+            d
+            for d in pool
+            if not (openai_only and d.vendor.dialect != "openai")
+            and (EMBEDDINGS in d.capabilities) == embeds
+        ]
         if not deps:
-            what = ", ".join(sorted(needs)) or call.endpoint
+            what = ", ".join(sorted(needs)) or _ENDPOINT_NAMES.get(call.endpoint, call.endpoint)
             raise InvalidRequest(
                 f"No deployment of the model '{call.model}' supports {what}.", param="model"
             )
@@ -233,12 +252,16 @@ class Pipeline:
         endpoint, body = self._upstream_request(call, provider.dialect)
         resp = await provider.send(dep, endpoint, body, stream=call.stream)
         headers = {"x-request-id": call.request_id, "x-tokenomy-deployment": dep.id}
+        placed = call.extras.get(PLACEMENT)
+        if placed is not None and dep.id in placed:  # latency-tolerant: what it costs here
+            headers["x-tokenomy-placement"] = placed[dep.id]
         if call.stream:
             relay = StreamRelay(
                 call,
                 resp,
                 provider.dialect,
                 prompt_tokens_hint=lambda: count_prompt(self.counter, call),
+                count_usage=lambda: counted_usage(self.counter, call),
             )
             if self.quoter is not None:
                 quoter = self.quoter
@@ -253,6 +276,9 @@ class Pipeline:
         if not isinstance(obj, dict):
             raise UpstreamError(f"{dep.vendor.name} answered with an unexpected body.")
         out = self._client_obj(call, provider.dialect, obj)
+        renamed = out is obj and obj.get("model") != call.public_model
+        if renamed:
+            obj["model"] = call.public_model
         cost = None
         if self.quoter is not None and call.usage is not None:
             cost = self.quoter.quote(call).cost_str()
@@ -261,8 +287,15 @@ class Pipeline:
         if cost is not None and isinstance(usage, dict):
             usage["cost"] = orjson.Fragment(cost.encode())  # OpenRouter's field, exact
             body_out = orjson.dumps(out)
-        else:  # an untranslated answer goes out byte for byte
-            body_out = raw if out is obj else orjson.dumps(out)
+        elif (
+            out is obj
+            and not renamed
+            and call.usage is not None
+            and call.usage.source is UsageSource.UPSTREAM
+        ):
+            body_out = raw  # an untranslated answer goes out byte for byte
+        else:
+            body_out = orjson.dumps(out)
         return Outcome(headers=headers, body=body_out)
 
     def _upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
@@ -284,17 +317,22 @@ class Pipeline:
             if isinstance(u, dict):
                 call.usage = Usage.from_openai(u)
             else:
+                # A silent vendor: the answer goes out with our count, as it is billed.
                 call.output_text.append(openai_response_text(obj))
+                call.usage = counted_usage(self.counter, call)
+                obj["usage"] = _openai_usage(call)
             if call.dialect == "openai":
                 return obj
-            return openai_response_to_anthropic(obj, model=call.model)
+            return openai_response_to_anthropic(obj, model=call.public_model)
         if isinstance(u, dict):
             call.usage = Usage.from_anthropic(u)
         else:
             call.output_text.append(anthropic_response_text(obj))
+            call.usage = counted_usage(self.counter, call)
+            obj["usage"] = anthropic_usage(call.usage)
         if call.dialect == "anthropic":
             return obj
-        return anthropic_response_to_openai(obj, model=call.model)
+        return anthropic_response_to_openai(obj, model=call.public_model)
 
     def fail(self, call: Call, err: GatewayError) -> None:
         call.status = "error"
@@ -333,6 +371,15 @@ class Pipeline:
                 await stage.after(call)
             except Exception:
                 log.exception("request %s: settling %s failed", call.request_id, stage)
+
+
+def _openai_usage(call: Call) -> dict[str, Any]:
+    """The call's usage as the OpenAI answer to its endpoint carries it."""
+    assert call.usage is not None
+    if call.endpoint == "embeddings":
+        n = call.usage.input_tokens
+        return {"prompt_tokens": n, "total_tokens": n}
+    return call.usage.to_openai()
 
 
 def _span_name(stage: object) -> str:

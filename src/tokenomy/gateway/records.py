@@ -17,6 +17,7 @@ _NO_MONEY: Final[dict[str, Any]] = {
     "price_version": None,
     "fx_rate": None,
     "held_nanos": 0,
+    "price_tier": None,
 }
 
 
@@ -31,7 +32,8 @@ def usage_row(call: Call) -> dict[str, Any]:
         "project_id": call.key.project_id,
         "endpoint": call.endpoint,
         "dialect": call.dialect,
-        "model": call.model,
+        # Aliases and routing suffixes (":floor") count as the model itself.
+        "model": call.public_model,
         "deployment": dep.id if dep else None,
         "vendor": dep.vendor.key if dep else None,
         "stream": call.stream,
@@ -61,4 +63,5 @@ def usage_row(call: Call) -> dict[str, Any]:
     row["price_version"] = ch.price_version
     row["fx_rate"] = str(ch.fx_rate) if ch.fx_rate is not None else None
     row["held_nanos"] = ch.held_nanos
+    row["price_tier"] = ch.tier
     return row

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from tokenomy.catalog.vendors import CatalogModel, VendorPreset, load_presets
 from tokenomy.config import Config, DeploymentConfig, VendorConfig
 from tokenomy.errors import NotFound
+from tokenomy.providers.proxy import proxy_from_env
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,13 @@ class Vendor:
     headers: Mapping[str, str]
     max_connections: int
     catalog: Mapping[str, CatalogModel] = field(default_factory=dict, repr=False)
+    #: The proxy its connections go through (the config's, else the environment's).
+    proxy: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    #: Its own cap on an answer's size (None: the server's).
+    max_response_bytes: int | None = None
 
     @property
     def has_credentials(self) -> bool:
@@ -53,6 +61,8 @@ class Deployment:
     #: (vendor, model) of the catalogue price it is billed at.
     price_ref: tuple[str, str] = ("", "")
     max_concurrent: int | None = None
+    #: Runs on our own hardware: its energy is a cost of its own (see routing.power).
+    self_hosted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +167,18 @@ def _vendor(
         headers=dict(vc.headers),
         max_connections=vc.max_connections,
         catalog=p.models if p else {},
+        proxy=_proxy(vc.proxy, base_url, env),
+        ca_file=vc.ca_file,
+        client_cert=vc.client_cert,
+        client_key=vc.client_key,
+        max_response_bytes=vc.max_response_bytes,
     )
+
+
+def _proxy(configured: str | None, base_url: str, env: Mapping[str, str]) -> str | None:
+    if configured == "direct":
+        return None
+    return configured or proxy_from_env(base_url, env)
 
 
 def _deployment(d: DeploymentConfig, vendor: Vendor) -> Deployment:
@@ -179,6 +200,7 @@ def _deployment(d: DeploymentConfig, vendor: Vendor) -> Deployment:
         standby=d.standby,
         price_ref=_price_ref(d, vendor),
         max_concurrent=d.max_concurrent,
+        self_hosted=d.self_hosted,
     )
 
 

@@ -3,13 +3,16 @@
 When client and upstream speak the same dialect, events are passed through unchanged
 and only the few that carry usage are parsed; otherwise every event is translated.
 Produced text is not decoded on the way: raw deltas are kept and decoded only if the
-vendor never reports usage (a cut-off stream or a silent vendor).
+vendor never reports usage (a cut-off stream or a silent vendor). A stream that ends
+without usage is counted as its end passes, before the client sees that end: the call is
+settled then, and the client that asked for usage gets the counted figures.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -20,7 +23,7 @@ from tokenomy.gateway.metering import anthropic_delta_text, openai_chunk_text
 from tokenomy.gateway.usage import Usage, openai_chunk_usage
 from tokenomy.providers.base import UpstreamResponse
 from tokenomy.providers.sse import frame_data, frame_event, frame_json, frames_data
-from tokenomy.providers.translate_response import usage_from_anthropic
+from tokenomy.providers.translate_response import anthropic_usage, usage_from_anthropic
 from tokenomy.providers.translate_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,35 @@ def _split_at_first_special(raw: bytes) -> int:
     return end + 2 if end >= 0 else 0
 
 
+#: The "model" member of an OpenAI chunk, in whatever spacing the vendor writes it.
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"[^"\\]*"')
+
+
+class _ModelRename:
+    """Names the public model in an unparsed OpenAI stream.
+
+    The vendor's spelling is learned from the first chunk that names one; after that a
+    plain byte replace does it (a chunk cannot hold that text elsewhere: quotes inside
+    JSON strings are escaped).
+    """
+
+    __slots__ = ("learned", "new", "old")
+
+    def __init__(self, public: str) -> None:
+        self.new = b'"model":' + orjson.dumps(public)
+        self.old: bytes | None = None
+        self.learned = False
+
+    def __call__(self, raw: bytes) -> bytes:
+        if not self.learned:
+            m = _MODEL_FIELD.search(raw)
+            if m is None:
+                return raw
+            self.learned = True
+            self.old = None if m.group(0) == self.new else m.group(0)
+        return raw.replace(self.old, self.new) if self.old is not None else raw
+
+
 def _present(usage: Any) -> dict[str, Any]:
     """An Anthropic usage object without its null fields (null means "not reported")."""
     return {k: v for k, v in usage.items() if v is not None} if isinstance(usage, dict) else {}
@@ -77,11 +109,14 @@ class StreamRelay:
         upstream_dialect: str,
         *,
         prompt_tokens_hint: Callable[[], int],
+        count_usage: Callable[[], Usage],
     ) -> None:
         self.call = call
         self.upstream = upstream
         self.upstream_dialect = upstream_dialect
         self._hint = prompt_tokens_hint
+        #: Our own count of the call's usage, from ``call.output_text`` (see metering).
+        self._count = count_usage
         self._raw: list[bytes] = []
         #: OpenAI passthrough: the frames sent, decoded only if usage never arrives.
         self._frames: list[bytes] = []
@@ -89,11 +124,40 @@ class StreamRelay:
         #: Prices the call once its usage is known: adds ``usage.cost`` to OpenAI streams.
         self.cost: Callable[[Call], str] | None = None
 
-    def output_text(self) -> str:
-        """Decode what was produced so far (only needed when usage never arrived)."""
+    def output_text(self, pending: Sequence[bytes] = ()) -> str:
+        """Decode what was produced so far (only needed when usage never arrived);
+        ``pending``: SSE blocks about to be sent, not yet among the frames."""
         decode = openai_chunk_text if self.upstream_dialect == "openai" else anthropic_delta_text
-        data = [d for f in self._frames for d in frames_data(f) if d != DONE_DATA]
-        return "".join(decode(d) for d in data + self._raw)
+        return "".join(decode(d) for d in self._data(pending) + self._raw)
+
+    def _data(self, pending: Sequence[bytes] = ()) -> list[bytes]:
+        frames = [*self._frames, b"\n\n".join(pending) + b"\n\n"] if pending else self._frames
+        return [d for f in frames for d in frames_data(f) if d != DONE_DATA]
+
+    def _count_now(self, pending: Sequence[bytes] = ()) -> Usage:
+        """Count the call's usage at the end of a stream the vendor sent none for: settlement
+        runs as the end leaves, before ``chunks`` gets to its ``finally``. Counting again
+        (a second message_delta) counts the same text, never twice over."""
+        self.call.output_text[:] = [self.output_text(pending)]
+        usage = self.call.usage = self._count()
+        return usage
+
+    def _usage_chunk(self, usage: Usage, pending: Sequence[bytes]) -> bytes:
+        """The OpenAI usage chunk (``choices: []``) for counted usage, in the envelope (id,
+        object, created, model) of the stream's last chunk."""
+        head: dict[str, Any] = {}
+        for d in reversed(self._data(pending)):
+            try:
+                last = orjson.loads(d)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(last, dict):
+                head = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
+                break
+        body: dict[str, Any] = usage.to_openai()
+        if self.cost is not None:
+            body["cost"] = orjson.Fragment(self.cost(self.call).encode())
+        return b"data: " + orjson.dumps({**head, "choices": [], "usage": body})
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         relay: Callable[[], AsyncIterator[bytes]]
@@ -128,6 +192,17 @@ class StreamRelay:
             if self.call.usage is None and (self._raw or self._frames):
                 self.call.output_text.append(self.output_text())
 
+    def _counted_beside(self, reported: dict[str, Any]) -> Usage:
+        """Counted usage for an Anthropic stream whose vendor gave no output count, with
+        the input figures it did give (they are the vendor's, cache reads included)."""
+        usage = self._count_now()
+        if "input_tokens" in reported:
+            vendor = usage_from_anthropic(reported)
+            usage.input_tokens = vendor.input_tokens
+            usage.cached_tokens = vendor.cached_tokens
+            usage.cache_write_tokens = vendor.cache_write_tokens
+        return usage
+
     def _fail(self, err: GatewayError) -> None:
         self.call.status = "upstream_cut"
         self.call.error_code = err.code
@@ -142,7 +217,9 @@ class StreamRelay:
         # Most chunks carry neither usage nor the end: they go out as the bytes that came
         # in, unparsed. Only the events that may hold either are looked into.
         call = self.call
+        rename = _ModelRename(call.public_model)
         async for raw in self.upstream.event_bytes():
+            raw = rename(raw)
             cut = _split_at_first_special(raw)
             if raw.find(b"data:", 0, cut) >= 0:  # not for keep-alive comments (no copy made)
                 call.mark_first_token()
@@ -154,6 +231,10 @@ class StreamRelay:
             for d in frames_data(raw[cut:]):
                 if d == DONE_DATA:
                     self.completed = True
+                    if call.usage is None:  # a silent vendor: counted before the end leaves
+                        usage = self._count_now(out)
+                        if call.wants_usage:
+                            out.append(self._usage_chunk(usage, out))
                     out.append(DONE_BLOCK)
                     continue
                 call.mark_first_token()
@@ -184,14 +265,41 @@ class StreamRelay:
                     call.mark_first_token()
                     raw.append(d)
                 elif name == "message_start":
-                    usage.update(_present((orjson.loads(d).get("message") or {}).get("usage")))
+                    obj = orjson.loads(d)
+                    msg = obj.get("message")
+                    if isinstance(msg, dict):
+                        changed = msg.get("model") != call.public_model
+                        msg["model"] = call.public_model
+                        if isinstance(msg.get("usage"), dict):
+                            usage.update(_present(msg["usage"]))
+                        else:
+                            # A vendor that leaves usage out here breaks the official SDKs,
+                            # which build on this object: our prompt count stands in, for the
+                            # client and the bill, unless the vendor gives its own later.
+                            usage["input_tokens"] = self._hint()
+                            msg["usage"] = {"input_tokens": usage["input_tokens"]}
+                            msg["usage"]["output_tokens"] = 0
+                            changed = True
+                        if changed:  # else the event leaves as it came
+                            d = orjson.dumps(obj)
                 elif name == "message_delta":
                     # Cumulative counts: the last value wins, never a sum; a null or missing
                     # field keeps its message_start value.
-                    usage.update(_present(orjson.loads(d).get("usage")))
-                    call.usage = usage_from_anthropic(usage)
+                    obj = orjson.loads(d)
+                    reported = _present(obj.get("usage"))
+                    usage.update(reported)
+                    if "output_tokens" in reported:
+                        call.usage = usage_from_anthropic(usage)
+                    else:
+                        # No output count (message_start's is a placeholder): the content is
+                        # all in, so count it now and tell the client.
+                        counted = self._counted_beside(usage)
+                        obj["usage"] = {**(obj.get("usage") or {}), **anthropic_usage(counted)}
+                        d = orjson.dumps(obj)
                 elif name == "message_stop":
                     self.completed = True
+                    if call.usage is None:
+                        self._counted_beside(usage)
                 elif name == "error":
                     self.call.status = "upstream_error"
                 out.append(frame_event(name, d))
@@ -200,7 +308,7 @@ class StreamRelay:
     async def _openai_to_anthropic(self) -> AsyncIterator[bytes]:
         call = self.call
         tr = OpenAIToAnthropicStream(
-            model=call.model,
+            model=call.public_model,
             message_id="msg_" + call.request_id[4:],
             input_tokens_hint=self._hint(),
         )
@@ -221,6 +329,8 @@ class StreamRelay:
                     call.status = "upstream_error"
                 out += (frame_json(name, data) for name, data in tr.feed(obj))
             if self.completed:
+                if call.usage is None:  # a silent vendor: message_delta carries our count
+                    self._count_now()
                 out += (frame_json(name, data) for name, data in tr.finish(call.usage))
             if out:
                 yield b"".join(out)
@@ -231,7 +341,7 @@ class StreamRelay:
     async def _anthropic_to_openai(self) -> AsyncIterator[bytes]:
         call = self.call
         tr = AnthropicToOpenAIStream(
-            model=call.model,
+            model=call.public_model,
             completion_id="chatcmpl-" + call.request_id[4:],
             created=call.ts_ms // 1000,
             include_usage=call.wants_usage,
@@ -249,6 +359,9 @@ class StreamRelay:
                     self._raw.append(ev.data)
                 elif name == "error":
                     call.status = "upstream_error"
+                elif name == "message_stop" and call.usage is None:
+                    # The vendor gave no output count: the usage chunk carries ours.
+                    tr.override_usage(self._counted_beside(tr.reported_usage()))
                 for chunk in tr.feed(name, obj):
                     usage = chunk.get("usage")
                     if self.cost is not None and isinstance(usage, dict) and call.usage is not None:
@@ -257,7 +370,7 @@ class StreamRelay:
                 if name == "error":
                     stop = True
                     break
-                if name == "message_delta" and tr.usage is not None:
+                if name == "message_delta" and tr.reported_output:
                     # Not before: message_start's output count is a placeholder, and a stream
                     # cut before message_delta is counted locally instead.
                     call.usage = tr.usage

@@ -21,12 +21,27 @@ def _type_error(param: str, expected: str, value: Any) -> InvalidRequest:
     )
 
 
+#: The longest model name taken: the width of the ``model`` column of a usage event.
+MAX_MODEL_CHARS = 200
+
+
 def require_model(body: dict[str, Any]) -> str:
+    """The requested model; a name the usage record could not store is refused here
+    (PostgreSQL refuses a NUL byte and an over-long value, and the record with it)."""
     model = body.get("model")
     if model is None:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model")
     if not isinstance(model, str) or not model:
         raise _type_error("model", "a non-empty string", model)
+    if len(model) > MAX_MODEL_CHARS:
+        raise InvalidRequest(
+            f"Invalid 'model': longer than {MAX_MODEL_CHARS} characters.", param="model"
+        )
+    if not model.isprintable():
+        raise InvalidRequest(
+            "Invalid 'model': it holds a control character (NUL, line break, ...).",
+            param="model",
+        )
     return model
 
 
@@ -93,14 +108,14 @@ def _messages(body: dict[str, Any], roles: frozenset[str], max_messages: int) ->
     return msgs
 
 
-def _sampling(body: dict[str, Any]) -> None:
+def _sampling(body: dict[str, Any], max_choices: int) -> None:
     _opt_number(body, "temperature", 0, 2)
     _opt_number(body, "top_p", 0, 1)
     _opt_number(body, "presence_penalty", -2, 2)
     _opt_number(body, "frequency_penalty", -2, 2)
     _opt_int(body, "max_tokens", 1, 10_000_000)
     _opt_int(body, "max_completion_tokens", 1, 10_000_000)
-    _opt_int(body, "n", 1, 128)
+    _opt_int(body, "n", 1, max_choices)
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str | list):
         raise _type_error("stop", "a string or an array of strings", stop)
@@ -109,10 +124,12 @@ def _sampling(body: dict[str, Any]) -> None:
         raise _type_error("tools", "an array", tools)
 
 
-def check_chat(body: dict[str, Any], max_messages: int) -> bool:
-    """Validate an OpenAI chat-completions body; returns whether it streams."""
+def check_chat(body: dict[str, Any], max_messages: int, max_choices: int) -> bool:
+    """Validate an OpenAI chat-completions body; returns whether it streams.
+
+    ``max_choices`` bounds ``n``: every choice is held for and billed."""
     _messages(body, _OPENAI_ROLES, max_messages)
-    _sampling(body)
+    _sampling(body, max_choices)
     stream = _opt_bool(body, "stream")
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
@@ -140,13 +157,15 @@ def check_messages(body: dict[str, Any], max_messages: int) -> bool:
     return _opt_bool(body, "stream")
 
 
-def check_completions(body: dict[str, Any]) -> bool:
+def check_completions(body: dict[str, Any], max_choices: int) -> bool:
+    """Validate a legacy completions body; returns whether it streams."""
     prompt = body.get("prompt")
     if prompt is None:
         raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt")
     if not isinstance(prompt, str | list):
         raise _type_error("prompt", "a string or an array", prompt)
-    _sampling(body)
+    _sampling(body, max_choices)
+    _opt_int(body, "best_of", 1, max_choices)
     return _opt_bool(body, "stream")
 
 

@@ -45,12 +45,29 @@ class Charge:
     price_version: str | None = None
     fx_rate: Fraction | None = None
     held_nanos: int = 0
-    #: Cost above the hold, written off (the hold is the most a call can be charged).
-    overage_nanos: int = 0
+    #: Cost above the hold (charged all the same; the hold bounded it wrongly).
+    overrun_nanos: int = 0
+    #: The price tier billed: "batch" (the catalogue's batch price) or "standard".
+    tier: str | None = None
 
     def cost_str(self) -> str:
         """The charged cost in units as a plain decimal string (for headers and bodies)."""
         return units(self.cost_nanos)
+
+
+BATCH_TIER = "batch"
+STANDARD_TIER = "standard"
+
+
+def wants_batch(call: Call) -> bool:
+    """Did the client ask for the batch tier (``service_tier: "batch"``)?"""
+    return call.body.get("service_tier") == BATCH_TIER
+
+
+def batch_priced(version: PriceVersion, batch: bool) -> bool:
+    """Is a call asking for batch billed at ``version``'s batch price? (Only if it has one:
+    a deployment without a batch offer bills the standard price.)"""
+    return batch and version.batch_multiplier is not None
 
 
 def units(nanos: int) -> str:
@@ -170,15 +187,18 @@ class Biller:
         default_max_output: int,
         at: datetime,
     ) -> tuple[int, int]:
-        """(nanos in ``currency``, tokens): the most any candidate could charge."""
+        """(nanos in ``currency``, tokens): the most any candidate could charge, every
+        choice (``n``, ``best_of``) producing its whole output cap."""
         top_nanos = top_tokens = 0
+        batch = wants_batch(call)
+        choices = call.choices()
         for dep in deps:
-            out = self.max_output(call, dep, default_max_output)
+            out = self.max_output(call, dep, default_max_output) * choices
             top_tokens = max(top_tokens, prompt_tokens + out)
             v = self.version(dep, at)
             if v is None:
                 continue
-            nanos = worst_case_nanos(v, prompt_tokens, out, at=at)
+            nanos = worst_case_nanos(v, prompt_tokens, out, at=at, batch=batch_priced(v, batch))
             if v.currency is not currency:
                 x = Fraction(nanos) * self.rate(v.currency, currency, at)
                 nanos = -((-x.numerator) // x.denominator)  # ceiling
@@ -188,7 +208,8 @@ class Biller:
     # ---- settlement -------------------------------------------------------------------
 
     def charge(self, call: Call, currency: Currency | None, held: int | None) -> Charge:
-        """Price the call's usage; cap the charge at ``held`` when a hold was taken."""
+        """Price the call's usage. Never capped at ``held``: the vendor bills what it
+        produced, so a cost above the hold is charged in full and noted as an overrun."""
         ch = Charge(currency=currency, held_nanos=held or 0)
         dep, usage = call.deployment, call.usage or Usage()
         at = datetime.fromtimestamp(call.ts_ms / 1000, UTC)
@@ -199,11 +220,13 @@ class Biller:
             return ch
         ch.price_version = v.id
         ch.list_currency = v.currency
+        batch = batch_priced(v, wants_batch(call))
+        ch.tier = BATCH_TIER if batch else STANDARD_TIER
         if not (usage.input_tokens or usage.output_tokens):
             if ch.currency is None:
                 ch.currency = v.currency
             return ch
-        num, denom = exact_cost_nanos(v, usage, at=at)
+        num, denom = exact_cost_nanos(v, usage, at=at, batch=batch)
         list_nanos = round_half_up_div(num, denom)
         ch.list_cost_nanos = list_nanos
         target = currency or v.currency
@@ -215,7 +238,9 @@ class Biller:
             # One rounding: the exact cost times the exact rate, to nanos.
             nanos = round_half_up_fraction(Fraction(num, denom) * ch.fx_rate)
         if held is not None and nanos > held:
-            ch.overage_nanos = nanos - held
-            nanos = held
+            ch.overrun_nanos = nanos - held
+            log.info(
+                "request %s cost %s nanos, %s above its hold", call.request_id, nanos, nanos - held
+            )
         ch.cost_nanos = nanos
         return ch

@@ -27,12 +27,16 @@ from tokenomy.ledger.snapshot import LiveTotals
 class Shortfall(Exception):
     """A hold could not be covered; ``what`` names the balance or budget that ran out."""
 
-    def __init__(self, what: str, needed: int, available: int, *, tokens: bool = False) -> None:
+    def __init__(
+        self, what: str, needed: int, available: int, *, tokens: bool = False, budget: bool = False
+    ) -> None:
         super().__init__(what)
         self.what = what
         self.needed = needed
         self.available = available
         self.tokens = tokens
+        #: A budget ran out, not the balance: a top-up would not help.
+        self.budget = budget
 
 
 @dataclass(slots=True)
@@ -216,9 +220,11 @@ def _check_budgets(hold: Hold, states: Sequence[BudgetState]) -> None:
     for m, st in zip(hold.budgets, states, strict=True):
         b = m.budget
         if b.amount_nanos is not None and st.spent + st.held + hold.amount > b.amount_nanos:
-            raise Shortfall(m.describe(), hold.amount, b.amount_nanos - st.spent - st.held)
+            raise Shortfall(
+                m.describe(), hold.amount, b.amount_nanos - st.spent - st.held, budget=True
+            )
         if b.token_limit is not None and (
             st.tokens_spent + st.tokens_held + hold.tokens > b.token_limit
         ):
             left = b.token_limit - st.tokens_spent - st.tokens_held
-            raise Shortfall(m.describe(), hold.tokens, left, tokens=True)
+            raise Shortfall(m.describe(), hold.tokens, left, tokens=True, budget=True)

@@ -89,9 +89,16 @@ def choice_field(value: Any, field: str, choices: Iterable[str]) -> str:
 
 
 def text_field(value: Any, field: str, *, max_len: int = 200) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+    """A name: printable (PostgreSQL refuses a NUL in text; a line break has no place)."""
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > max_len
+        or not value.isprintable()
+    ):
         raise InvalidRequest(
-            f"'{field}' must be a non-empty string of at most {max_len} characters.", param=field
+            f"'{field}' must be a non-empty string of at most {max_len} printable characters.",
+            param=field,
         )
     return value
 
@@ -99,9 +106,10 @@ def text_field(value: Any, field: str, *, max_len: int = 200) -> str:
 def memo_field(value: Any, field: str = "memo") -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > _MAX_MEMO:
+    if not isinstance(value, str) or len(value) > _MAX_MEMO or "\x00" in value:
         raise InvalidRequest(
-            f"'{field}' must be a string of at most {_MAX_MEMO} characters.", param=field
+            f"'{field}' must be a string of at most {_MAX_MEMO} characters, without NUL.",
+            param=field,
         )
     return value
 
@@ -321,6 +329,7 @@ def request_json(row: dict[str, Any]) -> dict[str, Any]:
         "tokens": tokens,
         "usage_source": row["usage_source"],
         "price_version": row["price_version"],
+        "price_tier": row["price_tier"],
         "cost": amount_str(row["cost_nanos"]),
         "cost_nanos": row["cost_nanos"],
         "currency": row["currency"],

@@ -14,22 +14,18 @@ from tokenomy.store.schema import ledger_postings, ledger_txns
 
 
 def ledger_rows(call: Call, org: Org | None, ch: Charge) -> list[tuple[Table, dict[str, Any]]]:
-    """A usage transaction (org pays, revenue receives) and any written-off overage.
+    """A usage transaction: the org pays the whole cost (above its hold too), revenue
+    receives it.
 
     Ids derive from the request id, so a replayed batch inserts nothing twice.
     """
-    if org is None or ch.currency is None or not (ch.cost_nanos or ch.overage_nanos):
+    if org is None or ch.currency is None or not ch.cost_nanos:
         return []
     cur = ch.currency.value
     vendor = call.deployment.vendor.key if call.deployment else "unknown"
-    revenue = f"revenue:{vendor}:{cur}"
+    legs = ((org.account, -ch.cost_nanos), (f"revenue:{vendor}:{cur}", ch.cost_nanos))
     rows: list[tuple[Table, dict[str, Any]]] = []
-    if ch.cost_nanos:
-        legs = ((org.account, -ch.cost_nanos), (revenue, ch.cost_nanos))
-        _txn(rows, call, org, f"usage:{call.request_id}", Kind.USAGE, cur, legs)
-    if ch.overage_nanos:
-        legs = ((f"writeoffs:{cur}", -ch.overage_nanos), (revenue, ch.overage_nanos))
-        _txn(rows, call, org, f"overage:{call.request_id}", Kind.OVERAGE, cur, legs)
+    _txn(rows, call, org, f"usage:{call.request_id}", Kind.USAGE, cur, legs)
     return rows
 
 

@@ -231,11 +231,12 @@ class RedisLedger:
             idx, available, unit = int(res[1]), int(_s(res[2])), _s(res[3])
             tokens = unit == "tokens"
             if idx == 0 and hold.org is not None:
-                what = f"the balance of org {hold.org.org.id}"
+                what, budget = f"the balance of org {hold.org.org.id}", False
             else:
                 offset = 1 if hold.org is not None else 0
-                what = hold.budgets[idx - offset].describe()
-            raise Shortfall(what, hold.tokens if tokens else hold.amount, available, tokens=tokens)
+                what, budget = hold.budgets[idx - offset].describe(), True
+            needed = hold.tokens if tokens else hold.amount
+            raise Shortfall(what, needed, available, tokens=tokens, budget=budget)
         raise LiveStateUnavailable("live ledger state could not be rebuilt")
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:

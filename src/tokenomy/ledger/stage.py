@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,6 +16,9 @@ from tokenomy.ledger.accounts import BudgetMeter, Org, OrgMeter
 from tokenomy.ledger.biller import Biller, Charge, units
 from tokenomy.ledger.directory import Directory
 from tokenomy.ledger.live import Hold, LiveLedger, LiveStateUnavailable, Shortfall
+
+#: Prompts whose byte bound is above this many tokens are counted off the event loop.
+INLINE_COUNT_BOUND = 8192
 
 HOLD = "ledger.hold"
 ORG = "ledger.org"
@@ -49,6 +53,7 @@ class LedgerStage:
         self.settles = 0
         self.refusals = 0
         self._org_meters: dict[str, OrgMeter] = {}
+        self._counting = asyncio.Semaphore(1)
 
     async def before(self, call: Call) -> None:
         key = call.key
@@ -87,10 +92,13 @@ class LedgerStage:
     ) -> Hold:
         try:
             return await self._hold(call, org, deps, bound, meters, at)
-        except Shortfall:
+        except Shortfall as short:
+            if not self._prompt_may_fit(call, org, deps, short, at):
+                self.refusals += 1
+                raise _refusal(short, org) from None
             # The byte bound is loose (about 4x for English): count the prompt for real,
             # with a margin for vendors whose tokenizer differs from ours, and try again.
-            counted = count_prompt(self.counter, call)
+            counted = await self._count(call, bound)
             tight = min(bound, counted * 5 // 4 + 16)
             try:
                 if tight >= bound:
@@ -99,6 +107,23 @@ class LedgerStage:
             except Shortfall as s:
                 self.refusals += 1
                 raise _refusal(s, org) from None
+
+    def _prompt_may_fit(
+        self, call: Call, org: Org, deps: list[Deployment], short: Shortfall, at: datetime
+    ) -> bool:
+        """Whether counting the prompt could turn a refusal round: not when the output
+        alone, with no prompt at all, is more than what ran out has left. A tenant with
+        nothing left is refused for the price of a multiplication, whatever it sends."""
+        amount, tokens = self.biller.worst(call, deps, org.currency, 0, self.default_max_output, at)
+        return (tokens if short.tokens else amount) <= short.available
+
+    async def _count(self, call: Call, bound: int) -> int:
+        """The prompt's token count; a large one on a worker thread, one at a time, so a
+        near miss never stalls the event loop (the tokenizers run native code)."""
+        if bound <= INLINE_COUNT_BOUND:
+            return count_prompt(self.counter, call)
+        async with self._counting:
+            return await asyncio.to_thread(count_prompt, self.counter, call)
 
     async def _hold(
         self,
@@ -159,9 +184,16 @@ def _refusal(s: Shortfall, org: Org) -> InsufficientQuota:
         )
     else:
         cur = org.currency.value
-        msg = (
-            f"Insufficient funds: {s.what} has {units(max(s.available, 0))} {cur} available "
-            f"and this request may cost up to {units(s.needed)} {cur}. Top up or lower "
-            "max_tokens."
-        )
+        left = f"{units(max(s.available, 0))} {cur}"
+        most = f"{units(s.needed)} {cur}"
+        if s.budget:
+            msg = (
+                f"Budget exceeded: {s.what} has {left} left and this request may cost up to "
+                f"{most}. Raise the budget, wait for its next period, or lower max_tokens."
+            )
+        else:
+            msg = (
+                f"Insufficient funds: {s.what} has {left} available and this request may "
+                f"cost up to {most}. Top up or lower max_tokens."
+            )
     return InsufficientQuota(msg)

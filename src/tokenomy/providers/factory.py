@@ -17,6 +17,8 @@ def make_provider(vendor: Vendor, server: ServerConfig) -> HttpProvider:
         connect_timeout_s=server.connect_timeout_s,
         first_byte_timeout_s=server.first_byte_timeout_s,
         read_timeout_s=server.read_timeout_s,
+        pool_wait_s=server.pool_wait_s,
+        max_response_bytes=vendor.max_response_bytes or server.max_response_bytes,
     )
 
 

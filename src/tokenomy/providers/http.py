@@ -11,6 +11,7 @@ import orjson
 from tokenomy import __version__
 from tokenomy.errors import (
     GatewayError,
+    Overloaded,
     RateLimited,
     UpstreamError,
     UpstreamRejected,
@@ -18,30 +19,47 @@ from tokenomy.errors import (
 )
 from tokenomy.gateway.registry import Deployment, Vendor
 from tokenomy.providers.origin import Origin
+from tokenomy.providers.proxy import Proxy, ProxyError
 from tokenomy.providers.sse import SSEEvent, iter_event_batches, iter_event_bytes
-from tokenomy.providers.transport import Pool, Response, TransportError, header_block
+from tokenomy.providers.tls import client_context
+from tokenomy.providers.transport import (
+    Pool,
+    PoolExhausted,
+    Response,
+    ResponseTooLarge,
+    TransportError,
+    header_block,
+)
 
 
 class HttpUpstreamResponse:
     """A 2xx answer whose body is still to be read, whole or as events."""
 
-    __slots__ = ("_resp", "status")
+    __slots__ = ("_max_event", "_resp", "_who", "status")
 
-    def __init__(self, resp: Response) -> None:
+    def __init__(self, resp: Response, who: str, max_event: int | None = None) -> None:
         self._resp = resp
+        self._who = who
+        self._max_event = max_event
         self.status = resp.status
 
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
+        except ResponseTooLarge as e:
+            raise UpstreamError(f"{self._who} sent {e}, past the gateway's cap.") from None
+        except TimeoutError:
+            raise UpstreamTimeout(f"{self._who} stopped sending its answer.") from None
+        except TransportError as e:
+            raise UpstreamError(f"{self._who} failed mid-answer: {e}.") from None
         finally:
             self._resp.release()
 
     def event_batches(self) -> AsyncIterator[list[SSEEvent]]:
-        return iter_event_batches(self._resp.chunks())
+        return iter_event_batches(self._resp.chunks(), self._max_event)
 
     def event_bytes(self) -> AsyncIterator[bytes]:
-        return iter_event_bytes(self._resp.chunks())
+        return iter_event_bytes(self._resp.chunks(), self._max_event)
 
     def release(self) -> None:
         self._resp.release()
@@ -69,14 +87,25 @@ class HttpProvider:
         connect_timeout_s: float,
         first_byte_timeout_s: float,
         read_timeout_s: float,
+        pool_wait_s: float | None = None,
+        max_response_bytes: int | None = None,
     ) -> None:
         self.vendor = vendor
         self._first_byte = first_byte_timeout_s
+        self._max_bytes = max_response_bytes
+        origin = Origin.parse(vendor.base_url)
+        tls = None
+        if origin.scheme == "https":
+            tls = client_context(vendor.ca_file, vendor.client_cert, vendor.client_key)
         self._pool = Pool(
-            Origin.parse(vendor.base_url),
+            origin,
             limit=vendor.max_connections,
             connect_timeout_s=connect_timeout_s,
             read_timeout_s=read_timeout_s,
+            ssl_context=tls,
+            proxy=Proxy.parse(vendor.proxy) if vendor.proxy else None,
+            max_response_bytes=max_response_bytes,
+            pool_wait_s=pool_wait_s,
         )
         # Written out once: every request to this vendor carries the same lines.
         self._head = header_block(
@@ -112,15 +141,27 @@ class HttpProvider:
             if resp.status >= 300:
                 raw = await resp.read()
                 raise self.error_for(resp.status, resp.headers, raw)
+        except PoolExhausted:
+            # Our own limit (max_connections), not the vendor failing: a 503 to retry.
+            raise Overloaded(
+                f"Every connection to {self.vendor.name} is in use; retry shortly.",
+                retry_after=1,
+            ) from None
+        except ResponseTooLarge as e:
+            raise UpstreamError(f"{self.vendor.name} sent {e}, past the gateway's cap.") from None
         except TimeoutError:
             raise UpstreamTimeout(
                 f"{self.vendor.name} did not answer within {self._first_byte:g} s."
             ) from None
         except TransportError as e:
             cause = e.__cause__
-            why = type(cause).__name__ if cause is not None else str(e)
+            # A proxy's refusal is worth reading (no credential in it); a socket's is its type.
+            if isinstance(cause, ProxyError):
+                why = str(cause)
+            else:
+                why = type(cause).__name__ if cause is not None else str(e)
             raise UpstreamError(f"{self.vendor.name} could not be reached: {why}.") from None
-        return HttpUpstreamResponse(resp)
+        return HttpUpstreamResponse(resp, self.vendor.name, self._max_bytes)
 
     def error_for(self, status: int, headers: Any, raw: bytes) -> GatewayError:
         """Map a vendor's error answer to ours, never echoing a credential."""

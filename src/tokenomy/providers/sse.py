@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from tokenomy.providers.transport import ResponseTooLarge
+
 
 @dataclass(slots=True)
 class SSEEvent:
@@ -29,14 +31,17 @@ def parse_block(block: bytes) -> SSEEvent | None:
     return SSEEvent(event, b"\n".join(data))
 
 
-async def iter_event_bytes(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def iter_event_bytes(
+    chunks: AsyncIterator[bytes], max_event: int | None = None
+) -> AsyncIterator[bytes]:
     """The whole events of each network chunk as bytes, unparsed: line ends normalised,
     each event ending in a blank line. A relay that passes most events through unchanged
     looks into only the few it must.
 
     A trailing event without its blank line counts only if its last line is whole (or it is
     a bare ``[DONE]``): a stream cut in the middle of a line must not yield half an event,
-    which the SSE spec says to discard.
+    which the SSE spec says to discard. An event still unfinished past ``max_event`` bytes
+    is :class:`ResponseTooLarge`: a stream's memory is bounded per event.
     """
     buf = b""
     async for chunk in chunks:
@@ -45,23 +50,26 @@ async def iter_event_bytes(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]
             # On the whole buffer, not the chunk: a CRLF may straddle two network chunks.
             buf = buf.replace(b"\r\n", b"\n")
         end = buf.rfind(b"\n\n")
-        if end < 0:
-            continue
-        raw, buf = buf[: end + 2], buf[end + 2 :]
-        yield raw
+        if end >= 0:
+            raw, buf = buf[: end + 2], buf[end + 2 :]
+            yield raw
+        if max_event is not None and len(buf) > max_event:
+            raise ResponseTooLarge(f"a stream event over {max_event} bytes")
     tail = buf.rstrip(b"\r\n")
     if tail and (buf != tail or tail == b"data: [DONE]"):
         yield tail + b"\n\n"
 
 
-async def iter_event_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[SSEEvent]]:
+async def iter_event_batches(
+    chunks: AsyncIterator[bytes], max_event: int | None = None
+) -> AsyncIterator[list[SSEEvent]]:
     """The events of each network chunk, parsed (never an empty list; see
     :func:`iter_event_bytes`).
 
     Batches let the relay answer a chunk holding many events with one write, as a plain
     byte relay would, instead of one socket write (and one generator step) per event.
     """
-    async for raw in iter_event_bytes(chunks):
+    async for raw in iter_event_bytes(chunks, max_event):
         batch = [ev for ev in map(parse_block, raw.split(b"\n\n")) if ev is not None]
         if batch:
             yield batch

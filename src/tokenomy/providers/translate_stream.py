@@ -240,13 +240,30 @@ class AnthropicToOpenAIStream:
         self._delta_usage: JSON = {}
         self._stop_reason: str | None = None
         self._done = False
+        self._override: Usage | None = None
 
     @property
     def usage(self) -> Usage | None:
-        """Latest known usage: message_start's, overlaid by the last (cumulative) message_delta."""
+        """Latest known usage: message_start's, overlaid by the last (cumulative) message_delta
+        (or the gateway's own count, once given)."""
+        if self._override is not None:
+            return self._override
         if not self._start_usage and not self._delta_usage:
             return None
-        return usage_from_anthropic({**self._start_usage, **self._delta_usage})
+        return usage_from_anthropic(self.reported_usage())
+
+    @property
+    def reported_output(self) -> bool:
+        """Whether the upstream reported its output count (message_start's is a placeholder)."""
+        return "output_tokens" in self._delta_usage
+
+    def reported_usage(self) -> JSON:
+        """The upstream's usage fields as reported so far (Anthropic's shape)."""
+        return {**self._start_usage, **self._delta_usage}
+
+    def override_usage(self, usage: Usage) -> None:
+        """Report ``usage`` (the gateway's count, for an upstream that gave none) instead."""
+        self._override = usage
 
     def feed(self, event: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         """Chunks for one upstream event; message_stop yields the finish (and usage) chunks."""

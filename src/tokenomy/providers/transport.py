@@ -8,7 +8,10 @@ httptools' C parser (llhttp, Node's parser) and the body is buffered on the resp
 a connection goes back to the pool the moment its answer is whole, whoever reads it.
 
 Errors are plain: :class:`TransportError` (a ``ConnectionError``) when a connection fails
-or closes before its answer is whole, ``TimeoutError`` when an answer stalls.
+or closes before its answer is whole (:class:`ResponseTooLarge` when a body passes its
+cap), ``TimeoutError`` when an answer stalls, and :class:`PoolExhausted` when every
+connection stayed busy for as long as a request may wait for one (the gateway's own
+overload, not the vendor's failure).
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import contextlib
 import ssl
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import cast
 
 import httptools
 
 from tokenomy.providers.body_decoder import BodyDecoder
 from tokenomy.providers.origin import Origin
+from tokenomy.providers.proxy import Proxy, ProxyError, open_tunnel
 
 #: Bytes buffered on a response before the connection stops reading (backpressure).
 HIGH_WATER = 1 << 20
@@ -38,6 +42,14 @@ IDLE_REUSE_S = 15.0
 
 class TransportError(ConnectionError):
     """The connection failed, or closed before the answer was whole."""
+
+
+class ResponseTooLarge(TransportError):
+    """A body (decoded) passed the pool's ``max_response_bytes``."""
+
+
+class PoolExhausted(Exception):
+    """Every connection to the origin stayed in use for the whole wait: nothing was sent."""
 
 
 def header_block(headers: Mapping[str, str]) -> bytes:
@@ -70,9 +82,11 @@ class Response:
         "_idle_timer",
         "_last_data",
         "_loop",
+        "_max_bytes",
         "_parts",
         "_read_timeout",
         "_streaming",
+        "_total",
         "_until_close",
         "_waiter",
         "got_bytes",
@@ -80,7 +94,13 @@ class Response:
         "status",
     )
 
-    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop, read_timeout: float):
+    def __init__(
+        self,
+        conn: _Connection,
+        loop: asyncio.AbstractEventLoop,
+        read_timeout: float,
+        max_bytes: int | None = None,
+    ):
         self.status = 0
         #: Lower-case names; a repeated header's values joined with ", ".
         self.headers: dict[str, str] = {}
@@ -99,6 +119,9 @@ class Response:
         self._read_timeout = read_timeout
         self.got_bytes = False
         self._streaming = False
+        #: A whole body's cap; a stream's is per event (see providers.sse).
+        self._max_bytes = max_bytes
+        self._total = 0
 
     # The connection's side.
 
@@ -134,6 +157,12 @@ class Response:
                 return
         self._parts.append(data)
         self._buffered += len(data)
+        if self._max_bytes is not None and not self._streaming:
+            self._total += len(data)
+            if self._total > self._max_bytes:
+                self._parts.clear()
+                self._fail(ResponseTooLarge(f"an answer over {self._max_bytes} bytes"))
+                return
         if self._streaming and self._buffered >= HIGH_WATER and self._conn is not None:
             self._conn.pause()  # the reader is behind (a slow client): stop reading
         self._wake()
@@ -385,9 +414,16 @@ class Pool:
         connect_timeout_s: float,
         read_timeout_s: float,
         ssl_context: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
+        max_response_bytes: int | None = None,
+        pool_wait_s: float | None = None,
     ) -> None:
         self.origin = origin
         self.limit = max(1, limit)
+        self.proxy = proxy
+        self.max_response_bytes = max_response_bytes
+        #: How long a request waits for a free connection (None: its first-byte timeout).
+        self._pool_wait = pool_wait_s
         self._connect_timeout = connect_timeout_s
         self._read_timeout = read_timeout_s
         self._ssl: ssl.SSLContext | None = None
@@ -416,7 +452,11 @@ class Pool:
         if loop is None:
             # Bound to the first loop that uses it (asking each time costs a syscall).
             loop = self._loop = asyncio.get_running_loop()
-        deadline = loop.time() + first_byte_timeout_s
+        # The pool's wait is the gateway's own; the first-byte clock starts when the
+        # request is written, so a request that waited for a connection is not cut short
+        # (and then counted against the vendor) for the time it spent waiting.
+        wait = self._pool_wait if self._pool_wait is not None else first_byte_timeout_s
+        wait_until = loop.time() + wait
         head = (
             (
                 f"POST {self.origin.target(path)}{self._after_path}Content-Length: {len(body)}\r\n"
@@ -425,17 +465,19 @@ class Pool:
             + b"\r\n"
         )
         for attempt in (1, 2):
-            conn, reused = await self._acquire(loop, deadline)
+            conn, reused = await self._acquire(loop, wait_until, first_byte_timeout_s)
             transport = conn.transport
             if conn.closed or transport is None or transport.is_closing():
                 # Closed by the server before anything was written: nothing was sent.
                 if attempt == 1:
                     continue
                 raise TransportError("the connection closed before the request was sent")
-            resp = Response(conn, loop, self._read_timeout)
+            resp = Response(conn, loop, self._read_timeout, self.max_response_bytes)
             conn.send(resp, head, body)
             sent_at = loop.time()
-            timer = loop.call_at(deadline, resp._fail, TimeoutError("no answer in time"))
+            timer = loop.call_at(
+                sent_at + first_byte_timeout_s, resp._fail, TimeoutError("no answer in time")
+            )
             try:
                 await resp._headers_done
             except TransportError:
@@ -455,7 +497,7 @@ class Pool:
         raise AssertionError("unreachable")
 
     async def _acquire(
-        self, loop: asyncio.AbstractEventLoop, deadline: float
+        self, loop: asyncio.AbstractEventLoop, wait_until: float, first_byte_timeout_s: float
     ) -> tuple[_Connection, bool]:
         if self._closed:
             raise TransportError("the client is closed")
@@ -473,6 +515,59 @@ class Pool:
                 return conn, True
             conn.abort()  # connection_lost will count it out
         if self._open >= self.limit:
+            await self._wait_for_turn(loop, wait_until)
+            if idle:
+                return await self._acquire(loop, wait_until, first_byte_timeout_s)
+        self._open += 1
+        made: list[_Connection] = []
+
+        def protocol() -> _Connection:
+            made.append(_Connection(self))
+            return made[-1]
+
+        try:
+            async with asyncio.timeout(min(first_byte_timeout_s, self._connect_timeout)):
+                _, proto = await self._connect(loop, protocol)
+        except BaseException as e:
+            # Cancelled just after the handshake, the transport may still report
+            # connection_lost: the connection is counted out once, whichever comes first.
+            if made:
+                self._count_out(made[-1])
+            else:
+                self._open -= 1
+            self._wake_one()
+            if isinstance(e, OSError) and not isinstance(e, (TimeoutError, TransportError)):
+                raise TransportError(f"could not connect: {type(e).__name__}") from e
+            raise
+        return proto, False
+
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, protocol: Callable[[], _Connection]
+    ) -> tuple[asyncio.BaseTransport, _Connection]:
+        """A new connection: straight to the origin, or through a CONNECT tunnel."""
+        host, port = self.origin.host, self.origin.port
+        server_hostname = host if self._ssl else None
+        if self.proxy is None:
+            return await loop.create_connection(
+                protocol, host, port, ssl=self._ssl, server_hostname=server_hostname
+            )
+        try:
+            sock = await open_tunnel(loop, self.proxy, host, port)
+        except ProxyError as e:
+            raise TransportError(str(e)) from e
+        try:
+            return await loop.create_connection(
+                protocol, sock=sock, ssl=self._ssl, server_hostname=server_hostname
+            )
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _wait_for_turn(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Wait until a connection is free or may be opened; :class:`PoolExhausted` if
+        none is by ``deadline``."""
+        idle = self._idle
+        try:
             async with asyncio.timeout_at(deadline):
                 while self._open >= self.limit and not idle:
                     w = loop.create_future()
@@ -488,36 +583,10 @@ class Pool:
                             w.cancel()
                         with contextlib.suppress(ValueError):
                             self._waiters.remove(w)
-            if idle:
-                return await self._acquire(loop, deadline)
-        self._open += 1
-        made: list[_Connection] = []
-
-        def protocol() -> _Connection:
-            made.append(_Connection(self))
-            return made[-1]
-
-        try:
-            async with asyncio.timeout_at(min(deadline, loop.time() + self._connect_timeout)):
-                _, proto = await loop.create_connection(
-                    protocol,
-                    self.origin.host,
-                    self.origin.port,
-                    ssl=self._ssl,
-                    server_hostname=self.origin.host if self._ssl else None,
-                )
-        except BaseException as e:
-            # Cancelled just after the handshake, the transport may still report
-            # connection_lost: the connection is counted out once, whichever comes first.
-            if made:
-                self._count_out(made[-1])
-            else:
-                self._open -= 1
-            self._wake_one()
-            if isinstance(e, OSError) and not isinstance(e, TimeoutError):
-                raise TransportError(f"could not connect: {type(e).__name__}") from e
-            raise
-        return proto, False
+        except TimeoutError:
+            raise PoolExhausted(
+                f"all {self.limit} connections to {self.origin.host} stayed busy"
+            ) from None
 
     def _release(self, conn: _Connection) -> None:
         if self._closed or conn.closed:

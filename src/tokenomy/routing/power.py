@@ -62,20 +62,42 @@ class Region:
         return self.kwh_per_m_tokens * self.pue * self.usd_per_kwh
 
 
+def energy_usd(region: Region | None, tokens: int) -> Decimal | None:
+    """What the power for ``tokens`` tokens costs in ``region`` (None: floor unknown)."""
+    floor = region.cost_floor_usd_per_m if region is not None else None
+    return None if floor is None else floor * tokens / MILLION
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """One deployment as placement sees it: where it is and how long it would take."""
+    """One deployment as placement sees it: where it is, how long it would take, and what
+    the work would cost there, in USD.
+
+    ``token_usd`` is what the deployment's price charges for the call (at the tier that
+    applies); ``energy_usd`` the power a self-hosted deployment burns for it (zero for a
+    vendor, whose power is in its price). None: not known.
+    """
 
     deployment_id: str
-    region: Region
+    region: Region | None
     #: Network round trip from the client's edge to the region, in seconds.
     rtt_s: float
     #: Expected queueing plus generation time there for this request, in seconds.
     service_s: float = 0.0
+    token_usd: Decimal | None = Decimal(0)
+    energy_usd: Decimal | None = Decimal(0)
+    #: A resting (breaker open) deployment goes last whatever it costs.
+    resting: bool = False
 
     @property
     def finish_s(self) -> float:
         return self.rtt_s + self.service_s
+
+    @property
+    def total_usd(self) -> Decimal | None:
+        if self.token_usd is None or self.energy_usd is None:
+            return None
+        return self.token_usd + self.energy_usd
 
 
 def latency_tolerant(body: Mapping[str, Any]) -> bool:
@@ -93,20 +115,26 @@ def place(
 
     Interactive: nearest first (lowest round trip), cheaper power breaking ties.
     Latency-tolerant: among those finishing within ``deadline`` seconds (all, if None),
-    cheapest power floor first (unknown floors after known ones), then nearest; those
-    that would miss the deadline follow, fastest first.
+    the least total cost first (token price plus energy; unknown totals after known
+    ones), then nearest; those that would miss the deadline follow, fastest first.
+    Resting deployments come last either way.
     """
     if not request_is_latency_tolerant:
-        return sorted(candidates, key=lambda p: (p.rtt_s, _floor_key(p)))
+        return sorted(candidates, key=lambda p: (p.resting, p.rtt_s, _floor_key(p)))
     meets = [p for p in candidates if deadline is None or p.finish_s <= deadline]
     late = [p for p in candidates if deadline is not None and p.finish_s > deadline]
-    meets.sort(key=lambda p: (_floor_key(p), p.rtt_s))
-    late.sort(key=lambda p: p.finish_s)
+    meets.sort(key=lambda p: (p.resting, _total_key(p), p.rtt_s))
+    late.sort(key=lambda p: (p.resting, p.finish_s))
     return meets + late
 
 
+def _total_key(p: Placement) -> tuple[int, Decimal]:
+    t = p.total_usd
+    return (0, t) if t is not None else (1, Decimal(0))
+
+
 def _floor_key(p: Placement) -> tuple[int, Decimal]:
-    f = p.region.cost_floor_usd_per_m
+    f = p.region.cost_floor_usd_per_m if p.region is not None else None
     return (0, f) if f is not None else (1, Decimal(0))
 
 

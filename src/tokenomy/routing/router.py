@@ -7,17 +7,18 @@ attempt's outcome so the health board and breakers learn.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 
 from tokenomy.billing.money import Currency
 from tokenomy.errors import InvalidRequest
-from tokenomy.gateway.call import Call
+from tokenomy.gateway.call import PLACEMENT, Call
 from tokenomy.gateway.registry import Deployment
-from tokenomy.ledger.biller import Biller
+from tokenomy.ledger.biller import Biller, batch_priced, wants_batch
 from tokenomy.routing.health import HealthBoard
-from tokenomy.routing.power import Placement, Region, latency_tolerant, place
+from tokenomy.routing.power import MILLION, Placement, Region, energy_usd, latency_tolerant, place
 from tokenomy.routing.preferences import (
     Candidate,
     Needs,
@@ -85,8 +86,8 @@ class Router:
         else:
             by_id = {d.id: d for d in deps}
             order = [by_id[c.deployment_id] for c in best]
-        if self.regions and latency_tolerant(call.body):
-            order = self._by_power(order, call.extras.get(DEADLINE))
+        if len(order) > 1 and latency_tolerant(call.body) and _placed_by_cost(prefs):
+            order = self._by_cost(call, order, needs, now)
         if not order:
             what = ", ".join(sorted(needs_caps)) or call.endpoint
             raise InvalidRequest(
@@ -97,24 +98,70 @@ class Router:
         call.extras[RANKED] = tuple(order)
         return order
 
-    def _by_power(self, order: list[Deployment], deadline: float | None) -> list[Deployment]:
-        """Latency-tolerant work goes to the cheapest power that meets its deadline.
+    def _by_cost(
+        self, call: Call, order: list[Deployment], needs: Needs, now: datetime
+    ) -> list[Deployment]:
+        """Latency-tolerant work goes where it costs least in total, within its deadline.
 
-        Deployments without a configured region keep their order, after the placed ones.
+        The total is the call's token price at the deployment (its batch price for a
+        batch call, where it has one) plus, for a self-hosted deployment, the energy the
+        call burns in its region. Each candidate's figures are left on the call for the
+        x-tokenomy-placement header.
         """
+        tokens_in = needs.prompt_tokens
+        tokens_out = 0 if call.endpoint == "embeddings" else needs.output_tokens
+        if not needs.explicit_output and call.endpoint != "embeddings":
+            tokens_out = self.default_max_output
+        placed = self.placements(order, tokens_in, tokens_out, batch=wants_batch(call), now=now)
+        ranked = place(True, call.extras.get(DEADLINE), placed)
+        call.extras[PLACEMENT] = {
+            p.deployment_id: _header(p, tokens_in, tokens_out) for p in ranked
+        }
+        by_id = {d.id: d for d in order}
+        return [by_id[p.deployment_id] for p in ranked]
+
+    def placements(
+        self,
+        deps: Sequence[Deployment],
+        tokens_in: int,
+        tokens_out: int,
+        *,
+        batch: bool,
+        now: datetime,
+    ) -> list[Placement]:
+        """Each deployment with what a call of these tokens would cost there (token price
+        and energy, USD) and how long it would take; ``tokenomy plan`` shows the same."""
         placed: list[Placement] = []
-        rest: list[Deployment] = []
-        for d in order:
+        for d in deps:
             region = self.regions.get(d.region or "")
-            if region is None:
-                rest.append(d)
-                continue
             snap = self.health.snapshot(d.id)
             ttft = snap.ttft_s.at(50) if snap is not None and snap.ttft_s is not None else 0.0
-            rtt = self._rtt.get(region.name, 0.0)
-            placed.append(Placement(d.id, region, rtt, ttft))
-        by_id = {d.id: d for d in order}
-        return [by_id[p.deployment_id] for p in place(True, deadline, placed)] + rest
+            rtt = self._rtt.get(region.name, 0.0) if region is not None else 0.0
+            energy = energy_usd(region, tokens_in + tokens_out) if d.self_hosted else _ZERO
+            token = self._token_usd(d, tokens_in, tokens_out, batch, now)
+            resting = snap is not None and snap.resting
+            placed.append(Placement(d.id, region, rtt, ttft, token, energy, resting))
+        return placed
+
+    def _token_usd(
+        self, dep: Deployment, tokens_in: int, tokens_out: int, batch: bool, now: datetime
+    ) -> Decimal | None:
+        """What ``dep``'s price charges for the call in USD (first tier, no time-of-day
+        window or promotion: an estimate to compare deployments by, not a bill)."""
+        c = self.candidate(dep, now)
+        if c.input_usd_per_m is None or c.output_usd_per_m is None:
+            return None
+        v = self.biller.version(dep, now)
+        m = v.batch_multiplier if v is not None and batch_priced(v, batch) else None
+        per_m = tokens_in * c.input_usd_per_m + tokens_out * c.output_usd_per_m
+        cost = (per_m * m if m is not None else per_m) / MILLION
+        fee = v.tiers[0].prices.request if v is not None else _ZERO
+        if fee:  # a per-request fee is never scaled by the batch multiplier
+            rate = Fraction(1)
+            if v is not None and v.currency is not Currency.USD:
+                rate = self.biller.rate(v.currency, Currency.USD, now)
+            cost += _usd(fee, rate)
+        return cost
 
     def candidate(self, dep: Deployment, now: datetime) -> Candidate:
         """The deployment as routing sees it, with USD prices (refreshed each minute)."""
@@ -165,6 +212,27 @@ class Router:
 
     def failed(self, dep: Deployment) -> None:
         self.health.get(dep.id).failure()
+
+
+_ZERO = Decimal(0)
+
+
+def _placed_by_cost(prefs: Preferences) -> bool:
+    """Placement by cost, unless the request ordered its providers or sorts by speed."""
+    return not prefs.order and prefs.sort in (None, "price")
+
+
+def _header(p: Placement, tokens_in: int, tokens_out: int) -> str:
+    """x-tokenomy-placement: the estimate the choice was made on, in USD."""
+    return (
+        f"region={p.region.name if p.region else '-'}; input_tokens={tokens_in}; "
+        f"output_tokens={tokens_out}; token_usd={_plain(p.token_usd)}; "
+        f"energy_usd={_plain(p.energy_usd)}; total_usd={_plain(p.total_usd)}"
+    )
+
+
+def _plain(d: Decimal | None) -> str:
+    return "unknown" if d is None else format(d.normalize(), "f")
 
 
 def _usd(price: Decimal, rate: Fraction) -> Decimal:

@@ -7,16 +7,23 @@ there is nothing to brute-force that a slow hash would protect.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from dataclasses import dataclass
 
 import orjson
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
+from tokenomy.store.key_events import PG_CHANNEL, Announce
 from tokenomy.store.schema import api_keys
 
+log = logging.getLogger(__name__)
+
 KEY_PREFIX = "tk-"
+#: How far back a periodic refresh looks past the newest change it has seen: a change
+#: stamped just before another but committed after it is still picked up.
+REFRESH_LOOKBACK_MS = 10_000
 
 
 def hash_key(key: str) -> str:
@@ -47,10 +54,30 @@ def now_ms() -> int:
 
 
 class KeyStore:
-    """Durable key operations (CLI, admin API) and the snapshot the gateway caches."""
+    """Durable key operations (CLI, admin API) and the snapshot the gateway caches.
 
-    def __init__(self, engine: Engine) -> None:
+    Every change is announced (``store.key_events``) so that gateways apply it at once.
+    """
+
+    def __init__(self, engine: Engine, announce: Announce | None = None) -> None:
         self.engine = engine
+        self._announce = announce
+        self._notify = engine.dialect.name == "postgresql"
+
+    def _changed(self, conn: Connection, key_id: str) -> None:
+        """In the change's transaction: PostgreSQL's NOTIFY leaves when it commits."""
+        if self._notify:
+            conn.execute(select(func.pg_notify(PG_CHANNEL, key_id)))
+
+    def _announced(self, key_id: str) -> None:
+        """After the commit: tell every gateway (a lost message waits for the refresh)."""
+        if self._announce is None:
+            return
+        try:
+            self._announce(key_id)
+        except Exception as e:
+            log.warning("could not announce the change of key %s (%s); gateways will "
+                        "pick it up at their next refresh", key_id, e)  # fmt: skip
 
     def create(
         self,
@@ -79,6 +106,8 @@ class KeyStore:
         }
         with self.engine.begin() as conn:
             conn.execute(api_keys.insert().values(**row))
+            self._changed(conn, str(row["id"]))
+        self._announced(str(row["id"]))
         return secret, _record(row)
 
     def revoke(self, key_id: str) -> bool:
@@ -89,6 +118,10 @@ class KeyStore:
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_ms.is_(None))
                 .values(revoked_ms=ts, updated_ms=ts)
             )
+            if res.rowcount > 0:
+                self._changed(conn, key_id)
+        if res.rowcount > 0:
+            self._announced(key_id)
         return res.rowcount > 0
 
     def is_active(self, key_id: str) -> bool:
@@ -105,6 +138,15 @@ class KeyStore:
             q = q.where(api_keys.c.revoked_ms.is_(None))
         with self.engine.connect() as conn:
             return [_record(dict(r._mapping)) for r in conn.execute(q)]
+
+    def get(self, key_id: str) -> tuple[str, ApiKey] | None:
+        """(hash, record) of one key, revoked or not."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+        if row is None:
+            return None
+        r = dict(row._mapping)
+        return r["key_hash"], _record(r)
 
     def changed_since(self, updated_ms: int) -> list[tuple[str, ApiKey, int]]:
         """(hash, record, updated_ms) of keys changed at or after ``updated_ms``."""
@@ -134,6 +176,7 @@ class KeyCache:
     def __init__(self, store: KeyStore) -> None:
         self._store = store
         self._by_hash: dict[str, ApiKey] = {}
+        self._hash_of: dict[str, str] = {}  # key id -> hash
         self._watermark = 0
 
     def lookup(self, secret: str) -> ApiKey | None:
@@ -142,17 +185,27 @@ class KeyCache:
 
     def put(self, secret: str, rec: ApiKey) -> None:
         """Make a key created in this process usable at once, before the next refresh."""
-        self._by_hash[hash_key(secret)] = rec
+        self._set(hash_key(secret), rec)
+
+    def _set(self, h: str, rec: ApiKey) -> None:
+        self._by_hash[h] = rec
+        self._hash_of[rec.id] = h
 
     def refresh(self) -> int:
         """Pull keys changed since the last refresh (blocking; run it in a thread)."""
-        changed = self._store.changed_since(self._watermark)
+        changed = self._store.changed_since(max(0, self._watermark - REFRESH_LOOKBACK_MS))
         for h, rec, updated in changed:
-            self._by_hash[h] = rec
+            self._set(h, rec)
             self._watermark = max(self._watermark, updated)
         return len(changed)
 
+    def reload(self, key_id: str) -> None:
+        """Apply one announced change from the database (blocking; run it in a thread)."""
+        found = self._store.get(key_id)
+        if found is not None:
+            self._set(*found)
+
     def revoke_local(self, key_id: str) -> None:
-        for h, rec in list(self._by_hash.items()):
-            if rec.id == key_id:
-                del self._by_hash[h]
+        h = self._hash_of.pop(key_id, None)
+        if h is not None:
+            self._by_hash.pop(h, None)

@@ -68,6 +68,8 @@ usage_events = Table(
     Column("price_version", String(200), nullable=True),
     Column("fx_rate", String(40), nullable=True),
     Column("held_nanos", BigInteger, nullable=False, default=0),
+    # The price tier billed (0008): "standard", or "batch" at the catalogue's batch price.
+    Column("price_tier", String(16), nullable=True),
     Index("ix_usage_events_ts", "ts_ms"),
     Index("ix_usage_events_key_ts", "key_id", "ts_ms"),
     Index("ix_usage_events_org_ts", "org_id", "ts_ms"),
@@ -149,4 +151,23 @@ ledger_postings = Table(
     Column("amount_nanos", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
     Index("ix_ledger_postings_account", "account"),
+)
+
+
+# ---- The writer's dead letters (0007) --------------------------------------------------
+
+# A record the database refused (a usage event with its ledger rows), kept whole as JSON
+# for an operator, so that the rows queued behind it still land. Keyed by a hash of the
+# record: quarantining the same record again (a replayed batch) adds nothing.
+writer_dead_letters = Table(
+    "writer_dead_letters",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    # The usage event's request id, when the record has one (JSON-safe, may be cut short).
+    Column("request_id", String(64), nullable=True),
+    Column("reason", Text, nullable=False),
+    # [{"table": ..., "row": {...}}, ...]: every row of the record, as it was queued.
+    Column("record", Text, nullable=False),
+    Index("ix_writer_dead_letters_ts", "ts_ms"),
 )

@@ -6,6 +6,10 @@ transaction on a worker thread, so no request ever waits for the database; with 
 queued it sleeps. Inserts are idempotent by
 request id, so a replayed batch never counts twice. With an interval of 0 every submit
 is written before the request finishes (the synchronous mode).
+
+A batch the database refuses for what a row holds is split until the refused record
+stands alone; that record goes to the dead letters (``store.dead_letters``) and the rest
+land. A database out of reach is retried, with a growing pause, and nothing is dropped.
 """
 
 from __future__ import annotations
@@ -14,14 +18,18 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 from sqlalchemy import Engine, Table
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
+
+from tokenomy.store.dead_letters import Record, dead_letter_row, refused
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +256,24 @@ def staging_sql(table: Table) -> tuple[str, str, str]:
     return staging, create, insert
 
 
+@dataclass(frozen=True, slots=True)
+class WriterHealth:
+    """What /healthz reports of a writer."""
+
+    pending: int  # rows not yet committed, in memory
+    oldest_age_s: float  # age of the oldest of them (0 with none)
+    last_error: str | None  # why the last flush failed; None once one succeeded
+    dead_letters: int  # records this process quarantined
+
+    def behind(self, max_lag_s: float, max_pending: int) -> bool:
+        return self.oldest_age_s > max_lag_s or self.pending > max_pending
+
+
 class BatchWriter:
-    """Group-commits rows (of ``table`` unless another is given); ``submit`` never blocks."""
+    """Group-commits rows (of ``table`` unless another is given); ``submit`` never blocks.
+
+    Rows are queued as records (one submit each): the rows of a record commit together
+    or not at all, also when a refused batch is split."""
 
     def __init__(
         self,
@@ -265,7 +289,13 @@ class BatchWriter:
         self._table = table
         self._interval = flush_interval_ms / 1000
         self._batch_max = batch_max
-        self._pending: list[Item] = []
+        self._pending: list[Record] = []
+        self._rows = 0  # rows in _pending
+        self._flushing_rows = 0  # rows of the flush being written
+        #: When the oldest record in _pending, and in the flush being written, was queued
+        #: (time.monotonic()); None with none.
+        self._queued_since: float | None = None
+        self._flushing_since: float | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -280,6 +310,8 @@ class BatchWriter:
         self._idle = False  # the loop sleeps until a row comes (see _run)
         self.written = 0
         self.failures = 0
+        self.dead_letters = 0
+        self.last_error: str | None = None
 
     @property
     def synchronous(self) -> bool:
@@ -290,14 +322,16 @@ class BatchWriter:
             self._task = asyncio.create_task(self._run(), name=f"writer:{self._table.name}")
 
     def submit(self, row: dict[str, Any], table: Table | None = None) -> None:
-        self._pending.append((table if table is not None else self._table, row))
-        if self._idle or len(self._pending) >= self._batch_max:
-            self._wake.set()
+        self.submit_many(((table if table is not None else self._table, row),))
 
     def submit_many(self, items: Sequence[Item]) -> None:
-        """Queue rows that must be committed together (they land in the same flush)."""
-        self._pending.extend(items)
-        if self._idle or len(self._pending) >= self._batch_max:
+        """Queue rows that must be committed together (one record: all or nothing).
+        ``items`` is kept as it is, not copied: the caller hands it over."""
+        if self._queued_since is None:
+            self._queued_since = time.monotonic()
+        self._pending.append(items)
+        self._rows += len(items)
+        if self._idle or self._rows >= self._batch_max:
             self._wake.set()
 
     async def submit_and_wait(self, row: dict[str, Any]) -> None:
@@ -307,33 +341,90 @@ class BatchWriter:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write everything pending now; on failure keep it queued for the next try."""
+        """Write everything pending now; on failure keep it queued for the next try.
+
+        Records the database refuses are quarantined, not retried (see :meth:`_commit`):
+        a flush fails only when the database could not be written at all."""
         async with self._lock:
             if not self._pending:
                 return
-            batch, self._pending = self._pending, []
+            batch, rows, self._pending, self._rows = self._pending, self._rows, [], 0
+            self._flushing_since, self._queued_since = self._queued_since, None
+            self._flushing_rows = rows
             try:
                 if self._thread is None:
                     self._thread = ThreadPoolExecutor(1, thread_name_prefix="usage-writer")
-                await asyncio.get_running_loop().run_in_executor(
-                    self._thread, self._sink.write, batch
+                landed, dead = await asyncio.get_running_loop().run_in_executor(
+                    self._thread, self._commit, batch
                 )
             except BaseException as e:
                 # Kept for the next try, cancelled or not: whether a commit cut short
                 # landed is unknown, and writing it again is harmless (rows are keyed
                 # by request id; a replay skips those already there).
                 self._pending[:0] = batch
+                self._rows += rows
+                self._queued_since = self._flushing_since
+                self._flushing_since, self._flushing_rows = None, 0
                 if isinstance(e, Exception):
                     self.failures += 1
-                    log.exception(
-                        "writing %d %s rows failed; will retry", len(batch), self._table.name
-                    )
+                    self.last_error = f"{type(e).__name__}: {e}"[:500]
+                    log.exception("writing %d %s rows failed; will retry", rows, self._table.name)
                 raise
-            self.written += len(batch)
+            self._flushing_since, self._flushing_rows = None, 0
+            self.last_error = None
+            self.written += len(landed)
+            self.dead_letters += dead
             if self._on_flushed is not None:
-                self._on_flushed(batch)
+                self._on_flushed(landed)
+
+    def _commit(self, batch: list[Record]) -> tuple[list[Item], int]:
+        """Write ``batch`` in one transaction (on the writer's thread); if the database
+        refuses its rows, in halves, down to single records, each refused record going
+        to the dead letters. Returns the rows that landed and the records quarantined.
+        A failure to reach the database propagates: the caller keeps the whole batch."""
+        items = list(chain.from_iterable(batch))
+        try:
+            self._sink.write(items)
+            return items, 0
+        except Exception as e:
+            if not refused(e, self._engine.dialect.loaded_dbapi):
+                raise
+            error = e
+        if len(batch) == 1:
+            self._quarantine(batch[0], error)
+            return [], 1
+        mid = len(batch) // 2
+        first, dead_first = self._commit(batch[:mid])
+        second, dead_second = self._commit(batch[mid:])
+        return first + second, dead_first + dead_second
+
+    def _quarantine(self, record: Record, error: Exception) -> None:
+        letter = dead_letter_row(record, error)
+        log.error(
+            "the database refused the record of request %s (%s); it is kept in %s",
+            letter[1]["request_id"],
+            letter[1]["reason"],
+            letter[0].name,
+        )
+        try:
+            self._sink.write([letter])
+        except Exception as e:
+            if not refused(e, self._engine.dialect.loaded_dbapi):
+                raise  # the database went away meanwhile: the whole batch is retried
+            # Not even the letter could be stored: the log keeps the record.
+            log.error("the dead letter was refused too (%s); the record: %s", e, letter[1])
+
+    def health(self) -> WriterHealth:
+        since = [t for t in (self._queued_since, self._flushing_since) if t is not None]
+        return WriterHealth(
+            pending=self.pending,
+            oldest_age_s=round(time.monotonic() - min(since), 3) if since else 0,
+            last_error=self.last_error,
+            dead_letters=self.dead_letters,
+        )
 
     async def _run(self) -> None:
+        failed = 0  # flushes failed in a row: the pause before the next try grows
         while not self._closing:
             if not self._pending:
                 # Nothing queued: sleep until the first row comes, not every interval.
@@ -349,8 +440,10 @@ class BatchWriter:
             self._wake.clear()
             try:
                 await self.flush()
+                failed = 0
             except Exception:
-                await asyncio.sleep(min(1.0, self._interval * 10))
+                failed += 1
+                await asyncio.sleep(min(1.0, self._interval * 5 * 2**failed))
 
     async def close(self) -> None:
         """Stop the loop and drain everything still queued (called on SIGTERM/shutdown).
@@ -370,9 +463,7 @@ class BatchWriter:
                     return
                 except Exception:
                     await asyncio.sleep(0.2)
-            log.error(
-                "%d %s rows could not be written at shutdown", len(self._pending), self._table.name
-            )
+            log.error("%d %s rows could not be written at shutdown", self._rows, self._table.name)
         finally:
             if self._thread is not None:
                 with contextlib.suppress(Exception):
@@ -382,4 +473,5 @@ class BatchWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Rows not yet committed: queued, or in the flush being written."""
+        return self._rows + self._flushing_rows
