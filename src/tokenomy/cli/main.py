@@ -6,7 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tokenomy.cli import keys_cmd, ledger_cmd, plan_cmd, prices_cmd, serve_cmd, usage_cmd
+from tokenomy.cli import (
+    keys_cmd,
+    ledger_cmd,
+    plan_cmd,
+    prices_cmd,
+    router_cmd,
+    serve_cmd,
+    usage_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     prices_cmd.register(sub)
     plan_cmd.register(sub)
     usage_cmd.register(sub)
+    router_cmd.register(sub)
     return p
 
 
