@@ -9,8 +9,9 @@ are sparse look-ups in pure Python.
 The pick maximises ``quality - λ·cost``. The quality bar (0–1) a request asks for is
 turned into λ by a table made on validation data at training time: the cheapest λ whose
 routed traffic reached that mean quality. Thresholding each model's predicted quality
-at the bar was tried and loses (the per-prompt predictions are too close to each
-model's average for a hard cut to pick well), see ``tokenomy router eval``.
+at the bar was tried on RouterBench's validation split and lost badly (per-prompt
+predictions stay close to each model's average, so a hard cut buys the frontier model
+for whole tasks at once).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import gzip
 import math
 import re
 import zlib
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -29,7 +31,7 @@ from typing import Any
 import orjson
 
 #: Bumped when the features change: an artifact made with other features is refused.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 #: Only the prompt's last characters are read (the question sits at the end).
 TAIL_CHARS = 2000
 #: Words of the last block that become features.
@@ -46,40 +48,45 @@ def _h(s: str) -> int:
     return zlib.crc32(s.encode()) & _MASK
 
 
-def features(text: str, word_weight: float = 1.0) -> dict[int, float]:
-    """Hashed features of a prompt: shape features weigh 1, word features together have
-    a norm of ``word_weight`` (the artifact's, which training tuned)."""
-    total = len(text)
+def _grams(text: str) -> tuple[list[int], list[int]]:
+    """The prompt's shape buckets and its word buckets (repeated as often as they occur)."""
     tail = text[-TAIL_CHARS:]
     cut = tail.rstrip().rfind("\n\n")
     last = tail[cut + 2 :] if cut >= 0 else tail
     shape = [
-        f"opts:{min(len(_OPTION.findall(last)), 6)}",
-        f"blocks:{min(tail.count(chr(10) + chr(10)), 8)}",
-        f"len:{int(math.log2(len(last) + 1))}",
-        f"total:{int(math.log2(total + 1))}",
+        f"s:opts:{min(len(_OPTION.findall(last)), 6)}",
+        f"s:blocks:{min(tail.count(chr(10) + chr(10)), 8)}",
+        f"s:len:{int(math.log2(len(last) + 1))}",
     ]
     if "_" in last:
-        shape.append("blank")
+        shape.append("s:blank")
     if "answer" in last.lower():
-        shape.append("answer")
-    out: dict[int, float] = {}
-    for s in shape:
-        b = _h("s:" + s)
-        out[b] = out.get(b, 0.0) + 1.0
-    if word_weight <= 0:
-        return out
+        shape.append("s:answer")
     words = _WORD.findall(last.lower())[:MAX_WORDS]
     grams = ["w:" + w for w in words]
     grams += ["b:" + a + " " + b for a, b in pairwise(words)]
-    if grams:
-        counts: dict[int, float] = {}
-        for g in grams:
-            b = _h(g)
-            counts[b] = counts.get(b, 0.0) + 1.0
-        scale = word_weight / math.sqrt(sum(v * v for v in counts.values()))
-        for b, v in counts.items():
-            out[b] = out.get(b, 0.0) + v * scale
+    return [_h(s) for s in shape], [_h(g) for g in grams]
+
+
+def _word_scale(buckets: list[int], word_weight: float) -> float:
+    """What one occurrence weighs: the word features together have norm ``word_weight``."""
+    counts: dict[int, int] = {}
+    for b in buckets:
+        counts[b] = counts.get(b, 0) + 1
+    return word_weight / math.sqrt(sum(v * v for v in counts.values())) if counts else 0.0
+
+
+def features(text: str, word_weight: float = 1.0) -> dict[int, float]:
+    """Hashed features of a prompt (at most its last ``TAIL_CHARS`` characters are read):
+    shape features weigh 1, the word features together have norm ``word_weight``."""
+    shape, words = _grams(text)
+    out: dict[int, float] = {}
+    for b in shape:
+        out[b] = out.get(b, 0.0) + 1.0
+    if word_weight > 0 and words:
+        scale = _word_scale(words, word_weight)
+        for b in words:
+            out[b] = out.get(b, 0.0) + scale
     return out
 
 
@@ -156,8 +163,9 @@ class LearnedRouter:
         self._bias: list[float] = [float(x) for x in doc["quality_bias"]] + [
             float(x) for x in doc["cost_bias"]
         ]
-        self._weights: dict[int, list[float]] = {
-            int(b): [float(x) for x in w] for b, w in doc["weights"].items()
+        # Compact rows (array of doubles): a list of floats would take three times the memory.
+        self._weights: dict[int, array[float]] = {
+            int(b): array("d", w) for b, w in doc["weights"].items()
         }
         if any(len(w) != 2 * k for w in self._weights.values()) or len(self._bias) != 2 * k:
             raise ValueError("router artifact: weight rows do not match the models")
@@ -181,12 +189,23 @@ class LearnedRouter:
 
     def predict(self, text: str) -> tuple[list[float], list[float]]:
         """Predicted quality (0–1) and cost (USD) of each model, in ``models`` order."""
-        acc = list(self._bias)
+        shape, words = _grams(text)
         weights = self._weights
-        for b, v in features(text, self.word_weight).items():
-            w = weights.get(b)
-            if w is not None:
-                acc = [a + v * x for a, x in zip(acc, w, strict=True)]
+        # Column sums of the matched weight rows run in C (zip/sum), not per element here.
+        rows = [w for b in shape if (w := weights.get(b)) is not None]
+        acc = (
+            [a + sum(col) for a, col in zip(self._bias, zip(*rows, strict=True), strict=True)]
+            if rows
+            else list(self._bias)
+        )
+        if self.word_weight > 0 and words:
+            scale = _word_scale(words, self.word_weight)
+            rows = [w for b in words if (w := weights.get(b)) is not None]
+            if rows:
+                acc = [
+                    a + scale * sum(col)
+                    for a, col in zip(acc, zip(*rows, strict=True), strict=True)
+                ]
         k = len(self.models)
         q = [min(max(a, 0.01), 0.99) for a in acc[:k]]
         c = [max(a, 0.0) * self._cost_scale for a in acc[k:]]
