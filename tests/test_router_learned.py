@@ -235,3 +235,29 @@ def test_packaged_router_is_small_and_knows_routerbench_models() -> None:
     router = LearnedRouter.load()
     assert "gpt-4-1106-preview" in router.models and len(router.models) == 11
     assert 0 < router.default_bar < 1
+
+
+def test_training_on_own_traffic_scoring_one_model_per_row(tmp_path: Path) -> None:
+    """Exported feedback scores only the model that served: training still works, and
+    says its validation figures are its own estimates."""
+    full = tmp_path / "full.csv"
+    _write_synthetic(full)
+    data = routerbench.load(full)
+    rows = [
+        routerbench.Row(
+            r.sample_id,
+            r.task,
+            r.prompt,
+            tuple(q if i == n % 2 else float("nan") for i, q in enumerate(r.quality)),
+            tuple(c if i == n % 2 else float("nan") for i, c in enumerate(r.cost)),
+        )
+        for n, r in enumerate(data.rows)
+    ]
+    part = tmp_path / "part.csv"
+    routerbench.write(part, data.models, rows)
+    partial = routerbench.load(part, complete=False)
+    assert len(partial.rows) == len(data.rows)
+    doc, rep = train(partial, budget=0.6)
+    assert rep.estimated and any("estimates" in line for line in rep.lines())
+    router = LearnedRouter(doc)
+    assert router.decide("Write a python function that sorts seeds.", 1.0).chosen.model == "dear"

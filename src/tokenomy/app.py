@@ -8,7 +8,14 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
-from tokenomy.api import admin, anthropic_routes, ledger_admin, openai_routes, usage_routes
+from tokenomy.api import (
+    admin,
+    anthropic_routes,
+    feedback_routes,
+    ledger_admin,
+    openai_routes,
+    usage_routes,
+)
 from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, aio_handler, error_parts, internal_error
 from tokenomy.config import Config
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
@@ -78,6 +85,7 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
     admin.add_routes(app)
     ledger_admin.add_routes(app)
     usage_routes.add_routes(app, rollup_interval_s=rollup_interval_s)
+    feedback_routes.add_routes(app)
     app[usage_routes.QUEUE_DEPTH] = lambda: svc.queues.depth
     app.router.add_get("/healthz", healthz)
 

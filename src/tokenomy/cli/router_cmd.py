@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from tokenomy.cli import router_export
 from tokenomy.cli.common import fail
 from tokenomy.routing import routerbench
 from tokenomy.routing.learned import LearnedRouter, dumps_artifact
@@ -54,6 +55,8 @@ def register(sub: Any) -> None:
         "--svg", default="router-eval.svg", metavar="FILE", help="curve to write ('' for none)"
     )
     e.set_defaults(func=eval_cmd)
+
+    router_export.register(rsub)
 
 
 def train_cmd(args: argparse.Namespace) -> int:

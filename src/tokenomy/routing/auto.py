@@ -25,6 +25,8 @@ MIN_QUALITY = "routing.min_quality"
 DECISION = "routing.auto"
 #: The models of an auto call's route, in the router's order: ((name, deployments), ...).
 GROUPS = "routing.auto_groups"
+#: Recent auto requests whose prompt end is kept for feedback (about 8 MB at most).
+RECENT_PROMPTS = 4096
 
 
 def parse_bar(value: Any, what: str) -> float:
@@ -57,6 +59,7 @@ class AutoRouter:
         self.default_bar = learned.default_bar if default_bar is None else default_bar
         self.fallbacks = fallbacks
         self.names = AUTO_MODELS
+        self._recent: dict[str, str] = {}
         #: Router model -> served route (models not served here are left out).
         self.routes: dict[str, ModelRoute] = {}
         for rm, name in pool.items():
@@ -85,7 +88,9 @@ class AutoRouter:
             raise PermissionDenied(
                 "This API key may use none of the models 'auto' picks from.", param="model"
             )
-        decision = self.learned.decide(prompt_text(call.body), self.bar(call), allowed)
+        text = prompt_text(call.body)
+        decision = self.learned.decide(text, self.bar(call), allowed)
+        self._remember(call.request_id, text)
         picked = decision.ranked[: 1 + self.fallbacks]
         groups = tuple(
             (self.routes[s.model].name, self.routes[s.model].deployments) for s in picked
@@ -94,6 +99,17 @@ class AutoRouter:
         call.extras[GROUPS] = groups
         deps: tuple[Deployment, ...] = tuple(d for _, ds in groups for d in ds)
         return ModelRoute(call.model, "chosen by the learned router", deps)
+
+    def _remember(self, request_id: str, text: str) -> None:
+        recent = self._recent
+        recent[request_id] = text
+        if len(recent) > RECENT_PROMPTS:
+            del recent[next(iter(recent))]  # the oldest (dicts keep insertion order)
+
+    def recent_prompt(self, request_id: str) -> str | None:
+        """The prompt's end as the router read it, for a recent auto request of this
+        process (feedback on it becomes a training row)."""
+        return self._recent.get(request_id)
 
     def model_of(self, dep: Deployment) -> str | None:
         return self._by_dep.get(dep.id)
