@@ -261,3 +261,16 @@ def test_training_on_own_traffic_scoring_one_model_per_row(tmp_path: Path) -> No
     assert rep.estimated and any("estimates" in line for line in rep.lines())
     router = LearnedRouter(doc)
     assert router.decide("Write a python function that sorts seeds.", 1.0).chosen.model == "dear"
+
+
+def test_eval_on_the_validation_split_reproduces_the_training_report(synthetic: Path) -> None:
+    from tokenomy.cli.router_cmd import evaluate
+
+    data = routerbench.load(synthetic)
+    for budget in (0.1, 0.3, 0.6):
+        doc, rep = train(data, refit=False, budget=budget)
+        router = LearnedRouter(json.loads(json.dumps(doc)))
+        _, val = routerbench.split(data.rows)
+        out = evaluate(router, routerbench.Dataset(data.models, tuple(val)))
+        assert out["default"]["quality"] == pytest.approx(rep.default_val.quality, abs=1e-4)
+        assert out["default"]["cost"] == pytest.approx(rep.default_val.cost, rel=1e-4)

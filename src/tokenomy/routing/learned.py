@@ -31,10 +31,10 @@ from typing import Any
 import orjson
 
 #: Bumped when the features change: an artifact made with other features is refused.
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 #: Only the prompt's last characters are read (the question sits at the end).
 TAIL_CHARS = 2000
-#: Words of the last block that become features.
+#: Words of the last block that become features (its last ones).
 MAX_WORDS = 300
 HASH_BITS = 18
 _MASK = (1 << HASH_BITS) - 1
@@ -62,7 +62,7 @@ def _grams(text: str) -> tuple[list[int], list[int]]:
         shape.append("s:blank")
     if "answer" in last.lower():
         shape.append("s:answer")
-    words = _WORD.findall(last.lower())[:MAX_WORDS]
+    words = _WORD.findall(last.lower())[-MAX_WORDS:]  # the end: nearest the question
     grams = ["w:" + w for w in words]
     grams += ["b:" + a + " " + b for a, b in pairwise(words)]
     return [_h(s) for s in shape], [_h(g) for g in grams]
@@ -157,7 +157,8 @@ class LearnedRouter:
                 f"router artifact has features version {doc.get('features_version')}, "
                 f"this build reads {FEATURES_VERSION}; retrain it"
             )
-        self.doc = doc
+        #: The artifact's settings and validation figures (its weights live below only).
+        self.doc = {k: v for k, v in doc.items() if k != "weights"}
         self.models: tuple[str, ...] = tuple(doc["models"])
         k = len(self.models)
         self._bias: list[float] = [float(x) for x in doc["quality_bias"]] + [
@@ -215,7 +216,7 @@ class LearnedRouter:
         """λ for a quality bar: the cheapest setting whose validation quality reached it
         (above anything validation reached: 0, the best predicted model whatever it costs)."""
         for b, lam in self.table:
-            if b >= bar:
+            if b >= bar - 1e-9:
                 return lam
         return 0.0
 

@@ -242,7 +242,8 @@ def train(
         default = fits[-1] if fits else table[0]
     else:
         default = next((t for t in table if t[0] >= default_bar), table[-1])
-    bar = round(default[0], 4) if default_bar is None else default_bar
+    # Exactly the table's figure: a bar rounded up would map to the next, dearer setting.
+    bar = round(default[0], 6) if default_bar is None else default_bar
     rows = data.rows if refit else tr
     final = fit([features(r.prompt, ww) for r in rows], _targets(rows), alpha)
     doc = {
