@@ -194,3 +194,15 @@ def test_streaming_auto_carries_the_router_header(auto_gw: Gateway) -> None:
         assert resp.headers["x-tokenomy-router"].startswith("model=")
         chunks = list(resp.parse())
     assert chunks and chunks[0].model in PRICES
+
+
+def test_the_default_config_pools_all_eleven_routerbench_models_at_their_prices() -> None:
+    from tokenomy.config import load_config
+    from tokenomy.gateway.registry import build_registry
+    from tokenomy.services import build_auto
+
+    cfg = load_config()
+    auto = build_auto(cfg, build_registry(cfg, env={}))
+    assert auto is not None and len(auto.routes) == 11
+    assert set(auto.routes) == set(auto.learned.models)
+    assert auto.routes["gpt-4-1106-preview"].deployments[0].id == "sim/sim-rb-gpt-4-1106-preview"
