@@ -206,3 +206,17 @@ def test_the_default_config_pools_all_eleven_routerbench_models_at_their_prices(
     assert auto is not None and len(auto.routes) == 11
     assert set(auto.routes) == set(auto.learned.models)
     assert auto.routes["gpt-4-1106-preview"].deployments[0].id == "sim/sim-rb-gpt-4-1106-preview"
+
+
+def test_auto_through_the_anthropic_sdk_names_the_served_model(auto_gw: Gateway) -> None:
+    import anthropic
+
+    claude = anthropic.Anthropic(base_url=auto_gw.url, api_key=auto_gw.key, max_retries=0)
+    raw = claude.messages.with_raw_response.create(
+        model="auto",
+        max_tokens=8,
+        messages=[{"role": "user", "content": ARC}],
+        extra_headers={"X-Tokenomy-Min-Quality": "1"},
+    )
+    assert raw.parse().model == "auto-dear"
+    assert router_header(raw.headers["x-tokenomy-router"])["model"] == "auto-dear"
