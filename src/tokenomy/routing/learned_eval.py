@@ -130,7 +130,9 @@ def cost_quality_svg(
     for name, p in ref_pts:
         x, y = xy(p)
         out.append(f'<circle cx="{x}" cy="{y}" r="4" fill="#d1242f"/>')
-        out.append(f'<text x="{x + 6}" y="{y - 6}">{_esc(name)}</text>')
+        # Labels near the right edge run leftwards, so they stay inside the picture.
+        anchor, dx = ("end", -6) if x > w * 0.7 else ("start", 6)
+        out.append(f'<text x="{x + dx}" y="{y - 6}" text-anchor="{anchor}">{_esc(name)}</text>')
     if default is not None:
         x, y = xy(default)
         out.append(
