@@ -11,6 +11,7 @@ from aiohttp import web
 from tokenomy.api import (
     admin,
     anthropic_routes,
+    feedback_routes,
     ledger_admin,
     openai_routes,
     usage_routes,
@@ -111,6 +112,7 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
     ledger_admin.add_routes(app)
     writer_admin.add_routes(app)
     usage_routes.add_routes(app, rollup_interval_s=rollup_interval_s)
+    feedback_routes.add_routes(app)
     app[usage_routes.QUEUE_DEPTH] = lambda: svc.queues.depth
     app.router.add_get("/healthz", healthz)
 

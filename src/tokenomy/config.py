@@ -151,6 +151,19 @@ class RoutingConfig(_Strict):
     breaker_cooldown_s: float = Field(10.0, gt=0, le=3600)
 
 
+class RouterConfig(_Strict):
+    """``model: "auto"``: the learned router and the pool it picks from."""
+
+    #: The trained artifact (``tokenomy router train``); empty: the packaged one.
+    artifact: str = ""
+    #: The router's model names (the training data's columns) to configured model names.
+    pool: dict[str, str] = Field(default_factory=dict)
+    #: The quality bar (0–1) when a request sets none; None: the artifact's.
+    default_bar: float | None = Field(None, ge=0, le=1)
+    #: Models after the pick, best score first, to fall back on (the hold covers them).
+    fallbacks: int = Field(1, ge=0, le=10)
+
+
 class TracingConfig(_Strict):
     """OpenTelemetry traces of the request path (needs the ``otel`` extra)."""
 
@@ -264,6 +277,7 @@ class Config(_Strict):
     tracing: TracingConfig = TracingConfig()
     regions: dict[str, RegionConfig] = Field(default_factory=dict)
     limits: RateLimitsConfig = RateLimitsConfig()
+    router: RouterConfig = RouterConfig()
     #: Price entries shaped like the packaged prices.yaml's; they replace or add to it.
     prices: list[dict[str, Any]] = Field(default_factory=list)
     #: Extra FX rates shaped like the packaged fx.yaml's.
@@ -423,6 +437,13 @@ def _check_references(cfg: Config, root: yaml.Node | None, source: str) -> None:
             problems.append(
                 f"{source}:{line}: vendors.{name}: no catalogue preset '{preset}', so "
                 "base_url and dialect are required"
+            )
+    names = set(seen)
+    for rm, target in cfg.router.pool.items():
+        if target not in names:
+            line = _line_of(root, ("router", "pool", rm))
+            problems.append(
+                f"{source}:{line}: router.pool.{rm}: '{target}' is not a model in models:"
             )
     if problems:
         raise ConfigError("\n".join(problems))

@@ -21,6 +21,7 @@ from tokenomy.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unaut
 from tokenomy.gateway.call import Call, new_request_id
 from tokenomy.gateway.pipeline import MAX_WAIT
 from tokenomy.gateway.relay import StreamRelay
+from tokenomy.routing.auto import MIN_QUALITY, parse_bar
 from tokenomy.routing.router import DEADLINE
 from tokenomy.services import Services
 from tokenomy.store.keys import ApiKey
@@ -240,6 +241,9 @@ async def serve_call(ex: Exchange, svc: Services, call: Call) -> None:
         deadline = headers.get("x-tokenomy-deadline")
         if deadline is not None:
             call.extras[DEADLINE] = _seconds(deadline, "X-Tokenomy-Deadline", 86_400)
+        bar = headers.get("x-tokenomy-min-quality")
+        if bar is not None:
+            call.extras[MIN_QUALITY] = parse_bar(bar, "X-Tokenomy-Min-Quality")
         if pipeline.tracer is not None:
             call.extras[SPAN] = pipeline.tracer.start_span(
                 "tokenomy.request",
