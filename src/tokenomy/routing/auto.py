@@ -119,6 +119,7 @@ class AutoRouter:
         record, a translated answer and the response header name what served it)."""
         if DECISION in call.extras:
             call.model = self._by_dep.get(dep.id, call.model)
+            call.served_as = call.model
 
     def annotate(self, call: Call, headers: dict[str, str]) -> None:
         """``x-tokenomy-router`` on an auto call's response: the pick, its predicted
