@@ -28,6 +28,9 @@ def _render(err: GatewayError, request: web.Request) -> web.Response:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as JSON in the route's dialect: never a traceback or HTML page."""
     try:
+        if "%00" in request.raw_path:
+            # No name or value here holds a NUL byte, and PostgreSQL refuses one in text.
+            raise InvalidRequest("The request's path or query holds a NUL byte (%00).")
         return await handler(request)
     except GatewayError as e:
         return _render(e, request)

@@ -63,10 +63,13 @@ async def create_key(request: web.Request) -> web.Response:
     body = await read_json(request, svc)
     name = body.get("name", "")
     models = body.get("models")
-    if not isinstance(name, str) or len(name) > 200:
-        raise InvalidRequest("'name' must be a string of at most 200 characters.", param="name")
+    if not isinstance(name, str) or len(name) > 200 or "\0" in name:
+        raise InvalidRequest(
+            "'name' must be a string of at most 200 characters (no NUL bytes).", param="name"
+        )
     if models is not None and (
-        not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)
+        not isinstance(models, list)
+        or not all(isinstance(m, str) and m and "\0" not in m for m in models)
     ):
         raise InvalidRequest("'models' must be an array of model names.", param="models")
     unknown = [m for m in models or () if svc.registry.get(m) is None]
@@ -85,8 +88,10 @@ async def create_key(request: web.Request) -> web.Response:
 async def _key_owner(svc: Services, org_id: Any, project_id: Any) -> tuple[str | None, str | None]:
     """The org and project a new key bills to; a project implies its org."""
     for field, value in (("org_id", org_id), ("project_id", project_id)):
-        if value is not None and not (isinstance(value, str) and value):
-            raise InvalidRequest(f"'{field}' must be a non-empty string.", param=field)
+        if value is not None and not (isinstance(value, str) and value and "\0" not in value):
+            raise InvalidRequest(
+                f"'{field}' must be a non-empty string (no NUL bytes).", param=field
+            )
     if project_id is not None:
         try:
             project = await asyncio.to_thread(svc.ledger.project, project_id)

@@ -89,9 +89,10 @@ def choice_field(value: Any, field: str, choices: Iterable[str]) -> str:
 
 
 def text_field(value: Any, field: str, *, max_len: int = 200) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+    if not isinstance(value, str) or not value.strip() or len(value) > max_len or "\0" in value:
         raise InvalidRequest(
-            f"'{field}' must be a non-empty string of at most {max_len} characters.", param=field
+            f"'{field}' must be a non-empty string of at most {max_len} characters (no NUL bytes).",
+            param=field,
         )
     return value
 
@@ -99,9 +100,10 @@ def text_field(value: Any, field: str, *, max_len: int = 200) -> str:
 def memo_field(value: Any, field: str = "memo") -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > _MAX_MEMO:
+    if not isinstance(value, str) or len(value) > _MAX_MEMO or "\0" in value:
         raise InvalidRequest(
-            f"'{field}' must be a string of at most {_MAX_MEMO} characters.", param=field
+            f"'{field}' must be a string of at most {_MAX_MEMO} characters (no NUL bytes).",
+            param=field,
         )
     return value
 
