@@ -31,12 +31,14 @@ from tokenomy.api.edge import (
     INFERENCE_ROUTES,
     SERVICES,
     InferenceRoute,
+    authenticate,
     error_parts,
     internal_error,
     run_inference,
     too_large,
 )
-from tokenomy.errors import GatewayError
+from tokenomy.api.http_errors import JsonErrorsHandler, http_error
+from tokenomy.errors import GatewayError, Overloaded, RequestTimeout
 from tokenomy.services import Services
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,11 @@ MAX_AHEAD = 256 * 1024
 #: An idle connection (no request in progress) is closed after this long.
 KEEPALIVE_S = 75.0
 SWEEP_S = 5.0
+#: Of a refused request's body, at most this much is read (and dropped) so that the
+#: client, still sending, gets the answer rather than a reset.
+DRAIN_MAX = 64 * 1024 * 1024
+#: ... and only while it keeps coming: a pause this long ends the drain.
+DRAIN_IDLE_S = 0.5
 #: At shutdown, how long cancelled requests get to record themselves.
 CANCEL_GRACE_S = 5.0
 
@@ -61,6 +68,28 @@ _NOT_PLAIN = frozenset({"transfer-encoding", "expect", "upgrade"})
 #: Headers that must not be given twice (a second Content-Length is a smuggling attempt).
 _ONCE = frozenset({"content-length", "host", "connection"})
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+#: The request line of HTTP/1.x (after any empty lines, which RFC 9112 says to skip).
+_REQUEST_LINE = re.compile(rb"(?:\r\n)*" + _TOKEN + rb" [^\x00-\x20\x7f]+ HTTP/1\.[01]\r\n")
+_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
+#: What may start a request: a method's first letter, or an empty line before it.
+_HEAD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n")
+
+
+def head_problem(buf: bytes, pos: int, end: int) -> str | None:
+    """Why ``buf[pos:end]``, all or the start of a request head, cannot be HTTP/1.x.
+
+    Run only off the hot path (a head split across reads, or one handed to aiohttp): a
+    client speaking TLS, HTTP/2 or bare-LF lines gets a 400 and a close, not silence.
+    """
+    if pos >= end:
+        return None
+    if buf[pos] not in _HEAD_START:
+        return "this port speaks plain HTTP/1.1 (not TLS, not HTTP/2)"
+    if buf.count(b"\n", pos, end) != buf.count(b"\r\n", pos, end):
+        return "header lines must end with CRLF, not a bare LF"
+    if buf.find(b"\n", pos, end) >= 0 and _REQUEST_LINE.match(buf, pos, end) is None:
+        return "the request line must be 'METHOD target HTTP/1.1'"
+    return None
 
 
 class _Date:
@@ -168,6 +197,11 @@ class _Connection(asyncio.Protocol):
         self.drain: asyncio.Future[None] | None = None
         self.sent_stream = False
         self.active = 0.0
+        #: When the head now arriving began (or the connection opened); None between
+        #: requests, when the keep-alive timeout applies instead.
+        self.head_since: float | None = None
+        self.route: InferenceRoute | None = None  # of a body still arriving
+        self.held = 0  # unauthenticated bytes this connection holds (see LeanSite)
 
     # asyncio callbacks
 
@@ -176,12 +210,13 @@ class _Connection(asyncio.Protocol):
         if self.site.closing:
             self.transport.close()  # accepted as the server stopped listening
             return
-        self.active = self.site.loop.time()
+        self.active = self.head_since = self.site.loop.time()
         self.site.connections.add(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
         self.site.connections.discard(self)
+        self._count(0)
         self._wake(ConnectionResetError("the client closed the connection"))
 
     def pause_writing(self) -> None:
@@ -194,7 +229,7 @@ class _Connection(asyncio.Protocol):
             self._take_more()  # an answer the client was slow to read has gone
 
     def data_received(self, data: bytes) -> None:
-        self.active = self.site.loop.time()
+        now = self.active = self.site.loop.time()
         if self.need:
             self.parts.append(data)
             self.need -= len(data)
@@ -205,9 +240,26 @@ class _Connection(asyncio.Protocol):
             self.buf, self.pos = self.buf[self.pos :] + data, 0
         else:
             self.buf, self.pos = data, 0
+            if self.head_since is None:
+                self.head_since = now
         if not self.busy and not self.writing_paused:
             self._next()
         self._hold_back()
+        if not self.lost:
+            self._count(0 if self.need else len(self.buf) - self.pos)
+
+    def _count(self, held: int) -> None:
+        """Keep the site's total of unauthenticated bytes; refuse past its cap."""
+        if held == self.held:
+            return
+        site = self.site
+        site.unauthenticated += held - self.held
+        grew = held > self.held
+        self.held = held
+        if grew:
+            site.unauthenticated_peak = max(site.unauthenticated_peak, site.unauthenticated)
+            if site.unauthenticated > site.max_unauthenticated and not self.busy:
+                self._refuse(Overloaded("The server holds too many unfinished requests."))
 
     # requests
 
@@ -233,18 +285,22 @@ class _Connection(asyncio.Protocol):
         buf, pos = self.buf, self.pos
         end = buf.find(b"\r\n\r\n", pos)
         if end < 0 or end - pos > MAX_HEAD:
-            if end >= 0 or len(buf) - pos > MAX_HEAD:
+            problem = head_problem(buf, pos, len(buf) if end < 0 else end + 2)
+            if problem is not None:
+                self._refuse(http_error(400, problem))
+            elif end >= 0 or len(buf) - pos > MAX_HEAD:
                 self._hand_off()  # a long head: aiohttp's limits and errors apply
             return
+        self.head_since = None
         line_end = buf.find(b"\r\n", pos)
         method, _, rest = buf[pos:line_end].partition(b" ")
         target, _, version = rest.partition(b" ")
         route = self.site.routes.get(target)
         if method != b"POST" or version != b"HTTP/1.1" or route is None:
-            self._hand_off()
+            self._hand_off_checked(end, method, target)
             return
         if _BLOCK.fullmatch(buf, line_end + 2, end + 2) is None:
-            self._hand_off()
+            self._hand_off_checked(end, method, target)
             return
         headers: dict[str, str] = {}
         if line_end < end:
@@ -270,19 +326,24 @@ class _Connection(asyncio.Protocol):
         length = int(digits or "0") if len(digits) <= 18 else limit + 1
         connection = headers.get("connection")
         close = connection is not None and "close" in _tokens(connection)
+        start = end + 4
         if length > limit:
             # Refused before its body is read, so the connection cannot be reused.
-            self.buf, self.pos = b"", 0
-            self.close_after = True
-            self._write_error(too_large(limit), route)
-            self._finished()
+            self._refuse(too_large(limit), route, length - (len(buf) - start))
             return
-        start = end + 4
         total = start + length
         if len(buf) < total:
+            # A body still to come is read only for a known key (checked from the head,
+            # in memory), so no one can make the server hold bodies without one.
+            try:
+                authenticate(headers, self.site.services)
+            except GatewayError as e:
+                self._refuse(e, route, total - len(buf))
+                return
             # The head stays, to be read again with the body once it is all here.
             self.parts, self.need = [buf[pos:]], total - len(buf)
             self.buf, self.pos = b"", 0
+            self.route = route
             return
         self.pos = total
         self.busy = True
@@ -318,13 +379,33 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
             return
         self.active = self.site.loop.time()
+        # The next head's time runs from now if some of it is here already.
+        self.head_since = self.active if self.pos < len(self.buf) else None
         if not self.writing_paused:  # else resume_writing goes on, once the client reads
             self._take_more()
+
+    def _hand_off_checked(self, end: int, method: bytes, target: bytes) -> None:
+        """Hand a whole head to aiohttp, unless it is not HTTP/1.x at all (which aiohttp
+        would answer with silence or guess at) or its method is unknown (which aiohttp
+        refuses before it knows the route, so before it knows the error's dialect)."""
+        problem = head_problem(self.buf, self.pos, end + 2)
+        if problem is None and method not in _METHODS:
+            err = http_error(405, f"unknown method {method.decode('latin-1')[:20]!r}")
+        elif problem is not None:
+            err = http_error(400, problem)
+        else:
+            self._hand_off()
+            return
+        dialect = (
+            self.site.routes.get(b"/v1/messages") if target.startswith(b"/v1/messages") else None
+        )
+        self._refuse(err, dialect)
 
     def _hand_off(self) -> None:
         """From this request on, aiohttp serves the connection."""
         transport = self.transport
         assert transport is not None and not self.busy
+        self._count(0)
         self.site.connections.discard(self)
         handler = self.site.fallback()
         transport.set_protocol(handler)
@@ -344,9 +425,43 @@ class _Connection(asyncio.Protocol):
         framing = self.framing(f"Content-Type: application/json\r\nContent-Length: {len(body)}")
         return response_head(status, headers, framing) + body
 
-    def _write_error(self, err: GatewayError, route: InferenceRoute) -> None:
-        status, headers, body = error_parts(err, route.anthropic)
+    def _write_error(self, err: GatewayError, route: InferenceRoute | None) -> None:
+        status, headers, body = error_parts(err, route is not None and route.anthropic)
         self._write(self.whole(status, headers, body))
+
+    def _refuse(
+        self, err: GatewayError, route: InferenceRoute | None = None, left: int = 0
+    ) -> None:
+        """Answer ``err`` and close, first reading and dropping the ``left`` bytes of a
+        body the client is still sending (see :class:`_Drain`)."""
+        transport = self.transport
+        assert transport is not None
+        self.close_after = True
+        self.buf, self.pos, self.parts, self.need, self.route = b"", 0, [], 0, None
+        self._count(0)
+        self._write_error(err, route)
+        self.site.connections.discard(self)
+        if left <= 0 or self.lost:
+            transport.close()
+            return
+        drain = _Drain(self.site.loop, left, self.site.services.config.server.body_timeout_s)
+        transport.set_protocol(drain)
+        drain.connection_made(transport)
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+
+    def check_time(self, head_before: float, body_before: float) -> None:
+        """408 and a close for a head or a body that is taking too long."""
+        if self.busy or self.transport is None:
+            return
+        if self.need:
+            if self.active <= body_before:
+                self._refuse(
+                    RequestTimeout("The request body took too long to arrive."), self.route
+                )
+        elif self.head_since is not None and self.head_since <= head_before:
+            self._refuse(RequestTimeout("The request head took too long to arrive."))
 
     def _write(self, data: bytes) -> None:
         if not self.lost:
@@ -384,6 +499,50 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class _Drain(asyncio.Protocol):
+    """The rest of a refused request's body, read and dropped; then the connection closes.
+
+    Closing while the client is still sending would reset the connection, and a reset can
+    destroy the answer before the client reads it. So up to :data:`DRAIN_MAX` bytes are
+    taken, while they keep coming, within ``limit_s``; none are kept.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, left: int, limit_s: float) -> None:
+        self.loop = loop
+        self.left = min(left, DRAIN_MAX)
+        self.last = loop.time()
+        self.deadline = self.last + limit_s
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.timer = self.loop.call_later(DRAIN_IDLE_S, self._check)
+
+    def data_received(self, data: bytes) -> None:
+        self.last = self.loop.time()
+        self.left -= len(data)
+        if self.left <= 0:
+            self._close()
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        if now - self.last >= DRAIN_IDLE_S or now >= self.deadline:
+            self._close()
+        else:
+            self.timer = self.loop.call_later(DRAIN_IDLE_S, self._check)
+
+    def _close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
 class LeanSite(web.TCPSite):
     """An aiohttp site whose connections start on the lean server (see module doc)."""
 
@@ -398,6 +557,13 @@ class LeanSite(web.TCPSite):
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop  # the loop it is started on
+        server = self.services.config.server
+        #: Bytes of requests not yet authenticated (heads arriving), over all connections.
+        self.unauthenticated = 0
+        self.unauthenticated_peak = 0
+        self.max_unauthenticated = server.max_unauthenticated_bytes
+        #: Timeouts are checked this often: a fraction of the shortest.
+        self.sweep_s = min(SWEEP_S, server.header_timeout_s / 4, server.body_timeout_s / 4)
 
     def serving(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -405,10 +571,12 @@ class LeanSite(web.TCPSite):
         task.add_done_callback(self.tasks.discard)
 
     def fallback(self) -> asyncio.Protocol:
-        """A fresh aiohttp protocol, to take a connection over."""
+        """A fresh aiohttp protocol, to take a connection over (answering its own HTTP
+        errors in JSON)."""
         server = self._runner.server
         assert server is not None
-        return server()
+        # What server() makes, with JSON errors: the same manager, loop and settings.
+        return JsonErrorsHandler(server, loop=server._loop, **server._kwargs)
 
     async def start(self) -> None:
         self._runner._reg_site(self)
@@ -424,13 +592,18 @@ class LeanSite(web.TCPSite):
         sockets = self._server.sockets
         if sockets:
             self._bound_port = int(sockets[0].getsockname()[1])
-        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
+        self._sweeper = self.loop.call_later(self.sweep_s, self._sweep)
 
     def _sweep(self) -> None:
-        idle_before = self.loop.time() - KEEPALIVE_S
+        now = self.loop.time()
+        server = self.services.config.server
+        head_before, body_before = now - server.header_timeout_s, now - server.body_timeout_s
+        idle_before = now - KEEPALIVE_S
         for conn in list(self.connections):
-            conn.close_if_idle(idle_before)
-        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
+            conn.check_time(head_before, body_before)
+            if conn.head_since is None and not conn.need:
+                conn.close_if_idle(idle_before)
+        self._sweeper = self.loop.call_later(self.sweep_s, self._sweep)
 
     async def stop(self) -> None:
         """Stop listening and close idle connections; let requests in progress finish
