@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -160,3 +161,32 @@ def test_a_system_block_or_content_part_of_the_wrong_shape_is_a_400(
 def test_a_model_name_too_long_or_with_a_nul_is_a_400(client: httpx.Client, model: str) -> None:
     err = openai_error(client.post("/v1/chat/completions", json={"model": model, "messages": MSG}))
     assert err["param"] == "model"
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/models", "/admin/keys", "/metrics", "/v1/usage", "/v1/queue"]
+)
+@pytest.mark.parametrize("header", [b"Authorization: Bearer \xffk-x", b"x-api-key: \xff\xfe"])
+def test_a_key_that_is_not_utf8_is_a_401(gateway: Gateway, path: str, header: bytes) -> None:
+    head = b"GET %b HTTP/1.1\r\nHost: gw\r\n%b\r\nConnection: close\r\n\r\n" % (
+        path.encode(),
+        header,
+    )
+    with socket.create_connection(("127.0.0.1", gateway.server.port), timeout=5) as s:
+        s.sendall(head)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    status = int(raw.split(b" ", 2)[1])
+    assert status == 401, raw[:400]
+
+
+@pytest.mark.parametrize("form", [b"key=%FF%FE", b"key=\xff", b"%FF=1"])
+def test_a_login_form_that_is_not_utf8_is_refused_not_a_500(gateway: Gateway, form: bytes) -> None:
+    r = httpx.post(
+        gateway.url + "/dashboard/login",
+        content=form,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert 300 <= r.status_code < 500, r.text

@@ -452,10 +452,18 @@ def garbled(rng: random.Random, case: Case) -> Case:
     return case
 
 
+RAW_HEADERS = [b"X-Raw: \xff\xfe\r\n", b"x-api-key: \xff\r\n", b"Cookie: \xc0\xaf=\xff\r\n",
+               b"X-Tokenomy-Max-Wait: \xb2\r\n", b"Idempotency-Key: \xe6\x97\xa5\r\n"]  # fmt: skip
+
+
 def make_case(rng: random.Random, world: World) -> Case:
     roll = rng.random()
     if roll < 0.02:
         return garbled(rng, make_case(rng, world))
+    if roll < 0.05:  # header bytes that are not UTF-8 (or not ASCII)
+        case = make_case(rng, world)
+        case.raw_head_extra = rng.choice(RAW_HEADERS)
+        return case
     if roll < 0.5:
         path = rng.choice(list(INFERENCE))
         body = INFERENCE[path](rng)

@@ -47,6 +47,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status == 413:
             return _render(PayloadTooLarge("The request body is too large."), request)
         raise
+    except UnicodeDecodeError:
+        # Text a client sent (a form, a body read as text) that is not UTF-8.
+        return _render(InvalidRequest("The request holds bytes that are not UTF-8."), request)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _render(internal_error(), request)

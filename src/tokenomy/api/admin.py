@@ -29,7 +29,8 @@ def require_admin(request: web.Request) -> Services:
             f"The admin API is disabled: set {svc.config.admin.key_env} to enable it."
         )
     given = presented_key(request.headers) or ""
-    if not secrets.compare_digest(given.encode(), svc.admin_key.encode()):
+    # surrogatepass: a header that is not UTF-8 arrives with surrogates (and is no match).
+    if not secrets.compare_digest(given.encode("utf-8", "surrogatepass"), svc.admin_key.encode()):
         raise Unauthorized("The admin API needs the admin key.")
     return svc
 
