@@ -245,8 +245,9 @@ class _Connection(asyncio.Protocol):
         if not self.busy and not self.writing_paused:
             self._next()
         self._hold_back()
-        if not self.lost:
-            self._count(0 if self.need else len(self.buf) - self.pos)
+        held = 0 if self.need else len(self.buf) - self.pos
+        if held != self.held and not self.lost:  # in the common case both are 0
+            self._count(held)
 
     def _count(self, held: int) -> None:
         """Keep the site's total of unauthenticated bytes; refuse past its cap."""
