@@ -6,8 +6,14 @@ Every connection starts here. A request to an inference route (``POST
 and answered here. At the first request that is anything else (another route, another
 method, an odd or malformed head) the connection is handed, with every byte of that
 request, to aiohttp, which serves it from then on with the whole application and its own
-strict parser and errors. So this module never has to be a general HTTP server: what it
-does not recognise exactly, it passes on.
+strict parser and errors (answered in JSON). So this module never has to be a general
+HTTP server: what it does not recognise exactly, it passes on; only what is not HTTP/1.x
+at all (TLS, HTTP/2, bare-LF lines) or has an unknown method is refused here.
+
+Against hostile clients: a head must arrive within ``server.header_timeout_s``, a body
+may not pause longer than ``server.body_timeout_s`` (408 and a close); a body still to
+come is read only for a known key; the bytes of unauthenticated requests are capped over
+all connections; a refused body is read and dropped so that the client sees the answer.
 
 Why: aiohttp's server side (request and response objects, middlewares, a task per
 connection fed through queues) cost a third of a gateway request's CPU; this path is a
@@ -38,6 +44,7 @@ from tokenomy.api.edge import (
     too_large,
 )
 from tokenomy.api.http_errors import JsonErrorsHandler, http_error
+from tokenomy.api.lean_guards import METHODS, TOKEN, Drain, head_problem
 from tokenomy.errors import GatewayError, Overloaded, RequestTimeout
 from tokenomy.services import Services
 
@@ -51,45 +58,17 @@ MAX_AHEAD = 256 * 1024
 #: An idle connection (no request in progress) is closed after this long.
 KEEPALIVE_S = 75.0
 SWEEP_S = 5.0
-#: Of a refused request's body, at most this much is read (and dropped) so that the
-#: client, still sending, gets the answer rather than a reset.
-DRAIN_MAX = 64 * 1024 * 1024
-#: ... and only while it keeps coming: a pause this long ends the drain.
-DRAIN_IDLE_S = 0.5
 #: At shutdown, how long cancelled requests get to record themselves.
 CANCEL_GRACE_S = 5.0
 
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # visible characters, spaces and tabs (RFC 9110)
 #: Header lines, each ended by CRLF. Linear to match: neither part can run into the next.
-_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
+_BLOCK = re.compile(rb"(?:" + TOKEN + rb":" + _VALUE + rb"\r\n)*")
 #: Headers that change how the request is framed or answered: aiohttp handles those.
 _NOT_PLAIN = frozenset({"transfer-encoding", "expect", "upgrade"})
 #: Headers that must not be given twice (a second Content-Length is a smuggling attempt).
 _ONCE = frozenset({"content-length", "host", "connection"})
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
-#: The request line of HTTP/1.x (after any empty lines, which RFC 9112 says to skip).
-_REQUEST_LINE = re.compile(rb"(?:\r\n)*" + _TOKEN + rb" [^\x00-\x20\x7f]+ HTTP/1\.[01]\r\n")
-_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
-#: What may start a request: a method's first letter, or an empty line before it.
-_HEAD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n")
-
-
-def head_problem(buf: bytes, pos: int, end: int) -> str | None:
-    """Why ``buf[pos:end]``, all or the start of a request head, cannot be HTTP/1.x.
-
-    Run only off the hot path (a head split across reads, or one handed to aiohttp): a
-    client speaking TLS, HTTP/2 or bare-LF lines gets a 400 and a close, not silence.
-    """
-    if pos >= end:
-        return None
-    if buf[pos] not in _HEAD_START:
-        return "this port speaks plain HTTP/1.1 (not TLS, not HTTP/2)"
-    if buf.count(b"\n", pos, end) != buf.count(b"\r\n", pos, end):
-        return "header lines must end with CRLF, not a bare LF"
-    if buf.find(b"\n", pos, end) >= 0 and _REQUEST_LINE.match(buf, pos, end) is None:
-        return "the request line must be 'METHOD target HTTP/1.1'"
-    return None
 
 
 class _Date:
@@ -390,7 +369,7 @@ class _Connection(asyncio.Protocol):
         would answer with silence or guess at) or its method is unknown (which aiohttp
         refuses before it knows the route, so before it knows the error's dialect)."""
         problem = head_problem(self.buf, self.pos, end + 2)
-        if problem is None and method not in _METHODS:
+        if problem is None and method not in METHODS:
             err = http_error(405, f"unknown method {method.decode('latin-1')[:20]!r}")
         elif problem is not None:
             err = http_error(400, problem)
@@ -434,7 +413,7 @@ class _Connection(asyncio.Protocol):
         self, err: GatewayError, route: InferenceRoute | None = None, left: int = 0
     ) -> None:
         """Answer ``err`` and close, first reading and dropping the ``left`` bytes of a
-        body the client is still sending (see :class:`_Drain`)."""
+        body the client is still sending (see :class:`Drain`)."""
         transport = self.transport
         assert transport is not None
         self.close_after = True
@@ -445,7 +424,7 @@ class _Connection(asyncio.Protocol):
         if left <= 0 or self.lost:
             transport.close()
             return
-        drain = _Drain(self.site.loop, left, self.site.services.config.server.body_timeout_s)
+        drain = Drain(self.site.loop, left, self.site.services.config.server.body_timeout_s)
         transport.set_protocol(drain)
         drain.connection_made(transport)
         if self.reading_paused:
@@ -498,50 +477,6 @@ class _Connection(asyncio.Protocol):
     def close_if_idle(self, idle_before: float) -> None:
         if not self.busy and self.active <= idle_before and self.transport is not None:
             self.transport.close()
-
-
-class _Drain(asyncio.Protocol):
-    """The rest of a refused request's body, read and dropped; then the connection closes.
-
-    Closing while the client is still sending would reset the connection, and a reset can
-    destroy the answer before the client reads it. So up to :data:`DRAIN_MAX` bytes are
-    taken, while they keep coming, within ``limit_s``; none are kept.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, left: int, limit_s: float) -> None:
-        self.loop = loop
-        self.left = min(left, DRAIN_MAX)
-        self.last = loop.time()
-        self.deadline = self.last + limit_s
-        self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.timer = self.loop.call_later(DRAIN_IDLE_S, self._check)
-
-    def data_received(self, data: bytes) -> None:
-        self.last = self.loop.time()
-        self.left -= len(data)
-        if self.left <= 0:
-            self._close()
-
-    def _check(self) -> None:
-        now = self.loop.time()
-        if now - self.last >= DRAIN_IDLE_S or now >= self.deadline:
-            self._close()
-        else:
-            self.timer = self.loop.call_later(DRAIN_IDLE_S, self._check)
-
-    def _close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
 
 
 class LeanSite(web.TCPSite):
