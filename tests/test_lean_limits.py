@@ -330,3 +330,19 @@ def test_the_lean_path_still_serves_after_all_this(strict: Gateway) -> None:
         assert resp.status_code == 200 and served_lean(headers)
     finally:
         c.close()
+
+
+def test_a_slow_head_on_a_connection_aiohttp_serves_is_cut_at_the_header_timeout(
+    strict: Gateway,
+) -> None:
+    """After a request of another route the connection is aiohttp's for good; its next
+    head is held to the same timeout."""
+    with socket.create_connection(("127.0.0.1", strict.server.port)) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        s.settimeout(3)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        took, raw = closed_within(s, HEADER_TIMEOUT_S * 6)
+    assert took >= HEADER_TIMEOUT_S * 0.9
+    status, headers, _ = json_answer(raw)
+    assert status == 408 and headers["connection"] == "close"

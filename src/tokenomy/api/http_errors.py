@@ -3,13 +3,14 @@ JSON dialect, from the lean server and from aiohttp alike: never a text/plain pa
 
 from __future__ import annotations
 
+import asyncio
 from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from tokenomy.errors import GatewayError, InvalidRequest
+from tokenomy.errors import GatewayError, InvalidRequest, RequestTimeout
 
 
 def http_error(status: int, detail: str | None = None) -> GatewayError:
@@ -42,6 +43,9 @@ class JsonErrorsHandler(RequestHandler):
     handler timeouts) in JSON; the application's own errors are JSON already."""
 
     _anthropic = False  # whether the latest request line named /v1/messages
+    #: Seconds a head may take to arrive (aiohttp has no such limit); None: no limit.
+    header_timeout_s: float | None = None
+    _head_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         # A head aiohttp cannot parse has no path to pick the error's dialect by: remember
@@ -50,6 +54,36 @@ class JsonErrorsHandler(RequestHandler):
         if data[:1].isalpha():
             self._anthropic = b" /v1/messages" in data[: data.find(b"\n", 0, 2048)]
         super().data_received(data)
+        if self.header_timeout_s is None:
+            return
+        # Bytes in, yet no request parsed or running: a head is arriving, on the clock.
+        arriving = not self._messages and not self._request_in_progress
+        if arriving and self._head_timer is None:
+            self._head_timer = self._loop.call_later(self.header_timeout_s, self._head_late)
+        elif not arriving and self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if self._messages or self._request_in_progress or transport is None:
+            return
+        err = RequestTimeout("The request head took too long to arrive.")
+        body = err.anthropic_body() if self._anthropic else err.openai_body()
+        head = (
+            "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        transport.write(head.encode() + body)
+        self.force_close()
+        transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
 
     def handle_error(
         self,

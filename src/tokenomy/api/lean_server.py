@@ -512,7 +512,9 @@ class LeanSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         # What server() makes, with JSON errors: the same manager, loop and settings.
-        return JsonErrorsHandler(server, loop=server._loop, **server._kwargs)
+        handler = JsonErrorsHandler(server, loop=server._loop, **server._kwargs)
+        handler.header_timeout_s = self.services.config.server.header_timeout_s
+        return handler
 
     async def start(self) -> None:
         self._runner._reg_site(self)
