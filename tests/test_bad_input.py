@@ -60,6 +60,16 @@ def test_deeply_nested_json_is_a_400_naming_the_depth(client: httpx.Client, dept
     assert "nested" in str(err["message"])
 
 
+def test_nesting_up_to_the_limit_is_served(client: httpx.Client) -> None:
+    body = (
+        b'{"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "x": '
+        + nested(120)
+        + b"}"
+    )
+    r = client.post("/v1/chat/completions", content=body)
+    assert r.status_code == 200, r.text
+
+
 def test_deeply_nested_json_on_messages_is_an_anthropic_400(client: httpx.Client) -> None:
     body = (
         b'{"model": "sim-claude", "max_tokens": 5, "messages": '
