@@ -41,6 +41,14 @@ class ServerConfig(_Strict):
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_messages: int = Field(4096, ge=1)
+    #: Seconds a client has to send a request's whole head, from its first byte (or from
+    #: connecting); past it the answer is 408 and the connection closes.
+    header_timeout_s: float = Field(10.0, gt=0)
+    #: Seconds a request body may go without a byte arriving before 408 and a close.
+    body_timeout_s: float = Field(30.0, gt=0)
+    #: Bytes held, over all connections, of requests not yet authenticated (heads still
+    #: arriving); past it a connection that adds more is refused (503).
+    max_unauthenticated_bytes: int = Field(32 * 1024 * 1024, ge=65536)
     #: Seconds to wait for an upstream's first byte before falling back or answering 504.
     first_byte_timeout_s: float = Field(60.0, gt=0)
     #: Seconds an upstream may stay silent mid-stream before the stream is cut.
