@@ -372,6 +372,8 @@ class _FakeSite:
             config=SimpleNamespace(server=SimpleNamespace(max_body_bytes=1000))
         )
         self.started: list[Any] = []
+        self.unauthenticated = self.unauthenticated_peak = 0
+        self.max_unauthenticated = 1 << 30
 
     def serving(self, coro: Any) -> None:
         coro.close()

@@ -610,10 +610,11 @@ async def test_silent_openai_upstream_to_anthropic_client_is_counted_before_its_
 async def test_silent_openai_passthrough_is_counted_before_done_and_sends_usage_if_asked(
     wants_usage: bool, size: int
 ) -> None:
-    call = make_call("openai", wants_usage=wants_usage)
+    raw = fixture("openai_stream_no_usage.sse")
+    call = make_call("openai", wants_usage=wants_usage, model=vendor_model(raw))
     r = StreamRelay(
         call,
-        FakeUpstream(fixture("openai_stream_no_usage.sse"), size=size),
+        FakeUpstream(raw, size=size),
         "openai",
         prompt_tokens_hint=lambda: 0,
         count_usage=count(call),

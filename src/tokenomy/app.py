@@ -11,6 +11,7 @@ from aiohttp import web
 from tokenomy.api import (
     admin,
     anthropic_routes,
+    feedback_routes,
     ledger_admin,
     openai_routes,
     usage_routes,
@@ -43,6 +44,9 @@ def _render(err: GatewayError, request: web.Request) -> web.Response:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as JSON in the route's dialect: never a traceback or HTML page."""
     try:
+        if "%00" in request.raw_path:
+            # No name or value here holds a NUL byte, and PostgreSQL refuses one in text.
+            raise InvalidRequest("The request's path or query holds a NUL byte (%00).")
         resp = await handler(request)
     except GatewayError as e:
         return _render(e, request)
@@ -59,6 +63,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status == 413:
             return _render(PayloadTooLarge("The request body is too large."), request)
         raise
+    except UnicodeDecodeError:
+        # Text a client sent (a form, a body read as text) that is not UTF-8.
+        return _render(InvalidRequest("The request holds bytes that are not UTF-8."), request)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _render(internal_error(), request)
@@ -111,6 +118,7 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
     ledger_admin.add_routes(app)
     writer_admin.add_routes(app)
     usage_routes.add_routes(app, rollup_interval_s=rollup_interval_s)
+    feedback_routes.add_routes(app)
     app[usage_routes.QUEUE_DEPTH] = lambda: svc.queues.depth
     app.router.add_get("/healthz", healthz)
 

@@ -41,6 +41,14 @@ class ServerConfig(_Strict):
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_messages: int = Field(4096, ge=1)
+    #: Seconds a client has to send a request's whole head, from its first byte (or from
+    #: connecting); past it the answer is 408 and the connection closes.
+    header_timeout_s: float = Field(10.0, gt=0)
+    #: Seconds a request body may go without a byte arriving before 408 and a close.
+    body_timeout_s: float = Field(30.0, gt=0)
+    #: Bytes held, over all connections, of requests not yet authenticated (heads still
+    #: arriving); past it a connection that adds more is refused (503).
+    max_unauthenticated_bytes: int = Field(32 * 1024 * 1024, ge=65536)
     #: Seconds to wait for an upstream's first byte before falling back or answering 504.
     first_byte_timeout_s: float = Field(60.0, gt=0)
     #: Seconds an upstream may stay silent mid-stream before the stream is cut.
@@ -149,6 +157,19 @@ class RoutingConfig(_Strict):
     #: Consecutive failures that rest a deployment, and its first rest.
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown_s: float = Field(10.0, gt=0, le=3600)
+
+
+class RouterConfig(_Strict):
+    """``model: "auto"``: the learned router and the pool it picks from."""
+
+    #: The trained artifact (``tokenomy router train``); empty: the packaged one.
+    artifact: str = ""
+    #: The router's model names (the training data's columns) to configured model names.
+    pool: dict[str, str] = Field(default_factory=dict)
+    #: The quality bar (0–1) when a request sets none; None: the artifact's.
+    default_bar: float | None = Field(None, ge=0, le=1)
+    #: Models after the pick, best score first, to fall back on (the hold covers them).
+    fallbacks: int = Field(1, ge=0, le=10)
 
 
 class TracingConfig(_Strict):
@@ -264,6 +285,7 @@ class Config(_Strict):
     tracing: TracingConfig = TracingConfig()
     regions: dict[str, RegionConfig] = Field(default_factory=dict)
     limits: RateLimitsConfig = RateLimitsConfig()
+    router: RouterConfig = RouterConfig()
     #: Price entries shaped like the packaged prices.yaml's; they replace or add to it.
     prices: list[dict[str, Any]] = Field(default_factory=list)
     #: Extra FX rates shaped like the packaged fx.yaml's.
@@ -423,6 +445,13 @@ def _check_references(cfg: Config, root: yaml.Node | None, source: str) -> None:
             problems.append(
                 f"{source}:{line}: vendors.{name}: no catalogue preset '{preset}', so "
                 "base_url and dialect are required"
+            )
+    names = set(seen)
+    for rm, target in cfg.router.pool.items():
+        if target not in names:
+            line = _line_of(root, ("router", "pool", rm))
+            problems.append(
+                f"{source}:{line}: router.pool.{rm}: '{target}' is not a model in models:"
             )
     if problems:
         raise ConfigError("\n".join(problems))

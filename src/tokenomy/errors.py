@@ -17,7 +17,10 @@ _ANTHROPIC_TYPES = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
     413: "request_too_large",
+    431: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",
     502: "api_error",
@@ -104,6 +107,14 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RequestTimeout(GatewayError):
+    """The client was too slow to send its request (its head or its body)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class RateLimited(GatewayError):

@@ -45,7 +45,9 @@ from tokenomy.ledger.stage import CHARGE, ORG, LedgerStage
 from tokenomy.ledger.store import LedgerStore
 from tokenomy.providers.base import Provider
 from tokenomy.providers.factory import build_providers
+from tokenomy.routing.auto import AutoRouter
 from tokenomy.routing.health import BreakerPolicy, HealthBoard
+from tokenomy.routing.learned import LearnedRouter
 from tokenomy.routing.power import Region
 from tokenomy.routing.preferences import parse_preferences
 from tokenomy.routing.router import Router
@@ -303,6 +305,17 @@ def rate_limit_stage(config: Config, limiter: RateLimiter, biller: Biller) -> Ra
     return RateLimitStage(limiter, scopes, estimate)
 
 
+def build_auto(config: Config, registry: Registry) -> AutoRouter | None:
+    """Model "auto" when the config has a router pool (its artifact loaded once, here)."""
+    rc = config.router
+    if not rc.pool:
+        return None
+    learned = LearnedRouter.load(rc.artifact or None)
+    return AutoRouter(
+        learned, rc.pool, registry, default_bar=rc.default_bar, fallbacks=rc.fallbacks
+    )
+
+
 def build_services(config: Config, env: Mapping[str, str] | None = None) -> Services:
     """Wire every service from the config; nothing touches the network until start()."""
     env = os.environ if env is None else env
@@ -364,6 +377,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     )
     queues = QueueBoard(max_wait_s=rc.max_queue_wait_s)
     pipeline.router = router
+    pipeline.auto = build_auto(config, registry)
     pipeline.queues = queues
     limiter = build_limiter(config, scripts, redis)
     pipeline.stages.append(rate_limit_stage(config, limiter, biller))

@@ -50,24 +50,35 @@ class Window:
     end_ms: int
 
 
+#: Instants run from the epoch to the start of the year 9999, so a day or a range added
+#: to one still converts to a date.
+LAST_MS: Final = 253_370_764_800_000
+
+
 def parse_instant(text: str, param: str, *, end: bool = False) -> int:
     """Epoch ms, an ISO date (an ``end`` date includes that whole day) or ISO datetime."""
-    t = text.strip()
-    if t.isdigit():
-        return int(t)
+    ms = _instant(text.strip(), param, end)
+    if not 0 <= ms <= LAST_MS:
+        raise ViewError(f"'{param}' must fall between 1970 and 9999.", param)
+    return ms
+
+
+def _instant(t: str, param: str, end: bool) -> int:
+    if t.isascii() and t.isdigit():
+        return int(t) if len(t) <= 16 else LAST_MS + 1
     try:
         if len(t) == 10:
             d = date.fromisoformat(t)
             ms = int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() * 1000)
             return ms + DAY if end else ms
         dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
-    except ValueError:
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return int(dt.timestamp() * 1000)
+    except (ValueError, OverflowError):  # overflow: an offset that leaves years 1 to 9999
         raise ViewError(
             f"'{param}' must be a date (2026-03-01), an ISO time or epoch milliseconds.", param
         ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
 
 
 def parse_window(p: Mapping[str, str], now_ms: int | None = None) -> Window:

@@ -29,7 +29,8 @@ def require_admin(request: web.Request) -> Services:
             f"The admin API is disabled: set {svc.config.admin.key_env} to enable it."
         )
     given = presented_key(request.headers) or ""
-    if not secrets.compare_digest(given.encode(), svc.admin_key.encode()):
+    # surrogatepass: a header that is not UTF-8 arrives with surrogates (and is no match).
+    if not secrets.compare_digest(given.encode("utf-8", "surrogatepass"), svc.admin_key.encode()):
         raise Unauthorized("The admin API needs the admin key.")
     return svc
 
@@ -68,7 +69,8 @@ async def create_key(request: web.Request) -> web.Response:
             "'name' must be a string of at most 200 printable characters.", param="name"
         )
     if models is not None and (
-        not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)
+        not isinstance(models, list)
+        or not all(isinstance(m, str) and m and "\0" not in m for m in models)
     ):
         raise InvalidRequest("'models' must be an array of model names.", param="models")
     unknown = [m for m in models or () if svc.registry.get(m) is None]
@@ -87,8 +89,10 @@ async def create_key(request: web.Request) -> web.Response:
 async def _key_owner(svc: Services, org_id: Any, project_id: Any) -> tuple[str | None, str | None]:
     """The org and project a new key bills to; a project implies its org."""
     for field, value in (("org_id", org_id), ("project_id", project_id)):
-        if value is not None and not (isinstance(value, str) and value):
-            raise InvalidRequest(f"'{field}' must be a non-empty string.", param=field)
+        if value is not None and not (isinstance(value, str) and value and "\0" not in value):
+            raise InvalidRequest(
+                f"'{field}' must be a non-empty string (no NUL bytes).", param=field
+            )
     if project_id is not None:
         try:
             project = await asyncio.to_thread(svc.ledger.project, project_id)

@@ -21,6 +21,8 @@ from tokenomy.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unaut
 from tokenomy.gateway.call import Call, new_request_id
 from tokenomy.gateway.pipeline import MAX_WAIT
 from tokenomy.gateway.relay import StreamRelay
+from tokenomy.gateway.validation import MAX_DEPTH, too_deep
+from tokenomy.routing.auto import MIN_QUALITY, parse_bar
 from tokenomy.routing.router import DEADLINE
 from tokenomy.services import Services
 from tokenomy.store.keys import ApiKey
@@ -211,6 +213,11 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest(f"The request body is not valid JSON: {e}.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    if too_deep(raw, body):
+        raise InvalidRequest(
+            f"The request body is nested too deeply (more than {MAX_DEPTH} levels of "
+            "arrays and objects)."
+        )
     return body
 
 
@@ -240,6 +247,9 @@ async def serve_call(ex: Exchange, svc: Services, call: Call) -> None:
         deadline = headers.get("x-tokenomy-deadline")
         if deadline is not None:
             call.extras[DEADLINE] = _seconds(deadline, "X-Tokenomy-Deadline", 86_400)
+        bar = headers.get("x-tokenomy-min-quality")
+        if bar is not None:
+            call.extras[MIN_QUALITY] = parse_bar(bar, "X-Tokenomy-Min-Quality")
         if pipeline.tracer is not None:
             call.extras[SPAN] = pipeline.tracer.start_span(
                 "tokenomy.request",

@@ -6,8 +6,14 @@ Every connection starts here. A request to an inference route (``POST
 and answered here. At the first request that is anything else (another route, another
 method, an odd or malformed head) the connection is handed, with every byte of that
 request, to aiohttp, which serves it from then on with the whole application and its own
-strict parser and errors. So this module never has to be a general HTTP server: what it
-does not recognise exactly, it passes on.
+strict parser and errors (answered in JSON). So this module never has to be a general
+HTTP server: what it does not recognise exactly, it passes on; only what is not HTTP/1.x
+at all (TLS, HTTP/2, bare-LF lines) or has an unknown method is refused here.
+
+Against hostile clients: a head must arrive within ``server.header_timeout_s``, a body
+may not pause longer than ``server.body_timeout_s`` (408 and a close); a body still to
+come is read only for a known key; the bytes of unauthenticated requests are capped over
+all connections; a refused body is read and dropped so that the client sees the answer.
 
 Why: aiohttp's server side (request and response objects, middlewares, a task per
 connection fed through queues) cost a third of a gateway request's CPU; this path is a
@@ -31,12 +37,15 @@ from tokenomy.api.edge import (
     INFERENCE_ROUTES,
     SERVICES,
     InferenceRoute,
+    authenticate,
     error_parts,
     internal_error,
     run_inference,
     too_large,
 )
-from tokenomy.errors import GatewayError
+from tokenomy.api.http_errors import JsonErrorsHandler, http_error
+from tokenomy.api.lean_guards import METHODS, TOKEN, Drain, head_problem
+from tokenomy.errors import GatewayError, Overloaded, RequestTimeout
 from tokenomy.services import Services
 
 log = logging.getLogger(__name__)
@@ -52,10 +61,9 @@ SWEEP_S = 5.0
 #: At shutdown, how long cancelled requests get to record themselves.
 CANCEL_GRACE_S = 5.0
 
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # visible characters, spaces and tabs (RFC 9110)
 #: Header lines, each ended by CRLF. Linear to match: neither part can run into the next.
-_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
+_BLOCK = re.compile(rb"(?:" + TOKEN + rb":" + _VALUE + rb"\r\n)*")
 #: Headers that change how the request is framed or answered: aiohttp handles those.
 _NOT_PLAIN = frozenset({"transfer-encoding", "expect", "upgrade"})
 #: Headers that must not be given twice (a second Content-Length is a smuggling attempt).
@@ -168,6 +176,11 @@ class _Connection(asyncio.Protocol):
         self.drain: asyncio.Future[None] | None = None
         self.sent_stream = False
         self.active = 0.0
+        #: When the head now arriving began (or the connection opened); None between
+        #: requests, when the keep-alive timeout applies instead.
+        self.head_since: float | None = None
+        self.route: InferenceRoute | None = None  # of a body still arriving
+        self.held = 0  # unauthenticated bytes this connection holds (see LeanSite)
 
     # asyncio callbacks
 
@@ -176,12 +189,13 @@ class _Connection(asyncio.Protocol):
         if self.site.closing:
             self.transport.close()  # accepted as the server stopped listening
             return
-        self.active = self.site.loop.time()
+        self.active = self.head_since = self.site.loop.time()
         self.site.connections.add(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
         self.site.connections.discard(self)
+        self._count(0)
         self._wake(ConnectionResetError("the client closed the connection"))
 
     def pause_writing(self) -> None:
@@ -194,7 +208,7 @@ class _Connection(asyncio.Protocol):
             self._take_more()  # an answer the client was slow to read has gone
 
     def data_received(self, data: bytes) -> None:
-        self.active = self.site.loop.time()
+        now = self.active = self.site.loop.time()
         if self.need:
             self.parts.append(data)
             self.need -= len(data)
@@ -205,9 +219,27 @@ class _Connection(asyncio.Protocol):
             self.buf, self.pos = self.buf[self.pos :] + data, 0
         else:
             self.buf, self.pos = data, 0
+            if self.head_since is None:
+                self.head_since = now
         if not self.busy and not self.writing_paused:
             self._next()
         self._hold_back()
+        held = 0 if self.need else len(self.buf) - self.pos
+        if held != self.held and not self.lost:  # in the common case both are 0
+            self._count(held)
+
+    def _count(self, held: int) -> None:
+        """Keep the site's total of unauthenticated bytes; refuse past its cap."""
+        if held == self.held:
+            return
+        site = self.site
+        site.unauthenticated += held - self.held
+        grew = held > self.held
+        self.held = held
+        if grew:
+            site.unauthenticated_peak = max(site.unauthenticated_peak, site.unauthenticated)
+            if site.unauthenticated > site.max_unauthenticated and not self.busy:
+                self._refuse(Overloaded("The server holds too many unfinished requests."))
 
     # requests
 
@@ -233,18 +265,22 @@ class _Connection(asyncio.Protocol):
         buf, pos = self.buf, self.pos
         end = buf.find(b"\r\n\r\n", pos)
         if end < 0 or end - pos > MAX_HEAD:
-            if end >= 0 or len(buf) - pos > MAX_HEAD:
+            problem = head_problem(buf, pos, len(buf) if end < 0 else end + 2)
+            if problem is not None:
+                self._refuse(http_error(400, problem))
+            elif end >= 0 or len(buf) - pos > MAX_HEAD:
                 self._hand_off()  # a long head: aiohttp's limits and errors apply
             return
+        self.head_since = None
         line_end = buf.find(b"\r\n", pos)
         method, _, rest = buf[pos:line_end].partition(b" ")
         target, _, version = rest.partition(b" ")
         route = self.site.routes.get(target)
         if method != b"POST" or version != b"HTTP/1.1" or route is None:
-            self._hand_off()
+            self._hand_off_checked(end, method, target)
             return
         if _BLOCK.fullmatch(buf, line_end + 2, end + 2) is None:
-            self._hand_off()
+            self._hand_off_checked(end, method, target)
             return
         headers: dict[str, str] = {}
         if line_end < end:
@@ -270,19 +306,24 @@ class _Connection(asyncio.Protocol):
         length = int(digits or "0") if len(digits) <= 18 else limit + 1
         connection = headers.get("connection")
         close = connection is not None and "close" in _tokens(connection)
+        start = end + 4
         if length > limit:
             # Refused before its body is read, so the connection cannot be reused.
-            self.buf, self.pos = b"", 0
-            self.close_after = True
-            self._write_error(too_large(limit), route)
-            self._finished()
+            self._refuse(too_large(limit), route, length - (len(buf) - start))
             return
-        start = end + 4
         total = start + length
         if len(buf) < total:
+            # A body still to come is read only for a known key (checked from the head,
+            # in memory), so no one can make the server hold bodies without one.
+            try:
+                authenticate(headers, self.site.services)
+            except GatewayError as e:
+                self._refuse(e, route, total - len(buf))
+                return
             # The head stays, to be read again with the body once it is all here.
             self.parts, self.need = [buf[pos:]], total - len(buf)
             self.buf, self.pos = b"", 0
+            self.route = route
             return
         self.pos = total
         self.busy = True
@@ -318,13 +359,33 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
             return
         self.active = self.site.loop.time()
+        # The next head's time runs from now if some of it is here already.
+        self.head_since = self.active if self.pos < len(self.buf) else None
         if not self.writing_paused:  # else resume_writing goes on, once the client reads
             self._take_more()
+
+    def _hand_off_checked(self, end: int, method: bytes, target: bytes) -> None:
+        """Hand a whole head to aiohttp, unless it is not HTTP/1.x at all (which aiohttp
+        would answer with silence or guess at) or its method is unknown (which aiohttp
+        refuses before it knows the route, so before it knows the error's dialect)."""
+        problem = head_problem(self.buf, self.pos, end + 2)
+        if problem is None and method not in METHODS:
+            err = http_error(405, f"unknown method {method.decode('latin-1')[:20]!r}")
+        elif problem is not None:
+            err = http_error(400, problem)
+        else:
+            self._hand_off()
+            return
+        dialect = (
+            self.site.routes.get(b"/v1/messages") if target.startswith(b"/v1/messages") else None
+        )
+        self._refuse(err, dialect)
 
     def _hand_off(self) -> None:
         """From this request on, aiohttp serves the connection."""
         transport = self.transport
         assert transport is not None and not self.busy
+        self._count(0)
         self.site.connections.discard(self)
         handler = self.site.fallback()
         transport.set_protocol(handler)
@@ -344,9 +405,43 @@ class _Connection(asyncio.Protocol):
         framing = self.framing(f"Content-Type: application/json\r\nContent-Length: {len(body)}")
         return response_head(status, headers, framing) + body
 
-    def _write_error(self, err: GatewayError, route: InferenceRoute) -> None:
-        status, headers, body = error_parts(err, route.anthropic)
+    def _write_error(self, err: GatewayError, route: InferenceRoute | None) -> None:
+        status, headers, body = error_parts(err, route is not None and route.anthropic)
         self._write(self.whole(status, headers, body))
+
+    def _refuse(
+        self, err: GatewayError, route: InferenceRoute | None = None, left: int = 0
+    ) -> None:
+        """Answer ``err`` and close, first reading and dropping the ``left`` bytes of a
+        body the client is still sending (see :class:`Drain`)."""
+        transport = self.transport
+        assert transport is not None
+        self.close_after = True
+        self.buf, self.pos, self.parts, self.need, self.route = b"", 0, [], 0, None
+        self._count(0)
+        self._write_error(err, route)
+        self.site.connections.discard(self)
+        if left <= 0 or self.lost:
+            transport.close()
+            return
+        drain = Drain(self.site.loop, left, self.site.services.config.server.body_timeout_s)
+        transport.set_protocol(drain)
+        drain.connection_made(transport)
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+
+    def check_time(self, head_before: float, body_before: float) -> None:
+        """408 and a close for a head or a body that is taking too long."""
+        if self.busy or self.transport is None:
+            return
+        if self.need:
+            if self.active <= body_before:
+                self._refuse(
+                    RequestTimeout("The request body took too long to arrive."), self.route
+                )
+        elif self.head_since is not None and self.head_since <= head_before:
+            self._refuse(RequestTimeout("The request head took too long to arrive."))
 
     def _write(self, data: bytes) -> None:
         if not self.lost:
@@ -398,6 +493,13 @@ class LeanSite(web.TCPSite):
         self.closing = False
         self._sweeper: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop  # the loop it is started on
+        server = self.services.config.server
+        #: Bytes of requests not yet authenticated (heads arriving), over all connections.
+        self.unauthenticated = 0
+        self.unauthenticated_peak = 0
+        self.max_unauthenticated = server.max_unauthenticated_bytes
+        #: Timeouts are checked this often: a fraction of the shortest.
+        self.sweep_s = min(SWEEP_S, server.header_timeout_s / 4, server.body_timeout_s / 4)
 
     def serving(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -405,10 +507,14 @@ class LeanSite(web.TCPSite):
         task.add_done_callback(self.tasks.discard)
 
     def fallback(self) -> asyncio.Protocol:
-        """A fresh aiohttp protocol, to take a connection over."""
+        """A fresh aiohttp protocol, to take a connection over (answering its own HTTP
+        errors in JSON)."""
         server = self._runner.server
         assert server is not None
-        return server()
+        # What server() makes, with JSON errors: the same manager, loop and settings.
+        handler = JsonErrorsHandler(server, loop=server._loop, **server._kwargs)
+        handler.header_timeout_s = self.services.config.server.header_timeout_s
+        return handler
 
     async def start(self) -> None:
         self._runner._reg_site(self)
@@ -424,13 +530,18 @@ class LeanSite(web.TCPSite):
         sockets = self._server.sockets
         if sockets:
             self._bound_port = int(sockets[0].getsockname()[1])
-        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
+        self._sweeper = self.loop.call_later(self.sweep_s, self._sweep)
 
     def _sweep(self) -> None:
-        idle_before = self.loop.time() - KEEPALIVE_S
+        now = self.loop.time()
+        server = self.services.config.server
+        head_before, body_before = now - server.header_timeout_s, now - server.body_timeout_s
+        idle_before = now - KEEPALIVE_S
         for conn in list(self.connections):
-            conn.close_if_idle(idle_before)
-        self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
+            conn.check_time(head_before, body_before)
+            if conn.head_since is None and not conn.need:
+                conn.close_if_idle(idle_before)
+        self._sweeper = self.loop.call_later(self.sweep_s, self._sweep)
 
     async def stop(self) -> None:
         """Stop listening and close idle connections; let requests in progress finish

@@ -58,7 +58,9 @@ class Viewer:
 
 def _same_secret(expected: str | None, given: str) -> bool:
     """``given`` is ``expected`` (compared in constant time); never when none is set."""
-    return bool(expected) and secrets.compare_digest(given.encode(), (expected or "").encode())
+    return bool(expected) and secrets.compare_digest(
+        given.encode("utf-8", "surrogatepass"), (expected or "").encode()
+    )
 
 
 def _is_admin(svc: Services, secret: str) -> bool:

@@ -12,6 +12,7 @@ from tokenomy.cli import (
     ledger_cmd,
     plan_cmd,
     prices_cmd,
+    router_cmd,
     serve_cmd,
     usage_cmd,
 )
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cmd.register(sub)
     usage_cmd.register(sub)
     dead_letters_cmd.register(sub)
+    router_cmd.register(sub)
     return p
 
 

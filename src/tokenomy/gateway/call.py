@@ -63,13 +63,18 @@ class Call:
     http_status: int = 200
     error_code: str | None = None
     finished: bool = False
+    #: The model serving a call whose route stands for several (``model: "auto"``).
+    served_as: str | None = None
     #: Arbitrary per-stage state (holds, tickets) keyed by the stage that owns it.
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def public_model(self) -> str:
         """The model answers name: its own name, not an alias, a routing suffix (":floor")
-        or the vendor's id for it (OpenRouter's convention)."""
+        or the vendor's id for it (OpenRouter's convention); for a model chosen per request
+        (``auto``), the one that served."""
+        if self.served_as is not None:
+            return self.served_as
         return self.route.name if self.route is not None else self.model
 
     def mark_first_token(self) -> None:

@@ -41,6 +41,7 @@ from tokenomy.gateway.usage import Usage, UsageSource
 from tokenomy.tracing import SPAN, child_span
 
 if TYPE_CHECKING:
+    from tokenomy.routing.auto import AutoRouter
     from tokenomy.routing.router import Router
 from tokenomy.providers.base import Provider
 from tokenomy.providers.translate_request import (
@@ -118,10 +119,15 @@ class Pipeline:
         self.queues: QueueBoard | None = None
         #: An OpenTelemetry tracer when traces are exported (see tokenomy.tracing).
         self.tracer: Any | None = None
+        #: Serves ``model: "auto"`` when the config has a router pool.
+        self.auto: AutoRouter | None = None
 
     def route(self, call: Call) -> None:
         """Resolve the model and check the key may use it (raises 404/403)."""
         name = self.router.prepare(call) if self.router is not None else call.model
+        if self.auto is not None and name in self.auto.names:
+            call.route = self.auto.route(call)  # only models the key may use
+            return
         call.route = self.registry.resolve(name)
         if not call.key.may_use(call.model) and not call.key.may_use(call.route.name):
             raise PermissionDenied(
@@ -162,6 +168,8 @@ class Pipeline:
                 continue
             call.attempts += 1
             call.deployment = dep
+            if self.auto is not None:
+                self.auto.serving(call, dep)
             try:
                 if span is None:
                     outcome = await self._attempt(call, dep, provider)
@@ -196,6 +204,8 @@ class Pipeline:
                 call.extras[SLOT] = slot
                 outcome.headers.update(slot.headers())
             outcome.headers.update(call.extras.get("ratelimit_headers") or {})
+            if self.auto is not None:
+                self.auto.annotate(call, outcome.headers)
             return outcome
         call.deployment = None
         if last is None:

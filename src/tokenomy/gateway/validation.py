@@ -12,6 +12,33 @@ from tokenomy.errors import InvalidRequest
 
 _OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _ANTHROPIC_ROLES = frozenset({"user", "assistant"})
+#: How deeply a body's arrays and objects may nest. orjson writes at most 254 levels, and a
+#: body is written again (translated, wrapped) on its way to the vendor; real bodies (tool
+#: schemas included) stay far below this.
+MAX_DEPTH = 128
+
+
+def too_deep(raw: bytes, value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` (parsed from ``raw``) nests arrays and objects past ``limit``.
+
+    Counting brackets in the raw bytes runs at memory speed and settles almost every body
+    (nesting needs at least as many brackets as levels); only a body with more brackets
+    than ``limit`` is walked.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    level: list[Any] = [value]
+    for _ in range(limit):
+        inner: list[Any] = []
+        for v in level:
+            if isinstance(v, dict):
+                inner.extend(v.values())
+            elif isinstance(v, list):
+                inner.extend(v)
+        level = [v for v in inner if isinstance(v, dict | list)]
+        if not level:
+            return False
+    return True
 
 
 def _type_error(param: str, expected: str, value: Any) -> InvalidRequest:
@@ -95,7 +122,7 @@ def _messages(body: dict[str, Any], roles: frozenset[str], max_messages: int) ->
         if not isinstance(m, dict):
             raise _type_error(f"messages[{i}]", "an object", m)
         role = m.get("role")
-        if role not in roles:
+        if not isinstance(role, str) or role not in roles:
             raise InvalidRequest(
                 f"Invalid value for 'messages[{i}].role': {role!r}; expected one of "
                 + ", ".join(sorted(roles))
@@ -103,9 +130,21 @@ def _messages(body: dict[str, Any], roles: frozenset[str], max_messages: int) ->
                 param=f"messages[{i}].role",
             )
         content = m.get("content")
-        if content is not None and not isinstance(content, str | list):
+        if isinstance(content, list):
+            _parts(f"messages[{i}].content", content)
+        elif content is not None and not isinstance(content, str):
             raise _type_error(f"messages[{i}].content", "a string or an array", content)
     return msgs
+
+
+def _parts(param: str, parts: list[Any]) -> None:
+    """Content parts (or system blocks): objects, whose ``type`` is a string when given."""
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict):
+            raise _type_error(f"{param}[{j}]", "an object", part)
+        kind = part.get("type")
+        if kind is not None and not isinstance(kind, str):
+            raise _type_error(f"{param}[{j}].type", "a string", kind)
 
 
 def _sampling(body: dict[str, Any], max_choices: int) -> None:
@@ -124,6 +163,12 @@ def _sampling(body: dict[str, Any], max_choices: int) -> None:
         raise _type_error("tools", "an array", tools)
 
 
+def _stream_options(body: dict[str, Any]) -> None:
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise _type_error("stream_options", "an object", opts)
+
+
 def check_chat(body: dict[str, Any], max_messages: int, max_choices: int) -> bool:
     """Validate an OpenAI chat-completions body; returns whether it streams.
 
@@ -131,9 +176,7 @@ def check_chat(body: dict[str, Any], max_messages: int, max_choices: int) -> boo
     _messages(body, _OPENAI_ROLES, max_messages)
     _sampling(body, max_choices)
     stream = _opt_bool(body, "stream")
-    opts = body.get("stream_options")
-    if opts is not None and not isinstance(opts, dict):
-        raise _type_error("stream_options", "an object", opts)
+    _stream_options(body)
     rf = body.get("response_format")
     if rf is not None and not isinstance(rf, dict):
         raise _type_error("response_format", "an object", rf)
@@ -149,7 +192,9 @@ def check_messages(body: dict[str, Any], max_messages: int) -> bool:
     _opt_number(body, "temperature", 0, 1)
     _opt_number(body, "top_p", 0, 1)
     system = body.get("system")
-    if system is not None and not isinstance(system, str | list):
+    if isinstance(system, list):
+        _parts("system", system)
+    elif system is not None and not isinstance(system, str):
         raise _type_error("system", "a string or an array of text blocks", system)
     ss = body.get("stop_sequences")
     if ss is not None and not isinstance(ss, list):
@@ -166,6 +211,7 @@ def check_completions(body: dict[str, Any], max_choices: int) -> bool:
         raise _type_error("prompt", "a string or an array", prompt)
     _sampling(body, max_choices)
     _opt_int(body, "best_of", 1, max_choices)
+    _stream_options(body)
     return _opt_bool(body, "stream")
 
 

@@ -230,7 +230,10 @@ def _cutoffs(value: Any, param: str) -> dict[int, float]:
     return {50: float(_number(value, param))}
 
 
-_IGNORED = frozenset({"data_collection", "zdr", "enforce_distillable_text", "quantizations"})
+# min_quality is model "auto"'s (tokenomy.routing.auto reads and checks it).
+_IGNORED = frozenset(
+    {"data_collection", "zdr", "enforce_distillable_text", "quantizations", "min_quality"}
+)
 _FIELDS: Mapping[str, Any] = {
     "order": lambda v, p: {"order": _slugs(v, p)},
     "only": lambda v, p: {"only": frozenset(_slugs(v, p))},

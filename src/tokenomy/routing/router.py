@@ -17,6 +17,7 @@ from tokenomy.errors import InvalidRequest
 from tokenomy.gateway.call import PLACEMENT, Call
 from tokenomy.gateway.registry import Deployment
 from tokenomy.ledger.biller import Biller, batch_priced, wants_batch
+from tokenomy.routing.auto import GROUPS
 from tokenomy.routing.health import HealthBoard
 from tokenomy.routing.power import MILLION, Placement, Region, energy_usd, latency_tolerant, place
 from tokenomy.routing.preferences import (
@@ -68,7 +69,6 @@ class Router:
         deps = call.route.deployments
         prefs: Preferences = call.extras.get(PREFS) or self.default
         now = datetime.now(UTC)
-        cands = [self.candidate(d, now) for d in deps]
         out = self._output_tokens(call)
         needs = Needs(
             capabilities=needs_caps,
@@ -80,7 +80,15 @@ class Router:
             if prefs.require_parameters
             else frozenset(),
         )
-        best = rank(cands, prefs, self.health, needs)
+        groups = call.extras.get(GROUPS)
+        if groups is None:
+            best = rank([self.candidate(d, now) for d in deps], prefs, self.health, needs)
+        else:  # model "auto": the router's order of models, each model's own ranked
+            best = [
+                c
+                for _, ds in groups
+                for c in rank([self.candidate(d, now) for d in ds], prefs, self.health, needs)
+            ]
         if len(deps) == 1:  # most models: nothing to look up
             order = list(deps[: len(best)])
         else:

@@ -27,7 +27,9 @@ REFRESH_LOOKBACK_MS = 10_000
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    # surrogatepass: a header or form with bytes that are not UTF-8 arrives with surrogates;
+    # such a key matches no key, and must not fail to hash.
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -73,6 +74,24 @@ usage_events = Table(
     Index("ix_usage_events_ts", "ts_ms"),
     Index("ix_usage_events_key_ts", "key_id", "ts_ms"),
     Index("ix_usage_events_org_ts", "org_id", "ts_ms"),
+)
+
+# ---- Feedback on answers (0009) -------------------------------------------------------
+
+#: A client's score for one of its requests (0–1), kept beside its usage record; the
+#: prompt's end (what the learned router reads) when the gateway still had it, so
+#: ``tokenomy router export`` can write training rows.
+request_feedback = Table(
+    "request_feedback",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("org_id", String(40), nullable=True),
+    Column("key_id", String(40), nullable=True),
+    Column("score", Float, nullable=False),
+    Column("comment", Text, nullable=True),
+    Column("prompt", Text, nullable=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Index("ix_request_feedback_org_ts", "org_id", "ts_ms"),
 )
 
 

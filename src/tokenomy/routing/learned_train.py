@@ -1,0 +1,287 @@
+"""Training the learned router (needs numpy: ``pip install tokenomy[train]``).
+
+Per pool model, ridge regression on the hashed prompt features predicts the quality
+(0–1) and the cost of its answer. It is solved in its dual form (one linear system the
+size of the training rows, for every model at once), so no feature matrix is ever held
+whole. The word features' weight and the ridge penalty are tuned on a validation split
+carved out of the rows by ``sample_id``; the split's routed curve becomes the table that
+turns a quality bar into λ; the final model is refitted on every row (unless ``refit`` is
+off, to evaluate it on the validation split afterwards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tokenomy.routing.learned import FEATURES_VERSION, HASH_BITS, TAIL_CHARS, features
+from tokenomy.routing.learned_eval import Point, single
+from tokenomy.routing.routerbench import Dataset, Row, split
+
+Array = npt.NDArray[np.float64]
+
+#: Costs are learned in thousandths of a USD (per-prompt costs are ~1e-5..1e-2 USD).
+COST_SCALE = 1e-3
+#: λ settings swept, in quality per COST_SCALE USD: 0 buys the best predicted model.
+LAMBDAS: tuple[float, ...] = (0.0, *(float(x) for x in np.geomspace(1e-3, 1e3, 73)))
+ALPHAS = (1.0, 3.0, 10.0, 30.0)
+WORD_WEIGHTS = (0.0, 0.5, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """Dual ridge solution: bias per target and the weights of every bucket seen."""
+
+    bias: Array
+    weights: dict[int, Array]
+
+    def predict(self, feats: Sequence[dict[int, float]]) -> Array:
+        out = np.tile(self.bias, (len(feats), 1))
+        for i, f in enumerate(feats):
+            for b, v in f.items():
+                w = self.weights.get(b)
+                if w is not None:
+                    out[i] += v * w
+        return out
+
+
+def fit(feats: Sequence[dict[int, float]], targets: Array, alpha: float) -> Fit:
+    """Ridge regression, one column of ``targets`` per output (NaN: not labelled there)."""
+    cols = np.array(sorted({b for f in feats for b in f}), dtype=np.int64)
+    index = {int(b): j for j, b in enumerate(cols)}
+    ri = np.array([i for i, f in enumerate(feats) for _ in f], dtype=np.int64)
+    ci = np.array([index[b] for f in feats for b in f], dtype=np.int64)
+    vals = np.array([v for f in feats for v in f.values()])
+    n = len(feats)
+    kernel = _kernel(n, ri, ci, vals, len(cols))
+    labelled = ~np.isnan(targets)
+    bias = np.array(
+        [
+            targets[labelled[:, j], j].mean() if labelled[:, j].any() else 0.0
+            for j in range(targets.shape[1])
+        ]
+    )
+    dual = np.zeros_like(targets)
+    # Outputs labelled on the same rows share one solve (RouterBench: all of them).
+    patterns: dict[bytes, list[int]] = {}
+    for j in range(targets.shape[1]):
+        patterns.setdefault(labelled[:, j].tobytes(), []).append(j)
+    for cols_ in patterns.values():
+        js = np.array(cols_, dtype=np.int64)
+        rows = labelled[:, js[0]]
+        if not rows.any():
+            continue
+        k = kernel[np.ix_(rows, rows)]
+        y = targets[np.ix_(rows, js)] - bias[js]
+        dual[np.ix_(rows, js)] = np.linalg.solve(k + alpha * np.eye(len(k)), y)
+    w = np.zeros((len(cols), targets.shape[1]))
+    np.add.at(w, ci, vals[:, None] * dual[ri])
+    keep = np.nonzero(np.any(np.abs(w) > 1e-7, axis=1))[0]
+    return Fit(bias, {int(cols[j]): w[j] for j in keep})
+
+
+def _kernel(
+    n: int, ri: npt.NDArray[np.int64], ci: npt.NDArray[np.int64], vals: Array, ncols: int
+) -> Array:
+    """X·Xᵀ of the sparse feature matrix: a dense product over the columns most rows
+    share, pair by pair over the rare ones (most of the columns)."""
+    df = np.bincount(ci, minlength=ncols)
+    common = df > 64
+    kernel = np.zeros((n, n))
+    sel = common[ci]
+    if sel.any():
+        remap = np.cumsum(common) - 1
+        x = np.zeros((n, int(common.sum())))
+        np.add.at(x, (ri[sel], remap[ci[sel]]), vals[sel])
+        kernel += x @ x.T
+    order = np.argsort(ci[~sel], kind="stable")
+    r, c, v = ri[~sel][order], ci[~sel][order], vals[~sel][order]
+    bounds = np.flatnonzero(np.diff(c)) + 1
+    for rr, vv in zip(np.split(r, bounds), np.split(v, bounds), strict=True):
+        if len(rr):
+            kernel[np.ix_(rr, rr)] += np.outer(vv, vv)
+    return kernel
+
+
+def _targets(rows: Sequence[Row]) -> Array:
+    q = np.array([r.quality for r in rows], dtype=float)
+    c = np.array([r.cost for r in rows], dtype=float) / COST_SCALE
+    return np.hstack([q, c])
+
+
+def _predictions(f: Fit, feats: Sequence[dict[int, float]], k: int) -> tuple[Array, Array]:
+    p = f.predict(feats)
+    return np.clip(p[:, :k], 0.01, 0.99), np.maximum(p[:, k:], 0.0)
+
+
+def _sweep(quality: Array, cost: Array, pq: Array, pc: Array) -> list[tuple[float, Point]]:
+    """``learned_eval.sweep`` in numpy (training sweeps many settings)."""
+    rows = np.arange(len(quality))
+    out = []
+    for lam in LAMBDAS:
+        # The tiny cost term breaks ties towards the cheaper prediction, as serving does.
+        pick = np.argmax(pq - lam * pc - 1e-12 * pc, axis=1)
+        out.append((lam, Point(float(quality[rows, pick].mean()), float(cost[rows, pick].sum()))))
+    return out
+
+
+def _table(curve: list[tuple[float, Point]]) -> list[tuple[float, float, float]]:
+    """(quality, λ, cost) from the cheapest setting up, keeping each that raised quality."""
+    out: list[tuple[float, float, float]] = []
+    for lam, p in sorted(curve, key=lambda t: -t[0]):
+        if not out or p.quality > out[-1][0] + 1e-12:
+            out.append((p.quality, lam, p.cost))
+    return out
+
+
+@dataclass
+class Report:
+    models: tuple[str, ...]
+    train_rows: int
+    val_rows: int
+    alpha: float
+    word_weight: float
+    budget: float
+    reference: str
+    reference_val: Point
+    default_bar: float
+    default_val: Point
+    tried: list[dict[str, float]]
+    #: The validation rows were not scored on every model: figures are predictions.
+    estimated: bool = False
+
+    def lines(self) -> list[str]:
+        ref = self.reference_val
+        d = self.default_val
+        out = [
+            f"rows: {self.train_rows} train, {self.val_rows} validation (by sample_id)",
+            *(
+                ["validation figures are the model's own estimates (rows score one model)"]
+                if self.estimated
+                else []
+            ),
+            f"tuned: alpha={self.alpha:g}, word_weight={self.word_weight:g}",
+            f"validation, always {self.reference}: quality {ref.quality:.3f}, cost ${ref.cost:.4f}",
+            f"validation, router at the default bar {self.default_bar:.3f}: quality "
+            f"{d.quality:.3f}, cost ${d.cost:.4f} ({d.cost / ref.cost:.1%} of {self.reference})",
+            "grid (validation quality at <= budget share of the reference's cost):",
+        ]
+        out += [
+            f"  alpha={t['alpha']:g} word_weight={t['word_weight']:g}: quality {t['quality']:.4f}"
+            for t in self.tried
+        ]
+        return out
+
+
+def train(
+    data: Dataset,
+    *,
+    seed: int = 20,
+    val_percent: int = 20,
+    budget: float = 0.1,
+    alphas: Sequence[float] = ALPHAS,
+    word_weights: Sequence[float] = WORD_WEIGHTS,
+    default_bar: float | None = None,
+    refit: bool = True,
+) -> tuple[dict[str, Any], Report]:
+    """Tune on a validation split, refit on every row; the artifact and a report.
+
+    ``budget`` is the share of the best single model's validation cost the default bar
+    may spend: the default bar is the highest validation quality reached within it.
+    """
+    models = data.models
+    k = len(models)
+    tr, val = split(data.rows, seed, val_percent)
+    if not tr or not val:
+        raise ValueError("too few rows for a validation split")
+    complete_val = [r for r in val if all(x == x for x in r.quality + r.cost)]
+    estimated = not complete_val
+    if estimated:
+        # A gateway's own traffic scores one model per request: nothing to measure a
+        # routed choice against. The validation rows' labels become a first fit's
+        # predictions (a model-based estimate, said so in the report); no tuning.
+        alphas, word_weights = alphas[-2:-1] or alphas, word_weights[-1:]
+        f0 = [features(r.prompt, word_weights[0]) for r in val]
+        pq0, pc0 = _predictions(
+            fit([features(r.prompt, word_weights[0]) for r in tr], _targets(tr), alphas[0]), f0, k
+        )
+        complete_val = [
+            Row(r.sample_id, r.task, r.prompt, tuple(q), tuple(x * COST_SCALE for x in c))
+            for r, q, c in zip(val, pq0.tolist(), pc0.tolist(), strict=True)
+        ]
+    vq = [list(r.quality) for r in complete_val]
+    vc = [list(r.cost) for r in complete_val]
+    vq_a = np.array(vq)
+    vc_a = np.array(vc)
+    singles = [single(vq, vc, i) for i in range(k)]
+    ref = max(range(k), key=lambda i: (singles[i].quality, -singles[i].cost))
+    limit = budget * singles[ref].cost
+    y_tr = _targets(tr)
+    best: tuple[float, float, float, list[tuple[float, Point]]] | None = None
+    tried: list[dict[str, float]] = []
+    for ww in word_weights:
+        f_tr = [features(r.prompt, ww) for r in tr]
+        f_val = [features(r.prompt, ww) for r in complete_val]
+        for alpha in alphas:
+            pq, pc = _predictions(fit(f_tr, y_tr, alpha), f_val, k)
+            curve = _sweep(vq_a, vc_a, pq, pc)
+            within = [p.quality for _, p in curve if p.cost <= limit]
+            score = max(within) if within else 0.0
+            tried.append({"alpha": alpha, "word_weight": ww, "quality": score})
+            if best is None or score > best[0] + 1e-9:
+                best = (score, alpha, ww, curve)
+    assert best is not None
+    _, alpha, ww, curve = best
+    table = _table(curve)
+    if default_bar is None:
+        fits = [t for t in table if t[2] <= limit]
+        default = fits[-1] if fits else table[0]
+    else:
+        default = next((t for t in table if t[0] >= default_bar), table[-1])
+    # Exactly the table's figure: a bar rounded up would map to the next, dearer setting.
+    bar = round(default[0], 6) if default_bar is None else default_bar
+    rows = data.rows if refit else tr
+    final = fit([features(r.prompt, ww) for r in rows], _targets(rows), alpha)
+    doc = {
+        "features_version": FEATURES_VERSION,
+        "hash_bits": HASH_BITS,
+        "tail_chars": TAIL_CHARS,
+        "models": list(models),
+        "word_weight": ww,
+        "alpha": alpha,
+        "cost_scale": COST_SCALE,
+        "quality_bias": [round(float(x), 6) for x in final.bias[:k]],
+        "cost_bias": [round(float(x), 6) for x in final.bias[k:]],
+        "weights": {
+            str(b): [round(float(x), 6) for x in w] for b, w in sorted(final.weights.items())
+        },
+        "table": [[round(q, 6), lam] for q, lam, _ in table],
+        "default_bar": bar,
+        "validation": {
+            "seed": seed,
+            "percent": val_percent,
+            "refit_on_all_rows": refit,
+            "model_based_estimate": estimated,
+            "rows": len(complete_val),
+            "curve": [[lam, round(p.quality, 6), round(p.cost, 8)] for lam, p in curve],
+        },
+    }
+    rep = Report(
+        models=models,
+        train_rows=len(tr),
+        val_rows=len(complete_val),
+        alpha=alpha,
+        word_weight=ww,
+        budget=budget,
+        reference=models[ref],
+        reference_val=singles[ref],
+        default_bar=bar,
+        default_val=Point(default[0], default[2]),
+        tried=tried,
+        estimated=estimated,
+    )
+    return doc, rep
