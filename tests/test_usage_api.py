@@ -442,7 +442,9 @@ def test_a_login_link_does_not_sign_in(agw: AnalyticsGateway) -> None:
     """``GET /dashboard?key=...`` (a key in the request line, or a link planted by someone
     else: login CSRF) shows the sign-in form and sets no session."""
     with httpx.Client(base_url=agw.url, follow_redirects=False, timeout=30) as c:
-        for key in (ADMIN_KEY, "wrong", "", "\x00"):
+        r = c.get("/dashboard", params={"key": "\x00", "days": "14"})
+        assert r.status_code == 400 and "set-cookie" not in r.headers  # a NUL: bad input
+        for key in (ADMIN_KEY, "wrong", ""):
             r = c.get("/dashboard", params={"key": key, "days": "14"})
             assert r.status_code == 200 and 'name="key"' in r.text, key
             assert "set-cookie" not in r.headers and "all organisations" not in r.text
