@@ -202,6 +202,35 @@ def throwaway_postgres() -> Iterator[str]:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@contextmanager
+def running_gateway(
+    sim_url: str, tmp: Path, backend: str, extra: str = "", *, patient: bool = False
+) -> Iterator[Gateway]:
+    """A gateway on the shared test config plus ``extra`` models, on SQLite ("sqlite") or
+    on PostgreSQL with Redis ("postgres+redis"), with a fixture key. ``patient`` raises
+    the first-byte and read timeouts, which a loaded machine's first tokenizer load could
+    otherwise trip."""
+
+    def config(db_url: str, redis_url: str = "") -> Config:
+        text = gateway_yaml(sim_url, db_url, extra, redis_url)
+        if patient:
+            text = text.replace("_timeout_s: 1.5", "_timeout_s: 30")
+        return parse_config(text, "test-config")
+
+    with contextlib.ExitStack() as stack:
+        cfg = config(f"sqlite:///{tmp / 'gw.db'}")
+        if backend == "postgres+redis":
+            cfg = config(stack.enter_context(throwaway_postgres()), require_redis())
+        svc = build_services(cfg, dict(os.environ))
+        srv = ThreadServer(lambda: app_for(svc)).start()
+        secret, rec = svc.keys.create("fixture")
+        svc.key_cache.put(secret, rec)
+        try:
+            yield Gateway(srv, svc, secret, sim_url)
+        finally:
+            srv.stop()
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres+redis"])
 def gateway(
     request: pytest.FixtureRequest, sim: ThreadServer, tmp_path_factory: pytest.TempPathFactory

@@ -5,8 +5,6 @@ in full and counted, never written off (official SDK, simulator; SQLite, then Po
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,16 +15,13 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, gateway_yaml, throwaway_postgres
-from tests.needs import require_redis
+from tests.conftest import Gateway, running_gateway
 from tests.servers import ThreadServer
-from tokenomy.app import app_for
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.pricing import price_request
-from tokenomy.config import Config, parse_config
+from tokenomy.config import parse_config
 from tokenomy.gateway.usage import Usage
 from tokenomy.ledger.accounts import OrgMeter
-from tokenomy.services import build_services
 
 BOOK = PriceBook.load()
 #: ``overrun`` states an output cap its vendor does not keep to (the client sends none).
@@ -37,31 +32,13 @@ EXTRA = """
 HI = [{"role": "user", "content": "hi"}]
 
 
-def config(sim_url: str, db_url: str, redis_url: str = "") -> Config:
-    # The shared test config with this module's models, and first-byte and read timeouts
-    # that a loaded machine's first tokenizer load does not trip.
-    text = gateway_yaml(sim_url, db_url, EXTRA, redis_url).replace(
-        "_timeout_s: 1.5", "_timeout_s: 30"
-    )
-    return parse_config(text, "test-config")
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgres+redis"])
 def gw(
     request: pytest.FixtureRequest, sim: ThreadServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("choices")
-    with contextlib.ExitStack() as stack:
-        cfg = config(sim.url, f"sqlite:///{tmp / 'gw.db'}")
-        if request.param == "postgres+redis":
-            db = stack.enter_context(throwaway_postgres())
-            cfg = config(sim.url, db, require_redis())
-        svc = build_services(cfg, dict(os.environ))
-        srv = ThreadServer(lambda: app_for(svc)).start()
-        secret, rec = svc.keys.create("fixture")
-        svc.key_cache.put(secret, rec)
-        yield Gateway(srv, svc, secret, sim.url)
-        srv.stop()
+    with running_gateway(sim.url, tmp, request.param, EXTRA, patient=True) as gw:
+        yield gw
 
 
 def price(row: dict[str, Any], usage: Usage) -> int:

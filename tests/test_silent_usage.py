@@ -7,9 +7,7 @@ The same checks against a real llama.cpp server are in test_silent_upstream_llam
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import secrets
 from collections.abc import Iterator
 from decimal import Decimal
@@ -20,12 +18,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, gateway_yaml, throwaway_postgres
-from tests.needs import require_redis
+from tests.conftest import Gateway, running_gateway
 from tests.servers import ThreadServer
-from tokenomy.app import app_for
-from tokenomy.config import Config, parse_config
-from tokenomy.services import build_services
 
 #: The silent model priced (the simulator's own models have no catalogue entry).
 EXTRA = """
@@ -35,31 +29,13 @@ EXTRA = """
 MSGS = [{"role": "user", "content": "Tell me about lighthouses."}]
 
 
-def config(sim_url: str, db_url: str, redis_url: str = "") -> Config:
-    # The shared test config with this module's models, and first-byte and read timeouts
-    # that a loaded machine's first tokenizer load does not trip.
-    text = gateway_yaml(sim_url, db_url, EXTRA, redis_url).replace(
-        "_timeout_s: 1.5", "_timeout_s: 30"
-    )
-    return parse_config(text, "test-config")
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgres+redis"])
 def gw(
     request: pytest.FixtureRequest, sim: ThreadServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("silent")
-    with contextlib.ExitStack() as stack:
-        cfg = config(sim.url, f"sqlite:///{tmp / 'gw.db'}")
-        if request.param == "postgres+redis":
-            db = stack.enter_context(throwaway_postgres())
-            cfg = config(sim.url, db, require_redis())
-        svc = build_services(cfg, dict(os.environ))
-        srv = ThreadServer(lambda: app_for(svc)).start()
-        secret, rec = svc.keys.create("fixture")
-        svc.key_cache.put(secret, rec)
-        yield Gateway(srv, svc, secret, sim.url)
-        srv.stop()
+    with running_gateway(sim.url, tmp, request.param, EXTRA, patient=True) as gw:
+        yield gw
 
 
 @pytest.fixture
