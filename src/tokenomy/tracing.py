@@ -46,10 +46,6 @@ def build_tracer_provider(cfg: TracingConfig, env: Mapping[str, str]) -> Any | N
     return provider
 
 
-def start_request_span(tracer: Any, name: str, attributes: dict[str, Any]) -> Any:
-    return tracer.start_span(name, attributes=attributes)
-
-
 #: What :func:`child_span` gives when nothing is traced: one shared, stateless context.
 _NO_SPAN: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
 

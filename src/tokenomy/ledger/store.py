@@ -141,19 +141,6 @@ class LedgerStore:
             )
         return org
 
-    def set_credit_limit(self, org_id: str, credit_limit_nanos: int) -> Org:
-        org = self.org(org_id)
-        _amount(credit_limit_nanos, "credit limit", allow_zero=True)
-        if org.mode is Mode.PREPAID and credit_limit_nanos:
-            raise LedgerError("a prepaid organisation has no credit line")
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(orgs)
-                .where(orgs.c.id == org_id)
-                .values(credit_limit_nanos=credit_limit_nanos, updated_ms=now_ms())
-            )
-        return self.org(org_id)
-
     def org(self, org_id: str) -> Org:
         with self.engine.connect() as conn:
             row = conn.execute(select(orgs).where(orgs.c.id == org_id)).first()
