@@ -28,6 +28,7 @@ from tokenomy.gateway.metering import (
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.gateway.tokencount import TokenCounter
 from tokenomy.gateway.usage import Usage, UsageSource
+from tokenomy.providers.response import TransportError
 from tokenomy.providers.sse import (
     SSEEvent,
     frames_data,
@@ -35,7 +36,6 @@ from tokenomy.providers.sse import (
     iter_event_bytes,
     iter_events,
 )
-from tokenomy.providers.transport import TransportError
 from tokenomy.store.keys import ApiKey
 
 FIXTURES = Path(__file__).parent / "fixtures" / "translate"

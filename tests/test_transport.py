@@ -12,14 +12,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tokenomy.providers.origin import Origin
-from tokenomy.providers.transport import (
-    HIGH_WATER,
-    Pool,
-    Response,
-    TransportError,
-    _Connection,
-    header_block,
-)
+from tokenomy.providers.response import HIGH_WATER, Response, TransportError
+from tokenomy.providers.transport import Pool, _Connection, header_block
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

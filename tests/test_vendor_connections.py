@@ -31,8 +31,8 @@ from tokenomy.errors import UpstreamError
 from tokenomy.gateway.registry import Deployment, Vendor, build_registry
 from tokenomy.providers.factory import make_provider
 from tokenomy.providers.proxy import Proxy, bypassed, proxy_from_env
+from tokenomy.providers.response import ResponseTooLarge
 from tokenomy.providers.sse import iter_event_bytes
-from tokenomy.providers.transport import ResponseTooLarge
 from tokenomy.services import build_services
 from tokenomy.sim.server import create_sim_app
 

@@ -20,16 +20,10 @@ from tokenomy.errors import (
 from tokenomy.gateway.registry import Deployment, Vendor
 from tokenomy.providers.origin import Origin
 from tokenomy.providers.proxy import Proxy, ProxyError
+from tokenomy.providers.response import Response, ResponseTooLarge, TransportError
 from tokenomy.providers.sse import SSEEvent, iter_event_batches, iter_event_bytes
 from tokenomy.providers.tls import client_context
-from tokenomy.providers.transport import (
-    Pool,
-    PoolExhausted,
-    Response,
-    ResponseTooLarge,
-    TransportError,
-    header_block,
-)
+from tokenomy.providers.transport import Pool, PoolExhausted, header_block
 
 
 class HttpUpstreamResponse:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from tokenomy.providers.transport import ResponseTooLarge
+from tokenomy.providers.response import ResponseTooLarge
 
 
 @dataclass(slots=True)
