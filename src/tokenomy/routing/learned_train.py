@@ -11,6 +11,7 @@ off, to evaluate it on the validation split afterwards).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,11 +119,13 @@ def _predictions(f: Fit, feats: Sequence[dict[int, float]], k: int) -> tuple[Arr
     return np.clip(p[:, :k], 0.01, 0.99), np.maximum(p[:, k:], 0.0)
 
 
-def _sweep(quality: Array, cost: Array, pq: Array, pc: Array) -> list[tuple[float, Point]]:
+def _sweep(
+    quality: Array, cost: Array, pq: Array, pc: Array, lams: Sequence[float] = LAMBDAS
+) -> list[tuple[float, Point]]:
     """``learned_eval.sweep`` in numpy (training sweeps many settings)."""
     rows = np.arange(len(quality))
     out = []
-    for lam in LAMBDAS:
+    for lam in lams:
         # The tiny cost term breaks ties towards the cheaper prediction, as serving does.
         pick = np.argmax(pq - lam * pc - 1e-12 * pc, axis=1)
         out.append((lam, Point(float(quality[rows, pick].mean()), float(cost[rows, pick].sum()))))
@@ -153,6 +156,8 @@ class Report:
     tried: list[dict[str, float]]
     #: The validation rows were not scored on every model: figures are predictions.
     estimated: bool = False
+    #: k-fold cross-validation by sample_id (``folds`` > 1): one entry per fold.
+    cv: list[dict[str, float]] | None = None
 
     def lines(self) -> list[str]:
         ref = self.reference_val
@@ -174,7 +179,98 @@ class Report:
             f"  alpha={t['alpha']:g} word_weight={t['word_weight']:g}: quality {t['quality']:.4f}"
             for t in self.tried
         ]
+        if self.cv:
+            out.append(
+                f"{len(self.cv)}-fold cross-validation by sample_id (router at the default bar; "
+                f"best quality within {self.budget:g} of {self.reference}'s cost):"
+            )
+            out += [
+                f"  fold {i}: {int(f['rows'])} rows, quality {f['quality']:.4f}, cost "
+                f"${f['cost']:.4f} ({f['share']:.1%}), always {self.reference} "
+                f"{f['reference_quality']:.4f}; within budget {f['within']:.4f}"
+                for i, f in enumerate(self.cv)
+            ]
+            mean = {k: sum(f[k] for f in self.cv) / len(self.cv) for k in self.cv[0]}
+            out.append(
+                f"  mean: quality {mean['quality']:.4f}, cost share {mean['share']:.1%}, "
+                f"always {self.reference} {mean['reference_quality']:.4f}; "
+                f"within budget {mean['within']:.4f}"
+            )
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class FoldCurve:
+    """One fold's routed sweep (over ``LAMBDAS``) and the reference model's point."""
+
+    rows: int
+    curve: list[tuple[float, Point]]
+    reference: Point
+
+
+def cross_validate(
+    data: Dataset, folds: int, *, seed: int, alpha: float, word_weight: float, reference: int
+) -> list[FoldCurve]:
+    """Per fold of the complete rows (by ``sample_id``): fit on the other folds with the
+    tuned settings and sweep λ on the fold."""
+    complete = [r for r in data.rows if all(x == x for x in r.quality + r.cost)]
+    k = len(data.models)
+    feats = [features(r.prompt, word_weight) for r in complete]
+    fold_of = [zlib.crc32(f"{seed}:fold:{r.sample_id}".encode()) % folds for r in complete]
+    out = []
+    for i in range(folds):
+        te = [j for j, f in enumerate(fold_of) if f == i]
+        tr = [j for j, f in enumerate(fold_of) if f != i]
+        if not te or not tr:
+            continue
+        model = fit([feats[j] for j in tr], _targets([complete[j] for j in tr]), alpha)
+        pq, pc = _predictions(model, [feats[j] for j in te], k)
+        q = np.array([complete[j].quality for j in te])
+        c = np.array([complete[j].cost for j in te])
+        ref = Point(float(q[:, reference].mean()), float(c[:, reference].sum()))
+        out.append(FoldCurve(len(te), _sweep(q, c, pq, pc), ref))
+    return out
+
+
+def pooled(curves: list[FoldCurve]) -> tuple[list[tuple[float, Point]], Point]:
+    """The folds' sweeps as one (mean quality and total cost over every fold's rows) and
+    the reference model's point over the same rows."""
+    n = sum(f.rows for f in curves)
+    out = [
+        (
+            lam,
+            Point(
+                sum(f.curve[i][1].quality * f.rows for f in curves) / n,
+                sum(f.curve[i][1].cost for f in curves),
+            ),
+        )
+        for i, lam in enumerate(LAMBDAS)
+    ]
+    ref = Point(
+        sum(f.reference.quality * f.rows for f in curves) / n,
+        sum(f.reference.cost for f in curves),
+    )
+    return out, ref
+
+
+def _fold_figures(curves: list[FoldCurve], lam: float, budget: float) -> list[dict[str, float]]:
+    """Per fold: the router at ``lam``, and the best quality the fold's own sweep reached
+    within ``budget`` (an upper bound: λ chosen on the fold itself)."""
+    out = []
+    for f in curves:
+        at = next(p for lm, p in f.curve if lm == lam)
+        within = [p.quality for _, p in f.curve if p.cost <= budget * f.reference.cost]
+        out.append(
+            {
+                "rows": float(f.rows),
+                "quality": at.quality,
+                "cost": at.cost,
+                "share": at.cost / f.reference.cost,
+                "reference_quality": f.reference.quality,
+                "within": max(within) if within else 0.0,
+            }
+        )
+    return out
 
 
 def train(
@@ -187,11 +283,14 @@ def train(
     word_weights: Sequence[float] = WORD_WEIGHTS,
     default_bar: float | None = None,
     refit: bool = True,
+    folds: int = 0,
 ) -> tuple[dict[str, Any], Report]:
     """Tune on a validation split, refit on every row; the artifact and a report.
 
     ``budget`` is the share of the best single model's validation cost the default bar
     may spend: the default bar is the highest validation quality reached within it.
+    ``folds`` > 1 adds k-fold cross-validation figures to the report (a 20 % split of a
+    few thousand rows is noisy: about ±2 points of quality).
     """
     models = data.models
     k = len(models)
@@ -236,8 +335,21 @@ def train(
                 best = (score, alpha, ww, curve)
     assert best is not None
     _, alpha, ww, curve = best
-    table = _table(curve)
-    if default_bar is None:
+    curves: list[FoldCurve] = []
+    if folds > 1 and not estimated:
+        curves = cross_validate(data, folds, seed=seed, alpha=alpha, word_weight=ww, reference=ref)
+    if curves:
+        # Every row routed once by a model that did not see it: a smoother curve than the
+        # 20 % split's (whose cost share at one λ varies by a few points from split to
+        # split), so the bar-to-λ table and the default bar come from it.
+        pooled_curve, pooled_ref = pooled(curves)
+        table = _table(pooled_curve)
+    else:
+        table = _table(curve)
+    if default_bar is None and curves:
+        fits = [t for t in table if t[2] <= budget * pooled_ref.cost]
+        default = fits[-1] if fits else table[0]
+    elif default_bar is None:
         fits = [t for t in table if t[2] <= limit]
         default = fits[-1] if fits else table[0]
     else:
@@ -280,8 +392,11 @@ def train(
         reference=models[ref],
         reference_val=singles[ref],
         default_bar=bar,
-        default_val=Point(default[0], default[2]),
+        # The validation split's own point at the default's λ (the table may be pooled).
+        default_val=next(p for lm, p in curve if lm == default[1]),
         tried=tried,
         estimated=estimated,
     )
+    if curves:
+        rep.cv = _fold_figures(curves, default[1], budget)
     return doc, rep
