@@ -294,3 +294,19 @@ def test_cross_validation_routes_every_row_once_and_its_default_spends_within_bu
         router.decide("Write a python function that sorts stones.", router.default_bar).chosen.model
         == "dear"
     )
+
+
+def test_a_bar_between_two_settings_mixes_them_by_a_hash_of_the_prompt(artifact: Path) -> None:
+    router = LearnedRouter.load(artifact)
+    (q_lo, lam_lo), (q_hi, lam_hi) = router.table[0], router.table[1]
+    assert lam_lo > lam_hi
+    prompts = [f"Which colour fits item {i}?{OPTIONS}" for i in range(2000)]
+    bar = q_lo + 0.25 * (q_hi - q_lo)
+    lams = [router.lam_for(bar, p) for p in prompts]
+    assert set(lams) == {lam_lo, lam_hi}
+    assert 0.2 < lams.count(lam_hi) / len(lams) < 0.3
+    # The same prompt always gets the same setting; a bar on a setting gets only that one.
+    assert [router.lam_for(bar, p) for p in prompts] == lams
+    assert {router.lam_for(q_hi, p) for p in prompts} == {lam_hi}
+    assert {router.lam_for(q_lo, p) for p in prompts} == {lam_lo}
+    assert router.decide(prompts[0], bar).lam == lams[0]

@@ -13,7 +13,7 @@ from tokenomy.cli import router_export
 from tokenomy.cli.common import fail
 from tokenomy.routing import routerbench
 from tokenomy.routing.learned import LearnedRouter, dumps_artifact
-from tokenomy.routing.learned_eval import Point, baselines, cost_quality_svg, routed
+from tokenomy.routing.learned_eval import Point, baselines, cost_quality_svg, routed, routed_each
 
 
 def register(sub: Any) -> None:
@@ -114,7 +114,9 @@ def evaluate(router: LearnedRouter, data: routerbench.Dataset) -> dict[str, Any]
     for bar, lam in router.table:
         p = routed(quality, cost, pq, pc_units, lam)
         curve.append({"bar": bar, "lambda": lam, **p.as_dict()})
-    d = routed(quality, cost, pq, pc_units, router.lam(router.default_bar))
+    # The default bar may lie between two settings: each prompt's own λ (see lam_for).
+    lams = [router.lam_for(router.default_bar, r.prompt) for r in data.rows]
+    d = routed_each(quality, cost, pq, pc_units, lams)
     refs = baselines(router.models, quality, cost, at_cost=d.cost)
     return {
         "rows": len(data.rows),

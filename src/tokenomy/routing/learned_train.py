@@ -132,6 +132,28 @@ def _sweep(
     return out
 
 
+def _mixed(
+    quality: Array,
+    cost: Array,
+    pq: Array,
+    pc: Array,
+    prompts: Sequence[str],
+    mix: tuple[float, float, float],
+) -> Point:
+    """The point reached when each prompt takes the λ ``LearnedRouter.lam_for`` gives it:
+    the dearer setting's (``mix[1]``) for a ``mix[2]`` share of prompts by their hash."""
+    lo_lam, hi_lam, share = mix
+    lams = np.array(
+        [
+            hi_lam if zlib.crc32(p[-TAIL_CHARS:].encode()) / 2**32 < share else lo_lam
+            for p in prompts
+        ]
+    )
+    pick = np.argmax(pq - lams[:, None] * pc - 1e-12 * pc, axis=1)
+    rows = np.arange(len(quality))
+    return Point(float(quality[rows, pick].mean()), float(cost[rows, pick].sum()))
+
+
 def _table(curve: list[tuple[float, Point]]) -> list[tuple[float, float, float]]:
     """(quality, λ, cost) from the cheapest setting up, keeping each that raised quality."""
     out: list[tuple[float, float, float]] = []
@@ -253,12 +275,21 @@ def pooled(curves: list[FoldCurve]) -> tuple[list[tuple[float, Point]], Point]:
     return out, ref
 
 
-def _fold_figures(curves: list[FoldCurve], lam: float, budget: float) -> list[dict[str, float]]:
-    """Per fold: the router at ``lam``, and the best quality the fold's own sweep reached
-    within ``budget`` (an upper bound: λ chosen on the fold itself)."""
+def _fold_figures(
+    curves: list[FoldCurve], mix: tuple[float, float, float], budget: float
+) -> list[dict[str, float]]:
+    """Per fold: the router at the default (``mix``: λ of the cheaper setting, of the
+    dearer one and the dearer one's share of prompts; its expected point), and the best
+    quality the fold's own sweep reached within ``budget`` (an upper bound: λ chosen on
+    the fold itself)."""
     out = []
+    lo_lam, hi_lam, share = mix
     for f in curves:
-        at = next(p for lm, p in f.curve if lm == lam)
+        lo = next(p for lm, p in f.curve if lm == lo_lam)
+        hi = next(p for lm, p in f.curve if lm == hi_lam)
+        at = Point(
+            lo.quality + share * (hi.quality - lo.quality), lo.cost + share * (hi.cost - lo.cost)
+        )
         within = [p.quality for _, p in f.curve if p.cost <= budget * f.reference.cost]
         out.append(
             {
@@ -320,7 +351,7 @@ def train(
     ref = max(range(k), key=lambda i: (singles[i].quality, -singles[i].cost))
     limit = budget * singles[ref].cost
     y_tr = _targets(tr)
-    best: tuple[float, float, float, list[tuple[float, Point]]] | None = None
+    best: tuple[float, float, float, list[tuple[float, Point]], Array, Array] | None = None
     tried: list[dict[str, float]] = []
     for ww in word_weights:
         f_tr = [features(r.prompt, ww) for r in tr]
@@ -332,9 +363,9 @@ def train(
             score = max(within) if within else 0.0
             tried.append({"alpha": alpha, "word_weight": ww, "quality": score})
             if best is None or score > best[0] + 1e-9:
-                best = (score, alpha, ww, curve)
+                best = (score, alpha, ww, curve, pq, pc)
     assert best is not None
-    _, alpha, ww, curve = best
+    _, alpha, ww, curve, best_pq, best_pc = best
     curves: list[FoldCurve] = []
     if folds > 1 and not estimated:
         curves = cross_validate(data, folds, seed=seed, alpha=alpha, word_weight=ww, reference=ref)
@@ -346,9 +377,19 @@ def train(
         table = _table(pooled_curve)
     else:
         table = _table(curve)
+    # The default's mix: the dearer setting's λ and its share of prompts (see lam_for).
+    hi_lam, share = 0.0, 0.0
     if default_bar is None and curves:
-        fits = [t for t in table if t[2] <= budget * pooled_ref.cost]
-        default = fits[-1] if fits else table[0]
+        # Between the last setting within the budget and the next, dearer one, a mix of
+        # the two spends exactly the budget (the curve's steps are a few points apart).
+        cap = budget * pooled_ref.cost
+        i = max((j for j, t in enumerate(table) if t[2] <= cap), default=0)
+        default = table[i]
+        if i + 1 < len(table) and table[i][2] <= cap < table[i + 1][2]:
+            hi_lam = table[i + 1][1]
+            share = (cap - table[i][2]) / (table[i + 1][2] - table[i][2])
+            q = table[i][0] + share * (table[i + 1][0] - table[i][0])
+            default = (q, default[1], cap)
     elif default_bar is None:
         fits = [t for t in table if t[2] <= limit]
         default = fits[-1] if fits else table[0]
@@ -392,11 +433,18 @@ def train(
         reference=models[ref],
         reference_val=singles[ref],
         default_bar=bar,
-        # The validation split's own point at the default's λ (the table may be pooled).
-        default_val=next(p for lm, p in curve if lm == default[1]),
+        # The validation split's own point at the default (the table may be pooled).
+        default_val=_mixed(
+            vq_a,
+            vc_a,
+            best_pq,
+            best_pc,
+            [r.prompt for r in complete_val],
+            (default[1], hi_lam, share),
+        ),
         tried=tried,
         estimated=estimated,
     )
     if curves:
-        rep.cv = _fold_figures(curves, default[1], budget)
+        rep.cv = _fold_figures(curves, (default[1], hi_lam, share), budget)
     return doc, rep
