@@ -220,3 +220,16 @@ def test_auto_through_the_anthropic_sdk_names_the_served_model(auto_gw: Gateway)
     )
     assert raw.parse().model == "auto-dear"
     assert router_header(raw.headers["x-tokenomy-router"])["model"] == "auto-dear"
+
+
+def test_models_list_names_auto_for_keys_that_may_use_its_pool(auto_gw: Gateway) -> None:
+    listed = {m.id: m for m in client(auto_gw).models.list()}
+    assert "auto" in listed and "auto-dear" in listed
+    card = client(auto_gw).models.retrieve("auto")
+    assert card.id == "auto"
+    assert client(auto_gw).models.retrieve("tokenomy/auto").id == "tokenomy/auto"
+    # A key allowed only models outside the pool cannot use auto: it is not listed.
+    other = client(auto_gw, auto_gw.new_key(models=["sim-small"]))
+    assert "auto" not in {m.id for m in other.models.list()}
+    with pytest.raises(openai.NotFoundError):
+        other.models.retrieve("auto")

@@ -274,3 +274,39 @@ def test_eval_on_the_validation_split_reproduces_the_training_report(synthetic: 
         out = evaluate(router, routerbench.Dataset(data.models, tuple(val)))
         assert out["default"]["quality"] == pytest.approx(rep.default_val.quality, abs=1e-4)
         assert out["default"]["cost"] == pytest.approx(rep.default_val.cost, rel=1e-4)
+
+
+def test_cross_validation_routes_every_row_once_and_its_default_spends_within_budget(
+    synthetic: Path,
+) -> None:
+    data = routerbench.load(synthetic)
+    doc, rep = train(data, alphas=(1.0,), word_weights=(0.5,), budget=0.6, folds=3)
+    assert rep.cv is not None and len(rep.cv) == 3
+    assert sum(f["rows"] for f in rep.cv) == len(data.rows)
+    # The default bar's λ, applied to rows its model never saw, spends within the budget
+    # (summed over the folds) and still buys the dear model for code.
+    share = sum(f["cost"] for f in rep.cv) / sum(f["cost"] / f["share"] for f in rep.cv)
+    assert 0.3 < share <= 0.6
+    assert all(f["quality"] >= 0.85 * f["reference_quality"] for f in rep.cv)
+    assert any("3-fold cross-validation" in line for line in rep.lines())
+    router = LearnedRouter(json.loads(json.dumps(doc)))
+    assert (
+        router.decide("Write a python function that sorts stones.", router.default_bar).chosen.model
+        == "dear"
+    )
+
+
+def test_a_bar_between_two_settings_mixes_them_by_a_hash_of_the_prompt(artifact: Path) -> None:
+    router = LearnedRouter.load(artifact)
+    (q_lo, lam_lo), (q_hi, lam_hi) = router.table[0], router.table[1]
+    assert lam_lo > lam_hi
+    prompts = [f"Which colour fits item {i}?{OPTIONS}" for i in range(2000)]
+    bar = q_lo + 0.25 * (q_hi - q_lo)
+    lams = [router.lam_for(bar, p) for p in prompts]
+    assert set(lams) == {lam_lo, lam_hi}
+    assert 0.2 < lams.count(lam_hi) / len(lams) < 0.3
+    # The same prompt always gets the same setting; a bar on a setting gets only that one.
+    assert [router.lam_for(bar, p) for p in prompts] == lams
+    assert {router.lam_for(q_hi, p) for p in prompts} == {lam_hi}
+    assert {router.lam_for(q_lo, p) for p in prompts} == {lam_lo}
+    assert router.decide(prompts[0], bar).lam == lams[0]

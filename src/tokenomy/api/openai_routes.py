@@ -90,6 +90,10 @@ async def list_models(request: web.Request) -> web.Response:
         for r in svc.registry.routes
         if key.may_use(r.name)
     ]
+    auto = svc.pipeline.auto
+    listed = auto.listing(key) if auto is not None else None
+    if listed is not None:
+        data.append(model_card(listed, created, None))  # its price is the pick's
     return web.Response(
         body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
     )
@@ -98,7 +102,14 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     svc = services(request)
     key = authenticate(request.headers, svc)
-    route = svc.registry.resolve(request.match_info["model"])
+    name = request.match_info["model"]
+    auto = svc.pipeline.auto
+    if auto is not None and name in auto.names:
+        listed = auto.listing(key, name)
+        if listed is not None:
+            card = model_card(listed, int(time.time()), None)
+            return web.Response(body=orjson.dumps(card), content_type="application/json")
+    route = svc.registry.resolve(name)
     if not key.may_use(route.name):
         route = svc.registry.resolve("\0")  # same 404 as an unknown model: do not leak names
     card = model_card(route, int(time.time()), svc.model_pricing(route))

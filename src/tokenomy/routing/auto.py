@@ -17,6 +17,7 @@ from tokenomy.errors import InvalidRequest, PermissionDenied
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.registry import Deployment, ModelRoute, Registry
 from tokenomy.routing.learned import Decision, LearnedRouter, prompt_text
+from tokenomy.store.keys import ApiKey
 
 AUTO_MODELS = frozenset({"auto", "tokenomy/auto"})
 #: The request's bar from the X-Tokenomy-Min-Quality header (set by the HTTP edge).
@@ -77,13 +78,23 @@ class AutoRouter:
         bar = call.extras.get(MIN_QUALITY)
         return self.default_bar if bar is None else float(bar)
 
+    def allowed(self, key: ApiKey, name: str) -> list[str]:
+        """The pool models (router names) ``name`` may pick for ``key``: those the key may
+        use, or all of them when the key may use ``name`` itself."""
+        return [rm for rm, r in self.routes.items() if key.may_use(r.name) or key.may_use(name)]
+
+    def listing(self, key: ApiKey, name: str = "auto") -> ModelRoute | None:
+        """What ``GET /v1/models`` shows for ``name`` to ``key`` (None: the key may use
+        no model of the pool, so auto is not offered)."""
+        allowed = self.allowed(key, name)
+        if not allowed:
+            return None
+        deps = tuple(d for rm in allowed for d in self.routes[rm].deployments)
+        return ModelRoute(name, "picked per request by the learned router", deps)
+
     def route(self, call: Call) -> ModelRoute:
         """Decide for the call; the route of the pick and its fallbacks."""
-        allowed = [
-            rm
-            for rm, r in self.routes.items()
-            if call.key.may_use(r.name) or call.key.may_use(call.model)
-        ]
+        allowed = self.allowed(call.key, call.model)
         if not allowed:
             raise PermissionDenied(
                 "This API key may use none of the models 'auto' picks from.", param="model"

@@ -7,8 +7,9 @@ One linear model per pool model predicts P(answer is good) and one its cost (USD
 are sparse look-ups in pure Python.
 
 The pick maximises ``quality - λ·cost``. The quality bar (0–1) a request asks for is
-turned into λ by a table made on validation data at training time: the cheapest λ whose
-routed traffic reached that mean quality. Thresholding each model's predicted quality
+turned into λ by a table made at training time on rows the model did not see (k-fold
+cross-validation): the cheapest λ whose routed traffic reached that mean quality; a bar
+between two settings mixes them over prompts. Thresholding each model's predicted quality
 at the bar was tried on RouterBench's validation split and lost badly (per-prompt
 predictions stay close to each model's average, so a hard cut buys the frontier model
 for whole tasks at once).
@@ -220,10 +221,26 @@ class LearnedRouter:
                 return lam
         return 0.0
 
+    def lam_for(self, bar: float, text: str) -> float:
+        """λ for a bar and a prompt. A bar between two settings of the table is met by a mix
+        of them (the curve between them is a line, not a step up to the dearer one): a
+        share of prompts, chosen by a hash of the text (the same prompt always gets the
+        same λ), takes the dearer setting."""
+        lo: tuple[float, float] | None = None
+        for b, lam in self.table:
+            if b >= bar - 1e-9:
+                if lo is None or b - lo[0] <= 1e-12:
+                    return lam
+                share = (bar - lo[0]) / (b - lo[0])
+                u = zlib.crc32(text[-TAIL_CHARS:].encode()) / 2**32
+                return lam if u < share else lo[1]
+            lo = (b, lam)
+        return 0.0
+
     def decide(self, text: str, bar: float, allowed: Sequence[str] | None = None) -> Decision:
         """Rank the allowed models for a prompt (all of them when ``allowed`` is None)."""
         q, c = self.predict(text)
-        lam = self.lam(bar)
+        lam = self.lam_for(bar, text)
         keep = None if allowed is None else set(allowed)
         ranked = [
             Scored(m, q[i], c[i], q[i] - lam * c[i] / self._cost_scale)

@@ -25,8 +25,15 @@ class Point:
 def routed(quality: Matrix, cost: Matrix, pred_q: Matrix, pred_c: Matrix, lam: float) -> Point:
     """The point reached by picking, per row, the model maximising ``pred_q - λ·pred_c``
     (costs in the predictions' unit; ties to the cheaper prediction)."""
+    return routed_each(quality, cost, pred_q, pred_c, [lam] * len(quality))
+
+
+def routed_each(
+    quality: Matrix, cost: Matrix, pred_q: Matrix, pred_c: Matrix, lams: Sequence[float]
+) -> Point:
+    """``routed`` with a λ per row."""
     q = c = 0.0
-    for qs, cs, pq, pc in zip(quality, cost, pred_q, pred_c, strict=True):
+    for qs, cs, pq, pc, lam in zip(quality, cost, pred_q, pred_c, lams, strict=True):
         best = max(range(len(pq)), key=lambda i: (pq[i] - lam * pc[i], -pc[i]))
         q += qs[best]
         c += cs[best]

@@ -11,6 +11,7 @@ off, to evaluate it on the validation split afterwards).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,15 +119,39 @@ def _predictions(f: Fit, feats: Sequence[dict[int, float]], k: int) -> tuple[Arr
     return np.clip(p[:, :k], 0.01, 0.99), np.maximum(p[:, k:], 0.0)
 
 
-def _sweep(quality: Array, cost: Array, pq: Array, pc: Array) -> list[tuple[float, Point]]:
+def _sweep(
+    quality: Array, cost: Array, pq: Array, pc: Array, lams: Sequence[float] = LAMBDAS
+) -> list[tuple[float, Point]]:
     """``learned_eval.sweep`` in numpy (training sweeps many settings)."""
     rows = np.arange(len(quality))
     out = []
-    for lam in LAMBDAS:
+    for lam in lams:
         # The tiny cost term breaks ties towards the cheaper prediction, as serving does.
         pick = np.argmax(pq - lam * pc - 1e-12 * pc, axis=1)
         out.append((lam, Point(float(quality[rows, pick].mean()), float(cost[rows, pick].sum()))))
     return out
+
+
+def _mixed(
+    quality: Array,
+    cost: Array,
+    pq: Array,
+    pc: Array,
+    prompts: Sequence[str],
+    mix: tuple[float, float, float],
+) -> Point:
+    """The point reached when each prompt takes the λ ``LearnedRouter.lam_for`` gives it:
+    the dearer setting's (``mix[1]``) for a ``mix[2]`` share of prompts by their hash."""
+    lo_lam, hi_lam, share = mix
+    lams = np.array(
+        [
+            hi_lam if zlib.crc32(p[-TAIL_CHARS:].encode()) / 2**32 < share else lo_lam
+            for p in prompts
+        ]
+    )
+    pick = np.argmax(pq - lams[:, None] * pc - 1e-12 * pc, axis=1)
+    rows = np.arange(len(quality))
+    return Point(float(quality[rows, pick].mean()), float(cost[rows, pick].sum()))
 
 
 def _table(curve: list[tuple[float, Point]]) -> list[tuple[float, float, float]]:
@@ -153,6 +178,8 @@ class Report:
     tried: list[dict[str, float]]
     #: The validation rows were not scored on every model: figures are predictions.
     estimated: bool = False
+    #: k-fold cross-validation by sample_id (``folds`` > 1): one entry per fold.
+    cv: list[dict[str, float]] | None = None
 
     def lines(self) -> list[str]:
         ref = self.reference_val
@@ -174,7 +201,107 @@ class Report:
             f"  alpha={t['alpha']:g} word_weight={t['word_weight']:g}: quality {t['quality']:.4f}"
             for t in self.tried
         ]
+        if self.cv:
+            out.append(
+                f"{len(self.cv)}-fold cross-validation by sample_id (router at the default bar; "
+                f"best quality within {self.budget:g} of {self.reference}'s cost):"
+            )
+            out += [
+                f"  fold {i}: {int(f['rows'])} rows, quality {f['quality']:.4f}, cost "
+                f"${f['cost']:.4f} ({f['share']:.1%}), always {self.reference} "
+                f"{f['reference_quality']:.4f}; within budget {f['within']:.4f}"
+                for i, f in enumerate(self.cv)
+            ]
+            mean = {k: sum(f[k] for f in self.cv) / len(self.cv) for k in self.cv[0]}
+            out.append(
+                f"  mean: quality {mean['quality']:.4f}, cost share {mean['share']:.1%}, "
+                f"always {self.reference} {mean['reference_quality']:.4f}; "
+                f"within budget {mean['within']:.4f}"
+            )
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class FoldCurve:
+    """One fold's routed sweep (over ``LAMBDAS``) and the reference model's point."""
+
+    rows: int
+    curve: list[tuple[float, Point]]
+    reference: Point
+
+
+def cross_validate(
+    data: Dataset, folds: int, *, seed: int, alpha: float, word_weight: float, reference: int
+) -> list[FoldCurve]:
+    """Per fold of the complete rows (by ``sample_id``): fit on the other folds with the
+    tuned settings and sweep λ on the fold."""
+    complete = [r for r in data.rows if all(x == x for x in r.quality + r.cost)]
+    k = len(data.models)
+    feats = [features(r.prompt, word_weight) for r in complete]
+    fold_of = [zlib.crc32(f"{seed}:fold:{r.sample_id}".encode()) % folds for r in complete]
+    out = []
+    for i in range(folds):
+        te = [j for j, f in enumerate(fold_of) if f == i]
+        tr = [j for j, f in enumerate(fold_of) if f != i]
+        if not te or not tr:
+            continue
+        model = fit([feats[j] for j in tr], _targets([complete[j] for j in tr]), alpha)
+        pq, pc = _predictions(model, [feats[j] for j in te], k)
+        q = np.array([complete[j].quality for j in te])
+        c = np.array([complete[j].cost for j in te])
+        ref = Point(float(q[:, reference].mean()), float(c[:, reference].sum()))
+        out.append(FoldCurve(len(te), _sweep(q, c, pq, pc), ref))
+    return out
+
+
+def pooled(curves: list[FoldCurve]) -> tuple[list[tuple[float, Point]], Point]:
+    """The folds' sweeps as one (mean quality and total cost over every fold's rows) and
+    the reference model's point over the same rows."""
+    n = sum(f.rows for f in curves)
+    out = [
+        (
+            lam,
+            Point(
+                sum(f.curve[i][1].quality * f.rows for f in curves) / n,
+                sum(f.curve[i][1].cost for f in curves),
+            ),
+        )
+        for i, lam in enumerate(LAMBDAS)
+    ]
+    ref = Point(
+        sum(f.reference.quality * f.rows for f in curves) / n,
+        sum(f.reference.cost for f in curves),
+    )
+    return out, ref
+
+
+def _fold_figures(
+    curves: list[FoldCurve], mix: tuple[float, float, float], budget: float
+) -> list[dict[str, float]]:
+    """Per fold: the router at the default (``mix``: λ of the cheaper setting, of the
+    dearer one and the dearer one's share of prompts; its expected point), and the best
+    quality the fold's own sweep reached within ``budget`` (an upper bound: λ chosen on
+    the fold itself)."""
+    out = []
+    lo_lam, hi_lam, share = mix
+    for f in curves:
+        lo = next(p for lm, p in f.curve if lm == lo_lam)
+        hi = next(p for lm, p in f.curve if lm == hi_lam)
+        at = Point(
+            lo.quality + share * (hi.quality - lo.quality), lo.cost + share * (hi.cost - lo.cost)
+        )
+        within = [p.quality for _, p in f.curve if p.cost <= budget * f.reference.cost]
+        out.append(
+            {
+                "rows": float(f.rows),
+                "quality": at.quality,
+                "cost": at.cost,
+                "share": at.cost / f.reference.cost,
+                "reference_quality": f.reference.quality,
+                "within": max(within) if within else 0.0,
+            }
+        )
+    return out
 
 
 def train(
@@ -187,11 +314,14 @@ def train(
     word_weights: Sequence[float] = WORD_WEIGHTS,
     default_bar: float | None = None,
     refit: bool = True,
+    folds: int = 0,
 ) -> tuple[dict[str, Any], Report]:
     """Tune on a validation split, refit on every row; the artifact and a report.
 
     ``budget`` is the share of the best single model's validation cost the default bar
     may spend: the default bar is the highest validation quality reached within it.
+    ``folds`` > 1 adds k-fold cross-validation figures to the report (a 20 % split of a
+    few thousand rows is noisy: about ±2 points of quality).
     """
     models = data.models
     k = len(models)
@@ -221,7 +351,7 @@ def train(
     ref = max(range(k), key=lambda i: (singles[i].quality, -singles[i].cost))
     limit = budget * singles[ref].cost
     y_tr = _targets(tr)
-    best: tuple[float, float, float, list[tuple[float, Point]]] | None = None
+    best: tuple[float, float, float, list[tuple[float, Point]], Array, Array] | None = None
     tried: list[dict[str, float]] = []
     for ww in word_weights:
         f_tr = [features(r.prompt, ww) for r in tr]
@@ -233,11 +363,34 @@ def train(
             score = max(within) if within else 0.0
             tried.append({"alpha": alpha, "word_weight": ww, "quality": score})
             if best is None or score > best[0] + 1e-9:
-                best = (score, alpha, ww, curve)
+                best = (score, alpha, ww, curve, pq, pc)
     assert best is not None
-    _, alpha, ww, curve = best
-    table = _table(curve)
-    if default_bar is None:
+    _, alpha, ww, curve, best_pq, best_pc = best
+    curves: list[FoldCurve] = []
+    if folds > 1 and not estimated:
+        curves = cross_validate(data, folds, seed=seed, alpha=alpha, word_weight=ww, reference=ref)
+    if curves:
+        # Every row routed once by a model that did not see it: a smoother curve than the
+        # 20 % split's (whose cost share at one λ varies by a few points from split to
+        # split), so the bar-to-λ table and the default bar come from it.
+        pooled_curve, pooled_ref = pooled(curves)
+        table = _table(pooled_curve)
+    else:
+        table = _table(curve)
+    # The default's mix: the dearer setting's λ and its share of prompts (see lam_for).
+    hi_lam, share = 0.0, 0.0
+    if default_bar is None and curves:
+        # Between the last setting within the budget and the next, dearer one, a mix of
+        # the two spends exactly the budget (the curve's steps are a few points apart).
+        cap = budget * pooled_ref.cost
+        i = max((j for j, t in enumerate(table) if t[2] <= cap), default=0)
+        default = table[i]
+        if i + 1 < len(table) and table[i][2] <= cap < table[i + 1][2]:
+            hi_lam = table[i + 1][1]
+            share = (cap - table[i][2]) / (table[i + 1][2] - table[i][2])
+            q = table[i][0] + share * (table[i + 1][0] - table[i][0])
+            default = (q, default[1], cap)
+    elif default_bar is None:
         fits = [t for t in table if t[2] <= limit]
         default = fits[-1] if fits else table[0]
     else:
@@ -280,8 +433,18 @@ def train(
         reference=models[ref],
         reference_val=singles[ref],
         default_bar=bar,
-        default_val=Point(default[0], default[2]),
+        # The validation split's own point at the default (the table may be pooled).
+        default_val=_mixed(
+            vq_a,
+            vc_a,
+            best_pq,
+            best_pc,
+            [r.prompt for r in complete_val],
+            (default[1], hi_lam, share),
+        ),
         tried=tried,
         estimated=estimated,
     )
+    if curves:
+        rep.cv = _fold_figures(curves, (default[1], hi_lam, share), budget)
     return doc, rep
