@@ -137,6 +137,10 @@ def test_feedback_only_on_the_keys_own_organisations_requests(fb_gw: tuple[Gatew
         ({"request_id": "x", "score": "0.5"}, "score"),
         ({"request_id": "x"}, "score"),
         ({"request_id": "x", "score": 0.5, "comment": 5}, "comment"),
+        # PostgreSQL refuses a NUL in text: a 400 here, never a 500 from the database.
+        ({"request_id": "req_\u0000", "score": 0.5}, "request_id"),
+        ({"request_id": "x", "score": 0.5, "comment": "a\u0000b"}, "comment"),
+        ({"request_id": "x", "score": 0.5, "prompt": "\u0000"}, "prompt"),
     ],
 )
 def test_bad_feedback_is_a_400_naming_the_field(

@@ -344,7 +344,7 @@ USAGE_PARAMS = [
 
 def admin_case(rng: random.Random, world: World) -> Case:
     org = odd_id(rng, [world.org_id])
-    roll = rng.randrange(12)
+    roll = rng.randrange(13)
     hdr = {**auth(rng, world, admin=True), **odd_headers(rng)}
 
     def post(path: str, body: dict[str, Any]) -> Case:
@@ -387,6 +387,8 @@ def admin_case(rng: random.Random, world: World) -> Case:
         return Case("GET", f"/admin/requests/{odd_id(rng, [])}", b"", hdr)
     if roll == 10:
         return Case("GET", "/admin/budgets" + query(rng, ["scope", "scope_id"]), b"", hdr)
+    if roll == 11:
+        return Case("GET", "/admin/dead-letters" + query(rng, ["limit"]), b"", hdr)
     return Case("GET", "/admin/keys" + query(rng, ["include_revoked"]), b"", hdr)
 
 
@@ -404,6 +406,9 @@ def read_case(rng: random.Random, world: World) -> Case:
         form = f"key={quote(rng.choice([world.key, ADMIN_KEY, *ODD_STRINGS]))}"
         hdr["Content-Type"] = "application/x-www-form-urlencoded"
         return Case("POST", "/dashboard/login", form.encode(), hdr)
+    if roll == 11:  # an unknown id waits for the next group commit: rarer than the rest
+        body = {"request_id": odd_id(rng, []), "score": 0.5, "comment": "c", "prompt": "p"}
+        return Case("POST", "/v1/feedback", serialise(rng, mutate(rng, body)), hdr)
     path = rng.choice(
         [
             "/v1/models",

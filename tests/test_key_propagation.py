@@ -187,3 +187,28 @@ def test_the_periodic_refresh_sees_a_change_committed_after_a_later_stamped_one(
     cache.refresh()
     assert cache.lookup(secret) is None
     engine.dispose()
+
+
+def test_key_announcements_reach_a_cluster_through_its_seed_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A cluster URL is not a URL redis-py's plain client takes; pub/sub reaches every node
+    # of a cluster from any one, so the seed node is used as it is.
+    import redis
+
+    from tokenomy.store.key_events import RedisAnnouncer
+
+    seen: list[str] = []
+
+    class FakeClient:
+        def publish(self, channel: str, message: str) -> None:
+            seen.append(f"{channel}={message}")
+
+    def from_url(url: str, **_: object) -> FakeClient:
+        redis.connection.parse_url(url)  # the plain client's own check: raises on "+cluster"
+        seen.append(url)
+        return FakeClient()
+
+    monkeypatch.setattr(redis.Redis, "from_url", staticmethod(from_url))
+    RedisAnnouncer("redis+cluster://127.0.0.1:7000/0", "{tk}:")("key_1")
+    assert seen == ["redis://127.0.0.1:7000/0", "{tk}:keys=key_1"]

@@ -18,6 +18,7 @@ from typing import Any
 import anthropic
 import httpx
 import openai
+import orjson
 import pytest
 from sqlalchemy import func, select
 
@@ -98,6 +99,10 @@ def test_healthz_is_503_while_the_writer_is_stuck_and_200_after(
         assert stuck["status"] == "unhealthy"
         assert stuck["writer"]["pending"] >= 3
         assert stuck["writer"]["oldest_age_s"] > 0.5
+        # Unauthenticated: the kind of error, never its text (a host, a port, a user name).
+        # (SQLite's writer waits on the lock instead of failing: no error to show there.)
+        assert ":" not in (stuck["writer"]["last_error"] or "")
+        assert "127.0.0.1" not in orjson.dumps(stuck).decode()
     healthy = wait_for(srv.url, 200)
     assert healthy["writer"]["pending"] == 0 and healthy["writer"]["last_error"] is None
     with svc.engine.connect() as c:
@@ -178,6 +183,13 @@ def test_a_poison_record_shows_in_healthz_and_metrics_and_later_requests_still_l
     assert dead["request_id"] == "req_poison" and "null" in dead["reason"].lower()
     assert dead["record"] == [{"table": "usage_events", "row": poison}]
     assert httpx.get(srv.url + "/admin/dead-letters").status_code == 401
+    for limit in ("0", "²", "x", "10001"):  # "²" passes str.isdigit, not int()
+        r = httpx.get(
+            srv.url + "/admin/dead-letters",
+            params={"limit": limit},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "limit", limit
     # ... and from the command line.
     config = tmp_path / "cli.yaml"
     url = svc.engine.url.render_as_string(hide_password=False)

@@ -27,7 +27,11 @@ async def post_feedback(request: web.Request) -> web.Response:
     key = authenticate(request.headers, svc)
     body = await read_json(request, svc)
     rid = body.get("request_id")
-    if not isinstance(rid, str) or not 0 < len(rid) <= 64:
+    if (
+        not isinstance(rid, str)
+        or not 0 < len(rid) <= 64
+        or not (rid.isascii() and rid.isprintable())
+    ):
         raise InvalidRequest("'request_id' must be a request id string.", param="request_id")
     score = body.get("score")
     if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
@@ -40,9 +44,10 @@ async def post_feedback(request: web.Request) -> web.Response:
         prompt = svc.pipeline.auto.recent_prompt(rid)
     args = (svc.engine, key, rid, float(score), comment, prompt)
     found = await asyncio.to_thread(feedback.record, *args)
-    if not found:
-        # Its usage record may still sit in the writer's batch: write it out and look again.
-        await svc.usage_writer.flush()
+    if not found and not svc.usage_writer.synchronous:
+        # Its usage record may still sit in the writer's batch: look again once the next
+        # group commit is due (not forcing one: any key could then defeat group commits).
+        await asyncio.sleep(2 * svc.usage_writer.flush_interval_s + 0.05)
         found = await asyncio.to_thread(feedback.record, *args)
     if not found:
         raise NotFound(
@@ -58,9 +63,9 @@ def _text(body: dict[str, Any], field: str, most: int | None) -> str | None:
     v = body.get(field)
     if v is None:
         return None
-    if not isinstance(v, str) or (most is not None and len(v) > most):
+    if not isinstance(v, str) or (most is not None and len(v) > most) or "\0" in v:
         limit = f" of at most {most} characters" if most else ""
-        raise InvalidRequest(f"'{field}' must be a string{limit}.", param=field)
+        raise InvalidRequest(f"'{field}' must be a string{limit}, without NUL.", param=field)
     return v
 
 

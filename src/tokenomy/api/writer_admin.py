@@ -15,7 +15,7 @@ from tokenomy.store.dead_letters import list_dead_letters
 async def get_dead_letters(request: web.Request) -> web.Response:
     svc = require_admin(request)
     text = request.query.get("limit", "100")
-    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 10_000:
         raise InvalidRequest("limit must be a whole number from 1 to 10000.", param="limit")
     letters = await asyncio.to_thread(list_dead_letters, svc.engine, int(text))
     body = {"object": "list", "data": letters}

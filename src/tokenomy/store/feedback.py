@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from tokenomy.store.keys import ApiKey
 from tokenomy.store.schema import request_feedback, usage_events
@@ -36,8 +37,24 @@ def record(
     comment: str | None = None,
     prompt: str | None = None,
 ) -> bool:
-    """Store the score; False when no request of the key's organisation (or, for a key
-    without one, of the key itself) has that id."""
+    """Store the score (the last of concurrent scores of one request wins); False when no
+    request of the key's organisation (or, for a key without one, of the key itself) has
+    that id."""
+    try:
+        return _record(engine, key, request_id, score, comment, prompt)
+    except IntegrityError:
+        # Another score of the same request landed between our delete and insert.
+        return _record(engine, key, request_id, score, comment, prompt)
+
+
+def _record(
+    engine: Engine,
+    key: ApiKey,
+    request_id: str,
+    score: float,
+    comment: str | None = None,
+    prompt: str | None = None,
+) -> bool:
     with engine.begin() as conn:
         ev = conn.execute(
             select(usage_events.c.org_id, usage_events.c.key_id).where(

@@ -22,6 +22,8 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from tokenomy.store.redis_cluster import node_url
+
 log = logging.getLogger(__name__)
 
 #: The PostgreSQL NOTIFY channel (one per database, so no prefix is needed).
@@ -52,8 +54,9 @@ class RedisAnnouncer:
         if self._client is None:
             import redis
 
+            # A cluster broadcasts what one node publishes: the seed node will do.
             self._client = redis.Redis.from_url(
-                self._url, socket_timeout=2.0, socket_connect_timeout=2.0
+                node_url(self._url), socket_timeout=2.0, socket_connect_timeout=2.0
             )
         self._client.publish(self._channel, key_id)
 
@@ -100,7 +103,7 @@ async def _redis_once(url: str, channel: str, reload: Reload) -> None:
     import redis.asyncio as aioredis
 
     # The health check notices a connection that died silently between messages.
-    client = aioredis.Redis.from_url(url, health_check_interval=15)
+    client = aioredis.Redis.from_url(node_url(url), health_check_interval=15)
     try:
         async with client.pubsub() as ps:
             await ps.subscribe(channel)

@@ -314,6 +314,11 @@ class BatchWriter:
         self.last_error: str | None = None
 
     @property
+    def flush_interval_s(self) -> float:
+        """How often a group commit runs (0: every record commits before its answer)."""
+        return self._interval
+
+    @property
     def synchronous(self) -> bool:
         return self._interval == 0
 
