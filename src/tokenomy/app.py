@@ -13,6 +13,7 @@ from tokenomy.api import (
     anthropic_routes,
     ledger_admin,
     openai_routes,
+    responses_routes,
     usage_routes,
     writer_admin,
 )
@@ -28,6 +29,7 @@ from tokenomy.config import Config
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from tokenomy.gateway.call import new_request_id
 from tokenomy.services import Services, build_services
+from tokenomy.store.responses import ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
     for route in app[INFERENCE_ROUTES]:
         app.router.add_post(route.path, aio_handler(route))
     openai_routes.add_routes(app)
+    responses_routes.add_routes(app, ResponseStore(svc.engine))
     admin.add_routes(app)
     ledger_admin.add_routes(app)
     writer_admin.add_routes(app)

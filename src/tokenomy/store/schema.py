@@ -171,3 +171,21 @@ writer_dead_letters = Table(
     Column("record", Text, nullable=False),
     Index("ix_writer_dead_letters_ts", "ts_ms"),
 )
+
+#: Stored Responses-API answers (``store: true``), per owner (the key's organisation),
+#: so ``previous_response_id`` chains survive restarts and work on every replica.
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(40), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    # The Response object as answered (JSON).
+    Column("response", Text, nullable=False),
+    # This request's input items, with their ids (JSON list).
+    Column("input_items", Text, nullable=False),
+    # The whole conversation up to and including this answer, as chat messages (JSON):
+    # what a call chained to it re-sends upstream.
+    Column("context", Text, nullable=False),
+    Index("ix_responses_owner", "owner", "created_ms"),
+)
