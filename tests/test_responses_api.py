@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, sim_faults
 
 WEATHER_TOOL = {
     "type": "function",
@@ -321,3 +321,56 @@ def test_malformed_input_is_400_naming_the_field(
         client.post("/responses", body={"model": "sim-small", **body}, cast_to=dict)
     assert e.value.status_code == 400
     assert e.value.body["param"] == param  # type: ignore[index]
+
+
+def test_stream_cut_upstream_ends_in_response_failed_and_bills_what_was_produced(
+    gateway: Gateway, client: openai.OpenAI
+) -> None:
+    sim_faults(gateway.sim_url, "single-a", ["disconnect:3"])
+    stream = client.responses.create(model="single", input="Tell me a story", stream=True)
+    events = list(stream)
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-2:] == ["error", "response.failed"]
+    assert "response.completed" not in types
+    got = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    failed = events[-1].response  # type: ignore[union-attr]
+    assert failed.status == "failed" and failed.error is not None
+    (row,) = gateway.wait_events(1, request_id=stream.response.headers["x-request-id"])
+    assert row["status"] == "upstream_cut" and row["usage_source"] == "counted"
+    assert row["output_tokens"] == gateway.services.counter.count_text("single-a", got) > 0
+    assert row["cost_nanos"] > 0
+
+
+def test_output_cap_makes_an_incomplete_response(client: openai.OpenAI) -> None:
+    r = client.responses.create(model="sim-small", input="Tell me a story", max_output_tokens=5)
+    assert r.status == "incomplete"
+    assert r.incomplete_details is not None
+    assert r.incomplete_details.reason == "max_output_tokens"
+    assert r.usage is not None and r.usage.output_tokens == 5
+    events = list(
+        client.responses.create(
+            model="sim-small", input="Tell me a story", max_output_tokens=5, stream=True
+        )
+    )
+    last = events[-1]
+    assert last.type == "response.incomplete"
+    assert last.response.usage is not None and last.response.usage.output_tokens == 5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_tokens_are_reported_and_billed(
+    gateway: Gateway, client: openai.OpenAI, stream: bool
+) -> None:
+    kw: dict[str, Any] = {"model": "ds-reasoner", "input": "Think, then say hi."}
+    if stream:
+        with client.responses.stream(**kw) as s:
+            r = s.get_final_response()
+    else:
+        r = client.responses.create(**kw)
+    u = r.usage
+    assert u is not None and u.output_tokens_details.reasoning_tokens > 0
+    rows = gateway.wait_events(1, endpoint="responses", model="ds-reasoner", stream=stream)
+    row = next(x for x in rows if x["output_tokens"] == u.output_tokens)
+    assert row["reasoning_tokens"] == u.output_tokens_details.reasoning_tokens
+    assert nanos(u.model_extra["cost"]) == row["cost_nanos"] > 0  # type: ignore[index]

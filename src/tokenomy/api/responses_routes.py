@@ -35,6 +35,7 @@ from tokenomy.providers.translate_responses import (
     chat_answer_to_output,
     chat_request,
     finish,
+    id_age_s,
     input_items,
     items_to_messages,
     new_id,
@@ -172,6 +173,12 @@ class ResponsesExchange:
         )
 
 
+async def _lookup(store: ResponseStore, key: ApiKey, response_id: str) -> StoredResponse | None:
+    age = id_age_s(response_id, "resp_")
+    recent = age is not None and -5 < age < 5  # perhaps still being written by another replica
+    return await store.get(_owner(key), response_id, recent=recent)
+
+
 async def create_response(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     store = request.app[RESPONSE_STORE]
@@ -188,7 +195,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             raise InvalidRequest(
                 "'previous_response_id' must be a string.", param="previous_response_id"
             )
-        prev = await store.get(_owner(key), prev_id)
+        prev = await _lookup(store, key, prev_id)
         if prev is None:
             raise _not_found(prev_id, "previous_response_id")
         context = prev.context
@@ -217,7 +224,7 @@ async def _stored(request: web.Request) -> StoredResponse:
     svc = services(request)
     key = authenticate(request.headers, svc)
     rid = request.match_info["response_id"]
-    stored = await request.app[RESPONSE_STORE].get(_owner(key), rid)
+    stored = await _lookup(request.app[RESPONSE_STORE], key, rid)
     if stored is None:
         raise _not_found(rid)
     return stored

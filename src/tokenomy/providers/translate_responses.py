@@ -25,8 +25,20 @@ _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develop
 
 
 def new_id(prefix: str) -> str:
-    """An id in OpenAI's shape (``resp_…``, ``msg_…``, ``fc_…``), unique across replicas."""
-    return prefix + secrets.token_hex(24)
+    """An id in OpenAI's shape (``resp_…``, ``msg_…``, ``fc_…``), unique across replicas:
+    the time it was made (ms, 12 hex digits), then 18 random bytes."""
+    return f"{prefix}{int(time.time() * 1000):012x}{secrets.token_hex(18)}"
+
+
+def id_age_s(value: str, prefix: str) -> float | None:
+    """How long ago an id of :func:`new_id` was made; None for an id of another shape."""
+    stamp = value[len(prefix) : len(prefix) + 12]
+    if not value.startswith(prefix) or len(stamp) != 12:
+        return None
+    try:
+        return time.time() - int(stamp, 16) / 1000
+    except ValueError:
+        return None
 
 
 def _bad(message: str, param: str) -> InvalidRequest:

@@ -22,6 +22,9 @@ from tokenomy.store.schema import responses
 
 log = logging.getLogger(__name__)
 
+#: How long a lookup of a just-made answer waits for another replica's write of it.
+MISS_WAIT_S = 1.0
+
 
 @dataclass(slots=True)
 class StoredResponse:
@@ -80,12 +83,23 @@ class ResponseStore:
         with self.engine.begin() as conn:
             conn.execute(insert(responses).values(**row))
 
-    async def get(self, owner: str, response_id: str) -> StoredResponse | None:
-        """The owner's stored answer, or None (unknown, deleted or another owner's)."""
+    async def get(
+        self, owner: str, response_id: str, *, recent: bool = False
+    ) -> StoredResponse | None:
+        """The owner's stored answer, or None (unknown, deleted or another owner's).
+
+        ``recent``: the answer was made moments ago, perhaps on another replica whose
+        write is still in flight, so a miss is read again for up to ``MISS_WAIT_S``.
+        """
         hit = self._cache.get(response_id)
         if hit is not None:
             return hit if hit.owner == owner else None
         row = await asyncio.to_thread(self._select, response_id)
+        waited = 0.0
+        while row is None and recent and waited < MISS_WAIT_S:
+            await asyncio.sleep(0.025)
+            waited += 0.025
+            row = await asyncio.to_thread(self._select, response_id)
         if row is None or row.owner != owner:
             return None
         stored = StoredResponse(
