@@ -8,13 +8,13 @@ import orjson
 import pytest
 
 from tokenomy.errors import InvalidRequest
+from tokenomy.ids import stamped_id as new_id
+from tokenomy.ids import stamped_id_age_s as id_age_s
 from tokenomy.providers.translate_responses import (
     chat_answer_to_output,
     chat_request,
-    id_age_s,
     input_items,
     items_to_messages,
-    new_id,
     response_object,
 )
 from tokenomy.providers.translate_responses_stream import ChatToResponsesStream

@@ -14,6 +14,7 @@ from tokenomy.api import (
     ledger_admin,
     openai_routes,
     responses_routes,
+    tasks_routes,
     usage_routes,
     writer_admin,
 )
@@ -110,6 +111,7 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
         app.router.add_post(route.path, aio_handler(route))
     openai_routes.add_routes(app)
     responses_routes.add_routes(app, ResponseStore(svc.engine))
+    tasks_routes.add_routes(app)
     admin.add_routes(app)
     ledger_admin.add_routes(app)
     writer_admin.add_routes(app)

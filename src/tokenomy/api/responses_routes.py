@@ -29,16 +29,16 @@ from tokenomy.errors import InvalidRequest, NotFound
 from tokenomy.gateway import validation
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.pipeline import Pipeline
+from tokenomy.ids import stamped_id as new_id
+from tokenomy.ids import stamped_id_age_s as id_age_s
 from tokenomy.providers.sse import frames_data
 from tokenomy.providers.translate_responses import (
     JSON,
     chat_answer_to_output,
     chat_request,
     finish,
-    id_age_s,
     input_items,
     items_to_messages,
-    new_id,
     response_object,
     responses_usage,
 )

@@ -226,6 +226,8 @@ class LedgerStore:
             sc, per = Scope(scope), Period(period)
         except ValueError as e:
             raise LedgerError(str(e)) from None
+        if sc is Scope.TASK:
+            raise LedgerError("a task's budget is set when the task is made (POST /v1/tasks)")
         if amount_nanos is None and token_limit is None:
             raise LedgerError("a budget needs an amount, a token limit, or both")
         if amount_nanos is not None:
@@ -448,6 +450,7 @@ class LedgerStore:
             Scope.ORG: usage_events.c.org_id,
             Scope.PROJECT: usage_events.c.project_id,
             Scope.KEY: usage_events.c.key_id,
+            Scope.TASK: usage_events.c.task_id,
         }[b.scope]
         cond = [col == b.scope_id, usage_events.c.ts_ms >= meter.start_ms]
         if meter.end_ms is not None:

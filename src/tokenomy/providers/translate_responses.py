@@ -9,11 +9,11 @@ Responses stream's semantic events). Pure: no I/O, no clock beyond ids and times
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Any
 
 from tokenomy.errors import InvalidRequest
+from tokenomy.ids import stamped_id as new_id
 
 JSON = dict[str, Any]
 
@@ -22,23 +22,6 @@ _PASSED = ("temperature", "top_p", "parallel_tool_calls", "service_tier", "user"
 #: Request fields the gateway cannot honour: refused, never silently dropped.
 _UNSUPPORTED = ("background", "conversation", "prompt")
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
-
-
-def new_id(prefix: str) -> str:
-    """An id in OpenAI's shape (``resp_…``, ``msg_…``, ``fc_…``), unique across replicas:
-    the time it was made (ms, 12 hex digits), then 18 random bytes."""
-    return f"{prefix}{int(time.time() * 1000):012x}{secrets.token_hex(18)}"
-
-
-def id_age_s(value: str, prefix: str) -> float | None:
-    """How long ago an id of :func:`new_id` was made; None for an id of another shape."""
-    stamp = value[len(prefix) : len(prefix) + 12]
-    if not value.startswith(prefix) or len(stamp) != 12:
-        return None
-    try:
-        return time.time() - int(stamp, 16) / 1000
-    except ValueError:
-        return None
 
 
 def _bad(message: str, param: str) -> InvalidRequest:

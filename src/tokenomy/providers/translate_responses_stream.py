@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 
+from tokenomy.ids import stamped_id as new_id
 from tokenomy.providers.translate_responses import (
     JSON,
     call_item,
     finish,
-    new_id,
     text_item,
 )
 
