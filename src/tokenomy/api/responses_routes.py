@@ -27,7 +27,7 @@ from tokenomy.api.edge import (
 )
 from tokenomy.errors import InvalidRequest, NotFound
 from tokenomy.gateway import validation
-from tokenomy.gateway.call import Call
+from tokenomy.gateway.call import TASK_NAME, Call
 from tokenomy.gateway.pipeline import Pipeline
 from tokenomy.ids import stamped_id as new_id
 from tokenomy.ids import stamped_id_age_s as id_age_s
@@ -213,6 +213,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         key=key,
         wants_usage=True,
     )
+    meta = body.get("metadata")
+    if isinstance(meta, dict) and meta.get("task_id") is not None:
+        call.extras[TASK_NAME] = meta["task_id"]  # the X-Tokenomy-Task header wins
     inner = AioExchange(request)
     ex: Exchange = ResponsesExchange(inner, call, body, items, context, store, svc.pipeline)
     await serve_call(ex, svc, call)
