@@ -245,3 +245,37 @@ def test_a_task_budget_holds_across_two_replicas(sim: ThreadServer, tmp_path: Pa
         finally:
             for srv in servers:
                 srv.stop()
+
+
+def test_a_budget_below_what_the_task_spent_is_refused_and_changes_nothing(
+    gateway: Gateway,
+) -> None:
+    key = gateway.new_key(org_id=gateway.new_org(10**10))
+    task = make_task(gateway, key, {"amount": "5.00", "tokens": 100_000})
+    c = openai.OpenAI(
+        base_url=gateway.base_url,
+        api_key=key,
+        max_retries=0,
+        default_headers={"X-Tokenomy-Task": task["id"]},
+    )
+    raw = c.chat.completions.with_raw_response.create(model="sim-small", messages=MSG)  # type: ignore[arg-type]
+    spent = nanos(raw.headers["x-tokenomy-cost"])
+    used = raw.parse().usage.total_tokens  # type: ignore[union-attr]
+    http = api(gateway, key)
+    low = str(Decimal(spent - 1) / 10**9)
+    r = http.post(f"/tasks/{task['id']}", json={"budget": {"amount": low}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "budget.amount"
+    assert "already spent" in r.json()["error"]["message"]
+    r = http.post(f"/tasks/{task['id']}", json={"budget": {"tokens": used - 1}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "budget.tokens"
+    view = http.get(f"/tasks/{task['id']}").json()
+    assert view["budget"]["amount"] == "5" and view["budget"]["tokens"] == 100_000
+    # Exactly what was spent is allowed, and then the next call is refused.
+    r = http.post(f"/tasks/{task['id']}", json={"budget": {"amount": str(Decimal(spent) / 10**9)}})
+    assert r.status_code == 200 and nanos(r.json()["budget"]["amount"]) == spent
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(model="sim-small", messages=MSG)  # type: ignore[arg-type]
+    assert e.value.status_code == 402
+    other = gateway.new_key(org_id=gateway.new_org())
+    r = api(gateway, other).post(f"/tasks/{task['id']}", json={"budget": {"amount": "9"}})
+    assert r.status_code == 404

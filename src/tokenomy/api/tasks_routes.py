@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from tokenomy.api.edge import authenticate, parse_json, read_body, services
+from tokenomy.api.edge import authenticate, parse_json, read_body, read_json, services
 from tokenomy.billing.money import parse_nanos
 from tokenomy.errors import InvalidRequest
 from tokenomy.ids import stamped_id
 from tokenomy.ledger.biller import units
-from tokenomy.ledger.tasks import TASK_PREFIX, owner_of, task_not_found
+from tokenomy.ledger.tasks import TASK_PREFIX, owner_of, task_meter, task_not_found
 from tokenomy.store.tasks import Task, TaskStore, TaskTotals
 
 
@@ -71,6 +72,44 @@ async def create_task(request: web.Request) -> web.Response:
     await asyncio.to_thread(_store(request).create, task)
     empty = TaskTotals(0, 0, 0, 0, 0, None, None)
     return _json(_task_view(task.id, task, empty))
+
+
+async def set_task_budget(request: web.Request) -> web.Response:
+    """A made task's new budget; one below what the task has already spent is refused
+    (400) and changes nothing."""
+    svc = services(request)
+    key = authenticate(request.headers, svc)
+    name = request.match_info["task_id"]
+    store = _store(request)
+    task = await asyncio.to_thread(store.get, name) if name.startswith(TASK_PREFIX) else None
+    if task is None or task.owner != owner_of(key.org_id, key.id):
+        raise task_not_found(name)
+    body = await read_json(request, svc)
+    if "budget" not in body:
+        raise InvalidRequest("Missing required parameter: 'budget'.", param="budget")
+    nanos, tokens = _budget(body)
+    if (nanos is not None or tokens is not None) and key.org_id is None:
+        raise InvalidRequest("A task budget needs an API key of an organisation.", param="budget")
+    new = replace(task, budget_nanos=nanos, budget_tokens=tokens)
+    meter = task_meter(new)
+    if meter is not None:
+        # The live counters: what the task's settled calls spent, written or not yet.
+        st = await svc.live.budget_state(meter)
+        if nanos is not None and nanos < st.spent:
+            raise InvalidRequest(
+                f"The new budget {units(nanos)} is below what task {name} has already spent "
+                f"({units(st.spent)}).",
+                param="budget.amount",
+            )
+        if tokens is not None and tokens < st.tokens_spent:
+            raise InvalidRequest(
+                f"The new token budget {tokens} is below the {st.tokens_spent} tokens task "
+                f"{name} has already used.",
+                param="budget.tokens",
+            )
+    await asyncio.to_thread(store.set_budget, new)
+    totals = await asyncio.to_thread(store.totals, key.org_id, key.id, name)
+    return _json(_task_view(name, new, totals))
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -130,3 +169,4 @@ def _json(obj: Any) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/tasks", create_task)
     app.router.add_get("/v1/tasks/{task_id}", get_task)
+    app.router.add_post("/v1/tasks/{task_id}", set_task_budget)

@@ -23,6 +23,10 @@ TASK_METER = "ledger.task_meter"
 #: Made tasks' names start so; other names are the caller's own labels.
 TASK_PREFIX = "task_"
 MAX_TASK_NAME = 64
+#: How old a task read from the database may be before it is read again (in the
+#: background: the request goes on with what is known): a budget changed on another
+#: replica applies here within this.
+REFRESH_S = 2.0
 
 
 def task_meter(task: Task) -> BudgetMeter | None:
@@ -63,7 +67,7 @@ class TaskStage:
 
     def __init__(self, store: TaskStore) -> None:
         self.store = store
-        self._tasks: dict[str, Task] = {}
+        self._refreshing: dict[str, asyncio.Task[Any]] = {}
 
     async def before(self, call: Call) -> None:
         name = _named(call)
@@ -79,19 +83,24 @@ class TaskStage:
                 param="X-Tokenomy-Task",
             )
         if name.startswith(TASK_PREFIX):
-            task = self._tasks.get(name)
-            if task is None:
+            hit = self.store.cached(name)
+            if hit is None:
                 task = await asyncio.to_thread(self.store.get, name)
-                if task is not None:
-                    if len(self._tasks) > 65_536:  # bounded: tasks come and go
-                        self._tasks.clear()
-                    self._tasks[name] = task
+            else:
+                task, age = hit
+                if age > REFRESH_S and name not in self._refreshing:
+                    self._refresh(name)
             if task is None or task.owner != owner_of(call.key.org_id, call.key.id):
                 raise task_not_found(name)  # another organisation's is unknown here
             meter = task_meter(task)
             if meter is not None:
                 call.extras[TASK_METER] = meter
         call.extras[TASK_ID] = name
+
+    def _refresh(self, name: str) -> None:
+        t = asyncio.create_task(asyncio.to_thread(self.store.get, name), name="task-refresh")
+        self._refreshing[name] = t
+        t.add_done_callback(lambda _t: self._refreshing.pop(name, None))
 
     async def after(self, call: Call) -> None:
         return None

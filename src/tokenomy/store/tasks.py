@@ -3,10 +3,11 @@ up to, summed from the usage events that name it."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, select
+from sqlalchemy import Engine, and_, func, insert, select, update
 
 from tokenomy.store.schema import tasks, usage_events
 
@@ -38,6 +39,18 @@ class TaskStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: Tasks read or written here, with when: the request path reads them from here.
+        self._cache: dict[str, tuple[Task, float]] = {}
+
+    def cached(self, task_id: str) -> tuple[Task, float] | None:
+        """The task as last read here, and its age in seconds (None: never read)."""
+        hit = self._cache.get(task_id)
+        return None if hit is None else (hit[0], time.monotonic() - hit[1])
+
+    def _remember(self, task: Task) -> None:
+        if len(self._cache) > 65_536:  # bounded: tasks come and go
+            self._cache.clear()
+        self._cache[task.id] = (task, time.monotonic())
 
     def create(self, task: Task) -> None:
         with self.engine.begin() as conn:
@@ -51,15 +64,28 @@ class TaskStore:
                     budget_tokens=task.budget_tokens,
                 )
             )
+        self._remember(task)
+
+    def set_budget(self, task: Task) -> None:
+        """Store the task's new budget (its other fields never change)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task.id)
+                .values(budget_nanos=task.budget_nanos, budget_tokens=task.budget_tokens)
+            )
+        self._remember(task)
 
     def get(self, task_id: str) -> Task | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
         if row is None:
             return None
-        return Task(
+        task = Task(
             row.id, row.owner, row.created_ms, row.currency, row.budget_nanos, row.budget_tokens
         )
+        self._remember(task)
+        return task
 
     def totals(self, org_id: str | None, key_id: str, task_id: str) -> TaskTotals:
         """The task's calls so far, as recorded (those of the org, or of an org-less key)."""
