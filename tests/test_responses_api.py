@@ -188,7 +188,7 @@ def _collapse(types: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("model", ["sim-small", "sim-claude"])
 def test_stream_helper_events_in_order_with_usage_and_cost(
-    gateway: Gateway, client: openai.OpenAI, model: str
+    gateway: Gateway, client: openai.OpenAI, org: str, model: str
 ) -> None:
     with client.responses.stream(model=model, input="Tell me a story") as stream:
         events = list(stream)
@@ -199,8 +199,7 @@ def test_stream_helper_events_in_order_with_usage_and_cost(
     assert text.startswith("[simulated]") and final.output_text == text
     u = final.usage
     assert u is not None and u.output_tokens > 0
-    rows = gateway.wait_events(1, endpoint="responses", stream=True, model=model)
-    row = next(r for r in rows if r["output_tokens"] == u.output_tokens)
+    (row,) = gateway.wait_events(1, org_id=org)  # the test's own organisation
     assert row["input_tokens"] == u.input_tokens and row["status"] == "ok"
     assert nanos(u.model_extra["cost"]) == row["cost_nanos"] > 0  # type: ignore[index]
     # Stored: a stream's answer is retrievable as a whole.
@@ -360,7 +359,7 @@ def test_output_cap_makes_an_incomplete_response(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_reasoning_tokens_are_reported_and_billed(
-    gateway: Gateway, client: openai.OpenAI, stream: bool
+    gateway: Gateway, client: openai.OpenAI, org: str, stream: bool
 ) -> None:
     kw: dict[str, Any] = {"model": "ds-reasoner", "input": "Think, then say hi."}
     if stream:
@@ -370,7 +369,6 @@ def test_reasoning_tokens_are_reported_and_billed(
         r = client.responses.create(**kw)
     u = r.usage
     assert u is not None and u.output_tokens_details.reasoning_tokens > 0
-    rows = gateway.wait_events(1, endpoint="responses", model="ds-reasoner", stream=stream)
-    row = next(x for x in rows if x["output_tokens"] == u.output_tokens)
+    (row,) = gateway.wait_events(1, org_id=org)  # the test's own organisation
     assert row["reasoning_tokens"] == u.output_tokens_details.reasoning_tokens
     assert nanos(u.model_extra["cost"]) == row["cost_nanos"] > 0  # type: ignore[index]
