@@ -28,6 +28,11 @@ def nanos(cost: Any) -> int:
     return int(Decimal(str(cost)) * 10**9)
 
 
+def clear_faults(sim_url: str) -> None:
+    """Drop the scripted faults no call consumed."""
+    httpx.delete(f"{sim_url}/_sim/faults").raise_for_status()
+
+
 def api(gateway: Gateway, key: str) -> httpx.Client:
     return httpx.Client(
         base_url=gateway.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
@@ -74,8 +79,10 @@ def test_parallel_calls_of_a_task_never_exceed_its_budget(gateway: Gateway) -> N
                 )
             )
 
-    answers = asyncio.run(run())
-    sim_faults(gateway.sim_url, "single-a", [])
+    try:
+        answers = asyncio.run(run())
+    finally:
+        clear_faults(gateway.sim_url)  # the refused never reached the simulator
     ok = [r for r in answers if r.status_code == 200]
     refused = [r for r in answers if r.status_code == 402]
     assert len(ok) + len(refused) == n
@@ -225,8 +232,10 @@ def test_a_task_budget_holds_across_two_replicas(sim: ThreadServer, tmp_path: Pa
                         )
                     )
 
-            answers = asyncio.run(run())
-            sim_faults(sim.url, "single-a", [])
+            try:
+                answers = asyncio.run(run())
+            finally:
+                clear_faults(sim.url)
             ok = [r for r in answers if r.status_code == 200]
             assert {r.status_code for r in answers} <= {200, 402}
             assert 1 <= len(ok) <= k
