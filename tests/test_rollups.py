@@ -59,12 +59,16 @@ def engine(
         eng.dispose()
 
 
+#: usage_events columns added by revisions after 0006.
+_ADDED_SINCE_0006 = ("price_tier", "task_id")
+
+
 def events_before_0008() -> Table:
     """The events table as revisions 0002-0006 had it: without the columns added since."""
     return Table(
         "usage_events",
         MetaData(),
-        *(c._copy() for c in usage_events.columns if c.name != "price_tier"),
+        *(c._copy() for c in usage_events.columns if c.name not in _ADDED_SINCE_0006),
     )
 
 

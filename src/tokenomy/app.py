@@ -14,6 +14,8 @@ from tokenomy.api import (
     feedback_routes,
     ledger_admin,
     openai_routes,
+    responses_routes,
+    tasks_routes,
     usage_routes,
     writer_admin,
 )
@@ -29,6 +31,7 @@ from tokenomy.config import Config
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from tokenomy.gateway.call import new_request_id
 from tokenomy.services import Services, build_services
+from tokenomy.store.responses import ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,8 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
     for route in app[INFERENCE_ROUTES]:
         app.router.add_post(route.path, aio_handler(route))
     openai_routes.add_routes(app)
+    responses_routes.add_routes(app, ResponseStore(svc.engine))
+    tasks_routes.add_routes(app)
     admin.add_routes(app)
     ledger_admin.add_routes(app)
     writer_admin.add_routes(app)

@@ -43,6 +43,7 @@ from tokenomy.ledger.live import LiveLedger, LiveStateUnavailable, MemoryLedger
 from tokenomy.ledger.records import ledger_rows
 from tokenomy.ledger.stage import CHARGE, ORG, LedgerStage
 from tokenomy.ledger.store import LedgerStore
+from tokenomy.ledger.tasks import TaskStage
 from tokenomy.providers.base import Provider
 from tokenomy.providers.factory import build_providers
 from tokenomy.routing.auto import AutoRouter
@@ -56,6 +57,7 @@ from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.keys import KeyCache, KeyStore
 from tokenomy.store.redis_cluster import is_cluster_url, node_url, slot_of, slot_prefix
 from tokenomy.store.schema import usage_events
+from tokenomy.store.tasks import TaskStore
 from tokenomy.store.writer import BatchWriter
 from tokenomy.tracing import build_tracer_provider
 
@@ -99,6 +101,8 @@ class Services:
     shared_metrics: SharedMetrics | None = None
     #: The process's one redis-py client, when live state is in Redis.
     redis: Any | None = None
+    #: Tasks made through ``POST /v1/tasks``, and their totals.
+    tasks: TaskStore | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
@@ -381,6 +385,8 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     pipeline.queues = queues
     limiter = build_limiter(config, scripts, redis)
     pipeline.stages.append(rate_limit_stage(config, limiter, biller))
+    tasks = TaskStore(engine)
+    pipeline.stages.append(TaskStage(tasks))
     stage = LedgerStage(
         biller,
         live,
@@ -404,6 +410,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         providers=providers,
         counter=counter,
         usage_writer=writer,
+        tasks=tasks,
         pipeline=pipeline,
         admin_key=env.get(config.admin.key_env) or None,
         metrics_token=env.get(config.admin.metrics_token_env) or None,

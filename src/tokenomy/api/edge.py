@@ -18,7 +18,7 @@ from aiohttp import web
 
 from tokenomy.aio import shield_inline
 from tokenomy.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unauthorized
-from tokenomy.gateway.call import Call, new_request_id
+from tokenomy.gateway.call import TASK_NAME, Call, new_request_id
 from tokenomy.gateway.pipeline import MAX_WAIT
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.gateway.validation import MAX_DEPTH, too_deep
@@ -244,6 +244,9 @@ async def serve_call(ex: Exchange, svc: Services, call: Call) -> None:
         wait = headers.get("x-tokenomy-max-wait")
         if wait is not None:
             call.extras[MAX_WAIT] = _seconds(wait, "X-Tokenomy-Max-Wait")
+        task = headers.get("x-tokenomy-task")
+        if task is not None:
+            call.extras[TASK_NAME] = task
         deadline = headers.get("x-tokenomy-deadline")
         if deadline is not None:
             call.extras[DEADLINE] = _seconds(deadline, "X-Tokenomy-Deadline", 86_400)

@@ -18,6 +18,17 @@ _REQUEST_IDS = UniqueIds("req_", width=12)
 IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
 
 
+#: Endpoints whose call body is a chat-completions request (a Responses call is served
+#: as the chat call it amounts to).
+CHAT_BODIES = frozenset({"chat", "responses"})
+
+
+#: The task a call names (the X-Tokenomy-Task header, or the body's metadata.task_id),
+#: and the task it was found to belong to (its usage record's task_id).
+TASK_NAME = "task.name"
+TASK_ID = "task.id"
+
+
 #: Where a latency-tolerant call's placement leaves, per deployment id, what the work would
 #: cost there (token price and energy); the response carries it as x-tokenomy-placement.
 PLACEMENT = "routing.placement"

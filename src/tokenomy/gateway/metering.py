@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from tokenomy.gateway.call import Call
+from tokenomy.gateway.call import CHAT_BODIES, Call
 from tokenomy.gateway.tokencount import TokenCounter
 from tokenomy.gateway.usage import Usage, UsageSource
 
@@ -21,7 +21,7 @@ def count_prompt(counter: TokenCounter, call: Call) -> int:
     b = call.body
     if call.endpoint == "messages":
         return counter.count_anthropic_request(model, b)
-    if call.endpoint == "chat":
+    if call.endpoint in CHAT_BODIES:
         return counter.count_messages(model, b.get("messages") or [], b.get("tools"))
     inp = b.get("prompt") if call.endpoint == "completions" else b.get("input")
     texts = [inp] if isinstance(inp, str) else [x for x in (inp or []) if isinstance(x, str)]

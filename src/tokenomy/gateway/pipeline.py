@@ -27,7 +27,7 @@ from tokenomy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from tokenomy.gateway.call import IMAGE_PARTS, PLACEMENT, Call
+from tokenomy.gateway.call import CHAT_BODIES, IMAGE_PARTS, PLACEMENT, Call
 from tokenomy.gateway.metering import (
     anthropic_response_text,
     count_prompt,
@@ -62,7 +62,7 @@ MAX_WAIT = "queue.max_wait"
 _CANDIDATES = "pipeline.candidates"
 
 EMBEDDINGS = "embeddings"
-_ENDPOINT_NAMES = {"chat": "chat completions", "messages": "messages"}
+_ENDPOINT_NAMES = {"chat": "chat completions", "messages": "messages", "responses": "responses"}
 
 #: Errors after which the next deployment is tried (nothing has reached the client yet).
 RETRYABLE = (RateLimited, UpstreamError, UpstreamTimeout)
@@ -312,12 +312,12 @@ class Pipeline:
         body = call.body
         if "provider" in body:  # routing preferences are ours; vendors may reject them
             body = {k: v for k, v in body.items() if k != "provider"}
-        if call.endpoint == "chat" and dialect == "anthropic":
+        if call.endpoint in CHAT_BODIES and dialect == "anthropic":
             cap = call.max_output_tokens(self.server.default_max_output_tokens)
             return "messages", openai_request_to_anthropic(body, default_max_tokens=cap)
         if call.endpoint == "messages" and dialect == "openai":
             return "chat", anthropic_request_to_openai(body)
-        return call.endpoint, body
+        return ("chat" if call.endpoint == "responses" else call.endpoint), body
 
     def _client_obj(self, call: Call, dialect: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Meter a whole answer; the answer in the client's dialect (``obj`` itself when
@@ -424,7 +424,9 @@ def required_capabilities(call: Call) -> frozenset[str]:
     rf = b.get("response_format")
     if isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema"):
         needs.add("json")
-    if call.endpoint in ("chat", "messages") and _has_image(b.get("messages") or ()):
+    if (call.endpoint in CHAT_BODIES or call.endpoint == "messages") and _has_image(
+        b.get("messages") or ()
+    ):
         needs.add("vision")
     return frozenset(needs)
 

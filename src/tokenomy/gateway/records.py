@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from tokenomy.gateway.call import Call
+from tokenomy.gateway.call import TASK_ID, Call
 from tokenomy.gateway.usage import Usage
 
 _NO_USAGE: Final = Usage()
@@ -49,6 +49,7 @@ def usage_row(call: Call) -> dict[str, Any]:
         "latency_ms": call.latency_ms,
         "ttft_ms": call.ttft_ms,
         "attempts": call.attempts,
+        "task_id": call.extras.get(TASK_ID),
     }
     # The charge's columns (the ledger stage leaves a Charge on every call it priced),
     # set in place rather than built as a second dict and merged.

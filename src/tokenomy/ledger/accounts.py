@@ -18,6 +18,8 @@ class Scope(StrEnum):
     ORG = "org"
     PROJECT = "project"
     KEY = "key"
+    #: One agent run's calls (see ``ledger.tasks``): a lifetime budget of its own.
+    TASK = "task"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,8 @@ class BudgetMeter:
 
     def describe(self) -> str:
         b = self.budget
+        if b.scope is Scope.TASK:
+            return f"the budget of task {b.scope_id}"
         what = "lifetime" if b.period is Period.LIFETIME else f"{b.period.value}ly"
         if b.period is Period.DAY:
             what = "daily"

@@ -130,7 +130,7 @@ class Biller:
     def _prompt_bound(self, call: Call) -> int:
         b = call.body
         total = _PER_REQUEST
-        if call.endpoint in ("chat", "messages"):
+        if call.endpoint in ("chat", "messages", "responses"):
             for m in b.get("messages") or ():
                 total += _PER_MESSAGE + (self._content_bound(m) if isinstance(m, dict) else 0)
             total += self._content_bound({"content": b.get("system")})

@@ -61,6 +61,7 @@ def budget_spent(conn: Connection, meter: BudgetMeter) -> tuple[int, int]:
         Scope.ORG: usage_events.c.org_id,
         Scope.PROJECT: usage_events.c.project_id,
         Scope.KEY: usage_events.c.key_id,
+        Scope.TASK: usage_events.c.task_id,
     }[b.scope]
     cond = [col == b.scope_id, usage_events.c.ts_ms >= meter.start_ms]
     if meter.end_ms is not None:

@@ -16,6 +16,7 @@ from tokenomy.ledger.accounts import BudgetMeter, Org, OrgMeter
 from tokenomy.ledger.biller import Biller, Charge, units
 from tokenomy.ledger.directory import Directory
 from tokenomy.ledger.live import Hold, LiveLedger, LiveStateUnavailable, Shortfall
+from tokenomy.ledger.tasks import TASK_METER
 
 #: Prompts whose byte bound is above this many tokens are counted off the event loop.
 INLINE_COUNT_BOUND = 8192
@@ -69,6 +70,9 @@ class LedgerStage:
         deps = self.candidates(call)
         bound = self.biller.prompt_bound(call)
         meters = self.directory.meters(key, call.ts_ms)
+        task = call.extras.get(TASK_METER)
+        if task is not None:  # one level deeper: the task's own budget
+            meters = (*meters, task)
         try:
             hold = await self._hold_or_refuse(call, org, deps, bound, meters, at)
         except LiveStateUnavailable as e:

@@ -214,6 +214,8 @@ class LedgerStore:
             sc, per = Scope(scope), Period(period)
         except ValueError as e:
             raise LedgerError(str(e)) from None
+        if sc is Scope.TASK:
+            raise LedgerError("a task's budget is set when the task is made (POST /v1/tasks)")
         if amount_nanos is None and token_limit is None:
             raise LedgerError("a budget needs an amount, a token limit, or both")
         if amount_nanos is not None:

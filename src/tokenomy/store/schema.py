@@ -71,9 +71,12 @@ usage_events = Table(
     Column("held_nanos", BigInteger, nullable=False, default=0),
     # The price tier billed (0008): "standard", or "batch" at the catalogue's batch price.
     Column("price_tier", String(16), nullable=True),
+    # The task (one agent run) the call belonged to (0010): X-Tokenomy-Task or a task id.
+    Column("task_id", String(64), nullable=True),
     Index("ix_usage_events_ts", "ts_ms"),
     Index("ix_usage_events_key_ts", "key_id", "ts_ms"),
     Index("ix_usage_events_org_ts", "org_id", "ts_ms"),
+    Index("ix_usage_events_task", "task_id"),
 )
 
 # ---- Feedback on answers (0009) -------------------------------------------------------
@@ -189,4 +192,35 @@ writer_dead_letters = Table(
     # [{"table": ..., "row": {...}}, ...]: every row of the record, as it was queued.
     Column("record", Text, nullable=False),
     Index("ix_writer_dead_letters_ts", "ts_ms"),
+)
+
+#: Stored Responses-API answers (``store: true``), per owner (the key's organisation),
+#: so ``previous_response_id`` chains survive restarts and work on every replica.
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(40), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    # The Response object as answered (JSON).
+    Column("response", Text, nullable=False),
+    # This request's input items, with their ids (JSON list).
+    Column("input_items", Text, nullable=False),
+    # The whole conversation up to and including this answer, as chat messages (JSON):
+    # what a call chained to it re-sends upstream.
+    Column("context", Text, nullable=False),
+    Index("ix_responses_owner", "owner", "created_ms"),
+)
+
+#: Tasks made through ``POST /v1/tasks`` (0010): a task's owner and its budget, one more
+#: ledger level under the organisation's. Spend is summed from the usage events.
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(40), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=True),
+    Column("budget_nanos", BigInteger, nullable=True),
+    Column("budget_tokens", BigInteger, nullable=True),
 )
