@@ -11,6 +11,7 @@ from aiohttp import web
 from tokenomy.api import (
     admin,
     anthropic_routes,
+    batch_routes,
     ledger_admin,
     openai_routes,
     usage_routes,
@@ -24,6 +25,7 @@ from tokenomy.api.edge import (
     error_parts,
     internal_error,
 )
+from tokenomy.batches.worker import WorkerSettings
 from tokenomy.config import Config
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from tokenomy.gateway.call import new_request_id
@@ -122,4 +124,7 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
+    bc = svc.config.batches
+    settings = WorkerSettings(concurrency=bc.concurrency, lease_s=bc.lease_s, poll_s=bc.poll_s)
+    batch_routes.add_routes(app, svc, settings)
     return app

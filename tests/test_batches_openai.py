@@ -1,0 +1,279 @@
+"""OpenAI Files and Batches, driven by the official openai SDK against the running gateway
+and simulator (SQLite, then PostgreSQL + Redis): results by custom_id, each line billed
+once at batch prices, the hold released to the nano."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import Gateway
+from tokenomy.ledger.accounts import OrgMeter
+from tokenomy.store.schema import batch_results, usage_events
+
+
+def client(gateway: Gateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+
+
+def chat_line(i: int, model: str = "sim-small", **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": model,
+            "messages": [{"role": "user", "content": f"Question number {i}: say something."}],
+            "max_tokens": 16,
+            **body,
+        },
+    }
+
+
+def upload(c: openai.OpenAI, data: bytes) -> str:
+    f = c.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    assert f.purpose == "batch" and f.bytes == len(data)
+    return f.id
+
+
+def wait_ended(c: openai.OpenAI, batch_id: str, timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        b = c.batches.retrieve(batch_id)
+        if b.status in ("completed", "failed", "cancelled", "expired"):
+            return b
+        assert time.monotonic() < deadline, f"batch still {b.status}: {b.request_counts}"
+        time.sleep(0.2)
+
+
+def held(gateway: Gateway, org_id: str) -> int:
+    """What the org has on hold in the live ledger right now."""
+    svc = gateway.services
+    org = svc.directory.orgs[org_id]
+    state = gateway.server.call(svc.live.org_state(OrgMeter(org)))
+    return int(state.held)
+
+
+def results_of(gateway: Gateway, batch_id: str) -> list[dict[str, Any]]:
+    gateway.flush()
+    q = select(batch_results).where(batch_results.c.batch_id == batch_id)
+    with gateway.services.engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def test_openai_sdk_runs_a_200_line_batch_billing_each_line_once_at_batch_prices(
+    gateway: Gateway,
+) -> None:
+    start = 10**9
+    org = gateway.new_org(start)
+    key = gateway.new_key(org_id=org)
+    c = client(gateway, key)
+    file_id = upload(c, jsonl([chat_line(i) for i in range(200)]))
+    b = c.batches.create(
+        input_file_id=file_id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"job": "nightly"},
+    )
+    assert b.status == "in_progress" and b.request_counts is not None
+    assert b.request_counts.total == 200 and b.metadata == {"job": "nightly"}
+    assert held(gateway, org) > 0  # the whole batch's worst case, held at creation
+    done = wait_ended(c, b.id)
+    assert done.status == "completed", done
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (200, 0)
+    assert done.output_file_id and done.error_file_id is None
+    assert done.completed_at and done.finalizing_at and done.in_progress_at
+
+    lines = [json.loads(x) for x in c.files.content(done.output_file_id).text.splitlines()]
+    by_id = {x["custom_id"]: x for x in lines}
+    assert sorted(by_id) == sorted(f"req-{i}" for i in range(200))
+    for x in lines:
+        assert x["error"] is None and x["response"]["status_code"] == 200
+        assert x["response"]["body"]["object"] == "chat.completion"
+        assert x["id"] == x["response"]["request_id"]
+
+    results = results_of(gateway, b.id)
+    assert len(results) == 200
+    with gateway.services.engine.connect() as conn:
+        usage = [
+            dict(r._mapping)
+            for r in conn.execute(
+                select(usage_events).where(
+                    usage_events.c.request_id.in_([r["request_id"] for r in results])
+                )
+            )
+        ]
+    # One usage record per line, at the batch price, carrying its cost.
+    assert len(usage) == 200
+    assert {u["price_tier"] for u in usage} == {"batch"}
+    cost = {u["request_id"]: u["cost_nanos"] for u in usage}
+    assert all(cost[r["request_id"]] == r["cost_nanos"] > 0 for r in results)
+    total = sum(r["cost_nanos"] for r in results)
+    # The ledger's debits are exactly the lines' costs, and nothing stays held.
+    assert gateway.services.ledger.balance(org) == start - total
+    assert held(gateway, org) == 0
+    with pytest.raises(openai.ConflictError):
+        c.batches.cancel(b.id)  # a completed batch cannot be cancelled
+
+
+def test_files_are_listed_read_back_and_deleted_per_owner(gateway: Gateway) -> None:
+    org = gateway.new_org(10**9)
+    c = client(gateway, gateway.new_key(org_id=org))
+    data = jsonl([chat_line(i) for i in range(3)])
+    fid = upload(c, data)
+    assert c.files.retrieve(fid).filename == "in.jsonl"
+    assert c.files.content(fid).content == data
+    assert fid in [f.id for f in c.files.list(purpose="batch")]
+    other = client(gateway, gateway.new_key(org_id=gateway.new_org(10**9)))
+    with pytest.raises(openai.NotFoundError):
+        other.files.retrieve(fid)  # another org's file does not exist for it
+    assert c.files.delete(fid).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        c.files.retrieve(fid)
+
+
+def test_batches_list_pages_with_after_and_limit(gateway: Gateway) -> None:
+    org = gateway.new_org(10**9)
+    c = client(gateway, gateway.new_key(org_id=org))
+    fid = upload(c, jsonl([chat_line(0)]))
+    made = [
+        c.batches.create(
+            input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
+        for _ in range(3)
+    ]
+    first = c.batches.list(limit=2)
+    assert [x.id for x in first.data] == made[::-1][:2] and first.has_more
+    rest = c.batches.list(limit=2, after=first.data[-1].id)
+    assert [x.id for x in rest.data] == [made[0]]
+    assert [x.id for x in c.batches.list(limit=2)] == made[::-1]  # the SDK pages on
+    for bid in made:
+        wait_ended(c, bid)
+
+
+def test_bad_lines_fail_the_batch_naming_their_line_numbers_and_hold_nothing(
+    gateway: Gateway,
+) -> None:
+    org = gateway.new_org(10**9)
+    c = client(gateway, gateway.new_key(org_id=org, models=["sim-small"]))
+    lines = [
+        json.dumps(chat_line(0)).encode(),
+        b"{not json",
+        json.dumps(chat_line(0)).encode(),  # duplicate custom_id
+        json.dumps({**chat_line(3), "url": "/v1/embeddings"}).encode(),
+        json.dumps(chat_line(4, model="opus")).encode(),  # the key may not use it
+        json.dumps(chat_line(5, model="no-such-model")).encode(),
+        json.dumps(chat_line(6, messages="hi")).encode(),  # invalid body
+    ]
+    fid = upload(c, b"\n".join(lines) + b"\n")
+    b = c.batches.create(
+        input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert b.status == "failed" and b.failed_at
+    assert b.errors is not None and b.errors.data is not None
+    got = {(e.line, e.code) for e in b.errors.data}
+    assert (2, "invalid_json_line") in got
+    assert (3, "duplicate_custom_id") in got
+    assert (4, "mismatched_endpoint") in got
+    assert {e.line for e in b.errors.data} == {2, 3, 4, 5, 6, 7}
+    assert all(e.message for e in b.errors.data)
+    assert held(gateway, org) == 0
+    assert gateway.services.ledger.balance(org) == 10**9
+    with pytest.raises(openai.APIStatusError) as err:
+        c.batches.cancel(b.id)  # a failed batch cannot be cancelled
+    assert err.value.status_code == 409
+
+
+def test_batch_requests_that_cannot_start_get_clear_errors(gateway: Gateway) -> None:
+    org = gateway.new_org(10**9)
+    key = gateway.new_key(org_id=org)
+    c = client(gateway, key)
+    with pytest.raises(openai.NotFoundError):
+        c.batches.create(
+            input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    fid = upload(c, jsonl([chat_line(0)]))
+    with pytest.raises(openai.BadRequestError) as e:
+        c.batches.create(
+            input_file_id=fid,
+            endpoint="/v1/responses",  # type: ignore[arg-type]
+            completion_window="24h",
+        )
+    assert e.value.body["param"] == "endpoint"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        c.batches.create(
+            input_file_id=fid,
+            endpoint="/v1/chat/completions",
+            completion_window="1h",  # type: ignore[arg-type]
+        )
+    with pytest.raises(openai.NotFoundError):
+        c.batches.retrieve("batch_nope")
+    r = httpx.post(
+        gateway.base_url + "/files",
+        headers={"Authorization": f"Bearer {key}"},
+        files={"file": ("big.jsonl", b"{}\n" * 50_001)},
+        data={"purpose": "batch"},
+    )
+    assert r.status_code == 413 and r.json()["error"]["param"] == "file"
+    r = httpx.post(
+        gateway.base_url + "/files",
+        headers={"Authorization": f"Bearer {key}"},
+        files={"file": ("x.jsonl", b"{}\n")},
+        data={"purpose": "nonsense"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
+
+
+def test_a_batch_the_balance_cannot_cover_is_refused_402_before_any_work(
+    gateway: Gateway,
+) -> None:
+    org = gateway.new_org(1000)  # a micro-dollar
+    c = client(gateway, gateway.new_key(org_id=org))
+    fid = upload(c, jsonl([chat_line(i, max_tokens=4000) for i in range(50)]))
+    with pytest.raises(openai.APIStatusError) as e:
+        c.batches.create(
+            input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    assert e.value.status_code == 402
+    assert "batch" in e.value.message
+    assert held(gateway, org) == 0
+    assert c.batches.list().data == []
+
+
+def test_cancel_ends_the_lines_not_run_and_releases_their_holds_exactly(
+    gateway: Gateway,
+) -> None:
+    start = 10**9
+    org = gateway.new_org(start)
+    c = client(gateway, gateway.new_key(org_id=org))
+    fid = upload(c, jsonl([chat_line(i) for i in range(150)]))
+    b = c.batches.create(
+        input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    cancelling = c.batches.cancel(b.id)
+    assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
+    done = wait_ended(c, b.id)
+    assert done.status == "cancelled" and done.cancelled_at
+    results = results_of(gateway, b.id)
+    assert len(results) < 150  # the worker cannot have run them all meanwhile
+    ran = {r["custom_id"] for r in results}
+    unrun = []
+    if done.error_file_id:
+        unrun = [json.loads(x) for x in c.files.content(done.error_file_id).text.splitlines()]
+    assert {x["custom_id"] for x in unrun} | ran == {f"req-{i}" for i in range(150)}
+    assert all(x["error"]["code"] == "batch_cancelled" for x in unrun)
+    assert gateway.services.ledger.balance(org) == start - sum(r["cost_nanos"] for r in results)
+    assert held(gateway, org) == 0
+    assert c.batches.cancel(b.id).status == "cancelled"  # cancelling again changes nothing
