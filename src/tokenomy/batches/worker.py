@@ -111,6 +111,9 @@ class BatchWorker:
             key = await self._key(b["key_id"])
             if key is None:
                 continue
+            # A line recorded but not yet marked done when its process died has been
+            # settled: holding for it again would hold money nothing ever releases.
+            await asyncio.to_thread(self.store.settle_recorded, b["id"])
             for ln in await asyncio.to_thread(self.store.lines, b["id"], "pending"):
                 h = self.holds.hold_for(
                     key,
