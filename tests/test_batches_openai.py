@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import Gateway
+from tokenomy.api.batch_routes import BATCHES
 from tokenomy.ledger.accounts import OrgMeter
-from tokenomy.store.schema import batch_results, usage_events
+from tokenomy.store.schema import batch_results, batches, usage_events
 
 
 def client(gateway: Gateway, key: str) -> openai.OpenAI:
@@ -277,3 +278,58 @@ def test_cancel_ends_the_lines_not_run_and_releases_their_holds_exactly(
     assert gateway.services.ledger.balance(org) == start - sum(r["cost_nanos"] for r in results)
     assert held(gateway, org) == 0
     assert c.batches.cancel(b.id).status == "cancelled"  # cancelling again changes nothing
+
+
+def test_expiry_ends_the_lines_not_run_as_batch_expired_and_releases_their_holds(
+    gateway: Gateway,
+) -> None:
+    start = 10**9
+    org = gateway.new_org(start)
+    c = client(gateway, gateway.new_key(org_id=org))
+    # "capped" serves one call at a time, slowly: most lines are still waiting at expiry.
+    fid = upload(c, jsonl([chat_line(i, model="capped", max_tokens=6) for i in range(12)]))
+    b = c.batches.create(
+        input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    svc = gateway.services
+    with svc.engine.begin() as conn:  # the completion window ends now
+        conn.execute(
+            batches.update().where(batches.c.id == b.id).values(expires_at=int(time.time()) - 1)
+        )
+    gateway.server.call(gateway.server.app[BATCHES].worker.sweep())
+    done = wait_ended(c, b.id)
+    assert done.status == "expired" and done.expired_at and done.error_file_id
+    results = results_of(gateway, b.id)
+    assert len(results) < 12
+    unrun = [json.loads(x) for x in c.files.content(done.error_file_id).text.splitlines()]
+    assert {x["error"]["code"] for x in unrun} == {"batch_expired"}
+    assert {x["custom_id"] for x in unrun} | {r["custom_id"] for r in results} == {
+        f"req-{i}" for i in range(12)
+    }
+    assert len(unrun) + len(results) == 12
+    # Only the lines that ran are paid for; the rest of the hold is released exactly.
+    assert gateway.services.ledger.balance(org) == start - sum(r["cost_nanos"] for r in results)
+    assert held(gateway, org) == 0
+
+
+def test_batch_lines_wait_behind_interactive_calls_in_the_fair_queue(gateway: Gateway) -> None:
+    org = gateway.new_org(10**9)
+    key = gateway.new_key(org_id=org)
+    c = client(gateway, key)
+    # One call at a time on "capped": the worker's other runners queue at the batch tier.
+    fid = upload(c, jsonl([chat_line(i, model="capped", max_tokens=6) for i in range(8)]))
+    b = c.batches.create(
+        input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 10
+    while gateway.services.queues.depth < 2:  # batch lines waiting for the deployment
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    before = len(results_of(gateway, b.id))
+    r = c.chat.completions.create(
+        model="capped", messages=[{"role": "user", "content": "now"}], max_tokens=6
+    )
+    assert r.choices[0].message.content
+    # Served after the line that held the deployment, ahead of every waiting line.
+    assert len(results_of(gateway, b.id)) - before <= 1
+    assert wait_ended(c, b.id).status == "completed"

@@ -85,11 +85,17 @@ class BatchStore:
 
     def page(self, owner: str, *, after: str | None, limit: int) -> list[dict[str, Any]]:
         """The owner's batches, newest first; ``after`` is the last id of the page before."""
-        q = select(batches).where(batches.c.owner == owner)
-        if after:
-            q = q.where(batches.c.id < after)
-        q = q.order_by(batches.c.id.desc()).limit(limit)
+        t = batches
+        q = select(t).where(t.c.owner == owner)
         with self.engine.connect() as conn:
+            if after:
+                # Keyset by (creation second, id): ids of different processes do not sort
+                # by time, and a page must neither skip nor repeat a batch.
+                at = conn.execute(select(t.c.created_at).where(t.c.id == after)).scalar()
+                if at is None:
+                    return []
+                q = q.where((t.c.created_at < at) | ((t.c.created_at == at) & (t.c.id < after)))
+            q = q.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
             return [dict(r._mapping) for r in conn.execute(q)]
 
     def counts(self, batch_id: str) -> tuple[int, int]:

@@ -90,13 +90,17 @@ class FileStore:
         self, owner: str, *, purpose: str | None, after: str | None, limit: int
     ) -> list[StoredFile]:
         """The owner's files, newest first (ids sort by creation within a process)."""
-        q = select(files).where(files.c.owner == owner)
+        t = files
+        q = select(t).where(t.c.owner == owner)
         if purpose:
-            q = q.where(files.c.purpose == purpose)
-        if after:
-            q = q.where(files.c.id < after)
-        q = q.order_by(files.c.created_at.desc(), files.c.id.desc()).limit(limit)
+            q = q.where(t.c.purpose == purpose)
         with self.engine.connect() as conn:
+            if after:  # keyset by (creation second, id), as batches are paged
+                at = conn.execute(select(t.c.created_at).where(t.c.id == after)).scalar()
+                if at is None:
+                    return []
+                q = q.where((t.c.created_at < at) | ((t.c.created_at == at) & (t.c.id < after)))
+            q = q.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit)
             return [_file(r._mapping) for r in conn.execute(q)]
 
     def delete(self, file_id: str, owner: str) -> bool:
