@@ -14,8 +14,9 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import Gateway
+from tests.conftest import ADMIN_KEY, Gateway
 from tokenomy.api.batch_routes import BATCHES
+from tokenomy.cli.main import main as cli_main
 from tokenomy.ledger.accounts import OrgMeter
 from tokenomy.store.schema import batch_results, batches, usage_events
 
@@ -333,3 +334,63 @@ def test_batch_lines_wait_behind_interactive_calls_in_the_fair_queue(gateway: Ga
     # Served after the line that held the deployment, ahead of every waiting line.
     assert len(results_of(gateway, b.id)) - before <= 1
     assert wait_ended(c, b.id).status == "completed"
+
+
+def test_cli_lists_shows_and_cancels_a_batch_that_the_gateway_then_ends(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = 10**9
+    org = gateway.new_org(start)
+    c = client(gateway, gateway.new_key(org_id=org))
+    fid = upload(c, jsonl([chat_line(i, model="capped", max_tokens=6) for i in range(10)]))
+    b = c.batches.create(
+        input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    monkeypatch.setenv("TOKENOMY_DATABASE_URL", gateway.services.config.database.url)
+    assert cli_main(["batches", "list", "--owner", org]) == 0
+    assert b.id in capsys.readouterr().out
+    assert cli_main(["batches", "show", b.id, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["id"] == b.id and shown["request_counts"]["total"] == 10
+    assert shown["held_nanos"] > 0
+    assert cli_main(["batches", "cancel", b.id]) == 0
+    assert "cancelling" in capsys.readouterr().out
+    done = wait_ended(c, b.id)  # the gateway's worker ends the lines and the batch
+    assert done.status == "cancelled"
+    results = results_of(gateway, b.id)
+    assert gateway.services.ledger.balance(org) == start - sum(r["cost_nanos"] for r in results)
+    assert held(gateway, org) == 0
+    with pytest.raises(SystemExit):
+        cli_main(["batches", "cancel", b.id])  # over: nothing to cancel
+    assert "cannot be cancelled" in capsys.readouterr().err
+
+
+def metric(gateway: Gateway, name: str) -> float:
+    r = httpx.get(gateway.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    r.raise_for_status()
+    for line in r.text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_metrics_show_queued_running_done_lines_and_the_oldest_batch(gateway: Gateway) -> None:
+    org = gateway.new_org(10**9)
+    c = client(gateway, gateway.new_key(org_id=org))
+    done_before = metric(gateway, "tokenomy_batch_lines_done")
+    fid = upload(c, jsonl([chat_line(i, model="capped", max_tokens=6) for i in range(8)]))
+    b = c.batches.create(
+        input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 10
+    while metric(gateway, "tokenomy_batch_lines_queued") == 0:  # read every couple of seconds
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert metric(gateway, "tokenomy_batch_lines_running") >= 1
+    assert metric(gateway, "tokenomy_batch_oldest_age_seconds") >= 0
+    assert wait_ended(c, b.id).status == "completed"
+    deadline = time.monotonic() + 10
+    while metric(gateway, "tokenomy_batch_lines_done") < done_before + 8:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert metric(gateway, "tokenomy_batch_lines_run_total") >= 8

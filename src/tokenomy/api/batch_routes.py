@@ -282,6 +282,8 @@ def add_routes(app: web.Application, svc: Services, settings: WorkerSettings) ->
     app.router.add_get("/v1/batches/{batch_id}", get_batch)
     app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
 
+    _register_gauges(svc, b.worker)
+
     async def start(_app: web.Application) -> None:
         await b.worker.start()
 
@@ -291,3 +293,17 @@ def add_routes(app: web.Application, svc: Services, settings: WorkerSettings) ->
     # After the services start (migrations) and before they stop (the writer drains).
     app.on_startup.append(start)
     app.on_cleanup.insert(0, stop)
+
+
+def _register_gauges(svc: Services, w: BatchWorker) -> None:
+    m = svc.metrics
+    m.gauge("tokenomy_batch_lines_queued", "Batch lines waiting to run (every process's).",
+            lambda: w.stats[0])  # fmt: skip
+    m.gauge("tokenomy_batch_lines_running", "Batch lines leased to a process now.",
+            lambda: w.stats[1])  # fmt: skip
+    m.gauge("tokenomy_batch_lines_done", "Batch lines ended with a recorded result.",
+            lambda: w.stats[2])  # fmt: skip
+    m.gauge("tokenomy_batch_oldest_age_seconds", "Age of the oldest batch still running.",
+            w.oldest_age_s)  # fmt: skip
+    m.gauge("tokenomy_batch_lines_run_total", "Batch lines this process ran to their outcome.",
+            lambda: w.lines_run, kind="counter")  # fmt: skip

@@ -77,9 +77,12 @@ class BatchWorker:
         self._recorded: list[tuple[str, int]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
-        #: Lines run, and lines run again after a lapsed lease: exported as metrics.
+        #: Lines this process ran to their outcome, and is running: exported as metrics.
         self.lines_run = 0
         self.running = 0
+        #: Every process's lines, read from the database by the housekeeping loop:
+        #: (waiting, leased, done, creation second of the oldest running batch).
+        self.stats: tuple[int, int, int, int | None] = (0, 0, 0, None)
 
     async def start(self) -> None:
         await self._retake_holds()
@@ -126,6 +129,11 @@ class BatchWorker:
                 if h is not None:
                     with contextlib.suppress(Shortfall):
                         await self.holds.live.hold(h)
+
+    def oldest_age_s(self) -> float:
+        """Age of the oldest batch still running (0 when none)."""
+        first = self.stats[3]
+        return max(time.time() - first, 0.0) if first is not None else 0.0
 
     def wake(self) -> None:
         """A batch was created: look for lines now rather than at the next poll."""
@@ -272,6 +280,8 @@ class BatchWorker:
                 touched = await self._mark_recorded()
                 if touched or tick % max(1, int(2 / self.s.housekeeping_s)) == 0:
                     await self.sweep(everything=tick % 20 == 0)
+                    now_ms = int(time.time() * 1000)
+                    self.stats = await asyncio.to_thread(self.store.stats, now_ms)
             except Exception:
                 log.exception("batch housekeeping failed")
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tokenomy.cli import (
+    batches_cmd,
     dead_letters_cmd,
     keys_cmd,
     ledger_cmd,
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cmd.register(sub)
     usage_cmd.register(sub)
     dead_letters_cmd.register(sub)
+    batches_cmd.register(sub)
     return p
 
 

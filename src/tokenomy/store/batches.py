@@ -83,10 +83,11 @@ class BatchStore:
             row = conn.execute(q).first()
         return dict(row._mapping) if row is not None else None
 
-    def page(self, owner: str, *, after: str | None, limit: int) -> list[dict[str, Any]]:
-        """The owner's batches, newest first; ``after`` is the last id of the page before."""
+    def page(self, owner: str | None, *, after: str | None, limit: int) -> list[dict[str, Any]]:
+        """The owner's batches (everyone's for None), newest first; ``after`` is the last
+        id of the page before."""
         t = batches
-        q = select(t).where(t.c.owner == owner)
+        q = select(t) if owner is None else select(t).where(t.c.owner == owner)
         with self.engine.connect() as conn:
             if after:
                 # Keyset by (creation second, id): ids of different processes do not sort
@@ -105,6 +106,30 @@ class BatchStore:
         with self.engine.connect() as conn:
             n, good = conn.execute(q).one()
         return int(good or 0), int(n) - int(good or 0)
+
+    def stats(self, now_ms: int) -> tuple[int, int, int, int | None]:
+        """(lines waiting, lines leased to a process, lines done, creation second of the
+        oldest batch still running): the worker's gauges."""
+        lines = batch_lines.c
+        pending = lines.state == PENDING
+        q = select(
+            func.count().filter(and_(pending, lines.lease_until < now_ms)),
+            func.count().filter(and_(pending, lines.lease_until >= now_ms)),
+            func.count().filter(lines.state == DONE),
+        )
+        oldest = select(func.min(batches.c.created_at)).where(batches.c.status.not_in(ENDED))
+        with self.engine.connect() as conn:
+            queued, running, done = conn.execute(q).one()
+            first = conn.execute(oldest).scalar()
+        return int(queued), int(running), int(done), None if first is None else int(first)
+
+    def spent(self, batch_id: str) -> int:
+        """What the batch's lines have cost so far (nanos of the org's currency)."""
+        q = select(func.coalesce(func.sum(batch_results.c.cost_nanos), 0)).where(
+            batch_results.c.batch_id == batch_id
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar() or 0)
 
     def lines(self, batch_id: str, state: str) -> list[dict[str, Any]]:
         q = select(batch_lines).where(
