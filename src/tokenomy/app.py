@@ -13,6 +13,7 @@ from tokenomy.api import (
     anthropic_routes,
     batch_routes,
     ledger_admin,
+    message_batch_routes,
     openai_routes,
     usage_routes,
     writer_admin,
@@ -127,4 +128,5 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
     bc = svc.config.batches
     settings = WorkerSettings(concurrency=bc.concurrency, lease_s=bc.lease_s, poll_s=bc.poll_s)
     batch_routes.add_routes(app, svc, settings)
+    message_batch_routes.add_routes(app)
     return app

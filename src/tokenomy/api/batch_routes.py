@@ -14,11 +14,12 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
+from tokenomy.api import anthropic_routes
 from tokenomy.api.edge import SERVICES, authenticate, read_json
 from tokenomy.api.openai_routes import INFERENCE
 from tokenomy.batches.holds import LineHolds
 from tokenomy.batches.intake import BatchIntake
-from tokenomy.batches.objects import batch_object
+from tokenomy.batches.objects import MESSAGES, batch_object
 from tokenomy.batches.worker import BatchWorker, WorkerSettings
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from tokenomy.services import Services
@@ -38,7 +39,7 @@ class Batches:
     """The files, batches and worker of one gateway process."""
 
     def __init__(self, svc: Services, settings: WorkerSettings) -> None:
-        builders = {r.path: r.build for r in INFERENCE}
+        builders = {r.path: r.build for r in (*INFERENCE, *anthropic_routes.INFERENCE)}
         self.files = FileStore(svc.engine)
         self.store = BatchStore(svc.engine)
         holds = LineHolds(svc.live, svc.directory)
@@ -49,13 +50,14 @@ class Batches:
 BATCHES: web.AppKey[Batches] = web.AppKey("batches", Batches)
 
 
-def _who(request: web.Request) -> tuple[Services, ApiKey, str]:
+def caller(request: web.Request) -> tuple[Services, ApiKey, str]:
+    """The services, the caller's key and what it owns (its org, or the key itself)."""
     svc = request.app[SERVICES]
     key = authenticate(request.headers, svc)
     return svc, key, key.org_id or key.id
 
 
-def _json(obj: Any) -> web.Response:
+def json_ok(obj: Any) -> web.Response:
     return web.Response(body=orjson.dumps(obj), content_type="application/json")
 
 
@@ -85,7 +87,7 @@ def _page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:
 
 
 async def upload_file(request: web.Request) -> web.Response:
-    _svc, _key, owner = _who(request)
+    _svc, _key, owner = caller(request)
     b = request.app[BATCHES]
     if not request.content_type.startswith("multipart/"):
         raise InvalidRequest("Upload a file as multipart/form-data with 'file' and 'purpose'.")
@@ -117,7 +119,7 @@ async def upload_file(request: web.Request) -> web.Response:
         )
     f = dataclasses.replace(stored, purpose=purpose)
     await asyncio.to_thread(b.files.finish, f)
-    return _json(f.openai())
+    return json_ok(f.openai())
 
 
 async def _store_upload(files: FileStore, part: BodyPartReader, owner: str) -> StoredFile:
@@ -157,7 +159,7 @@ async def _store_upload(files: FileStore, part: BodyPartReader, owner: str) -> S
 
 
 async def _own_file(request: web.Request) -> tuple[Batches, StoredFile]:
-    _svc, _key, owner = _who(request)
+    _svc, _key, owner = caller(request)
     b = request.app[BATCHES]
     fid = request.match_info["file_id"]
     f = await asyncio.to_thread(b.files.get, fid, owner)
@@ -168,13 +170,13 @@ async def _own_file(request: web.Request) -> tuple[Batches, StoredFile]:
 
 async def get_file(request: web.Request) -> web.Response:
     _b, f = await _own_file(request)
-    return _json(f.openai())
+    return json_ok(f.openai())
 
 
 async def delete_file(request: web.Request) -> web.Response:
     b, f = await _own_file(request)
     await asyncio.to_thread(b.files.delete, f.id, f.owner)
-    return _json({"id": f.id, "object": "file", "deleted": True})
+    return json_ok({"id": f.id, "object": "file", "deleted": True})
 
 
 async def file_content(request: web.Request) -> web.StreamResponse:
@@ -192,7 +194,7 @@ async def file_content(request: web.Request) -> web.StreamResponse:
 
 
 async def list_files(request: web.Request) -> web.Response:
-    _svc, _key, owner = _who(request)
+    _svc, _key, owner = caller(request)
     b = request.app[BATCHES]
     limit = _limit(request)
     found = await asyncio.to_thread(
@@ -202,7 +204,7 @@ async def list_files(request: web.Request) -> web.Response:
         after=request.query.get("after"),
         limit=limit + 1,
     )
-    return _json(_page([f.openai() for f in found], limit))
+    return json_ok(_page([f.openai() for f in found], limit))
 
 
 # -- batches ----------------------------------------------------------------------------
@@ -214,32 +216,32 @@ async def _batch_json(b: Batches, row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def create_batch(request: web.Request) -> web.Response:
-    svc, key, owner = _who(request)
+    svc, key, owner = caller(request)
     b = request.app[BATCHES]
     row = await b.intake.create(key, owner, await read_json(request, svc))
     b.worker.wake()
-    return _json(batch_object(row, 0, 0))
+    return json_ok(batch_object(row, 0, 0))
 
 
 async def _own_batch(request: web.Request) -> tuple[Batches, dict[str, Any], str]:
-    _svc, _key, owner = _who(request)
+    _svc, _key, owner = caller(request)
     b = request.app[BATCHES]
     bid = request.match_info["batch_id"]
     row = await asyncio.to_thread(b.store.get, bid, owner)
-    if row is None:
+    if row is None or row["endpoint"] == MESSAGES:
         raise NotFound(f"No such batch: {bid}", param="batch_id", code=None)
     return b, row, owner
 
 
 async def get_batch(request: web.Request) -> web.Response:
     b, row, _ = await _own_batch(request)
-    return _json(await _batch_json(b, row))
+    return json_ok(await _batch_json(b, row))
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
     b, row, owner = await _own_batch(request)
     if row["status"] in ("cancelling", "cancelled"):
-        return _json(await _batch_json(b, row))
+        return json_ok(await _batch_json(b, row))
     now = int(time.time())
     changed = await asyncio.to_thread(
         b.store.transition,
@@ -257,17 +259,21 @@ async def cancel_batch(request: web.Request) -> web.Response:
     await b.worker.sweep()  # ends the lines not running and releases their holds now
     now_row = await asyncio.to_thread(b.store.get, row["id"], owner)
     assert now_row is not None
-    return _json(await _batch_json(b, now_row))
+    return json_ok(await _batch_json(b, now_row))
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    _svc, _key, owner = _who(request)
+    _svc, _key, owner = caller(request)
     b = request.app[BATCHES]
     limit = _limit(request)
     rows = await asyncio.to_thread(
-        b.store.page, owner, after=request.query.get("after"), limit=limit + 1
+        b.store.page,
+        owner,
+        after=request.query.get("after"),
+        limit=limit + 1,
+        not_endpoint=MESSAGES,  # Anthropic's Message Batches are listed on their own route
     )
-    return _json(_page([await _batch_json(b, r) for r in rows], limit))
+    return json_ok(_page([await _batch_json(b, r) for r in rows], limit))
 
 
 def add_routes(app: web.Application, svc: Services, settings: WorkerSettings) -> None:

@@ -26,7 +26,7 @@ from tokenomy.gateway.call import Call
 from tokenomy.ledger.biller import units
 from tokenomy.ledger.live import Shortfall
 from tokenomy.store.batches import PENDING, BatchStore
-from tokenomy.store.files import FileStore, StoredFile
+from tokenomy.store.files import FileStore
 from tokenomy.store.keys import ApiKey
 
 if TYPE_CHECKING:
@@ -78,28 +78,44 @@ class BatchIntake:
                 "with purpose 'batch'.",
                 param="input_file_id",
             )
-        now = int(time.time())
-        bid = new_batch_id()
-        row: dict[str, Any] = {
-            "id": bid,
-            "owner": owner,
-            "key_id": key.id,
-            "endpoint": endpoint,
-            "input_file_id": file_id,
-            "completion_window": window,
-            "metadata": json.dumps(meta) if meta else None,
-            "created_at": now,
-            "expires_at": now + WINDOWS[window],
-            "lease_until": 0,
-            "held_nanos": 0,
-        }
-        lines, errors = await self._check(f, key, endpoint)
+        row = _new_row(new_batch_id(), key, owner, endpoint, window, meta, file_id)
+        lines, errors = await self._check(_file_lines(self.files, f.id), key, endpoint)
         if errors or not lines:
             if not lines and not errors:
                 errors = [_error("empty_file", "The input file has no requests.", None, None)]
-            row.update(status="failed", failed_at=now, total=0, errors=json.dumps(errors))
+            row.update(
+                status="failed", failed_at=row["created_at"], total=0, errors=json.dumps(errors)
+            )
             await asyncio.to_thread(self.store.create, row, ())
             return row
+        await self._hold_and_store(row, key, lines)
+        return row
+
+    async def create_inline(
+        self, key: ApiKey, owner: str, requests: list[dict[str, Any]], batch_id: str
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A batch of requests given inline (Anthropic's Message Batches), as
+        ``{custom_id, params}``: its row (stored only when every request is good) and
+        the errors, by request number from 1."""
+        endpoint = "/v1/messages"
+
+        async def lines() -> AsyncIterator[tuple[int, bytes]]:
+            for i, r in enumerate(requests, 1):
+                if not isinstance(r, dict):
+                    yield i, b"[]"
+                    continue
+                line = {"custom_id": r.get("custom_id"), "url": endpoint, "body": r.get("params")}
+                yield i, orjson.dumps(line)
+
+        row = _new_row(batch_id, key, owner, endpoint, "24h", None, "")
+        found, errors = await self._check(lines(), key, endpoint)
+        if not errors:
+            await self._hold_and_store(row, key, found)
+        return row, errors
+
+    async def _hold_and_store(self, row: dict[str, Any], key: ApiKey, lines: list[_Line]) -> None:
+        """Hold every line's worst case (402 if it cannot be covered) and store the batch."""
+        bid, now = row["id"], row["created_at"]
         created_ms = now * 1000
         holds = [
             h
@@ -146,10 +162,9 @@ class BatchIntake:
         except BaseException:
             await self.holds.release(holds)
             raise
-        return row
 
     async def _check(
-        self, f: StoredFile, key: ApiKey, endpoint: str
+        self, source: AsyncIterator[tuple[int, bytes]], key: ApiKey, endpoint: str
     ) -> tuple[list[_Line], list[dict[str, Any]]]:
         lines: list[_Line] = []
         errors: list[dict[str, Any]] = []
@@ -157,7 +172,7 @@ class BatchIntake:
         build = self.builders[endpoint]
         org = self.svc.directory.org_of(key)
         at = datetime.now(UTC)
-        async for n, raw in _file_lines(self.files, f.id):
+        async for n, raw in source:
             try:
                 custom_id, body = _parse_line(raw, endpoint)
                 if custom_id in seen:
@@ -196,6 +211,31 @@ class _LineError(Exception):
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.param = code, message, param
+
+
+def _new_row(
+    bid: str,
+    key: ApiKey,
+    owner: str,
+    endpoint: str,
+    window: str,
+    meta: dict[str, str] | None,
+    file_id: str,
+) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "id": bid,
+        "owner": owner,
+        "key_id": key.id,
+        "endpoint": endpoint,
+        "input_file_id": file_id,
+        "completion_window": window,
+        "metadata": json.dumps(meta) if meta else None,
+        "created_at": now,
+        "expires_at": now + WINDOWS[window],
+        "lease_until": 0,
+        "held_nanos": 0,
+    }
 
 
 def _error(code: str, message: str, param: str | None, line: int | None) -> dict[str, Any]:

@@ -10,6 +10,9 @@ from tokenomy.ids import UniqueIds
 #: The endpoints a batch may target, and the call each line becomes.
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions")
 
+#: The endpoint of Anthropic's Message Batches' lines.
+MESSAGES = "/v1/messages"
+
 #: OpenAI accepts only this completion window.
 WINDOWS = {"24h": 24 * 3600}
 

@@ -28,7 +28,7 @@ import orjson
 
 from tokenomy.batches.holds import LineHolds
 from tokenomy.batches.intake import Builder
-from tokenomy.batches.objects import result_line, unrun_line
+from tokenomy.batches.objects import MESSAGES, result_line, unrun_line
 from tokenomy.errors import GatewayError, InsufficientQuota, Overloaded, RateLimited
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.records import EXTRA_ROWS
@@ -226,10 +226,10 @@ class BatchWorker:
                 await self._later(call, line, e)
                 return
             pipeline.fail(call, e)
-            status, out = e.status, orjson.loads(e.openai_body())
+            status, out = e.status, _error_of(call, e)
         except GatewayError as e:
             pipeline.fail(call, e)
-            status, out = e.status, orjson.loads(e.openai_body())
+            status, out = e.status, _error_of(call, e)
         except Exception:
             call.status, call.http_status, call.error_code = "error", 500, "internal_error"
             status, out = 500, _error_body("internal_error", "The gateway hit an internal error.")
@@ -359,11 +359,19 @@ class BatchWorker:
 
     def _write_files(self, batch: dict[str, Any], status: str, now: int) -> None:
         bid = batch["id"]
+        if batch["endpoint"] == MESSAGES:  # Anthropic's results are read from the table
+            self.store.finalize(batch, status, now, iter(()), iter(()))
+            return
         # Read a page at a time, written a chunk at a time: never the whole file in memory.
         output = (result_line(r) for r in self.store.results(bid) if r["status_code"] == 200)
         failed = (result_line(r) for r in self.store.results(bid) if r["status_code"] != 200)
         unrun = (unrun_line(ln) for ln in self.store.ended_lines(bid))
         self.store.finalize(batch, status, now, output, chain(failed, unrun))
+
+
+def _error_of(call: Call, e: GatewayError) -> Any:
+    """The error body the line's client dialect expects."""
+    return orjson.loads(e.anthropic_body() if call.dialect == "anthropic" else e.openai_body())
 
 
 def _error_body(code: str, message: str) -> dict[str, Any]:

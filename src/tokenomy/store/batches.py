@@ -83,12 +83,32 @@ class BatchStore:
             row = conn.execute(q).first()
         return dict(row._mapping) if row is not None else None
 
-    def page(self, owner: str | None, *, after: str | None, limit: int) -> list[dict[str, Any]]:
-        """The owner's batches (everyone's for None), newest first; ``after`` is the last
-        id of the page before."""
+    def page(
+        self,
+        owner: str | None,
+        *,
+        after: str | None,
+        limit: int,
+        endpoint: str | None = None,
+        not_endpoint: str | None = None,
+        before: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The owner's batches (everyone's for None), newest first: those older than
+        ``after``, or the ``limit`` nearest newer than ``before``."""
         t = batches
         q = select(t) if owner is None else select(t).where(t.c.owner == owner)
+        if endpoint is not None:
+            q = q.where(t.c.endpoint == endpoint)
+        if not_endpoint is not None:
+            q = q.where(t.c.endpoint != not_endpoint)
         with self.engine.connect() as conn:
+            if before:
+                at = conn.execute(select(t.c.created_at).where(t.c.id == before)).scalar()
+                if at is None:
+                    return []
+                q = q.where((t.c.created_at > at) | ((t.c.created_at == at) & (t.c.id > before)))
+                q = q.order_by(t.c.created_at.asc(), t.c.id.asc()).limit(limit)
+                return [dict(r._mapping) for r in conn.execute(q)][::-1]
             if after:
                 # Keyset by (creation second, id): ids of different processes do not sort
                 # by time, and a page must neither skip nor repeat a batch.
@@ -122,6 +142,23 @@ class BatchStore:
             queued, running, done = conn.execute(q).one()
             first = conn.execute(oldest).scalar()
         return int(queued), int(running), int(done), None if first is None else int(first)
+
+    def line_states(self, batch_id: str) -> dict[str, int]:
+        """How many of the batch's lines are in each state."""
+        q = (
+            select(batch_lines.c.state, func.count())
+            .where(batch_lines.c.batch_id == batch_id)
+            .group_by(batch_lines.c.state)
+        )
+        with self.engine.connect() as conn:
+            return {str(st): int(n) for st, n in conn.execute(q)}
+
+    def delete(self, batch_id: str) -> None:
+        """Forget an ended batch and its lines (its results stay: they are the billing
+        side of its usage records)."""
+        with self.engine.begin() as conn:
+            conn.execute(batch_lines.delete().where(batch_lines.c.batch_id == batch_id))
+            conn.execute(batches.delete().where(batches.c.id == batch_id))
 
     def spent(self, batch_id: str) -> int:
         """What the batch's lines have cost so far (nanos of the org's currency)."""
@@ -281,19 +318,20 @@ class BatchStore:
     def results(self, batch_id: str) -> Iterator[dict[str, Any]]:
         """The batch's results in line order, a page at a time."""
         last = 0
-        while True:
-            q = (
-                select(batch_results)
-                .where(batch_results.c.batch_id == batch_id, batch_results.c.line_no > last)
-                .order_by(batch_results.c.line_no)
-                .limit(1000)
-            )
-            with self.engine.connect() as conn:
-                page = [dict(r._mapping) for r in conn.execute(q)]
-            if not page:
-                return
+        while page := self.results_page(batch_id, last):
             yield from page
             last = page[-1]["line_no"]
+
+    def results_page(self, batch_id: str, after_line: int, n: int = 1000) -> list[dict[str, Any]]:
+        """Up to ``n`` results of lines after ``after_line``, in line order."""
+        q = (
+            select(batch_results)
+            .where(batch_results.c.batch_id == batch_id, batch_results.c.line_no > after_line)
+            .order_by(batch_results.c.line_no)
+            .limit(n)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
 
     def ended_lines(self, batch_id: str) -> list[dict[str, Any]]:
         """Lines cancelled or expired before they ran."""
