@@ -14,7 +14,7 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import ADMIN_KEY, Gateway
+from tests.conftest import ADMIN_KEY, Gateway, sim_faults
 from tokenomy.api.batch_routes import BATCHES
 from tokenomy.cli.main import main as cli_main
 from tokenomy.ledger.accounts import OrgMeter
@@ -394,3 +394,33 @@ def test_metrics_show_queued_running_done_lines_and_the_oldest_batch(gateway: Ga
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert metric(gateway, "tokenomy_batch_lines_run_total") >= 8
+
+
+def test_a_line_refused_for_now_is_tried_again_and_a_refused_line_costs_nothing(
+    gateway: Gateway,
+) -> None:
+    start = 10**9
+    org = gateway.new_org(start)
+    c = client(gateway, gateway.new_key(org_id=org))
+    # The vendor's first two answers: 429 (later: tried again) and 400 (a final error).
+    sim_faults(gateway.sim_url, "single-a", ["429", "400"])
+    fid = upload(c, jsonl([chat_line(i, model="single") for i in range(2)]))
+    b = c.batches.create(
+        input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = wait_ended(c, b.id)
+    assert done.status == "completed" and done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)
+    assert done.error_file_id is not None
+    (err,) = [json.loads(x) for x in c.files.content(done.error_file_id).text.splitlines()]
+    assert err["response"]["status_code"] == 400 and err["response"]["body"]["error"]
+    results = results_of(gateway, b.id)
+    ok = next(r for r in results if r["status_code"] == 200)
+    failed = next(r for r in results if r["status_code"] != 200)
+    assert failed["cost_nanos"] == 0 < ok["cost_nanos"]
+    # The refused try has a record of its own (free); the line's id has its outcome.
+    tries = gateway.events(request_id=f"{ok['request_id']}~1")
+    assert len(tries) == 1 and tries[0]["cost_nanos"] == 0 and tries[0]["http_status"] == 429
+    assert gateway.events(request_id=ok["request_id"])[0]["status"] == "ok"
+    assert gateway.services.ledger.balance(org) == start - ok["cost_nanos"]
+    assert held(gateway, org) == 0
