@@ -67,6 +67,12 @@ def held(gateway: Gateway, org_id: str) -> int:
     return int(state.held)
 
 
+def status_of(gateway: Gateway, batch_id: str) -> str | None:
+    with gateway.services.engine.connect() as conn:
+        q = select(batches.c.status).where(batches.c.id == batch_id)
+        return conn.execute(q).scalar()
+
+
 def results_of(gateway: Gateway, batch_id: str) -> list[dict[str, Any]]:
     gateway.flush()
     q = select(batch_results).where(batch_results.c.batch_id == batch_id)
@@ -423,4 +429,31 @@ def test_a_line_refused_for_now_is_tried_again_and_a_refused_line_costs_nothing(
     assert len(tries) == 1 and tries[0]["cost_nanos"] == 0 and tries[0]["http_status"] == 429
     assert gateway.events(request_id=ok["request_id"])[0]["status"] == "ok"
     assert gateway.services.ledger.balance(org) == start - ok["cost_nanos"]
+    assert held(gateway, org) == 0
+
+
+def test_revoking_the_key_ends_its_batch_lines_unbilled_and_releases_their_holds(
+    gateway: Gateway,
+) -> None:
+    start = 10**9
+    org = gateway.new_org(start)
+    svc = gateway.services
+    secret, rec = svc.keys.create("revoked later", org_id=org)
+    svc.key_cache.put(secret, rec)
+    c = client(gateway, secret)
+    fid = upload(c, jsonl([chat_line(i, model="capped", max_tokens=6) for i in range(12)]))
+    b = c.batches.create(
+        input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    svc.keys.revoke(rec.id)
+    svc.key_cache.revoke_local(rec.id)  # as the revocation's announcement does
+    deadline = time.monotonic() + 30
+    while status_of(gateway, b.id) != "completed":  # the key cannot read it any more
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    results = results_of(gateway, b.id)
+    assert len(results) == 12
+    refused = [r for r in results if r["status_code"] == 401]
+    assert refused and all(r["cost_nanos"] == 0 for r in refused)
+    assert svc.ledger.balance(org) == start - sum(r["cost_nanos"] for r in results)
     assert held(gateway, org) == 0

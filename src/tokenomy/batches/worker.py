@@ -73,7 +73,6 @@ class BatchWorker:
         self.holds = holds
         self.s = settings
         self._batches: dict[str, dict[str, Any]] = {}
-        self._keys: dict[str, ApiKey | None] = {}
         self._recorded: list[tuple[str, int]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -174,35 +173,46 @@ class BatchWorker:
         return b
 
     async def _key(self, key_id: str) -> ApiKey | None:
-        if key_id not in self._keys:
-            got = await asyncio.to_thread(self.svc.keys.get, key_id)
-            self._keys[key_id] = got[1] if got is not None and got[1].active else None
-        return self._keys[key_id]
+        """The batch's key, revoked or not: from the gateway's key cache (which follows
+        revocations as they are announced), else from the database."""
+        key = self.svc.key_cache.by_id(key_id)
+        if key is not None:
+            return key
+        got = await asyncio.to_thread(self.svc.keys.get, key_id)
+        return got[1] if got is not None else None
 
     async def _run(self, line: ClaimedLine) -> None:
         batch = await self._batch(line.batch_id)
         if batch is None:
             return
         key = await self._key(batch["key_id"])
-        if key is None:
-            self._result(line, 401, _error_body("invalid_api_key", "The batch's key was revoked."))
+        if key is None:  # the key is gone from the database: nothing to charge it to
+            self._result(line, 401, _error_body("invalid_api_key", "The batch's key is gone."))
             return
-        body = orjson.loads(line.body)
+        hold = self._hold_of(batch, key, line.request_id, line.held_nanos, line.held_tokens)
+        if not key.active:
+            await self._unrun(line, hold, 401, _error_body("invalid_api_key", "Key revoked."))
+            return
         try:
-            call = self.builders[batch["endpoint"]](body, key, self.svc)
+            call = self.builders[batch["endpoint"]](orjson.loads(line.body), key, self.svc)
         except GatewayError as e:
-            self._result(line, e.status, orjson.loads(e.openai_body()))
+            await self._unrun(line, hold, e.status, orjson.loads(e.openai_body()))
             return
         call.request_id = line.request_id
-        hold = self.holds.hold_for(
-            key,
-            line.request_id,
-            line.held_nanos,
-            line.held_tokens,
-            batch["created_at"] * 1000,
-            batch["expires_at"],
-        )
         await self._serve(call, line, hold)
+
+    def _hold_of(
+        self, batch: dict[str, Any], key: ApiKey, request_id: str, nanos: int, tokens: int
+    ) -> Hold | None:
+        return self.holds.hold_for(
+            key, request_id, nanos, tokens, batch["created_at"] * 1000, batch["expires_at"]
+        )
+
+    async def _unrun(self, line: ClaimedLine, hold: Hold | None, status: int, body: Any) -> None:
+        """A line that ends before the pipeline: its result, and its hold released."""
+        if hold is not None:
+            await self.holds.release([hold])
+        self._result(line, status, body)
 
     async def _serve(self, call: Call, line: ClaimedLine, hold: Hold | None) -> None:
         pipeline = self.svc.pipeline
@@ -324,21 +334,11 @@ class BatchWorker:
         key = await self._key(batch["key_id"])
         if key is None:
             return
-        holds = [
-            h
+        made = (
+            self._hold_of(batch, key, ln["request_id"], ln["held_nanos"], ln["held_tokens"])
             for ln in ended
-            if (
-                h := self.holds.hold_for(
-                    key,
-                    ln["request_id"],
-                    ln["held_nanos"],
-                    ln["held_tokens"],
-                    batch["created_at"] * 1000,
-                    batch["expires_at"],
-                )
-            )
-            is not None
-        ]
+        )
+        holds = [h for h in made if h is not None]
         await self.holds.release(holds)
 
     async def _finalize(self, batch: dict[str, Any]) -> None:

@@ -234,15 +234,16 @@ class BatchStore:
     def end_pending(self, batch_id: str, state: str, now_ms: int) -> list[dict[str, Any]]:
         """Cancel or expire the batch's lines that no process is running; returns them
         (their holds are to be released)."""
+        cond = and_(
+            batch_lines.c.batch_id == batch_id,
+            batch_lines.c.state == PENDING,
+            batch_lines.c.lease_until < now_ms,
+        )
+        # One UPDATE ... RETURNING: two processes ending the same batch at once each get
+        # only the lines they changed, so no hold is released twice.
+        q = update(batch_lines).where(cond).values(state=state).returning(*batch_lines.c)
         with self.engine.begin() as conn:
-            cond = and_(
-                batch_lines.c.batch_id == batch_id,
-                batch_lines.c.state == PENDING,
-                batch_lines.c.lease_until < now_ms,
-            )
-            rows = [dict(r._mapping) for r in conn.execute(select(batch_lines).where(cond))]
-            conn.execute(update(batch_lines).where(cond).values(state=state))
-        return rows
+            return [dict(r._mapping) for r in conn.execute(q)]
 
     def pending(self, batch_id: str) -> int:
         q = select(func.count()).where(
