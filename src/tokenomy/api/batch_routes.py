@@ -307,9 +307,7 @@ def _register_gauges(svc: Services, w: BatchWorker) -> None:
             lambda: w.stats[0])  # fmt: skip
     m.gauge("tokenomy_batch_lines_running", "Batch lines leased to a process now.",
             lambda: w.stats[1])  # fmt: skip
-    m.gauge("tokenomy_batch_lines_done", "Batch lines ended with a recorded result.",
-            lambda: w.stats[2])  # fmt: skip
     m.gauge("tokenomy_batch_oldest_age_seconds", "Age of the oldest batch still running.",
             w.oldest_age_s)  # fmt: skip
-    m.gauge("tokenomy_batch_lines_run_total", "Batch lines this process ran to their outcome.",
+    m.gauge("tokenomy_batch_lines_done_total", "Batch lines run to a recorded outcome.",
             lambda: w.lines_run, kind="counter")  # fmt: skip

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from tokenomy.ledger.accounts import OrgMeter
 from tokenomy.ledger.directory import Directory
 from tokenomy.ledger.leased import LeasedLedger
-from tokenomy.ledger.live import Hold, LiveLedger
+from tokenomy.ledger.live import Hold, LiveLedger, MemoryLedger
 from tokenomy.store.keys import ApiKey
 
 #: A line's hold outlives its batch's completion window by this much (seconds), so a
@@ -33,6 +33,8 @@ class LineHolds:
     def __init__(self, live: LiveLedger, directory: Directory) -> None:
         self.live = exact_ledger(live)
         self.directory = directory
+        #: Holds live in this process's memory (lost with it), not in Redis.
+        self.in_memory = isinstance(self.live, MemoryLedger)
 
     def hold_for(
         self,

@@ -75,63 +75,67 @@ class BatchWorker:
         self._batches: dict[str, dict[str, Any]] = {}
         self._recorded: list[tuple[str, int]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._lines: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        #: Lines this process ran to their outcome, and is running: exported as metrics.
+        #: Lines this process ended with a recorded outcome, and is running (metrics).
         self.lines_run = 0
         self.running = 0
         #: Every process's lines, read from the database by the housekeeping loop:
-        #: (waiting, leased, done, creation second of the oldest running batch).
-        self.stats: tuple[int, int, int, int | None] = (0, 0, 0, None)
+        #: (waiting, leased, creation second of the oldest running batch).
+        self.stats: tuple[int, int, int | None] = (0, 0, None)
 
     async def start(self) -> None:
         await self._retake_holds()
-        for i in range(self.s.concurrency):
-            self._tasks.append(asyncio.create_task(self._runner(), name=f"batch-runner-{i}"))
+        if self.s.concurrency > 0:
+            self._tasks.append(asyncio.create_task(self._dispatch(), name="batch-dispatch"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="batch-housekeeping"))
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop claiming; give the lines running ``grace_s`` to end (the rest are
+        cancelled, unrecorded: another process runs them once their lease lapses)."""
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        if self._lines:
+            _, late = await asyncio.wait(self._lines, timeout=grace_s)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self._mark_recorded()
 
     async def _retake_holds(self) -> None:
-        """Hold again what the unfinished lines of running batches held: a restarted
-        process has lost its in-memory holds (in Redis they are still open: a no-op)."""
+        """Hold again what the unfinished lines of running batches held, when holds live
+        in this process's memory: a restarted process has lost them. (In Redis they
+        outlive any process, and holding again for a line another replica has just
+        settled would hold money that nothing releases.)"""
+        if not self.holds.in_memory:
+            return
         try:
             active = await asyncio.to_thread(self.store.active)
         except Exception:
             log.exception("reading the running batches failed")
             return
+        now_ms = int(time.time() * 1000)
         for b in active:
             if b["status"] != "in_progress":
                 continue
             key = await self._key(b["key_id"])
             if key is None:
                 continue
-            # A line recorded but not yet marked done when its process died has been
-            # settled: holding for it again would hold money nothing ever releases.
-            await asyncio.to_thread(self.store.settle_recorded, b["id"])
-            for ln in await asyncio.to_thread(self.store.lines, b["id"], "pending"):
-                h = self.holds.hold_for(
-                    key,
-                    ln["request_id"],
-                    ln["held_nanos"],
-                    ln["held_tokens"],
-                    b["created_at"] * 1000,
-                    b["expires_at"],
-                )
+            # Only lines still to run: one recorded before a crash has been settled.
+            for ln in await asyncio.to_thread(self.store.unrecorded, b["id"], now_ms):
+                h = self._hold_of(b, key, ln["request_id"], ln["held_nanos"], ln["held_tokens"])
                 if h is not None:
                     with contextlib.suppress(Shortfall):
                         await self.holds.live.hold(h)
 
     def oldest_age_s(self) -> float:
         """Age of the oldest batch still running (0 when none)."""
-        first = self.stats[3]
+        first = self.stats[2]
         return max(time.time() - first, 0.0) if first is not None else 0.0
 
     def wake(self) -> None:
@@ -140,29 +144,40 @@ class BatchWorker:
 
     # -- running lines -----------------------------------------------------------------
 
-    async def _runner(self) -> None:
+    async def _dispatch(self) -> None:
+        """Claim a line whenever a runner is free; when there is none, look again after
+        ``poll_s`` (or at once when a batch is created here). Idle, it only reads."""
+        free = asyncio.Semaphore(self.s.concurrency)
+        lease_ms = int(self.s.lease_s * 1000)
         while True:
+            await free.acquire()
+            line = None
             try:
                 now = int(time.time() * 1000)
-                claimed = await asyncio.to_thread(
-                    self.store.claim, 1, now, int(self.s.lease_s * 1000)
-                )
+                if await asyncio.to_thread(self.store.has_work, now):
+                    claimed = await asyncio.to_thread(self.store.claim, 1, now, lease_ms)
+                    line = claimed[0] if claimed else None
             except Exception:
                 log.exception("claiming a batch line failed")
-                claimed = []
-            if not claimed:
+            if line is None:
+                free.release()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.s.poll_s)
                 continue
-            for line in claimed:
-                self.running += 1
-                try:
-                    await self._run(line)
-                except Exception:
-                    log.exception("batch line %s failed", line.request_id)
-                finally:
-                    self.running -= 1
+            task = asyncio.create_task(self._run_line(line, free), name=line.request_id)
+            self._lines.add(task)
+            task.add_done_callback(self._lines.discard)
+
+    async def _run_line(self, line: ClaimedLine, free: asyncio.Semaphore) -> None:
+        self.running += 1
+        try:
+            await self._run(line)
+        except Exception:
+            log.exception("batch line %s failed", line.request_id)
+        finally:
+            self.running -= 1
+            free.release()
 
     async def _batch(self, batch_id: str) -> dict[str, Any] | None:
         b = self._batches.get(batch_id)
@@ -277,6 +292,7 @@ class BatchWorker:
     def _result(self, line: ClaimedLine, status: int, body: Any) -> None:
         """The outcome of a line that never reached the pipeline (nothing to bill)."""
         self.svc.usage_writer.submit_many([(batch_results, self._row(line, status, body, 0))])
+        self.lines_run += 1
         self._recorded.append((line.batch_id, line.line_no))
 
     # -- housekeeping ------------------------------------------------------------------

@@ -127,21 +127,29 @@ class BatchStore:
             n, good = conn.execute(q).one()
         return int(good or 0), int(n) - int(good or 0)
 
-    def stats(self, now_ms: int) -> tuple[int, int, int, int | None]:
-        """(lines waiting, lines leased to a process, lines done, creation second of the
-        oldest batch still running): the worker's gauges."""
+    def stats(self, now_ms: int) -> tuple[int, int, int | None]:
+        """(lines waiting, lines leased to a process, creation second of the oldest
+        batch still running): the worker's gauges. Reads only unfinished lines."""
         lines = batch_lines.c
-        pending = lines.state == PENDING
         q = select(
-            func.count().filter(and_(pending, lines.lease_until < now_ms)),
-            func.count().filter(and_(pending, lines.lease_until >= now_ms)),
-            func.count().filter(lines.state == DONE),
-        )
+            func.count().filter(lines.lease_until < now_ms),
+            func.count().filter(lines.lease_until >= now_ms),
+        ).where(lines.state == PENDING)
         oldest = select(func.min(batches.c.created_at)).where(batches.c.status.not_in(ENDED))
         with self.engine.connect() as conn:
-            queued, running, done = conn.execute(q).one()
+            queued, running = conn.execute(q).one()
             first = conn.execute(oldest).scalar()
-        return int(queued), int(running), int(done), None if first is None else int(first)
+        return int(queued), int(running), None if first is None else int(first)
+
+    def has_work(self, now_ms: int) -> bool:
+        """Is any line waiting to be claimed? (A read: an idle worker takes no lock.)"""
+        q = (
+            select(batch_lines.c.line_no)
+            .where(batch_lines.c.state == PENDING, batch_lines.c.lease_until < now_ms)
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(q).first() is not None
 
     def line_states(self, batch_id: str) -> dict[str, int]:
         """How many of the batch's lines are in each state."""
@@ -171,6 +179,20 @@ class BatchStore:
     def lines(self, batch_id: str, state: str) -> list[dict[str, Any]]:
         q = select(batch_lines).where(
             batch_lines.c.batch_id == batch_id, batch_lines.c.state == state
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def unrecorded(self, batch_id: str, now_ms: int) -> list[dict[str, Any]]:
+        """The batch's lines still to run: pending, no process's lease, no result."""
+        has = select(batch_results.c.request_id).where(
+            batch_results.c.request_id == batch_lines.c.request_id
+        )
+        q = select(batch_lines).where(
+            batch_lines.c.batch_id == batch_id,
+            batch_lines.c.state == PENDING,
+            batch_lines.c.lease_until < now_ms,
+            ~has.exists(),
         )
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
