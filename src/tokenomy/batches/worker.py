@@ -304,8 +304,10 @@ class BatchWorker:
             tick += 1
             try:
                 touched = await self._mark_recorded()
-                if touched or tick % max(1, int(2 / self.s.housekeeping_s)) == 0:
+                every_2s = tick % max(1, int(2 / self.s.housekeeping_s)) == 0
+                if touched or every_2s:
                     await self.sweep(everything=tick % 20 == 0)
+                if every_2s:
                     now_ms = int(time.time() * 1000)
                     self.stats = await asyncio.to_thread(self.store.stats, now_ms)
             except Exception:
@@ -327,7 +329,7 @@ class BatchWorker:
         for b in await asyncio.to_thread(self.store.active):
             bid = b["id"]
             if everything:
-                await asyncio.to_thread(self.store.settle_recorded, bid)
+                await asyncio.to_thread(self.store.settle_recorded, bid, int(now * 1000))
             if b["status"] == "cancelling":
                 await self._end_lines(b, CANCELLED)
             elif b["expires_at"] is not None and now >= b["expires_at"]:
@@ -337,7 +339,7 @@ class BatchWorker:
                     )
                     b["expired_at"] = int(now)
                 await self._end_lines(b, EXPIRED)
-            if await asyncio.to_thread(self.store.pending, bid) == 0:
+            if not await asyncio.to_thread(self.store.any_pending, bid):
                 await self._finalize(b)
 
     async def _end_lines(self, batch: dict[str, Any], state: str) -> None:

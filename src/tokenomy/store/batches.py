@@ -236,9 +236,10 @@ class BatchStore:
                 .values(lease_until=until)
             )
 
-    def settle_recorded(self, batch_id: str) -> None:
+    def settle_recorded(self, batch_id: str, now_ms: int) -> None:
         """Mark done the pending lines that have a result (a process died between
-        recording a line and marking it)."""
+        recording a line and marking it): among those once claimed whose lease lapsed,
+        never a scan of the lines not yet run."""
         has = select(batch_results.c.request_id).where(
             batch_results.c.request_id == batch_lines.c.request_id
         )
@@ -246,8 +247,10 @@ class BatchStore:
             conn.execute(
                 update(batch_lines)
                 .where(
-                    batch_lines.c.batch_id == batch_id,
                     batch_lines.c.state == PENDING,
+                    batch_lines.c.lease_until > 0,
+                    batch_lines.c.lease_until < now_ms,
+                    batch_lines.c.batch_id == batch_id,
                     has.exists(),
                 )
                 .values(state=DONE)
@@ -267,12 +270,15 @@ class BatchStore:
         with self.engine.begin() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
-    def pending(self, batch_id: str) -> int:
-        q = select(func.count()).where(
-            batch_lines.c.batch_id == batch_id, batch_lines.c.state == PENDING
+    def any_pending(self, batch_id: str) -> bool:
+        """Has the batch a line not yet ended? (One index probe, however large.)"""
+        q = (
+            select(batch_lines.c.line_no)
+            .where(batch_lines.c.batch_id == batch_id, batch_lines.c.state == PENDING)
+            .limit(1)
         )
         with self.engine.connect() as conn:
-            return int(conn.execute(q).scalar() or 0)
+            return conn.execute(q).first() is not None
 
     # -- status changes ----------------------------------------------------------------
 

@@ -250,6 +250,7 @@ batch_lines = Table(
     Column("held_nanos", BigInteger, nullable=False, default=0),
     Column("held_tokens", BigInteger, nullable=False, default=0),
     Index("ix_batch_lines_claim", "state", "lease_until"),
+    Index("ix_batch_lines_batch_state", "batch_id", "state"),
 )
 
 # A line's final outcome: written by the usage writer in the same transaction as the

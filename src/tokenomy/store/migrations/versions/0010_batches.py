@@ -79,6 +79,7 @@ def upgrade() -> None:
         sa.Column("held_tokens", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_batch_lines_claim", "batch_lines", ["state", "lease_until"])
+    op.create_index("ix_batch_lines_batch_state", "batch_lines", ["batch_id", "state"])
     op.create_table(
         "batch_results",
         sa.Column("request_id", sa.String(64), primary_key=True),
