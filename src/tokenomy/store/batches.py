@@ -1,5 +1,7 @@
 """Batch jobs in the database: batches, their lines, claims with expiring leases.
 
+Lines are claimed in the order of the claim index (state, lease lapse), never sorted:
+a sort of every waiting line per claim made a large batch run slower the larger it was.
 A line is claimed by one process at a time: the claim sets a lease (an instant after
 which any process may claim it again) in one UPDATE, with ``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL (SQLite's single writer makes the UPDATE atomic). A line whose outcome is
@@ -47,7 +49,7 @@ WHERE (batch_id, line_no) IN (
   SELECT l.batch_id, l.line_no FROM batch_lines l
   WHERE l.state = 'pending' AND l.lease_until < :now
     AND NOT EXISTS (SELECT 1 FROM batch_results r WHERE r.request_id = l.request_id)
-  ORDER BY l.lease_until, l.batch_id, l.line_no
+  ORDER BY l.lease_until
   LIMIT :n{lock}
 )
 RETURNING batch_id, line_no, request_id, custom_id, body, attempts, held_nanos, held_tokens
