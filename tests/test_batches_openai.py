@@ -384,7 +384,8 @@ def test_metrics_show_queued_running_done_lines_and_the_oldest_batch(gateway: Ga
     org = gateway.new_org(10**9)
     c = client(gateway, gateway.new_key(org_id=org))
     done_before = metric(gateway, "tokenomy_batch_lines_done_total")
-    fid = upload(c, jsonl([chat_line(i, model="capped", max_tokens=6) for i in range(8)]))
+    # Long enough (one slow call at a time) to span several reads of the gauges (2 s).
+    fid = upload(c, jsonl([chat_line(i, model="capped", max_tokens=6) for i in range(24)]))
     b = c.batches.create(
         input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
     )
@@ -395,7 +396,7 @@ def test_metrics_show_queued_running_done_lines_and_the_oldest_batch(gateway: Ga
     assert metric(gateway, "tokenomy_batch_lines_running") >= 1
     assert metric(gateway, "tokenomy_batch_oldest_age_seconds") >= 0
     assert wait_ended(c, b.id).status == "completed"
-    assert metric(gateway, "tokenomy_batch_lines_done_total") >= done_before + 8
+    assert metric(gateway, "tokenomy_batch_lines_done_total") >= done_before + 24
 
 
 def test_a_line_refused_for_now_is_tried_again_and_a_refused_line_costs_nothing(
