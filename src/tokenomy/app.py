@@ -11,8 +11,10 @@ from aiohttp import web
 from tokenomy.api import (
     admin,
     anthropic_routes,
+    batch_routes,
     feedback_routes,
     ledger_admin,
+    message_batch_routes,
     openai_routes,
     responses_routes,
     tasks_routes,
@@ -27,6 +29,7 @@ from tokenomy.api.edge import (
     error_parts,
     internal_error,
 )
+from tokenomy.batches.worker import WorkerSettings
 from tokenomy.config import Config
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from tokenomy.gateway.call import new_request_id
@@ -137,4 +140,8 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
+    bc = svc.config.batches
+    settings = WorkerSettings(concurrency=bc.concurrency, lease_s=bc.lease_s, poll_s=bc.poll_s)
+    batch_routes.add_routes(app, svc, settings)
+    message_batch_routes.add_routes(app)
     return app

@@ -172,6 +172,17 @@ class RouterConfig(_Strict):
     fallbacks: int = Field(1, ge=0, le=10)
 
 
+class BatchesConfig(_Strict):
+    """The batch worker each gateway process runs (see ``tokenomy.batches.worker``)."""
+
+    #: Lines a process runs at once: batch work never takes more of the vendors than this.
+    concurrency: int = Field(4, ge=0, le=256)
+    #: How long a claimed line is a process's own; past it another may run it (a crash).
+    lease_s: float = Field(600.0, gt=0, le=86_400)
+    #: How often an idle worker looks for lines.
+    poll_s: float = Field(0.5, gt=0, le=60)
+
+
 class TracingConfig(_Strict):
     """OpenTelemetry traces of the request path (needs the ``otel`` extra)."""
 
@@ -283,6 +294,7 @@ class Config(_Strict):
     ledger: LedgerConfig = LedgerConfig()
     routing: RoutingConfig = RoutingConfig()
     tracing: TracingConfig = TracingConfig()
+    batches: BatchesConfig = BatchesConfig()
     regions: dict[str, RegionConfig] = Field(default_factory=dict)
     limits: RateLimitsConfig = RateLimitsConfig()
     router: RouterConfig = RouterConfig()

@@ -34,7 +34,7 @@ from tokenomy.config import Config, LimitsConfig
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.pipeline import Pipeline
 from tokenomy.gateway.price_check import check_served_prices
-from tokenomy.gateway.records import usage_row
+from tokenomy.gateway.records import EXTRA_ROWS, usage_row
 from tokenomy.gateway.registry import ModelRoute, Registry, build_registry
 from tokenomy.gateway.tokencount import TokenCounter
 from tokenomy.ledger.biller import Biller
@@ -357,6 +357,9 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         charge = call.extras.get(CHARGE)
         if charge is not None:
             rows += ledger_rows(call, call.extras.get(ORG), charge)
+        extra = call.extras.get(EXTRA_ROWS)
+        if extra is not None:  # a batch line's result: committed with its usage record
+            rows += extra
         writer.submit_many(rows)
         metrics.observe(row)
 

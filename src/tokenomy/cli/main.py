@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from tokenomy.cli import (
+    batches_cmd,
     dead_letters_cmd,
     keys_cmd,
     ledger_cmd,
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage_cmd.register(sub)
     dead_letters_cmd.register(sub)
     router_cmd.register(sub)
+    batches_cmd.register(sub)
     return p
 
 

@@ -310,8 +310,14 @@ class Pipeline:
 
     def _upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
         body = call.body
-        if "provider" in body:  # routing preferences are ours; vendors may reject them
-            body = {k: v for k, v in body.items() if k != "provider"}
+        if "provider" in body or body.get("service_tier") == "batch":
+            # Routing preferences and the batch tier are ours: OpenAI's API knows no
+            # "batch" service tier and Anthropic's rejects it.
+            body = {
+                k: v
+                for k, v in body.items()
+                if k != "provider" and not (k == "service_tier" and v == "batch")
+            }
         if call.endpoint in CHAT_BODIES and dialect == "anthropic":
             cap = call.max_output_tokens(self.server.default_max_output_tokens)
             return "messages", openai_request_to_anthropic(body, default_max_tokens=cap)

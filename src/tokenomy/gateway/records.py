@@ -7,6 +7,10 @@ from typing import Any, Final
 from tokenomy.gateway.call import TASK_ID, Call
 from tokenomy.gateway.usage import Usage
 
+#: Rows (``(table, row)`` pairs) a call's record carries besides its usage event and
+#: ledger rows, committed in the same transaction (a batch line's result).
+EXTRA_ROWS: Final = "record.extra_rows"
+
 _NO_USAGE: Final = Usage()
 #: The money columns of a call no ledger stage priced.
 _NO_MONEY: Final[dict[str, Any]] = {

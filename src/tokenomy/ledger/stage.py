@@ -57,6 +57,8 @@ class LedgerStage:
         self._counting = asyncio.Semaphore(1)
 
     async def before(self, call: Call) -> None:
+        if HOLD in call.extras:
+            return  # held already (a batch line, held when its batch was created)
         key = call.key
         if key.org_id is None:
             return  # a house key: usage is recorded and priced, not charged to anyone

@@ -185,6 +185,11 @@ class KeyCache:
         rec = self._by_hash.get(hash_key(secret))
         return rec if rec is not None and rec.active else None
 
+    def by_id(self, key_id: str) -> ApiKey | None:
+        """The cached record of a key (revoked ones too, until dropped), by its id."""
+        h = self._hash_of.get(key_id)
+        return self._by_hash.get(h) if h is not None else None
+
     def put(self, secret: str, rec: ApiKey) -> None:
         """Make a key created in this process usable at once, before the next refresh."""
         self._set(hash_key(secret), rec)

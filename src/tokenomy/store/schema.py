@@ -9,6 +9,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -223,4 +224,101 @@ tasks = Table(
     Column("currency", String(3), nullable=True),
     Column("budget_nanos", BigInteger, nullable=True),
     Column("budget_tokens", BigInteger, nullable=True),
+)
+
+# ---- Files and batches (0011) ----------------------------------------------------------
+
+# An uploaded (or produced) file: its bytes sit in ``file_chunks``, about 1 MB a row, so
+# that neither an upload nor a download is ever held whole in memory. ``owner`` is the
+# org (or, for a key without one, the key) that may see it.
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner", String(40), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("filename", String(400), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("lines", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),  # epoch seconds, as OpenAI's
+    Index("ix_files_owner", "owner", "id"),
+)
+
+file_chunks = Table(
+    "file_chunks",
+    metadata,
+    Column("file_id", String(40), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner", String(40), nullable=False),
+    Column("key_id", String(40), nullable=False),
+    Column("endpoint", String(40), nullable=False),
+    Column("input_file_id", String(40), nullable=False),
+    Column("completion_window", String(8), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("errors", Text, nullable=True),  # JSON list of {code, message, param, line}
+    Column("metadata", Text, nullable=True),  # JSON object
+    Column("output_file_id", String(40), nullable=True),
+    Column("error_file_id", String(40), nullable=True),
+    Column("total", Integer, nullable=False, default=0),
+    # The worst case held for the whole batch at creation, in the org's currency.
+    Column("held_nanos", BigInteger, nullable=False, default=0),
+    Column("created_at", BigInteger, nullable=False),
+    Column("in_progress_at", BigInteger, nullable=True),
+    Column("expires_at", BigInteger, nullable=True),
+    Column("finalizing_at", BigInteger, nullable=True),
+    Column("completed_at", BigInteger, nullable=True),
+    Column("failed_at", BigInteger, nullable=True),
+    Column("expired_at", BigInteger, nullable=True),
+    Column("cancelling_at", BigInteger, nullable=True),
+    Column("cancelled_at", BigInteger, nullable=True),
+    # Epoch ms until which one process finalizes the batch (a crash lets another).
+    Column("lease_until", BigInteger, nullable=False, default=0),
+    Index("ix_batches_owner", "owner", "id"),
+    Index("ix_batches_status", "status"),
+)
+
+# One line of a batch. ``request_id`` is the usage record the line's final outcome is
+# recorded under: fixed at creation, so a line run again after a crash cannot be billed
+# twice (the writer skips an existing request id).
+batch_lines = Table(
+    "batch_lines",
+    metadata,
+    Column("batch_id", String(40), primary_key=True),
+    Column("line_no", Integer, primary_key=True),
+    Column("request_id", String(64), nullable=False, unique=True),
+    Column("custom_id", String(512), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | done | cancelled | expired
+    # Epoch ms until which a process runs the line; pending lines past it may be claimed.
+    Column("lease_until", BigInteger, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("held_nanos", BigInteger, nullable=False, default=0),
+    Column("held_tokens", BigInteger, nullable=False, default=0),
+    Index("ix_batch_lines_claim", "state", "lease_until"),
+    Index("ix_batch_lines_batch_state", "batch_id", "state"),
+)
+
+# A line's final outcome: written by the usage writer in the same transaction as the
+# line's usage event and ledger rows, so a result exists if and only if it was billed.
+# It is also the side table that ties a usage record to its batch and custom_id.
+batch_results = Table(
+    "batch_results",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("batch_id", String(40), nullable=False),
+    Column("line_no", Integer, nullable=False),
+    Column("custom_id", String(512), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("body", Text, nullable=True),  # the response body (JSON)
+    Column("error", Text, nullable=True),  # {code, message} JSON, for lines never run
+    Column("cost_nanos", BigInteger, nullable=False, default=0),
+    Column("ts_ms", BigInteger, nullable=False),
+    Index("ix_batch_results_batch", "batch_id", "line_no"),
 )

@@ -1,0 +1,75 @@
+"""The money a batch holds: one hold per line, made at creation, settled as it ends.
+
+A line's hold has the line's request id as its id. Holds are made on the exact live
+ledger (Redis itself, not a process's lease of it, when there is Redis) so that any
+replica running or cancelling the line settles the same hold; making one again is a
+no-op while it is open, which is how a process restarted without its in-memory holds
+takes them back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenomy.ledger.accounts import OrgMeter
+from tokenomy.ledger.directory import Directory
+from tokenomy.ledger.leased import LeasedLedger
+from tokenomy.ledger.live import Hold, LiveLedger, MemoryLedger
+from tokenomy.store.keys import ApiKey
+
+#: A line's hold outlives its batch's completion window by this much (seconds), so a
+#: line still running at the deadline is settled against its own hold.
+HOLD_GRACE_S = 3600
+
+
+def exact_ledger(live: LiveLedger) -> LiveLedger:
+    """The ledger every replica shares: below a lease layer, the Redis ledger itself."""
+    return live.inner if isinstance(live, LeasedLedger) else live
+
+
+class LineHolds:
+    """Builds, makes and releases the holds of batch lines."""
+
+    def __init__(self, live: LiveLedger, directory: Directory) -> None:
+        self.live = exact_ledger(live)
+        self.directory = directory
+        #: Holds live in this process's memory (lost with it), not in Redis.
+        self.in_memory = isinstance(self.live, MemoryLedger)
+
+    def hold_for(
+        self,
+        key: ApiKey,
+        request_id: str,
+        amount: int,
+        tokens: int,
+        created_ms: int,
+        expires_s: int,
+    ) -> Hold | None:
+        """The line's hold (None for a key without an org: nothing is charged)."""
+        org = self.directory.org_of(key)
+        if org is None:
+            return None
+        return Hold(
+            id=request_id,
+            org=OrgMeter(org),
+            budgets=self.directory.meters(key, created_ms),
+            amount=amount,
+            tokens=tokens,
+            expires_at=float(expires_s + HOLD_GRACE_S),
+        )
+
+    async def make(self, holds: Iterable[Hold]) -> None:
+        """All the holds or none (raises the ledger's Shortfall after releasing)."""
+        made: list[Hold] = []
+        try:
+            for h in holds:
+                await self.live.hold(h)
+                made.append(h)
+        except BaseException:
+            await self.release(made)
+            raise
+
+    async def release(self, holds: Iterable[Hold]) -> None:
+        """Release holds whose lines will never run (cancelled, expired, refused)."""
+        for h in holds:
+            await self.live.settle(h, 0, 0)
