@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -136,3 +137,34 @@ async def test_holds_that_survive_a_lost_marker_are_counted_once(prefix: str) ->
     finally:
         await live.close()
         await other.close()
+
+
+async def test_a_hold_settled_while_reassert_runs_is_not_held_again(prefix: str) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 10_000})
+    live = ledger(loader, prefix)
+    try:
+        first, second = hold(1, PREPAID, 1_000, 0, ()), hold(2, PREPAID, 2_000, 0, ())
+        await live.hold(first)
+        await live.hold(second)
+        call = live._hold
+
+        async def slow_call(**kw: object) -> object:
+            # The second request ends while the first hold is being held again.
+            res = await call(**kw)
+            if "settled" not in calls:
+                calls.append("settled")
+                await asyncio.create_task(live.settle(second, 1_500, 0))
+            return res
+
+        calls: list[str] = []
+        live._hold = slow_call
+        await live.reassert()
+        r = Redis.from_url(require_redis())
+        try:
+            assert not await r.exists(prefix + "hold:" + second.id)
+        finally:
+            await r.aclose()
+        st = await live.org_state(OrgMeter(PREPAID))
+        assert (st.used, st.held) == (1_500, 1_000)
+    finally:
+        await live.close()

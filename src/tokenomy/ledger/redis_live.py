@@ -286,6 +286,11 @@ class RedisLedger:
     async def reassert(self) -> None:
         """Hold this process's open holds again, past every limit: their requests run."""
         for h in list(self._open.values()):
+            # A hold settled while an earlier one was being held again is not held again:
+            # its settle went out first on the same connection, so this call would make
+            # a phantom hold, kept until its expiry.
+            if h.id not in self._open:
+                continue
             await self._hold(keys=self._keys(h), args=self._hold_args(h, force=True))
 
     async def _rebuild(self, hold: Hold, index: int) -> None:
