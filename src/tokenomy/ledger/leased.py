@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.lease_script import SYNC
 from tokenomy.ledger.live import BudgetState, Hold, OrgState, Shortfall
 from tokenomy.ledger.redis_live import RedisLedger
+from tokenomy.store.writer import Item
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +349,10 @@ class LeasedLedger:
             return
         for i, ls in enumerate(leases):
             ok, reserve, treserve = (int(v) for v in res[3 * i : 3 * i + 3])
+            if ok:
+                kind = "o" if ls.org is not None else "b"
+                for rid, nanos, toks in posted[i][3]:
+                    self.inner.counted(rid, (self._p + ls.key, nanos, toks, kind))
             # A meter gone from Redis had nothing to post against (rebuilt from the
             # database, it counts what the writer recorded) and holds no reserve.
             ls.reserve, ls.treserve = (reserve, treserve) if ok else (0, 0)
@@ -409,6 +414,10 @@ class LeasedLedger:
                 ls.force = True
                 self._wanted.add(ls.key)
         self._schedule(0.0)
+
+    def watch_commits(self) -> Callable[[Sequence[Item]], None]:
+        """See RedisLedger.watch_commits: the usage leases post is kept the same way."""
+        return self.inner.watch_commits()
 
     async def flush(self) -> None:
         """Post every lease's settled usage now and wait until Redis has it."""

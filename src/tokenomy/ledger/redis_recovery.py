@@ -5,7 +5,8 @@ without persistence, an eviction), in one step for every org, by one process at 
 lost and the ledger's scripts change no counter: a hold is refused (the caller waits for
 the rebuild, then answers 503), and a settlement or a lease's usage is kept in the
 ``unposted`` hash instead, one entry per request and meter. The process that first sees
-the loss publishes its open holds there too, takes the ``rebuild`` lock (SET NX), waits
+the loss publishes its open holds there too (and the usage it counted that the writer
+has not committed yet), takes the ``rebuild`` lock (SET NX), waits
 ``grace_s`` for the other processes to see it, and rebuilds:
 
 1. it reads the unposted request ids, then, in one database snapshot, every org's totals,
@@ -213,7 +214,9 @@ class Recovery:
             raise
 
     async def _recover(self) -> None:
-        grace = self.grace_s if self.seen else 0.0
+        # Always: a process that saw no live state yet (a new replica, an idle one) has
+        # nothing in flight, but the others may, and they need the time to publish it.
+        grace = self.grace_s
         lock = self.p + "rebuild"
         lost = False
         while not await self.r.exists(self.epoch_key):
