@@ -90,6 +90,11 @@ def read_live_totals(
             # Several statements, one snapshot (READ COMMITTED takes one per statement).
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
+            if conn.dialect.name == "sqlite":
+                # pysqlite begins no transaction for reads: each SELECT would see the
+                # latest commit. An explicit BEGIN holds one WAL snapshot from the
+                # first read to the commit that ends this block.
+                conn.exec_driver_sql("BEGIN")
             orgs = {o: org_totals(conn, o) for o in org_ids}
             budgets: dict[str, tuple[int, int, int | None]] = {}
             for m in meters:
