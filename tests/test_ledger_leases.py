@@ -258,3 +258,34 @@ async def test_the_lease_counters_are_exported_as_metrics(prefix: str, tmp_path:
     assert "tokenomy_ledger_redis_losses_total 0" in text
     assert "tokenomy_ledger_redis_rebuilds_total" in text
     await svc.stop()
+
+
+async def test_a_sync_whose_reply_was_lost_after_redis_applied_it_is_counted_once(
+    prefix: str,
+) -> None:
+    live = replica(FakeLoader(admin={PREPAID.id: 10**9}), prefix, hot_holds=1, flush_s=60)
+    try:
+        first = hold(1, PREPAID, 1_000, 0, ())
+        await live.hold(first)  # exact; the meter goes hot and is leased
+        await live.sync(list(live._leases.values()))
+        leased = [hold(i, PREPAID, 1_000, 0, ()) for i in (2, 3)]
+        for h in leased:
+            await live.hold(h)
+        assert live.leased_holds == 2
+        await live.settle(first, 500, 0)
+        await live.settle_soon(leased[0], 700, 0)  # posted by the flush below
+        script = live._sync_script
+
+        async def reply_lost(**kw: Any) -> Any:
+            await script(**kw)  # Redis applies it; its answer never arrives
+            raise TimeoutError("reply lost")
+
+        live._sync_script = reply_lost
+        with pytest.raises(TimeoutError):
+            await live.flush()
+        live._sync_script = script
+        await live.settle_soon(leased[1], 300, 0)
+        await live.flush()  # posts again what the lost call carried, and the rest
+        assert (await redis_org(prefix))[1] == 500 + 700 + 300
+    finally:
+        await live.close()

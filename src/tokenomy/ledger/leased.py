@@ -74,6 +74,9 @@ class _Lease:
     keep: tuple[int, int] = (0, 0)
     #: Hold what is in use at the next sync even past the floor (see _reassert).
     force: bool = False
+    #: Syncs of this lease Redis answered: the base of the next one, which lets Redis
+    #: recognise usage posted again after a call whose answer was lost.
+    answered: int = 0
 
     @property
     def money_bound(self) -> bool:
@@ -330,9 +333,9 @@ class LeasedLedger:
             self.sync_failures += 1
             # Kept to be posted again: Redis gone or restarted empty took none of it (the
             # next call finds the state lost and hands it to the rebuild, which adds
-            # what the database lacks); a call that timed out after Redis applied it
-            # counts it twice, on the safe side. Nothing more is admitted from these
-            # reserves until a call succeeds.
+            # what the database lacks); a call that timed out after Redis applied it is
+            # recognised by its base, and only the usage it did not carry is added.
+            # Nothing more is admitted from these reserves until a call succeeds.
             for ls, used, tused, done in posted:
                 ls.used += used
                 ls.tused += tused
@@ -340,6 +343,8 @@ class LeasedLedger:
                 ls.reserve, ls.treserve = min(ls.reserve, ls.held), min(ls.treserve, ls.theld)
             raise
         now = time.monotonic()
+        for ls in leases:
+            ls.answered += 1
         if int(res[0]) == -1:
             # The state is lost: the usage and what each lease keeps are with the rebuild.
             for ls in leases:
@@ -389,7 +394,7 @@ class LeasedLedger:
             # the reserve the process admits against, and what is in use).
             share, ls.force = -1, False
         ls.keep = (keep, tkeep)
-        return [kind, bound, tbound, used, tused, share, keep, tkeep, ls.id]
+        return [kind, bound, tbound, used, tused, share, keep, tkeep, ls.id, ls.answered]
 
     def _inflight(self) -> dict[str, str]:
         """Open holds to publish when the state is lost: the exact ones, and what each
