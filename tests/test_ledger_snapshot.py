@@ -9,9 +9,10 @@ from typing import Any
 
 from sqlalchemy import event, insert
 
-from tokenomy.ledger.snapshot import read_live_totals
+from tokenomy.ledger.snapshot import org_totals, read_live_totals
+from tokenomy.ledger.store import LedgerStore
 from tokenomy.store.db import migrate, open_engine
-from tokenomy.store.schema import usage_events
+from tokenomy.store.schema import ledger_postings, ledger_txns, usage_events
 
 
 def usage(request_id: str) -> dict[str, Any]:
@@ -52,3 +53,42 @@ def test_a_commit_between_the_reads_of_a_sqlite_snapshot_is_not_seen(tmp_path: P
     assert totals.recorded == frozenset()
     engine.dispose()
     other.dispose()
+
+
+def test_every_orgs_totals_read_at_once_equal_each_orgs_own(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    migrate(engine)
+    store = LedgerStore(engine)
+    orgs = [store.create_org(f"org {i}") for i in range(4)]
+    for i, org in enumerate(orgs[:3]):
+        store.post("topup", org.id, 10_000 * (i + 1))
+    store.post("credit", orgs[0].id, 500)
+    store.post("adjustment", orgs[1].id, -300)
+    with engine.begin() as conn:
+        for i, org in enumerate(orgs[:2]):
+            txn = f"usage:req_{i}"
+            conn.execute(
+                insert(ledger_txns),
+                [{"id": txn, "ts_ms": 1, "kind": "usage", "org_id": org.id, "request_id": txn}],
+            )
+            legs = [(org.account, -700 * (i + 1)), ("revenue:sim:USD", 700 * (i + 1))]
+            conn.execute(
+                insert(ledger_postings),
+                [
+                    {"txn_id": txn, "account": a, "amount_nanos": n, "currency": "USD"}
+                    for a, n in legs
+                ],
+            )
+    ids = [o.id for o in orgs]
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    totals = read_live_totals(engine, ids, [], [])
+    # One query for every org's totals, not one per org.
+    assert sum("ledger_postings" in q for q in statements) == 1
+    with engine.connect() as conn:
+        one_by_one = {o: org_totals(conn, o) for o in ids}
+    assert totals.orgs == one_by_one
+    assert one_by_one[orgs[0].id] == (10_500, 700)
+    assert one_by_one[orgs[1].id] == (19_700, 1_400)
+    assert one_by_one[orgs[3].id] == (0, 0)
+    engine.dispose()
