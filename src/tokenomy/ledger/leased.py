@@ -30,10 +30,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis import exceptions as rx
+
 from tokenomy.ids import UniqueIds
 from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.lease_script import SYNC
-from tokenomy.ledger.live import BudgetState, Hold, OrgState, Shortfall
+from tokenomy.ledger.live import BudgetState, Hold, LiveStateUnavailable, OrgState, Shortfall
 from tokenomy.ledger.redis_live import RedisLedger
 from tokenomy.store.writer import Item
 
@@ -171,7 +173,10 @@ class LeasedLedger:
             mine = [ls for ls in self._meter_leases(hold) if ls.reserve or ls.treserve]
             if not mine:
                 raise
-            await self.sync(mine, give_back=True)
+            try:
+                await self.sync(mine, give_back=True)
+            except (rx.ConnectionError, rx.TimeoutError) as e:
+                raise LiveStateUnavailable(f"live balances are unreachable: {e}") from e
             await self.inner.hold(hold)
             return
         self._warm(hold)

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
+from sqlalchemy.exc import SQLAlchemyError
 
 from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.live import (
@@ -240,7 +241,11 @@ class RedisLedger:
                     raise LiveStateUnavailable("live balances are being rebuilt")
                 continue
             if status == "missing":
-                await self._rebuild(hold, int(res[1]))
+                try:
+                    await self._rebuild(hold, int(res[1]))
+                except (rx.ConnectionError, rx.TimeoutError, SQLAlchemyError) as e:
+                    # Redis or the database gone meanwhile: the client is told to retry.
+                    raise LiveStateUnavailable(f"a live balance could not be loaded: {e}") from e
                 continue
             idx, available, unit = int(res[1]), int(_s(res[2])), _s(res[3])
             tokens = unit == "tokens"
