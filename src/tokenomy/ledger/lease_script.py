@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # KEYS: holds, then per lease: the meter's hash, the lease's hold record; then unposted,
 #       epoch (see redis_recovery).
-# ARGV: expiry ms, record ttl ms (a day past the expiry: see leased.RECORD_MARGIN_MS),
+# ARGV: expiry ms, record ttl ms (a day past the expiry: see redis_live.RECORD_MARGIN_MS),
 #       lease count, then per lease (10): kind ('o' org, 'b' budget), money bound (org:
 #       its floor; budget: its limit, -1 none), token limit (-1 none), usage to post
 #       (nanos, tokens: every usage since the last call Redis answered), share in

@@ -36,7 +36,7 @@ from tokenomy.ids import UniqueIds
 from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.lease_script import SYNC
 from tokenomy.ledger.live import BudgetState, Hold, LiveStateUnavailable, OrgState, Shortfall
-from tokenomy.ledger.redis_live import RedisLedger
+from tokenomy.ledger.redis_live import RECORD_MARGIN_MS, RedisLedger
 from tokenomy.store.writer import Item
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,6 @@ log = logging.getLogger(__name__)
 #: Holds a meter must see in one second, the exact way, before this process leases it:
 #: a meter used now and then costs fewer calls held exactly than leased.
 HOT_HOLDS = 8
-
-#: How long a lease record outlives its deadline in the holds set. Were both to end
-#: together, Redis would drop the record before the sweep released it, and the reserve
-#: of a process killed outright would stay held for good.
-RECORD_MARGIN_MS = 86_400_000
 
 
 @dataclass(slots=True)

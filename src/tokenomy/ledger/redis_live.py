@@ -31,6 +31,7 @@ from tokenomy.ledger.live import (
     Shortfall,
 )
 from tokenomy.ledger.redis_recovery import Recovery
+from tokenomy.ledger.snapshot import BUCKET_GRACE_MS
 from tokenomy.store.redis_scripts import Script, ScriptClient
 from tokenomy.store.schema import usage_events
 from tokenomy.store.writer import Item
@@ -42,6 +43,11 @@ RECOVER_WAIT_S = 5.0
 #: A floor no balance reaches: holds of requests already running, held again after a
 #: rebuild, are not refused.
 _NO_FLOOR = -(2**60)
+#: How long a hold's (or a lease's) record outlives its deadline in the holds set: were
+#: both to end together, Redis would drop the record before the sweep released it, and
+#: the hold of a process killed outright would stay held for good; and a hold asked again
+#: is still recognised as a duplicate.
+RECORD_MARGIN_MS = 86_400_000
 #: How long usage counted in Redis waits for the writer's commit before this process
 #: stops publishing it after a loss (a writer that far behind is reported unhealthy).
 UNCOMMITTED_MAX_S = 600.0
@@ -282,8 +288,7 @@ class RedisLedger:
             _NO_FLOOR if force else hold.org.org.floor_nanos if hold.org is not None else 0,
             -hold.amount,
             -hold.tokens,
-            # The record outlives the hold's expiry by a day, so a dup is still recognised.
-            int(max(hold.expires_at - time.time(), 0) * 1000) + 86_400_000,
+            int(max(hold.expires_at - time.time(), 0) * 1000) + RECORD_MARGIN_MS,
         ]
         for m in hold.budgets:
             b = m.budget
@@ -388,8 +393,7 @@ class RedisLedger:
         for field_, value in (("spent", nanos), ("held", 0), ("tspent", tokens), ("theld", 0)):
             pipe.hsetnx(key, field_, value)
         if meter.end_ms is not None:
-            # A bucket outlives its period by a week, for statements and late settles.
-            pipe.pexpireat(key, meter.end_ms + 7 * 86_400_000)
+            pipe.pexpireat(key, meter.end_ms + BUCKET_GRACE_MS)
         await pipe.execute()
 
     def _settle_args(self, hold: Hold, amount: int, tokens: int) -> list[str | int]:

@@ -14,10 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Select, and_, func, select
 
 from tokenomy.ledger.accounts import BudgetMeter, Scope
-from tokenomy.store.schema import ledger_postings, ledger_txns, usage_events
-
-#: Admin kinds (top-ups, credits, refunds, adjustments): every other kind is usage.
-ADMIN_KINDS = frozenset({"topup", "credit", "refund", "adjustment"})
+from tokenomy.store.schema import ADMIN_KINDS, ledger_postings, ledger_txns, usage_events
 
 #: Request ids asked about in one statement.
 _CHUNK = 500

@@ -22,6 +22,7 @@ from tokenomy.ledger import snapshot
 from tokenomy.ledger.accounts import Budget, BudgetMeter, Mode, Org, Project, Scope
 from tokenomy.ledger.periods import Period, zone
 from tokenomy.store.schema import (
+    ADMIN_KINDS,
     ADMIN_KINDS_SQL,
     api_keys,
     budgets,
@@ -66,7 +67,8 @@ class Kind:
     #: now charged to the org in full), kept so their ledgers still read.
     OVERAGE = "overage"
 
-    ADMIN = (TOPUP, CREDIT, REFUND, ADJUSTMENT)
+    #: The admin kinds, as the schema defines them (its partial index states them).
+    ADMIN = ADMIN_KINDS
 
 
 #: Where the other side of each kind of entry goes (suffixed with ":<currency>").
