@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from sqlalchemy import Table
 
 from tests.needs import require_redis
-from tests.test_ledger_live import PREPAID, FakeLoader, hold
+from tests.test_ledger_live import PREPAID, FakeLoader, FakeSnapshot, hold
 from tokenomy.ledger.accounts import OrgMeter
 from tokenomy.ledger.leased import LeasedLedger
 from tokenomy.ledger.redis_live import RedisLedger
@@ -244,3 +245,38 @@ async def test_the_expiry_sweep_marks_live_state_as_seen(prefix: str) -> None:
     finally:
         await busy.close()
         await idle.close()
+
+
+async def test_later_rebuild_rounds_read_the_totals_once_and_ask_only_about_requests(
+    prefix: str,
+) -> None:
+    calls = {"snapshots": 0, "asked": 0}
+    url = require_redis()
+
+    class Busy(FakeLoader):
+        def live_snapshot(self, at_ms: int) -> FakeSnapshot:
+            calls["snapshots"] += 1
+            snap = super().live_snapshot(at_ms)
+            ask = snap.recorded
+
+            def recorded(request_ids: Collection[str]) -> frozenset[str]:
+                calls["asked"] += 1
+                if calls["asked"] == 1:
+                    # Another process's settlement arrives meanwhile: a second round.
+                    r = SyncRedis.from_url(url)
+                    r.hset(prefix + "unposted", f"u late {prefix}org:{PREPAID.id}", "250 0 o")
+                    r.close()
+                return ask(request_ids)
+
+            snap.recorded = recorded  # type: ignore[method-assign]
+            return snap
+
+    loader = Busy(admin={PREPAID.id: 10_000})
+    live = ledger(loader, prefix)
+    try:
+        await live.hold(hold(1, PREPAID, 100, 0, ()))  # a new Redis: rebuilt
+        assert (calls["snapshots"], calls["asked"]) == (1, 2)
+        st = await live.org_state(OrgMeter(PREPAID))
+        assert (st.used, st.held) == (250, 100)  # the late usage counted once
+    finally:
+        await live.close()

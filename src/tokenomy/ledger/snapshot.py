@@ -99,6 +99,53 @@ def budget_spent(conn: Connection, meter: BudgetMeter) -> tuple[int, int]:
 BUCKET_GRACE_MS = 7 * 86_400_000
 
 
+class LiveSnapshot:
+    """One read transaction of the database: the totals of some orgs and budget buckets
+    read once, and which requests are recorded asked as often as needed, all as of the
+    same moment (a rebuild asks again for the entries that arrived meanwhile)."""
+
+    def __init__(
+        self, engine: Engine, org_ids: Collection[str], meters: Collection[BudgetMeter]
+    ) -> None:
+        self._conn = engine.connect()
+        try:
+            conn = self._conn
+            if conn.dialect.name == "postgresql":
+                # Several statements, one snapshot (READ COMMITTED takes one per statement).
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            self._conn = conn
+            conn.begin()
+            if conn.dialect.name == "sqlite":
+                # pysqlite begins no transaction for reads: each SELECT would see the
+                # latest commit. An explicit BEGIN holds one WAL snapshot from the first
+                # read until close().
+                conn.exec_driver_sql("BEGIN")
+            self.orgs = all_org_totals(conn, org_ids)
+            self.budgets: dict[str, tuple[int, int, int | None]] = {}
+            for m in meters:
+                nanos, tokens = budget_spent(conn, m)
+                until = None if m.end_ms is None else m.end_ms + BUCKET_GRACE_MS
+                self.budgets[m.key] = (nanos, tokens, until)
+        except BaseException:
+            self.close()
+            raise
+
+    def recorded(self, request_ids: Collection[str]) -> frozenset[str]:
+        """Which of ``request_ids`` the database has."""
+        ids = list(request_ids)
+        found: set[str] = set()
+        for i in range(0, len(ids), _CHUNK):
+            q = select(usage_events.c.request_id).where(
+                usage_events.c.request_id.in_(ids[i : i + _CHUNK])
+            )
+            found.update(r for (r,) in self._conn.execute(q))
+        return frozenset(found)
+
+    def close(self) -> None:
+        """End the read transaction (nothing was written: rolled back)."""
+        self._conn.close()
+
+
 def read_live_totals(
     engine: Engine,
     org_ids: Collection[str],
@@ -107,27 +154,8 @@ def read_live_totals(
 ) -> LiveTotals:
     """The totals of ``org_ids`` and ``meters``, and which of ``request_ids`` are
     recorded, all as of one moment of the database."""
-    with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            # Several statements, one snapshot (READ COMMITTED takes one per statement).
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
-            if conn.dialect.name == "sqlite":
-                # pysqlite begins no transaction for reads: each SELECT would see the
-                # latest commit. An explicit BEGIN holds one WAL snapshot from the
-                # first read to the commit that ends this block.
-                conn.exec_driver_sql("BEGIN")
-            orgs = all_org_totals(conn, org_ids)
-            budgets: dict[str, tuple[int, int, int | None]] = {}
-            for m in meters:
-                nanos, tokens = budget_spent(conn, m)
-                until = None if m.end_ms is None else m.end_ms + BUCKET_GRACE_MS
-                budgets[m.key] = (nanos, tokens, until)
-            ids = list(request_ids)
-            recorded: set[str] = set()
-            for i in range(0, len(ids), _CHUNK):
-                q = select(usage_events.c.request_id).where(
-                    usage_events.c.request_id.in_(ids[i : i + _CHUNK])
-                )
-                recorded.update(r for (r,) in conn.execute(q))
-    return LiveTotals(orgs, budgets, frozenset(recorded))
+    snap = LiveSnapshot(engine, org_ids, meters)
+    try:
+        return LiveTotals(snap.orgs, snap.budgets, snap.recorded(request_ids))
+    finally:
+        snap.close()

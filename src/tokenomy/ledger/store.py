@@ -431,6 +431,13 @@ class LedgerStore:
         org_ids = [o.id for o in self.all_orgs()]
         return snapshot.read_live_totals(self.engine, org_ids, meters, request_ids)
 
+    def live_snapshot(self, at_ms: int) -> snapshot.LiveSnapshot:
+        """Every org's totals and every budget's bucket at ``at_ms`` in one open read
+        transaction, asked which requests are recorded as often as needed (close it)."""
+        meters = [b.meter(at_ms) for b in self.all_budgets()]
+        org_ids = [o.id for o in self.all_orgs()]
+        return snapshot.LiveSnapshot(self.engine, org_ids, meters)
+
     def statement(
         self, org_id: str, since_ms: int | None = None, until_ms: int | None = None
     ) -> list[Entry]:
