@@ -10,13 +10,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis import exceptions as rx
 from redis.asyncio import Redis
+from sqlalchemy.exc import OperationalError
 
 from tests.needs import require_redis
 from tests.test_ledger_live import AT_MS, PREPAID, FakeLoader, hold
 from tokenomy.ledger.accounts import Budget, OrgMeter, Scope
 from tokenomy.ledger.leased import LeasedLedger
-from tokenomy.ledger.live import Shortfall
+from tokenomy.ledger.live import LiveStateUnavailable, Shortfall
 from tokenomy.ledger.periods import Period
 from tokenomy.ledger.redis_live import RedisLedger
 from tokenomy.store.redis_scripts import ScriptClient
@@ -258,3 +260,74 @@ async def test_the_lease_counters_are_exported_as_metrics(prefix: str, tmp_path:
     assert "tokenomy_ledger_redis_losses_total 0" in text
     assert "tokenomy_ledger_redis_rebuilds_total" in text
     await svc.stop()
+
+
+async def test_a_sync_whose_reply_was_lost_after_redis_applied_it_is_counted_once(
+    prefix: str,
+) -> None:
+    live = replica(FakeLoader(admin={PREPAID.id: 10**9}), prefix, hot_holds=1, flush_s=60)
+    try:
+        first = hold(1, PREPAID, 1_000, 0, ())
+        await live.hold(first)  # exact; the meter goes hot and is leased
+        await live.sync(list(live._leases.values()))
+        leased = [hold(i, PREPAID, 1_000, 0, ()) for i in (2, 3)]
+        for h in leased:
+            await live.hold(h)
+        assert live.leased_holds == 2
+        await live.settle(first, 500, 0)
+        await live.settle_soon(leased[0], 700, 0)  # posted by the flush below
+        script = live._sync_script
+
+        async def reply_lost(**kw: Any) -> Any:
+            await script(**kw)  # Redis applies it; its answer never arrives
+            raise TimeoutError("reply lost")
+
+        live._sync_script = reply_lost
+        with pytest.raises(TimeoutError):
+            await live.flush()
+        live._sync_script = script
+        await live.settle_soon(leased[1], 300, 0)
+        await live.flush()  # posts again what the lost call carried, and the rest
+        assert (await redis_org(prefix))[1] == 500 + 700 + 300
+    finally:
+        await live.close()
+
+
+async def test_redis_failing_while_a_hold_gives_its_reserve_back_is_live_state_unavailable(
+    prefix: str,
+) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 1_000})
+    live = replica(loader, prefix, share=0.5, hot_holds=1, flush_s=60)
+    try:
+        await live.hold(hold(1, PREPAID, 10, 0, ()))
+        await live.sync(list(live._leases.values()))  # a reserve of half the free funds
+        await asyncio.sleep(0.1)  # the sync the hold scheduled is done
+        assert live._leases[OrgMeter(PREPAID).key].reserve > 400
+
+        async def unreachable(**_: Any) -> Any:
+            raise rx.ConnectionError("connection refused")
+
+        live._sync_script = unreachable
+        # Admitted only with the reserve back: the give-back sync meets Redis gone.
+        with pytest.raises(LiveStateUnavailable):
+            await live.hold(hold(2, PREPAID, 990, 0, ()))
+    finally:
+        live._leases.clear()
+        await live.close()
+
+
+async def test_the_database_failing_while_a_meter_is_loaded_is_live_state_unavailable(
+    prefix: str,
+) -> None:
+    class Down(FakeLoader):
+        def org_totals(self, org_id: str) -> tuple[int, int]:
+            raise OperationalError("SELECT", {}, Exception("database is down"))
+
+    url = require_redis()
+    live = RedisLedger(Redis.from_url(url), Down(), prefix, scripts=ScriptClient.from_url(url))
+    try:
+        # The org's meter is not in Redis yet: loading it meets the database down.
+        with pytest.raises(LiveStateUnavailable):
+            await live.hold(hold(1, PREPAID, 10, 0, ()))
+    finally:
+        await live.close()

@@ -42,6 +42,25 @@ class FakeLoader:
         budgets = {k: (n, t, None) for k, (n, t) in self.spent.items()}
         return LiveTotals(orgs, budgets, frozenset(request_ids) & self.recorded)
 
+    def live_snapshot(self, at_ms: int) -> FakeSnapshot:
+        totals = self.live_totals(at_ms, ())
+        return FakeSnapshot(totals.orgs, totals.budgets, set(self.recorded))
+
+
+@dataclass
+class FakeSnapshot:
+    """The loader's totals as of one moment."""
+
+    orgs: dict[str, tuple[int, int]]
+    budgets: dict[str, tuple[int, int, int | None]]
+    known: set[str]
+
+    def recorded(self, request_ids: Collection[str]) -> frozenset[str]:
+        return frozenset(request_ids) & self.known
+
+    def close(self) -> None:
+        return None
+
 
 AT_MS = int(time.time() * 1000)
 PREPAID = Org("org_a", "A", Currency.USD, Mode.PREPAID)

@@ -3,19 +3,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from sqlalchemy import Table
 
 from tests.needs import require_redis
-from tests.test_ledger_live import PREPAID, FakeLoader, hold
+from tests.test_ledger_live import PREPAID, FakeLoader, FakeSnapshot, hold
 from tokenomy.ledger.accounts import OrgMeter
 from tokenomy.ledger.leased import LeasedLedger
 from tokenomy.ledger.redis_live import RedisLedger
 from tokenomy.store.redis_scripts import ScriptClient
+from tokenomy.store.schema import usage_events
 
 
 @pytest.fixture
@@ -136,3 +140,143 @@ async def test_holds_that_survive_a_lost_marker_are_counted_once(prefix: str) ->
     finally:
         await live.close()
         await other.close()
+
+
+async def test_a_hold_settled_while_reassert_runs_is_not_held_again(prefix: str) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 10_000})
+    live = ledger(loader, prefix)
+    try:
+        first, second = hold(1, PREPAID, 1_000, 0, ()), hold(2, PREPAID, 2_000, 0, ())
+        await live.hold(first)
+        await live.hold(second)
+        call = live._hold
+
+        async def slow_call(**kw: object) -> object:
+            # The second request ends while the first hold is being held again.
+            res = await call(**kw)
+            if "settled" not in calls:
+                calls.append("settled")
+                await asyncio.create_task(live.settle(second, 1_500, 0))
+            return res
+
+        calls: list[str] = []
+        live._hold = slow_call
+        await live.reassert()
+        r = Redis.from_url(require_redis())
+        try:
+            assert not await r.exists(prefix + "hold:" + second.id)
+        finally:
+            await r.aclose()
+        st = await live.org_state(OrgMeter(PREPAID))
+        assert (st.used, st.held) == (1_500, 1_000)
+    finally:
+        await live.close()
+
+
+def usage_items(*request_ids: str) -> list[tuple[Table, dict[str, object]]]:
+    """What the writer reports as committed: usage rows of these requests."""
+    return [(usage_events, {"request_id": rid}) for rid in request_ids]
+
+
+async def test_usage_redis_counted_but_the_writer_had_not_committed_survives_a_loss(
+    prefix: str,
+) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 10_000})
+    live = ledger(loader, prefix)
+    committed = live.watch_commits()
+    try:
+        done, backlog = hold(1, PREPAID, 1_000, 0, ()), hold(2, PREPAID, 1_000, 0, ())
+        for h in (done, backlog):
+            await live.hold(h)
+        await live.settle(done, 300, 0)
+        await live.settle(backlog, 700, 0)
+        # The writer commits the first request; the second waits in its backlog.
+        loader.used[PREPAID.id] = 300
+        loader.recorded.add(done.id)
+        committed(usage_items(done.id))
+        await lose_everything(prefix)
+        await live.hold(hold(3, PREPAID, 100, 0, ()))  # finds the state lost: rebuilt
+        # Then the writer commits the backlog.
+        loader.used[PREPAID.id] = 1_000
+        loader.recorded.add(backlog.id)
+        committed(usage_items(backlog.id))
+        st = await live.org_state(OrgMeter(PREPAID))
+        assert (st.used, st.held) == (loader.used[PREPAID.id], 100)
+        assert live.recovery.rebuilds == 2
+    finally:
+        await live.close()
+
+
+async def test_a_lease_posted_usage_the_writer_had_not_committed_survives_a_loss(
+    prefix: str,
+) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 1_000_000})
+    live = LeasedLedger(ledger(loader, prefix), share=0.1, hot_holds=1, flush_s=60)
+    committed = live.watch_commits()
+    try:
+        first, second = hold(1, PREPAID, 1_000, 0, ()), hold(2, PREPAID, 1_000, 0, ())
+        await live.hold(first)  # exact; the meter goes hot and is leased
+        await live.sync(list(live._leases.values()))
+        await live.hold(second)
+        assert live.leased_holds == 1
+        await live.settle(first, 300, 0)
+        await live.settle(second, 700, 0)
+        await live.flush()  # posted to Redis; the writer has committed none of it
+        await lose_everything(prefix)
+        await live.inner.hold(hold(3, PREPAID, 100, 0, ()))  # rebuilt
+        loader.used[PREPAID.id] = 1_000
+        loader.recorded.update((first.id, second.id))
+        committed(usage_items(first.id, second.id))
+        st = await live.org_state(OrgMeter(PREPAID))
+        assert st.used == loader.used[PREPAID.id]
+    finally:
+        await live.close()
+
+
+async def test_the_expiry_sweep_marks_live_state_as_seen(prefix: str) -> None:
+    loader = FakeLoader(admin={PREPAID.id: 10_000})
+    busy, idle = ledger(loader, prefix), ledger(loader, prefix)
+    try:
+        await busy.hold(hold(1, PREPAID, 100, 0, ()))
+        await idle.expire()
+        # A replica whose only call is the sweep still waits for the others' entries
+        # when it is the one to rebuild.
+        assert idle.recovery.seen
+    finally:
+        await busy.close()
+        await idle.close()
+
+
+async def test_later_rebuild_rounds_read_the_totals_once_and_ask_only_about_requests(
+    prefix: str,
+) -> None:
+    calls = {"snapshots": 0, "asked": 0}
+    url = require_redis()
+
+    class Busy(FakeLoader):
+        def live_snapshot(self, at_ms: int) -> FakeSnapshot:
+            calls["snapshots"] += 1
+            snap = super().live_snapshot(at_ms)
+            ask = snap.recorded
+
+            def recorded(request_ids: Collection[str]) -> frozenset[str]:
+                calls["asked"] += 1
+                if calls["asked"] == 1:
+                    # Another process's settlement arrives meanwhile: a second round.
+                    r = SyncRedis.from_url(url)
+                    r.hset(prefix + "unposted", f"u late {prefix}org:{PREPAID.id}", "250 0 o")
+                    r.close()
+                return ask(request_ids)
+
+            snap.recorded = recorded  # type: ignore[method-assign]
+            return snap
+
+    loader = Busy(admin={PREPAID.id: 10_000})
+    live = ledger(loader, prefix)
+    try:
+        await live.hold(hold(1, PREPAID, 100, 0, ()))  # a new Redis: rebuilt
+        assert (calls["snapshots"], calls["asked"]) == (1, 2)
+        st = await live.org_state(OrgMeter(PREPAID))
+        assert (st.used, st.held) == (250, 100)  # the late usage counted once
+    finally:
+        await live.close()

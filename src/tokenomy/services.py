@@ -328,17 +328,21 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     registry = build_registry(config, env)
     providers = build_providers(registry, config.server)
     counter = TokenCounter()
-    writer = BatchWriter(
-        engine,
-        usage_events,
-        flush_interval_ms=config.writer.flush_interval_ms,
-        batch_max=config.writer.batch_max,
-    )
     ledger = LedgerStore(engine)
     directory = Directory(ledger)
     scripts = build_scripts(config)
     redis = build_redis(config)
     live = build_live(config, ledger, scripts, redis)
+    # Redis-backed live ledgers keep the usage Redis counted until the writer commits
+    # it: a rebuild after a loss adds what the database does not have yet.
+    watch = getattr(live, "watch_commits", None)
+    writer = BatchWriter(
+        engine,
+        usage_events,
+        flush_interval_ms=config.writer.flush_interval_ms,
+        batch_max=config.writer.batch_max,
+        on_flushed=watch() if watch is not None else None,
+    )
     biller = Biller(
         PriceBook.load(config.prices),
         FxTable.load(config.fx),

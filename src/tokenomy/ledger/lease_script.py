@@ -9,14 +9,19 @@ from __future__ import annotations
 
 # KEYS: holds, then per lease: the meter's hash, the lease's hold record; then unposted,
 #       epoch (see redis_recovery).
-# ARGV: expiry ms, record ttl ms (a day past the expiry: see leased.RECORD_MARGIN_MS),
-#       lease count, then per lease (9): kind ('o' org, 'b' budget), money bound (org: its
-#       floor; budget: its limit, -1 none), token limit (-1 none), usage to post (nanos,
-#       tokens: strings, for HINCRBY), share in millionths (0: keep only what is in use;
-#       -1: keep it even past the floor, as after a rebuild that missed the lease),
-#       nanos and tokens to keep at least, lease id; then the count of requests whose
-#       usage this posts, and per request (4): lease index (from 1), request id, nanos,
-#       tokens.
+# ARGV: expiry ms, record ttl ms (a day past the expiry: see redis_live.RECORD_MARGIN_MS),
+#       lease count, then per lease (10): kind ('o' org, 'b' budget), money bound (org:
+#       its floor; budget: its limit, -1 none), token limit (-1 none), usage to post
+#       (nanos, tokens: every usage since the last call Redis answered), share in
+#       millionths (0: keep only what is in use; -1: keep it even past the floor, as
+#       after a rebuild that missed the lease), nanos and tokens to keep at least, lease
+#       id, base (the sequence number of the lease's last answered call); then the count
+#       of requests whose usage this posts, and per request (4): lease index (from 1),
+#       request id, nanos, tokens.
+#
+# Posting is idempotent: the lease's record keeps the base and the usage of the last
+# call applied. A call whose answer was lost is posted again with the usage since the
+# same base (and any since): only what the applied call did not carry is added.
 # Returns per lease: 1 (or 0: the meter is gone, nothing was posted), then the nanos and
 # tokens the lease holds now; or {-1} when the state is lost: then nothing is posted, each
 # request's usage is kept in ``unposted`` for the rebuild and each lease is published
@@ -31,16 +36,16 @@ local n = tonumber(ARGV[3])
 local out = {}
 if redis.call('EXISTS', KEYS[#KEYS]) == 0 then
   local U = KEYS[#KEYS - 1]
-  local m = tonumber(ARGV[4 + n * 9])
+  local m = tonumber(ARGV[4 + n * 10])
   for i = 0, m - 1 do
-    local j = 5 + n * 9 + 4 * i
+    local j = 5 + n * 10 + 4 * i
     local li = tonumber(ARGV[j])
-    local kind = ARGV[4 + (li - 1) * 9] == 'o' and 'o' or 'b'
+    local kind = ARGV[4 + (li - 1) * 10] == 'o' and 'o' or 'b'
     redis.call('HSET', U, 'u ' .. ARGV[j + 1] .. ' ' .. KEYS[2 * li],
                ARGV[j + 2] .. ' ' .. ARGV[j + 3] .. ' ' .. kind)
   end
   for i = 1, n do
-    local j = 4 + (i - 1) * 9
+    local j = 4 + (i - 1) * 10
     local keep, tkeep = ARGV[j + 6], ARGV[j + 7]
     if keep == '0' and tkeep == '0' then
       redis.call('HDEL', U, 'h ' .. ARGV[j + 8])
@@ -64,7 +69,7 @@ local function retarget(pot, share, keep, R, free)
 end
 for i = 1, n do
   local mk, rk = KEYS[2 * i], KEYS[2 * i + 1]
-  local j = 4 + (i - 1) * 9
+  local j = 4 + (i - 1) * 10
   local kind = ARGV[j]
   local lim, tlim = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
   local c, t = tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])
@@ -76,22 +81,28 @@ for i = 1, n do
     redis.call('ZREM', KEYS[1], id)
     out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = 0
   else
-    local rec = redis.call('HMGET', rk, 'amount', 'tokens')
+    local rec = redis.call('HMGET', rk, 'amount', 'tokens', 'base', 'sent', 'tsent')
     local R, RT = 0, 0
     if rec[1] then R = -tonumber(rec[1]); RT = -tonumber(rec[2]) end
+    if rec[3] and rec[3] == ARGV[j + 9] then
+      -- A call since the same base was applied (its answer was lost): it carried part
+      -- of this usage already.
+      c = math.max(c - tonumber(rec[4]), 0)
+      t = math.max(t - tonumber(rec[5]), 0)
+    end
     local cr, tr = math.min(c, R), math.min(t, RT)
     R, RT = R - cr, RT - tr
     local T, TT = 0, 0
     if kind == 'o' then
-      redis.call('HINCRBY', mk, 'used', ARGV[j + 3])
+      redis.call('HINCRBY', mk, 'used', I(c))
       local v = redis.call('HMGET', mk, 'admin', 'used', 'held')
       local held = tonumber(v[3]) - cr
       local free = tonumber(v[1]) - tonumber(v[2]) - held - lim
       T = retarget(free + R, share, keep, R, free)
       redis.call('HINCRBY', mk, 'held', I(T - R - cr))
     else
-      redis.call('HINCRBY', mk, 'spent', ARGV[j + 3])
-      redis.call('HINCRBY', mk, 'tspent', ARGV[j + 4])
+      redis.call('HINCRBY', mk, 'spent', I(c))
+      redis.call('HINCRBY', mk, 'tspent', I(t))
       local v = redis.call('HMGET', mk, 'spent', 'held', 'tspent', 'theld')
       local held, theld = tonumber(v[2]) - cr, tonumber(v[4]) - tr
       if lim >= 0 then
@@ -105,14 +116,22 @@ for i = 1, n do
       redis.call('HINCRBY', mk, 'held', I(T - R - cr))
       redis.call('HINCRBY', mk, 'theld', I(TT - RT - tr))
     end
-    if T == 0 and TT == 0 then
+    local posted = ARGV[j + 3] ~= '0' or ARGV[j + 4] ~= '0'
+    if T == 0 and TT == 0 and not posted then
       redis.call('DEL', rk)
       redis.call('ZREM', KEYS[1], id)
     else
+      -- A record holding nothing is kept (out of the holds set) while it may still be
+      -- needed to recognise this call posted again.
       redis.call('HSET', rk, 'amount', I(-T), 'tokens', I(-TT),
-                 'org', kind == 'o' and '1' or '0', 'keys', mk)
+                 'org', kind == 'o' and '1' or '0', 'keys', mk,
+                 'base', ARGV[j + 9], 'sent', ARGV[j + 3], 'tsent', ARGV[j + 4])
       redis.call('PEXPIRE', rk, ARGV[2])
-      redis.call('ZADD', KEYS[1], ARGV[1], id)
+      if T == 0 and TT == 0 then
+        redis.call('ZREM', KEYS[1], id)
+      else
+        redis.call('ZADD', KEYS[1], ARGV[1], id)
+      end
     end
     out[#out + 1] = 1; out[#out + 1] = I(T); out[#out + 1] = I(TT)
   end

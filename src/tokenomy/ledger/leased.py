@@ -26,26 +26,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis import exceptions as rx
 
 from tokenomy.ids import UniqueIds
 from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.lease_script import SYNC
-from tokenomy.ledger.live import BudgetState, Hold, OrgState, Shortfall
-from tokenomy.ledger.redis_live import RedisLedger
+from tokenomy.ledger.live import BudgetState, Hold, LiveStateUnavailable, OrgState, Shortfall
+from tokenomy.ledger.redis_live import RECORD_MARGIN_MS, RedisLedger
+from tokenomy.store.writer import Item
 
 log = logging.getLogger(__name__)
 
 #: Holds a meter must see in one second, the exact way, before this process leases it:
 #: a meter used now and then costs fewer calls held exactly than leased.
 HOT_HOLDS = 8
-
-#: How long a lease record outlives its deadline in the holds set. Were both to end
-#: together, Redis would drop the record before the sweep released it, and the reserve
-#: of a process killed outright would stay held for good.
-RECORD_MARGIN_MS = 86_400_000
 
 
 @dataclass(slots=True)
@@ -73,6 +71,9 @@ class _Lease:
     keep: tuple[int, int] = (0, 0)
     #: Hold what is in use at the next sync even past the floor (see _reassert).
     force: bool = False
+    #: Syncs of this lease Redis answered: the base of the next one, which lets Redis
+    #: recognise usage posted again after a call whose answer was lost.
+    answered: int = 0
 
     @property
     def money_bound(self) -> bool:
@@ -167,7 +168,10 @@ class LeasedLedger:
             mine = [ls for ls in self._meter_leases(hold) if ls.reserve or ls.treserve]
             if not mine:
                 raise
-            await self.sync(mine, give_back=True)
+            try:
+                await self.sync(mine, give_back=True)
+            except (rx.ConnectionError, rx.TimeoutError) as e:
+                raise LiveStateUnavailable(f"live balances are unreachable: {e}") from e
             await self.inner.hold(hold)
             return
         self._warm(hold)
@@ -329,9 +333,9 @@ class LeasedLedger:
             self.sync_failures += 1
             # Kept to be posted again: Redis gone or restarted empty took none of it (the
             # next call finds the state lost and hands it to the rebuild, which adds
-            # what the database lacks); a call that timed out after Redis applied it
-            # counts it twice, on the safe side. Nothing more is admitted from these
-            # reserves until a call succeeds.
+            # what the database lacks); a call that timed out after Redis applied it is
+            # recognised by its base, and only the usage it did not carry is added.
+            # Nothing more is admitted from these reserves until a call succeeds.
             for ls, used, tused, done in posted:
                 ls.used += used
                 ls.tused += tused
@@ -339,6 +343,8 @@ class LeasedLedger:
                 ls.reserve, ls.treserve = min(ls.reserve, ls.held), min(ls.treserve, ls.theld)
             raise
         now = time.monotonic()
+        for ls in leases:
+            ls.answered += 1
         if int(res[0]) == -1:
             # The state is lost: the usage and what each lease keeps are with the rebuild.
             for ls in leases:
@@ -348,6 +354,10 @@ class LeasedLedger:
             return
         for i, ls in enumerate(leases):
             ok, reserve, treserve = (int(v) for v in res[3 * i : 3 * i + 3])
+            if ok:
+                kind = "o" if ls.org is not None else "b"
+                for rid, nanos, toks in posted[i][3]:
+                    self.inner.counted(rid, (self._p + ls.key, nanos, toks, kind))
             # A meter gone from Redis had nothing to post against (rebuilt from the
             # database, it counts what the writer recorded) and holds no reserve.
             ls.reserve, ls.treserve = (reserve, treserve) if ok else (0, 0)
@@ -384,7 +394,7 @@ class LeasedLedger:
             # the reserve the process admits against, and what is in use).
             share, ls.force = -1, False
         ls.keep = (keep, tkeep)
-        return [kind, bound, tbound, used, tused, share, keep, tkeep, ls.id]
+        return [kind, bound, tbound, used, tused, share, keep, tkeep, ls.id, ls.answered]
 
     def _inflight(self) -> dict[str, str]:
         """Open holds to publish when the state is lost: the exact ones, and what each
@@ -409,6 +419,10 @@ class LeasedLedger:
                 ls.force = True
                 self._wanted.add(ls.key)
         self._schedule(0.0)
+
+    def watch_commits(self) -> Callable[[Sequence[Item]], None]:
+        """See RedisLedger.watch_commits: the usage leases post is kept the same way."""
+        return self.inner.watch_commits()
 
     async def flush(self) -> None:
         """Post every lease's settled usage now and wait until Redis has it."""

@@ -84,6 +84,20 @@ class Loader(Protocol):
         are recorded, in one snapshot: what lost live state is rebuilt from."""
         ...
 
+    def live_snapshot(self, at_ms: int) -> TotalsSnapshot:
+        """The totals ``live_totals`` reads, in a snapshot kept open to be asked which
+        requests are recorded again and again (a rebuild's later rounds)."""
+        ...
+
+
+class TotalsSnapshot(Protocol):
+    orgs: dict[str, tuple[int, int]]
+    budgets: dict[str, tuple[int, int, int | None]]
+
+    def recorded(self, request_ids: Collection[str]) -> frozenset[str]: ...
+
+    def close(self) -> None: ...
+
 
 class LiveStateUnavailable(Exception):
     """Live balances cannot be reached or are being rebuilt: nothing can be held now."""

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
+from sqlalchemy.exc import SQLAlchemyError
 
 from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.live import (
@@ -29,7 +31,10 @@ from tokenomy.ledger.live import (
     Shortfall,
 )
 from tokenomy.ledger.redis_recovery import Recovery
+from tokenomy.ledger.snapshot import BUCKET_GRACE_MS
 from tokenomy.store.redis_scripts import Script, ScriptClient
+from tokenomy.store.schema import usage_events
+from tokenomy.store.writer import Item
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,18 @@ RECOVER_WAIT_S = 5.0
 #: A floor no balance reaches: holds of requests already running, held again after a
 #: rebuild, are not refused.
 _NO_FLOOR = -(2**60)
+#: How long a hold's (or a lease's) record outlives its deadline in the holds set: were
+#: both to end together, Redis would drop the record before the sweep released it, and
+#: the hold of a process killed outright would stay held for good; and a hold asked again
+#: is still recognised as a duplicate.
+RECORD_MARGIN_MS = 86_400_000
+#: How long usage counted in Redis waits for the writer's commit before this process
+#: stops publishing it after a loss (a writer that far behind is reported unhealthy).
+UNCOMMITTED_MAX_S = 600.0
+
+#: One meter's part of a request's usage: (meter key with prefix, nanos, tokens, kind
+#: 'o' org or 'b' budget), as an unposted entry has it.
+Usage = tuple[str, int, int, str]
 
 # KEYS: hold, holds, [org], budgets..., unposted, epoch   ARGV: id, amount, tokens,
 # expires_ms, has_org, floor, -amount, -tokens, record ttl ms, then (limit, tlimit) per
@@ -188,6 +205,10 @@ class RedisLedger:
         self.recovery = Recovery(client, prefix, loader)
         self.recovery.inflight = self.inflight
         self.recovery.reassert = self.reassert
+        #: Usage counted in Redis the writer has not reported committed yet, by request
+        #: (with when it was counted): a rebuild's snapshot lacks it, so it is published
+        #: after a loss. Kept only once the writer reports commits (watch_commits).
+        self._uncommitted: dict[str, tuple[float, list[Usage]]] | None = None
         #: Whether Redis is unreachable (logged once per outage, not per request).
         self._outage = False
 
@@ -226,7 +247,11 @@ class RedisLedger:
                     raise LiveStateUnavailable("live balances are being rebuilt")
                 continue
             if status == "missing":
-                await self._rebuild(hold, int(res[1]))
+                try:
+                    await self._rebuild(hold, int(res[1]))
+                except (rx.ConnectionError, rx.TimeoutError, SQLAlchemyError) as e:
+                    # Redis or the database gone meanwhile: the client is told to retry.
+                    raise LiveStateUnavailable(f"a live balance could not be loaded: {e}") from e
                 continue
             idx, available, unit = int(res[1]), int(_s(res[2])), _s(res[3])
             tokens = unit == "tokens"
@@ -263,8 +288,7 @@ class RedisLedger:
             _NO_FLOOR if force else hold.org.org.floor_nanos if hold.org is not None else 0,
             -hold.amount,
             -hold.tokens,
-            # The record outlives the hold's expiry by a day, so a dup is still recognised.
-            int(max(hold.expires_at - time.time(), 0) * 1000) + 86_400_000,
+            int(max(hold.expires_at - time.time(), 0) * 1000) + RECORD_MARGIN_MS,
         ]
         for m in hold.budgets:
             b = m.budget
@@ -275,17 +299,74 @@ class RedisLedger:
         return args
 
     def inflight(self) -> dict[str, str]:
-        """This process's open holds as unposted entries (see redis_recovery)."""
+        """This process's open holds, and the usage it counted that the database may not
+        have yet, as unposted entries (see redis_recovery: usage the snapshot has is
+        not added again)."""
         out = {}
         for h in self._open.values():
             meters = " ".join(self._keys(h)[2:-2])
             flag = 1 if h.org is not None else 0
             out["h " + h.id] = f"{h.amount} {h.tokens} {flag} {int(h.expires_at * 1000)} {meters}"
+        for rid, (_, usage) in (self._uncommitted or {}).items():
+            for key, nanos, tokens, kind in usage:
+                out[f"u {rid} {key}"] = f"{nanos} {tokens} {kind}"
         return out
+
+    def watch_commits(self) -> Callable[[Sequence[Item]], None]:
+        """Keep the usage this process counts in Redis until the writer commits it; the
+        writer's ``on_flushed`` is the returned callback."""
+        if self._uncommitted is None:
+            self._uncommitted = {}
+        return self.committed
+
+    def committed(self, items: Sequence[Item]) -> None:
+        """The writer committed these rows: their usage is in the database now."""
+        if not self._uncommitted:
+            return
+        for table, row in items:
+            if table is usage_events:
+                self._uncommitted.pop(row["request_id"], None)
+
+    def counted(self, request_id: str, usage: Usage) -> None:
+        """Redis counted one meter's part of a request's usage (see watch_commits)."""
+        if self._uncommitted is None:
+            return
+        entry = self._uncommitted.get(request_id)
+        if entry is None:
+            self._uncommitted[request_id] = (time.monotonic(), [usage])
+        else:
+            entry[1].append(usage)
+
+    def _count_settle(self, hold: Hold, amount: int, tokens: int) -> None:
+        if self._uncommitted is None:
+            return
+        usage: list[Usage] = []
+        if hold.org is not None:
+            usage.append((self.p + hold.org.key, amount, 0, "o"))
+        usage += [(self.p + m.key, amount, tokens, "b") for m in hold.budgets]
+        self._uncommitted[hold.id] = (time.monotonic(), usage)
+
+    def _forget_old_usage(self) -> None:
+        """Drop usage the writer never reported (a dead letter): memory stays bounded."""
+        if not self._uncommitted:
+            return
+        cutoff = time.monotonic() - UNCOMMITTED_MAX_S
+        old = []
+        for rid, (at, _) in self._uncommitted.items():  # oldest first
+            if at > cutoff:
+                break
+            old.append(rid)
+        for rid in old:
+            del self._uncommitted[rid]
 
     async def reassert(self) -> None:
         """Hold this process's open holds again, past every limit: their requests run."""
         for h in list(self._open.values()):
+            # A hold settled while an earlier one was being held again is not held again:
+            # its settle went out first on the same connection, so this call would make
+            # a phantom hold, kept until its expiry.
+            if h.id not in self._open:
+                continue
             await self._hold(keys=self._keys(h), args=self._hold_args(h, force=True))
 
     async def _rebuild(self, hold: Hold, index: int) -> None:
@@ -312,8 +393,7 @@ class RedisLedger:
         for field_, value in (("spent", nanos), ("held", 0), ("tspent", tokens), ("theld", 0)):
             pipe.hsetnx(key, field_, value)
         if meter.end_ms is not None:
-            # A bucket outlives its period by a week, for statements and late settles.
-            pipe.pexpireat(key, meter.end_ms + 7 * 86_400_000)
+            pipe.pexpireat(key, meter.end_ms + BUCKET_GRACE_MS)
         await pipe.execute()
 
     def _settle_args(self, hold: Hold, amount: int, tokens: int) -> list[str | int]:
@@ -321,12 +401,16 @@ class RedisLedger:
 
     async def settle(self, hold: Hold, amount: int, tokens: int) -> None:
         self._open.pop(hold.id, None)
+        # Counted before the call: if it fails, the entry only asks the rebuild whether
+        # the database has it, and never adds usage the database already counts.
+        self._count_settle(hold, amount, tokens)
         keys, args = self._keys(hold), self._settle_args(hold, amount, tokens)
         if int(await self._settle(keys=keys, args=args)) == 0:
             self.recovery.start()  # the usage waits in ``unposted`` for the rebuild
 
     async def settle_soon(self, hold: Hold, amount: int, tokens: int) -> None:
         self._open.pop(hold.id, None)
+        self._count_settle(hold, amount, tokens)
         script = self._settle
         if not isinstance(script, Script):  # redis-py serves this URL: wait as settle does
             try:
@@ -358,10 +442,13 @@ class RedisLedger:
             del self._open[h.id]
         now_ms = int(at * 1000)
         keys = [self.p + "holds", self.tail_keys[1]]
+        self._forget_old_usage()
         n = int(await self._call(self._expire, keys, [now_ms, self.p, 1000]))
         if n < 0:  # the state is lost (the sweep runs on idle replicas too: they notice)
             self.recovery.start()
             return 0
+        # Live state seen: should it be lost, this process waits for the others' entries.
+        self.recovery.seen = True
         return n
 
     async def org_state(self, meter: OrgMeter) -> OrgState:

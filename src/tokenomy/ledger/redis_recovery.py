@@ -5,7 +5,8 @@ without persistence, an eviction), in one step for every org, by one process at 
 lost and the ledger's scripts change no counter: a hold is refused (the caller waits for
 the rebuild, then answers 503), and a settlement or a lease's usage is kept in the
 ``unposted`` hash instead, one entry per request and meter. The process that first sees
-the loss publishes its open holds there too, takes the ``rebuild`` lock (SET NX), waits
+the loss publishes its open holds there too (and the usage it counted that the writer
+has not committed yet), takes the ``rebuild`` lock (SET NX), waits
 ``grace_s`` for the other processes to see it, and rebuilds:
 
 1. it reads the unposted request ids, then, in one database snapshot, every org's totals,
@@ -32,7 +33,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from tokenomy.ledger.live import Loader
+from tokenomy.ledger.live import Loader, TotalsSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,9 @@ class Recovery:
             raise
 
     async def _recover(self) -> None:
-        grace = self.grace_s if self.seen else 0.0
+        # Always: a process that saw no live state yet (a new replica, an idle one) has
+        # nothing in flight, but the others may, and they need the time to publish it.
+        grace = self.grace_s
         lock = self.p + "rebuild"
         lost = False
         while not await self.r.exists(self.epoch_key):
@@ -248,23 +251,32 @@ class Recovery:
             await self._publish(keys=[self.unposted_key, self.epoch_key], args=args)
 
     async def _rebuild(self) -> None:
+        await self._publish_inflight()
+        # Totals read once; later rounds ask the same snapshot only about the requests.
+        snap = await asyncio.to_thread(self.loader.live_snapshot, int(time.time() * 1000))
+        try:
+            await self._rebuild_from(snap)
+        finally:
+            await asyncio.to_thread(snap.close)
+
+    async def _rebuild_from(self, totals: TotalsSnapshot) -> None:
+        head: list[Any] = [len(totals.orgs)]
+        for org_id, (admin, used) in totals.orgs.items():
+            head += [f"{self.p}org:{org_id}", admin, used]
+        head.append(len(totals.budgets))
+        for key, (nanos, tokens, until) in totals.budgets.items():
+            head += [self.p + key, nanos, tokens, -1 if until is None else until]
         for round_ in range(MAX_ROUNDS + 1):
-            await self._publish_inflight()
+            if round_:
+                await self._publish_inflight()
             names = [_s(f) for f in await self.r.hkeys(self.unposted_key)]
             rids = {f.split(" ")[1] for f in names if f.startswith("u ")}
-            now_ms = int(time.time() * 1000)
-            totals = await asyncio.to_thread(self.loader.live_totals, now_ms, rids)
+            recorded = await asyncio.to_thread(totals.recorded, rids)
             final = round_ == MAX_ROUNDS
-            args: list[Any] = [secrets.token_hex(8), self.p, "1" if final else "0"]
-            args.append(len(totals.orgs))
-            for org_id, (admin, used) in totals.orgs.items():
-                args += [f"{self.p}org:{org_id}", admin, used]
-            args.append(len(totals.budgets))
-            for key, (nanos, tokens, until) in totals.budgets.items():
-                args += [self.p + key, nanos, tokens, -1 if until is None else until]
+            args: list[Any] = [secrets.token_hex(8), self.p, "1" if final else "0", *head]
             args.append(len(rids))
             for rid in rids:
-                args += [rid, "1" if rid in totals.recorded else "0"]
+                args += [rid, "1" if rid in recorded else "0"]
             keys = [self.epoch_key, self.unposted_key, self.p + "holds"]
             res = await self._finalize(keys=keys, args=args)
             if isinstance(res, list):

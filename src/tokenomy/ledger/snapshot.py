@@ -14,10 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Select, and_, func, select
 
 from tokenomy.ledger.accounts import BudgetMeter, Scope
-from tokenomy.store.schema import ledger_postings, ledger_txns, usage_events
-
-#: Admin kinds (top-ups, credits, refunds, adjustments): every other kind is usage.
-ADMIN_KINDS = frozenset({"topup", "credit", "refund", "adjustment"})
+from tokenomy.store.schema import ADMIN_KINDS, ledger_postings, ledger_txns, usage_events
 
 #: Request ids asked about in one statement.
 _CHUNK = 500
@@ -54,6 +51,31 @@ def org_totals(conn: Connection, org_id: str) -> tuple[int, int]:
     return admin, used
 
 
+def all_org_totals(conn: Connection, org_ids: Collection[str]) -> dict[str, tuple[int, int]]:
+    """``org_totals`` of every org in ``org_ids``, one grouped query per _CHUNK orgs."""
+    totals = dict.fromkeys(org_ids, (0, 0))
+    accounts = [f"org:{o}" for o in totals]
+    for i in range(0, len(accounts), _CHUNK):
+        q = (
+            select(
+                ledger_postings.c.account,
+                ledger_txns.c.kind,
+                func.sum(ledger_postings.c.amount_nanos),
+            )
+            .join(ledger_txns, ledger_txns.c.id == ledger_postings.c.txn_id)
+            .where(ledger_postings.c.account.in_(accounts[i : i + _CHUNK]))
+            .group_by(ledger_postings.c.account, ledger_txns.c.kind)
+        )
+        for account, kind, total in conn.execute(q):
+            org_id = account[len("org:") :]
+            admin, used = totals[org_id]
+            if kind in ADMIN_KINDS:
+                totals[org_id] = (admin + int(total), used)
+            else:
+                totals[org_id] = (admin, used - int(total))
+    return totals
+
+
 def budget_spent(conn: Connection, meter: BudgetMeter) -> tuple[int, int]:
     """(nanos, tokens) of usage recorded in the budget's bucket."""
     b = meter.budget
@@ -78,6 +100,53 @@ def budget_spent(conn: Connection, meter: BudgetMeter) -> tuple[int, int]:
 BUCKET_GRACE_MS = 7 * 86_400_000
 
 
+class LiveSnapshot:
+    """One read transaction of the database: the totals of some orgs and budget buckets
+    read once, and which requests are recorded asked as often as needed, all as of the
+    same moment (a rebuild asks again for the entries that arrived meanwhile)."""
+
+    def __init__(
+        self, engine: Engine, org_ids: Collection[str], meters: Collection[BudgetMeter]
+    ) -> None:
+        self._conn = engine.connect()
+        try:
+            conn = self._conn
+            if conn.dialect.name == "postgresql":
+                # Several statements, one snapshot (READ COMMITTED takes one per statement).
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            self._conn = conn
+            conn.begin()
+            if conn.dialect.name == "sqlite":
+                # pysqlite begins no transaction for reads: each SELECT would see the
+                # latest commit. An explicit BEGIN holds one WAL snapshot from the first
+                # read until close().
+                conn.exec_driver_sql("BEGIN")
+            self.orgs = all_org_totals(conn, org_ids)
+            self.budgets: dict[str, tuple[int, int, int | None]] = {}
+            for m in meters:
+                nanos, tokens = budget_spent(conn, m)
+                until = None if m.end_ms is None else m.end_ms + BUCKET_GRACE_MS
+                self.budgets[m.key] = (nanos, tokens, until)
+        except BaseException:
+            self.close()
+            raise
+
+    def recorded(self, request_ids: Collection[str]) -> frozenset[str]:
+        """Which of ``request_ids`` the database has."""
+        ids = list(request_ids)
+        found: set[str] = set()
+        for i in range(0, len(ids), _CHUNK):
+            q = select(usage_events.c.request_id).where(
+                usage_events.c.request_id.in_(ids[i : i + _CHUNK])
+            )
+            found.update(r for (r,) in self._conn.execute(q))
+        return frozenset(found)
+
+    def close(self) -> None:
+        """End the read transaction (nothing was written: rolled back)."""
+        self._conn.close()
+
+
 def read_live_totals(
     engine: Engine,
     org_ids: Collection[str],
@@ -86,22 +155,8 @@ def read_live_totals(
 ) -> LiveTotals:
     """The totals of ``org_ids`` and ``meters``, and which of ``request_ids`` are
     recorded, all as of one moment of the database."""
-    with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            # Several statements, one snapshot (READ COMMITTED takes one per statement).
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
-            orgs = {o: org_totals(conn, o) for o in org_ids}
-            budgets: dict[str, tuple[int, int, int | None]] = {}
-            for m in meters:
-                nanos, tokens = budget_spent(conn, m)
-                until = None if m.end_ms is None else m.end_ms + BUCKET_GRACE_MS
-                budgets[m.key] = (nanos, tokens, until)
-            ids = list(request_ids)
-            recorded: set[str] = set()
-            for i in range(0, len(ids), _CHUNK):
-                q = select(usage_events.c.request_id).where(
-                    usage_events.c.request_id.in_(ids[i : i + _CHUNK])
-                )
-                recorded.update(r for (r,) in conn.execute(q))
-    return LiveTotals(orgs, budgets, frozenset(recorded))
+    snap = LiveSnapshot(engine, org_ids, meters)
+    try:
+        return LiveTotals(snap.orgs, snap.budgets, snap.recorded(request_ids))
+    finally:
+        snap.close()

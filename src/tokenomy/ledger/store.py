@@ -22,6 +22,7 @@ from tokenomy.ledger import snapshot
 from tokenomy.ledger.accounts import Budget, BudgetMeter, Mode, Org, Project, Scope
 from tokenomy.ledger.periods import Period, zone
 from tokenomy.store.schema import (
+    ADMIN_KINDS,
     ADMIN_KINDS_SQL,
     api_keys,
     budgets,
@@ -66,7 +67,8 @@ class Kind:
     #: now charged to the org in full), kept so their ledgers still read.
     OVERAGE = "overage"
 
-    ADMIN = (TOPUP, CREDIT, REFUND, ADJUSTMENT)
+    #: The admin kinds, as the schema defines them (its partial index states them).
+    ADMIN = ADMIN_KINDS
 
 
 #: Where the other side of each kind of entry goes (suffixed with ":<currency>").
@@ -430,6 +432,13 @@ class LedgerStore:
         meters = [b.meter(at_ms) for b in self.all_budgets()]
         org_ids = [o.id for o in self.all_orgs()]
         return snapshot.read_live_totals(self.engine, org_ids, meters, request_ids)
+
+    def live_snapshot(self, at_ms: int) -> snapshot.LiveSnapshot:
+        """Every org's totals and every budget's bucket at ``at_ms`` in one open read
+        transaction, asked which requests are recorded as often as needed (close it)."""
+        meters = [b.meter(at_ms) for b in self.all_budgets()]
+        org_ids = [o.id for o in self.all_orgs()]
+        return snapshot.LiveSnapshot(self.engine, org_ids, meters)
 
     def statement(
         self, org_id: str, since_ms: int | None = None, until_ms: int | None = None

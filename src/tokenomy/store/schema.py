@@ -141,7 +141,10 @@ budgets = Table(
 
 #: The admin transaction kinds as SQL, for the partial index and the queries it serves
 #: (a planner uses a partial index only for a query stating the same literal condition).
-ADMIN_KINDS_SQL = "kind IN ('topup', 'credit', 'refund', 'adjustment')"
+#: The admin transaction kinds (top-ups, credits, refunds, adjustments): every other kind
+#: is usage.
+ADMIN_KINDS = ("topup", "credit", "refund", "adjustment")
+ADMIN_KINDS_SQL = "kind IN (" + ", ".join(f"'{k}'" for k in ADMIN_KINDS) + ")"
 
 # Double entry: every transaction's postings sum to zero per currency. An org's balance is
 # the sum of the postings on its account "org:<id>".
