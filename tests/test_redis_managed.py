@@ -249,29 +249,7 @@ models:
             assert limiter._redis is exact.r
         srv = ThreadServer(lambda: app_for(svc)).start()
         try:
-            org = svc.ledger.create_org("acme", "USD")
-            svc.ledger.post("topup", org.id, 10**10)
-            srv.call(svc.refresh_accounts())
-            secret, rec = svc.keys.create("k", org_id=org.id)
-            svc.key_cache.put(secret, rec)
-            body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
-            auth = {"Authorization": f"Bearer {secret}"}
-            codes = [
-                httpx.post(srv.url + "/v1/chat/completions", json=body, headers=auth).status_code
-                for _ in range(4)
-            ]
-            assert codes == [200, 200, 200, 429], codes
-
-            async def settled() -> Any:
-                # Settlements leave in the background (with leases, every 50 ms).
-                for _ in range(100):
-                    state = await exact.org_state(OrgMeter(org))
-                    if state.used > 0:
-                        return state
-                    await asyncio.sleep(0.05)
-                return state
-
-            state = srv.call(settled())
+            _org, state = _limited_then_settled(svc, srv, exact)
             assert state.admin == 10**10 and state.used > 0, state
             if share == 0:
                 assert state.held == 0, state
@@ -290,6 +268,34 @@ def test_a_rediss_url_with_client_cert_params_builds_a_verifying_context(
     assert c._ssl is not None and c._ssl.verify_mode == ssl.CERT_REQUIRED
     insecure = ScriptClient.from_url("rediss://h:1/0?ssl_cert_reqs=none")
     assert insecure._ssl is not None and insecure._ssl.verify_mode == ssl.CERT_NONE
+
+
+def _limited_then_settled(svc: Any, srv: ThreadServer, exact: Any) -> tuple[Any, Any]:
+    """Four chat calls of a new org against model "m" (limited to 3 a minute): three
+    served, the fourth refused; then the org's live state once its usage has settled
+    (settlements leave in the background: with leases, every 50 ms)."""
+    org = svc.ledger.create_org("acme", "USD")
+    svc.ledger.post("topup", org.id, 10**10)
+    srv.call(svc.refresh_accounts())
+    secret, rec = svc.keys.create("k", org_id=org.id)
+    svc.key_cache.put(secret, rec)
+    body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    auth = {"Authorization": f"Bearer {secret}"}
+    codes = [
+        httpx.post(srv.url + "/v1/chat/completions", json=body, headers=auth).status_code
+        for _ in range(4)
+    ]
+    assert codes == [200, 200, 200, 429], codes
+
+    async def settled() -> Any:
+        for _ in range(100):
+            state = await exact.org_state(OrgMeter(org))
+            if state.used > 0:
+                return state
+            await asyncio.sleep(0.05)
+        return state
+
+    return org, srv.call(settled())
 
 
 def _free(port: int) -> bool:
@@ -406,29 +412,8 @@ def test_a_gateway_on_a_three_node_redis_cluster_holds_settles_and_limits(
     svc = build_services(parse_config(text, "t"), {"TOKENOMY_ADMIN_KEY": ADMIN_KEY})
     srv = ThreadServer(lambda: app_for(svc)).start()
     try:
-        org = svc.ledger.create_org("acme", "USD")
-        svc.ledger.post("topup", org.id, 10**10)
-        srv.call(svc.refresh_accounts())
-        secret, rec = svc.keys.create("k", org_id=org.id)
-        svc.key_cache.put(secret, rec)
-        body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
-        auth = {"Authorization": f"Bearer {secret}"}
-        codes = [
-            httpx.post(srv.url + "/v1/chat/completions", json=body, headers=auth).status_code
-            for _ in range(4)
-        ]
-        assert codes == [200, 200, 200, 429], codes
         exact: Any = getattr(svc.live, "inner", svc.live)
-
-        async def settled() -> Any:
-            for _ in range(100):
-                state = await exact.org_state(OrgMeter(org))
-                if state.used > 0:
-                    return state
-                await asyncio.sleep(0.05)
-            return state
-
-        state = srv.call(settled())
+        org, state = _limited_then_settled(svc, srv, exact)
         assert state.admin == 10**10 and state.used > 0, state
         if share == 0:
             assert state.held == 0, state
