@@ -20,12 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from sqlalchemy import create_engine, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import update
 
-from tests.procs import PG_URL, REDIS_URL, Proc, Procs, gateway_yaml, require, running
+from tests.conftest import throwaway_postgres
+from tests.procs import REDIS_URL, Proc, Procs, gateway_yaml, require, running
 from tokenomy.services import KEY_REFRESH_S
-from tokenomy.store.db import migrate, normalise_url, open_engine
+from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.keys import KeyCache, KeyStore
 from tokenomy.store.schema import api_keys
 
@@ -45,17 +45,8 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A throwaway PostgreSQL database, dropped afterwards."""
-    admin_url = make_url(normalise_url(require("PostgreSQL", PG_URL)))
-    name = f"tk_keys_{secrets.token_hex(4)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_postgres() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite+redis", "postgres", "postgres+redis"])

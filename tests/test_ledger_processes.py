@@ -32,10 +32,10 @@ import openai
 import pytest
 import redis
 from openai.types.chat import ChatCompletionMessageParam
-from sqlalchemy import Engine, create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, func, select
 
-from tests.procs import PG_URL, REDIS_URL, Proc, Procs, gateway_yaml, require, running
+from tests.conftest import throwaway_postgres
+from tests.procs import REDIS_URL, Proc, Procs, gateway_yaml, require, running
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.money import Currency
@@ -45,7 +45,7 @@ from tokenomy.gateway.call import Call
 from tokenomy.gateway.registry import build_registry
 from tokenomy.ledger.biller import Biller
 from tokenomy.ledger.store import Kind, LedgerStore
-from tokenomy.store.db import migrate, normalise_url, open_engine
+from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.keys import ApiKey, KeyStore
 from tokenomy.store.schema import ledger_postings, ledger_txns, usage_events
 from tokenomy.store.writer import Item, insert_ignoring_duplicates
@@ -334,17 +334,8 @@ def test_concurrent_requests_never_overspend_one_gateway(procs: Procs, tmp_path:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A throwaway PostgreSQL database, dropped afterwards."""
-    admin_url = make_url(normalise_url(require("PostgreSQL", PG_URL)))
-    name = f"tk_ledger_{secrets.token_hex(4)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_postgres() as url:
+        yield url
 
 
 @pytest.fixture
