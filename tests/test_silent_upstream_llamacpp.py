@@ -29,6 +29,7 @@ import pytest
 from tests.conftest import Gateway, gateway_yaml
 from tests.procs import Proc, ProcError
 from tests.servers import ThreadServer, free_port
+from tests.test_silent_usage import completions_stream, nanos
 from tests.tiny_gguf import WORDS, write_model
 from tokenomy.app import app_for
 from tokenomy.billing.catalog import PriceBook
@@ -123,10 +124,6 @@ def counted(gw: Gateway, text: str) -> int:
 
 def counted_words(text: str) -> int:
     return len(text.split())
-
-
-def nanos(cost: Any) -> int:
-    return int(Decimal(str(cost)) * 10**9)
 
 
 def price(row: dict[str, Any], usage: Usage) -> int:
@@ -262,18 +259,7 @@ def test_a_legacy_completions_stream_from_llamacpp_gets_usage_billed_as_counted(
 ) -> None:
     _, key = org_key
     body = {"model": MODEL, "prompt": "Say something.", "max_tokens": MAX_TOKENS}
-    with httpx.stream(
-        "POST",
-        gw.base_url + "/completions",
-        headers={"Authorization": f"Bearer {key}"},
-        json={**body, "stream": True, "stream_options": {"include_usage": True}},
-        timeout=60,
-    ) as r:
-        assert r.status_code == 200
-        rid = r.headers["x-request-id"]
-        datas = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
-    assert datas[-1] == "[DONE]"
-    chunks = [json.loads(d) for d in datas[:-1]]
+    rid, chunks = completions_stream(gw, key, body)
     text = "".join(ch["choices"][0]["text"] for ch in chunks if ch["choices"])
     last = chunks[-1]
     assert last["choices"] == [] and last["object"] == "text_completion"

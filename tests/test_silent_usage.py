@@ -48,6 +48,25 @@ def nanos(cost: Any) -> int:
     return int(Decimal(str(cost)) * 10**9)
 
 
+def completions_stream(
+    gw: Gateway, key: str, body: dict[str, Any]
+) -> tuple[str, list[dict[str, Any]]]:
+    """A legacy completions stream asking for usage: its request id and its chunks (the
+    stream checked to end in ``[DONE]``)."""
+    with httpx.stream(
+        "POST",
+        gw.base_url + "/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+        timeout=60,
+    ) as r:
+        assert r.status_code == 200
+        rid = r.headers["x-request-id"]
+        datas = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert datas[-1] == "[DONE]"
+    return rid, [json.loads(d) for d in datas[:-1]]
+
+
 def counted(gw: Gateway, text: str) -> int:
     return gw.services.counter.count_text("silent-p", text)
 
@@ -151,23 +170,8 @@ def test_a_silent_legacy_completions_stream_is_billed_and_sends_usage(
 ) -> None:
     _, key = org_key
     prompt = "Once upon a time " + secrets.token_hex(4)
-    with httpx.stream(
-        "POST",
-        gw.base_url + "/completions",
-        headers={"Authorization": f"Bearer {key}"},
-        json={
-            "model": "silent-priced",
-            "prompt": prompt,
-            "max_tokens": 30,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        },
-    ) as r:
-        assert r.status_code == 200
-        rid = r.headers["x-request-id"]
-        datas = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
-    assert datas[-1] == "[DONE]"
-    chunks = [json.loads(d) for d in datas[:-1]]
+    body = {"model": "silent-priced", "prompt": prompt, "max_tokens": 30}
+    rid, chunks = completions_stream(gw, key, body)
     text = "".join(ch["choices"][0]["text"] for ch in chunks if ch["choices"])
     last = chunks[-1]
     assert last["choices"] == [] and last["object"] == "text_completion"
