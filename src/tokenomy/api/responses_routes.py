@@ -38,6 +38,7 @@ from tokenomy.providers.translate_responses import (
     chat_request,
     finish,
     input_items,
+    input_param,
     items_to_messages,
     response_object,
     responses_usage,
@@ -201,7 +202,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         context = prev.context
     if body.get("store") is not None and not isinstance(body.get("store"), bool):
         raise InvalidRequest("'store' must be a boolean.", param="store")
-    chat = chat_request(body, context, items)
+    sources: list[str] = []
+    chat = chat_request(body, context, items, sources)
     server = svc.config.server
     stream = validation.check_chat(chat, server.max_messages + len(context), server.max_choices)
     call = Call(
@@ -218,7 +220,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         call.extras[TASK_NAME] = meta["task_id"]  # the X-Tokenomy-Task header wins
     inner = AioExchange(request)
     ex: Exchange = ResponsesExchange(inner, call, body, items, context, store, svc.pipeline)
-    await serve_call(ex, svc, call)
+    try:
+        await serve_call(ex, svc, call)
+    except InvalidRequest as e:
+        # A part the target vendor's protocol cannot carry, found when the chat body was
+        # translated for it: named as the Responses input item the client wrote.
+        e.param = input_param(e.param, sources)
+        raise
     assert inner.response is not None
     return inner.response
 
