@@ -10,8 +10,10 @@ stream into a Response object or the Responses stream's events and stores the an
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -295,8 +297,11 @@ async def list_input_items(request: web.Request) -> web.Response:
     )
 
 
-def add_routes(app: web.Application, store: ResponseStore) -> None:
-    """The routes, and the store's writes drained on shutdown (before the database goes)."""
+def add_routes(
+    app: web.Application, store: ResponseStore, *, purge_interval_s: float = 3600.0
+) -> None:
+    """The routes, the purge of answers past their retention (every ``purge_interval_s``),
+    and the store's writes drained on shutdown (before the database goes)."""
     app[RESPONSE_STORE] = store
     app.router.add_post("/v1/responses", create_response)
     app.router.add_get("/v1/responses/{response_id}", get_response)
@@ -306,4 +311,12 @@ def add_routes(app: web.Application, store: ResponseStore) -> None:
     async def drain(_app: web.Application) -> None:
         await store.drain()
 
+    async def purge(_app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(store.purge_every(purge_interval_s), name="responses-purge")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(purge)
     app.on_cleanup.append(drain)

@@ -219,6 +219,8 @@ responses = Table(
     # what a call chained to it re-sends upstream.
     Column("context", Text, nullable=False),
     Index("ix_responses_owner", "owner", "created_ms"),
+    # The purge of answers past their retention (0012).
+    Index("ix_responses_created", "created_ms"),
 )
 
 #: Tasks made through ``POST /v1/tasks`` (0010): a task's owner and its budget, one more
