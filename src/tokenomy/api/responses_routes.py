@@ -105,8 +105,10 @@ class ResponsesExchange:
         u = self.call.usage
         if u is None:
             return None
+        chat = u.to_openai()
+        chat["prompt_tokens_details"]["cache_write_tokens"] = u.cache_write_tokens
         # The cost goes out as the exact decimal the ledger charged, never a float.
-        return responses_usage(u.to_openai(), orjson.Fragment(cost.encode()) if cost else None)
+        return responses_usage(chat, orjson.Fragment(cost.encode()) if cost else None)
 
     def _cost(self) -> str | None:
         if self.pipeline.quoter is None or self.call.usage is None:

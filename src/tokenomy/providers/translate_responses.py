@@ -337,7 +337,11 @@ def responses_usage(chat_usage: JSON | None, cost: Any = None) -> JSON | None:
     inp, out = chat_usage.get("prompt_tokens", 0), chat_usage.get("completion_tokens", 0)
     usage: JSON = {
         "input_tokens": inp,
-        "input_tokens_details": {"cached_tokens": pdet.get("cached_tokens", 0)},
+        "input_tokens_details": {
+            "cached_tokens": pdet.get("cached_tokens", 0),
+            # Prompt-cache writes (Anthropic's); the SDK's usage type requires the field.
+            "cache_write_tokens": pdet.get("cache_write_tokens", 0),
+        },
         "output_tokens": out,
         "output_tokens_details": {"reasoning_tokens": cdet.get("reasoning_tokens", 0)},
         "total_tokens": inp + out,
@@ -380,12 +384,36 @@ def call_item(item_id: str, call_id: str, name: str, args: str, status: str) -> 
     }
 
 
+def reasoning_item(item_id: str, text: str, status: str = "completed") -> JSON:
+    """The model's own reasoning (DeepSeek's ``reasoning_content``, Anthropic's thinking)
+    as a Responses reasoning item: raw reasoning text, no summary."""
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "status": status,
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}] if text else [],
+    }
+
+
+def reasoning_of(msg: JSON) -> str | None:
+    """A chat message's or delta's reasoning text, if it has any."""
+    for key in ("reasoning_content", "reasoning"):
+        v = msg.get(key)
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
 def chat_answer_to_output(answer: JSON) -> tuple[list[JSON], Any]:
     """The output items of a whole chat answer (its first choice), and its finish reason."""
     choices = answer.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     msg = choice.get("message") or {}
     output: list[JSON] = []
+    thought = reasoning_of(msg)
+    if thought is not None:
+        output.append(reasoning_item(new_id("rs_"), thought))
     content = msg.get("content")
     if isinstance(content, str) and content:
         output.append(text_item(new_id("msg_"), content))
@@ -400,7 +428,7 @@ def chat_answer_to_output(answer: JSON) -> tuple[list[JSON], Any]:
                 "completed",
             )
         )
-    if not output:
+    if not any(o["type"] != "reasoning" for o in output):
         output.append(text_item(new_id("msg_"), ""))
     return output, choice.get("finish_reason")
 
