@@ -255,7 +255,7 @@ def test_an_end_user_budget_holds_across_two_replicas(sim: ThreadServer, tmp_pat
             )  # fmt: skip
             assert r.status_code == 201, r.text
             servers[0].call(first.refresh_accounts())  # the other replica, at once
-            n = 20
+            n = 50
             sim_faults(sim.url, "single-a", ["slow"] * n)
             clients = [
                 openai.AsyncOpenAI(base_url=s.url + "/v1", api_key=secret, max_retries=0)
