@@ -299,3 +299,39 @@ def test_an_end_user_budget_holds_across_two_replicas(sim: ThreadServer, tmp_pat
         finally:
             for srv in servers:
                 srv.stop()
+
+
+def test_a_new_budget_counts_what_the_user_spent_earlier_in_its_period(
+    gateway: Gateway,
+) -> None:
+    """A budget set mid-month starts from what the user's recorded calls of the month cost
+    (read from the usage events by org and end user), not from zero."""
+    org = gateway.new_org(10**10)
+    key = gateway.new_key(org_id=org)
+    held = one_hold(gateway, key)
+    c = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    spent = 0
+    for _ in range(3):
+        raw = c.chat.completions.with_raw_response.create(
+            model="single",
+            messages=MSG,  # type: ignore[arg-type]
+            max_tokens=10,
+            user="gina",
+        )
+        spent += nanos(raw.headers["x-tokenomy-cost"])
+    # The same name in another organisation is another end user.
+    other = gateway.new_key(org_id=gateway.new_org(10**10))
+    openai.OpenAI(base_url=gateway.base_url, api_key=other, max_retries=0).chat.completions.create(
+        model="single",
+        messages=MSG,  # type: ignore[arg-type]
+        max_tokens=10,
+        user="gina",
+    )
+    gateway.wait_events(4, end_user="gina")
+    # Room for one more call on top of what was spent, not for four.
+    amount = str(Decimal(spent + held + held // 2) / 10**9)
+    user_budget(gateway, org, "gina", amount=amount, period="month")
+    c.chat.completions.create(model="single", messages=MSG, max_tokens=10, user="gina")  # type: ignore[arg-type]
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(model="single", messages=MSG, max_tokens=10, user="gina")  # type: ignore[arg-type]
+    assert e.value.status_code == 402 and "end user 'gina'" in e.value.message
