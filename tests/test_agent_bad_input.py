@@ -158,3 +158,35 @@ def test_chat_message_params_map_back_to_what_the_client_wrote() -> None:
     ]
     assert input_param("messages[9]", sources) == "messages[9]"
     assert input_param("tools[0]", sources) == "tools[0]" and input_param(None, sources) is None
+
+
+def test_an_anthropic_block_an_openai_vendor_cannot_take_is_named(gateway: Gateway) -> None:
+    """Claude Code's protocol to an OpenAI-dialect deployment: a block with no chat
+    counterpart is a 400 in Anthropic's format whose message says where it is (Anthropic's
+    error has no separate field for that), and nothing is charged."""
+    org = gateway.new_org(10**10)
+    a = anthropic.Anthropic(
+        base_url=gateway.url, api_key=gateway.new_key(org_id=org), max_retries=0
+    )
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "see"},
+                {
+                    "type": "search_result",
+                    "source": "https://example.com",
+                    "title": "t",
+                    "content": [{"type": "text", "text": "x"}],
+                },
+            ],
+        }
+    ]
+    with pytest.raises(anthropic.BadRequestError) as e:
+        a.messages.create(model="sim-small", max_tokens=5, messages=messages)  # type: ignore[arg-type]
+    body: Any = e.value.body
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert "search_result" in body["error"]["message"]
+    assert "messages[0].content[1]" in body["error"]["message"]
+    assert balance(gateway, org) == 10**10
+    assert all(r["cost_nanos"] == 0 for r in gateway.events(org_id=org))

@@ -81,7 +81,7 @@ def test_the_background_purge_runs_in_batches_until_cancelled(tmp_path: Path) ->
         conn.execute(insert(responses), rows)
 
     async def run() -> None:
-        task = asyncio.create_task(ResponseStore(engine).purge_every(0.05))
+        task = asyncio.create_task(ResponseStore(engine).purge_every(0.05, first_after_s=0))
         for _ in range(100):
             await asyncio.sleep(0.05)
             with engine.connect() as conn:

@@ -162,9 +162,11 @@ class ResponseStore:
             if n < PURGE_BATCH:
                 return gone
 
-    async def purge_every(self, interval_s: float) -> None:
-        """Purge now and then every ``interval_s`` until cancelled; a failed purge is
-        logged and tried again next time."""
+    async def purge_every(self, interval_s: float, *, first_after_s: float = 60.0) -> None:
+        """Purge after ``first_after_s`` (the app migrates its database at start-up) and
+        then every ``interval_s`` until cancelled; a failed purge is logged and tried
+        again next time."""
+        await asyncio.sleep(first_after_s)
         while True:
             try:
                 n = await asyncio.to_thread(self.purge)
