@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,57 @@ def test_cli_shows_the_task_and_cache_views(
     assert "saved_USD" in out and "hit_rate" in out and "claude-opus-4-6" in out
     code, out, _ = cli(capsys, "usage", "cache", "--org", org, "--format", "csv")
     assert code == 0 and out.splitlines()[0].startswith("model,vendor")
+
+
+def test_savings_follow_each_calls_price_tier_and_batch_price(tmp_path: Path) -> None:
+    """A tiered price bills a call by its prompt's size; savings do too (grouped by prompt
+    size for such versions), and batch-tier calls save at the batch price. The events are
+    written as the gateway writes them; the prices are the catalogue's."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    from tokenomy.analytics.agents import cache_savings
+    from tokenomy.billing.catalog import PriceBook
+    from tokenomy.store.db import migrate, open_engine
+    from tokenomy.store.schema import usage_events
+
+    book = PriceBook.load()
+    at = datetime(2026, 9, 1, tzinfo=UTC)
+    tiered = book.lookup("volcengine", "doubao-seed-2-0-lite-260428", at)
+    small = book.lookup("sim", "sim-small", at)
+    assert len(tiered.tiers) == 3 and small.batch_multiplier == Decimal("0.5")
+    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    migrate(engine)
+    ts = int(at.timestamp() * 1000)
+
+    def event(i: int, version: str, prompt: int, cached: int, tier: str = "standard") -> Any:
+        return {
+            "request_id": f"req_{i}", "ts_ms": ts + i, "key_id": "k", "org_id": "o",
+            "endpoint": "chat", "dialect": "openai", "model": "m", "vendor": "v",
+            "stream": False, "status": "ok", "http_status": 200, "input_tokens": prompt,
+            "cached_tokens": cached, "cache_write_tokens": 0, "output_tokens": 1,
+            "reasoning_tokens": 0, "usage_source": "upstream", "latency_ms": 1,
+            "attempts": 1, "cost_nanos": 1, "list_cost_nanos": 1, "price_version": version,
+            "price_tier": tier, "held_nanos": 0,
+        }  # fmt: skip
+
+    rows = [
+        event(1, tiered.id, 10_000, 8_000),  # up to 32K: 0.6 - 0.12 = 0.48 per M
+        event(2, tiered.id, 50_000, 40_000),  # up to 128K: 0.9 - 0.18 = 0.72 per M
+        event(3, tiered.id, 50_000, 1_000),
+        event(4, small.id, 5_000, 4_000),  # 0.10 - 0.01 = 0.09 per M
+        event(5, small.id, 5_000, 4_000, "batch"),  # at half price: 0.045 per M
+        event(6, "gone/model/USD@2020-01-01T00:00:00Z", 5_000, 3_000),
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(usage_events), rows)
+    got = cache_savings(engine, ts, ts + 60_000, book=book)
+    cny = 8_000 * 480 + 41_000 * 720
+    usd = 4_000 * 90 + 4_000 * 45
+    assert got["saved_nanos"] == {"CNY": cny, "USD": usd}
+    assert got["unpriced_cached_tokens"] == 3_000
+    assert {(r["model"], r["saved_nanos"]) for r in got["by_model"]} == {
+        ("doubao-seed-2-0-lite-260428", cny),
+        ("sim-small", usd),
+    }

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from decimal import Decimal, localcontext
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Engine, and_, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, select
 
 from tokenomy.analytics.queries import EVERYONE, Scope, _n, _sums
 from tokenomy.billing.catalog import PriceBook, PriceNotFound, PriceVersion
@@ -156,6 +156,19 @@ def _saving_per_token(v: PriceVersion, tier: int, batch: bool) -> tuple[Decimal,
         return (p.input - p.cached_input) * m, (p.cache_write - p.input) * m
 
 
+def _by_tier(
+    conn: Connection, cond: list[ColumnElement[bool]], v: PriceVersion, tier_name: str | None
+) -> list[tuple[int, int, int]]:
+    """(tier, cached, written) of a tiered version's calls: the tier follows each call's
+    prompt size, so its calls are grouped by that."""
+    q = (
+        select(E.input_tokens, func.sum(E.cached_tokens), func.sum(E.cache_write_tokens))
+        .where(and_(*cond), E.price_version == v.id, E.price_tier == tier_name)
+        .group_by(E.input_tokens)
+    )
+    return [(v.tier_index(int(inp)), _n(c), _n(w)) for inp, c, w in conn.execute(q).all()]
+
+
 def cache_savings(
     engine: Engine, start_ms: int, end_ms: int, *, book: PriceBook, scope: Scope = EVERYONE
 ) -> dict[str, Any]:
@@ -186,17 +199,8 @@ def cache_savings(
             batch = tier_name == "batch"
             if len(v.tiers) == 1:
                 parts = [(0, _n(cached), _n(written))]
-            else:  # the tier follows each call's prompt size: group by it
-                q = (
-                    select(
-                        E.input_tokens, func.sum(E.cached_tokens), func.sum(E.cache_write_tokens)
-                    )
-                    .where(and_(*cond), E.price_version == version_id, E.price_tier == tier_name)
-                    .group_by(E.input_tokens)
-                )
-                parts = [
-                    (v.tier_index(int(inp)), _n(c), _n(w)) for inp, c, w in conn.execute(q).all()
-                ]
+            else:
+                parts = _by_tier(conn, cond, v, tier_name)
             cur = v.currency.value
             row = by_model.setdefault(
                 (v.vendor, v.model, cur),
