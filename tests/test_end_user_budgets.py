@@ -156,6 +156,11 @@ def test_responses_safety_identifier_is_held_by_its_budget(gateway: Gateway) -> 
     with pytest.raises(openai.APIStatusError) as e:
         c.responses.create(model="sim-small", input="hi", safety_identifier="erin")  # type: ignore[call-arg]
     assert e.value.status_code == 402 and "end user 'erin'" in e.value.message
+    # With both fields, safety_identifier names the end user (as on a chat call).
+    with pytest.raises(openai.APIStatusError) as e:
+        c.responses.create(model="sim-small", input="hi", user="zed", safety_identifier="erin")  # type: ignore[call-arg]
+    assert e.value.status_code == 402 and "end user 'erin'" in e.value.message
+    c.responses.create(model="sim-small", input="hi", user="zed")
     assert gateway.wait_events(1, end_user="erin")[0]["cost_nanos"] == 0
 
 

@@ -209,7 +209,8 @@ def chat_request(
     for f in _PASSED:
         if body.get(f) is not None:
             out[f] = body[f]
-    if body.get("safety_identifier") is not None and "user" not in out:
+    if body.get("safety_identifier") is not None:
+        # The end user, as a chat call names it; safety_identifier first, as for chat.
         out["user"] = body["safety_identifier"]
     tools = _tools(body.get("tools"))
     if tools:
