@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from tokenomy.analytics import charts, queries
+from tokenomy.analytics import agents_panel, charts, queries
 from tokenomy.analytics.formatting import compact, money, money_compact, money_map, ms, pct
 from tokenomy.analytics.insights import REFERENCE, growth, milestones, savings
 from tokenomy.analytics.queries import EVERYONE, Scope
@@ -49,6 +49,8 @@ class View:
     ranking: list[dict[str, Any]]
     milestones: list[dict[str, Any]]
     names: Mapping[str, str] = field(default_factory=dict)
+    #: The agent-work panel's data (see ``agents_panel``).
+    agents: dict[str, Any] = field(default_factory=dict)
 
 
 def collect(
@@ -108,6 +110,7 @@ def collect(
         ),
         milestones=milestones(engine, scope=scope, end_ms=end_ms)[:8] if admin else [],
         names=names or {},
+        agents=agents_panel.collect(engine, start_ms, end_ms, book=book, scope=scope),
     )
 
 
@@ -306,7 +309,8 @@ def render(view: View, *, queue_depth: int = 0, admin: bool = True) -> str:
         start=_date(view.start_ms),
         end=_date(view.end_ms - 1),
         kpis=_kpis(view, queue_depth),
-        cards="".join(_chart_cards(view) + _table_cards(view, admin)),
+        cards="".join(_chart_cards(view) + _table_cards(view, admin))
+        + (agents_panel.render(view.agents) if view.agents else ""),
         script=_SCRIPT,
     )
 

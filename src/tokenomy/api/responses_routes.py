@@ -10,8 +10,10 @@ stream into a Response object or the Responses stream's events and stores the an
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -38,6 +40,7 @@ from tokenomy.providers.translate_responses import (
     chat_request,
     finish,
     input_items,
+    input_param,
     items_to_messages,
     response_object,
     responses_usage,
@@ -102,8 +105,10 @@ class ResponsesExchange:
         u = self.call.usage
         if u is None:
             return None
+        chat = u.to_openai()
+        chat["prompt_tokens_details"]["cache_write_tokens"] = u.cache_write_tokens
         # The cost goes out as the exact decimal the ledger charged, never a float.
-        return responses_usage(u.to_openai(), orjson.Fragment(cost.encode()) if cost else None)
+        return responses_usage(chat, orjson.Fragment(cost.encode()) if cost else None)
 
     def _cost(self) -> str | None:
         if self.pipeline.quoter is None or self.call.usage is None:
@@ -201,7 +206,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         context = prev.context
     if body.get("store") is not None and not isinstance(body.get("store"), bool):
         raise InvalidRequest("'store' must be a boolean.", param="store")
-    chat = chat_request(body, context, items)
+    sources: list[str] = []
+    chat = chat_request(body, context, items, sources)
     server = svc.config.server
     stream = validation.check_chat(chat, server.max_messages + len(context), server.max_choices)
     call = Call(
@@ -218,7 +224,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         call.extras[TASK_NAME] = meta["task_id"]  # the X-Tokenomy-Task header wins
     inner = AioExchange(request)
     ex: Exchange = ResponsesExchange(inner, call, body, items, context, store, svc.pipeline)
-    await serve_call(ex, svc, call)
+    try:
+        await serve_call(ex, svc, call)
+    except InvalidRequest as e:
+        # A part the target vendor's protocol cannot carry, found when the chat body was
+        # translated for it: named as the Responses input item the client wrote.
+        e.param = input_param(e.param, sources)
+        raise
     assert inner.response is not None
     return inner.response
 
@@ -287,8 +299,11 @@ async def list_input_items(request: web.Request) -> web.Response:
     )
 
 
-def add_routes(app: web.Application, store: ResponseStore) -> None:
-    """The routes, and the store's writes drained on shutdown (before the database goes)."""
+def add_routes(
+    app: web.Application, store: ResponseStore, *, purge_interval_s: float = 3600.0
+) -> None:
+    """The routes, the purge of answers past their retention (every ``purge_interval_s``),
+    and the store's writes drained on shutdown (before the database goes)."""
     app[RESPONSE_STORE] = store
     app.router.add_post("/v1/responses", create_response)
     app.router.add_get("/v1/responses/{response_id}", get_response)
@@ -298,4 +313,12 @@ def add_routes(app: web.Application, store: ResponseStore) -> None:
     async def drain(_app: web.Application) -> None:
         await store.drain()
 
+    async def purge(_app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(store.purge_every(purge_interval_s), name="responses-purge")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(purge)
     app.on_cleanup.append(drain)

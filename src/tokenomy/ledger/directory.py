@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from tokenomy.ledger.accounts import Budget, BudgetMeter, Org, Project, Scope
+from tokenomy.ledger.accounts import Budget, BudgetMeter, Org, Project, Scope, user_scope_id
 from tokenomy.ledger.store import LedgerStore
 from tokenomy.store.keys import ApiKey
 
@@ -34,7 +34,10 @@ class Directory:
     orgs: dict[str, Org] = field(default_factory=dict)
     projects: dict[str, Project] = field(default_factory=dict)
     budgets: Budgets = field(default_factory=dict)
+    #: Orgs with budgets on end users: only their calls look for one.
+    user_orgs: frozenset[str] = frozenset()
     _meters: dict[str, _KeyMeters] = field(default_factory=dict, repr=False)
+    _user_meters: dict[str, _UserMeters] = field(default_factory=dict, repr=False)
 
     def refresh(self) -> None:
         """Reload everything (blocking; run it in a worker thread)."""
@@ -48,6 +51,9 @@ class Directory:
         self.orgs = orgs
         self.projects = projects
         self.budgets = {k: tuple(v) for k, v in by_scope.items()}
+        self.user_orgs = frozenset(
+            sid.partition(":")[0] for scope, sid in by_scope if scope is Scope.USER
+        )
 
     def org_of(self, key: ApiKey) -> Org | None:
         if key.org_id is None:
@@ -75,6 +81,29 @@ class Directory:
             self._meters.clear()
         self._meters[key.id] = _KeyMeters(key, budgets, start, end, out)
         return out
+
+    def user_meters(self, org_id: str, user: str, at_ms: int) -> tuple[BudgetMeter, ...]:
+        """The budget buckets of an org's end user for the instant (none: no budget);
+        worked out once per user until a period ends or the budgets change."""
+        sid = user_scope_id(org_id, user)
+        hit = self._user_meters.get(sid)
+        budgets = self.budgets
+        if hit is not None and hit.budgets is budgets and hit.start_ms <= at_ms < hit.end_ms:
+            return hit.meters
+        out = tuple(b.meter(at_ms) for b in budgets.get((Scope.USER, sid), ()))
+        start = max((m.start_ms for m in out), default=0)
+        end = min((_FOREVER if m.end_ms is None else m.end_ms for m in out), default=_FOREVER)
+        if len(self._user_meters) > 65_536:  # bounded: end users come and go
+            self._user_meters.clear()
+        self._user_meters[sid] = _UserMeters(budgets, start, end, out)
+        return out
+
+
+class _UserMeters(NamedTuple):
+    budgets: Budgets
+    start_ms: int
+    end_ms: int
+    meters: tuple[BudgetMeter, ...]
 
 
 def _path_meters(key: ApiKey, budgets: Budgets, at_ms: int) -> tuple[BudgetMeter, ...]:

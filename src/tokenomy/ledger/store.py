@@ -19,7 +19,15 @@ from sqlalchemy.exc import IntegrityError
 
 from tokenomy.billing.money import Currency
 from tokenomy.ledger import snapshot
-from tokenomy.ledger.accounts import Budget, BudgetMeter, Mode, Org, Project, Scope
+from tokenomy.ledger.accounts import (
+    MAX_END_USER,
+    Budget,
+    BudgetMeter,
+    Mode,
+    Org,
+    Project,
+    Scope,
+)
 from tokenomy.ledger.periods import Period, zone
 from tokenomy.store.schema import (
     ADMIN_KINDS,
@@ -211,7 +219,7 @@ class LedgerStore:
         token_limit: int | None = None,
         tz: str = "UTC",
     ) -> Budget:
-        """Add a budget (money and/or tokens per period) to an org, project or key."""
+        """Add a budget (money and/or tokens per period) to an org, project, key or end user."""
         try:
             sc, per = Scope(scope), Period(period)
         except ValueError as e:
@@ -268,6 +276,14 @@ class LedgerStore:
             return [_budget(r._mapping) for r in conn.execute(q)]
 
     def _check_scope(self, scope: Scope, scope_id: str) -> None:
+        if scope is Scope.USER:
+            org_id, _, user = scope_id.partition(":")
+            if not user or len(user) > MAX_END_USER or not user.isprintable():
+                raise LedgerError(
+                    "an end user's budget is on '<org id>:<user>', the user 1 to "
+                    f"{MAX_END_USER} printable characters"
+                )
+            scope, scope_id = Scope.ORG, org_id
         table = {Scope.ORG: orgs, Scope.PROJECT: projects, Scope.KEY: api_keys}[scope]
         with self.engine.connect() as conn:
             found = conn.execute(select(table.c.id).where(table.c.id == scope_id)).first()

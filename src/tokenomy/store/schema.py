@@ -74,10 +74,14 @@ usage_events = Table(
     Column("price_tier", String(16), nullable=True),
     # The task (one agent run) the call belonged to (0010): X-Tokenomy-Task or a task id.
     Column("task_id", String(64), nullable=True),
+    # The organisation's end user the call was made for (0012): OpenAI's user /
+    # safety_identifier, Anthropic's metadata.user_id.
+    Column("end_user", String(128), nullable=True),
     Index("ix_usage_events_ts", "ts_ms"),
     Index("ix_usage_events_key_ts", "key_id", "ts_ms"),
     Index("ix_usage_events_org_ts", "org_id", "ts_ms"),
     Index("ix_usage_events_task", "task_id"),
+    Index("ix_usage_events_org_user_ts", "org_id", "end_user", "ts_ms"),
 )
 
 # ---- Feedback on answers (0009) -------------------------------------------------------
@@ -128,8 +132,9 @@ budgets = Table(
     "budgets",
     metadata,
     Column("id", String(40), primary_key=True),
-    Column("scope", String(16), nullable=False),  # org | project | key
-    Column("scope_id", String(40), nullable=False),
+    Column("scope", String(16), nullable=False),  # org | project | key | user
+    # An end user's is "<org id>:<user>" (0012 widened it from 40).
+    Column("scope_id", String(200), nullable=False),
     Column("period", String(16), nullable=False),  # day | week | month | lifetime
     Column("amount_nanos", BigInteger, nullable=True),  # in the org's currency
     Column("token_limit", BigInteger, nullable=True),
@@ -214,6 +219,8 @@ responses = Table(
     # what a call chained to it re-sends upstream.
     Column("context", Text, nullable=False),
     Index("ix_responses_owner", "owner", "created_ms"),
+    # The purge of answers past their retention (0012).
+    Index("ix_responses_created", "created_ms"),
 )
 
 #: Tasks made through ``POST /v1/tasks`` (0010): a task's owner and its budget, one more
