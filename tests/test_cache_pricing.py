@@ -63,7 +63,10 @@ def test_anthropic_usage_with_both_lifetimes_is_billed_per_part() -> None:
             "input_tokens": 50,
             "cache_creation_input_tokens": 10_000,
             "cache_read_input_tokens": 100_000,
-            "cache_creation": {"ephemeral_5m_input_tokens": 4_000, "ephemeral_1h_input_tokens": 6_000},
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": 4_000,
+                "ephemeral_1h_input_tokens": 6_000,
+            },
             "output_tokens": 500,
         }
     )
