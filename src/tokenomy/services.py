@@ -46,7 +46,12 @@ from tokenomy.ledger.store import LedgerStore
 from tokenomy.ledger.tasks import TaskStage
 from tokenomy.providers.base import Provider
 from tokenomy.providers.factory import build_providers
-from tokenomy.routing.affinity import AffinityMap, AffinityStage, MemoryAffinity
+from tokenomy.routing.affinity import (
+    EXPIRED_GRACE_S,
+    AffinityMap,
+    AffinityStage,
+    MemoryAffinity,
+)
 from tokenomy.routing.auto import AutoRouter
 from tokenomy.routing.health import BreakerPolicy, HealthBoard
 from tokenomy.routing.learned import LearnedRouter
@@ -314,7 +319,9 @@ def rate_limit_stage(config: Config, limiter: RateLimiter, biller: Biller) -> Ra
 def affinity_stage(config: Config, biller: Biller, redis: Redis | None) -> AffinityStage:
     """Cache affinity over the process's memory, or Redis when replicas share state."""
     store: AffinityMap = (
-        RedisAffinity(redis, redis_prefix(config)) if redis is not None else MemoryAffinity()
+        RedisAffinity(redis, redis_prefix(config), grace_s=EXPIRED_GRACE_S)
+        if redis is not None
+        else MemoryAffinity()
     )
     return AffinityStage(store, biller.prompt_bound, default_ttl_s=config.routing.affinity_ttl_s)
 

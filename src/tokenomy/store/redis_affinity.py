@@ -1,8 +1,8 @@
 """The cache-affinity map in Redis, shared by the gateway's replicas.
 
 One key per affinity key under the gateway's prefix (so in its one hash slot on a
-cluster), holding ``"<deployment id> <warm until>"`` and expiring an hour after the cache
-does (until then a call is told its cache "expired" rather than "miss"). One GET before
+cluster), holding ``"<deployment id> <warm until>"`` and expiring ``grace_s`` after the
+cache does (until then a call is told its cache "expired" rather than "miss"). One GET before
 routing, one SET after a call is served; a Redis failure routes without affinity.
 """
 
@@ -15,16 +15,21 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: How long past its cache's end an entry is kept (as the in-memory map does).
-EXPIRED_GRACE_S = 3600.0
-
 
 class RedisAffinity:
     """The map in Redis, shared by replicas: one GET before routing, one SET after."""
 
-    def __init__(self, client: Any, prefix: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        *,
+        grace_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.client = client
         self.prefix = prefix + "af:"
+        self.grace_s = grace_s
         self.clock = clock
 
     async def get(self, key: str) -> tuple[str, float] | None:
@@ -43,7 +48,7 @@ class RedisAffinity:
             return None
 
     async def put(self, key: str, deployment_id: str, warm_until: float) -> None:
-        keep_ms = max(1, int((warm_until - self.clock() + EXPIRED_GRACE_S) * 1000))
+        keep_ms = max(1, int((warm_until - self.clock() + self.grace_s) * 1000))
         try:
             await self.client.set(
                 self.prefix + key, f"{deployment_id} {warm_until:.3f}", px=keep_ms
