@@ -2,6 +2,7 @@
 model with three equally priced deployments, with and without affinity.
 
     python bench/agent_cache_bench.py [--turns 50] [--context 200000] [--agents 1]
+                                      [--deployments 3]
 
 Each turn re-sends the whole conversation (the system prompt, every earlier answer and
 tool output) plus a new tool output, so the context grows to ``--context`` tokens. The
@@ -35,7 +36,7 @@ import openai
 
 MODEL = "agent"
 PRICE = "openai/gpt-5.4"
-DEPLOYMENTS = ("agent-a", "agent-b", "agent-c")
+DEPLOYMENTS = 3
 #: The system prompt's size, in tokens (about four characters each).
 SYSTEM_TOKENS = 4000
 #: Words of code-like filler text.
@@ -52,9 +53,15 @@ _WORDS: tuple[str, ...] = tuple(
 )
 
 
-def config_yaml(db_url: str, sim_url: str, *, affinity: bool) -> str:
-    """A gateway with one model on three equally priced deployments of the simulator."""
-    deps = "\n".join(f"      - {{vendor: sim, model: {d}, price: {PRICE}}}" for d in DEPLOYMENTS)
+def config_yaml(
+    db_url: str, sim_url: str, *, affinity: bool, deployments: int = DEPLOYMENTS
+) -> str:
+    """A gateway with one model on ``deployments`` equally priced deployments of the
+    simulator (upstream models agent-a, agent-b, ...: each its own prompt cache)."""
+    deps = "\n".join(
+        f"      - {{vendor: sim, model: agent-{chr(97 + i)}, price: {PRICE}}}"
+        for i in range(deployments)
+    )
     return f"""
 database: {{url: "{db_url}"}}
 writer: {{flush_interval_ms: 50}}
@@ -258,7 +265,7 @@ def bench(a: argparse.Namespace, tmp: Path, sim_url: str, affinity: bool, seed: 
     db = f"sqlite:///{tmp / f'gw-{int(affinity)}.db'}"
     key = seed_key(db)
     config = tmp / f"gw-{int(affinity)}.yaml"
-    config.write_text(config_yaml(db, sim_url, affinity=affinity))
+    config.write_text(config_yaml(db, sim_url, affinity=affinity, deployments=a.deployments))
     port = free_port()
     gw = start(["serve", "--config", str(config)], port, "/healthz", tmp / f"gw-{affinity}.log")
     try:
@@ -285,6 +292,7 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=50)
     ap.add_argument("--context", type=int, default=200_000, help="tokens at the last turn")
     ap.add_argument("--agents", type=int, default=1, help="agents (tasks) at once")
+    ap.add_argument("--deployments", type=int, default=DEPLOYMENTS, help="at most 26")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="agent-cache-bench-"))
     sim_port = free_port()
@@ -300,7 +308,7 @@ def main() -> None:
         sim.wait(30)
     print(
         f"{a.agents} agent(s) x {a.turns} turns, context to ~{a.context:,} tokens, "
-        f"3 deployments at {PRICE}'s price"
+        f"{a.deployments} deployments at {PRICE}'s price"
     )
     cols = [
         "affinity",

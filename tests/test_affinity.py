@@ -243,3 +243,21 @@ def test_failed_calls_are_not_remembered(rig: Rig) -> None:
     c.status = "error"
     asyncio.run(rig.stage.after(c))
     assert rig.route(rig.call(task="t")) == "a/m-a"
+
+
+def test_a_redis_failure_routes_without_affinity() -> None:
+    from redis.asyncio import Redis
+
+    from tests.servers import free_port
+    from tokenomy.store.redis_affinity import RedisAffinity
+
+    async def go() -> tuple[str, float] | None:
+        client = Redis(port=free_port(), socket_connect_timeout=0.5)  # nothing listens
+        store = RedisAffinity(client, "tk:", grace_s=60)
+        try:
+            await store.put("k", "a/m-a", 1e12)  # logged, not raised
+            return await store.get("k")
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) is None
