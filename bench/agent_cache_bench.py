@@ -328,7 +328,7 @@ def main() -> None:
         decisions = ", ".join(f"{k} {n}" for k, n in sorted(s.affinity.items()))
         print(
             f"| {'on' if affinity else 'off'} | {s.calls} | {s.prompt_tokens:,} | "
-            f"{s.reread_tokens:,} | {s.cached_tokens:,} | {s.cached_share:.1%} | "
+            f"{s.reread_tokens:,} | {s.cached_tokens:,} | {s.cached_share:.2%} | "
             f"{usd(s.cost_nanos)} | {spread} | {decisions} |  ({secs:.0f} s)"
         )
 
