@@ -261,3 +261,10 @@ def test_a_redis_failure_routes_without_affinity() -> None:
             await client.aclose()
 
     assert asyncio.run(go()) is None
+
+
+@pytest.mark.parametrize("messages", [7, "text", {"role": "user"}, [None, 3, "x"]])
+def test_malformed_bodies_neither_raise_nor_find_a_ttl(messages: Any) -> None:
+    body = {"messages": messages, "system": 5, "tools": "t", "cache_control": [1]}
+    assert requested_ttl(body) is None
+    assert len(prefix_digest(body)) == 16

@@ -88,9 +88,7 @@ def requested_ttl(body: dict[str, Any]) -> float | None:
     for block in _blocks(body.get("system")):
         if _one_hour(block.get("cache_control")):
             return ONE_HOUR_S
-    for m in body.get("messages") or ():
-        if not isinstance(m, dict):
-            continue
+    for m in _blocks(body.get("messages")):
         if _one_hour(m.get("cache_control")):
             return ONE_HOUR_S
         for block in _blocks(m.get("content")):
@@ -124,9 +122,7 @@ def prefix_digest(body: dict[str, Any], chars: int = PREFIX_CHARS) -> bytes:
         feed(part)
         if left <= 0:
             return h.digest()
-    for m in body.get("messages") or ():
-        if not isinstance(m, dict):
-            continue
+    for m in _blocks(body.get("messages")):
         feed(str(m.get("role")))
         for part in _texts(m.get("content")):
             feed(part)
