@@ -288,6 +288,7 @@ def test_one_hour_cache_writes_bill_at_their_own_price(gateway: Gateway, stream:
         assert usage.cache_write_1h_tokens == (usage.cache_write_tokens if ttl == "1h" else 0)
         (row,) = gateway.wait_events(1, request_id=request_id)
         assert row["cache_write_tokens"] == usage.cache_write_tokens
+        assert row["cache_write_1h_tokens"] == usage.cache_write_1h_tokens  # re-priceable
         assert row["cost_nanos"] == expected_nanos(row, usage)
         if ttl == "1h":  # billed at $10 a million, not the 5-minute write's $6.25
             as_5m = replace(usage, cache_write_1h_tokens=0)

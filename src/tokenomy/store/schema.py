@@ -74,6 +74,8 @@ usage_events = Table(
     Column("price_tier", String(16), nullable=True),
     # The task (one agent run) the call belonged to (0010): X-Tokenomy-Task or a task id.
     Column("task_id", String(64), nullable=True),
+    # Of cache_write_tokens, those written to a one-hour cache (0012): billed at their price.
+    Column("cache_write_1h_tokens", BigInteger, nullable=False, default=0, server_default="0"),
     Index("ix_usage_events_ts", "ts_ms"),
     Index("ix_usage_events_key_ts", "key_id", "ts_ms"),
     Index("ix_usage_events_org_ts", "org_id", "ts_ms"),
