@@ -2,7 +2,7 @@
 model with three equally priced deployments, with and without affinity.
 
     python bench/agent_cache_bench.py [--turns 50] [--context 200000] [--agents 1]
-                                      [--deployments 3]
+                                      [--deployments 3] [--pause-s 0] [--cache-ttl-s 300]
 
 Each turn re-sends the whole conversation (the system prompt, every earlier answer and
 tool output) plus a new tool output, so the context grows to ``--context`` tokens. The
@@ -54,7 +54,12 @@ _WORDS: tuple[str, ...] = tuple(
 
 
 def config_yaml(
-    db_url: str, sim_url: str, *, affinity: bool, deployments: int = DEPLOYMENTS
+    db_url: str,
+    sim_url: str,
+    *,
+    affinity: bool,
+    deployments: int = DEPLOYMENTS,
+    ttl_s: float = 300.0,
 ) -> str:
     """A gateway with one model on ``deployments`` equally priced deployments of the
     simulator (upstream models agent-a, agent-b, ...: each its own prompt cache)."""
@@ -65,7 +70,7 @@ def config_yaml(
     return f"""
 database: {{url: "{db_url}"}}
 writer: {{flush_interval_ms: 50}}
-routing: {{affinity: {str(affinity).lower()}, spread_equal: true}}
+routing: {{affinity: {str(affinity).lower()}, affinity_ttl_s: {ttl_s}, spread_equal: true}}
 vendors:
   sim: {{dialect: openai, base_url: "{sim_url}/v1", auth: none, name: Sim}}
 models:
@@ -129,6 +134,7 @@ def run_agent(
     seed: int,
     task: str | None = None,
     system_tokens: int = SYSTEM_TOKENS,
+    pause_s: float = 0.0,
 ) -> Run:
     """One coding agent: ``turns`` calls, each re-sending the conversation so far plus a
     new tool output, growing to about ``context_tokens``."""
@@ -162,6 +168,8 @@ def run_agent(
                 affinity=raw.headers.get("x-tokenomy-affinity", "-"),
             )
         )
+        if pause_s:
+            time.sleep(pause_s)  # the agent runs its tools, the user reads
         messages.append({"role": "assistant", "content": r.choices[0].message.content or ""})
         messages.append({"role": "user", "content": f"Tool output {i}:\n" + filler(rng, per_turn)})
     return run
@@ -176,6 +184,7 @@ def run_agents(
     context_tokens: int,
     seed: int,
     system_tokens: int = SYSTEM_TOKENS,
+    pause_s: float = 0.0,
 ) -> list[Run]:
     """``agents`` agents at once, each its own task."""
     client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=120)
@@ -188,6 +197,7 @@ def run_agents(
             seed=seed * 1000 + i,
             task=f"agent-{seed}-{i}",
             system_tokens=system_tokens,
+            pause_s=pause_s,
         )
 
     with ThreadPoolExecutor(agents) as pool:
@@ -265,7 +275,9 @@ def bench(a: argparse.Namespace, tmp: Path, sim_url: str, affinity: bool, seed: 
     db = f"sqlite:///{tmp / f'gw-{int(affinity)}.db'}"
     key = seed_key(db)
     config = tmp / f"gw-{int(affinity)}.yaml"
-    config.write_text(config_yaml(db, sim_url, affinity=affinity, deployments=a.deployments))
+    config.write_text(
+        config_yaml(db, sim_url, affinity=affinity, deployments=a.deployments, ttl_s=a.cache_ttl_s)
+    )
     port = free_port()
     gw = start(["serve", "--config", str(config)], port, "/healthz", tmp / f"gw-{affinity}.log")
     try:
@@ -276,6 +288,7 @@ def bench(a: argparse.Namespace, tmp: Path, sim_url: str, affinity: bool, seed: 
             turns=a.turns,
             context_tokens=a.context,
             seed=seed,
+            pause_s=a.pause_s,
         )
     finally:
         gw.terminate()
@@ -293,10 +306,15 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=200_000, help="tokens at the last turn")
     ap.add_argument("--agents", type=int, default=1, help="agents (tasks) at once")
     ap.add_argument("--deployments", type=int, default=DEPLOYMENTS, help="at most 26")
+    ap.add_argument("--pause-s", type=float, default=0.0, help="between an agent's turns")
+    ap.add_argument(
+        "--cache-ttl-s", type=float, default=300.0, help="the simulator's prompt-cache TTL"
+    )
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="agent-cache-bench-"))
     sim_port = free_port()
-    sim = start(["sim", "--output-tokens", "48"], sim_port, "/v1/models", tmp / "sim.log")
+    args = ["sim", "--output-tokens", "48", "--cache-ttl-s", str(a.cache_ttl_s)]
+    sim = start(args, sim_port, "/v1/models", tmp / "sim.log")
     try:
         rows = []
         for seed, affinity in enumerate((True, False), start=1):
