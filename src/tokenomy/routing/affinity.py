@@ -142,7 +142,7 @@ def _texts(content: Any) -> list[str]:
     return out
 
 
-def affinity_key(call: Call) -> str | None:
+def affinity_key(call: Call) -> str:
     """The call's key, from its task, its OpenAI ``prompt_cache_key`` or its prompt's
     prefix (the caller checks the prompt is long enough for the last)."""
     assert call.route is not None
@@ -195,11 +195,8 @@ class AffinityStage:
             and self.prompt_bound(call) < MIN_PROMPT_BYTES
         ):
             return
-        key = affinity_key(call)
-        if key is None:
-            return
-        aff = CacheAffinity(key, ttl_s=requested_ttl(call.body))
-        hit = await self.store.get(key)
+        aff = CacheAffinity(affinity_key(call), ttl_s=requested_ttl(call.body))
+        hit = await self.store.get(aff.key)
         if hit is not None:
             if hit[1] > self.clock():
                 aff.remembered, aff.warm_until = hit
