@@ -60,7 +60,7 @@ def engine(
 
 
 #: usage_events columns added by revisions after 0006.
-_ADDED_SINCE_0006 = ("price_tier", "task_id", "end_user")
+_ADDED_SINCE_0006 = ("price_tier", "task_id", "end_user", "cache_write_1h_tokens")
 
 
 def events_before_0008() -> Table:

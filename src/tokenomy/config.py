@@ -157,6 +157,14 @@ class RoutingConfig(_Strict):
     #: Consecutive failures that rest a deployment, and its first rest.
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown_s: float = Field(10.0, gt=0, le=3600)
+    #: Cache affinity: a task's calls (or calls sharing a long prompt prefix) go back to
+    #: the deployment whose prompt cache is warm (see tokenomy.routing.affinity).
+    affinity: bool = True
+    #: How long a cache stays warm when neither the request nor the vendor says.
+    affinity_ttl_s: float = Field(300.0, gt=0, le=86_400)
+    #: Share equally priced deployments at random by weight (load balancing) instead of
+    #: always trying the heaviest first.
+    spread_equal: bool = False
 
 
 class RouterConfig(_Strict):
@@ -213,6 +221,9 @@ class VendorConfig(_Strict):
     api_key_env: str | None = None
     auth: Literal["bearer", "x-api-key", "none"] | None = None
     stream_usage: bool | None = None
+    #: How long its prompt cache stays warm after a use (cache affinity); unset: the
+    #: preset's documented lifetime, else ``routing.affinity_ttl_s``.
+    prompt_cache_ttl_s: float | None = Field(None, gt=0, le=86_400 * 7)
     headers: dict[str, str] = Field(default_factory=dict)
     max_connections: int = Field(256, ge=1)
     #: ``http://[user:password@]host:port``: every connection goes through this proxy (a

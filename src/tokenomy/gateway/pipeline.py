@@ -265,6 +265,8 @@ class Pipeline:
         placed = call.extras.get(PLACEMENT)
         if placed is not None and dep.id in placed:  # latency-tolerant: what it costs here
             headers["x-tokenomy-placement"] = placed[dep.id]
+        if call.affinity is not None:  # hit, miss, expired or yielded:<why>
+            headers["x-tokenomy-affinity"] = call.affinity.header(dep.id)
         if call.stream:
             relay = StreamRelay(
                 call,

@@ -48,6 +48,7 @@ def usage_row(call: Call) -> dict[str, Any]:
         "input_tokens": u.input_tokens,
         "cached_tokens": u.cached_tokens,
         "cache_write_tokens": u.cache_write_tokens,
+        "cache_write_1h_tokens": u.cache_write_1h_tokens,
         "output_tokens": u.output_tokens,
         "reasoning_tokens": u.reasoning_tokens,
         "usage_source": str(u.source),

@@ -41,6 +41,8 @@ class Vendor:
     client_key: str | None = None
     #: Its own cap on an answer's size (None: the server's).
     max_response_bytes: int | None = None
+    #: How long its prompt cache stays warm after a use (None: routing's default).
+    prompt_cache_ttl_s: float | None = None
 
     @property
     def has_credentials(self) -> bool:
@@ -172,6 +174,9 @@ def _vendor(
         client_cert=vc.client_cert,
         client_key=vc.client_key,
         max_response_bytes=vc.max_response_bytes,
+        prompt_cache_ttl_s=vc.prompt_cache_ttl_s
+        if vc.prompt_cache_ttl_s is not None
+        else (p.prompt_cache_ttl_s if p else None),
     )
 
 

@@ -77,6 +77,8 @@ usage_events = Table(
     # The organisation's end user the call was made for (0012): OpenAI's user /
     # safety_identifier, Anthropic's metadata.user_id.
     Column("end_user", String(128), nullable=True),
+    # Of cache_write_tokens, those written to a one-hour cache (0013): billed at their price.
+    Column("cache_write_1h_tokens", BigInteger, nullable=False, default=0, server_default="0"),
     Index("ix_usage_events_ts", "ts_ms"),
     Index("ix_usage_events_key_ts", "key_id", "ts_ms"),
     Index("ix_usage_events_org_ts", "org_id", "ts_ms"),
