@@ -247,3 +247,37 @@ def test_savings_follow_each_calls_price_tier_and_batch_price(tmp_path: Path) ->
         ("doubao-seed-2-0-lite-260428", cny),
         ("sim-small", usd),
     }
+
+
+def test_write_premium_prices_one_hour_writes_at_their_own_price(tmp_path: Path) -> None:
+    """A one-hour cache write costs twice the input price (Opus 4.6: $10 against $5 per
+    million), a five-minute one 1.25x ($6.25): the premium counts each at its own price."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    from tokenomy.analytics.agents import cache_savings
+    from tokenomy.billing.catalog import PriceBook
+    from tokenomy.store.db import migrate, open_engine
+    from tokenomy.store.schema import usage_events
+
+    book = PriceBook.load()
+    at = datetime(2026, 9, 1, tzinfo=UTC)
+    opus = book.lookup("anthropic", "claude-opus-4-6", at)
+    engine = open_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    migrate(engine)
+    ts = int(at.timestamp() * 1000)
+    row = {
+        "request_id": "req_1", "ts_ms": ts, "key_id": "k", "org_id": "o",
+        "endpoint": "messages", "dialect": "anthropic", "model": "m", "vendor": "v",
+        "stream": False, "status": "ok", "http_status": 200, "input_tokens": 2_000,
+        "cached_tokens": 0, "cache_write_tokens": 1_000, "cache_write_1h_tokens": 400,
+        "output_tokens": 1, "reasoning_tokens": 0, "usage_source": "upstream",
+        "latency_ms": 1, "attempts": 1, "cost_nanos": 1, "list_cost_nanos": 1,
+        "price_version": opus.id, "price_tier": "standard", "held_nanos": 0,
+    }  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(insert(usage_events), [row])
+    got = cache_savings(engine, ts, ts + 60_000, book=book)
+    # 600 five-minute writes at 1,250 nanos above input, 400 one-hour ones at 5,000.
+    assert got["write_premium_nanos"] == {"USD": 600 * 1_250 + 400 * 5_000}

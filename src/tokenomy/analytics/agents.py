@@ -146,27 +146,37 @@ def hit_rates(
     return sorted(out, key=lambda r: (-r["cached_tokens"], -r["input_tokens"]))
 
 
-def _saving_per_token(v: PriceVersion, tier: int, batch: bool) -> tuple[Decimal, Decimal]:
-    """(saved per cached token, premium per cache-written token) at the tier's list prices,
-    in the version's currency units per million."""
+#: The cache token sums the savings read: cached, written, and written to a one-hour cache.
+_CACHE_SUMS = (
+    func.sum(E.cached_tokens),
+    func.sum(E.cache_write_tokens),
+    func.sum(E.cache_write_1h_tokens),
+)
+
+
+def _saving_per_token(v: PriceVersion, tier: int, batch: bool) -> tuple[Decimal, Decimal, Decimal]:
+    """(saved per cached token, premium per five-minute and per one-hour cache-written
+    token) at the tier's list prices, in the version's currency units per million."""
     p = v.tiers[tier].prices.resolved()
     assert p.cached_input is not None and p.cache_write is not None  # resolved
+    hour = p.cache_write if p.cache_write_1h is None else p.cache_write_1h
     with localcontext(EXACT):
         m = v.batch_multiplier if batch and v.batch_multiplier is not None else Decimal(1)
-        return (p.input - p.cached_input) * m, (p.cache_write - p.input) * m
+        return (p.input - p.cached_input) * m, (p.cache_write - p.input) * m, (hour - p.input) * m
 
 
 def _by_tier(
     conn: Connection, cond: list[ColumnElement[bool]], v: PriceVersion, tier_name: str | None
-) -> list[tuple[int, int, int]]:
-    """(tier, cached, written) of a tiered version's calls: the tier follows each call's
-    prompt size, so its calls are grouped by that."""
+) -> list[tuple[int, int, int, int]]:
+    """(tier, cached, written, of those written to a one-hour cache) of a tiered version's
+    calls: the tier follows each call's prompt size, so its calls are grouped by that."""
     q = (
-        select(E.input_tokens, func.sum(E.cached_tokens), func.sum(E.cache_write_tokens))
+        select(E.input_tokens, *_CACHE_SUMS)
         .where(and_(*cond), E.price_version == v.id, E.price_tier == tier_name)
         .group_by(E.input_tokens)
     )
-    return [(v.tier_index(int(inp)), _n(c), _n(w)) for inp, c, w in conn.execute(q).all()]
+    rows = conn.execute(q).all()
+    return [(v.tier_index(int(inp)), _n(c), _n(w), _n(h)) for inp, c, w, h in rows]
 
 
 def cache_savings(
@@ -178,19 +188,14 @@ def cache_savings(
     writes cost above the input price (Anthropic's write premium)."""
     cond = [*_where(start_ms, end_ms, scope), E.price_version.is_not(None)]
     cond.append((E.cached_tokens > 0) | (E.cache_write_tokens > 0))
-    base = select(
-        E.price_version,
-        E.price_tier,
-        func.sum(E.cached_tokens),
-        func.sum(E.cache_write_tokens),
-    ).where(and_(*cond))
+    base = select(E.price_version, E.price_tier, *_CACHE_SUMS).where(and_(*cond))
     with engine.connect() as conn:
         groups = conn.execute(base.group_by(E.price_version, E.price_tier)).all()
         saved: dict[str, Decimal] = defaultdict(Decimal)
         premium: dict[str, Decimal] = defaultdict(Decimal)
         by_model: dict[tuple[str, str, str], dict[str, Any]] = {}
         unpriced = 0
-        for version_id, tier_name, cached, written in groups:
+        for version_id, tier_name, cached, written, hour in groups:
             try:
                 v = book.version(version_id)
             except PriceNotFound:  # a version no longer in the catalogue
@@ -198,7 +203,7 @@ def cache_savings(
                 continue
             batch = tier_name == "batch"
             if len(v.tiers) == 1:
-                parts = [(0, _n(cached), _n(written))]
+                parts = [(0, _n(cached), _n(written), _n(hour))]
             else:
                 parts = _by_tier(conn, cond, v, tier_name)
             cur = v.currency.value
@@ -215,12 +220,12 @@ def cache_savings(
                 },
             )
             with localcontext(EXACT):
-                for tier, c, w in parts:
-                    per_read, per_write = _saving_per_token(v, tier, batch)
+                for tier, c, w, h in parts:
+                    per_read, per_write, per_hour = _saving_per_token(v, tier, batch)
                     row["cached_tokens"] += c
                     row["cache_write_tokens"] += w
                     row["_saved"] += c * per_read / _PER_MILLION
-                    row["_premium"] += w * per_write / _PER_MILLION
+                    row["_premium"] += ((w - h) * per_write + h * per_hour) / _PER_MILLION
     models = []
     for row in by_model.values():
         s, p = row.pop("_saved"), row.pop("_premium")
