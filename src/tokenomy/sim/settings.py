@@ -51,6 +51,8 @@ class SimSettings:
     cache_min_tokens: int = 1024
     #: How many prompt hashes the prompt-cache simulation remembers.
     cache_entries: int = 4096
+    #: Render time of a simulated video (``POST /v1/videos``), per second of output.
+    video_ms_per_second: float = 200.0
 
     def __post_init__(self) -> None:
         bad = {g: s for g, s in self.usage_styles.items() if s not in USAGE_STYLES}

@@ -1,0 +1,163 @@
+"""The video queue through the official ``openai`` SDK: create, retrieve, list, download,
+delete; per-second billing held at submission and settled once; bad input refused."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.procs import Procs, running
+from tests.video_stack import TOPUP, video_stack, video_yaml, wait_status
+from tokenomy.ledger.store import LedgerStore
+
+#: The SDK marks its Videos API deprecated (Sora's shutdown); the API is what is tested.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+#: sim-video's price: 0.10 USD per second at 720x1280, 0.50 at 1024x1792.
+CENTS_10 = 10**8
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    with running(tmp_path) as p:
+        yield p
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres+redis"])
+def test_sdk_create_retrieve_list_download_delete_and_billing(
+    procs: Procs, tmp_path: Path, backend: str
+) -> None:
+    with video_stack(procs, tmp_path, backend) as st:
+        org_id, key = st.org("org")
+        c = openai.OpenAI(base_url=st.gw.url + "/v1", api_key=key, max_retries=0)
+        v = c.videos.create(model="sim-video", prompt="a red fox", seconds="4", size="720x1280")
+        assert v.object == "video" and v.status in ("queued", "in_progress")
+        assert v.seconds == "4" and v.size == "720x1280" and v.model == "sim-video"
+        extra = v.model_extra or {}
+        assert extra["cost"] == "0.4" and extra["currency"] == "USD"
+        assert "eta_seconds" in extra
+        done = wait_status(lambda: c.videos.retrieve(v.id), {"completed", "failed"})
+        assert done.status == "completed" and done.progress == 100
+        assert done.completed_at is not None and done.expires_at is not None
+        content = c.videos.download_content(v.id)
+        assert content.response.headers["content-type"] == "image/gif"
+        assert content.content.startswith(b"GIF89a") and content.content.endswith(b"\x3b")
+
+        # Billed once, at the catalogue's per-second price: 4 s x 0.10 USD.
+        usage = st.usage(v.id)
+        assert len(usage) == 1 and usage[0]["cost_nanos"] == 4 * CENTS_10
+        assert usage[0]["endpoint"] == "videos" and usage[0]["price_version"].endswith("/second")
+        ledger = LedgerStore(st.engine)
+        assert ledger.balance(org_id) == TOPUP - 4 * CENTS_10
+        assert all(v == 0 for v in ledger.trial_balance().values())
+        assert st.held(org_id) == 0
+
+        # A list, paged by the SDK's cursor, newest first.
+        more = [
+            c.videos.create(model="sim-video", prompt=f"clip {i}", seconds="1").id for i in range(3)
+        ]
+        page = c.videos.list(limit=2)
+        assert len(page.data) == 2 and page.has_more
+        listed = [x.id for x in c.videos.list(limit=2)]  # auto-paging through every page
+        assert listed == [*reversed(more), v.id]
+        asc = [x.id for x in c.videos.list(limit=10, order="asc")]
+        assert asc == [v.id, *more]
+
+        # Delete: the job and its content are gone; its usage record stays.
+        gone = c.videos.delete(v.id)
+        assert gone.deleted and gone.id == v.id
+        with pytest.raises(openai.NotFoundError):
+            c.videos.retrieve(v.id)
+        assert len(st.usage(v.id)) == 1
+        for vid in more:
+            wait_status(lambda vid=vid: c.videos.retrieve(vid), {"completed"})
+        assert ledger.balance(org_id) == TOPUP - 7 * CENTS_10
+        assert st.held(org_id) == 0
+
+
+def test_bad_input_gets_clear_400s_and_changes_nothing(procs: Procs, tmp_path: Path) -> None:
+    with video_stack(procs, tmp_path) as st:
+        org_id, key = st.org("org")
+        c = openai.OpenAI(base_url=st.gw.url + "/v1", api_key=key, max_retries=0)
+        bad: list[tuple[dict[str, str], str]] = [
+            ({"seconds": "-4"}, "seconds"),
+            ({"seconds": "0"}, "seconds"),
+            ({"seconds": "100000"}, "seconds"),
+            ({"seconds": "4.5"}, "seconds"),
+            ({"seconds": "four"}, "seconds"),
+            ({"size": "999x999"}, "size"),
+            ({"model": "no-such-video-model"}, "model"),
+            ({"prompt": ""}, "prompt"),
+        ]
+        for change, param in bad:
+            args = {"model": "sim-video", "prompt": "p", "seconds": "4", **change}
+            with pytest.raises(openai.BadRequestError) as e:
+                c.videos.create(**args)  # type: ignore[arg-type]
+            body = e.value.body
+            assert isinstance(body, dict) and body["param"] == param, (change, body)
+            assert body["message"] and body["type"] == "invalid_request_error"
+        # JSON bodies too, with numbers.
+        r = httpx.post(
+            st.gw.url + "/v1/videos",
+            json={"model": "sim-video", "prompt": "p", "seconds": -3},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "seconds"
+        assert list(c.videos.list()) == []
+        assert st.held(org_id) == 0
+        assert LedgerStore(st.engine).balance(org_id) == TOPUP
+
+
+def test_failed_job_and_deleted_queued_job_cost_nothing(procs: Procs, tmp_path: Path) -> None:
+    slow = video_yaml(capacity=1)
+    with video_stack(procs, tmp_path, video_ms_per_second=300.0, videos=slow) as st:
+        org_id, key = st.org("org")
+        c = openai.OpenAI(base_url=st.gw.url + "/v1", api_key=key, max_retries=0)
+        failing = c.videos.create(model="sim-video", prompt="[fail] a storm", seconds="1")
+        queued = c.videos.create(model="sim-video", prompt="never rendered", seconds="8")
+        assert st.held(org_id) == 9 * CENTS_10  # held at submission, both
+        assert c.videos.retrieve(queued.id).status == "queued"
+        assert c.videos.delete(queued.id).deleted  # before it starts: cancelled, released
+        end = wait_status(lambda: c.videos.retrieve(failing.id), {"completed", "failed"})
+        assert end.status == "failed" and end.error is not None
+        assert end.error.code == "moderation_blocked"
+        with pytest.raises(openai.APIStatusError) as e:
+            c.videos.download_content(failing.id)
+        assert e.value.status_code == 409
+        deadline = time.monotonic() + 5
+        while st.held(org_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert st.held(org_id) == 0
+        assert LedgerStore(st.engine).balance(org_id) == TOPUP
+        assert st.usage(failing.id) == [] and st.usage(queued.id) == []
+
+
+def test_full_queue_answers_429_with_retry_after(procs: Procs, tmp_path: Path) -> None:
+    cfg = video_yaml(capacity=1, depth=2, ratio=2.0)
+    with video_stack(procs, tmp_path, video_ms_per_second=2000.0, videos=cfg) as st:
+        org_id, key = st.org("org")
+        c = openai.OpenAI(base_url=st.gw.url + "/v1", api_key=key, max_retries=0)
+        first = c.videos.create(model="sim-video", prompt="one", seconds="2")
+        wait_status(lambda: c.videos.retrieve(first.id), {"in_progress"})
+        waiting = [
+            c.videos.create(model="sim-video", prompt=f"w{i}", seconds="2") for i in range(2)
+        ]
+        assert [(w.model_extra or {})["queue_position"] for w in waiting] == [1, 2]
+        r = httpx.post(
+            st.gw.url + "/v1/videos",
+            json={"model": "sim-video", "prompt": "too many", "seconds": 2},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == "queue_full"
+        assert int(r.headers["Retry-After"]) >= 1
+        q = httpx.get(st.gw.url + "/v1/queue", headers={"Authorization": f"Bearer {key}"})
+        (sim,) = q.json()["models"]
+        assert sim["model"] == "sim-video" and sim["depth"] == 2 and sim["running"] == 1
+        assert sim["capacity"] == 1 and sim["oldest_age_seconds"] >= 0
+        assert st.held(org_id) == 6 * CENTS_10  # the refused job holds nothing
