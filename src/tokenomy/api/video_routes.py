@@ -124,7 +124,7 @@ async def list_videos(request: web.Request) -> web.Response:
         limit=limit + 1,
         ascending=order == "asc",
     )
-    page = [video_object(r) for r in rows[:limit]]
+    page = [video_object(r, await v.worker.slot(r)) for r in rows[:limit]]
     return json_ok(
         {
             "object": "list",

@@ -14,6 +14,7 @@ tries, releases the holds of failed and cancelled jobs (once: a conditional UPDA
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -59,8 +60,11 @@ class QueuePlan:
     def __init__(self, m: VideoModel, at_ms: float, rate: float) -> None:
         self.model = m
         self.at_ms = at_ms
+        #: Seconds the refresh took: a long queue is read again less often.
+        self.cost_s = 0.0
         self.rate = rate  # render ms per output second
         self.slots: dict[str, Slot] = {}
+        self.starts: list[float] = []  # the slots' expected starts, in order
         self.ends: dict[str, float] = {}  # running jobs' expected end
         self.depth = 0
         self.running = 0
@@ -215,12 +219,17 @@ class VideoWorker:
 
     async def _render(self, m: VideoModel, job: dict[str, Any]) -> None:
         v = m.deployment.vendor
+        # The lease and progress are written at most this often, not at every poll.
+        every = min(self.s.lease_s / 3, 0.5)
         try:
             up = await self._upstream(m, job)
+            renewed = time.monotonic()
             while up.status not in ("completed", "failed"):
                 await asyncio.sleep(self.s.upstream_poll_s)
                 up = await self.client.retrieve(v, up.id)
-                await self._renew(job, progress=min(max(up.progress, 0), 99))
+                if time.monotonic() - renewed >= every:
+                    await self._renew(job, progress=min(max(up.progress, 0), 99))
+                    renewed = time.monotonic()
             if up.status == "failed":
                 err = up.error or {}
                 raise VideoUpstreamError(
@@ -301,14 +310,15 @@ class VideoWorker:
         call.extras[EXTRA_ROWS] = [(video_outputs, output)]
         await self.svc.pipeline.finish(call)
         await self.svc.usage_writer.flush()
-        started = job["started_ms"] or now_ms
+        # The render slot was busy until now (the record included): what the plan needs.
+        done_ms = int(time.time() * 1000)
         values = {
-            "completed_ms": now_ms,
-            "render_ms": now_ms - started,
+            "completed_ms": done_ms,
+            "render_ms": done_ms - (job["started_ms"] or now_ms),
             "cost_nanos": cost.cost_nanos,
             "progress": 100,
             "hold_open": 0,
-            "expires_at": now_ms // 1000 + self.s.keep_s,
+            "expires_at": done_ms // 1000 + self.s.keep_s,
         }
         if await asyncio.to_thread(self.store.complete, job["id"], values):
             self.done += 1
@@ -322,7 +332,9 @@ class VideoWorker:
             tick += 1
             try:
                 for m in self.models:
-                    await self.refresh_plan(m)
+                    p = self.plans.get(m.id)
+                    if p is None or self._age_s(p) >= max(0.25, 10 * p.cost_s):
+                        await self.refresh_plan(m)
                 if tick % 4 == 0:
                     await self.sweep()
             except Exception:
@@ -351,18 +363,25 @@ class VideoWorker:
             waits = self.store.waits(m.id, int(now) - WAIT_WINDOW_MS)
             return now, waiting, running, last, measured, waits
 
+        began = time.perf_counter()
         now, waiting, running, last, measured, waits = await asyncio.to_thread(read)
         rate = moving_rate(measured, self.s.default_render_ratio * 1000)
         p = QueuePlan(m, now, rate)
         ws = [Waiting(*w) for w in waiting]
         rs = [Running(*r) for r in running]
         p.slots = plan(ws, rs, last, m.capacity, rate, now)
+        p.starts = sorted(s.start_ms for s in p.slots.values())
         p.ends = {r.id: max(now, r.started_ms + r.seconds * rate) for r in rs}
         p.depth, p.running = len(ws), len(rs)
         p.oldest_ms = min((w.created_ms for w in ws), default=None)
         p.waits_ms = waits
+        p.cost_s = time.perf_counter() - began
         self.plans[m.id] = p
         return p
+
+    @staticmethod
+    def _age_s(p: QueuePlan) -> float:
+        return time.time() - p.at_ms / 1000
 
     async def slot(self, row: dict[str, Any]) -> tuple[int, float, float] | None:
         """(position, seconds until start, seconds until ready) of a job not ended."""
@@ -372,13 +391,22 @@ class VideoWorker:
         if m is None:
             return None
         p = self.plans.get(m.id)
-        known = p is not None and (row["id"] in p.slots or row["id"] in p.ends)
-        if p is None or not known or time.time() * 1000 - p.at_ms > 1000:
+        # Read again when stale, or for a job the plan has not seen yet; but a long queue
+        # (its plan slow to make) no more often than ten times what making it takes.
+        if p is None:
             p = await self.refresh_plan(m)
+        else:
+            known = row["id"] in p.slots or row["id"] in p.ends
+            age = self._age_s(p)
+            floor = 10 * p.cost_s if p.cost_s > 0.02 else 0.0
+            if age >= max(1.0, floor) or (not known and age >= floor):
+                p = await self.refresh_plan(m)
         now = time.time() * 1000
         s = p.slots.get(row["id"])
         if s is not None:
-            return s.position, (s.start_ms - now) / 1000, (s.end_ms - now) / 1000
+            # The jobs expected to have started since the plan was made are ahead no more.
+            position = max(1, s.position - bisect.bisect_left(p.starts, now))
+            return position, (s.start_ms - now) / 1000, (s.end_ms - now) / 1000
         end = p.ends.get(row["id"])
         if end is not None:
             return 0, 0.0, (end - now) / 1000
