@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tokenomy.batches.holds import LineHolds
-from tokenomy.billing.catalog import PriceNotFound, PricingError
+from tokenomy.billing.catalog import PricingError
 from tokenomy.billing.media_prices import MediaCost, media_cost
 from tokenomy.errors import (
     InsufficientQuota,
@@ -114,7 +114,7 @@ class VideoIntake:
             price = self.models.prices.lookup(*m.price_ref, at)
             currency = org.currency if org is not None else price.currency
             return media_cost(price, size, seconds, currency, self.svc.biller.fx, at)
-        except (PriceNotFound, PricingError) as e:
+        except (LookupError, PricingError) as e:  # no price, or no FX rate to convert it
             raise InvalidRequest(str(e), param="model", code="model_not_priced") from None
 
     async def submit(
