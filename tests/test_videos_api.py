@@ -3,6 +3,7 @@ delete; per-second billing held at submission and settled once; bad input refuse
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from tests.procs import Procs, running
 from tests.video_stack import TOPUP, video_stack, video_yaml, wait_status
+from tokenomy.cli.main import main
 from tokenomy.ledger.store import LedgerStore
 
 #: The SDK marks its Videos API deprecated (Sora's shutdown); the API is what is tested.
@@ -137,7 +139,9 @@ def test_failed_job_and_deleted_queued_job_cost_nothing(procs: Procs, tmp_path: 
         assert st.usage(failing.id) == [] and st.usage(queued.id) == []
 
 
-def test_full_queue_answers_429_with_retry_after(procs: Procs, tmp_path: Path) -> None:
+def test_full_queue_answers_429_with_retry_after_and_the_cli_sees_it(
+    procs: Procs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = video_yaml(capacity=1, depth=2, ratio=2.0)
     with video_stack(procs, tmp_path, video_ms_per_second=2000.0, videos=cfg) as st:
         org_id, key = st.org("org")
@@ -161,3 +165,20 @@ def test_full_queue_answers_429_with_retry_after(procs: Procs, tmp_path: Path) -
         assert sim["model"] == "sim-video" and sim["depth"] == 2 and sim["running"] == 1
         assert sim["capacity"] == 1 and sim["oldest_age_seconds"] >= 0
         assert st.held(org_id) == 6 * CENTS_10  # the refused job holds nothing
+
+        # The CLI sees the same queue, and cancels a waiting job (the gateway releases it).
+        cli = ["--config", str(st.config)]
+        assert main(["jobs", "list", *cli]) == 0
+        assert waiting[1].id in capsys.readouterr().out
+        assert main(["jobs", "show", waiting[1].id, "--json", *cli]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["status"] == "queued" and shown["queue_position"] in (1, 2)
+        assert shown["eta_seconds"] > 0
+        assert main(["jobs", "cancel", waiting[1].id, *cli]) == 0
+        with pytest.raises(SystemExit):
+            main(["jobs", "cancel", first.id, *cli])  # rendering: not cancellable
+        deadline = time.monotonic() + 5
+        while st.held(org_id) != 4 * CENTS_10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert st.held(org_id) == 4 * CENTS_10
+        assert c.videos.retrieve(waiting[1].id).status == "failed"  # shown as OpenAI's

@@ -44,6 +44,11 @@ class VideoModels:
         return self.prices.sizes(*m.price_ref, at)
 
 
+def deployment_id(c: VideoModelConfig) -> str:
+    """The id of a video model's deployment (jobs are queued under it)."""
+    return f"{c.vendor}/{c.model or c.name}"
+
+
 def _model(
     c: VideoModelConfig, vendors: dict[str, object], cfg: Config, env: Mapping[str, str]
 ) -> VideoModel:
@@ -55,7 +60,7 @@ def _model(
     upstream = c.model or c.name
     price_ref = tuple(c.price.split("/", 1)) if c.price else (c.vendor, upstream)
     dep = Deployment(
-        id=f"{c.vendor}/{upstream}",
+        id=deployment_id(c),
         vendor=vendor,  # type: ignore[arg-type]
         upstream_model=upstream,
         weight=1,
