@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.procs import Procs, running
-from tests.video_stack import TOPUP, video_stack, video_yaml, wait_status
+from tests.video_stack import ADMIN, TOPUP, VideoStack, video_stack, video_yaml, wait_status
 from tokenomy.cli.main import main
 from tokenomy.ledger.store import LedgerStore
 
@@ -139,6 +139,15 @@ def test_failed_job_and_deleted_queued_job_cost_nothing(procs: Procs, tmp_path: 
         assert st.usage(failing.id) == [] and st.usage(queued.id) == []
 
 
+def _metric(st: VideoStack, name: str) -> float:
+    r = httpx.get(st.gw.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
+    r.raise_for_status()
+    for line in r.text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
 def test_full_queue_answers_429_with_retry_after_and_the_cli_sees_it(
     procs: Procs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -165,6 +174,15 @@ def test_full_queue_answers_429_with_retry_after_and_the_cli_sees_it(
         assert sim["model"] == "sim-video" and sim["depth"] == 2 and sim["running"] == 1
         assert sim["capacity"] == 1 and sim["oldest_age_seconds"] >= 0
         assert st.held(org_id) == 6 * CENTS_10  # the refused job holds nothing
+
+        # Prometheus sees it (the gauges are read from the database about every second).
+        deadline = time.monotonic() + 5
+        while _metric(st, "tokenomy_video_jobs_queued") != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert _metric(st, "tokenomy_video_jobs_running") == 1
+        assert _metric(st, "tokenomy_video_oldest_queued_age_seconds") > 0
+        assert _metric(st, "tokenomy_video_jobs_done_total") == 0
 
         # The CLI sees the same queue, and cancels a waiting job (the gateway releases it).
         cli = ["--config", str(st.config)]
