@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from tokenomy.billing.media_prices import MediaPriceBook
 from tokenomy.catalog.vendors import load_presets
 from tokenomy.config import Config, VideoModelConfig
-from tokenomy.gateway.registry import Deployment, _vendor
+from tokenomy.gateway.registry import Deployment, Vendor, _vendor
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,7 @@ class VideoModels:
         self.by_deployment = {m.id: m for m in models}
         self.prices = prices
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[VideoModel]:
         return iter(self.by_name.values())
 
     def sizes(self, m: VideoModel, at: datetime) -> frozenset[str]:
@@ -50,10 +50,10 @@ def deployment_id(c: VideoModelConfig) -> str:
 
 
 def _model(
-    c: VideoModelConfig, vendors: dict[str, object], cfg: Config, env: Mapping[str, str]
+    c: VideoModelConfig, vendors: dict[str, Vendor], cfg: Config, env: Mapping[str, str]
 ) -> VideoModel:
     vendor = vendors.get(c.vendor)
-    if vendor is None:
+    if vendor is None:  # resolved as chat deployments' vendors are (presets, keys, proxy)
         vendor = vendors[c.vendor] = _vendor(
             c.vendor, cfg.vendors.get(c.vendor), load_presets(), env
         )
@@ -61,7 +61,7 @@ def _model(
     price_ref = tuple(c.price.split("/", 1)) if c.price else (c.vendor, upstream)
     dep = Deployment(
         id=deployment_id(c),
-        vendor=vendor,  # type: ignore[arg-type]
+        vendor=vendor,
         upstream_model=upstream,
         weight=1,
         region=None,
@@ -88,7 +88,7 @@ def build_video_models(cfg: Config, env: Mapping[str, str] | None = None) -> Vid
     served for free)."""
     env = os.environ if env is None else env
     prices = MediaPriceBook.load(cfg.videos.prices)
-    vendors: dict[str, object] = {}
+    vendors: dict[str, Vendor] = {}
     models = [_model(c, vendors, cfg, env) for c in cfg.videos.models]
     now = datetime.now(UTC)
     for m in models:
