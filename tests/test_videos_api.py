@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.procs import Procs, running
+from tests.servers import free_port
 from tests.video_stack import ADMIN, TOPUP, VideoStack, video_stack, video_yaml, wait_status
 from tokenomy.cli.main import main
 from tokenomy.ledger.store import LedgerStore
@@ -200,3 +201,24 @@ def test_full_queue_answers_429_with_retry_after_and_the_cli_sees_it(
             time.sleep(0.05)
         assert st.held(org_id) == 4 * CENTS_10
         assert c.videos.retrieve(waiting[1].id).status == "failed"  # shown as OpenAI's
+
+
+def test_unreachable_vendor_fails_the_job_after_its_tries_and_releases_the_hold(
+    procs: Procs, tmp_path: Path
+) -> None:
+    cfg = video_yaml(lease_s=1.5)
+    cfg += "    - {name: gone-video, vendor: gone, model: sim-video, price: sim/sim-video}\n"
+    gone = f'{{dialect: openai, base_url: "http://127.0.0.1:{free_port()}/v1", auth: none}}'
+    with video_stack(procs, tmp_path, videos=cfg, vendors={"gone": gone}) as st:
+        org_id, key = st.org("org")
+        c = openai.OpenAI(base_url=st.gw.url + "/v1", api_key=key, max_retries=0)
+        v = c.videos.create(model="gone-video", prompt="into the void", seconds="3")
+        assert st.held(org_id) == 3 * CENTS_10
+        end = wait_status(lambda: c.videos.retrieve(v.id), {"completed", "failed"}, 30)
+        assert end.status == "failed" and end.error is not None
+        assert st.job(v.id)["attempts"] == 3  # videos.max_attempts, with pauses between
+        deadline = time.monotonic() + 5
+        while st.held(org_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert st.held(org_id) == 0 and st.usage(v.id) == []
+        assert LedgerStore(st.engine).balance(org_id) == TOPUP

@@ -97,7 +97,9 @@ def video_stack(
     video_ms_per_second: float = 50.0,
     videos: str | None = None,
     orgs: tuple[str, ...] = ("org",),
+    vendors: dict[str, str] | None = None,
 ) -> Iterator[VideoStack]:
+    """``vendors``: more vendors (name -> YAML flow mapping) beside the simulator."""
     with contextlib.ExitStack() as stack:
         if backend == "sqlite":
             db_url, redis_url = f"sqlite:///{tmp_path / 'gw.db'}", ""
@@ -116,6 +118,8 @@ def video_stack(
             redis_prefix=f"tkv:{secrets.token_hex(4)}:",
             extra=videos if videos is not None else video_yaml(),
         )
+        for name, spec in (vendors or {}).items():
+            text = text.replace("vendors:\n", f"vendors:\n  {name}: {spec}\n", 1)
         config = procs.write_config(text)
         env = {"TOKENOMY_ADMIN_KEY": ADMIN}
         gw = procs.gateway(config, env=env)

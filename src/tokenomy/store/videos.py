@@ -293,6 +293,13 @@ class VideoStore:
             conn.execute(delete(video_outputs).where(video_outputs.c.job_id == job_id))
             conn.execute(delete(video_jobs).where(_J.id == job_id, _J.status.in_(ENDED)))
 
+    def purge_expired(self, now_s: int) -> int:
+        """Delete the media of completed jobs past their ``expires_at``."""
+        expired = select(_J.id).where(_J.status == COMPLETED, _J.expires_at < now_s)
+        with self.engine.begin() as conn:
+            q = delete(video_outputs).where(video_outputs.c.job_id.in_(expired))
+            return int(conn.execute(q).rowcount)
+
     # -- measurements --------------------------------------------------------------------
 
     def measured(self, deployment: str, n: int) -> list[tuple[int, int]]:

@@ -97,6 +97,7 @@ class VideoWorker:
         self.done = 0
         self.counts: dict[str, int] = {}
         self.oldest_queued_ms: int | None = None
+        self._sweeps = 0
 
     # -- life ----------------------------------------------------------------------------
 
@@ -219,6 +220,13 @@ class VideoWorker:
 
     async def _render(self, m: VideoModel, job: dict[str, Any]) -> None:
         v = m.deployment.vendor
+        key = await self._key(job["key_id"])
+        if key is None or not key.active:  # revoked while it waited: never rendered
+            revoked = VideoUpstreamError(
+                "The job's API key was revoked.", retry=False, code="invalid_api_key"
+            )
+            await self._failed(job, revoked)
+            return
         # The lease and progress are written at most this often, not at every poll.
         every = min(self.s.lease_s / 3, 0.5)
         try:
@@ -245,6 +253,10 @@ class VideoWorker:
 
     async def _failed(self, job: dict[str, Any], e: VideoUpstreamError) -> None:
         tries = self.s.max_attempts if e.retry else job["attempts"]
+        if job["attempts"] < tries:
+            # A vendor failing now may not in a moment: wait before the job is queued
+            # again (holding its slot, which the failing vendor could not use anyway).
+            await asyncio.sleep(min(2.0 ** job["attempts"], self.s.lease_s / 3))
         error = orjson.dumps({"code": e.code, "message": str(e)}).decode()
         status = await asyncio.to_thread(
             self.store.retry_or_fail, job["id"], job["attempts"], tries, error,
@@ -350,6 +362,9 @@ class VideoWorker:
             self._wake.set()
         for row in await asyncio.to_thread(self.store.unreleased):
             await self._release(row)
+        self._sweeps += 1
+        if self._sweeps % 60 == 1:  # about once a minute: expired media is deleted
+            await asyncio.to_thread(self.store.purge_expired, now // 1000)
         by, oldest = await asyncio.to_thread(self.store.counts)
         self.counts, self.oldest_queued_ms = by, oldest
 
