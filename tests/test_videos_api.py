@@ -185,6 +185,12 @@ def test_full_queue_answers_429_with_retry_after_and_the_cli_sees_it(
         assert _metric(st, "tokenomy_video_oldest_queued_age_seconds") > 0
         assert _metric(st, "tokenomy_video_jobs_done_total") == 0
 
+        # So does the dashboard's video queue panel.
+        page = httpx.get(st.gw.url + "/dashboard", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert page.status_code == 200
+        assert "Video queue: jobs waiting and wait percentiles" in page.text
+        assert 'aria-label="Video jobs waiting"' in page.text
+
         # The CLI sees the same queue, and cancels a waiting job (the gateway releases it).
         cli = ["--config", str(st.config)]
         assert main(["jobs", "list", *cli]) == 0

@@ -14,13 +14,15 @@ import pytest
 from sqlalchemy import Engine, insert
 
 from tests.conftest import throwaway_postgres
+from tokenomy.analytics.queries import Scope
+from tokenomy.analytics.video_panel import video_queue_charts, video_queue_history
 from tokenomy.billing.catalog import PriceNotFound, PricingError
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.media_prices import MediaPriceBook, media_cost
 from tokenomy.billing.money import Currency
 from tokenomy.sim.media import FPS, HEIGHT, WIDTH, render_gif
 from tokenomy.store.db import migrate, open_engine
-from tokenomy.store.schema import video_outputs
+from tokenomy.store.schema import video_jobs, video_outputs
 from tokenomy.store.videos import COMPLETED, FAILED, IN_PROGRESS, QUEUED, VideoStore
 from tokenomy.videos.plan import Running, Waiting, moving_rate, next_owner, percentile, plan
 
@@ -263,3 +265,29 @@ def test_out_of_tries_fails_and_the_hold_is_released_once(engine: Engine) -> Non
     assert store.take_release("v1") and not store.take_release("v1")
     assert store.unreleased() == []
     assert store.get("v1")["status"] != IN_PROGRESS  # type: ignore[index]
+
+
+def test_dashboard_history_counts_waiting_jobs_and_wait_percentiles(engine: Engine) -> None:
+    store = VideoStore(engine)
+    h = 3_600_000
+    # w1 waits an hour and a half, c1 is cancelled after an hour, q1 is still waiting;
+    # w1 and s1 (which waited 12 s) start in the second hour.
+    for job_id, created in (("w1", 0), ("c1", h // 2), ("q1", h + 1), ("s1", h + 2)):
+        _job(store, job_id, "a", created)
+    with engine.begin() as conn:
+        conn.execute(
+            video_jobs.update().where(video_jobs.c.id == "w1").values(started_ms=h + h // 2)
+        )
+        conn.execute(
+            video_jobs.update()
+            .where(video_jobs.c.id == "c1")
+            .values(status="cancelled", completed_ms=h + h // 2)
+        )
+        conn.execute(
+            video_jobs.update().where(video_jobs.c.id == "s1").values(started_ms=h + 12_002)
+        )
+    got = video_queue_history(engine, [0, h, 2 * h], h, Scope())
+    assert got.depth["m"] == {0: 2.0, h: 1.0, 2 * h: 1.0}  # at each hour's end
+    assert got.wait_p50[h] == 12.0 and got.wait_p95[h] == 5400.0  # s1, w1
+    assert got.wait_p50[0] is None
+    assert "Video jobs waiting" in video_queue_charts(got, [0, h, 2 * h], hourly=True)
