@@ -111,6 +111,36 @@ def test_bad_input_gets_clear_400s_and_changes_nothing(procs: Procs, tmp_path: P
             headers={"Authorization": f"Bearer {key}"},
         )
         assert r.status_code == 400 and r.json()["error"]["param"] == "seconds"
+        # Anything else odd: a 4xx in OpenAI's format, never a 500.
+        auth = {"Authorization": f"Bearer {key}"}
+        odd: list[dict[str, object]] = [
+            {"content": b"not json", "headers": {"Content-Type": "application/json"}},
+            {"content": b"[1, 2]", "headers": {"Content-Type": "application/json"}},
+            {"json": {"model": None, "prompt": "p"}},
+            {"json": {"model": "sim-video", "prompt": 5}},
+            {"json": {"model": "sim-video", "prompt": "p", "seconds": True}},
+            {"json": {"model": "sim-video", "prompt": "p", "seconds": [4]}},
+            {"json": {"model": "sim-video", "prompt": "p", "seconds": 10**30}},
+            {"json": {"model": "sim-video", "prompt": "p", "seconds": "1e3"}},
+            {"json": {"model": "sim-video", "prompt": "p", "size": 720}},
+            {"json": {"model": ["sim-video"], "prompt": "p"}},
+            {"data": {"model": "sim-video"}},
+            {"files": {"input_reference": ("a.png", b"x")}, "data": {"model": "sim-video"}},
+        ]
+        for kw in odd:
+            r = httpx.post(st.gw.url + "/v1/videos", headers=auth | kw.pop("headers", {}), **kw)  # type: ignore[arg-type]
+            assert 400 <= r.status_code < 500, (kw, r.text)
+            assert r.json()["error"]["message"], kw
+        for q in ("limit=0", "limit=x", "limit=1000", "order=up", "after=nope"):
+            r = httpx.get(f"{st.gw.url}/v1/videos?{q}", headers=auth)
+            assert r.status_code in (200, 400), (q, r.text)
+            if r.status_code == 200:
+                assert r.json()["data"] == []
+        for path in ("/v1/videos/nope", "/v1/videos/nope/content"):
+            r = httpx.get(st.gw.url + path, headers=auth)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "video_not_found"
+        assert httpx.delete(st.gw.url + "/v1/videos/nope", headers=auth).status_code == 404
+        assert httpx.get(st.gw.url + "/v1/videos").status_code == 401
         assert list(c.videos.list()) == []
         assert st.held(org_id) == 0
         assert LedgerStore(st.engine).balance(org_id) == TOPUP

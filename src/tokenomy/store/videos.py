@@ -247,6 +247,9 @@ class VideoStore:
         (keeping the vendor's job id, to be resumed) or failed after ``max_attempts``."""
         has = select(video_outputs.c.job_id).where(video_outputs.c.job_id == _J.id)
         lapsed = and_(_J.status == IN_PROGRESS, _J.lease_until < now_ms, ~has.exists())
+        with self.engine.connect() as conn:  # an idle queue is only read, never written
+            if conn.execute(select(_J.id).where(lapsed).limit(1)).first() is None:
+                return 0
         with self.engine.begin() as conn:
             n = conn.execute(
                 update(video_jobs)
