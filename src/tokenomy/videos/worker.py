@@ -407,13 +407,13 @@ class VideoWorker:
             return None
         p = self.plans.get(m.id)
         # Read again when stale, or for a job the plan has not seen yet; but a long queue
-        # (its plan slow to make) no more often than ten times what making it takes.
+        # (its plan taking over 0.1 s to make) no more often than ten times that.
         if p is None:
             p = await self.refresh_plan(m)
         else:
             known = row["id"] in p.slots or row["id"] in p.ends
             age = self._age_s(p)
-            floor = 10 * p.cost_s if p.cost_s > 0.02 else 0.0
+            floor = 10 * p.cost_s if p.cost_s > 0.1 else 0.0
             if age >= max(1.0, floor) or (not known and age >= floor):
                 p = await self.refresh_plan(m)
         now = time.time() * 1000
