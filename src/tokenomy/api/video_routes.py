@@ -60,10 +60,10 @@ async def create_video(request: web.Request) -> web.Response:
     v = request.app[VIDEOS]
     body = await _body(request, svc)
     m = v.intake.models.by_name.get(str(body.get("model")))
-    retry = v.worker.retry_after(m) if m is not None else 1.0
+    retry = v.worker.view.retry_after(m) if m is not None else 1.0
     row = await v.intake.submit(key, owner, body, retry)
     v.worker.wake()
-    return json_ok(video_object(row, await v.worker.slot(row)))
+    return json_ok(video_object(row, await v.worker.view.slot(row)))
 
 
 async def _own(request: web.Request) -> tuple[Videos, dict[str, Any], str]:
@@ -78,7 +78,7 @@ async def _own(request: web.Request) -> tuple[Videos, dict[str, Any], str]:
 
 async def get_video(request: web.Request) -> web.Response:
     v, row, _ = await _own(request)
-    return json_ok(video_object(row, await v.worker.slot(row)))
+    return json_ok(video_object(row, await v.worker.view.slot(row)))
 
 
 async def video_content(request: web.Request) -> web.Response:
@@ -124,7 +124,7 @@ async def list_videos(request: web.Request) -> web.Response:
         limit=limit + 1,
         ascending=order == "asc",
     )
-    page = [video_object(r, await v.worker.slot(r)) for r in rows[:limit]]
+    page = [video_object(r, await v.worker.view.slot(r)) for r in rows[:limit]]
     return json_ok(
         {
             "object": "list",
@@ -163,7 +163,7 @@ def add_routes(app: web.Application, svc: Services) -> None:
     app.router.add_get("/v1/videos/{video_id}", get_video)
     app.router.add_delete("/v1/videos/{video_id}", delete_video)
     app.router.add_get("/v1/videos/{video_id}/content", video_content)
-    app[JOB_QUEUES] = v.worker.queue_json
+    app[JOB_QUEUES] = v.worker.view.queue_json
     _register_gauges(svc, v.worker)
 
     async def start(_app: web.Application) -> None:

@@ -8,13 +8,12 @@ with the job's usage record and ledger rows in one transaction, keyed by the job
 a job is billed once however often it is rendered; a job with media is never rendered
 again. A housekeeping loop queues again the jobs of dead processes, fails those out of
 tries, releases the holds of failed and cancelled jobs (once: a conditional UPDATE of
-``hold_open``), and keeps each deployment's queue plan for positions and ETAs.
+``hold_open``), and keeps each deployment's queue plan (``queue_view``) up to date.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
 import time
@@ -36,40 +35,19 @@ from tokenomy.ledger.stage import CHARGE, HOLD, ORG
 from tokenomy.providers.videos import UpstreamVideo, VideoClient, VideoUpstreamError
 from tokenomy.store.keys import ApiKey
 from tokenomy.store.schema import video_outputs
-from tokenomy.store.videos import COMPLETED, FAILED, VideoStore
+from tokenomy.store.videos import FAILED, VideoStore
 from tokenomy.videos.models import VideoModel, VideoModels
-from tokenomy.videos.plan import Running, Slot, Waiting, moving_rate, next_owner, percentile, plan
+from tokenomy.videos.plan import next_owner
+from tokenomy.videos.queue_view import QueueView
 
 if TYPE_CHECKING:
     from tokenomy.services import Services
 
 log = logging.getLogger(__name__)
 
-#: Queue waits looked at for the percentiles of ``GET /v1/queue``.
-WAIT_WINDOW_MS = 3_600_000
-
 
 class _Lost(Exception):
     """The job's lease lapsed and another process took it."""
-
-
-class QueuePlan:
-    """One deployment's queue as last read: each waiting job's slot, and the figures
-    ``GET /v1/queue`` shows."""
-
-    def __init__(self, m: VideoModel, at_ms: float, rate: float) -> None:
-        self.model = m
-        self.at_ms = at_ms
-        #: Seconds the refresh took: a long queue is read again less often.
-        self.cost_s = 0.0
-        self.rate = rate  # render ms per output second
-        self.slots: dict[str, Slot] = {}
-        self.starts: list[float] = []  # the slots' expected starts, in order
-        self.ends: dict[str, float] = {}  # running jobs' expected end
-        self.depth = 0
-        self.running = 0
-        self.oldest_ms: int | None = None
-        self.waits_ms: list[int] = []
 
 
 class VideoWorker:
@@ -88,7 +66,8 @@ class VideoWorker:
         self.holds = holds
         self.s = settings
         self.client = client
-        self.plans: dict[str, QueuePlan] = {}
+        #: Each deployment's queue plan: places, ETAs and the figures of ``GET /v1/queue``.
+        self.view = QueueView(store, models, settings)
         self._tasks: list[asyncio.Task[None]] = []
         self._renders: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -104,7 +83,7 @@ class VideoWorker:
     async def start(self) -> None:
         await self._retake_holds()
         for m in self.models:
-            await self.refresh_plan(m)
+            await self.view.refresh(m)
         if any(True for _ in self.models):
             self._tasks.append(asyncio.create_task(self._dispatch(), name="video-dispatch"))
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="video-house"))
@@ -344,9 +323,7 @@ class VideoWorker:
             tick += 1
             try:
                 for m in self.models:
-                    p = self.plans.get(m.id)
-                    if p is None or self._age_s(p) >= max(0.25, 10 * p.cost_s):
-                        await self.refresh_plan(m)
+                    await self.view.refresh_if_stale(m)
                 if tick % 4 == 0:
                     await self.sweep()
             except Exception:
@@ -368,107 +345,9 @@ class VideoWorker:
         by, oldest = await asyncio.to_thread(self.store.counts)
         self.counts, self.oldest_queued_ms = by, oldest
 
-    async def refresh_plan(self, m: VideoModel) -> QueuePlan:
-        """Read the deployment's queue and replay the fair order over it."""
-
-        def read() -> tuple[Any, ...]:
-            now = time.time() * 1000
-            waiting, running, last = self.store.queue(m.id)
-            measured = self.store.measured(m.id, self.s.measured_window)
-            waits = self.store.waits(m.id, int(now) - WAIT_WINDOW_MS)
-            return now, waiting, running, last, measured, waits
-
-        began = time.perf_counter()
-        now, waiting, running, last, measured, waits = await asyncio.to_thread(read)
-        rate = moving_rate(measured, self.s.default_render_ratio * 1000)
-        p = QueuePlan(m, now, rate)
-        ws = [Waiting(*w) for w in waiting]
-        rs = [Running(*r) for r in running]
-        p.slots = plan(ws, rs, last, m.capacity, rate, now)
-        p.starts = sorted(s.start_ms for s in p.slots.values())
-        p.ends = {r.id: max(now, r.started_ms + r.seconds * rate) for r in rs}
-        p.depth, p.running = len(ws), len(rs)
-        p.oldest_ms = min((w.created_ms for w in ws), default=None)
-        p.waits_ms = waits
-        p.cost_s = time.perf_counter() - began
-        self.plans[m.id] = p
-        return p
-
-    @staticmethod
-    def _age_s(p: QueuePlan) -> float:
-        return time.time() - p.at_ms / 1000
-
-    async def slot(self, row: dict[str, Any]) -> tuple[int, float, float] | None:
-        """(position, seconds until start, seconds until ready) of a job not ended."""
-        if row["status"] not in ("queued", "in_progress"):
-            return None
-        m = self.models.by_deployment.get(row["deployment"])
-        if m is None:
-            return None
-        p = self.plans.get(m.id)
-        # Read again when stale, or for a job the plan has not seen yet; but a long queue
-        # (its plan taking over 0.1 s to make) no more often than ten times that.
-        if p is None:
-            p = await self.refresh_plan(m)
-        else:
-            known = row["id"] in p.slots or row["id"] in p.ends
-            age = self._age_s(p)
-            floor = 10 * p.cost_s if p.cost_s > 0.1 else 0.0
-            if age >= max(1.0, floor) or (not known and age >= floor):
-                p = await self.refresh_plan(m)
-        now = time.time() * 1000
-        s = p.slots.get(row["id"])
-        if s is not None:
-            # The jobs expected to have started since the plan was made are ahead no more.
-            position = max(1, s.position - bisect.bisect_left(p.starts, now))
-            return position, (s.start_ms - now) / 1000, (s.end_ms - now) / 1000
-        end = p.ends.get(row["id"])
-        if end is not None:
-            return 0, 0.0, (end - now) / 1000
-        return None
-
-    def queue_json(self) -> list[dict[str, Any]]:
-        """Each video model's queue: depth, running, oldest age, wait percentiles."""
-        now = time.time() * 1000
-        data = []
-        for m in self.models:
-            p = self.plans.get(m.id)
-            if p is None:
-                continue
-            waits = [w / 1000 for w in p.waits_ms]
-            p50, p95 = percentile(waits, 0.5), percentile(waits, 0.95)
-            data.append(
-                {
-                    "object": "queue.model",
-                    "model": m.name,
-                    "deployment": m.id,
-                    "capacity": m.capacity,
-                    "max_depth": m.max_queue_depth,
-                    "depth": p.depth,
-                    "running": p.running,
-                    "oldest_age_seconds": round((now - p.oldest_ms) / 1000, 3)
-                    if p.oldest_ms is not None
-                    else 0.0,
-                    "wait_p50_seconds": None if p50 is None else round(p50, 3),
-                    "wait_p95_seconds": None if p95 is None else round(p95, 3),
-                    "render_seconds_per_second": round(p.rate / 1000, 4),
-                    "as_of": int(p.at_ms // 1000),
-                }
-            )
-        return data
-
-    def retry_after(self, m: VideoModel) -> float:
-        """Seconds until the deployment is likely to take another job."""
-        p = self.plans.get(m.id)
-        rate = p.rate if p is not None else self.s.default_render_ratio * 1000
-        return max(1.0, rate * m.default_seconds / 1000 / m.capacity)
-
     def oldest_age_s(self) -> float:
         o = self.oldest_queued_ms
         return max(time.time() - o / 1000, 0.0) if o is not None else 0.0
 
     def count(self, status: str) -> int:
         return self.counts.get(status, 0)
-
-
-__all__ = ["COMPLETED", "VideoWorker"]
