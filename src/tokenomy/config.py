@@ -191,6 +191,48 @@ class BatchesConfig(_Strict):
     poll_s: float = Field(0.5, gt=0, le=60)
 
 
+class VideoModelConfig(_Strict):
+    """A video model served through one deployment with a render capacity."""
+
+    name: str = Field(min_length=1)
+    vendor: str = Field(min_length=1)
+    #: The vendor's model name (default: ``name``).
+    model: str | None = None
+    #: ``vendor/model`` of its media price when not the vendor's key and model.
+    price: str | None = None
+    #: Jobs the deployment renders at once (every process's together).
+    capacity: int = Field(2, ge=1, le=10_000)
+    #: Past this many queued jobs, new ones are refused (429 with Retry-After).
+    max_queue_depth: int = Field(1000, ge=1)
+    #: Longest video accepted, in seconds.
+    max_seconds: int = Field(20, ge=1, le=3600)
+    default_seconds: int = Field(4, ge=1)
+    default_size: str = "720x1280"
+
+
+class VideosConfig(_Strict):
+    """Queued generation jobs (``/v1/videos``, see ``tokenomy.videos``)."""
+
+    models: list[VideoModelConfig] = Field(default_factory=list)
+    #: How long a rendering job is its process's own; renewed while it renders.
+    lease_s: float = Field(30.0, gt=0, le=86_400)
+    #: How often an idle worker looks for jobs, and a rendering one asks the vendor.
+    poll_s: float = Field(0.5, gt=0, le=60)
+    upstream_poll_s: float = Field(1.0, gt=0, le=60)
+    #: Render seconds per output second assumed before any render was measured.
+    default_render_ratio: float = Field(10.0, gt=0)
+    #: Renders measured for the moving average of each deployment's render speed.
+    measured_window: int = Field(20, ge=1, le=10_000)
+    #: Tries of a job whose process died (or whose vendor failed) before it fails.
+    max_attempts: int = Field(3, ge=1, le=100)
+    #: How long a finished video's content is kept (``expires_at``).
+    keep_s: int = Field(86_400, ge=60)
+    #: A job's hold lasts this long at most (then the ledger releases it).
+    hold_ttl_s: int = Field(7 * 86_400, ge=60)
+    #: Media price entries shaped like the packaged media_prices.yaml's.
+    prices: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class TracingConfig(_Strict):
     """OpenTelemetry traces of the request path (needs the ``otel`` extra)."""
 
@@ -306,6 +348,7 @@ class Config(_Strict):
     routing: RoutingConfig = RoutingConfig()
     tracing: TracingConfig = TracingConfig()
     batches: BatchesConfig = BatchesConfig()
+    videos: VideosConfig = VideosConfig()
     regions: dict[str, RegionConfig] = Field(default_factory=dict)
     limits: RateLimitsConfig = RateLimitsConfig()
     router: RouterConfig = RouterConfig()

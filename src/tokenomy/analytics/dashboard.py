@@ -6,7 +6,7 @@ for the live queue depth), so it works with no network and on any screen size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
@@ -299,8 +299,15 @@ def _table_cards(view: View, admin: bool) -> list[str]:
     return cards
 
 
-def render(view: View, *, queue_depth: int = 0, admin: bool = True) -> str:
-    """The whole page for ``view``."""
+def render(
+    view: View,
+    *,
+    queue_depth: int = 0,
+    admin: bool = True,
+    extra: Sequence[tuple[str, str, str]] = (),
+) -> str:
+    """The whole page for ``view``; ``extra`` cards (title, body, chart id) follow the
+    charts."""
     key = view.scope.key_id or ""
     scope = "all organisations" if admin else f"key {view.names.get(key, key)}"
     return _PAGE.format(
@@ -309,7 +316,11 @@ def render(view: View, *, queue_depth: int = 0, admin: bool = True) -> str:
         start=_date(view.start_ms),
         end=_date(view.end_ms - 1),
         kpis=_kpis(view, queue_depth),
-        cards="".join(_chart_cards(view) + _table_cards(view, admin))
+        cards="".join(
+            _chart_cards(view)
+            + [_card(t, b, c, wide=True) for t, b, c in extra]
+            + _table_cards(view, admin)
+        )
         + (agents_panel.render(view.agents) if view.agents else ""),
         script=_SCRIPT,
     )

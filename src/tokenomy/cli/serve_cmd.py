@@ -61,6 +61,12 @@ def register(sub: Any) -> None:
     sim.add_argument(
         "--cache-ttl-s", type=float, default=300.0, help="how long a prompt cache stays warm"
     )
+    sim.add_argument(
+        "--video-ms-per-second",
+        type=float,
+        default=200.0,
+        help="render time of a simulated video, per second of output",
+    )
     sim.set_defaults(func=sim_cmd)
 
     d = sub.add_parser("demo", help="run the gateway with the simulator, a demo database and key")
@@ -263,6 +269,7 @@ def _sim_settings(args: argparse.Namespace) -> Any:
         timeout_rate=args.timeout_rate,
         disconnect_rate=args.disconnect_rate,
         cache_ttl_s=args.cache_ttl_s,
+        video_ms_per_second=args.video_ms_per_second,
     )
 
 

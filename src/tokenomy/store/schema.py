@@ -334,3 +334,55 @@ batch_results = Table(
     Column("ts_ms", BigInteger, nullable=False),
     Index("ix_batch_results_batch", "batch_id", "line_no"),
 )
+
+# ---- Video jobs (0014) -----------------------------------------------------------------
+
+# A queued generation job (``POST /v1/videos``). It waits in its deployment's fair queue
+# (``status`` queued), is leased to one process while it renders (in_progress, with
+# ``lease_until``; a dead process's lease lapses and the job is queued again), and ends
+# completed, failed or cancelled. ``hold_open`` is 1 while the job's hold (made at
+# submission, with the job id as its id) is neither settled nor released: clearing it
+# with a conditional UPDATE is what makes a release happen once. Times are epoch ms.
+video_jobs = Table(
+    "video_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(40), nullable=False),  # the org, or a house key's own id
+    Column("key_id", String(40), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("deployment", String(200), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("seconds", Integer, nullable=False),
+    Column("size", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("progress", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),  # {code, message} JSON
+    Column("created_ms", BigInteger, nullable=False),
+    Column("started_ms", BigInteger, nullable=True),
+    Column("completed_ms", BigInteger, nullable=True),
+    Column("expires_at", BigInteger, nullable=True),  # epoch seconds, content kept until
+    Column("lease_until", BigInteger, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("upstream_id", String(200), nullable=True),  # the vendor's job, resumed after a crash
+    Column("held_nanos", BigInteger, nullable=False, default=0),
+    Column("hold_open", Integer, nullable=False, default=0),
+    Column("cost_nanos", BigInteger, nullable=False, default=0),
+    Column("currency", String(8), nullable=True),
+    Column("render_ms", BigInteger, nullable=True),  # started to completed, measured
+    Index("ix_video_jobs_queue", "deployment", "status", "created_ms"),
+    Index("ix_video_jobs_turns", "deployment", "owner", "started_ms"),
+    Index("ix_video_jobs_owner", "owner", "created_ms"),
+)
+
+# A finished job's media: written by the usage writer in the same transaction as the
+# job's usage event and ledger rows, so media exists if and only if the job was billed,
+# and a job with media is never rendered again.
+video_outputs = Table(
+    "video_outputs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("content_type", String(64), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("cost_nanos", BigInteger, nullable=False, default=0),
+    Column("ts_ms", BigInteger, nullable=False),
+)
