@@ -76,6 +76,9 @@ class Call:
     finished: bool = False
     #: The model serving a call whose route stands for several (``model: "auto"``).
     served_as: str | None = None
+    #: A Responses call's own request (its chain expanded), for a deployment whose vendor
+    #: speaks the Responses API: sent as is instead of ``body`` (see responses_native).
+    native: dict[str, Any] | None = None
     #: Arbitrary per-stage state (holds, tickets) keyed by the stage that owns it.
     extras: dict[str, Any] = field(default_factory=dict)
 
