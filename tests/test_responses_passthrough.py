@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ EXTRA = """
     deployments:
       - {vendor: sim, model: sim-native, capabilities: [tools, json, stream, responses],
          price: sim/sim-small, max_output: 4096}
+  - name: silent-native
+    deployments: [{vendor: sim, model: silent-native, capabilities: [stream, responses],
+                   price: sim/sim-small, max_output: 4096}]
   - name: fx
     deployments: [{vendor: fx, model: fx-model, capabilities: [stream, responses],
                    price: openai/gpt-5.4, max_output: 4096}]
@@ -120,6 +124,10 @@ def client(gw: Gateway, org: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url, api_key=gw.new_key(org_id=org), max_retries=0)
 
 
+def nanos(cost: Any) -> int:
+    return int(Decimal(str(cost)) * 10**9)
+
+
 def row_of(gw: Gateway, request_id: str) -> dict[str, Any]:
     (row,) = gw.wait_events(1, request_id=request_id)
     return row
@@ -157,7 +165,7 @@ def test_a_recorded_stream_is_relayed_and_billed_what_its_usage_says(
     assert u is not None
     assert (u.input_tokens, u.input_tokens_details.cached_tokens) == (2000, 1536)
     assert (u.output_tokens, u.output_tokens_details.reasoning_tokens) == (300, 128)
-    assert int(u.model_extra["cost"] * 10**9) == FIXTURE_COST  # type: ignore[index]
+    assert nanos(u.model_extra["cost"]) == FIXTURE_COST  # type: ignore[index]
     (row,) = gw.wait_events(1, org_id=org)
     assert row["endpoint"] == "responses" and row["status"] == "ok"
     assert (row["input_tokens"], row["cached_tokens"]) == (2000, 1536)
@@ -180,7 +188,7 @@ def test_a_recorded_answer_is_returned_and_billed_what_its_usage_says(
     row = row_of(gw, raw.headers["x-request-id"])
     assert row["endpoint"] == "responses" and row["cost_nanos"] == FIXTURE_COST
     assert row["deployment"] == "fx/fx-model"
-    assert int(float(raw.headers["x-tokenomy-cost"]) * 10**9) == FIXTURE_COST
+    assert nanos(raw.headers["x-tokenomy-cost"]) == FIXTURE_COST
     assert debit(gw, org, before) == FIXTURE_COST
 
 
@@ -292,3 +300,27 @@ def test_a_chained_call_through_the_simulator_bills_the_resent_context(
     assert debit(gw, org, before) == row["cost_nanos"] > 0
     third = client.responses.create(model="native", previous_response_id=second.id, input="Thanks")
     assert third.usage is not None and third.usage.input_tokens > u2.input_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_vendor_without_usage_is_counted_and_the_client_told(
+    gw: Gateway, client: openai.OpenAI, org: str, stream: bool
+) -> None:
+    before = balance(gw, org)
+    prompt = "Tell me about lighthouses."
+    if stream:
+        with client.responses.stream(model="silent-native", input=prompt) as s:
+            deltas = "".join(e.delta for e in s if e.type == "response.output_text.delta")
+            r = s.get_final_response()
+        assert deltas == r.output_text
+    else:
+        r = client.responses.create(model="silent-native", input=prompt)
+    counter = gw.services.counter
+    out = counter.count_text("silent-native", r.output_text)
+    inp = counter.count_messages("silent-native", [{"role": "user", "content": prompt}], None)
+    assert r.usage is not None and (r.usage.input_tokens, r.usage.output_tokens) == (inp, out)
+    (row,) = gw.wait_events(1, org_id=org)
+    assert row["usage_source"] == "counted" and row["status"] == "ok"
+    assert (row["input_tokens"], row["output_tokens"]) == (inp, out)
+    assert nanos(r.usage.model_extra["cost"]) == row["cost_nanos"]  # type: ignore[index]
+    assert debit(gw, org, before) == row["cost_nanos"] > 0

@@ -127,6 +127,8 @@ class ResponsesExchange:
         resp["id"] = self.response_id
         resp["previous_response_id"] = self.request.get("previous_response_id")
         resp["store"] = self.request.get("store") is not False
+        if not isinstance(resp.get("output"), list):
+            resp["output"] = []
 
     async def reply(self, body: bytes, headers: Mapping[str, str]) -> None:
         if passes_through(self.call, self.call.deployment):
