@@ -7,6 +7,7 @@ exactly what their usage says; the simulator serves the same API to the official
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,7 +21,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from tests.conftest import Gateway, gateway_yaml, throwaway_postgres
+from tests.conftest import Gateway, gateway_yaml, sim_faults, throwaway_postgres
 from tests.needs import require_redis
 from tests.servers import ThreadServer
 from tokenomy.app import app_for
@@ -324,3 +325,97 @@ def test_a_vendor_without_usage_is_counted_and_the_client_told(
     assert (row["input_tokens"], row["output_tokens"]) == (inp, out)
     assert nanos(r.usage.model_extra["cost"]) == row["cost_nanos"]  # type: ignore[index]
     assert debit(gw, org, before) == row["cost_nanos"] > 0
+
+
+def test_a_stream_the_vendor_drops_midway_bills_what_the_client_received(
+    gw: Gateway, org: str
+) -> None:
+    """The simulator closes the socket after 7 events (three text deltas in): the client
+    gets those, then ``error`` and ``response.failed``; the call is billed for them."""
+    sim_faults(gw.sim_url, "sim-native", ["disconnect:7"])
+    before = balance(gw, org)
+    key = gw.new_key(org_id=org)
+    prompt = "Tell me about harbours."
+    with httpx.stream(
+        "POST",
+        gw.base_url + "/responses",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "native", "input": prompt, "stream": True},
+        timeout=60,
+    ) as r:
+        rid = r.headers["x-request-id"]
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    kinds = [e["type"] for e in events]
+    assert kinds[-2:] == ["error", "response.failed"] and "response.completed" not in kinds
+    assert events[-1]["response"]["status"] == "failed"
+    received = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert received.startswith("[simulated]")
+    counter = gw.services.counter
+    row = row_of(gw, rid)
+    assert row["status"] == "upstream_cut" and row["usage_source"] == "counted"
+    assert row["output_tokens"] == counter.count_text("sim-native", received)
+    assert row["input_tokens"] == counter.count_messages(
+        "sim-native", [{"role": "user", "content": prompt}], None
+    )
+    assert debit(gw, org, before) == row["cost_nanos"] > 0
+
+
+def test_the_simulator_refuses_malformed_responses_input(sim: ThreadServer) -> None:
+    for body, param in (
+        ({"model": "sim-native"}, "input"),
+        ({"model": "sim-native", "input": [{"type": "web_search_call"}]}, "input"),
+        ({"input": "hi"}, "model"),
+    ):
+        r = httpx.post(sim.url + "/v1/responses", json=body)
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("chained", [True, False])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_agent_runs_through_passthrough(gw: Gateway, chained: bool, streamed: bool) -> None:
+    """The OpenAI Agents SDK: a tool call, then the answer, on a deployment that speaks the
+    Responses API, chained by previous_response_id or with the input re-sent."""
+    from agents import Agent, OpenAIResponsesModel, RunConfig, Runner, function_tool
+
+    cities: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        cities.append(city)
+        return f"Sunny in {city}, 21C"
+
+    org = gw.new_org(10**10)
+    key = gw.new_key(org_id=org)
+
+    async def run() -> str:
+        client = openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+        agent = Agent(
+            name="weather",
+            instructions="Answer with the help of your tools.",
+            tools=[get_weather],
+            model=OpenAIResponsesModel(model="native", openai_client=client),
+        )
+        cfg = RunConfig(tracing_disabled=True)
+        prompt = "What is the weather in Paris?"
+        if streamed:
+            result = Runner.run_streamed(
+                agent, prompt, run_config=cfg, auto_previous_response_id=chained
+            )
+            async for _ in result.stream_events():
+                pass
+        else:
+            result = await Runner.run(  # type: ignore[assignment]
+                agent, prompt, run_config=cfg, auto_previous_response_id=chained
+            )
+        await client.close()
+        return str(result.final_output)
+
+    final = asyncio.run(run())
+    assert cities == ["example"] and final.startswith("[simulated]")
+    rows = sorted(gw.wait_events(2, org_id=org), key=lambda r: r["ts_ms"])
+    assert [r["deployment"] for r in rows] == ["sim/sim-native"] * 2
+    assert all(r["status"] == "ok" and r["usage_source"] == "upstream" for r in rows)
+    assert rows[1]["input_tokens"] > rows[0]["input_tokens"]
+    assert balance(gw, org) == 10**10 - sum(r["cost_nanos"] for r in rows)
