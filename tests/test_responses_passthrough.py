@@ -419,3 +419,59 @@ def test_an_agent_runs_through_passthrough(gw: Gateway, chained: bool, streamed:
     assert all(r["status"] == "ok" and r["usage_source"] == "upstream" for r in rows)
     assert rows[1]["input_tokens"] > rows[0]["input_tokens"]
     assert balance(gw, org) == 10**10 - sum(r["cost_nanos"] for r in rows)
+
+
+def test_a_chain_kept_as_chat_messages_goes_back_as_the_same_items() -> None:
+    from tokenomy.providers.responses_passthrough import messages_to_items, native_request
+    from tokenomy.providers.translate_responses import input_items, items_to_messages
+
+    items = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "Sunny"},
+        {"role": "assistant", "content": "It is sunny."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "And this?"},
+                {"type": "input_image", "image_url": "data:image/png;base64,AAAA"},
+            ],
+        },
+    ]
+    back = messages_to_items(items_to_messages(input_items(items)))
+    assert back == [
+        items[0],
+        items[1],
+        items[2],
+        items[3],
+        {"role": "user", "content": items[4]["content"]},
+    ]
+    body = {
+        "model": "m",
+        "input": "Next",
+        "previous_response_id": "resp_x",
+        "provider": {"sort": "price"},
+        "service_tier": "batch",
+        "store": True,
+    }
+    sent = native_request(body, [{"role": "user", "content": "Hi"}])
+    assert sent == {
+        "model": "m",
+        "input": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Next"}],
+        "store": False,
+    }
+
+
+def test_responses_usage_is_read_with_its_cached_and_reasoning_parts() -> None:
+    from tokenomy.gateway.responses_native import output_text, usage_from_responses
+
+    u = usage_from_responses(json.loads(ANSWER)["usage"])
+    assert (u.input_tokens, u.cached_tokens, u.output_tokens, u.reasoning_tokens) == (
+        2000,
+        1536,
+        300,
+        128,
+    )
+    odd = usage_from_responses({"input_tokens": None, "output_tokens": "x"})
+    assert (odd.input_tokens, odd.output_tokens) == (0, 0)
+    assert output_text(json.loads(ANSWER)["output"]) == "Silver light on the tide."
