@@ -29,7 +29,7 @@ from tokenomy.providers.origin import Origin
 from tokenomy.providers.proxy import Proxy
 
 Dialect = Literal["openai", "anthropic"]
-Capability = Literal["tools", "vision", "json", "stream", "reasoning", "embeddings"]
+Capability = Literal["tools", "vision", "json", "stream", "reasoning", "embeddings", "responses"]
 
 
 class _Strict(BaseModel):

@@ -5,7 +5,9 @@ A Responses request is served as the chat call it amounts to (see
 (endpoint ``responses``), held for, billed, metered and recorded the same way. Its answer
 reaches the client through :class:`ResponsesExchange`, which turns the chat answer or
 stream into a Response object or the Responses stream's events and stores the answer for
-``previous_response_id`` chains.
+``previous_response_id`` chains. When the deployment chosen speaks the Responses API
+itself (see ``gateway.responses_native``), the call passes through: the vendor's Response
+or events reach the client under the gateway's response id, and are stored the same way.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from tokenomy.errors import InvalidRequest, NotFound
 from tokenomy.gateway import validation
 from tokenomy.gateway.call import TASK_NAME, Call
 from tokenomy.gateway.pipeline import Pipeline
+from tokenomy.gateway.responses_native import passes_through
 from tokenomy.ids import stamped_id as new_id
 from tokenomy.ids import stamped_id_age_s as id_age_s
-from tokenomy.providers.sse import frames_data
+from tokenomy.providers.responses_passthrough import native_request
+from tokenomy.providers.sse import frame_event, frames_data
 from tokenomy.providers.translate_responses import (
     JSON,
     chat_answer_to_output,
@@ -90,6 +94,9 @@ class ResponsesExchange:
         self.response_id = new_id("resp_")
         self._stream: ChatToResponsesStream | None = None
         self._pending: list[bytes] = []
+        #: Passed through: the vendor's own events go out (renamed), and its final Response.
+        self._native = False
+        self._final: JSON | None = None
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -115,7 +122,21 @@ class ResponsesExchange:
             return None
         return str(self.pipeline.quoter.quote(self.call).cost_str())
 
+    def _ours(self, resp: JSON) -> None:
+        """A vendor's Response under the gateway's id, as the client's request made it."""
+        resp["id"] = self.response_id
+        resp["previous_response_id"] = self.request.get("previous_response_id")
+        resp["store"] = self.request.get("store") is not False
+        if not isinstance(resp.get("output"), list):
+            resp["output"] = []
+
     async def reply(self, body: bytes, headers: Mapping[str, str]) -> None:
+        if passes_through(self.call, self.call.deployment):
+            resp = orjson.loads(body)
+            self._ours(resp)
+            self._keep(resp)
+            await self.inner.reply(orjson.dumps(resp), headers)
+            return
         answer = orjson.loads(body)
         resp = self._response()
         resp["output"], reason = chat_answer_to_output(answer)
@@ -125,11 +146,31 @@ class ResponsesExchange:
         await self.inner.reply(orjson.dumps(resp), headers)
 
     async def start_stream(self, headers: Mapping[str, str]) -> None:
+        if passes_through(self.call, self.call.deployment):
+            self._native = True
+            await self.inner.start_stream(headers)
+            return
         self._stream = ChatToResponsesStream(self._response())
         self._pending = self._stream.start()
         await self.inner.start_stream(headers)
 
+    def _native_events(self, chunk: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        for d in frames_data(chunk):
+            obj = orjson.loads(d)
+            resp = obj.get("response") if isinstance(obj, dict) else None
+            if isinstance(resp, dict):
+                self._ours(resp)
+                if obj.get("type") in ("response.completed", "response.incomplete"):
+                    self._final = resp
+                d = orjson.dumps(obj)
+            kind = obj.get("type") if isinstance(obj, dict) else None
+            out.append(frame_event(str(kind or "message"), d))
+        return out
+
     def _events(self, chunk: bytes) -> list[bytes]:
+        if self._native:
+            return self._native_events(chunk)
         assert self._stream is not None
         out, self._pending = self._pending, []
         for d in frames_data(chunk):
@@ -150,8 +191,13 @@ class ResponsesExchange:
             await self.inner.send(b"".join(events))
 
     async def end(self, chunk: bytes) -> None:
-        assert self._stream is not None
         events = self._events(chunk)
+        if self._native:
+            if self._final is not None and self.call.status == "ok":
+                self._keep(self._final)
+            await self.inner.end(b"".join(events))
+            return
+        assert self._stream is not None
         s = self._stream
         if not s.ended:
             if self.call.status == "ok":
@@ -219,6 +265,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         key=key,
         wants_usage=True,
     )
+    call.native = native_request(body, context)
     meta = body.get("metadata")
     if isinstance(meta, dict) and meta.get("task_id") is not None:
         call.extras[TASK_NAME] = meta["task_id"]  # the X-Tokenomy-Task header wins

@@ -104,6 +104,9 @@ class Call:
     served_as: str | None = None
     #: Cache-aware routing's state for this call (None: affinity does not apply).
     affinity: CacheAffinity | None = None
+    #: A Responses call's own request (its chain expanded), for a deployment whose vendor
+    #: speaks the Responses API: sent as is instead of ``body`` (see responses_native).
+    native: dict[str, Any] | None = None
     #: Arbitrary per-stage state (holds, tickets) keyed by the stage that owns it.
     extras: dict[str, Any] = field(default_factory=dict)
 

@@ -19,6 +19,7 @@ from tokenomy.sim.gate import MODEL, OUTCOME, Rejected
 from tokenomy.sim.models import get_model, list_models
 from tokenomy.sim.openai_chat import chat_completions
 from tokenomy.sim.openai_legacy import completions
+from tokenomy.sim.responses import responses
 from tokenomy.sim.settings import SimSettings
 from tokenomy.sim.state import STATE, SimState
 
@@ -38,6 +39,7 @@ def create_sim_app(
     r = app.router
     r.add_post("/v1/chat/completions", chat_completions)
     r.add_post("/v1/completions", completions)
+    r.add_post("/v1/responses", responses)
     r.add_post("/v1/embeddings", embeddings)
     r.add_post("/v1/messages", messages)
     r.add_post("/v1/messages/count_tokens", count_tokens)
