@@ -173,3 +173,15 @@ def test_a_spent_budget_refuses_a_large_prompt_without_tokenizing(
     finally:
         gateway.services.ledger.delete_budget(b.id)
         gateway.server.call(gateway.services.refresh_accounts())
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/messages"])
+def test_an_admitted_large_prompt_is_held_on_its_byte_bound_never_tokenized(
+    gateway: Gateway, counted: list[str], path: str
+) -> None:
+    # Enough money for the byte bound: the hold needs no count, and the vendor's usage
+    # bills it, so nothing on the way tokenizes the prompt.
+    key = gateway.new_key(org_id=gateway.new_org(10**12))
+    r = ask(gateway, key, BIG, path)
+    assert r.status_code == 200, r.text
+    assert counted == []
