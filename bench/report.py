@@ -277,12 +277,26 @@ def _verdict(ok: bool | None) -> str:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The base runs' rows, then each workload's (its system named with the workload)."""
+    rows = _targets(results, ("json", "sse"))
+    for wname, w in (results.get("workloads") or {}).items():
+        sub = {"systems": w["systems"]}
+        for r in _targets(sub, tuple(w["modes"])):
+            r["system"] = f"{r['system']} ({wname})"
+            r["results"] = sub
+            rows.append(r)
+    return rows
+
+
+def _targets(results: dict[str, Any], modes: tuple[str, ...]) -> list[dict[str, Any]]:
     rows = []
     for t in TOKENOMY:
         s = results["systems"].get(t, {})
         if not s.get("available"):
             continue
-        for mode in ("json", "sse"):
+        for mode in modes:
+            if _mode(s, mode) is None:
+                continue
             ratio = cpu_ratio(results, t, mode)
             added = p99_added_fixed(results, t, mode)
             m = _mode(s, mode)
@@ -305,6 +319,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "rss_load_met": None
                     if s.get("rss_load_largest_mb") is None
                     else s["rss_load_largest_mb"] < RSS_LOAD_TARGET_MB,
+                    "results": results,
                 }
             )
     return rows
@@ -344,10 +359,11 @@ def _targets_md(results: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for r in targets(results):
+        res, name = r["results"], r["system"].split(" (")[0]
         out.append(
             f"| {r['system']} | {r['mode']} | {_verdict(r['cpu_met'])} ({_f(r['cpu_ratio'], 2)}×"
-            f"{_pairs_note(results, r['system'], r['mode'])}) "
-            f"| {_verdict(r['p99_met'])} ({_p99_context(results, r['system'], r['mode'])}) "
+            f"{_pairs_note(res, name, r['mode'])}) "
+            f"| {_verdict(r['p99_met'])} ({_p99_context(res, name, r['mode'])}) "
             f"| {_verdict(r['rss_met'])} "
             f"({_f(r['rss_largest_mb'])} MB; tree {_f(r['rss_rest_mb'])} MB) "
             f"| {_verdict(r['rss_load_met'])} ({_f(r['rss_load_largest_mb'])} MB) |"
