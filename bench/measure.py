@@ -224,6 +224,24 @@ def measure_load(
     return load
 
 
+def measure_idle(server: Server, seconds: float) -> dict[str, float]:
+    """CPU ms per second with no requests: the server's background work (refreshes,
+    the writer, roll-ups) and its database's, which should not grow with tenants."""
+    others = {name: a.sample() for name, a in server.attributed.items()}
+    cpu0 = procstat.cpu_seconds(server.pid)
+    time.sleep(seconds)
+    out = {"server": (procstat.cpu_seconds(server.pid) - cpu0) / seconds * 1000}
+    for name, a in server.attributed.items():
+        out[name] = a.delta(others[name], a.sample()) / seconds * 1000
+    print(
+        f"  {server.name}: idle "
+        + ", ".join(f"{name} {v:.1f}" for name, v in out.items())
+        + " ms CPU/s",
+        flush=True,
+    )
+    return out
+
+
 def measure(
     server: Server,
     workdir: Path,
@@ -245,6 +263,7 @@ def measure(
         "modes": {},
         "mode_errors": mode_errors,
     }
+    result["idle_ms_per_s"] = measure_idle(server, min(plan.duration_s, 5.0))
     for mode in modes:
         if mode not in mode_errors:
             result["modes"][mode] = measure_mode(server, mode, workdir, plan, body(mode))

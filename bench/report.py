@@ -95,6 +95,41 @@ def p99_added_fixed(results: dict[str, Any], name: str, mode: str) -> float | No
     return p99
 
 
+def _idle(s: dict[str, Any]) -> str:
+    """CPU ms a second with no load: the server's, then its database's."""
+    idle = s.get("idle_ms_per_s")
+    if not idle:
+        return "–"
+    rest = [f"{k[:2]} {_f(v, 1)}" for k, v in idle.items() if k != "server"]
+    return _f(idle.get("server"), 1) + (f" ({', '.join(rest)})" if rest else "")
+
+
+def _idle_md(results: dict[str, Any]) -> list[str]:
+    """Idle CPU of each tokenomy run: with 10,000 tenants it should stay near one's."""
+    runs = [("base", results["systems"])] + [
+        (k, w["systems"]) for k, w in (results.get("workloads") or {}).items()
+    ]
+    rows = [
+        f"| {wname} | {name} | {_idle(s)} |"
+        for wname, systems in runs
+        for name, s in systems.items()
+        if name in TOKENOMY and s.get("idle_ms_per_s")
+    ]
+    if not rows:
+        return []
+    return [
+        "## Idle cost",
+        "",
+        "CPU ms per second with no requests, measured after start and before any load: "
+        "the server (refreshes, writer, roll-ups) and its database.",
+        "",
+        "| workload | system | idle CPU ms/s (server, database) |",
+        "|---|---|--:|",
+        *rows,
+        "",
+    ]
+
+
 def _workloads(results: dict[str, Any]) -> list[str]:
     """One row per workload, system and mode: the figures issue-sized workloads need."""
     wls = results.get("workloads") or {}
@@ -112,8 +147,8 @@ def _workloads(results: dict[str, Any]) -> list[str]:
         "| workload | system | mode | req/s | server CPU µs/req | + database µs/req "
         "| CPU µs/req, all counted | ÷ bare relay beside it | ÷ lean relay "
         "| rate req/s | p99 ms @rate | p99 added ms @rate | RSS rest MB | RSS under load MB "
-        "| errors |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| idle CPU ms/s (server, database) | errors |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for wname, w in wls.items():
         sub = {"systems": w["systems"]}
@@ -123,7 +158,7 @@ def _workloads(results: dict[str, Any]) -> list[str]:
                 if m is None:
                     why = s.get("short_reason") or s.get("mode_errors", {}).get(mode, "")
                     why = why.replace("|", "/")[:160]
-                    out.append(f"| {wname} | {name} | {mode} | not available ({why}) |{' |' * 11}")
+                    out.append(f"| {wname} | {name} | {mode} | not available ({why}) |{' |' * 12}")
                     continue
                 load, fixed = m["load"], m["fixed"]
                 ratio = cpu_ratio(sub, name, mode) if name.startswith("tokenomy") else None
@@ -143,7 +178,7 @@ def _workloads(results: dict[str, Any]) -> list[str]:
                     f"| {_f(ratio, 2) + '×' + _pairs_note(sub, name, mode) if ratio else '–'} "
                     f"| {lean} | {_f(fixed['rate'])} | {_f(fixed['latency_ms']['p99'], 2)} "
                     f"| {_f(added, 2)} | {_f(s['rss_rest_mb'])} "
-                    f"| {_f(load.get('rss_load_mb'))} | {errors} |"
+                    f"| {_f(load.get('rss_load_mb'))} | {_idle(s)} | {errors} |"
                 )
     labels = "; ".join(f"{k}: {w['label']}" for k, w in wls.items())
     return [*out, "", f"Workloads: {labels}.", ""]
@@ -454,6 +489,7 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
         out += _table(results, mode)
     out += _ratios(results)
     out += _workloads(results)
+    out += _idle_md(results)
     out += _targets_md(results)
     out += _scaling(results)
     missing = [
