@@ -41,7 +41,8 @@ routing: {{breaker_failures: 3, breaker_cooldown_s: 600}}
 regions:
   us-east: {{usd_per_kwh: "0.15", kwh_per_m_tokens: "0.4", rtt_ms: 5}}
   cn-west: {{usd_per_kwh: "0.03", kwh_per_m_tokens: "0.4", rtt_ms: 180}}
-limits: {{models: {{limited: {{requests_per_minute: 3}}}}}}
+# Each test that spends a model's shared per-minute limit has a model of its own.
+limits: {{models: {{limited: {{requests_per_minute: 3}}, limited-refusals: {{requests_per_minute: 3}}}}}}
 vendors:
   sim: {{dialect: openai, base_url: "{sim_url}/v1", auth: none, name: Sim}}
   sim-backup: {{dialect: openai, base_url: "{sim_url}/v1", auth: none, name: SimBackup}}
@@ -86,6 +87,8 @@ models:
       - {{vendor: sim, model: sim-fail-503, price: minimax/MiniMax-M2.5}}
       - {{vendor: sim-backup, model: alive-b, price: anthropic/claude-opus-4-6}}
   - name: limited
+    deployments: [{{vendor: sim, model: limited-a, price: sim/sim-small}}]
+  - name: limited-refusals
     deployments: [{{vendor: sim, model: limited-a, price: sim/sim-small}}]
   - name: placed
     deployments:

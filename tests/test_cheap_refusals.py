@@ -137,14 +137,15 @@ def test_an_invalid_request_is_refused_without_tokenizing(
 def test_a_rate_limited_request_is_refused_without_tokenizing(
     gateway: Gateway, counted: list[str]
 ) -> None:
-    # The model "limited" admits 3 requests a minute: the rest are refused with 429,
-    # each decided from the prompt's byte bound.
+    # The model "limited-refusals" admits 3 requests a minute (a limit of its own, so the
+    # routing tests' "limited" keeps its three): the rest are refused with 429, each
+    # decided from the prompt's byte bound.
     key = gateway.new_key()
     for _ in range(4):
         r = httpx.post(
             gateway.base_url + "/chat/completions",
             json={
-                "model": "limited",
+                "model": "limited-refusals",
                 "max_tokens": 5,
                 "messages": [{"role": "user", "content": "hi"}],
             },
@@ -154,7 +155,7 @@ def test_a_rate_limited_request_is_refused_without_tokenizing(
         if r.status_code == 429:
             break
         assert r.status_code == 200, r.text
-    _refused(gateway, counted, key, 429, model="limited")
+    _refused(gateway, counted, key, 429, model="limited-refusals")
 
 
 @pytest.mark.parametrize(

@@ -84,8 +84,11 @@ async def queue_view(request: web.Request) -> web.Response:
     ]
     body: dict[str, Any] = {"object": "list", "data": entries}
     jobs = request.app.get(JOB_QUEUES)
-    if jobs is not None:  # queued generation jobs, per model (see api.video_routes)
-        body["models"] = jobs()
+    # Queued generation jobs, per video model (see api.video_routes); a gateway serving no
+    # video model answers as it always did.
+    models = jobs() if jobs is not None else []
+    if models:
+        body["models"] = models
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
