@@ -32,8 +32,9 @@ from tokenomy.ledger.live import (
 )
 from tokenomy.ledger.redis_recovery import Recovery
 from tokenomy.ledger.snapshot import BUCKET_GRACE_MS
-from tokenomy.store.redis_scripts import Script, ScriptClient
+from tokenomy.store.redis_scripts import ScriptClient
 from tokenomy.store.schema import usage_events
+from tokenomy.store.scripts import Script, Scripts, script_client
 from tokenomy.store.writer import Item
 
 log = logging.getLogger(__name__)
@@ -183,14 +184,14 @@ class RedisLedger:
         loader: Loader,
         prefix: str = "tk:",
         *,
-        scripts: ScriptClient | None = None,
+        scripts: Scripts | None = None,
     ) -> None:
         self.r = client
         self.loader = loader
         self.p = prefix
         # Scripts go over the lean pipelined client when there is one (the request path's
         # hold and settle); loading meters and admin reads stay on redis-py.
-        self._scripts = scripts
+        self._scripts = script_client(client, scripts)
         self._hold = self.register_script(_HOLD)
         self._settle = self.register_script(_SETTLE)
         self._expire = self.register_script(_EXPIRE)
@@ -202,6 +203,7 @@ class RedisLedger:
         #: The last keys of every script call on holds: where usage waits while the state
         #: is lost, and the marker whose absence says it is.
         self.tail_keys = [prefix + "unposted", prefix + "epoch"]
+        # Recovery's scripts stay on redis-py: they run while the lean client may rest.
         self.recovery = Recovery(client, prefix, loader)
         self.recovery.inflight = self.inflight
         self.recovery.reassert = self.reassert
@@ -212,12 +214,10 @@ class RedisLedger:
         #: Whether Redis is unreachable (logged once per outage, not per request).
         self._outage = False
 
-    def register_script(self, source: str) -> Any:
-        """A Lua script on the lean pipelined client when there is one, else on redis-py
-        (for scripts that work on this ledger's keys, as leases do)."""
-        if self._scripts is not None:
-            return self._scripts.register_script(source)
-        return self.r.register_script(source)
+    def register_script(self, source: str) -> Script:
+        """A Lua script on this ledger's script client (for scripts that work on its
+        keys, as leases do)."""
+        return self._scripts.register_script(source)
 
     @classmethod
     def from_url(cls, url: str, loader: Loader, prefix: str = "tk:") -> RedisLedger:
@@ -411,18 +411,13 @@ class RedisLedger:
     async def settle_soon(self, hold: Hold, amount: int, tokens: int) -> None:
         self._open.pop(hold.id, None)
         self._count_settle(hold, amount, tokens)
-        script = self._settle
-        if not isinstance(script, Script):  # redis-py serves this URL: wait as settle does
-            try:
-                await self.settle(hold, amount, tokens)
-            except Exception as e:
-                _log_settle_failure(hold.id, e)
-            return
         # Queued at once, it leaves in this loop iteration's write, with the rate
         # limiter's settlement: the request's end waits for no round trip to Redis. Its
         # bytes go out before the response's end can reach the client, so a client that
         # asks next finds the hold settled.
-        fut = script.submit(keys=self._keys(hold), args=self._settle_args(hold, amount, tokens))
+        fut = self._settle.submit(
+            keys=self._keys(hold), args=self._settle_args(hold, amount, tokens)
+        )
         self._pending.add(fut)
         fut.add_done_callback(lambda f: self._settled(f, hold.id))
 
@@ -472,8 +467,7 @@ class RedisLedger:
         while self._pending:  # failures are logged by _settled
             await asyncio.gather(*list(self._pending), return_exceptions=True)
         await self.r.aclose()
-        if self._scripts is not None:
-            await self._scripts.aclose()
+        await self._scripts.aclose()
 
 
 def _log_settle_failure(hold_id: str, e: BaseException) -> None:
