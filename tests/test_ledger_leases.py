@@ -331,3 +331,4 @@ async def test_the_database_failing_while_a_meter_is_loaded_is_live_state_unavai
             await live.hold(hold(1, PREPAID, 10, 0, ()))
     finally:
         await live.close()
+

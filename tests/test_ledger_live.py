@@ -253,8 +253,9 @@ async def test_redis_settlements_leave_together_without_waiting_and_close_waits(
     Redis to have them."""
     from redis.asyncio import Redis
 
-    from tokenomy.admission.ratelimit import Limits, RedisRateLimiter
+    from tokenomy.admission.ratelimit import Limits
     from tokenomy.admission.ratelimit import Scope as LimitScope
+    from tokenomy.admission.redis_limiter import RedisRateLimiter
     from tokenomy.ledger.redis_live import RedisLedger
     from tokenomy.store.redis_scripts import ScriptClient
 

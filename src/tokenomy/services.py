@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Engine, Table
 
 from tokenomy.admission.fairqueue import QueueBoard
-from tokenomy.admission.leases import LeasedRateLimiter
 from tokenomy.admission.ratelimit import (
     Limits,
     MemoryRateLimiter,
     RateLimiter,
     RateLimitStage,
-    RedisRateLimiter,
     Scope,
 )
+from tokenomy.admission.redis_limiter import LeasedRateLimiter, RedisRateLimiter
 from tokenomy.analytics.metrics import Metrics
 from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
 from tokenomy.analytics.metrics_share import SharedMetrics
