@@ -332,3 +332,31 @@ async def test_the_database_failing_while_a_meter_is_loaded_is_live_state_unavai
     finally:
         await live.close()
 
+
+async def test_a_state_read_while_a_sync_is_in_flight_counts_only_the_holds_as_held(
+    prefix: str,
+) -> None:
+    """Redis has applied a sync's new reserve but this process has not read the answer
+    yet: a state read then must not show the reserve as held (it waits for the answer)."""
+    live = replica(FakeLoader(admin={PREPAID.id: 10_000}), prefix, share=0.1, hot_holds=2)
+    real = live._sync_script
+    applied, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow(**kw: Any) -> Any:
+        res = await real(**kw)
+        applied.set()  # Redis holds the reserve now
+        await answer.wait()
+        return res
+
+    live._sync_script = slow  # type: ignore[assignment]
+    try:
+        for i in range(2):  # the second makes the meter hot: a sync is scheduled
+            await live.hold(hold(i, PREPAID, 100, 1, ()))
+        await asyncio.wait_for(applied.wait(), 5)
+        read = asyncio.ensure_future(live.org_state(OrgMeter(PREPAID)))
+        await asyncio.sleep(0.05)
+        answer.set()
+        assert (await read).held == 200
+    finally:
+        answer.set()
+        await live.close()

@@ -430,19 +430,23 @@ class LeasedLedger:
         """As Redis has it once this process's usage is posted, its unused reserve not
         counted as held."""
         await self.flush()
-        st = await self.inner.org_state(meter)
-        ls = self._leases.get(meter.key)
-        if ls is not None:
-            st.held -= ls.reserve - ls.held
+        # Read with no sync in flight: one Redis has applied and this process has not
+        # heard back from would count its new reserve as held.
+        async with self._lock:
+            st = await self.inner.org_state(meter)
+            ls = self._leases.get(meter.key)
+            if ls is not None:
+                st.held -= ls.reserve - ls.held
         return st
 
     async def budget_state(self, meter: BudgetMeter) -> BudgetState:
         await self.flush()
-        st = await self.inner.budget_state(meter)
-        ls = self._leases.get(meter.key)
-        if ls is not None:
-            st.held -= ls.reserve - ls.held
-            st.tokens_held -= ls.treserve - ls.theld
+        async with self._lock:  # as org_state
+            st = await self.inner.budget_state(meter)
+            ls = self._leases.get(meter.key)
+            if ls is not None:
+                st.held -= ls.reserve - ls.held
+                st.tokens_held -= ls.treserve - ls.theld
         return st
 
     async def expire(self, now: float | None = None) -> int:
