@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -466,6 +466,9 @@ class LeasedLedger:
 
     async def set_admin_total(self, org_id: str, admin_nanos: int) -> None:
         await self.inner.set_admin_total(org_id, admin_nanos)
+
+    async def set_admin_totals(self, totals: Mapping[str, int]) -> None:
+        await self.inner.set_admin_totals(totals)
 
     async def close(self) -> None:
         """Post what is settled, give every reserve back (what is still in use stays held

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -170,11 +170,16 @@ return n
 """
 )
 
-# KEYS: org; ARGV: admin
+# KEYS: orgs; ARGV: their admin totals. An org not loaded is left alone (it is loaded
+# from the database, with its total, when first held).
 _SET_ADMIN = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'admin', ARGV[1]) end
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HSET', KEYS[i], 'admin', ARGV[i]) end
+end
 return 1
 """
+#: Orgs set in one call at most: a call holds Redis for every other client meanwhile.
+SET_ADMIN_BATCH = 500
 
 
 class RedisLedger:
@@ -461,7 +466,14 @@ class RedisLedger:
         return BudgetState(*(int(x or 0) for x in v))
 
     async def set_admin_total(self, org_id: str, admin_nanos: int) -> None:
-        await self._call(self._set_admin, [f"{self.p}org:{org_id}"], [admin_nanos])
+        await self.set_admin_totals({org_id: admin_nanos})
+
+    async def set_admin_totals(self, totals: Mapping[str, int]) -> None:
+        items = list(totals.items())
+        for i in range(0, len(items), SET_ADMIN_BATCH):
+            batch = items[i : i + SET_ADMIN_BATCH]
+            keys = [f"{self.p}org:{org_id}" for org_id, _ in batch]
+            await self._call(self._set_admin, keys, [total for _, total in batch])
 
     async def close(self) -> None:
         while self._pending:  # failures are logged by _settled
