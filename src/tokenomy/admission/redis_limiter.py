@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tokenomy.admission.limit_lease import LeasedTicket, LimitCredit, LimitLease
 from tokenomy.admission.limit_scripts import GIVE, TAKE
 from tokenomy.admission.ratelimit import (
-    PERIOD_S,
     LimitView,
     Scope,
     Ticket,
@@ -46,106 +44,13 @@ from tokenomy.admission.ratelimit import (
     too_large,
 )
 from tokenomy.ids import UniqueIds
-from tokenomy.store.lease_engine import Lease, LeaseEngine
+from tokenomy.store.lease_engine import LeaseEngine
 from tokenomy.store.scripts import Scripts, script_client
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class LimitCredit:
-    """One dimension (requests or tokens) of a scope's lease: credit taken in Redis."""
-
-    limit: int
-    #: Units taken in Redis and not used yet; negative after an overrun not charged yet.
-    credit: int = 0
-    #: The extra units the next Redis call asks for (doubles while demand outruns it).
-    block: int = 0
-    #: Extra units asked of Redis by calls still in flight: requests that find the lease
-    #: short meanwhile ask only for what is not on its way already.
-    asked: int = 0
-    #: The most credit kept: ``share`` of the limit (0: nothing is kept).
-    cap: int = 0
-    #: As of the last Redis answer: remaining (leased credit excluded) and reset, and when.
-    remaining: int = 0
-    reset_s: float = 0.0
-    at: float = 0.0
-
-    def check(self, now: float) -> LimitView:
-        """The client's view: what remains counting the unused credit."""
-        t = PERIOD_S / self.limit
-        credit = max(self.credit, 0)
-        # Rounded to the µs: float dust must not move a reset shown in whole ms.
-        reset = max(round(self.reset_s - (now - self.at) - credit * t, 6), 0.0)
-        # What replenished since that answer counts too (as the memory limiter's does);
-        # the answer's own figure is exact at its time (its reset is whole ms).
-        left = math.floor((PERIOD_S - reset) / t + 1e-6)
-        return LimitView(self.limit, max(self.remaining + credit, left), reset)
-
-    def spend(self, need: int) -> int:
-        """Take what the credit covers of ``need`` (and any debt it owes) now: what is left
-        to ask of Redis. Asking Redis for the whole need when the lease covers part of it
-        would refuse requests the limit has room for."""
-        used = need if self.credit >= need else self.credit
-        self.credit -= used
-        return need - used
-
-    def grow(self, need: int) -> None:
-        self.block = min(self.cap, max(need, 2 * self.block))
-
-    def ask(self) -> int:
-        """The extra units a Redis call asks for now (counted as in flight)."""
-        extra = max(self.block - self.credit - self.asked, 0)
-        self.asked += extra
-        return extra
-
-
-@dataclass(slots=True)
-class LimitLease(Lease):
-    """One scope's share of its limits held by this process."""
-
-    scope: Scope
-    #: The requests and tokens credit (None: the scope has no such limit).
-    requests: LimitCredit | None = None
-    tokens: LimitCredit | None = None
-    #: Concurrency: the slot cap kept free (``share`` of the limit), the extra slots the
-    #: next Redis call asks for, slots held and free, slots held and in use.
-    slot_cap: int = 0
-    slot_block: int = 0
-    #: Extra slots asked of Redis by calls in flight (as :attr:`LimitCredit.asked`):
-    #: without it, every request arriving while the lease is empty asked for a whole block, and the
-    #: hundreds of thousands of slots the hand-back then returned made one script call
-    #: that held Redis (and every gateway's requests) for tens of milliseconds.
-    slots_asked: int = 0
-    free: list[str] = field(default_factory=list)
-    busy: set[str] = field(default_factory=set)
-
-    def covers(self, tokens: int) -> bool:
-        """Whether the request can be admitted from this lease alone."""
-        lim = self.scope.limits
-        if self.requests is not None and self.requests.credit < 1:
-            return False
-        if self.tokens is not None and tokens > 0 and self.tokens.credit < tokens:
-            return False
-        return lim.concurrent is None or bool(self.free)
-
-    def empty(self) -> bool:
-        return (
-            not self.free
-            and not self.busy
-            and (self.requests is None or self.requests.credit == 0)
-            and (self.tokens is None or self.tokens.credit == 0)
-        )
-
-
-@dataclass(slots=True)
-class LeasedTicket(Ticket):
-    """A ticket admitted against leases: the slot each scope's admission holds."""
-
-    slots: tuple[str | None, ...] = ()
 
 
 class RedisRateLimiter:
@@ -197,6 +102,7 @@ class RedisRateLimiter:
             upkeep=self.upkeep,
             due=self._hand_back_due,
         )
+        #: The engine's table, read directly on the request path (a dict lookup).
         self._leases = self._engine.leases
         #: Leases with something to hand back now (refunds, freed slots over the cap).
         self._due: dict[str, LimitLease] = {}
@@ -216,7 +122,7 @@ class RedisRateLimiter:
         return await self._admit_through_redis(leases, tokens, now)
 
     def _lease(self, scope: Scope) -> LimitLease:
-        lease = self._engine.get(scope.name)
+        lease = self._leases.get(scope.name)
         if lease is not None and lease.scope.limits == scope.limits:
             return lease
         if lease is not None:  # the limits changed: what was leased under the old goes back
@@ -420,7 +326,7 @@ class RedisRateLimiter:
             return
         delta = ticket.tokens - actual_tokens
         for scope, slot in zip(ticket.scopes, ticket.slots, strict=True):
-            lease = self._engine.get(scope.name)
+            lease = self._leases.get(scope.name)
             if lease is None or lease.scope.limits != scope.limits:
                 # Its lease went back meanwhile (the limits changed): settle in Redis alone.
                 if slot or (delta and scope.limits.tokens_per_minute):
