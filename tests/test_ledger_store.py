@@ -216,3 +216,56 @@ def test_admin_totals_on_postgresql_never_scan_the_usage_postings() -> None:
             )
         finally:
             engine.dispose()
+
+
+def test_a_directory_refresh_reads_the_rows_that_changed_not_every_org(
+    store: LedgerStore,
+) -> None:
+    """10,000 orgs written an hour ago and 4 rows written now: after the first refresh,
+    one reads the 4, not the 10,000, swaps in only what changed, and shows what a
+    reload shows."""
+    import time
+
+    from sqlalchemy import insert
+
+    from tokenomy.ledger.directory import Directory
+    from tokenomy.store.schema import orgs
+
+    long_ago = int(time.time() * 1000) - 3_600_000
+    rows = [
+        dict(id=f"org_{i:05d}", name=f"O{i}", currency="USD", mode="prepaid")
+        | dict(credit_limit_nanos=0, created_ms=long_ago, updated_ms=long_ago)
+        for i in range(10_000)
+    ]
+    with store.engine.begin() as conn:
+        conn.execute(insert(orgs), rows)
+    d = Directory(store)
+    d.refresh()
+    assert len(d.orgs) == 10_000 and d.budgets == {}
+    read: list[int] = []
+    real = store.accounts_changed_since
+
+    def counted(since_ms: int) -> object:
+        changes = real(since_ms)
+        read.append(len(changes.orgs) + len(changes.projects) + len(changes.budgets))
+        return changes
+
+    store.accounts_changed_since = counted  # type: ignore[method-assign]
+    a, b = store.create_org("A", "USD"), store.create_org("B", "CNY")
+    project = store.create_project("org_00002", "P")
+    gone = store.set_budget("org", "org_00001", "day", amount_nanos=10**9, tz="UTC")
+    store.delete_budget(gone.id)
+    d.refresh()
+    assert read == [4]  # two orgs, a project, a budget made and deleted
+    assert d.orgs[a.id] == a and d.orgs[b.id] == b and d.projects[project.id] == project
+    assert len(d.orgs) == 10_002 and d.budgets == {}
+    # Again, nothing new: the same recent rows are read (the overlap), nothing swapped.
+    orgs_before, budgets_before = d.orgs, d.budgets
+    d.refresh()
+    assert read == [4, 4] and d.orgs is orgs_before and d.budgets is budgets_before
+    kept = store.set_budget("project", project.id, "day", amount_nanos=5, tz="UTC")
+    d.refresh()
+    assert d.budgets[(kept.scope, project.id)] == (kept,) and d.orgs is orgs_before
+    full = Directory(store)
+    full.reload()
+    assert (d.orgs, d.projects, d.budgets) == (full.orgs, full.projects, full.budgets)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from tokenomy.ledger.accounts import Budget, BudgetMeter, Org, Project, Scope
-from tokenomy.ledger.store import LedgerStore
+from tokenomy.ledger.store import AccountChanges, LedgerStore, now_ms
 from tokenomy.store.keys import ApiKey
 
 Budgets = dict[tuple[Scope, str], tuple[Budget, ...]]
+#: Rows written this long before the last refresh started are read again: a row stamped
+#: before its transaction committed, or by a host whose clock is a little behind, is
+#: still seen.
+OVERLAP_MS = 60_000
+#: Every so many refreshes everything is read again (a bound on anything missed).
+RELOAD_EVERY = 300
 #: The end of a lifetime budget's bucket, for the cache of meters.
 _FOREVER = 2**63
 
@@ -35,19 +42,52 @@ class Directory:
     projects: dict[str, Project] = field(default_factory=dict)
     budgets: Budgets = field(default_factory=dict)
     _meters: dict[str, _KeyMeters] = field(default_factory=dict, repr=False)
+    #: Budgets by id, as last read; when the last refresh started, and how many ran.
+    _budget_rows: dict[str, Budget] = field(default_factory=dict, repr=False)
+    _since: int | None = field(default=None, repr=False)
+    _refreshes: int = field(default=0, repr=False)
 
     def refresh(self) -> None:
-        """Reload everything (blocking; run it in a worker thread)."""
+        """Pick up what changed (blocking; run it in a worker thread): the rows written
+        since the last refresh, less :data:`OVERLAP_MS`, or everything on the first and
+        every :data:`RELOAD_EVERY`-th refresh."""
+        started = now_ms()
+        if self._since is None or self._refreshes % RELOAD_EVERY == 0:
+            self.reload()
+        else:
+            self._apply(self.store.accounts_changed_since(self._since - OVERLAP_MS))
+        self._since = started
+        self._refreshes += 1
+
+    def reload(self) -> None:
+        """Reload everything."""
         orgs = {o.id: o for o in self.store.all_orgs()}
         projects = {p.id: p for p in self.store.all_projects()}
-        by_scope: dict[tuple[Scope, str], list[Budget]] = defaultdict(list)
-        for b in self.store.all_budgets():
-            by_scope[(b.scope, b.scope_id)].append(b)
+        rows = {b.id: b for b in self.store.all_budgets()}
         # Swap whole dicts: readers on the event loop never see a half-built state, and
         # meters cached from the old budgets lapse with them.
         self.orgs = orgs
         self.projects = projects
-        self.budgets = {k: tuple(v) for k, v in by_scope.items()}
+        self._budget_rows = rows
+        self.budgets = _by_scope(rows.values())
+
+    def _apply(self, changes: AccountChanges) -> None:
+        """Swap in new dicts for what really changed (rows read again are the same)."""
+        orgs = {o.id: o for o in changes.orgs if self.orgs.get(o.id) != o}
+        if orgs:
+            self.orgs = {**self.orgs, **orgs}
+        projects = {p.id: p for p in changes.projects if self.projects.get(p.id) != p}
+        if projects:
+            self.projects = {**self.projects, **projects}
+        rows = dict(self._budget_rows)
+        for b, deleted in changes.budgets:
+            if deleted:
+                rows.pop(b.id, None)
+            else:
+                rows[b.id] = b
+        if rows != self._budget_rows:
+            self._budget_rows = rows
+            self.budgets = _by_scope(rows.values())
 
     def org_of(self, key: ApiKey) -> Org | None:
         if key.org_id is None:
@@ -88,3 +128,10 @@ def _path_meters(key: ApiKey, budgets: Budgets, at_ms: int) -> tuple[BudgetMeter
         for b in budgets.get(scope, ()):
             out.append(b.meter(at_ms))
     return tuple(out)
+
+
+def _by_scope(rows: Iterable[Budget]) -> Budgets:
+    by_scope: dict[tuple[Scope, str], list[Budget]] = defaultdict(list)
+    for b in sorted(rows, key=lambda b: b.id):  # in id order, as the store lists them
+        by_scope[(b.scope, b.scope_id)].append(b)
+    return {k: tuple(v) for k, v in by_scope.items()}

@@ -80,6 +80,16 @@ COUNTER_ACCOUNT = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class AccountChanges:
+    """Rows of the account tree written since some instant; budgets with whether they
+    are deleted."""
+
+    orgs: list[Org]
+    projects: list[Project]
+    budgets: list[tuple[Budget, bool]]
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -194,10 +204,7 @@ class LedgerStore:
         if org_id is not None:
             q = q.where(projects.c.org_id == org_id)
         with self.engine.connect() as conn:
-            return [
-                Project(r._mapping["id"], r._mapping["org_id"], r._mapping["name"])
-                for r in conn.execute(q)
-            ]
+            return [_project(r._mapping) for r in conn.execute(q)]
 
     # ---- budgets ----------------------------------------------------------------------
 
@@ -261,6 +268,19 @@ class LedgerStore:
                 .values(deleted_ms=ts, updated_ms=ts)
             )
         return res.rowcount > 0
+
+    def accounts_changed_since(self, since_ms: int) -> AccountChanges:
+        """Orgs, projects and budgets (deleted ones too) written at or after ``since_ms``:
+        each table read by its ``updated_ms`` index, so an idle refresh reads no rows."""
+        with self.engine.connect() as conn:
+            o = conn.execute(select(orgs).where(orgs.c.updated_ms >= since_ms))
+            p = conn.execute(select(projects).where(projects.c.updated_ms >= since_ms))
+            b = conn.execute(select(budgets).where(budgets.c.updated_ms >= since_ms))
+            return AccountChanges(
+                [_org(r._mapping) for r in o],
+                [_project(r._mapping) for r in p],
+                [(_budget(r._mapping), r._mapping["deleted_ms"] is not None) for r in b],
+            )
 
     def all_budgets(self) -> list[Budget]:
         q = select(budgets).where(budgets.c.deleted_ms.is_(None)).order_by(budgets.c.id)
@@ -490,6 +510,10 @@ def _org(m: Any) -> Org:
     return Org(
         m["id"], m["name"], Currency(m["currency"]), Mode(m["mode"]), int(m["credit_limit_nanos"])
     )
+
+
+def _project(m: Any) -> Project:
+    return Project(m["id"], m["org_id"], m["name"])
 
 
 def _budget(m: Any) -> Budget:
