@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -15,6 +16,7 @@ from tokenomy.admission.ratelimit import Limits, MemoryRateLimiter, RateLimiter,
 from tokenomy.admission.redis_limiter import RedisRateLimiter
 from tokenomy.errors import RateLimited
 from tokenomy.store.redis_scripts import ScriptClient
+from tokenomy.store.scripts import Script
 
 __all__ = ["redis_prefix"]
 
@@ -150,3 +152,41 @@ async def test_headers_are_the_same_on_every_backend(
         assert got.headers == want.headers, step
     else:
         pytest.fail("never refused")
+
+
+class Counted:
+    """A script whose calls, awaited or queued, are counted."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.calls = 0
+
+    async def __call__(self, **kw: Any) -> Any:
+        self.calls += 1
+        return await self.script(**kw)
+
+    def submit(self, **kw: Any) -> Any:
+        self.calls += 1
+        return self.script.submit(**kw)
+
+
+async def test_the_exact_limiter_makes_one_call_to_admit_and_one_to_give_back(
+    redis_prefix: str,
+) -> None:
+    """Nothing leased: a request's round trips stay two (admit, and settle when there is
+    a refund or a slot to give back), never more."""
+    r = Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    rl = RedisRateLimiter(r, redis_prefix, scripts=ScriptClient(db=REDIS_DB))
+    take, give = rl._take, rl._give = Counted(rl._take), Counted(rl._give)  # type: ignore[assignment]
+    try:
+        s = key(Limits(requests_per_minute=1_000, tokens_per_minute=10**6, concurrent=10))
+        for _ in range(10):
+            await settle(rl, await rl.acquire([s], 100), 40)  # a refund and a slot back
+        assert (take.calls, give.calls) == (10, 10)
+        plain = key(Limits(requests_per_minute=1_000), "k2")
+        for _ in range(10):
+            await settle(rl, await rl.acquire([plain], 0), 0)  # nothing to give back
+        assert (take.calls, give.calls) == (20, 10)
+    finally:
+        await rl.aclose()
+        await r.aclose()
