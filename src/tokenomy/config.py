@@ -181,6 +181,9 @@ class BatchesConfig(_Strict):
     lease_s: float = Field(600.0, gt=0, le=86_400)
     #: How often an idle worker looks for lines.
     poll_s: float = Field(0.5, gt=0, le=60)
+    #: Lines per second a process is assumed to run before it has measured any: a new
+    #: batch's latest start (the last that still ends inside its window) depends on it.
+    default_lines_per_s: float = Field(2.0, gt=0, le=100_000)
 
 
 class TracingConfig(_Strict):

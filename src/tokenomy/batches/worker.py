@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING, Any
@@ -27,14 +27,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tokenomy.batches.holds import LineHolds
-from tokenomy.batches.intake import Builder
+from tokenomy.batches.intake import DEFAULT_LINES_PER_S, Builder
 from tokenomy.batches.objects import MESSAGES, result_line, unrun_line
+from tokenomy.batches.throughput import Throughput
 from tokenomy.errors import GatewayError, InsufficientQuota, Overloaded, RateLimited
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.records import EXTRA_ROWS
 from tokenomy.ledger.live import Hold, Shortfall
 from tokenomy.ledger.stage import HOLD, ORG
-from tokenomy.store.batches import CANCELLED, EXPIRED, BatchStore, ClaimedLine
+from tokenomy.store.batches import CANCELLED, EXPIRED, BatchStats, BatchStore, ClaimedLine
 from tokenomy.store.keys import ApiKey
 from tokenomy.store.schema import batch_results
 
@@ -56,6 +57,8 @@ class WorkerSettings:
     housekeeping_s: float = 0.25
     #: Tries of a line refused with "later" (429, 503) before it fails.
     max_attempts: int = 5
+    #: Lines per second batches are planned at before any is measured.
+    default_lines_per_s: float = DEFAULT_LINES_PER_S
 
 
 class BatchWorker:
@@ -80,9 +83,11 @@ class BatchWorker:
         #: Lines this process ended with a recorded outcome, and is running (metrics).
         self.lines_run = 0
         self.running = 0
-        #: Every process's lines, read from the database by the housekeeping loop:
-        #: (waiting, leased, creation second of the oldest running batch).
-        self.stats: tuple[int, int, int | None] = (0, 0, None)
+        #: Every process's lines, read from the database by the housekeeping loop.
+        self.stats = BatchStats()
+        #: The clock lines are claimed, scheduled and expired by (tests give a fake one).
+        self.clock: Callable[[], float] = time.time
+        self.throughput = Throughput(settings.default_lines_per_s)
 
     async def start(self) -> None:
         await self._retake_holds()
@@ -119,7 +124,7 @@ class BatchWorker:
         except Exception:
             log.exception("reading the running batches failed")
             return
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock() * 1000)
         for b in active:
             if b["status"] != "in_progress":
                 continue
@@ -135,8 +140,13 @@ class BatchWorker:
 
     def oldest_age_s(self) -> float:
         """Age of the oldest batch still running (0 when none)."""
-        first = self.stats[2]
-        return max(time.time() - first, 0.0) if first is not None else 0.0
+        first = self.stats.oldest
+        return max(self.clock() - first, 0.0) if first is not None else 0.0
+
+    def pace(self) -> tuple[float, int]:
+        """(lines per second this process runs, lines every process has waiting): what
+        a new batch is planned with."""
+        return self.throughput.lines_per_s(), self.stats.queued + self.stats.running
 
     def wake(self) -> None:
         """A batch was created: look for lines now rather than at the next poll."""
@@ -153,7 +163,7 @@ class BatchWorker:
             await free.acquire()
             line = None
             try:
-                now = int(time.time() * 1000)
+                now = int(self.clock() * 1000)
                 if await asyncio.to_thread(self.store.has_work, now):
                     claimed = await asyncio.to_thread(self.store.claim, 1, now, lease_ms)
                     line = claimed[0] if claimed else None
@@ -274,7 +284,9 @@ class BatchWorker:
         self.svc.pipeline.fail(call, e)
         await self.svc.pipeline.finish(call)
         pause = min(2.0**line.attempts, 60.0)
-        await asyncio.to_thread(self.store.release_lease, line.batch_id, line.line_no, pause)
+        await asyncio.to_thread(
+            self.store.release_lease, line.batch_id, line.line_no, pause, self.clock()
+        )
 
     def _row(self, line: ClaimedLine, status: int, body: Any, cost: int) -> dict[str, Any]:
         return {
@@ -286,7 +298,7 @@ class BatchWorker:
             "body": orjson.dumps(body).decode(),
             "error": None,
             "cost_nanos": cost,
-            "ts_ms": int(time.time() * 1000),
+            "ts_ms": int(self.clock() * 1000),
         }
 
     def _result(self, line: ClaimedLine, status: int, body: Any) -> None:
@@ -308,8 +320,10 @@ class BatchWorker:
                 if touched or every_2s:
                     await self.sweep(everything=tick % 20 == 0)
                 if every_2s:
-                    now_ms = int(time.time() * 1000)
+                    now_ms = int(self.clock() * 1000)
                     self.stats = await asyncio.to_thread(self.store.stats, now_ms)
+                    # Lines waiting to be claimed: this process ran as fast as it can.
+                    self.throughput.sample(self.lines_run, time.monotonic(), self.stats.ready > 0)
             except Exception:
                 log.exception("batch housekeeping failed")
 
@@ -325,7 +339,7 @@ class BatchWorker:
     async def sweep(self, *, everything: bool = False) -> None:
         """Cancel, expire and finish batches; ``everything`` also marks done the lines a
         killed process recorded but did not mark."""
-        now = time.time()
+        now = self.clock()
         for b in await asyncio.to_thread(self.store.active):
             bid = b["id"]
             if everything:
@@ -345,7 +359,7 @@ class BatchWorker:
     async def _end_lines(self, batch: dict[str, Any], state: str) -> None:
         """End the lines nobody is running and release their holds."""
         ended = await asyncio.to_thread(
-            self.store.end_pending, batch["id"], state, int(time.time() * 1000)
+            self.store.end_pending, batch["id"], state, int(self.clock() * 1000)
         )
         if not ended:
             return
@@ -360,7 +374,7 @@ class BatchWorker:
         await self.holds.release(holds)
 
     async def _finalize(self, batch: dict[str, Any]) -> None:
-        now = int(time.time())
+        now = int(self.clock())
         taken = await asyncio.to_thread(
             self.store.take_finalizing, batch["id"], now * 1000, int(self.s.lease_s * 1000), now
         )

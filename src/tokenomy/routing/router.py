@@ -154,14 +154,19 @@ class Router:
     def _token_usd(
         self, dep: Deployment, tokens_in: int, tokens_out: int, batch: bool, now: datetime
     ) -> Decimal | None:
-        """What ``dep``'s price charges for the call in USD (first tier, no time-of-day
-        window or promotion: an estimate to compare deployments by, not a bill)."""
+        """What ``dep``'s price charges for the call in USD (first tier, the time-of-day
+        window in effect, no promotion: an estimate to compare deployments by, not a
+        bill). The window counts: batch work planned for one vendor's off-peak hours
+        must go there when they come."""
         c = self.candidate(dep, now)
         if c.input_usd_per_m is None or c.output_usd_per_m is None:
             return None
         v = self.biller.version(dep, now)
         m = v.batch_multiplier if v is not None and batch_priced(v, batch) else None
         per_m = tokens_in * c.input_usd_per_m + tokens_out * c.output_usd_per_m
+        window = v.window_at(now) if v is not None else None
+        if window is not None:
+            per_m *= window.multiplier
         cost = (per_m * m if m is not None else per_m) / MILLION
         fee = v.tiers[0].prices.request if v is not None else _ZERO
         if fee:  # a per-request fee is never scaled by the batch multiplier
