@@ -18,6 +18,7 @@ from tokenomy.api.edge import SERVICES, authenticate, read_json
 from tokenomy.api.openai_routes import INFERENCE
 from tokenomy.batches.holds import LineHolds
 from tokenomy.batches.intake import BatchIntake
+from tokenomy.batches.native import NativeBatches
 from tokenomy.batches.objects import MESSAGES, batch_object
 from tokenomy.batches.worker import BatchWorker, WorkerSettings
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
@@ -45,6 +46,7 @@ class Batches:
         self.intake = BatchIntake(svc, self.files, self.store, builders, holds)
         self.worker = BatchWorker(svc, self.store, builders, holds, settings)
         self.intake.pace = self.worker.pace
+        self.worker.native = NativeBatches(svc, self.store, self.worker)
 
 
 BATCHES: web.AppKey[Batches] = web.AppKey("batches", Batches)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tokenomy.batches.holds import LineHolds
+from tokenomy.batches.native import PARKED_MS, PLANNED, native_target
 from tokenomy.batches.objects import ENDPOINTS, WINDOWS, line_request_id, new_batch_id
 from tokenomy.batches.schedule import Groups, Planner
 from tokenomy.billing.money import Currency
@@ -167,6 +168,13 @@ class BatchIntake:
         # A line scheduled for later carries its planned start as its lease: no process
         # claims it before then, and claims take lines in that order.
         not_before = plan.start * 1000 if plan.start > now else 0
+        native = native_target(self.svc, checked.groups, row["endpoint"])
+        if native is not None:
+            # Parked: handed whole to the vendor's batch API at the planned start.
+            not_before = PARKED_MS
+            row["vendor_batch"] = json.dumps(
+                {"status": PLANNED, "vendor": native.vendor.key, "deployment": native.id}
+            )
 
         def holds() -> Iterator[Hold]:
             for n, amount, tokens in zip(

@@ -40,6 +40,7 @@ from tokenomy.store.keys import ApiKey
 from tokenomy.store.schema import batch_results
 
 if TYPE_CHECKING:
+    from tokenomy.batches.native import NativeBatches
     from tokenomy.services import Services
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class BatchWorker:
         #: The clock lines are claimed, scheduled and expired by (tests give a fake one).
         self.clock: Callable[[], float] = time.time
         self.throughput = Throughput(settings.default_lines_per_s)
+        #: Hands batches to vendors' own batch APIs (set when the gateway builds it).
+        self.native: NativeBatches | None = None
 
     async def start(self) -> None:
         await self._retake_holds()
@@ -110,7 +113,7 @@ class BatchWorker:
                 t.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self._mark_recorded()
+            await self.mark_recorded()
 
     async def _retake_holds(self) -> None:
         """Hold again what the unfinished lines of running batches held, when holds live
@@ -128,12 +131,12 @@ class BatchWorker:
         for b in active:
             if b["status"] != "in_progress":
                 continue
-            key = await self._key(b["key_id"])
+            key = await self.key_of(b["key_id"])
             if key is None:
                 continue
             # Only lines still to run: one recorded before a crash has been settled.
             for ln in await asyncio.to_thread(self.store.unrecorded, b["id"], now_ms):
-                h = self._hold_of(b, key, ln["request_id"], ln["held_nanos"], ln["held_tokens"])
+                h = self.hold_of(b, key, ln["request_id"], ln["held_nanos"], ln["held_tokens"])
                 if h is not None:
                     with contextlib.suppress(Shortfall):
                         await self.holds.live.hold(h)
@@ -197,7 +200,7 @@ class BatchWorker:
                 self._batches[batch_id] = b
         return b
 
-    async def _key(self, key_id: str) -> ApiKey | None:
+    async def key_of(self, key_id: str) -> ApiKey | None:
         """The batch's key, revoked or not: from the gateway's key cache (which follows
         revocations as they are announced), else from the database."""
         key = self.svc.key_cache.by_id(key_id)
@@ -210,34 +213,34 @@ class BatchWorker:
         batch = await self._batch(line.batch_id)
         if batch is None:
             return
-        key = await self._key(batch["key_id"])
+        key = await self.key_of(batch["key_id"])
         if key is None:  # the key is gone from the database: nothing to charge it to
-            self._result(line, 401, _error_body("invalid_api_key", "The batch's key is gone."))
+            self.result(line, 401, _error_body("invalid_api_key", "The batch's key is gone."))
             return
-        hold = self._hold_of(batch, key, line.request_id, line.held_nanos, line.held_tokens)
+        hold = self.hold_of(batch, key, line.request_id, line.held_nanos, line.held_tokens)
         if not key.active:
-            await self._unrun(line, hold, 401, _error_body("invalid_api_key", "Key revoked."))
+            await self.unrun(line, hold, 401, _error_body("invalid_api_key", "Key revoked."))
             return
         try:
             call = self.builders[batch["endpoint"]](orjson.loads(line.body), key, self.svc)
         except GatewayError as e:
-            await self._unrun(line, hold, e.status, orjson.loads(e.openai_body()))
+            await self.unrun(line, hold, e.status, orjson.loads(e.openai_body()))
             return
         call.request_id = line.request_id
         await self._serve(call, line, hold)
 
-    def _hold_of(
+    def hold_of(
         self, batch: dict[str, Any], key: ApiKey, request_id: str, nanos: int, tokens: int
     ) -> Hold | None:
         return self.holds.hold_for(
             key, request_id, nanos, tokens, batch["created_at"] * 1000, batch["expires_at"]
         )
 
-    async def _unrun(self, line: ClaimedLine, hold: Hold | None, status: int, body: Any) -> None:
+    async def unrun(self, line: ClaimedLine, hold: Hold | None, status: int, body: Any) -> None:
         """A line that ends before the pipeline: its result, and its hold released."""
         if hold is not None:
             await self.holds.release([hold])
-        self._result(line, status, body)
+        self.result(line, status, body)
 
     async def _serve(self, call: Call, line: ClaimedLine, hold: Hold | None) -> None:
         pipeline = self.svc.pipeline
@@ -271,7 +274,7 @@ class BatchWorker:
         cost = 0
         if status == 200 and pipeline.quoter is not None:
             cost = pipeline.quoter.quote(call).cost_nanos
-        call.extras[EXTRA_ROWS] = [(batch_results, self._row(line, status, out, cost))]
+        call.extras[EXTRA_ROWS] = [(batch_results, self.result_row(line, status, out, cost))]
         await pipeline.finish(call)
         self.lines_run += 1
         self._recorded.append((line.batch_id, line.line_no))
@@ -288,7 +291,7 @@ class BatchWorker:
             self.store.release_lease, line.batch_id, line.line_no, pause, self.clock()
         )
 
-    def _row(self, line: ClaimedLine, status: int, body: Any, cost: int) -> dict[str, Any]:
+    def result_row(self, line: ClaimedLine, status: int, body: Any, cost: int) -> dict[str, Any]:
         return {
             "request_id": line.request_id,
             "batch_id": line.batch_id,
@@ -301,10 +304,14 @@ class BatchWorker:
             "ts_ms": int(self.clock() * 1000),
         }
 
-    def _result(self, line: ClaimedLine, status: int, body: Any) -> None:
+    def result(self, line: ClaimedLine, status: int, body: Any) -> None:
         """The outcome of a line that never reached the pipeline (nothing to bill)."""
-        self.svc.usage_writer.submit_many([(batch_results, self._row(line, status, body, 0))])
+        self.svc.usage_writer.submit_many([(batch_results, self.result_row(line, status, body, 0))])
         self.lines_run += 1
+        self.recorded(line)
+
+    def recorded(self, line: ClaimedLine) -> None:
+        """The line's outcome is queued with its usage record: marked done once written."""
         self._recorded.append((line.batch_id, line.line_no))
 
     # -- housekeeping ------------------------------------------------------------------
@@ -315,7 +322,7 @@ class BatchWorker:
             await asyncio.sleep(self.s.housekeeping_s)
             tick += 1
             try:
-                touched = await self._mark_recorded()
+                touched = await self.mark_recorded()
                 every_2s = tick % max(1, int(2 / self.s.housekeeping_s)) == 0
                 if touched or every_2s:
                     await self.sweep(everything=tick % 20 == 0)
@@ -324,10 +331,12 @@ class BatchWorker:
                     self.stats = await asyncio.to_thread(self.store.stats, now_ms)
                     # Lines waiting to be claimed: this process ran as fast as it can.
                     self.throughput.sample(self.lines_run, time.monotonic(), self.stats.ready > 0)
+                    if self.native is not None:
+                        await self.native.tick()
             except Exception:
                 log.exception("batch housekeeping failed")
 
-    async def _mark_recorded(self) -> bool:
+    async def mark_recorded(self) -> bool:
         if not self._recorded:
             return False
         done, self._recorded = self._recorded, []
@@ -363,11 +372,11 @@ class BatchWorker:
         )
         if not ended:
             return
-        key = await self._key(batch["key_id"])
+        key = await self.key_of(batch["key_id"])
         if key is None:
             return
         made = (
-            self._hold_of(batch, key, ln["request_id"], ln["held_nanos"], ln["held_tokens"])
+            self.hold_of(batch, key, ln["request_id"], ln["held_nanos"], ln["held_tokens"])
             for ln in ended
         )
         holds = [h for h in made if h is not None]

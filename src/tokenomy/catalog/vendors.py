@@ -30,6 +30,9 @@ class VendorPreset:
     stream_usage: bool
     source: str | None
     models: dict[str, CatalogModel] = field(default_factory=dict)
+    #: The vendor's own batch API, by shape: "openai" (Files + Batches) or "anthropic"
+    #: (Message Batches); None: it sells none.
+    native_batch: str | None = None
 
 
 @cache
@@ -60,4 +63,5 @@ def _preset(key: str, v: dict[str, Any]) -> VendorPreset:
         stream_usage=bool(v.get("stream_usage", True)),
         source=v.get("source"),
         models=models,
+        native_batch=v.get("native_batch"),
     )

@@ -325,6 +325,15 @@ class Pipeline:
             return "chat", anthropic_request_to_openai(body)
         return ("chat" if call.endpoint == "responses" else call.endpoint), body
 
+    def meter_answer(self, call: Call, dialect: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Meter a whole answer that came another way (a vendor's batch output file) as
+        if the call had fetched it; the answer in the client's dialect, its model named
+        as the client named it."""
+        out = self._client_obj(call, dialect, obj)
+        if out is obj:
+            obj["model"] = call.public_model
+        return out
+
     def _client_obj(self, call: Call, dialect: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Meter a whole answer; the answer in the client's dialect (``obj`` itself when
         the dialects match)."""

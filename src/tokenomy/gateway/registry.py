@@ -41,6 +41,8 @@ class Vendor:
     client_key: str | None = None
     #: Its own cap on an answer's size (None: the server's).
     max_response_bytes: int | None = None
+    #: The shape of the native batch API it sells ("openai": Files + Batches), if any.
+    native_batch: str | None = None
 
     @property
     def has_credentials(self) -> bool:
@@ -172,6 +174,7 @@ def _vendor(
         client_cert=vc.client_cert,
         client_key=vc.client_key,
         max_response_bytes=vc.max_response_bytes,
+        native_batch=vc.native_batch or (p.native_batch if p else None),
     )
 
 

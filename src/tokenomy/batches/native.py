@@ -1,0 +1,252 @@
+"""Batches handed to a vendor's own batch API (OpenAI's shape: OpenAI, Qwen, GLM, Kimi).
+
+A batch qualifies when ``batches.native`` is on and all its lines are planned on one
+deployment whose vendor sells a native batch API (``native_batch: openai`` in the
+catalogue's presets). Its lines are stored parked (never claimed one by one); at the
+planned start one process uploads them as a JSONL file (each line's ``custom_id`` is
+its request id, its model the deployment's), creates the vendor batch and leases the
+lines to it; any process then polls it (a claim on the batch makes it one at a time),
+cancels it when the batch is cancelled, and once it is over reads its output and error
+files: each answer is metered and billed through the ledger stage like an interactive
+answer (batch prices, the line's hold, one usage record under the line's request id),
+each error ends its line at no cost. Lines the vendor did not answer (or a vendor that
+refused the batch) go back to the worker to run one by one.
+
+Exactly once: a line's outcome is recorded under its request id, which the writer
+writes once, so reading an output file again after a crash bills nothing twice. A
+process killed between creating the vendor batch and recording its id leaves the lines'
+lease to lapse; they then run one by one (the vendor's batch is left unread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from tokenomy.batches.schedule import Groups
+from tokenomy.errors import GatewayError
+from tokenomy.gateway.records import EXTRA_ROWS
+from tokenomy.gateway.registry import Deployment
+from tokenomy.ledger.stage import HOLD, ORG, LedgerStage
+from tokenomy.providers.vendor_batches import OVER, VendorBatchClient
+from tokenomy.store.batches import PENDING, BatchStore, ClaimedLine
+from tokenomy.store.keys import ApiKey
+from tokenomy.store.schema import batch_results
+
+if TYPE_CHECKING:
+    from tokenomy.batches.worker import BatchWorker
+    from tokenomy.services import Services
+
+log = logging.getLogger(__name__)
+
+#: Endpoints a native vendor batch takes (OpenAI's shape).
+NATIVE_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+
+#: A parked line's lease: past any batch's window, so no worker claims it one by one.
+PARKED_MS = 2**62
+
+#: Vendor batch states, as kept in ``batches.vendor_batch``.
+PLANNED, SUBMITTED, INGESTED, REFUSED = "planned", "submitted", "ingested", "refused"
+
+
+def native_target(svc: Services, groups: Groups, endpoint: str) -> Deployment | None:
+    """The one deployment a batch's lines may all be handed to natively, if any."""
+    if not svc.config.batches.native or endpoint not in NATIVE_ENDPOINTS:
+        return None
+    if len(groups.by_deps) != 1:
+        return None
+    (g,) = groups.by_deps.values()
+    dep = g.deployments[0] if g.deployments else None
+    if dep is None or dep.vendor.native_batch != "openai" or not dep.vendor.has_credentials:
+        return None
+    return dep
+
+
+class NativeBatches:
+    """Submits, follows and reads back the vendor batches of this gateway's batches."""
+
+    def __init__(self, svc: Services, store: BatchStore, worker: BatchWorker) -> None:
+        self.svc = svc
+        self.store = store
+        self.worker = worker
+        self.poll_s = svc.config.batches.native_poll_s
+        self.ledger = next((s for s in svc.pipeline.stages if isinstance(s, LedgerStage)), None)
+
+    def _deployment(self, dep_id: str) -> Deployment | None:
+        for route in self.svc.registry.routes:
+            for d in route.deployments:
+                if d.id == dep_id:
+                    return d
+        return None
+
+    async def tick(self) -> None:
+        """One look at every running batch handed (or to be handed) to a vendor."""
+        now = self.worker.clock()
+        for b in await _thread(self.store.active):
+            if not b.get("vendor_batch"):
+                continue
+            vb = json.loads(b["vendor_batch"])
+            state = vb.get("status")
+            plan = json.loads(b["plan"]) if b.get("plan") else {}
+            due = (
+                state == PLANNED
+                and b["status"] == "in_progress"
+                and now >= plan.get("expected_start_at", 0)
+            ) or (state == SUBMITTED and now >= vb.get("next_poll_at", 0))
+            if not due:
+                continue
+            lease_ms = int(self.worker.s.lease_s * 1000)
+            if not await _thread(self.store.take_lease, b["id"], int(now * 1000), lease_ms):
+                continue
+            try:
+                if state == PLANNED:
+                    await self._submit(b, vb)
+                else:
+                    await self._poll(b, vb)
+            except Exception:
+                log.exception("vendor batch of %s failed", b["id"])
+                with contextlib.suppress(Exception):
+                    await _thread(self.store.set_vendor_batch, b["id"], vb, release=True)
+
+    def _line_lease_ms(self) -> int:
+        """How long lines stay the vendor batch's between two polls (a dead poller's
+        lines lapse to the worker after it)."""
+        return int((self.worker.clock() + max(self.worker.s.lease_s, 3 * self.poll_s)) * 1000)
+
+    async def _submit(self, b: dict[str, Any], vb: dict[str, Any]) -> None:
+        dep = self._deployment(vb["deployment"])
+        if dep is None:
+            await self._refused(b, vb, "the deployment is no longer configured")
+            return
+        jsonl = await _thread(self._input_file, b, dep)
+        await _thread(self.store.lease_lines, b["id"], self._line_lease_ms(), first=True)
+        client = VendorBatchClient(dep.vendor)
+        try:
+            fid = await client.upload(jsonl, f"{b['id']}.jsonl")
+            got = await client.create(fid, b["endpoint"], {"tokenomy_batch": b["id"]})
+        except GatewayError as e:
+            await self._refused(b, vb, e.message)
+            return
+        vb.update(
+            status=SUBMITTED,
+            id=got["id"],
+            input_file_id=fid,
+            vendor_status=got.get("status"),
+            next_poll_at=self.worker.clock() + self.poll_s,
+        )
+        await _thread(self.store.set_vendor_batch, b["id"], vb, release=True)
+
+    def _input_file(self, b: dict[str, Any], dep: Deployment) -> bytes:
+        """The vendor's input file: every unfinished line, under its request id."""
+        out = bytearray()
+        last = 0
+        while page := self.store.pending_page(b["id"], last):
+            for ln in page:
+                body = orjson.loads(ln["body"])
+                body.pop("provider", None)
+                if body.get("service_tier") == "batch":  # ours: the vendor's API has none
+                    del body["service_tier"]
+                body["model"] = dep.upstream_model
+                line = {
+                    "custom_id": ln["request_id"],
+                    "method": "POST",
+                    "url": b["endpoint"],
+                    "body": body,
+                }
+                out += orjson.dumps(line) + b"\n"
+            last = page[-1]["line_no"]
+        return bytes(out)
+
+    async def _refused(self, b: dict[str, Any], vb: dict[str, Any], why: str) -> None:
+        """The vendor would not take the batch: its lines run one by one."""
+        log.warning("vendor batch for %s refused: %s; running its lines here", b["id"], why)
+        vb.update(status=REFUSED, error=why[:500])
+        await _thread(self.store.lease_lines, b["id"], 0, first=False)
+        await _thread(self.store.set_vendor_batch, b["id"], vb, release=True)
+        self.worker.wake()
+
+    async def _poll(self, b: dict[str, Any], vb: dict[str, Any]) -> None:
+        dep = self._deployment(vb["deployment"])
+        if dep is None:
+            await self._refused(b, vb, "the deployment is no longer configured")
+            return
+        client = VendorBatchClient(dep.vendor)
+        got = await client.retrieve(vb["id"])
+        status = got.get("status")
+        vb["vendor_status"] = status
+        if b["status"] == "cancelling" and not vb.get("cancel_sent") and status not in OVER:
+            got = await client.cancel(vb["id"])
+            vb["cancel_sent"] = True
+            status = vb["vendor_status"] = got.get("status")
+        if status not in OVER:
+            await _thread(self.store.lease_lines, b["id"], self._line_lease_ms(), first=False)
+            vb["next_poll_at"] = self.worker.clock() + self.poll_s
+            await _thread(self.store.set_vendor_batch, b["id"], vb, release=True)
+            return
+        key = await self.worker.key_of(b["key_id"])
+        for kind in ("output_file_id", "error_file_id"):
+            fid = got.get(kind)
+            if isinstance(fid, str) and key is not None:
+                async for line in client.lines(fid):
+                    await self._settle(b, key, dep, line)
+        # Recorded lines are marked done before the rest go back to the worker.
+        await self.worker.mark_recorded()
+        await _thread(self.store.lease_lines, b["id"], 0, first=False)
+        vb["status"] = INGESTED
+        await _thread(self.store.set_vendor_batch, b["id"], vb, release=True)
+        self.worker.wake()
+
+    async def _settle(
+        self, b: dict[str, Any], key: ApiKey, dep: Deployment, line: Mapping[str, Any]
+    ) -> None:
+        """Bill and record one line of the vendor's output or error file."""
+        rid = line.get("custom_id")
+        if not isinstance(rid, str):
+            return
+        ours = await _thread(self.store.line_by_request, rid)
+        if ours is None or ours["batch_id"] != b["id"] or ours["state"] != PENDING:
+            return
+        claimed = ClaimedLine(
+            ours["batch_id"],
+            ours["line_no"],
+            ours["request_id"],
+            ours["custom_id"],
+            ours["body"],
+            ours["attempts"],
+            ours["held_nanos"],
+            ours["held_tokens"],
+        )
+        hold = self.worker.hold_of(b, key, rid, ours["held_nanos"], ours["held_tokens"])
+        resp = line.get("response")
+        resp = resp if isinstance(resp, dict) else {}
+        status, body = resp.get("status_code"), resp.get("body")
+        if status != 200 or not isinstance(body, dict) or self.ledger is None:
+            err = body if isinstance(body, dict) else {"error": line.get("error")}
+            await self.worker.unrun(claimed, hold, status if isinstance(status, int) else 500, err)
+            return
+        w, pipeline = self.worker, self.svc.pipeline
+        call = w.builders[b["endpoint"]](orjson.loads(ours["body"]), key, self.svc)
+        call.request_id = rid
+        pipeline.route(call)
+        call.deployment, call.attempts = dep, 1
+        out = pipeline.meter_answer(call, dep.vendor.dialect, body)
+        call.status, call.http_status = "ok", 200
+        if hold is not None:
+            call.extras[HOLD] = hold
+            call.extras[ORG] = w.holds.directory.org_of(key)
+        call.extras["stages"] = [self.ledger]  # settle the line's hold; nothing else ran
+        cost = self.ledger.quote(call).cost_nanos
+        call.extras[EXTRA_ROWS] = [(batch_results, w.result_row(claimed, 200, out, cost))]
+        await pipeline.finish(call)
+        w.lines_run += 1
+        w.recorded(claimed)
+
+
+async def _thread(fn: Any, *args: Any, **kw: Any) -> Any:
+    return await asyncio.to_thread(fn, *args, **kw)
