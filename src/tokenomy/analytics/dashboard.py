@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from tokenomy.analytics import charts, queries
+from tokenomy.analytics import batch_panel, charts, queries
 from tokenomy.analytics.formatting import compact, money, money_compact, money_map, ms, pct
 from tokenomy.analytics.insights import REFERENCE, growth, milestones, savings
 from tokenomy.analytics.queries import EVERYONE, Scope
@@ -49,6 +49,7 @@ class View:
     ranking: list[dict[str, Any]]
     milestones: list[dict[str, Any]]
     names: Mapping[str, str] = field(default_factory=dict)
+    batches: batch_panel.BatchPanel | None = None
 
 
 def collect(
@@ -108,6 +109,7 @@ def collect(
         ),
         milestones=milestones(engine, scope=scope, end_ms=end_ms)[:8] if admin else [],
         names=names or {},
+        batches=batch_panel.collect(engine, start_ms, end_ms, buckets, scope),
     )
 
 
@@ -306,9 +308,15 @@ def render(view: View, *, queue_depth: int = 0, admin: bool = True) -> str:
         start=_date(view.start_ms),
         end=_date(view.end_ms - 1),
         kpis=_kpis(view, queue_depth),
-        cards="".join(_chart_cards(view) + _table_cards(view, admin)),
+        cards="".join(_chart_cards(view) + _batch_cards(view) + _table_cards(view, admin)),
         script=_SCRIPT,
     )
+
+
+def _batch_cards(view: View) -> list[str]:
+    if view.batches is None:
+        return []
+    return [batch_panel.render(view.batches, view.buckets, view.hourly)]
 
 
 def _css() -> str:
