@@ -16,12 +16,14 @@ from typing import Any
 
 import openai
 import pytest
+from sqlalchemy import select
 
 from tests.conftest import Gateway, running_gateway, sim_served, sim_stats
 from tests.servers import ThreadServer
 from tests.test_batches_openai import chat_line, client, jsonl, upload, wait_ended
 from tokenomy.api.batch_routes import BATCHES, Batches
 from tokenomy.cli.main import main as cli_main
+from tokenomy.store.schema import batches
 
 #: Wednesday 2026-12-09 10:00 in Shanghai: DeepSeek's morning peak (09:00-12:00).
 PEAK = datetime(2026, 12, 9, 2, 0, tzinfo=UTC).timestamp()
@@ -186,3 +188,25 @@ def test_the_plan_is_stored_with_the_batch(gw: Gateway, clock: FakeClock, tmp_pa
     done = wait_ended(c, b.id)
     assert done.status == "cancelled"
     assert done.request_counts is not None and done.request_counts.completed == 0
+
+
+def test_a_batch_is_held_at_the_dearest_prices_its_window_can_run_at(
+    gw: Gateway, clock: FakeClock
+) -> None:
+    """Created off-peak, a batch may still run into the afternoon peak: it holds what the
+    same lines hold at peak, and is charged only what they cost when they ran."""
+
+    def held_for(at: float) -> tuple[int, Any]:
+        clock.t = at
+        org = gw.new_org(10**10)
+        c = client(gw, gw.new_key(org_id=org))
+        b = create(c, "ds-reasoner", 5)
+        with gw.services.engine.connect() as conn:
+            q = select(batches.c.held_nanos).where(batches.c.id == b.id)
+            return int(conn.execute(q).scalar_one()), (c, b.id)
+
+    at_peak, _ = held_for(PEAK)
+    off_peak, (c, bid) = held_for(OFF_PEAK + 60)
+    assert off_peak == at_peak > 0
+    done = wait_ended(c, bid)  # off-peak now: it runs at once
+    assert done.status == "completed"
