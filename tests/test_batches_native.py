@@ -35,6 +35,8 @@ from tokenomy.store.schema import batch_results, usage_events
 NATIVE = """
   - name: native
     deployments: [{vendor: sim-native, model: native-a, price: sim/sim-small}]
+  - name: native-refused
+    deployments: [{vendor: sim-native, model: nobatch-a, price: sim/sim-small}]
   - name: native-off
     deployments: [{vendor: sim-native-off, model: native-b, price: sim/sim-small}]
 """
@@ -149,4 +151,22 @@ def test_a_vendor_flagged_off_runs_the_lines_one_by_one(gw: Gateway) -> None:
     assert "vendor_batch" not in (b.model_extra or {})["tokenomy"]
     done = wait_ended(c, b.id)
     assert done.status == "completed"
+    assert held(gw, org) == 0
+
+
+def test_a_batch_the_vendor_refuses_runs_here_line_by_line(gw: Gateway) -> None:
+    start = 10**10
+    org = gw.new_org(start)
+    c = client(gw, gw.new_key(org_id=org))
+    fid = upload(c, jsonl([chat_line(i, model="native-refused") for i in range(5)]))
+    b = c.batches.create(
+        input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = wait_ended(c, b.id)
+    assert done.status == "completed"
+    assert done.request_counts is not None and done.request_counts.completed == 5
+    vb = (done.model_extra or {})["tokenomy"]["vendor_batch"]
+    assert vb["status"] == "refused" and vb["id"] is None
+    spent = sum(u["cost_nanos"] for u in usage_of(gw, b.id))
+    assert spent > 0 and gw.services.ledger.balance(org) == start - spent
     assert held(gw, org) == 0

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import orjson
 
 from tokenomy.batches.schedule import Groups
@@ -132,6 +133,9 @@ class NativeBatches:
             got = await client.create(fid, b["endpoint"], {"tokenomy_batch": b["id"]})
         except GatewayError as e:
             await self._refused(b, vb, e.message)
+            return
+        except (aiohttp.ClientError, TimeoutError) as e:
+            await self._refused(b, vb, f"{dep.vendor.name} could not be reached: {e!r}")
             return
         vb.update(
             status=SUBMITTED,

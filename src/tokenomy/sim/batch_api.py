@@ -96,6 +96,9 @@ async def create(request: web.Request) -> web.Response:
     now = int(time.time())
     bid = f"batch_sim{next(st.ids):06d}"
     lines = [x for x in st.files[fid][1].split(b"\n") if x.strip()]
+    if any(b"nobatch" in x for x in lines):
+        # Some vendors batch only some models (Kimi: two); this one batches none of these.
+        raise bad_request(_D, "this model is not available in batch", "input_file_id")
     b: dict[str, Any] = {
         "id": bid,
         "object": "batch",
