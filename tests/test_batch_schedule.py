@@ -210,3 +210,17 @@ def test_a_batch_is_held_at_the_dearest_prices_its_window_can_run_at(
     assert off_peak == at_peak > 0
     done = wait_ended(c, bid)  # off-peak now: it runs at once
     assert done.status == "completed"
+
+
+def test_placement_compares_deployments_at_the_price_window_in_effect(gw: Gateway) -> None:
+    """Batch lines go where the plan put them: latency-tolerant placement prices a
+    deployment at the window of the moment (DeepSeek's peak is twice its off-peak)."""
+    router = gw.services.router
+    (dep,) = gw.services.registry.resolve("ds-reasoner").deployments
+
+    def token_usd(at: float) -> Decimal:
+        (p,) = router.placements([dep], 1000, 1000, batch=True, now=datetime.fromtimestamp(at, UTC))
+        assert p.token_usd is not None
+        return p.token_usd
+
+    assert token_usd(PEAK) == 2 * token_usd(OFF_PEAK + 60) > 0
