@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import pytest
 from sqlalchemy import select
 
@@ -37,6 +39,8 @@ NATIVE = """
     deployments: [{vendor: sim-native, model: native-a, price: sim/sim-small}]
   - name: native-refused
     deployments: [{vendor: sim-native, model: nobatch-a, price: sim/sim-small}]
+  - name: native-claude
+    deployments: [{vendor: sim-native-anthropic, model: claude-native-a, price: sim/sim-small}]
   - name: native-off
     deployments: [{vendor: sim-native-off, model: native-b, price: sim/sim-small}]
 """
@@ -55,6 +59,8 @@ def gw(
             "vendors:\n",
             "batches: {native: true, native_poll_s: 0.3}\nvendors:\n"
             f'  sim-native: {{base_url: "{sim.url}/v1", dialect: openai, auth: none, native_batch: openai}}\n'
+            f'  sim-native-anthropic: {{base_url: "{sim.url}/v1", dialect: anthropic, '
+            "auth: none, native_batch: anthropic}\n"
             f'  sim-native-off: {{base_url: "{sim.url}/v1", dialect: openai, auth: none, native_batch: none}}\n',
         )
         svc = build_services(parse_config(text, "native-config"), dict(os.environ))
@@ -168,5 +174,69 @@ def test_a_batch_the_vendor_refuses_runs_here_line_by_line(gw: Gateway) -> None:
     vb = (done.model_extra or {})["tokenomy"]["vendor_batch"]
     assert vb["status"] == "refused" and vb["id"] is None
     spent = sum(u["cost_nanos"] for u in usage_of(gw, b.id))
+    assert spent > 0 and gw.services.ledger.balance(org) == start - spent
+    assert held(gw, org) == 0
+
+
+def test_openai_chat_lines_go_to_anthropics_message_batches_translated(
+    gw: Gateway, sim: ThreadServer
+) -> None:
+    start = 10**10
+    org = gw.new_org(start)
+    c = client(gw, gw.new_key(org_id=org))
+    fid = upload(c, jsonl([chat_line(i, model="native-claude") for i in range(8)]))
+    b = c.batches.create(
+        input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = wait_ended(c, b.id)
+    assert done.status == "completed"
+    assert done.request_counts is not None and done.request_counts.completed == 8
+    vb = (done.model_extra or {})["tokenomy"]["vendor_batch"]
+    assert vb["status"] == "ingested" and vb["id"].startswith("msgbatch_sim")
+    assert sim.app is not None
+    assert sim.app[BATCH_API].batches[vb["id"]]["request_counts"]["succeeded"] == 8
+    assert done.output_file_id is not None
+    out = [json.loads(x) for x in c.files.content(done.output_file_id).text.splitlines()]
+    for x in out:  # Anthropic's messages, answered in OpenAI's shape
+        body = x["response"]["body"]
+        assert body["object"] == "chat.completion" and body["model"] == "native-claude"
+        assert body["choices"][0]["message"]["content"]
+    usage = usage_of(gw, b.id)
+    assert len(usage) == 8 and all(u["price_tier"] == "batch" for u in usage)
+    spent = sum(u["cost_nanos"] for u in usage)
+    assert spent > 0 and gw.services.ledger.balance(org) == start - spent
+    assert held(gw, org) == 0
+
+
+def test_an_anthropic_message_batch_goes_to_the_vendors_message_batches(
+    gw: Gateway, sim: ThreadServer
+) -> None:
+    start = 10**10
+    org = gw.new_org(start)
+    a = anthropic.Anthropic(base_url=gw.url, api_key=gw.new_key(org_id=org), max_retries=0)
+    mb = a.messages.batches.create(
+        requests=[
+            {
+                "custom_id": f"q{i}",
+                "params": {
+                    "model": "native-claude",
+                    "max_tokens": 16,
+                    "messages": [{"role": "user", "content": f"question {i}"}],
+                },
+            }
+            for i in range(4)
+        ]
+    )
+    deadline = time.monotonic() + 60
+    while (got := a.messages.batches.retrieve(mb.id)).processing_status != "ended":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    vb = (got.model_extra or {})["tokenomy"]["vendor_batch"]
+    assert vb["status"] == "ingested" and vb["id"].startswith("msgbatch_sim")
+    results = {r.custom_id: r.result for r in a.messages.batches.results(mb.id)}
+    assert sorted(results) == ["q0", "q1", "q2", "q3"]
+    for r in results.values():
+        assert r.type == "succeeded" and r.message.model == "native-claude"
+    spent = sum(u["cost_nanos"] for u in usage_of(gw, mb.id))
     assert spent > 0 and gw.services.ledger.balance(org) == start - spent
     assert held(gw, org) == 0

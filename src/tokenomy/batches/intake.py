@@ -172,8 +172,9 @@ class BatchIntake:
         if native is not None:
             # Parked: handed whole to the vendor's batch API at the planned start.
             not_before = PARKED_MS
+            dep, api = native
             row["vendor_batch"] = json.dumps(
-                {"status": PLANNED, "vendor": native.vendor.key, "deployment": native.id}
+                {"status": PLANNED, "vendor": dep.vendor.key, "deployment": dep.id, "api": api}
             )
 
         def holds() -> Iterator[Hold]:

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -35,7 +34,7 @@ from tokenomy.errors import GatewayError
 from tokenomy.gateway.records import EXTRA_ROWS
 from tokenomy.gateway.registry import Deployment
 from tokenomy.ledger.stage import HOLD, ORG, LedgerStage
-from tokenomy.providers.vendor_batches import OVER, VendorBatchClient
+from tokenomy.providers.vendor_batches import client_for
 from tokenomy.store.batches import PENDING, BatchStore, ClaimedLine
 from tokenomy.store.keys import ApiKey
 from tokenomy.store.schema import batch_results
@@ -46,8 +45,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Endpoints a native vendor batch takes (OpenAI's shape).
-NATIVE_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+#: Our batch endpoints each shape of vendor batch takes (Anthropic's by translation
+#: from OpenAI's chat, as an interactive call would be).
+NATIVE_ENDPOINTS = {
+    "openai": ("/v1/chat/completions", "/v1/embeddings"),
+    "anthropic": ("/v1/messages", "/v1/chat/completions"),
+}
+
+#: The URL each vendor line is for, by the vendor-side endpoint.
+_URLS = {"chat": "/v1/chat/completions", "embeddings": "/v1/embeddings", "messages": ""}
 
 #: A parked line's lease: past any batch's window, so no worker claims it one by one.
 PARKED_MS = 2**62
@@ -56,17 +62,21 @@ PARKED_MS = 2**62
 PLANNED, SUBMITTED, INGESTED, REFUSED = "planned", "submitted", "ingested", "refused"
 
 
-def native_target(svc: Services, groups: Groups, endpoint: str) -> Deployment | None:
-    """The one deployment a batch's lines may all be handed to natively, if any."""
-    if not svc.config.batches.native or endpoint not in NATIVE_ENDPOINTS:
-        return None
-    if len(groups.by_deps) != 1:
+def native_target(svc: Services, groups: Groups, endpoint: str) -> tuple[Deployment, str] | None:
+    """The one deployment a batch's lines may all be handed to natively, and the shape
+    of its vendor's batch API, if any."""
+    if not svc.config.batches.native or len(groups.by_deps) != 1:
         return None
     (g,) = groups.by_deps.values()
     dep = g.deployments[0] if g.deployments else None
-    if dep is None or dep.vendor.native_batch != "openai" or not dep.vendor.has_credentials:
+    if dep is None or not dep.vendor.has_credentials:
         return None
-    return dep
+    api = dep.vendor.native_batch
+    if api not in NATIVE_ENDPOINTS or endpoint not in NATIVE_ENDPOINTS[api]:
+        return None
+    if api != dep.vendor.dialect:  # Message Batches of an OpenAI-dialect vendor: no
+        return None
+    return dep, api
 
 
 class NativeBatches:
@@ -122,15 +132,15 @@ class NativeBatches:
 
     async def _submit(self, b: dict[str, Any], vb: dict[str, Any]) -> None:
         dep = self._deployment(vb["deployment"])
-        if dep is None:
-            await self._refused(b, vb, "the deployment is no longer configured")
+        key = await self.worker.key_of(b["key_id"])
+        if dep is None or key is None:
+            await self._refused(b, vb, "the deployment or the key is gone")
             return
-        jsonl = await _thread(self._input_file, b, dep)
+        url, requests = await self._requests(b, key, dep)
         await _thread(self.store.lease_lines, b["id"], self._line_lease_ms(), first=True)
-        client = VendorBatchClient(dep.vendor)
+        client = client_for(dep.vendor, vb.get("api", "openai"))
         try:
-            fid = await client.upload(jsonl, f"{b['id']}.jsonl")
-            got = await client.create(fid, b["endpoint"], {"tokenomy_batch": b["id"]})
+            got = await client.submit(url, requests, b["id"])
         except GatewayError as e:
             await self._refused(b, vb, e.message)
             return
@@ -140,32 +150,27 @@ class NativeBatches:
         vb.update(
             status=SUBMITTED,
             id=got["id"],
-            input_file_id=fid,
-            vendor_status=got.get("status"),
+            vendor_status=got.get("status") or got.get("processing_status"),
             next_poll_at=self.worker.clock() + self.poll_s,
         )
         await _thread(self.store.set_vendor_batch, b["id"], vb, release=True)
 
-    def _input_file(self, b: dict[str, Any], dep: Deployment) -> bytes:
-        """The vendor's input file: every unfinished line, under its request id."""
-        out = bytearray()
-        last = 0
-        while page := self.store.pending_page(b["id"], last):
+    async def _requests(
+        self, b: dict[str, Any], key: ApiKey, dep: Deployment
+    ) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+        """Every unfinished line as the vendor takes it (translated as an interactive
+        call would be, its model the deployment's), under its request id."""
+        build, pipeline = self.worker.builders[b["endpoint"]], self.svc.pipeline
+        out: list[tuple[str, dict[str, Any]]] = []
+        url, last = "", 0
+        while page := await _thread(self.store.pending_page, b["id"], last):
             for ln in page:
-                body = orjson.loads(ln["body"])
-                body.pop("provider", None)
-                if body.get("service_tier") == "batch":  # ours: the vendor's API has none
-                    del body["service_tier"]
-                body["model"] = dep.upstream_model
-                line = {
-                    "custom_id": ln["request_id"],
-                    "method": "POST",
-                    "url": b["endpoint"],
-                    "body": body,
-                }
-                out += orjson.dumps(line) + b"\n"
+                call = build(orjson.loads(ln["body"]), key, self.svc)
+                endpoint, body = pipeline.upstream_request(call, dep.vendor.dialect)
+                url = _URLS.get(endpoint, "")
+                out.append((ln["request_id"], {**body, "model": dep.upstream_model}))
             last = page[-1]["line_no"]
-        return bytes(out)
+        return url, out
 
     async def _refused(self, b: dict[str, Any], vb: dict[str, Any], why: str) -> None:
         """The vendor would not take the batch: its lines run one by one."""
@@ -180,25 +185,22 @@ class NativeBatches:
         if dep is None:
             await self._refused(b, vb, "the deployment is no longer configured")
             return
-        client = VendorBatchClient(dep.vendor)
-        got = await client.retrieve(vb["id"])
-        status = got.get("status")
+        client = client_for(dep.vendor, vb.get("api", "openai"))
+        status, over, got = await client.retrieve(vb["id"])
         vb["vendor_status"] = status
-        if b["status"] == "cancelling" and not vb.get("cancel_sent") and status not in OVER:
-            got = await client.cancel(vb["id"])
+        if b["status"] == "cancelling" and not vb.get("cancel_sent") and not over:
+            vb["vendor_status"] = await client.cancel(vb["id"])
             vb["cancel_sent"] = True
-            status = vb["vendor_status"] = got.get("status")
-        if status not in OVER:
+        if not over:
             await _thread(self.store.lease_lines, b["id"], self._line_lease_ms(), first=False)
             vb["next_poll_at"] = self.worker.clock() + self.poll_s
             await _thread(self.store.set_vendor_batch, b["id"], vb, release=True)
             return
         key = await self.worker.key_of(b["key_id"])
-        for kind in ("output_file_id", "error_file_id"):
-            fid = got.get(kind)
-            if isinstance(fid, str) and key is not None:
-                async for line in client.lines(fid):
-                    await self._settle(b, key, dep, line)
+        if key is not None:
+            async for cid, code, body in client.results(got):
+                if code is not None:  # None: never ran there; it goes back to the worker
+                    await self._settle(b, key, dep, cid, code, body)
         # Recorded lines are marked done before the rest go back to the worker.
         await self.worker.mark_recorded()
         await _thread(self.store.lease_lines, b["id"], 0, first=False)
@@ -207,12 +209,9 @@ class NativeBatches:
         self.worker.wake()
 
     async def _settle(
-        self, b: dict[str, Any], key: ApiKey, dep: Deployment, line: Mapping[str, Any]
+        self, b: dict[str, Any], key: ApiKey, dep: Deployment, rid: str, code: int, body: Any
     ) -> None:
-        """Bill and record one line of the vendor's output or error file."""
-        rid = line.get("custom_id")
-        if not isinstance(rid, str):
-            return
+        """Bill and record one of the vendor's results."""
         ours = await _thread(self.store.line_by_request, rid)
         if ours is None or ours["batch_id"] != b["id"] or ours["state"] != PENDING:
             return
@@ -227,12 +226,8 @@ class NativeBatches:
             ours["held_tokens"],
         )
         hold = self.worker.hold_of(b, key, rid, ours["held_nanos"], ours["held_tokens"])
-        resp = line.get("response")
-        resp = resp if isinstance(resp, dict) else {}
-        status, body = resp.get("status_code"), resp.get("body")
-        if status != 200 or not isinstance(body, dict) or self.ledger is None:
-            err = body if isinstance(body, dict) else {"error": line.get("error")}
-            await self.worker.unrun(claimed, hold, status if isinstance(status, int) else 500, err)
+        if code != 200 or not isinstance(body, dict) or self.ledger is None:
+            await self.worker.unrun(claimed, hold, code, body)
             return
         w, pipeline = self.worker, self.svc.pipeline
         call = w.builders[b["endpoint"]](orjson.loads(ours["body"]), key, self.svc)

@@ -308,6 +308,11 @@ class Pipeline:
             body_out = orjson.dumps(out)
         return Outcome(headers=headers, body=body_out)
 
+    def upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
+        """(endpoint, body) of the call as a vendor of ``dialect`` takes it (translated,
+        our own fields removed), before the deployment's model is put in."""
+        return self._upstream_request(call, dialect)
+
     def _upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
         body = call.body
         if "provider" in body or body.get("service_tier") == "batch":

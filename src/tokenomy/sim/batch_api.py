@@ -1,9 +1,11 @@
-"""A vendor's native batch API in OpenAI's shape: Files (``purpose=batch``) and Batches.
+"""Vendors' native batch APIs: OpenAI's Files (``purpose=batch``) and Batches, and
+Anthropic's Message Batches.
 
 A created batch runs in the background: each line is sent to the simulator's own
 endpoint for its ``url`` (so it is answered, faulted and counted as an interactive call
-would be), its answer kept as an output line (2xx) or an error line (others), in
-OpenAI's result format. Files and batches live in memory.
+would be), its answer kept as an output line (2xx) or an error line (others) in
+OpenAI's result format, or as a ``succeeded`` / ``errored`` / ``canceled`` result in
+Anthropic's. Files and batches live in memory.
 """
 
 from __future__ import annotations
@@ -179,6 +181,115 @@ async def _run(
     b["status"], b[f"{end}_at"] = end, int(time.time())
 
 
+# -- Anthropic's Message Batches ---------------------------------------------------------
+
+_A = Dialect.ANTHROPIC
+
+
+def _rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _message_batch(request: web.Request, b: dict[str, Any]) -> dict[str, Any]:
+    ended = b["processing_status"] == "ended"
+    url = f"http://{request.host}/v1/messages/batches/{b['id']}/results"
+    return {
+        "id": b["id"],
+        "type": "message_batch",
+        "processing_status": b["processing_status"],
+        "request_counts": dict(b["request_counts"]),
+        "ended_at": _rfc3339(b.get("ended_at")),
+        "created_at": _rfc3339(b["created_at"]),
+        "expires_at": _rfc3339(b["created_at"] + 86400),
+        "archived_at": None,
+        "cancel_initiated_at": _rfc3339(b.get("cancel_initiated_at")),
+        "results_url": url if ended else None,
+    }
+
+
+async def create_messages(request: web.Request) -> web.Response:
+    st = request.app[BATCH_API]
+    body = await read_body(request, _A)
+    reqs = body.get("requests")
+    if not isinstance(reqs, list) or not reqs:
+        raise bad_request(_A, "requests must be a non-empty array", "requests")
+    for r in reqs:
+        if not (isinstance(r, dict) and isinstance(r.get("custom_id"), str)):
+            raise bad_request(_A, "each request needs a custom_id and params", "requests")
+        if not isinstance(r.get("params"), dict):
+            raise bad_request(_A, "each request needs a custom_id and params", "requests")
+    bid = f"msgbatch_sim{next(st.ids):06d}"
+    counts = {"processing": len(reqs), "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+    b: dict[str, Any] = {
+        "id": bid,
+        "processing_status": "in_progress",
+        "request_counts": counts,
+        "created_at": time.time(),
+        "results": [],
+    }
+    st.batches[bid] = b
+    auth = {
+        k: v
+        for k, v in request.headers.items()
+        if k.lower() in ("authorization", "x-api-key", "anthropic-version")
+    }
+    task = asyncio.create_task(_run_messages(b, reqs, f"http://{request.host}", auth))
+    st.tasks.add(task)
+    task.add_done_callback(st.tasks.discard)
+    return _json(_message_batch(request, b))
+
+
+def _own_message_batch(request: web.Request) -> dict[str, Any]:
+    b = request.app[BATCH_API].batches.get(request.match_info["batch_id"])
+    if b is None or "processing_status" not in b:
+        raise Rejected(error_response(_A, 404, "No such message batch."))
+    return b
+
+
+async def retrieve_messages(request: web.Request) -> web.Response:
+    return _json(_message_batch(request, _own_message_batch(request)))
+
+
+async def cancel_messages(request: web.Request) -> web.Response:
+    b = _own_message_batch(request)
+    if b["processing_status"] == "in_progress":
+        b["processing_status"], b["cancel_initiated_at"] = "canceling", time.time()
+    return _json(_message_batch(request, b))
+
+
+async def results_messages(request: web.Request) -> web.Response:
+    b = _own_message_batch(request)
+    if b["processing_status"] != "ended":
+        raise bad_request(_A, "the batch has not ended", "batch_id")
+    body = b"".join(orjson.dumps(r) + b"\n" for r in b["results"])
+    return web.Response(body=body, content_type="application/x-jsonl")
+
+
+async def _run_messages(
+    b: dict[str, Any], reqs: list[dict[str, Any]], origin: str, auth: dict[str, str]
+) -> None:
+    counts = b["request_counts"]
+    async with aiohttp.ClientSession() as s:
+        for r in reqs:
+            counts["processing"] -= 1
+            if b["processing_status"] == "canceling":
+                b["results"].append({"custom_id": r["custom_id"], "result": {"type": "canceled"}})
+                counts["canceled"] += 1
+                continue
+            async with s.post(origin + "/v1/messages", json=r["params"], headers=auth) as resp:
+                status, body = resp.status, orjson.loads(await resp.read())
+            if status < 300:
+                result = {"type": "succeeded", "message": body}
+                counts["succeeded"] += 1
+            else:
+                result = {"type": "errored", "error": body}
+                counts["errored"] += 1
+            b["results"].append({"custom_id": r["custom_id"], "result": result})
+    b["processing_status"], b["ended_at"] = "ended", time.time()
+
+
 async def _stop(app: web.Application) -> None:
     for t in list(app[BATCH_API].tasks):
         t.cancel()
@@ -194,4 +305,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/batches", create)
     r.add_get("/v1/batches/{batch_id}", retrieve)
     r.add_post("/v1/batches/{batch_id}/cancel", cancel)
+    r.add_post("/v1/messages/batches", create_messages)
+    r.add_get("/v1/messages/batches/{batch_id}", retrieve_messages)
+    r.add_post("/v1/messages/batches/{batch_id}/cancel", cancel_messages)
+    r.add_get("/v1/messages/batches/{batch_id}/results", results_messages)
     app.on_cleanup.append(_stop)
