@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: An instant past every lease (a parked line's included).
+_EVERY_LEASE = 2**63 - 1
+
 #: Refusals that say "later", not "no": the line is tried again after a pause.
 _LATER = (RateLimited, Overloaded)
 
@@ -127,15 +130,16 @@ class BatchWorker:
         except Exception:
             log.exception("reading the running batches failed")
             return
-        now_ms = int(self.clock() * 1000)
         for b in active:
             if b["status"] != "in_progress":
                 continue
             key = await self.key_of(b["key_id"])
             if key is None:
                 continue
-            # Only lines still to run: one recorded before a crash has been settled.
-            for ln in await asyncio.to_thread(self.store.unrecorded, b["id"], now_ms):
+            # Only lines still to run: one recorded before a crash has been settled. Holds
+            # in memory mean one process: no lease, not even a vendor batch's, is anyone
+            # else's, so every unrecorded line's hold is taken back.
+            for ln in await asyncio.to_thread(self.store.unrecorded, b["id"], _EVERY_LEASE):
                 h = self.hold_of(b, key, ln["request_id"], ln["held_nanos"], ln["held_tokens"])
                 if h is not None:
                     with contextlib.suppress(Shortfall):
