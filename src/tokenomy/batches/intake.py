@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tokenomy.batches.file_lines import file_lines, file_lines_blocking
 from tokenomy.batches.holds import LineHolds
 from tokenomy.batches.native import PARKED_MS, PLANNED, native_target
 from tokenomy.batches.objects import ENDPOINTS, WINDOWS, line_request_id, new_batch_id
@@ -107,8 +108,8 @@ class BatchIntake:
         row = _new_row(new_batch_id(), key, owner, endpoint, window, meta, file_id, self.clock())
         fid = f.id
         source = _Source(
-            lambda: _file_lines(self.files, fid),
-            lambda: _file_lines_blocking(self.files, fid),
+            lambda: file_lines(self.files, fid),
+            lambda: file_lines_blocking(self.files, fid),
         )
         checked, errors = await self._check(source.read(), key, endpoint, row["created_at"])
         if errors or not checked:
@@ -371,45 +372,6 @@ def _parse_line(raw: bytes, endpoint: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(body, dict):
         raise _LineError("missing_required_parameter", "Each request needs a body object.", "body")
     return custom_id, body
-
-
-class _Feed:
-    """Splits a file given a chunk at a time into its non-blank lines, numbered from 1."""
-
-    def __init__(self) -> None:
-        self.rest, self.n = b"", 0
-
-    def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
-        parts = (self.rest + data).split(b"\n")
-        self.rest = parts.pop()
-        for p in parts:
-            self.n += 1
-            if p.strip():
-                yield self.n, p
-
-    def end(self) -> Iterator[tuple[int, bytes]]:
-        if self.rest.strip():
-            yield self.n + 1, self.rest
-
-
-def _file_lines_blocking(files: FileStore, file_id: str) -> Iterator[tuple[int, bytes]]:
-    """A stored file's lines, a chunk read at a time (blocking)."""
-    feed, seq = _Feed(), 0
-    while (data := files.chunk(file_id, seq)) is not None:
-        seq += 1
-        yield from feed.feed(data)
-    yield from feed.end()
-
-
-async def _file_lines(files: FileStore, file_id: str) -> AsyncIterator[tuple[int, bytes]]:
-    """A stored file's lines, a chunk read on a thread at a time."""
-    feed, seq = _Feed(), 0
-    while (data := await asyncio.to_thread(files.chunk, file_id, seq)) is not None:
-        seq += 1
-        for x in feed.feed(data):
-            yield x
-    for x in feed.end():
-        yield x
 
 
 def _refusal(s: Shortfall, worst: int, key: ApiKey, svc: Services) -> InsufficientQuota:

@@ -37,6 +37,7 @@ from tokenomy.ledger.stage import HOLD, ORG, LedgerStage
 from tokenomy.providers.vendor_batches import client_for
 from tokenomy.store.batches import PENDING, BatchStore, ClaimedLine
 from tokenomy.store.keys import ApiKey
+from tokenomy.store.native_batches import VendorBatchStore
 from tokenomy.store.schema import batch_results
 
 if TYPE_CHECKING:
@@ -84,7 +85,8 @@ class NativeBatches:
 
     def __init__(self, svc: Services, store: BatchStore, worker: BatchWorker) -> None:
         self.svc = svc
-        self.store = store
+        self.batches = store
+        self.store = VendorBatchStore(store.engine)
         self.worker = worker
         self.poll_s = svc.config.batches.native_poll_s
         self.ledger = next((s for s in svc.pipeline.stages if isinstance(s, LedgerStage)), None)
@@ -99,7 +101,7 @@ class NativeBatches:
     async def tick(self) -> None:
         """One look at every running batch handed (or to be handed) to a vendor."""
         now = self.worker.clock()
-        for b in await _thread(self.store.active):
+        for b in await _thread(self.batches.active):
             if not b.get("vendor_batch"):
                 continue
             vb = json.loads(b["vendor_batch"])
