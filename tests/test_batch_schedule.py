@@ -22,6 +22,7 @@ from tests.conftest import Gateway, running_gateway, sim_served, sim_stats
 from tests.servers import ThreadServer
 from tests.test_batches_openai import chat_line, client, jsonl, upload, wait_ended
 from tokenomy.api.batch_routes import BATCHES, Batches
+from tokenomy.batches.throughput import Throughput
 from tokenomy.cli.main import main as cli_main
 from tokenomy.store.schema import batches
 
@@ -95,8 +96,10 @@ def test_a_batch_created_at_peak_waits_for_the_off_peak_hours_and_runs_then(
     time.sleep(2.0)
     got = c.batches.retrieve(b.id)
     assert got.request_counts is not None and got.request_counts.completed == 0
-    # The vendor has seen none of its lines.
+    # The vendor has seen none of its lines; the gauges count them as scheduled.
     assert sim_served(sim_stats(gw.sim_url), "ds-reasoner") == before
+    stats = batches_of(gw).worker.stats  # read every 2 s
+    assert stats.scheduled >= 6 and stats.queued >= 6 and stats.running == 0
 
     monkeypatch.setenv("TOKENOMY_DATABASE_URL", gw.services.config.database.url)
     assert cli_main(["batches", "show", b.id]) == 0
@@ -224,3 +227,16 @@ def test_placement_compares_deployments_at_the_price_window_in_effect(gw: Gatewa
         return p.token_usd
 
     assert token_usd(PEAK) == 2 * token_usd(OFF_PEAK + 60) > 0
+
+
+def test_throughput_is_measured_only_while_lines_wait() -> None:
+    t = Throughput(default=2.0)
+    assert t.lines_per_s() == 2.0
+    t.sample(0, 100.0, saturated=True)
+    t.sample(50, 110.0, saturated=True)  # 5 lines/s while lines waited
+    assert t.lines_per_s() == 5.0
+    t.sample(51, 120.0, saturated=False)  # idle: says nothing of capacity
+    t.sample(52, 130.0, saturated=False)
+    assert t.lines_per_s() == 5.0
+    t.sample(152, 140.0, saturated=True)  # 10 lines/s, smoothed in
+    assert 5.0 < t.lines_per_s() < 10.0
