@@ -14,6 +14,7 @@ a client session per use, not the pooled relay of the chat path.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ import orjson
 
 from tokenomy.errors import UpstreamError
 from tokenomy.gateway.registry import Vendor
+from tokenomy.providers.tls import client_context
 
 #: OpenAI's statuses after which a vendor batch changes no more.
 OVER = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -65,6 +67,17 @@ class _Http:
         self.vendor = vendor
         self.base = vendor.base_url.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10)
+        # The vendor's own proxy and TLS settings, as its chat connections have them.
+        self.proxy = vendor.proxy
+        self.ssl: ssl.SSLContext | bool = True
+        if self.base.startswith("https://"):
+            self.ssl = client_context(vendor.ca_file, vendor.client_cert, vendor.client_key)
+
+    def session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(timeout=self.timeout)
+
+    def _opts(self) -> dict[str, Any]:
+        return {"headers": self.headers(), "proxy": self.proxy, "ssl": self.ssl}
 
     def headers(self) -> dict[str, str]:
         h = dict(self.vendor.headers)
@@ -78,8 +91,8 @@ class _Http:
     async def json(self, method: str, url: str, **kw: Any) -> dict[str, Any]:
         full = url if url.startswith("http") else self.base + url
         async with (
-            aiohttp.ClientSession(timeout=self.timeout) as s,
-            s.request(method, full, headers=self.headers(), **kw) as r,
+            self.session() as s,
+            s.request(method, full, **self._opts(), **kw) as r,
         ):
             raw = await r.read()
             if r.status >= 300:
@@ -98,8 +111,8 @@ class _Http:
         """A JSONL document's lines, parsed, read a chunk at a time."""
         full = url if url.startswith("http") else self.base + url
         async with (
-            aiohttp.ClientSession(timeout=self.timeout) as s,
-            s.get(full, headers=self.headers()) as r,
+            self.session() as s,
+            s.get(full, **self._opts()) as r,
         ):
             if r.status >= 300:
                 raise UpstreamError(f"{self.vendor.name} refused {url}: {r.status}")
