@@ -95,6 +95,8 @@ def test_a_batch_goes_to_the_vendors_batch_api_and_each_line_is_billed_once(
     extra = (b.model_extra or {})["tokenomy"]
     assert extra["vendor_batch"]["status"] == "planned"
     assert "native-a" in extra["vendor_batch"]["deployment"]
+    assert extra["plan"]["reason"].startswith("now: handed to the vendor")
+    assert extra["plan"]["expected_start_at"] == b.created_at
     done = wait_ended(c, b.id)
     assert done.status == "completed", done
     assert done.request_counts is not None

@@ -158,6 +158,7 @@ class BatchIntake:
         created_ms = now * 1000
         org = self.svc.directory.org_of(key)
         rate, backlog = self.pace()
+        native = native_target(self.svc, checked.groups, row["endpoint"])
         plan = self.planner.plan(
             checked.groups,
             org.currency if org is not None else Currency.USD,
@@ -165,13 +166,15 @@ class BatchIntake:
             row["expires_at"],
             rate,
             backlog,
+            # A vendor's batch has its own 24-hour window from its submission: handed
+            # over later, it could end past ours.
+            wait=native is None,
         )
         # A line scheduled for later carries its planned start as its lease: no process
         # claims it before then, and claims take lines in that order.
         not_before = plan.start * 1000 if plan.start > now else 0
-        native = native_target(self.svc, checked.groups, row["endpoint"])
         if native is not None:
-            # Parked: handed whole to the vendor's batch API at the planned start.
+            # Parked: handed whole to the vendor's batch API (at once).
             not_before = PARKED_MS
             dep, api = native
             row["vendor_batch"] = json.dumps(

@@ -2,8 +2,9 @@
 
 A batch qualifies when ``batches.native`` is on and all its lines are planned on one
 deployment whose vendor sells a native batch API (``native_batch: openai`` in the
-catalogue's presets). Its lines are stored parked (never claimed one by one); at the
-planned start one process uploads them as a JSONL file (each line's ``custom_id`` is
+catalogue's presets). Its lines are stored parked (never claimed one by one) and its
+plan starts it at once (the vendor's own window starts at submission); one process
+uploads them as a JSONL file (each line's ``custom_id`` is
 its request id, its model the deployment's), creates the vendor batch and leases the
 lines to it; any process then polls it (a claim on the batch makes it one at a time),
 cancels it when the batch is cancelled, and once it is over reads its output and error

@@ -127,14 +127,17 @@ class Planner:
         expires_at: float,
         lines_per_s: float,
         backlog: int = 0,
+        *,
+        wait: bool = True,
     ) -> Plan:
-        """The plan of a batch created at ``now`` that must end by ``expires_at``."""
+        """The plan of a batch created at ``now`` that must end by ``expires_at``
+        (``wait``: may start later; else it starts now, and is only priced)."""
         total = groups.lines
         rate = max(lines_per_s, 1e-6)
         duration = (total + backlog) / rate
         latest = expires_at - float(SAFETY) * duration - MARGIN_S
         t0 = datetime.fromtimestamp(now, UTC)
-        if latest <= now:
+        if latest <= now or not wait:
             cands = [t0]
         else:
             until = datetime.fromtimestamp(latest, UTC)
@@ -161,7 +164,9 @@ class Planner:
             ),
             None,
         )
-        if latest <= now:
+        if not wait:
+            reason = "now: handed to the vendor's batch API, whose own window starts then"
+        elif latest <= now:
             reason = "now: the completion window leaves no time to wait"
         elif best_t == t0:
             reason = "now: no cheaper time before the latest start"
