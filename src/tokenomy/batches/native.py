@@ -1,17 +1,18 @@
-"""Batches handed to a vendor's own batch API (OpenAI's shape: OpenAI, Qwen, GLM, Kimi).
+"""Batches handed to a vendor's own batch API: OpenAI's shape (OpenAI, Qwen, GLM, Kimi:
+Files + Batches) or Anthropic's (Message Batches).
 
 A batch qualifies when ``batches.native`` is on and all its lines are planned on one
-deployment whose vendor sells a native batch API (``native_batch: openai`` in the
+deployment whose vendor sells a batch API of its dialect (``native_batch`` in the
 catalogue's presets). Its lines are stored parked (never claimed one by one) and its
-plan starts it at once (the vendor's own window starts at submission); one process
-uploads them as a JSONL file (each line's ``custom_id`` is
-its request id, its model the deployment's), creates the vendor batch and leases the
-lines to it; any process then polls it (a claim on the batch makes it one at a time),
-cancels it when the batch is cancelled, and once it is over reads its output and error
-files: each answer is metered and billed through the ledger stage like an interactive
-answer (batch prices, the line's hold, one usage record under the line's request id),
-each error ends its line at no cost. Lines the vendor did not answer (or a vendor that
-refused the batch) go back to the worker to run one by one.
+plan starts it at once (the vendor's own window starts at submission). One process
+hands them over in one submission (each line's ``custom_id`` its request id, its body
+translated as an interactive call's would be, its model the deployment's) and leases
+the lines to the vendor batch; any process then polls it (a claim on the batch makes it
+one at a time), cancels it when the batch is cancelled, and once it is over reads its
+results: each answer is metered and billed through the ledger stage like an
+interactive answer (batch prices, the line's hold, one usage record under the line's
+request id), each error ends its line at no cost. Lines the vendor did not answer (or a
+vendor that refused the batch) go back to the worker to run one by one.
 
 Exactly once: a line's outcome is recorded under its request id, which the writer
 writes once, so reading an output file again after a crash bills nothing twice. A
