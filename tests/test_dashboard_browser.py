@@ -234,3 +234,58 @@ def test_login_form_and_a_keys_own_view(browser: Any, dash: AnalyticsGateway) ->
     assert page.locator("input[name=key]").count() == 1
     assert p.context.cookies() == []
     p.close()
+
+
+def test_agent_work_panel(browser: Any, dash: AnalyticsGateway) -> None:
+    """Tasks run through the gateway show in the agent panel: their band, the costliest
+    task, the cache hit rate of the model they re-read their context on, the money saved."""
+    import openai
+
+    from tokenomy.analytics.formatting import money_map
+
+    secret, rec = dash.services.keys.create("agents", org_id="org_hist_globex")
+    dash.services.key_cache.put(secret, rec)
+    c = openai.OpenAI(base_url=dash.url + "/v1", api_key=secret, max_retries=0)
+    context = " ".join(f"ctx{i % 89}" for i in range(1800))
+    for _ in range(6):  # one task re-reading a long context: cached from the second call
+        c.chat.completions.create(
+            model="deepseek-chat",
+            messages=[{"role": "user", "content": context}],
+            max_tokens=16,
+            extra_headers={"X-Tokenomy-Task": "browser-agent"},
+        )
+    c.chat.completions.create(
+        model="gpt-5.4-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=8,
+        extra_headers={"X-Tokenomy-Task": "browser-quick"},
+    )
+    dash.server.call(dash.services.usage_writer.flush())
+    p = Page(browser, dash.url, viewport={"width": 1440, "height": 900})
+    page = p.page
+    _sign_in(page, f"{dash.url}/dashboard?days=30", ADMIN_KEY)
+    page.wait_for_load_state("networkidle")
+    panel = page.locator("section[data-panel=agents]")
+    assert panel.count() == 1 and "Agent work" in panel.locator("h2").inner_text()
+    assert panel.locator("svg.chart " + MARKS).count() == 2  # two bands hold tasks
+    bands = panel.locator("table.agents-bands tbody tr")
+    cells = [bands.nth(i).locator("td").all_inner_texts() for i in range(bands.count())]
+    assert [r[:2] for r in cells] == [["<10K", "1"], ["10K-100K", "1"], ["100K-1M", "0"],
+                                      [">1M", "0"]]  # fmt: skip
+    top = panel.locator("table.agents-top tbody tr").first.locator("td").all_inner_texts()
+    assert top[0] == "browser-agent" and top[1] == "6" and top[3] != "0.0%"
+    hits = panel.locator("table.agents-hits").inner_text()
+    assert "deepseek-chat · deepseek" in hits
+    saved = panel.locator("#agents-saved").inner_text()
+    api = dash.get("/v1/usage", view="cache", days=30).json()["data"]
+    assert api["saved_nanos"]["USD"] > 0
+    assert saved.startswith(money_map(api["saved_nanos"]) + " saved by prompt caching")
+    panel.screenshot(path=str(ARTIFACTS / "dashboard-agents.png"))
+    assert p.outside == [] and p.console == []
+    p.close()
+    # On a phone the panel scrolls inside itself: the page never scrolls sideways.
+    p = Page(browser, dash.url, viewport={"width": 390, "height": 844}, is_mobile=True)
+    _sign_in(p.page, f"{dash.url}/dashboard?days=30", ADMIN_KEY)
+    overflow = p.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1
+    p.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -216,3 +217,85 @@ def test_admin_totals_on_postgresql_never_scan_the_usage_postings() -> None:
             )
         finally:
             engine.dispose()
+
+
+def test_a_directory_refresh_reads_what_changed_not_every_tenant(store: LedgerStore) -> None:
+    from sqlalchemy import update
+
+    from tokenomy.ledger.accounts import Scope
+    from tokenomy.ledger.directory import Directory
+    from tokenomy.ledger.store import Changes
+    from tokenomy.store.schema import budgets, orgs
+
+    many = [store.create_org(f"org {i}", "USD") for i in range(300)]
+    kept = store.set_budget("org", many[0].id, "day", amount_nanos=10**9)
+    dropped = store.set_budget("org", many[1].id, "month", token_limit=500)
+    with store.engine.begin() as conn:  # all of it made an hour ago
+        for t in (orgs, budgets):
+            conn.execute(update(t).values(updated_ms=t.c.updated_ms - 3_600_000))
+    read: list[int] = []  # rows each incremental refresh read
+    changed_since = store.changed_since
+
+    def spy(ms: int) -> Changes:
+        out = changed_since(ms)
+        read.append(len(out))
+        return out
+
+    store.changed_since = spy  # type: ignore[method-assign]
+    d = Directory(store)
+    assert d.refresh() == 300 + 2  # the first refresh loads everything
+    before = (d.orgs, d.projects, d.budgets)
+    assert d.budgets[(Scope.ORG, many[1].id)] == (dropped,)
+
+    assert d.refresh() == 0 and read == [0]  # nothing changed: nothing read or rebuilt
+    assert all(a is b for a, b in zip((d.orgs, d.projects, d.budgets), before, strict=True))
+
+    new = store.create_org("late", "CNY")
+    store.delete_budget(dropped.id)
+    added = store.set_budget("org", many[2].id, "week", amount_nanos=5)
+    assert d.refresh() == 3 and read[-1] == 3  # one org, a budget deleted, one added
+    assert d.orgs[new.id] == new and len(d.orgs) == 301
+    assert d.orgs[many[5].id] is before[0][many[5].id]  # unchanged orgs: the same objects
+    assert (Scope.ORG, many[1].id) not in d.budgets
+    assert d.budgets[(Scope.ORG, many[2].id)] == (added,)
+    assert d.budgets[(Scope.ORG, many[0].id)] == (kept,)
+    # Read again within the look-back (a late commit would be caught), applied no more.
+    assert d.refresh() == 0 and read[-1] == 3
+    full = Directory(store)  # the same tree as a full load
+    full.refresh()
+    assert (full.orgs, full.projects, full.budgets) == (d.orgs, d.projects, d.budgets)
+
+
+def test_changed_since_reads_only_rows_past_the_instant(store: LedgerStore) -> None:
+    old = [store.create_org(f"org {i}", "USD") for i in range(50)]
+    cut = int(time.time() * 1000) + 2
+    while int(time.time() * 1000) < cut:
+        time.sleep(0.001)
+    late = store.create_org("late", "USD")
+    b = store.set_budget("org", old[0].id, "day", amount_nanos=1)
+    ch = store.changed_since(cut)
+    assert [o.id for o in ch.orgs] == [late.id]
+    assert ch.budgets == [b] and not ch.projects and not ch.deleted_budgets
+    assert len(ch) == 2 and ch.newest_ms >= cut
+
+
+def test_a_key_cache_refresh_reads_keys_changed_lately_not_the_last_burst(
+    store: LedgerStore,
+) -> None:
+    from sqlalchemy import update
+
+    from tokenomy.store.keys import KeyCache, KeyStore
+    from tokenomy.store.schema import api_keys
+
+    keys = KeyStore(store.engine)
+    made = [keys.create(f"k{i}") for i in range(200)]
+    with store.engine.begin() as conn:  # a burst of keys an hour ago
+        conn.execute(update(api_keys).values(updated_ms=api_keys.c.updated_ms - 3_600_000))
+    cache = KeyCache(keys)
+    assert cache.refresh() == 200
+    assert cache.refresh() == 0  # not the burst again: nothing changed since
+    secret, rec = keys.create("late")
+    keys.revoke(made[0][1].id)
+    assert cache.refresh() == 2
+    assert cache.lookup(secret) == rec and cache.lookup(made[0][0]) is None
+    assert cache.lookup(made[1][0]) == made[1][1]

@@ -19,6 +19,7 @@ from tokenomy.api import (
     responses_routes,
     tasks_routes,
     usage_routes,
+    video_routes,
     writer_admin,
 )
 from tokenomy.api.edge import (
@@ -149,4 +150,5 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
     )
     batch_routes.add_routes(app, svc, settings)
     message_batch_routes.add_routes(app)
+    video_routes.add_routes(app, svc)
     return app

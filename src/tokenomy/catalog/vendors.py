@@ -33,6 +33,8 @@ class VendorPreset:
     #: The vendor's own batch API, by shape: "openai" (Files + Batches) or "anthropic"
     #: (Message Batches); None: it sells none.
     native_batch: str | None = None
+    #: How long its prompt cache stays warm after a use, as its docs say (None: not said).
+    prompt_cache_ttl_s: float | None = None
 
 
 @cache
@@ -64,4 +66,5 @@ def _preset(key: str, v: dict[str, Any]) -> VendorPreset:
         source=v.get("source"),
         models=models,
         native_batch=v.get("native_batch"),
+        prompt_cache_ttl_s=v.get("prompt_cache_ttl_s"),
     )

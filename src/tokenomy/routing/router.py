@@ -7,6 +7,7 @@ attempt's outcome so the health board and breakers learn.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,6 +18,7 @@ from tokenomy.errors import InvalidRequest
 from tokenomy.gateway.call import PLACEMENT, Call
 from tokenomy.gateway.registry import Deployment
 from tokenomy.ledger.biller import Biller, batch_priced, wants_batch
+from tokenomy.routing import affinity
 from tokenomy.routing.auto import GROUPS
 from tokenomy.routing.health import HealthBoard
 from tokenomy.routing.power import MILLION, Placement, Region, energy_usd, latency_tolerant, place
@@ -45,7 +47,10 @@ class Router:
         default_max_output: int,
         regions: dict[str, Region] | None = None,
         rtt_s: dict[str, float] | None = None,
+        spread: bool = False,
     ) -> None:
+        #: Equally priced deployments shared at random by weight (None: heaviest first).
+        self._rng = random.Random() if spread else None
         self.regions = regions or {}
         self._rtt = rtt_s or {}
         self.biller = biller
@@ -81,13 +86,17 @@ class Router:
             else frozenset(),
         )
         groups = call.extras.get(GROUPS)
+        cands: list[Candidate] = []
         if groups is None:
-            best = rank([self.candidate(d, now) for d in deps], prefs, self.health, needs)
+            cands = [self.candidate(d, now) for d in deps]
+            best = rank(cands, prefs, self.health, needs, self._rng)
         else:  # model "auto": the router's order of models, each model's own ranked
             best = [
                 c
                 for _, ds in groups
-                for c in rank([self.candidate(d, now) for d in ds], prefs, self.health, needs)
+                for c in rank(
+                    [self.candidate(d, now) for d in ds], prefs, self.health, needs, self._rng
+                )
             ]
         if len(deps) == 1:  # most models: nothing to look up
             order = list(deps[: len(best)])
@@ -96,6 +105,9 @@ class Router:
             order = [by_id[c.deployment_id] for c in best]
         if len(order) > 1 and latency_tolerant(call.body) and _placed_by_cost(prefs):
             order = self._by_cost(call, order, needs, now)
+        if call.affinity is not None and groups is None:
+            # Last: a warm prompt cache saves more than any list-price difference.
+            order = affinity.apply(call.affinity, order, cands, prefs, needs, self.health)
         if not order:
             what = ", ".join(sorted(needs_caps)) or call.endpoint
             raise InvalidRequest(

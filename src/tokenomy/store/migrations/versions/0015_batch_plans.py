@@ -1,15 +1,15 @@
 """Batch plans and native vendor batches: when and where a batch is planned to run, and
 the vendor batch its lines were handed to.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0015
+Revises: 0014
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
