@@ -1,11 +1,12 @@
 """A bare Python relay: the floor any Python gateway pays before doing real work.
 
 aiohttp + uvloop + orjson, one pooled ClientSession, no auth, no metering. It parses the
-body only to learn whether the client asked for a stream (a gateway must parse it too),
-forwards the bytes unchanged and relays the answer chunk by chunk as it comes.
+body only to learn whether the client asked for a stream (a gateway must parse it too)
+and which model (``bench-long`` goes to the long stream's upstream), forwards the bytes
+unchanged and relays the answer chunk by chunk as it comes.
 
     python bench/bare_relay.py --port 9000 --upstream http://127.0.0.1:8081 \
-        --stream-upstream http://127.0.0.1:8082
+        --stream-upstream http://127.0.0.1:8082 --long-upstream http://127.0.0.1:8083
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def create_app(upstream: str, stream_upstream: str) -> web.Application:
+def create_app(upstream: str, stream_upstream: str, long_upstream: str) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
     plain_url = upstream.rstrip("/") + "/v1/chat/completions"
     stream_url = stream_upstream.rstrip("/") + "/v1/chat/completions"
+    long_url = long_upstream.rstrip("/") + "/v1/chat/completions"
 
     async def start(app: web.Application) -> None:
         connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=300)
@@ -42,7 +44,9 @@ def create_app(upstream: str, stream_upstream: str) -> web.Application:
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         try:
-            stream = bool(orjson.loads(body).get("stream"))
+            obj = orjson.loads(body)
+            stream = bool(obj.get("stream"))
+            long = obj.get("model") == "bench-long"
         except (orjson.JSONDecodeError, AttributeError):
             return web.json_response({"error": {"message": "invalid JSON"}}, status=400)
         headers = {"Content-Type": "application/json"}
@@ -50,7 +54,7 @@ def create_app(upstream: str, stream_upstream: str) -> web.Application:
         if auth:
             headers["Authorization"] = auth
         session = request.app[SESSION]
-        url = stream_url if stream else plain_url
+        url = long_url if long else stream_url if stream else plain_url
         async with session.post(url, data=body, headers=headers) as up:
             if not stream:
                 data = await up.read()
@@ -77,9 +81,10 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--upstream", required=True, help="base URL answering JSON")
     p.add_argument("--stream-upstream", required=True, help="base URL answering SSE")
+    p.add_argument("--long-upstream", required=True, help="base URL answering a long SSE")
     args = p.parse_args()
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_app(args.upstream, args.stream_upstream)
+    app = create_app(args.upstream, args.stream_upstream, args.long_upstream)
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
 
 

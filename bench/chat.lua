@@ -1,6 +1,7 @@
 -- wrk script: POST one chat request over and over, then print a JSON summary.
 -- The body comes from the file named by BENCH_BODY_FILE; extra headers from
--- BENCH_HEADERS ("Name: value" lines). run.py sets both.
+-- BENCH_HEADERS ("Name: value" lines). run.py sets both. With BENCH_ROTATE_FILE, each
+-- request adds the next of that file's header lines in turn (a key per tenant, say).
 
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.method = "POST"
@@ -11,6 +12,25 @@ for line in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^\n]+") do
   local name, value = string.match(line, "^([^:]+):%s*(.*)$")
   if name then
     wrk.headers[name] = value
+  end
+end
+
+local rotate = os.getenv("BENCH_ROTATE_FILE")
+if rotate and rotate ~= "" then
+  local prepared, i = {}, 0
+  for line in io.lines(rotate) do
+    local name, value = string.match(line, "^([^:]+):%s*(.*)$")
+    if name then
+      local headers = {}
+      for k, v in pairs(wrk.headers) do headers[k] = v end
+      headers[name] = value
+      table.insert(prepared, wrk.format(nil, nil, headers, nil))
+    end
+  end
+  -- Written out once: request() only picks the next one.
+  function request()
+    i = i % #prepared + 1
+    return prepared[i]
   end
 end
 

@@ -7,6 +7,7 @@ import functools
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,18 @@ def _headers_text(headers: dict[str, str]) -> str:
 
 
 def run_wrk(
-    url: str, headers: dict[str, str], body_file: Path, seconds: float, plan: Plan
+    url: str,
+    headers: dict[str, str],
+    body_file: Path,
+    seconds: float,
+    plan: Plan,
+    rotate: Path | None = None,
 ) -> dict[str, Any]:
-    """One wrk run; its Lua ``done()`` prints a JSON line, parsed here."""
+    """One wrk run; its Lua ``done()`` prints a JSON line, parsed here. With ``rotate``
+    each request adds the next of that file's header lines (a key per tenant)."""
     env = dict(os.environ, BENCH_BODY_FILE=str(body_file), BENCH_HEADERS=_headers_text(headers))
+    if rotate is not None:
+        env["BENCH_ROTATE_FILE"] = str(rotate)
     cmd = [
         "wrk",
         f"-t{plan.threads}",
@@ -90,7 +99,13 @@ def openloop_cmd() -> tuple[str, ...]:
 
 
 def run_openloop(
-    url: str, headers: dict[str, str], body_file: Path, rate: float, seconds: float, warmup: float
+    url: str,
+    headers: dict[str, str],
+    body_file: Path,
+    rate: float,
+    seconds: float,
+    warmup: float,
+    rotate: Path | None = None,
 ) -> dict[str, Any]:
     cmd = [
         *openloop_cmd(),
@@ -107,10 +122,15 @@ def run_openloop(
     ]
     for k, v in headers.items():
         cmd += ["--header", f"{k}: {v}"]
+    # Only the C client rotates keys; the Python one sends the one key (recorded).
+    rotating = rotate is not None and not cmd[0].endswith("python")
+    if rotating:
+        cmd += ["--rotate-file", str(rotate)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + warmup + 60)
     if p.returncode != 0:
         raise RuntimeError(f"open-loop client failed: {p.stderr.strip()[-400:]}")
     result: dict[str, Any] = orjson.loads(p.stdout)
+    result["rotated"] = rotating
     return result
 
 
@@ -121,15 +141,19 @@ def fixed_rate_for(rps: float, plan: Plan) -> float:
     return max(5.0, float(int(rps * 0.5)))
 
 
-def measure_mode(server: Server, mode: str, workdir: Path, plan: Plan) -> dict[str, Any]:
-    load = measure_load(server, mode, workdir, plan)
-    body_file = workdir / f"body-{mode}.json"
+def measure_mode(
+    server: Server, mode: str, workdir: Path, plan: Plan, body: bytes | None = None
+) -> dict[str, Any]:
+    load = measure_load(server, mode, workdir, plan, body)
+    body_file = _body_file(workdir, mode, body)
     url, headers = server.urls[mode], server.headers[mode]
     time.sleep(0.5)
     rate = fixed_rate_for(load["rps"], plan)
     print(f"  {server.name}/{mode}: fixed rate {rate:.0f}/s for {plan.fixed_s:.0f} s", flush=True)
     ticks, sched = procstat.machine_ticks(), procstat.sched_ns(server.pid)
-    fixed = run_openloop(url, headers, body_file, rate, plan.fixed_s, plan.fixed_warmup_s)
+    fixed = run_openloop(
+        url, headers, body_file, rate, plan.fixed_s, plan.fixed_warmup_s, server.rotate_file
+    )
     fixed["steal_pct"] = procstat.steal_pct(ticks, procstat.machine_ticks())
     ran, waited = (b - a for a, b in zip(sched, procstat.sched_ns(server.pid), strict=True))
     if fixed.get("ok"):
@@ -145,33 +169,86 @@ def measure_mode(server: Server, mode: str, workdir: Path, plan: Plan) -> dict[s
     return {"load": load, "fixed": fixed}
 
 
-def measure_load(server: Server, mode: str, workdir: Path, plan: Plan) -> dict[str, Any]:
-    """wrk at saturation after a warm-up: req/s, latency and server CPU per request."""
-    body_file = workdir / f"body-{mode}.json"
-    body_file.write_bytes(request_body(mode))
-    url, headers = server.urls[mode], server.headers[mode]
+def _body_file(workdir: Path, mode: str, body: bytes | None) -> Path:
+    """The request body's file (the small request's unless ``body`` is given)."""
+    data = body if body is not None else request_body(mode)
+    path = workdir / f"body-{mode}-{len(data)}.json"
+    if not path.exists():
+        path.write_bytes(data)
+    return path
+
+
+def measure_load(
+    server: Server, mode: str, workdir: Path, plan: Plan, body: bytes | None = None
+) -> dict[str, Any]:
+    """wrk at saturation after a warm-up: req/s, latency, server CPU per request (and of
+    the database processes it makes work, when it has any), memory under load."""
+    body_file = _body_file(workdir, mode, body)
+    url, headers, rotate = server.urls[mode], server.headers[mode], server.rotate_file
     print(f"  {server.name}/{mode}: warm-up {plan.warmup_s:.0f} s", flush=True)
-    run_wrk(url, headers, body_file, plan.warmup_s, plan)
+    run_wrk(url, headers, body_file, plan.warmup_s, plan, rotate)
     time.sleep(0.5)
+    others = {name: a.sample() for name, a in server.attributed.items()}
     cpu0, ticks = procstat.cpu_seconds(server.pid), procstat.machine_ticks()
-    load = run_wrk(url, headers, body_file, plan.duration_s, plan)
+    with procstat.RssSampler(server.pid) as rss:
+        load = run_wrk(url, headers, body_file, plan.duration_s, plan, rotate)
     cpu1 = procstat.cpu_seconds(server.pid)
     load["steal_pct"] = procstat.steal_pct(ticks, procstat.machine_ticks())
     served = load["requests"]
     load["server_cpu_s"] = round(cpu1 - cpu0, 3)
     load["cpu_us_per_req"] = (cpu1 - cpu0) / served * 1e6 if served else None
+    # The database's CPU is part of the bill: PostgreSQL's backends on the bench database
+    # and the bench's own Redis, charged to the requests served meanwhile.
+    load["attributed_us_per_req"] = {
+        name: a.delta(others[name], a.sample()) / served * 1e6 if served else None
+        for name, a in server.attributed.items()
+    }
+    load["cpu_all_us_per_req"] = (
+        load["cpu_us_per_req"] + sum(v or 0 for v in load["attributed_us_per_req"].values())
+        if served
+        else None
+    )
+    load["rss_load_mb"] = round(rss.tree_mb, 1)
+    load["rss_load_largest_mb"] = round(rss.largest_mb, 1)
     bad = sum(load["errors"].values())
+    extra = "".join(
+        f" + {name} {v:.0f}" for name, v in load["attributed_us_per_req"].items() if v is not None
+    )
     print(
         f"    {load['rps']:.0f} req/s, p99 {load['latency_ms']['p99']:.2f} ms, "
-        f"{load['cpu_us_per_req'] or 0:.0f} µs CPU/req, {bad} errors, "
+        f"{load['cpu_us_per_req'] or 0:.0f}{extra} µs CPU/req, {bad} errors, "
+        f"RSS under load {load['rss_load_mb']:.0f} MB, "
         f"{load['steal_pct']:.0f}% of the machine's CPU stolen",
         flush=True,
     )
     return load
 
 
+def measure_idle(server: Server, seconds: float) -> dict[str, float]:
+    """CPU ms per second with no requests: the server's background work (refreshes,
+    the writer, roll-ups) and its database's, which should not grow with tenants."""
+    others = {name: a.sample() for name, a in server.attributed.items()}
+    cpu0 = procstat.cpu_seconds(server.pid)
+    time.sleep(seconds)
+    out = {"server": (procstat.cpu_seconds(server.pid) - cpu0) / seconds * 1000}
+    for name, a in server.attributed.items():
+        out[name] = a.delta(others[name], a.sample()) / seconds * 1000
+    print(
+        f"  {server.name}: idle "
+        + ", ".join(f"{name} {v:.1f}" for name, v in out.items())
+        + " ms CPU/s",
+        flush=True,
+    )
+    return out
+
+
 def measure(
-    server: Server, workdir: Path, plan: Plan, mode_errors: dict[str, str]
+    server: Server,
+    workdir: Path,
+    plan: Plan,
+    mode_errors: dict[str, str],
+    modes: tuple[str, ...] = MODES,
+    body: Callable[[str], bytes | None] = lambda mode: None,
 ) -> dict[str, Any]:
     """Every mode that passed its smoke test against one running server, with its memory
     at rest and at peak; the modes that did not are listed with the reason."""
@@ -186,9 +263,13 @@ def measure(
         "modes": {},
         "mode_errors": mode_errors,
     }
-    for mode in MODES:
+    result["idle_ms_per_s"] = measure_idle(server, min(plan.duration_s, 5.0))
+    for mode in modes:
         if mode not in mode_errors:
-            result["modes"][mode] = measure_mode(server, mode, workdir, plan)
+            result["modes"][mode] = measure_mode(server, mode, workdir, plan, body(mode))
+    loads = [m["load"] for m in result["modes"].values()]
+    result["rss_load_mb"] = max((x["rss_load_mb"] for x in loads), default=None)
+    result["rss_load_largest_mb"] = max((x["rss_load_largest_mb"] for x in loads), default=None)
     time.sleep(1.0)
     result["rss_after_mb"] = round(procstat.rss_mb(server.pid), 1)
     result["peak_rss_mb"] = round(procstat.peak_rss_mb(server.pid), 1)

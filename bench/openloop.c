@@ -11,6 +11,7 @@
  *
  *   openloop --url http://127.0.0.1:8000/v1/chat/completions --body-file F \
  *            --rate 1000 --duration 10 [--warmup 1] [--header 'Name: value']...
+ *            [--rotate-file F]  (one header line per request, in turn)
  *            [--max-inflight 256] [--timeout 10] [--trace FILE]
  *
  * One thread, epoll, a timerfd for the schedule; keep-alive connections reused
@@ -51,6 +52,8 @@ typedef struct conn {
     double t0;            /* when the request was handed to this connection */
     double deadline;
     size_t sent;          /* bytes of the request written so far */
+    const char *req;      /* the request being sent (one of ``requests``) */
+    size_t req_len;
     char head[HEAD_MAX];  /* the answer's head, until it is complete */
     size_t head_len;
     int head_done;
@@ -70,8 +73,11 @@ static const char *ERROR_NAMES[E_COUNT] = {
     "ConnectError", "ConnectionReset", "ServerDisconnected", "Timeout", "ProtocolError"};
 
 static struct sockaddr_in target;
-static char *request;
-static size_t request_len;
+/* One request per --rotate-file line (one in all without it), sent in turn. */
+static char **requests;
+static size_t *request_lens;
+static size_t n_requests = 1;
+static size_t next_request;
 static int epfd;
 static conn_t *idle_head;
 static int inflight;
@@ -182,8 +188,8 @@ static int open_conn(conn_t *c) {
 }
 
 static void try_send(conn_t *c) {
-    while (c->sent < request_len) {
-        ssize_t n = send(c->fd, request + c->sent, request_len - c->sent, MSG_NOSIGNAL);
+    while (c->sent < c->req_len) {
+        ssize_t n = send(c->fd, c->req + c->sent, c->req_len - c->sent, MSG_NOSIGNAL);
         if (n > 0) {
             c->sent += (size_t)n;
             continue;
@@ -206,6 +212,9 @@ static void start_request(conn_t *c, int record, double t0, double timeout) {
     c->t0 = t0;
     c->deadline = t0 + timeout;
     c->sent = 0;
+    c->req = requests[next_request];
+    c->req_len = request_lens[next_request];
+    next_request = (next_request + 1) % n_requests;
     c->head_len = 0;
     c->head_done = 0;
     c->status = 0;
@@ -422,7 +431,7 @@ static void print_ms(const char *name, double seconds, int comma) {
 }
 
 int main(int argc, char **argv) {
-    const char *url = NULL, *body_file = NULL, *trace = NULL;
+    const char *url = NULL, *body_file = NULL, *trace = NULL, *rotate_file = NULL;
     double rate = 0, duration = 0, warmup = 1.0, timeout = 10.0;
     int max_inflight = 256;
     const char *headers[MAX_HEADERS];
@@ -439,6 +448,7 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--timeout") == 0) timeout = atof(v);
         else if (strcmp(a, "--max-inflight") == 0) max_inflight = atoi(v);
         else if (strcmp(a, "--trace") == 0) trace = v;
+        else if (strcmp(a, "--rotate-file") == 0) rotate_file = v;
         else if (strcmp(a, "--header") == 0) {
             if (n_headers == MAX_HEADERS) die("too many headers");
             headers[n_headers++] = v;
@@ -447,7 +457,7 @@ int main(int argc, char **argv) {
     }
     if (!url || !body_file || rate <= 0 || duration <= 0 || max_inflight < 1)
         die("usage: openloop --url URL --body-file F --rate R --duration S [--warmup S] "
-            "[--header 'N: v']... [--max-inflight N] [--timeout S]");
+            "[--header 'N: v']... [--rotate-file F] [--max-inflight N] [--timeout S]");
 
     char host[256];
     int port;
@@ -456,19 +466,39 @@ int main(int argc, char **argv) {
     size_t body_len;
     char *body = read_file(body_file, &body_len);
 
-    size_t cap = 512 + strlen(path) + strlen(host) + body_len;
+    /* --rotate-file: one header line per request in turn (a key per tenant, say). */
+    char *rotate = NULL;
+    size_t rotate_len = 0;
+    char *lines[65536];
+    if (rotate_file) {
+        rotate = read_file(rotate_file, &rotate_len);
+        n_requests = 0;
+        char *save = NULL;
+        for (char *ln = strtok_r(rotate, "\n", &save); ln && n_requests < 65536;
+             ln = strtok_r(NULL, "\n", &save))
+            if (*ln) lines[n_requests++] = ln;
+        if (!n_requests) die("the rotate file has no lines");
+    }
+    requests = malloc(sizeof(char *) * n_requests);
+    request_lens = malloc(sizeof(size_t) * n_requests);
     int has_type = 0;
+    size_t cap = 512 + strlen(path) + strlen(host) + body_len;
     for (int i = 0; i < n_headers; i++) {
         cap += strlen(headers[i]) + 2;
         if (strncasecmp(headers[i], "content-type:", 13) == 0) has_type = 1;
     }
-    request = malloc(cap);
-    int off = snprintf(request, cap, "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: %zu\r\n%s",
-                       path, host, port, body_len, has_type ? "" : "Content-Type: application/json\r\n");
-    for (int i = 0; i < n_headers; i++) off += snprintf(request + off, cap - (size_t)off, "%s\r\n", headers[i]);
-    off += snprintf(request + off, cap - (size_t)off, "\r\n");
-    memcpy(request + off, body, body_len);
-    request_len = (size_t)off + body_len;
+    for (size_t r = 0; r < n_requests; r++) {
+        size_t rcap = cap + (rotate ? strlen(lines[r]) + 2 : 0);
+        char *request = malloc(rcap);
+        int off = snprintf(request, rcap, "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: %zu\r\n%s",
+                           path, host, port, body_len, has_type ? "" : "Content-Type: application/json\r\n");
+        for (int i = 0; i < n_headers; i++) off += snprintf(request + off, rcap - (size_t)off, "%s\r\n", headers[i]);
+        if (rotate) off += snprintf(request + off, rcap - (size_t)off, "%s\r\n", lines[r]);
+        off += snprintf(request + off, rcap - (size_t)off, "\r\n");
+        memcpy(request + off, body, body_len);
+        requests[r] = request;
+        request_lens[r] = (size_t)off + body_len;
+    }
 
     long long skip = (long long)(rate * warmup);
     long long total = (long long)(rate * duration);
@@ -572,7 +602,7 @@ int main(int argc, char **argv) {
                 }
                 c->connected = 1;
             }
-            if (c->busy && c->sent < request_len && (e & EPOLLOUT)) try_send(c);
+            if (c->busy && c->sent < c->req_len && (e & EPOLLOUT)) try_send(c);
             if (c->fd >= 0 && (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) on_readable(c);
         }
     }

@@ -1,6 +1,7 @@
 """CPU per request of tokenomy's own request path, in-process: no HTTP, no network.
 
     PYTHONPATH=src python bench/pipeline_bench.py [--requests N] [--rounds R] [--profile FILE]
+        [--prompt-bytes N]
 
 Builds the real services from ``bench/tokenomy-bench.yaml`` on a temporary SQLite file,
 with an org topped up, a daily key budget and a key bound to the org (as ``make bench``
@@ -15,6 +16,11 @@ after another on a uvloop loop; the durable writer is flushed every ``--flush-ev
 requests and its cost (including its worker thread) is reported apart. Figures are
 process CPU time (``time.process_time``) per request; each round is reported so the
 noise shows, and the summary gives the median and best rounds.
+
+``--prompt-bytes N`` sends a user message of N bytes (the ``prompt400k`` workload of
+``make bench`` is 400,000) instead of the short one.
+
+``--long-stream`` answers streams with the ``stream2k`` workload's 2,000 events.
 
 ``--profile FILE`` writes a profile (pstats format) of one extra json and sse round, the
 writer excluded.
@@ -41,7 +47,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from systems import request_body  # noqa: E402  (the request make bench sends)
-from upstream import json_body, sse_body  # noqa: E402
+from upstream import json_body, long_sse_body, sse_body  # noqa: E402
+from workloads import prompt  # noqa: E402
 
 from tokenomy.api import edge, openai_routes  # noqa: E402
 from tokenomy.config import load_config  # noqa: E402
@@ -52,7 +59,8 @@ from tokenomy.store.db import migrate  # noqa: E402
 
 MODES = ("json", "sse")
 JSON_ANSWER = json_body()
-SSE_ANSWER = sse_body()
+#: The stream the vendor answers (--long-stream: the stream2k workload's 2,000 events).
+ANSWERS = {"sse": sse_body()}
 
 
 # ---- the in-memory vendor ----------------------------------------------------------------
@@ -91,7 +99,7 @@ class FixedProvider:
     async def send(
         self, deployment: Deployment, endpoint: str, body: dict[str, Any], *, stream: bool
     ) -> FixedResponse:
-        return FixedResponse(SSE_ANSWER if stream else JSON_ANSWER)
+        return FixedResponse(ANSWERS["sse"] if stream else JSON_ANSWER)
 
     async def close(self) -> None:
         return None
@@ -164,11 +172,19 @@ async def serve(svc: Services, ex: BenchExchange) -> bytes:
 # ---- measuring ---------------------------------------------------------------------------
 
 
+#: The user message, when --prompt-bytes asks for a long one.
+USER: list[str] = []
+
+
+def body_for(mode: str) -> bytes:
+    return request_body(mode, *USER)
+
+
 async def run_round(
     svc: Services, secret: str, mode: str, n: int, flush_every: int
 ) -> tuple[float, float, bytes]:
     """(request CPU s, writer CPU s, last answer) for ``n`` requests of ``mode``."""
-    raw = request_body(mode)
+    raw = body_for(mode)
     req_cpu = flush_cpu = 0.0
     answer = b""
     done = 0
@@ -227,7 +243,7 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> int:
     if args.profile:
         prof = cProfile.Profile()
         for mode in MODES:
-            raw = request_body(mode)
+            raw = body_for(mode)
             prof.enable()
             for _ in range(args.requests):
                 await serve(svc, BenchExchange(secret, raw))
@@ -266,7 +282,13 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--flush-every", type=int, default=250, help="requests per writer flush")
     p.add_argument("--profile", metavar="FILE", help="write a profile (pstats) of one more round")
+    p.add_argument("--prompt-bytes", type=int, help="a user message of this many bytes")
+    p.add_argument("--long-stream", action="store_true", help="a 2,000-event stream")
     args = p.parse_args()
+    if args.prompt_bytes:
+        USER.append(prompt(args.prompt_bytes))
+    if args.long_stream:
+        ANSWERS["sse"] = long_sse_body()
     logging.basicConfig(level=logging.WARNING)
     try:
         import uvloop

@@ -107,3 +107,61 @@ def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
     """The share of the machine's CPU time stolen between two ``machine_ticks()``."""
     total = after[0] - before[0]
     return round(100 * (after[1] - before[1]) / total, 1) if total > 0 else 0.0
+
+
+def _ticks(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return sum(int(x) for x in fields[11:13]) if fields is not None else None
+
+
+def pg_backends(database: str) -> dict[int, int]:
+    """CPU ticks (utime + stime) of every PostgreSQL backend connected to ``database``,
+    by pid: a backend's title (its cmdline) is ``postgres: USER DATABASE HOST(PORT) ...``.
+    Backends of other databases (other users of a shared server) are left out."""
+    out: dict[int, int] = {}
+    want = f" {database} ".encode()
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmd.startswith(b"postgres: ") and want in cmd:
+            t = _ticks(int(entry.name))
+            if t is not None:
+                out[int(entry.name)] = t
+    return out
+
+
+def pg_backends_delta_s(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds the backends spent between two :func:`pg_backends` samples. A backend
+    that exited in between is missed (the gateway keeps a pool, so few do); one that
+    started counts whole."""
+    return sum(t - before.get(pid, 0) for pid, t in after.items()) / CLK_TCK
+
+
+class RssSampler:
+    """The largest VmRSS of a process tree (summed, and of its largest process) seen while
+    a load runs, sampled every ``every_s`` on a thread: memory under load, not at rest."""
+
+    def __init__(self, root: int, every_s: float = 0.5) -> None:
+        import threading
+
+        self.root, self.every_s = root, every_s
+        self.tree_mb = self.largest_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.tree_mb = max(self.tree_mb, rss_mb(self.root))
+            self.largest_mb = max(self.largest_mb, largest_rss_mb(self.root))

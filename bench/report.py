@@ -12,7 +12,12 @@ TOKENOMY = ("tokenomy-sqlite", "tokenomy-pg", "tokenomy-pg-2w")
 CPU_TARGET = 1.7  # tokenomy CPU per request over the bare relay's
 P99_ADDED_TARGET_MS = 2.0  # at TARGET_RATE req/s, over direct
 RSS_TARGET_MB = 100.0
-MODE_TITLES = {"json": "Non-streaming", "sse": "Streaming (SSE, 12 content chunks + usage)"}
+RSS_LOAD_TARGET_MB = 120.0  # under load, per gateway process
+MODE_TITLES = {
+    "json": "Non-streaming",
+    "sse": "Streaming (SSE, 12 content chunks + usage)",
+    "long": "Streaming, 2,000 events",
+}
 
 
 def _f(x: Any, digits: int = 0) -> str:
@@ -29,8 +34,20 @@ def _mode(sys_result: dict[str, Any], mode: str) -> dict[str, Any] | None:
 
 
 def _cpu(results: dict[str, Any], name: str, mode: str) -> float | None:
+    """CPU per request with everything counted (the server's database too, when the
+    results have it)."""
     m = _mode(results["systems"].get(name, {}), mode)
-    return m["load"]["cpu_us_per_req"] if m else None
+    if not m:
+        return None
+    cpu: float | None = m["load"].get("cpu_all_us_per_req", m["load"]["cpu_us_per_req"])
+    return cpu
+
+
+def _db_cpu(load: dict[str, Any]) -> str:
+    """PostgreSQL's and Redis's CPU per request charged to the run ('–' when none)."""
+    att = load.get("attributed_us_per_req") or {}
+    parts = [f"{name[:2]} {_f(v)}" for name, v in att.items() if v is not None]
+    return ", ".join(parts) if parts else "–"
 
 
 def _bare_cpu(results: dict[str, Any], name: str, mode: str) -> float | None:
@@ -78,6 +95,95 @@ def p99_added_fixed(results: dict[str, Any], name: str, mode: str) -> float | No
     return p99
 
 
+def _idle(s: dict[str, Any]) -> str:
+    """CPU ms a second with no load: the server's, then its database's."""
+    idle = s.get("idle_ms_per_s")
+    if not idle:
+        return "–"
+    rest = [f"{k[:2]} {_f(v, 1)}" for k, v in idle.items() if k != "server"]
+    return _f(idle.get("server"), 1) + (f" ({', '.join(rest)})" if rest else "")
+
+
+def _idle_md(results: dict[str, Any]) -> list[str]:
+    """Idle CPU of each tokenomy run: with 10,000 tenants it should stay near one's."""
+    runs = [("base", results["systems"])] + [
+        (k, w["systems"]) for k, w in (results.get("workloads") or {}).items()
+    ]
+    rows = [
+        f"| {wname} | {name} | {_idle(s)} |"
+        for wname, systems in runs
+        for name, s in systems.items()
+        if name in TOKENOMY and s.get("idle_ms_per_s")
+    ]
+    if not rows:
+        return []
+    return [
+        "## Idle cost",
+        "",
+        "CPU ms per second with no requests, measured after start and before any load: "
+        "the server (refreshes, writer, roll-ups) and its database.",
+        "",
+        "| workload | system | idle CPU ms/s (server, database) |",
+        "|---|---|--:|",
+        *rows,
+        "",
+    ]
+
+
+def _workloads(results: dict[str, Any]) -> list[str]:
+    """One row per workload, system and mode: the figures issue-sized workloads need."""
+    wls = results.get("workloads") or {}
+    if not wls:
+        return []
+    out = [
+        "## Workloads",
+        "",
+        "Each on the bare relays and tokenomy; tokenomy's CPU counts the PostgreSQL backends "
+        "on its database and the bench's own Redis (all counted), and its ratio is against "
+        "the aiohttp bare relay measured just before it (median of the pairs). 'lean relay' "
+        "is the bare relay on tokenomy's own HTTP server and client: tokenomy over it is the "
+        "pipeline's own cost.",
+        "",
+        "| workload | system | mode | req/s | server CPU µs/req | + database µs/req "
+        "| CPU µs/req, all counted | ÷ bare relay beside it | ÷ lean relay "
+        "| rate req/s | p99 ms @rate | p99 added ms @rate | RSS rest MB | RSS under load MB "
+        "| idle CPU ms/s (server, database) | errors |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for wname, w in wls.items():
+        sub = {"systems": w["systems"]}
+        for name, s in w["systems"].items():
+            for mode in w["modes"]:
+                m = _mode(s, mode)
+                if m is None:
+                    why = s.get("short_reason") or s.get("mode_errors", {}).get(mode, "")
+                    why = why.replace("|", "/")[:160]
+                    out.append(f"| {wname} | {name} | {mode} | not available ({why}) |{' |' * 12}")
+                    continue
+                load, fixed = m["load"], m["fixed"]
+                ratio = cpu_ratio(sub, name, mode) if name.startswith("tokenomy") else None
+                lean = (
+                    _ratio(_cpu(sub, name, mode), _cpu(sub, "bare-lean", mode))
+                    if name.startswith("tokenomy")
+                    else "–"
+                )
+                errors = sum(load["errors"].values()) + sum(fixed["errors"].values())
+                errors += fixed["dropped"]
+                errors += sum(v for k, v in fixed["statuses"].items() if k != "200")
+                added = p99_added_fixed(sub, name, mode) if name != "direct" else None
+                out.append(
+                    f"| {wname} | {name} | {mode} | {_f(load['rps'])} "
+                    f"| {_f(load['cpu_us_per_req'])} | {_db_cpu(load)} "
+                    f"| **{_f(_cpu(sub, name, mode))}** "
+                    f"| {_f(ratio, 2) + '×' + _pairs_note(sub, name, mode) if ratio else '–'} "
+                    f"| {lean} | {_f(fixed['rate'])} | {_f(fixed['latency_ms']['p99'], 2)} "
+                    f"| {_f(added, 2)} | {_f(s['rss_rest_mb'])} "
+                    f"| {_f(load.get('rss_load_mb'))} | {_idle(s)} | {errors} |"
+                )
+    labels = "; ".join(f"{k}: {w['label']}" for k, w in wls.items())
+    return [*out, "", f"Workloads: {labels}.", ""]
+
+
 def _openloop_client(results: dict[str, Any]) -> str:
     """Which open-loop client measured the fixed-rate figures (results before the C client
     name none: they came from the Python one)."""
@@ -99,17 +205,18 @@ def _table(results: dict[str, Any], mode: str) -> list[str]:
     out = [
         f"### {MODE_TITLES[mode]}",
         "",
-        "| system | req/s | p50 ms | p99 ms | p99 added ms | **CPU µs/req** | rate req/s "
-        "| p50 ms @rate | p99 ms @rate | p99 added ms @rate | RSS rest MB | peak RSS MB "
-        "| errors | CPU stolen % |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| system | req/s | p50 ms | p99 ms | p99 added ms | server CPU µs/req "
+        "| + database µs/req (po PostgreSQL, re Redis) | **CPU µs/req, all counted** "
+        "| rate req/s | p50 ms @rate | p99 ms @rate | p99 added ms @rate | RSS rest MB "
+        "| RSS under load MB | peak RSS MB | errors | CPU stolen % |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, s in results["systems"].items():
         m = _mode(s, mode)
         if m is None:
             why = s.get("short_reason") or s.get("mode_errors", {}).get(mode, "")
             why = why.replace("|", "/")[:160]
-            out.append(f"| {s['label']} | not available ({why}) | | | | | | | | | | | | |")
+            out.append(f"| {s['label']} | not available ({why}) |{' |' * 15}")
             continue
         load, fixed = m["load"], m["fixed"]
         added = (
@@ -123,10 +230,12 @@ def _table(results: dict[str, Any], mode: str) -> list[str]:
         out.append(
             f"| {s['label']} | {_f(load['rps'])} | {_f(load['latency_ms']['p50'], 2)} "
             f"| {_f(load['latency_ms']['p99'], 2)} | {_f(added, 2)} "
-            f"| **{_f(load['cpu_us_per_req'])}** | {_f(fixed['rate'])} "
+            f"| {_f(load['cpu_us_per_req'])} | {_db_cpu(load)} "
+            f"| **{_f(load.get('cpu_all_us_per_req', load['cpu_us_per_req']))}** "
+            f"| {_f(fixed['rate'])} "
             f"| {_f(fixed['latency_ms']['p50'], 2)} | {_f(fixed['latency_ms']['p99'], 2)} "
-            f"| {_f(fixed_added, 2)} | {_f(s['rss_rest_mb'])} | {_f(s['peak_rss_mb'])} "
-            f"| {errors} | {_stolen(load, fixed)} |"
+            f"| {_f(fixed_added, 2)} | {_f(s['rss_rest_mb'])} | {_f(load.get('rss_load_mb'))} "
+            f"| {_f(s['peak_rss_mb'])} | {errors} | {_stolen(load, fixed)} |"
         )
     return [*out, ""]
 
@@ -150,19 +259,21 @@ def _ratios(results: dict[str, Any]) -> list[str]:
         "CPU per request (lower is better) and requests/s (higher is better), tokenomy over "
         "each peer.",
         "",
-        "| tokenomy run | mode | tokenomy CPU µs/req | bare relay beside it | "
-        "CPU/req ÷ bare relay (target ≤ 1.7×) | CPU/req ÷ LiteLLM "
+        "| tokenomy run | mode | tokenomy CPU µs/req (all counted) | bare relay beside it | "
+        "CPU/req ÷ bare relay (target ≤ 1.7×) | CPU/req ÷ lean relay | CPU/req ÷ LiteLLM "
         "| CPU/req ÷ Portkey | req/s ÷ bare relay | req/s ÷ LiteLLM | req/s ÷ Portkey |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for t in TOKENOMY:
         if not results["systems"].get(t, {}).get("available"):
             continue
         for mode in ("json", "sse"):
             median = cpu_ratio(results, t, mode)
+            if median is None and _cpu(results, t, mode) is None:
+                continue
             cpu = [_f(median, 2) + "×" + _pairs_note(results, t, mode) if median else "–"] + [
                 _ratio(_cpu(results, t, mode), _cpu(results, p, mode))
-                for p in ("litellm", "portkey")
+                for p in ("bare-lean", "litellm", "portkey")
             ]
             rps = [
                 _ratio(_rps(results, t, mode), _rps(results, p, mode))
@@ -201,12 +312,26 @@ def _verdict(ok: bool | None) -> str:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The base runs' rows, then each workload's (its system named with the workload)."""
+    rows = _targets(results, ("json", "sse"))
+    for wname, w in (results.get("workloads") or {}).items():
+        sub = {"systems": w["systems"]}
+        for r in _targets(sub, tuple(w["modes"])):
+            r["system"] = f"{r['system']} ({wname})"
+            r["results"] = sub
+            rows.append(r)
+    return rows
+
+
+def _targets(results: dict[str, Any], modes: tuple[str, ...]) -> list[dict[str, Any]]:
     rows = []
     for t in TOKENOMY:
         s = results["systems"].get(t, {})
         if not s.get("available"):
             continue
-        for mode in ("json", "sse"):
+        for mode in modes:
+            if _mode(s, mode) is None:
+                continue
             ratio = cpu_ratio(results, t, mode)
             added = p99_added_fixed(results, t, mode)
             m = _mode(s, mode)
@@ -225,6 +350,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     # Older results have no per-process figure: judge the tree then.
                     "rss_largest_mb": s.get("rss_rest_largest_mb", s["rss_rest_mb"]),
                     "rss_met": s.get("rss_rest_largest_mb", s["rss_rest_mb"]) < RSS_TARGET_MB,
+                    "rss_load_largest_mb": s.get("rss_load_largest_mb"),
+                    "rss_load_met": None
+                    if s.get("rss_load_largest_mb") is None
+                    else s["rss_load_largest_mb"] < RSS_LOAD_TARGET_MB,
+                    "results": results,
                 }
             )
     return rows
@@ -259,16 +389,19 @@ def _targets_md(results: dict[str, Any]) -> list[str]:
         "",
         f"| tokenomy run | mode | CPU/req ≤ {CPU_TARGET}× bare relay "
         f"| p99 added < {P99_ADDED_TARGET_MS:g} ms at {TARGET_RATE:g} req/s "
-        f"| RSS at rest < {RSS_TARGET_MB:g} MB, per gateway process |",
-        "|---|---|---|---|---|",
+        f"| RSS at rest < {RSS_TARGET_MB:g} MB, per gateway process "
+        f"| RSS under load < {RSS_LOAD_TARGET_MB:g} MB, per gateway process |",
+        "|---|---|---|---|---|---|",
     ]
     for r in targets(results):
+        res, name = r["results"], r["system"].split(" (")[0]
         out.append(
             f"| {r['system']} | {r['mode']} | {_verdict(r['cpu_met'])} ({_f(r['cpu_ratio'], 2)}×"
-            f"{_pairs_note(results, r['system'], r['mode'])}) "
-            f"| {_verdict(r['p99_met'])} ({_p99_context(results, r['system'], r['mode'])}) "
+            f"{_pairs_note(res, name, r['mode'])}) "
+            f"| {_verdict(r['p99_met'])} ({_p99_context(res, name, r['mode'])}) "
             f"| {_verdict(r['rss_met'])} "
-            f"({_f(r['rss_largest_mb'])} MB; tree {_f(r['rss_rest_mb'])} MB) |"
+            f"({_f(r['rss_largest_mb'])} MB; tree {_f(r['rss_rest_mb'])} MB) "
+            f"| {_verdict(r['rss_load_met'])} ({_f(r['rss_load_largest_mb'])} MB) |"
         )
     return [*out, ""]
 
@@ -312,9 +445,14 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
         f"-c{p['connections']}` for {p['duration_s']:g} s after a {p['warmup_s']:g} s warm-up "
         f"(bench/chat.lua), so req/s and p50/p99 are at saturation on a 2-core machine where "
         f"wrk and the server share the cores.",
-        "- **CPU µs/req**, the headline figure: utime+stime of the server process and all its "
-        "descendants from /proc (plus reaped children), before and after the wrk run, divided "
-        "by requests served.",
+        "- **CPU µs/req, all counted**, the headline figure: utime+stime of the server process "
+        "and all its descendants from /proc (plus reaped children), before and after the wrk "
+        "run, divided by requests served; for tokenomy on PostgreSQL + Redis, plus the CPU of "
+        "the PostgreSQL backends connected to the bench database and of the bench's own "
+        "redis-server over the same window (a backend that exits mid-run is missed; the "
+        "gateway keeps a pool).",
+        "- RSS under load: the largest VmRSS of the process tree sampled every 0.5 s while wrk "
+        "ran.",
         f"- Latency at a fixed rate: {_openloop_client(results)} (wrk2 is not "
         f"in Debian; wrk with a Lua delay stays closed-loop per connection) sends at "
         f"{p['rate']:g} req/s for {p['fixed_s']:g} s, timed from send to last byte. A system that "
@@ -350,6 +488,8 @@ def render(results: dict[str, Any], notes: list[str]) -> str:
     for mode in ("json", "sse"):
         out += _table(results, mode)
     out += _ratios(results)
+    out += _workloads(results)
+    out += _idle_md(results)
     out += _targets_md(results)
     out += _scaling(results)
     missing = [

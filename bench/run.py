@@ -9,6 +9,7 @@ bench/results/*.json. Every server it starts is stopped when it exits; traffic g
     python bench/run.py                 # the full run (several minutes)
     python bench/run.py --quick         # a smoke run with short durations
     python bench/run.py --only bare,tokenomy-sqlite
+    python bench/run.py --quick --workloads orgs1k --only bare,tokenomy-pg
 """
 
 from __future__ import annotations
@@ -34,13 +35,24 @@ import profiling
 import report
 import systems
 from measure import Plan, measure, measure_load
-from systems import BENCH, MODES, ROOT, Ctx, Server, StartError
+from systems import BENCH, ROOT, Ctx, Server, StartError
 from upstream import nginx_config
+from workloads import BASE, SYSTEMS, WORKLOADS, Workload, prompt
 
-ALL = ["direct", "bare", "tokenomy-sqlite", "tokenomy-pg", "tokenomy-pg-2w", "litellm", "portkey"]
+ALL = [
+    "direct",
+    "bare",
+    "bare-lean",
+    "tokenomy-sqlite",
+    "tokenomy-pg",
+    "tokenomy-pg-2w",
+    "litellm",
+    "portkey",
+]
 LABELS = {
     "direct": "nginx direct (the upstream itself; baseline)",
     "bare": "bare Python relay (aiohttp + uvloop + orjson)",
+    "bare-lean": "bare relay on tokenomy's own HTTP server and client (no pipeline)",
     "tokenomy-sqlite": "tokenomy, full pipeline, SQLite",
     "tokenomy-pg": "tokenomy, full pipeline, PostgreSQL + Redis",
     "tokenomy-pg-2w": "tokenomy, full pipeline, PostgreSQL + Redis, 2 workers",
@@ -57,6 +69,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--only",
         help=f"comma-separated systems: {','.join(ALL)} ('tokenomy' = both tokenomy runs)",
+    )
+    p.add_argument(
+        "--workloads",
+        help=f"comma-separated workloads: {','.join(WORKLOADS)} (default: all, or base only "
+        "with --quick; 'base' is the one every system runs, the others run on the bare "
+        "relays and tokenomy)",
     )
     p.add_argument("--no-profile", action="store_true", help="skip the profiling run")
     p.add_argument(
@@ -84,6 +102,14 @@ def parse_args() -> argparse.Namespace:
         args.systems = [n for n in ALL if n in wanted or n == "direct"]
     else:
         args.systems = list(ALL)
+    if not args.workloads:
+        # A quick run stays a few minutes: the other workloads are asked for by name.
+        args.workloads = ["base"] if args.quick else list(WORKLOADS)
+    else:
+        args.workloads = [w.strip() for w in args.workloads.split(",")]
+        for w in args.workloads:
+            if w not in WORKLOADS:
+                p.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
     return args
 
 
@@ -124,9 +150,9 @@ def tokenomy_rev() -> str:
 
 
 def start_nginx(workdir: Path) -> tuple[Ctx, int]:
-    ctx = Ctx(workdir, systems.free_port(), systems.free_port())
+    ctx = Ctx(workdir, systems.free_port(), systems.free_port(), systems.free_port())
     conf = workdir / "nginx.conf"
-    conf.write_text(nginx_config(workdir, ctx.json_port, ctx.sse_port))
+    conf.write_text(nginx_config(workdir, ctx.json_port, ctx.sse_port, ctx.long_port))
     proc = systems.spawn(["nginx", "-c", str(conf), "-p", str(workdir)], workdir / "nginx.log")
     deadline = time.monotonic() + 10
     while True:
@@ -141,19 +167,64 @@ def start_nginx(workdir: Path) -> tuple[Ctx, int]:
     return ctx, proc.pid
 
 
-def start_system(name: str, ctx: Ctx, nginx_pid: int, sysres: dict[str, Any]) -> Server:
+def start_redis(ctx: Ctx) -> None:
+    """The bench's own redis-server (no persistence), so all of its CPU is the run's;
+    without one the shared Redis (db 15) is used and its CPU is not counted."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return
+    port = systems.free_port()
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = systems.spawn(cmd, ctx.workdir / "redis.log")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.5):
+                ctx.redis_url, ctx.redis_pid = f"redis://127.0.0.1:{port}/0", proc.pid
+                return
+        except OSError:
+            time.sleep(0.1)
+    print("  redis-server did not start; using the shared Redis", file=sys.stderr, flush=True)
+
+
+def run_one(
+    name: str,
+    ctx: Ctx,
+    nginx_pid: int,
+    plan: Plan,
+    repeat: int,
+    wl: Workload,
+    with_bare: bool,
+) -> dict[str, Any]:
+    """One system on one workload; a tokenomy run with its bare relay beside it."""
+    paired = None
+    if name.startswith("tokenomy") and with_bare:
+        paired = paired_bare(ctx, nginx_pid, plan, wl)
+    res = run_system(name, ctx, nginx_pid, plan, wl)
+    if paired:
+        res["paired_bare"] = paired
+        if res.get("available"):
+            # The ratio target is one worker's; two workers are measured once.
+            n = 1 if name.endswith("-2w") else repeat
+            res["cpu_pairs"] = cpu_pairs(name, res, ctx, nginx_pid, plan, n, wl)
+    return res
+
+
+def start_system(
+    name: str, ctx: Ctx, nginx_pid: int, sysres: dict[str, Any], wl: Workload = BASE
+) -> Server:
     """Start one system (installing its peer first); StartError when it cannot run."""
     if name == "direct":
         return systems.direct(ctx, nginx_pid)
-    if name == "bare":
-        return systems.bare(ctx)
+    if name in ("bare", "bare-lean"):
+        return systems.bare(ctx, lean=name == "bare-lean")
     if name == "tokenomy-sqlite":
-        return systems.tokenomy(ctx, "sqlite")
+        return systems.tokenomy(ctx, "sqlite", orgs=wl.orgs, rotate=wl.rotate)
     if name in ("tokenomy-pg", "tokenomy-pg-2w"):
-        why = systems.postgres_ready()
-        if why:
-            raise StartError(why)
-        return systems.tokenomy(ctx, "pg", workers=2 if name.endswith("-2w") else 1)
+        if shutil.which("psql") is None:
+            raise StartError("psql is not installed")
+        workers = 2 if name.endswith("-2w") else 1
+        return systems.tokenomy(ctx, "pg", workers=workers, orgs=wl.orgs, rotate=wl.rotate)
     inst = install.litellm() if name == "litellm" else install.portkey()
     if not inst.ok or inst.path is None:
         raise StartError(inst.reason)
@@ -164,16 +235,28 @@ def start_system(name: str, ctx: Ctx, nginx_pid: int, sysres: dict[str, Any]) ->
     return systems.portkey(ctx, inst.path)
 
 
-def run_system(name: str, ctx: Ctx, nginx_pid: int, plan: Plan) -> dict[str, Any]:
-    print(f"== {name}", flush=True)
+def body_of(wl: Workload) -> Any:
+    """The request body a workload sends in a mode (None: the small request)."""
+    if not wl.prompt_bytes:
+        return lambda mode: None
+    user = prompt(wl.prompt_bytes)
+    return lambda mode: systems.request_body(mode, user)
+
+
+def run_system(
+    name: str, ctx: Ctx, nginx_pid: int, plan: Plan, wl: Workload = BASE
+) -> dict[str, Any]:
+    print(f"== {name}" + ("" if wl is BASE else f" ({wl.name}: {wl.label})"), flush=True)
     res: dict[str, Any] = {"label": LABELS[name].format(v=""), "available": False}
     server: Server | None = None
     try:
-        server = start_system(name, ctx, nginx_pid, res)
-        mode_errors = systems.wait_ready(server, timeout=180 if name == "litellm" else 60)
+        server = start_system(name, ctx, nginx_pid, res, wl)
+        mode_errors = systems.wait_ready(
+            server, timeout=180 if name == "litellm" else 60, modes=wl.modes
+        )
         for mode, why in mode_errors.items():
             print(f"  {mode} not available: {why}", file=sys.stderr, flush=True)
-        res.update(measure(server, ctx.workdir, plan, mode_errors))
+        res.update(measure(server, ctx.workdir, plan, mode_errors, wl.modes, body_of(wl)))
         res["available"] = True
     except (StartError, RuntimeError, OSError, subprocess.SubprocessError) as e:
         res["reason"] = str(e).strip()
@@ -195,17 +278,28 @@ def run_system(name: str, ctx: Ctx, nginx_pid: int, plan: Plan) -> dict[str, Any
     return res
 
 
-def cpu_only(name: str, ctx: Ctx, nginx_pid: int, plan: Plan, why: str) -> dict[str, float]:
+def headline_cpu(load: dict[str, Any]) -> float | None:
+    """CPU per request with everything counted: the server's own, and its database's
+    (PostgreSQL backends, Redis) when it has one. Results before that was measured give
+    the server's alone."""
+    cpu = load.get("cpu_all_us_per_req", load.get("cpu_us_per_req"))
+    return float(cpu) if cpu else None
+
+
+def cpu_only(
+    name: str, ctx: Ctx, nginx_pid: int, plan: Plan, why: str, wl: Workload = BASE
+) -> dict[str, float]:
     """One more start of ``name``, loaded as in a main run (wrk only): CPU per request by
-    mode (the modes it could not serve are left out)."""
+    mode, everything counted (the modes it could not serve are left out)."""
     print(f"== {name} ({why})", flush=True)
     out: dict[str, float] = {}
     server: Server | None = None
+    body = body_of(wl)
     try:
-        server = start_system(name, ctx, nginx_pid, {})
-        systems.wait_ready(server, timeout=60)
-        for mode in MODES:
-            cpu = measure_load(server, mode, ctx.workdir, plan)["cpu_us_per_req"]
+        server = start_system(name, ctx, nginx_pid, {}, wl)
+        systems.wait_ready(server, timeout=60, modes=wl.modes)
+        for mode in wl.modes:
+            cpu = headline_cpu(measure_load(server, mode, ctx.workdir, plan, body(mode)))
             if cpu:
                 out[mode] = cpu
     except (StartError, RuntimeError, OSError, subprocess.SubprocessError) as e:
@@ -216,31 +310,40 @@ def cpu_only(name: str, ctx: Ctx, nginx_pid: int, plan: Plan, why: str) -> dict[
     return out
 
 
-def paired_bare(ctx: Ctx, nginx_pid: int, plan: Plan) -> dict[str, float]:
+def paired_bare(
+    ctx: Ctx, nginx_pid: int, plan: Plan, wl: Workload = BASE, name: str = "bare"
+) -> dict[str, float]:
     """The bare relay's CPU per request, measured again just before a tokenomy run.
 
     This machine's speed drifts by tens of percent within minutes, so the CPU ratio is
     taken against the bare relay measured next to each run, not once at the start.
     """
-    return cpu_only("bare", ctx, nginx_pid, plan, "again, beside the next tokenomy run")
+    return cpu_only(name, ctx, nginx_pid, plan, "again, beside the next tokenomy run", wl)
 
 
 def cpu_pairs(
-    name: str, first: dict[str, Any], ctx: Ctx, nginx_pid: int, plan: Plan, repeat: int
+    name: str,
+    first: dict[str, Any],
+    ctx: Ctx,
+    nginx_pid: int,
+    plan: Plan,
+    repeat: int,
+    wl: Workload = BASE,
 ) -> dict[str, list[list[float]]]:
-    """[tokenomy, bare relay] CPU per request per mode: the main run's pair, then
-    ``repeat - 1`` more, each bare relay measured just before its tokenomy run. A single
-    pair cannot settle a ±10% question on a machine that drifts by tens of percent."""
-    pairs: dict[str, list[list[float]]] = {m: [] for m in MODES}
-    for mode in MODES:
-        tok = (first.get("modes", {}).get(mode) or {}).get("load", {}).get("cpu_us_per_req")
+    """[tokenomy, bare relay] CPU per request per mode, everything counted: the main
+    run's pair, then ``repeat - 1`` more, each bare relay measured just before its
+    tokenomy run. A single pair cannot settle a ±10% question on a machine that drifts by
+    tens of percent."""
+    pairs: dict[str, list[list[float]]] = {m: [] for m in wl.modes}
+    for mode in wl.modes:
+        tok = headline_cpu((first.get("modes", {}).get(mode) or {}).get("load", {}))
         bare = first.get("paired_bare", {}).get(mode)
         if tok and bare:
             pairs[mode].append([tok, bare])
     for _ in range(repeat - 1):
-        bare_cpu = paired_bare(ctx, nginx_pid, plan)
-        tok_cpu = cpu_only(name, ctx, nginx_pid, plan, "again, CPU only")
-        for mode in MODES:
+        bare_cpu = paired_bare(ctx, nginx_pid, plan, wl)
+        tok_cpu = cpu_only(name, ctx, nginx_pid, plan, "again, CPU only", wl)
+        for mode in wl.modes:
             if mode in bare_cpu and mode in tok_cpu:
                 pairs[mode].append([tok_cpu[mode], bare_cpu[mode]])
     return pairs
@@ -296,7 +399,11 @@ def main() -> int:
     args = parse_args()
     if args.render:
         saved = orjson.loads(Path(args.render).read_bytes())
-        full = not saved["quick"] and set(saved["systems"]) == set(ALL)
+        full = (
+            not saved["quick"]
+            and set(saved["systems"]) == set(ALL)
+            and set(saved.get("workloads", {})) == set(WORKLOADS) - {"base"}
+        )
         print(f"wrote {write_markdown(saved, full)}")
         return 0
     plan = QUICK if args.quick else FULL
@@ -322,17 +429,30 @@ def main() -> int:
     }
     try:
         ctx, nginx_pid = start_nginx(workdir)
-        for name in args.systems:
-            paired = None
-            if name.startswith("tokenomy") and "bare" in args.systems:
-                paired = paired_bare(ctx, nginx_pid, plan)
-            res = results["systems"][name] = run_system(name, ctx, nginx_pid, plan)
-            if paired:
-                res["paired_bare"] = paired
-                if res.get("available"):
-                    # The ratio target is one worker's; two workers are measured once.
-                    n = 1 if name.endswith("-2w") else repeat
-                    res["cpu_pairs"] = cpu_pairs(name, res, ctx, nginx_pid, plan, n)
+        if any(n.startswith("tokenomy-pg") for n in args.systems):
+            start_redis(ctx)
+        results["redis"] = "own" if ctx.redis_pid else "shared"
+        with_bare = "bare" in args.systems
+        if "base" in args.workloads:
+            for name in args.systems:
+                results["systems"][name] = run_one(
+                    name, ctx, nginx_pid, plan, repeat, BASE, with_bare
+                )
+        results["workloads"] = {}
+        for wname in args.workloads:
+            if wname == "base":
+                continue
+            wl = WORKLOADS[wname]
+            runs = results["workloads"][wname] = {
+                "label": wl.label,
+                "modes": list(wl.modes),
+                "systems": {},
+            }
+            for name in args.systems:
+                if name in SYSTEMS:
+                    runs["systems"][name] = run_one(
+                        name, ctx, nginx_pid, plan, repeat, wl, with_bare
+                    )
         # Each backend that ran is profiled: the PostgreSQL + Redis one is where the
         # ratio is hardest to meet.
         backends = tuple(
@@ -349,6 +469,7 @@ def main() -> int:
             )
     finally:
         systems.stop_all()
+        systems.drop_seeds()
         if args.keep:
             print(f"temp dir kept: {workdir}")
         else:
@@ -357,12 +478,15 @@ def main() -> int:
     stamp = started.strftime("%Y%m%d-%H%M%S")
     kind = "quick" if args.quick else "full"
     subset = "" if args.systems == ALL else "-" + "-".join(args.systems[1:])
+    if args.workloads != list(WORKLOADS):
+        subset += "-" + "-".join(args.workloads)
     results["json_name"] = f"{stamp}-{kind}{subset}.json"
     (BENCH / "results").mkdir(exist_ok=True)
     (BENCH / "results" / results["json_name"]).write_bytes(
         orjson.dumps(results, option=orjson.OPT_INDENT_2)
     )
-    md = write_markdown(results, full=not args.quick and args.systems == ALL)
+    full = not args.quick and args.systems == ALL and args.workloads == list(WORKLOADS)
+    md = write_markdown(results, full=full)
     print(f"\nwrote {md.relative_to(ROOT)} and bench/results/{results['json_name']}")
     return 0
 

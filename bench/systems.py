@@ -20,27 +20,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import procstat
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 MAIN_BIN = ROOT / ".venv/bin"
 MODES = ("json", "sse")
+#: Every mode a workload may load (see workloads.py).
+ALL_MODES = ("json", "sse", "long")
 UPSTREAM_KEY = "sk-bench-upstream"
-PG_URL = "postgresql://postgres@127.0.0.1:5432/tokenomy_bench"
-REDIS_URL = "redis://127.0.0.1:6379/15"
+PG_DB = "tokenomy_bench"
+PG_URL = f"postgresql://postgres@127.0.0.1:5432/{PG_DB}"
+#: The shared Redis, when the bench cannot start its own (then Redis's CPU is not counted).
+SHARED_REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
-def request_body(mode: str) -> bytes:
+#: The model each mode asks for: it picks the upstream port ("long": a 2,000-event stream).
+MODELS = {"json": "bench-json", "sse": "bench-sse", "long": "bench-long"}
+
+
+def request_body(mode: str, user: str = "Say hello in one short sentence.") -> bytes:
     """The chat request every system gets; the model name picks the upstream port."""
     body: dict[str, object] = {
-        "model": "bench-json" if mode == "json" else "bench-sse",
+        "model": MODELS[mode],
         "messages": [
             {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Say hello in one short sentence."},
+            {"role": "user", "content": user},
         ],
         "max_tokens": 64,
     }
-    if mode == "sse":
+    if mode != "json":
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     return orjson.dumps(body)
@@ -59,6 +68,10 @@ class Ctx:
     workdir: Path
     json_port: int
     sse_port: int
+    long_port: int = 0
+    #: The bench's own redis-server (its CPU is attributed to the runs), else the shared one.
+    redis_url: str = SHARED_REDIS_URL
+    redis_pid: int | None = None
     tools: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -68,6 +81,10 @@ class Ctx:
     @property
     def sse_base(self) -> str:
         return f"http://127.0.0.1:{self.sse_port}"
+
+    @property
+    def long_base(self) -> str:
+        return f"http://127.0.0.1:{self.long_port}"
 
 
 @dataclass
@@ -83,6 +100,11 @@ class Server:
     notes: list[str] = field(default_factory=list)
     #: Called after the server stops, to check what it recorded.
     after_stop: Callable[[], str] | None = None
+    #: Header lines ("Authorization: Bearer ...") the load rotates through, one a line.
+    rotate_file: Path | None = None
+    #: Other processes whose CPU the run is charged with (PostgreSQL backends, Redis), as
+    #: name -> a sample; ``delta(before, after)`` gives CPU seconds.
+    attributed: dict[str, Attributed] = field(default_factory=dict)
 
     def stop(self) -> None:
         if self.proc is None:
@@ -94,6 +116,14 @@ class Server:
             return ""
         lines = self.log.read_text(errors="replace").strip().splitlines()
         return "\n".join(lines[-n:])
+
+
+@dataclass(frozen=True)
+class Attributed:
+    """CPU of processes outside the server's tree that it makes work (its database)."""
+
+    sample: Callable[[], object]
+    delta: Callable[[object, object], float]
 
 
 class StartError(Exception):
@@ -139,7 +169,7 @@ def stop_all() -> None:
     STARTED.clear()
 
 
-def wait_ready(server: Server, timeout: float) -> dict[str, str]:
+def wait_ready(server: Server, timeout: float, modes: tuple[str, ...] = MODES) -> dict[str, str]:
     """Wait for the port to accept, then check each mode answers 200 with the fixed text.
 
     Returns the modes that failed, with why; StartError when none works."""
@@ -156,12 +186,12 @@ def wait_ready(server: Server, timeout: float) -> dict[str, str]:
             raise StartError(f"port {port} not open after {timeout:.0f} s:\n{server.log_tail()}")
         time.sleep(0.25)
     errors: dict[str, str] = {}
-    for mode in MODES:
+    for mode in modes:
         status, body = post(server.urls[mode], server.headers[mode], request_body(mode))
         want = b"[DONE]" if mode == "sse" else b'"usage"'
         if status != 200 or b"benchmark" not in body or want not in body:
             errors[mode] = f"{mode} smoke request answered {status}: {body[:300]!r}"
-    if len(errors) == len(MODES):
+    if len(errors) == len(modes):
         raise StartError("; ".join(errors.values()) + "\n" + server.log_tail())
     for mode, err in errors.items():
         errors[mode] = err + " " + _first_error(server.log_tail(40))
@@ -202,28 +232,36 @@ def direct(ctx: Ctx, nginx_pid: int) -> Server:
         urls={
             "json": ctx.json_base + "/v1/chat/completions",
             "sse": ctx.sse_base + "/v1/chat/completions",
+            "long": ctx.long_base + "/v1/chat/completions",
         },
-        headers={m: {"Authorization": "Bearer " + UPSTREAM_KEY} for m in MODES},
+        headers={m: {"Authorization": "Bearer " + UPSTREAM_KEY} for m in ALL_MODES},
     )
 
 
-def bare(ctx: Ctx) -> Server:
+def bare(ctx: Ctx, lean: bool = False) -> Server:
+    """The bare relay on aiohttp, or (``lean``) on tokenomy's own HTTP server and client."""
+    name = "bare-lean" if lean else "bare"
     port = free_port()
-    log = ctx.workdir / "bare.log"
+    log = ctx.workdir / f"{name}.log"
     cmd = [
         str(MAIN_BIN / "python"),
-        str(BENCH / "bare_relay.py"),
+        str(BENCH / ("lean_relay.py" if lean else "bare_relay.py")),
         "--port",
         str(port),
         "--upstream",
         ctx.json_base,
         "--stream-upstream",
         ctx.sse_base,
+        "--long-upstream",
+        ctx.long_base,
     ]
-    proc = spawn(cmd, log)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = spawn(cmd, log, env)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     auth = {"Authorization": "Bearer " + UPSTREAM_KEY}
-    return Server("bare", proc, proc.pid, {m: url for m in MODES}, {m: auth for m in MODES}, log)
+    return Server(
+        name, proc, proc.pid, {m: url for m in ALL_MODES}, {m: auth for m in ALL_MODES}, log
+    )
 
 
 def _tokenomy_env(ctx: Ctx, db_url: str, redis_url: str | None) -> dict[str, str]:
@@ -232,6 +270,7 @@ def _tokenomy_env(ctx: Ctx, db_url: str, redis_url: str | None) -> dict[str, str
     env.update(
         TOKENOMY_BENCH_JSON_URL=ctx.json_base + "/v1",
         TOKENOMY_BENCH_SSE_URL=ctx.sse_base + "/v1",
+        TOKENOMY_BENCH_LONG_URL=ctx.long_base + "/v1",
         TOKENOMY_BENCH_UPSTREAM_KEY=UPSTREAM_KEY,
         TOKENOMY_DATABASE_URL=db_url,
         TOKENOMY_ADMIN_KEY="tk-admin-bench",
@@ -293,34 +332,126 @@ def _account(env: dict[str, str], log: Path) -> tuple[str, list[str]]:
     return secret, notes
 
 
-def postgres_ready() -> str | None:
-    """None when PostgreSQL and Redis answer, after making the bench database and Redis
-    db 15 empty (each run starts from nothing, as rows left by earlier runs would make
-    the figures drift), else why not."""
+def _psql(sql: str, db: str = "postgres") -> str | None:
+    """None when PostgreSQL ran ``sql``, else why not."""
+    p = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-tAc", sql],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if p.returncode != 0:
+        return f"PostgreSQL on 127.0.0.1:5432 refused {sql!r}: " + p.stderr.strip()[-200:]
+    return None
+
+
+def _flush_redis(url: str) -> str | None:
+    """Empty the Redis database ``url`` names (redis://host:port/db); None, or why not."""
+    hostport, _, db = url.removeprefix("redis://").partition("/")
+    host, _, port = hostport.partition(":")
+    with socket.create_connection((host, int(port or 6379)), 2) as s:
+        s.sendall(f"SELECT {db or 0}\r\nFLUSHDB\r\n".encode())
+        reply = b""
+        while reply.count(b"\r\n") < 2:
+            chunk = s.recv(64)
+            if not chunk:
+                break
+            reply += chunk
+    if reply != b"+OK\r\n+OK\r\n":
+        return f"Redis at {hostport} did not empty db {db}: {reply[:80]!r}"
+    return None
+
+
+def postgres_ready(ctx: Ctx, template: str | None = None) -> str | None:
+    """None when PostgreSQL and Redis answer, after making the bench database (a copy of
+    ``template`` when given) and its Redis database empty (each run starts from nothing,
+    as rows left by earlier runs would make the figures drift), else why not."""
     if shutil.which("psql") is None:
         return "psql is not installed"
-    base = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc"]
+    made = f"CREATE DATABASE {PG_DB}" + (f" TEMPLATE {template}" if template else "")
     try:
-        for sql in (
-            "DROP DATABASE IF EXISTS tokenomy_bench WITH (FORCE)",
-            "CREATE DATABASE tokenomy_bench",
-        ):
-            p = subprocess.run([*base, sql], capture_output=True, text=True, timeout=60)
-            if p.returncode != 0:
-                return f"PostgreSQL on 127.0.0.1:5432 refused {sql!r}: " + p.stderr.strip()[-200:]
-        with socket.create_connection(("127.0.0.1", 6379), 2) as s:
-            s.sendall(b"SELECT 15\r\nFLUSHDB\r\n")
-            reply = b""
-            while reply.count(b"\r\n") < 2:
-                chunk = s.recv(64)
-                if not chunk:
-                    break
-                reply += chunk
-            if reply != b"+OK\r\n+OK\r\n":
-                return f"Redis on 127.0.0.1:6379 did not empty db 15: {reply[:80]!r}"
+        for sql in (f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)", made):
+            why = _psql(sql)
+            if why:
+                return why
+        return _flush_redis(ctx.redis_url)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"PostgreSQL or Redis not reachable: {e}"
-    return None
+
+
+#: PostgreSQL template databases made by :func:`seed`, dropped at exit.
+SEED_DBS: list[str] = []
+
+
+def seed(ctx: Ctx, backend: str, orgs: int, topup: int) -> tuple[str, Path]:
+    """A database with ``orgs`` tenants (an org with a key each, the first ``topup`` of
+    them topped up), made once per run and size: (the SQLite file or PostgreSQL template
+    to copy, the file of their secrets). Seeded by bench/seed_orgs.py."""
+    keys = ctx.workdir / f"keys-{orgs}-{topup}.txt"
+    if backend == "sqlite":
+        target = ctx.workdir / f"seed-{orgs}-{topup}.db"
+        url = f"sqlite:///{target}"
+    else:
+        target = ctx.workdir / f"seed-{orgs}-{topup}-pg"  # a mark: the template exists
+        name = f"{PG_DB}_seed_{orgs}_{topup}"
+        url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    done = Path(str(target) + ".done")
+    if not done.exists():
+        if backend != "sqlite":
+            for sql in (f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"):
+                why = _psql(sql)
+                if why:
+                    raise StartError(why)
+            SEED_DBS.append(name)
+        print(f"  seeding {orgs:,} orgs and keys ({backend})", flush=True)
+        t0 = time.monotonic()
+        env = dict(os.environ, TOKENOMY_DATABASE_URL=url, PYTHONPATH=str(ROOT / "src"))
+        cmd = [str(MAIN_BIN / "python"), str(BENCH / "seed_orgs.py"), "--orgs", str(orgs)]
+        cmd += ["--topup", str(topup)]
+        p = subprocess.run(
+            [*cmd, "--keys-out", str(keys)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        if p.returncode != 0:
+            raise StartError(f"seeding failed: {p.stderr.strip()[-800:]}")
+        print(f"    {time.monotonic() - t0:.0f} s", flush=True)
+        done.touch()
+    return (str(target) if backend == "sqlite" else name), keys
+
+
+def drop_seeds() -> None:
+    for name in SEED_DBS:
+        with contextlib.suppress(Exception):
+            _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    SEED_DBS.clear()
+
+
+def rotate_file(ctx: Ctx, keys: Path, n: int) -> Path:
+    """The first ``n`` seeded keys as Authorization header lines, for the load to rotate."""
+    out = ctx.workdir / f"rotate-{n}.txt"
+    secrets = keys.read_text().split()[:n]
+    out.write_text("".join(f"Authorization: Bearer {k}\n" for k in secrets))
+    return out
+
+
+def _attributed(ctx: Ctx) -> dict[str, Attributed]:
+    """PostgreSQL's backends on the bench database, and the bench's own Redis."""
+    out = {
+        "postgres": Attributed(
+            lambda: procstat.pg_backends(PG_DB),
+            lambda a, b: procstat.pg_backends_delta_s(a, b),  # type: ignore[arg-type]
+        )
+    }
+    if ctx.redis_pid is not None:
+        pid = ctx.redis_pid
+        out["redis"] = Attributed(
+            lambda: procstat.cpu_seconds(pid),
+            lambda a, b: float(b) - float(a),  # type: ignore[arg-type]
+        )
+    return out
 
 
 def _count_usage(db_url: str) -> int | None:
@@ -347,15 +478,31 @@ def tokenomy(
     port: int | None = None,
     wrap: list[str] | None = None,
     workers: int = 1,
+    orgs: int = 1,
+    rotate: int = 1,
 ) -> Server:
     """tokenomy with its whole pipeline: SQLite alone, or PostgreSQL plus Redis (the only
-    way to run several workers: balances and limits must stay global)."""
+    way to run several workers: balances and limits must stay global). With ``orgs`` > 1
+    the database first holds that many seeded tenants, and the load rotates through
+    ``rotate`` of their keys."""
     name = f"tokenomy-{backend}" + (f"-{workers}w" if workers > 1 else "")
     log = ctx.workdir / f"{name}.log"
+    keys, template = None, ""
+    if orgs > 1:
+        # The tenants in rotation are topped up; the rest are only present.
+        template, keys = seed(ctx, backend, orgs, rotate)
     if backend == "sqlite":
-        db_url, redis_url = f"sqlite:///{ctx.workdir / 'tokenomy-bench.db'}", None
+        db_file = ctx.workdir / "tokenomy-bench.db"
+        db_url, redis_url = f"sqlite:///{db_file}", None
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(db_file) + suffix).unlink(missing_ok=True)
+        if keys is not None:
+            shutil.copyfile(template, db_file)
     else:
-        db_url, redis_url = PG_URL, REDIS_URL
+        why = postgres_ready(ctx, template if keys is not None else None)
+        if why:
+            raise StartError(why)
+        db_url, redis_url = PG_URL, ctx.redis_url
     env = _tokenomy_env(ctx, db_url, redis_url)
     key, notes = _account(env, log)
     before = _count_usage(db_url) or 0
@@ -387,11 +534,13 @@ def tokenomy(
         name,
         proc,
         proc.pid,
-        {m: url for m in MODES},
-        {m: auth for m in MODES},
+        {m: url for m in ALL_MODES},
+        {m: auth for m in ALL_MODES},
         log,
         notes,
         after_stop=recorded,
+        rotate_file=rotate_file(ctx, keys, rotate) if keys is not None and rotate > 1 else None,
+        attributed=_attributed(ctx) if backend != "sqlite" else {},
     )
 
 

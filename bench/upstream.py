@@ -85,6 +85,30 @@ def sse_body() -> bytes:
     return b"".join(parts)
 
 
+#: Content events of the long stream (the ``stream2k`` workload): 2,000 events in all.
+LONG_EVENTS = 2000
+
+
+def long_sse_body() -> bytes:
+    """A long answer: a role chunk, ``LONG_EVENTS - 4`` content chunks, a finish chunk, a
+    usage chunk and [DONE] (2,000 events). Served from a file: too long for a config."""
+    content = LONG_EVENTS - 4
+    parts = [_chunk([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}])]
+    parts += [
+        _chunk([{"index": 0, "delta": {"content": WORDS[i % len(WORDS)]}, "finish_reason": None}])
+        for i in range(content)
+    ]
+    parts.append(_chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+    usage = {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": content,
+        "total_tokens": PROMPT_TOKENS + content,
+    }
+    parts.append(_chunk([], usage))
+    parts.append(b"data: [DONE]\n\n")
+    return b"".join(parts).replace(b'"model":"bench-sse"', b'"model":"bench-long"')
+
+
 def _nginx_string(body: bytes) -> str:
     """``body`` as a single-quoted nginx string (``$`` would start a variable)."""
     text = body.decode()
@@ -93,8 +117,19 @@ def _nginx_string(body: bytes) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
-def nginx_config(workdir: Path, json_port: int, sse_port: int) -> str:
-    """A self-contained nginx config: one worker, no logs, temp files under ``workdir``."""
+def nginx_config(workdir: Path, json_port: int, sse_port: int, long_port: int) -> str:
+    """A self-contained nginx config: one worker, no logs, temp files under ``workdir``.
+
+    The long stream is a file: nginx serves files to GET only, so a POST is answered 405
+    and that error's page, with status 200, is the file (an internal redirect, as GET)."""
+    # nginx's workers may run as another user: they may pass through the (private) work
+    # dir and read this one directory, nothing else.
+    static = workdir / "static"
+    static.mkdir(exist_ok=True)
+    (static / "long-stream.sse").write_bytes(long_sse_body())
+    (static / "long-stream.sse").chmod(0o644)
+    static.chmod(0o755)
+    workdir.chmod(0o711)
     temp = "\n".join(
         f"  {name}_temp_path {workdir / name};"
         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -123,6 +158,19 @@ http {{
       default_type text/event-stream;
       add_header Cache-Control no-cache;
       return 200 {_nginx_string(sse_body())};
+    }}
+  }}
+  server {{
+    listen 127.0.0.1:{long_port} reuseport backlog=4096;
+    root {static};
+    default_type text/event-stream;
+    location = /v1/chat/completions {{
+      error_page 405 =200 /long-stream.sse;
+      return 405;
+    }}
+    location = /long-stream.sse {{
+      internal;
+      add_header Cache-Control no-cache;
     }}
   }}
 }}

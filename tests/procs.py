@@ -207,9 +207,13 @@ class Procs:
         assert last is not None
         raise last
 
-    def sim(self, *, ttft_ms: float = 0.0, output_tokens: int = 16) -> Proc:
-        """``tokenomy sim``: answers at once (or after ``ttft_ms``), ``output_tokens`` long."""
+    def sim(
+        self, *, ttft_ms: float = 0.0, output_tokens: int = 16, video_ms_per_second: float = 200.0
+    ) -> Proc:
+        """``tokenomy sim``: answers at once (or after ``ttft_ms``), ``output_tokens`` long;
+        a video renders for ``video_ms_per_second`` per second of output."""
         args = ["sim", "--ttft-ms", str(ttft_ms), "--output-tokens", str(output_tokens)]
+        args += ["--video-ms-per-second", str(video_ms_per_second)]
         return self._spawn("sim", args, "/v1/models", None)
 
     def write_config(self, text: str, name: str = "gateway") -> Path:

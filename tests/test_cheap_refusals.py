@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import Gateway
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.tokencount import TokenCounter
+from tokenomy.ledger.accounts import Scope
 
 BIG = "lorem ipsum dolor sit amet " * 2_300  # ~62 KB, under the test gateway's body limit
 
@@ -82,3 +83,105 @@ def test_a_near_miss_is_counted_off_the_event_loop(gateway: Gateway, counted: li
     assert r.status_code == 200, r.text
     assert counted, "the near miss was not counted"
     assert gateway.server._thread.name not in counted[:1]  # the hold's count: off the loop
+
+
+def _refused(
+    gateway: Gateway, counted: list[str], key: str, status: int, **body: Any
+) -> httpx.Response:
+    """Send a large prompt that must be refused with ``status``: answered without the
+    tokenizer ever being called for it."""
+    payload: dict[str, Any] = {"model": "ds-reasoner", "max_tokens": 10}
+    payload["messages"] = [{"role": "user", "content": BIG}]
+    payload.update(body)
+    counted.clear()
+    r = httpx.post(
+        gateway.base_url + "/chat/completions",
+        json=payload,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["message"]
+    assert counted == [], f"a refused {status} tokenized the prompt"
+    return r
+
+
+def test_a_model_the_key_may_not_use_is_refused_without_tokenizing(
+    gateway: Gateway, counted: list[str]
+) -> None:
+    _refused(gateway, counted, gateway.new_key(models=["sim-small"]), 403)
+
+
+def test_a_key_whose_org_is_gone_is_refused_without_tokenizing(
+    gateway: Gateway, counted: list[str]
+) -> None:
+    # A key bound to an org the directory does not know: 403 from the ledger stage.
+    _refused(gateway, counted, gateway.new_key(org_id="org_missing_for_this_test"), 403)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"temperature": "hot"},  # the edge's validation
+        {"max_tokens": -5},
+        {"model": "no-tools", "tools": [{"type": "function", "function": {"name": "f"}}]},
+    ],
+    ids=["bad-type", "bad-range", "no-deployment"],
+)
+def test_an_invalid_request_is_refused_without_tokenizing(
+    gateway: Gateway, counted: list[str], body: dict[str, Any]
+) -> None:
+    _refused(gateway, counted, gateway.new_key(), 400, **body)
+
+
+def test_a_rate_limited_request_is_refused_without_tokenizing(
+    gateway: Gateway, counted: list[str]
+) -> None:
+    # The model "limited" admits 3 requests a minute: the rest are refused with 429,
+    # each decided from the prompt's byte bound.
+    key = gateway.new_key()
+    for _ in range(4):
+        r = httpx.post(
+            gateway.base_url + "/chat/completions",
+            json={
+                "model": "limited",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        if r.status_code == 429:
+            break
+        assert r.status_code == 200, r.text
+    _refused(gateway, counted, key, 429, model="limited")
+
+
+@pytest.mark.parametrize(
+    "limit", [{"amount_nanos": 1}, {"token_limit": 5}], ids=["money", "tokens"]
+)
+def test_a_spent_budget_refuses_a_large_prompt_without_tokenizing(
+    gateway: Gateway, counted: list[str], limit: dict[str, int]
+) -> None:
+    # The org has money; the key's own budget is what ran out (a Shortfall on a budget).
+    key = gateway.new_key(org_id=gateway.new_org(10**12))
+    key_id = gateway.services.key_cache.lookup(key).id  # type: ignore[union-attr]
+    b = gateway.services.ledger.set_budget(Scope.KEY, key_id, "day", **limit)
+    gateway.server.call(gateway.services.refresh_accounts())
+    try:
+        _refused(gateway, counted, key, 402)
+    finally:
+        gateway.services.ledger.delete_budget(b.id)
+        gateway.server.call(gateway.services.refresh_accounts())
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/messages"])
+def test_an_admitted_large_prompt_is_held_on_its_byte_bound_never_tokenized(
+    gateway: Gateway, counted: list[str], path: str
+) -> None:
+    # Enough money for the byte bound: the hold needs no count, and the vendor's usage
+    # bills it, so nothing on the way tokenizes the prompt.
+    key = gateway.new_key(org_id=gateway.new_org(10**12))
+    r = ask(gateway, key, BIG, path)
+    assert r.status_code == 200, r.text
+    assert counted == []

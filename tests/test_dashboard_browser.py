@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from tests.conftest import ADMIN_KEY
 from tests.servers import ThreadServer
+from tests.test_batches_openai import chat_line, jsonl, upload, wait_ended
 from tests.test_usage_api import NOW_MS, AnalyticsGateway, start_analytics_gateway
 from tokenomy.analytics.rollup import DAY
 from tokenomy.api import usage_routes
@@ -54,8 +56,24 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def dash(sim: ThreadServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnalyticsGateway]:
     gw = start_analytics_gateway(sim.url, tmp_path_factory.mktemp("dash"), days=45)
+    run_batch(gw)
     yield gw
     gw.server.stop()
+
+
+def run_batch(gw: AnalyticsGateway) -> None:
+    """A real batch through the gateway, for the batch panel (a house key: priced, not
+    charged)."""
+    secret, rec = gw.services.keys.create("batch")
+    gw.services.key_cache.put(secret, rec)
+    c = openai.OpenAI(base_url=gw.url + "/v1", api_key=secret, max_retries=0)
+    lines = [chat_line(i, model="gpt-5.4-mini") for i in range(12)]
+    b = c.batches.create(
+        input_file_id=upload(c, jsonl(lines)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    assert wait_ended(c, b.id).status == "completed"
 
 
 class Page:
@@ -119,7 +137,7 @@ def test_dashboard_renders_offline_and_the_picker_changes_it(
     assert page.url == f"{dash.url}/dashboard?days=45"  # back to the view asked for
     page.wait_for_load_state("networkidle")
     cards = page.locator("section[data-chart]")
-    assert cards.count() == 7
+    assert cards.count() == 8
     for i in range(cards.count()):
         card = cards.nth(i)
         name = card.get_attribute("data-chart")
@@ -128,6 +146,11 @@ def test_dashboard_renders_offline_and_the_picker_changes_it(
         assert card.locator("text.empty").count() == 0, name
         box = card.locator("svg.chart").first.bounding_box()
         assert box is not None and box["width"] > 150 and box["height"] > 80, name
+    batches = page.locator("section[data-chart=batches]")
+    assert "saved" in batches.locator("p.big").inner_text()
+    assert batches.locator("tbody tr").count() == 1
+    assert "12/12" in batches.locator("tbody").inner_text()
+    assert batches.locator("svg.chart").count() == 2
     bars_before = page.locator("section[data-chart=tokens] rect.bar").count()
     tokens_before = page.locator("#kpi-tokens").inner_text()
     page.screenshot(path=str(ARTIFACTS / "dashboard-desktop.png"), full_page=True)
@@ -210,4 +233,59 @@ def test_login_form_and_a_keys_own_view(browser: Any, dash: AnalyticsGateway) ->
     assert "session has ended" in page.content()
     assert page.locator("input[name=key]").count() == 1
     assert p.context.cookies() == []
+    p.close()
+
+
+def test_agent_work_panel(browser: Any, dash: AnalyticsGateway) -> None:
+    """Tasks run through the gateway show in the agent panel: their band, the costliest
+    task, the cache hit rate of the model they re-read their context on, the money saved."""
+    import openai
+
+    from tokenomy.analytics.formatting import money_map
+
+    secret, rec = dash.services.keys.create("agents", org_id="org_hist_globex")
+    dash.services.key_cache.put(secret, rec)
+    c = openai.OpenAI(base_url=dash.url + "/v1", api_key=secret, max_retries=0)
+    context = " ".join(f"ctx{i % 89}" for i in range(1800))
+    for _ in range(6):  # one task re-reading a long context: cached from the second call
+        c.chat.completions.create(
+            model="deepseek-chat",
+            messages=[{"role": "user", "content": context}],
+            max_tokens=16,
+            extra_headers={"X-Tokenomy-Task": "browser-agent"},
+        )
+    c.chat.completions.create(
+        model="gpt-5.4-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=8,
+        extra_headers={"X-Tokenomy-Task": "browser-quick"},
+    )
+    dash.server.call(dash.services.usage_writer.flush())
+    p = Page(browser, dash.url, viewport={"width": 1440, "height": 900})
+    page = p.page
+    _sign_in(page, f"{dash.url}/dashboard?days=30", ADMIN_KEY)
+    page.wait_for_load_state("networkidle")
+    panel = page.locator("section[data-panel=agents]")
+    assert panel.count() == 1 and "Agent work" in panel.locator("h2").inner_text()
+    assert panel.locator("svg.chart " + MARKS).count() == 2  # two bands hold tasks
+    bands = panel.locator("table.agents-bands tbody tr")
+    cells = [bands.nth(i).locator("td").all_inner_texts() for i in range(bands.count())]
+    assert [r[:2] for r in cells] == [["<10K", "1"], ["10K-100K", "1"], ["100K-1M", "0"],
+                                      [">1M", "0"]]  # fmt: skip
+    top = panel.locator("table.agents-top tbody tr").first.locator("td").all_inner_texts()
+    assert top[0] == "browser-agent" and top[1] == "6" and top[3] != "0.0%"
+    hits = panel.locator("table.agents-hits").inner_text()
+    assert "deepseek-chat · deepseek" in hits
+    saved = panel.locator("#agents-saved").inner_text()
+    api = dash.get("/v1/usage", view="cache", days=30).json()["data"]
+    assert api["saved_nanos"]["USD"] > 0
+    assert saved.startswith(money_map(api["saved_nanos"]) + " saved by prompt caching")
+    panel.screenshot(path=str(ARTIFACTS / "dashboard-agents.png"))
+    assert p.outside == [] and p.console == []
+    p.close()
+    # On a phone the panel scrolls inside itself: the page never scrolls sideways.
+    p = Page(browser, dash.url, viewport={"width": 390, "height": 844}, is_mobile=True)
+    _sign_in(p.page, f"{dash.url}/dashboard?days=30", ADMIN_KEY)
+    overflow = p.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1
     p.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -257,3 +258,41 @@ def test_a_call_refused_by_an_earlier_stage_holds_and_costs_nothing(gateway: Gat
     assert set(rows) == {429, 200} and rows[429]["cost_nanos"] == 0
     assert gateway.services.ledger.balance(org_id) == 10**9 - rows[200]["cost_nanos"]
     assert gateway.services.ledger.trial_balance() == {"USD": 0}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_one_hour_cache_writes_bill_at_their_own_price(gateway: Gateway, stream: bool) -> None:
+    org = gateway.new_org(10**10)
+    c = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.new_key(org_id=org))
+    costs = []
+    for ttl in ("5m", "1h"):
+        text = secrets.token_hex(4) + LONG  # unseen by the (shared) simulator's cache
+        cc = {"type": "ephemeral", "ttl": ttl}
+        system = [{"type": "text", "text": text, "cache_control": cc}]
+        kw: dict[str, Any] = {
+            "model": "opus",
+            "max_tokens": 30,
+            "system": system,
+            "messages": [{"role": "user", "content": "Go."}],
+        }
+        if stream:
+            with c.messages.stream(**kw) as s:
+                m = s.get_final_message()
+                request_id = s.response.headers["x-request-id"]
+        else:
+            raw = c.messages.with_raw_response.create(**kw)
+            m = raw.parse()
+            request_id = raw.headers["x-request-id"]
+        usage = Usage.from_anthropic(m.usage.model_dump())
+        assert usage.cache_write_tokens > 0
+        assert usage.cache_write_1h_tokens == (usage.cache_write_tokens if ttl == "1h" else 0)
+        (row,) = gateway.wait_events(1, request_id=request_id)
+        assert row["cache_write_tokens"] == usage.cache_write_tokens
+        assert row["cache_write_1h_tokens"] == usage.cache_write_1h_tokens  # re-priceable
+        assert row["cost_nanos"] == expected_nanos(row, usage)
+        if ttl == "1h":  # billed at $10 a million, not the 5-minute write's $6.25
+            as_5m = replace(usage, cache_write_1h_tokens=0)
+            extra = usage.cache_write_tokens * (10_000 - 6_250)  # nanos: tokens x $3.75/M
+            assert row["cost_nanos"] - expected_nanos(row, as_5m) == extra
+        costs.append(row["cost_nanos"])
+    assert gateway.services.ledger.balance(org) == 10**10 - sum(costs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -218,54 +219,83 @@ def test_admin_totals_on_postgresql_never_scan_the_usage_postings() -> None:
             engine.dispose()
 
 
-def test_a_directory_refresh_reads_the_rows_that_changed_not_every_org(
+def test_a_directory_refresh_reads_what_changed_not_every_tenant(store: LedgerStore) -> None:
+    from sqlalchemy import update
+
+    from tokenomy.ledger.accounts import Scope
+    from tokenomy.ledger.directory import Directory
+    from tokenomy.ledger.store import Changes
+    from tokenomy.store.schema import budgets, orgs
+
+    many = [store.create_org(f"org {i}", "USD") for i in range(300)]
+    kept = store.set_budget("org", many[0].id, "day", amount_nanos=10**9)
+    dropped = store.set_budget("org", many[1].id, "month", token_limit=500)
+    with store.engine.begin() as conn:  # all of it made an hour ago
+        for t in (orgs, budgets):
+            conn.execute(update(t).values(updated_ms=t.c.updated_ms - 3_600_000))
+    read: list[int] = []  # rows each incremental refresh read
+    changed_since = store.changed_since
+
+    def spy(ms: int) -> Changes:
+        out = changed_since(ms)
+        read.append(len(out))
+        return out
+
+    store.changed_since = spy  # type: ignore[method-assign]
+    d = Directory(store)
+    assert d.refresh() == 300 + 2  # the first refresh loads everything
+    before = (d.orgs, d.projects, d.budgets)
+    assert d.budgets[(Scope.ORG, many[1].id)] == (dropped,)
+
+    assert d.refresh() == 0 and read == [0]  # nothing changed: nothing read or rebuilt
+    assert all(a is b for a, b in zip((d.orgs, d.projects, d.budgets), before, strict=True))
+
+    new = store.create_org("late", "CNY")
+    store.delete_budget(dropped.id)
+    added = store.set_budget("org", many[2].id, "week", amount_nanos=5)
+    assert d.refresh() == 3 and read[-1] == 3  # one org, a budget deleted, one added
+    assert d.orgs[new.id] == new and len(d.orgs) == 301
+    assert d.orgs[many[5].id] is before[0][many[5].id]  # unchanged orgs: the same objects
+    assert (Scope.ORG, many[1].id) not in d.budgets
+    assert d.budgets[(Scope.ORG, many[2].id)] == (added,)
+    assert d.budgets[(Scope.ORG, many[0].id)] == (kept,)
+    # Read again within the look-back (a late commit would be caught), applied no more.
+    assert d.refresh() == 0 and read[-1] == 3
+    full = Directory(store)  # the same tree as a full load
+    full.refresh()
+    assert (full.orgs, full.projects, full.budgets) == (d.orgs, d.projects, d.budgets)
+
+
+def test_changed_since_reads_only_rows_past_the_instant(store: LedgerStore) -> None:
+    old = [store.create_org(f"org {i}", "USD") for i in range(50)]
+    cut = int(time.time() * 1000) + 2
+    while int(time.time() * 1000) < cut:
+        time.sleep(0.001)
+    late = store.create_org("late", "USD")
+    b = store.set_budget("org", old[0].id, "day", amount_nanos=1)
+    ch = store.changed_since(cut)
+    assert [o.id for o in ch.orgs] == [late.id]
+    assert ch.budgets == [b] and not ch.projects and not ch.deleted_budgets
+    assert len(ch) == 2 and ch.newest_ms >= cut
+
+
+def test_a_key_cache_refresh_reads_keys_changed_lately_not_the_last_burst(
     store: LedgerStore,
 ) -> None:
-    """10,000 orgs written an hour ago and 4 rows written now: after the first refresh,
-    one reads the 4, not the 10,000, swaps in only what changed, and shows what a
-    reload shows."""
-    import time
+    from sqlalchemy import update
 
-    from sqlalchemy import insert
+    from tokenomy.store.keys import KeyCache, KeyStore
+    from tokenomy.store.schema import api_keys
 
-    from tokenomy.ledger.directory import Directory
-    from tokenomy.store.schema import orgs
-
-    long_ago = int(time.time() * 1000) - 3_600_000
-    rows = [
-        dict(id=f"org_{i:05d}", name=f"O{i}", currency="USD", mode="prepaid")
-        | dict(credit_limit_nanos=0, created_ms=long_ago, updated_ms=long_ago)
-        for i in range(10_000)
-    ]
-    with store.engine.begin() as conn:
-        conn.execute(insert(orgs), rows)
-    d = Directory(store)
-    d.refresh()
-    assert len(d.orgs) == 10_000 and d.budgets == {}
-    read: list[int] = []
-    real = store.accounts_changed_since
-
-    def counted(since_ms: int) -> object:
-        changes = real(since_ms)
-        read.append(len(changes.orgs) + len(changes.projects) + len(changes.budgets))
-        return changes
-
-    store.accounts_changed_since = counted  # type: ignore[method-assign]
-    a, b = store.create_org("A", "USD"), store.create_org("B", "CNY")
-    project = store.create_project("org_00002", "P")
-    gone = store.set_budget("org", "org_00001", "day", amount_nanos=10**9, tz="UTC")
-    store.delete_budget(gone.id)
-    d.refresh()
-    assert read == [4]  # two orgs, a project, a budget made and deleted
-    assert d.orgs[a.id] == a and d.orgs[b.id] == b and d.projects[project.id] == project
-    assert len(d.orgs) == 10_002 and d.budgets == {}
-    # Again, nothing new: the same recent rows are read (the overlap), nothing swapped.
-    orgs_before, budgets_before = d.orgs, d.budgets
-    d.refresh()
-    assert read == [4, 4] and d.orgs is orgs_before and d.budgets is budgets_before
-    kept = store.set_budget("project", project.id, "day", amount_nanos=5, tz="UTC")
-    d.refresh()
-    assert d.budgets[(kept.scope, project.id)] == (kept,) and d.orgs is orgs_before
-    full = Directory(store)
-    full.reload()
-    assert (d.orgs, d.projects, d.budgets) == (full.orgs, full.projects, full.budgets)
+    keys = KeyStore(store.engine)
+    made = [keys.create(f"k{i}") for i in range(200)]
+    with store.engine.begin() as conn:  # a burst of keys an hour ago
+        conn.execute(update(api_keys).values(updated_ms=api_keys.c.updated_ms - 3_600_000))
+    cache = KeyCache(keys)
+    assert cache.refresh() == 200
+    assert cache.refresh() == 0  # not the burst again: nothing changed since
+    secret, rec = keys.create("late")
+    keys.revoke(made[0][1].id)
+    assert cache.refresh() == 2
+    assert cache.lookup(secret) == rec and cache.lookup(made[0][0]) is None
+    assert cache.lookup(made[1][0]) == made[1][1]

@@ -308,7 +308,8 @@ def usages(draw: st.DrawFn, max_in: int = 2_000_000, max_out: int = 200_000) -> 
     cached = draw(st.integers(0, inp))
     write = draw(st.integers(0, inp - cached))
     out = draw(st.integers(0, max_out))
-    return Usage(inp, cached, write, out, draw(st.integers(0, out)))
+    hour = draw(st.integers(0, write))
+    return Usage(inp, cached, write, out, draw(st.integers(0, out)), cache_write_1h_tokens=hour)
 
 
 def reference_exact(version: PriceVersion, usage: Usage, at: datetime, batch: bool) -> Fraction:
@@ -327,11 +328,13 @@ def reference_exact(version: PriceVersion, usage: Usage, at: datetime, batch: bo
     inp, out = Fraction(tier.input), Fraction(tier.output)
     cached = Fraction(tier.cached_input) if tier.cached_input is not None else inp
     write = Fraction(tier.cache_write) if tier.cache_write is not None else inp
+    hour = Fraction(tier.cache_write_1h) if tier.cache_write_1h is not None else write
     reasoning = Fraction(tier.reasoning) if tier.reasoning is not None else out
     tokens = (
         uncached * inp
         + usage.cached_tokens * cached
-        + usage.cache_write_tokens * write
+        + (usage.cache_write_tokens - usage.cache_write_1h_tokens) * write
+        + usage.cache_write_1h_tokens * hour
         + plain_out * out
         + usage.reasoning_tokens * reasoning
     )
@@ -489,9 +492,9 @@ def test_settlement_prices_equal_the_itemised_price(data: st.DataObject) -> None
 
 def test_worst_case_known_values() -> None:
     opus = v("anthropic", "claude-opus-4-6")
-    # every prompt token may be a 5-minute cache write ($6.25), every output token $25
-    assert worst_case(opus, M, M, at=NOW) == usd("31.25")
-    assert worst_case(opus, M, M, at=NOW, batch=True) == usd("15.625")
+    # every prompt token may be a one-hour cache write ($10), every output token $25
+    assert worst_case(opus, M, M, at=NOW) == usd("35")
+    assert worst_case(opus, M, M, at=NOW, batch=True) == usd("17.5")
     ds = v("deepseek", "deepseek-flash")
     off = datetime(2026, 11, 18, 20, 0, tzinfo=BEIJING)
     assert worst_case(ds, M, M, at=off) == usd("1.50")  # the peak price: billing time unknown

@@ -60,7 +60,7 @@ def engine(
 
 
 #: usage_events columns added by revisions after 0006.
-_ADDED_SINCE_0006 = ("price_tier", "task_id")
+_ADDED_SINCE_0006 = ("price_tier", "task_id", "end_user", "cache_write_1h_tokens")
 
 
 def events_before_0008() -> Table:
@@ -584,3 +584,22 @@ def test_the_worker_prunes_minutes_on_its_schedule(engine: Engine) -> None:
     assert horizon in {(t - 2 * DAY) // DAY * DAY for t in (now, int(time.time() * 1000))}
     assert_exact_after_pruning(engine, events, horizon)
     assert min(e["ts_ms"] for e in events) < horizon  # something was in fact pruned
+
+
+def test_runs_are_spaced_out_while_many_cells_are_active(engine: Engine) -> None:
+    from tokenomy.analytics.rollup import CELLS_PER_RUN, MAX_INTERVAL_S
+
+    clear(engine)
+    rng = random.Random(5)
+    events = [make_event(rng, i) for i in range(400)]
+    write(engine, events)
+    r = new_rollups(engine)
+    r.refresh()
+    minutes = len(stored(engine, "m"))
+    assert minutes > 0 and r.cells == minutes  # a run counts the minute cells it wrote
+    assert_exact_after_pruning(engine, events, 0)
+
+    w = RollupWorker(r, interval_s=2.0)
+    assert w.next_wait(0) == w.next_wait(CELLS_PER_RUN) == 2.0  # one tenant: 2 s fresh
+    assert w.next_wait(3 * CELLS_PER_RUN) == 6.0  # writes follow events, not runs
+    assert w.next_wait(10**6) == MAX_INTERVAL_S

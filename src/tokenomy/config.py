@@ -29,7 +29,7 @@ from tokenomy.providers.origin import Origin
 from tokenomy.providers.proxy import Proxy
 
 Dialect = Literal["openai", "anthropic"]
-Capability = Literal["tools", "vision", "json", "stream", "reasoning", "embeddings"]
+Capability = Literal["tools", "vision", "json", "stream", "reasoning", "embeddings", "responses"]
 
 
 class _Strict(BaseModel):
@@ -157,6 +157,14 @@ class RoutingConfig(_Strict):
     #: Consecutive failures that rest a deployment, and its first rest.
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown_s: float = Field(10.0, gt=0, le=3600)
+    #: Cache affinity: a task's calls (or calls sharing a long prompt prefix) go back to
+    #: the deployment whose prompt cache is warm (see tokenomy.routing.affinity).
+    affinity: bool = True
+    #: How long a cache stays warm when neither the request nor the vendor says.
+    affinity_ttl_s: float = Field(300.0, gt=0, le=86_400)
+    #: Share equally priced deployments at random by weight (load balancing) instead of
+    #: always trying the heaviest first.
+    spread_equal: bool = False
 
 
 class RouterConfig(_Strict):
@@ -181,6 +189,56 @@ class BatchesConfig(_Strict):
     lease_s: float = Field(600.0, gt=0, le=86_400)
     #: How often an idle worker looks for lines.
     poll_s: float = Field(0.5, gt=0, le=60)
+    #: Lines per second a process is assumed to run before it has measured any: a new
+    #: batch's latest start (the last that still ends inside its window) depends on it.
+    default_lines_per_s: float = Field(2.0, gt=0, le=100_000)
+    #: Hand a batch whose lines all go to one deployment of a vendor that sells a native
+    #: batch API (OpenAI's shape) to that API, instead of running its lines one by one.
+    native: bool = False
+    #: How often a native vendor batch is polled.
+    native_poll_s: float = Field(30.0, gt=0, le=3600)
+
+
+class VideoModelConfig(_Strict):
+    """A video model served through one deployment with a render capacity."""
+
+    name: str = Field(min_length=1)
+    vendor: str = Field(min_length=1)
+    #: The vendor's model name (default: ``name``).
+    model: str | None = None
+    #: ``vendor/model`` of its media price when not the vendor's key and model.
+    price: str | None = None
+    #: Jobs the deployment renders at once (every process's together).
+    capacity: int = Field(2, ge=1, le=10_000)
+    #: Past this many queued jobs, new ones are refused (429 with Retry-After).
+    max_queue_depth: int = Field(1000, ge=1)
+    #: Longest video accepted, in seconds.
+    max_seconds: int = Field(20, ge=1, le=3600)
+    default_seconds: int = Field(4, ge=1)
+    default_size: str = "720x1280"
+
+
+class VideosConfig(_Strict):
+    """Queued generation jobs (``/v1/videos``, see ``tokenomy.videos``)."""
+
+    models: list[VideoModelConfig] = Field(default_factory=list)
+    #: How long a rendering job is its process's own; renewed while it renders.
+    lease_s: float = Field(30.0, gt=0, le=86_400)
+    #: How often an idle worker looks for jobs, and a rendering one asks the vendor.
+    poll_s: float = Field(0.5, gt=0, le=60)
+    upstream_poll_s: float = Field(1.0, gt=0, le=60)
+    #: Render seconds per output second assumed before any render was measured.
+    default_render_ratio: float = Field(10.0, gt=0)
+    #: Renders measured for the moving average of each deployment's render speed.
+    measured_window: int = Field(20, ge=1, le=10_000)
+    #: Tries of a job whose process died (or whose vendor failed) before it fails.
+    max_attempts: int = Field(3, ge=1, le=100)
+    #: How long a finished video's content is kept (``expires_at``).
+    keep_s: int = Field(86_400, ge=60)
+    #: A job's hold lasts this long at most (then the ledger releases it).
+    hold_ttl_s: int = Field(7 * 86_400, ge=60)
+    #: Media price entries shaped like the packaged media_prices.yaml's.
+    prices: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class TracingConfig(_Strict):
@@ -213,6 +271,9 @@ class VendorConfig(_Strict):
     api_key_env: str | None = None
     auth: Literal["bearer", "x-api-key", "none"] | None = None
     stream_usage: bool | None = None
+    #: How long its prompt cache stays warm after a use (cache affinity); unset: the
+    #: preset's documented lifetime, else ``routing.affinity_ttl_s``.
+    prompt_cache_ttl_s: float | None = Field(None, gt=0, le=86_400 * 7)
     headers: dict[str, str] = Field(default_factory=dict)
     max_connections: int = Field(256, ge=1)
     #: ``http://[user:password@]host:port``: every connection goes through this proxy (a
@@ -225,6 +286,8 @@ class VendorConfig(_Strict):
     client_cert: str | None = None
     client_key: str | None = None
     max_response_bytes: int | None = Field(None, ge=1024)
+    #: The vendor's native batch API (overrides the preset's flag); "none": do not use it.
+    native_batch: Literal["openai", "anthropic", "none"] | None = None
 
     @field_validator("proxy")
     @classmethod
@@ -295,6 +358,7 @@ class Config(_Strict):
     routing: RoutingConfig = RoutingConfig()
     tracing: TracingConfig = TracingConfig()
     batches: BatchesConfig = BatchesConfig()
+    videos: VideosConfig = VideosConfig()
     regions: dict[str, RegionConfig] = Field(default_factory=dict)
     limits: RateLimitsConfig = RateLimitsConfig()
     router: RouterConfig = RouterConfig()

@@ -46,6 +46,12 @@ from tokenomy.ledger.store import LedgerStore
 from tokenomy.ledger.tasks import TaskStage
 from tokenomy.providers.base import Provider
 from tokenomy.providers.factory import build_providers
+from tokenomy.routing.affinity import (
+    EXPIRED_GRACE_S,
+    AffinityMap,
+    AffinityStage,
+    MemoryAffinity,
+)
 from tokenomy.routing.auto import AutoRouter
 from tokenomy.routing.health import BreakerPolicy, HealthBoard
 from tokenomy.routing.learned import LearnedRouter
@@ -55,6 +61,7 @@ from tokenomy.routing.router import Router
 from tokenomy.store import key_events
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.keys import KeyCache, KeyStore
+from tokenomy.store.redis_affinity import RedisAffinity
 from tokenomy.store.redis_cluster import is_cluster_url, node_url, slot_of, slot_prefix
 from tokenomy.store.schema import usage_events
 from tokenomy.store.tasks import TaskStore
@@ -312,6 +319,16 @@ def rate_limit_stage(config: Config, limiter: RateLimiter, biller: Biller) -> Ra
     return RateLimitStage(limiter, scopes, estimate)
 
 
+def affinity_stage(config: Config, biller: Biller, redis: Redis | None) -> AffinityStage:
+    """Cache affinity over the process's memory, or Redis when replicas share state."""
+    store: AffinityMap = (
+        RedisAffinity(redis, redis_prefix(config), grace_s=EXPIRED_GRACE_S)
+        if redis is not None
+        else MemoryAffinity()
+    )
+    return AffinityStage(store, biller.prompt_bound, default_ttl_s=config.routing.affinity_ttl_s)
+
+
 def build_auto(config: Config, registry: Registry) -> AutoRouter | None:
     """Model "auto" when the config has a router pool (its artifact loaded once, here)."""
     rc = config.router
@@ -388,6 +405,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
             for n, r in config.regions.items()
         },
         rtt_s={n: r.rtt_ms / 1000 for n, r in config.regions.items()},
+        spread=rc.spread_equal,
     )
     queues = QueueBoard(max_wait_s=rc.max_queue_wait_s)
     pipeline.router = router
@@ -397,6 +415,8 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     pipeline.stages.append(rate_limit_stage(config, limiter, biller))
     tasks = TaskStore(engine)
     pipeline.stages.append(TaskStage(tasks))
+    if rc.affinity:  # after the task stage (a task is a key), before the hold (routes)
+        pipeline.stages.append(affinity_stage(config, biller, redis))
     stage = LedgerStage(
         biller,
         live,

@@ -6,7 +6,7 @@ for the live queue depth), so it works with no network and on any screen size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from tokenomy.analytics import charts, queries
+from tokenomy.analytics import agents_panel, batch_panel, charts, queries
 from tokenomy.analytics.formatting import compact, money, money_compact, money_map, ms, pct
 from tokenomy.analytics.insights import REFERENCE, growth, milestones, savings
 from tokenomy.analytics.queries import EVERYONE, Scope
@@ -49,6 +49,9 @@ class View:
     ranking: list[dict[str, Any]]
     milestones: list[dict[str, Any]]
     names: Mapping[str, str] = field(default_factory=dict)
+    batches: batch_panel.BatchPanel | None = None
+    #: The agent-work panel's data (see ``agents_panel``).
+    agents: dict[str, Any] = field(default_factory=dict)
 
 
 def collect(
@@ -108,6 +111,8 @@ def collect(
         ),
         milestones=milestones(engine, scope=scope, end_ms=end_ms)[:8] if admin else [],
         names=names or {},
+        batches=batch_panel.collect(engine, start_ms, end_ms, buckets, scope),
+        agents=agents_panel.collect(engine, start_ms, end_ms, book=book, scope=scope),
     )
 
 
@@ -296,8 +301,15 @@ def _table_cards(view: View, admin: bool) -> list[str]:
     return cards
 
 
-def render(view: View, *, queue_depth: int = 0, admin: bool = True) -> str:
-    """The whole page for ``view``."""
+def render(
+    view: View,
+    *,
+    queue_depth: int = 0,
+    admin: bool = True,
+    extra: Sequence[tuple[str, str, str]] = (),
+) -> str:
+    """The whole page for ``view``; ``extra`` cards (title, body, chart id) follow the
+    charts."""
     key = view.scope.key_id or ""
     scope = "all organisations" if admin else f"key {view.names.get(key, key)}"
     return _PAGE.format(
@@ -306,9 +318,21 @@ def render(view: View, *, queue_depth: int = 0, admin: bool = True) -> str:
         start=_date(view.start_ms),
         end=_date(view.end_ms - 1),
         kpis=_kpis(view, queue_depth),
-        cards="".join(_chart_cards(view) + _table_cards(view, admin)),
+        cards="".join(
+            _chart_cards(view)
+            + _batch_cards(view)
+            + [_card(t, b, c, wide=True) for t, b, c in extra]
+            + _table_cards(view, admin)
+        )
+        + (agents_panel.render(view.agents) if view.agents else ""),
         script=_SCRIPT,
     )
+
+
+def _batch_cards(view: View) -> list[str]:
+    if view.batches is None:
+        return []
+    return [batch_panel.render(view.batches, view.buckets, view.hourly)]
 
 
 def _css() -> str:

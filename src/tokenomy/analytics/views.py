@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
-from tokenomy.analytics import insights, queries
+from tokenomy.analytics import agents, insights, queries
 from tokenomy.analytics.queries import EVERYONE, Scope
 from tokenomy.analytics.rollup import DAY, minutes_kept_from
 from tokenomy.analytics.tables import DIMENSIONS
@@ -32,6 +32,8 @@ VIEWS: Final = (
     "milestones",
     "savings",
     "latency",
+    "tasks",
+    "cache",
 )
 DEFAULT_DAYS: Final = 30
 #: Short names accepted for dimensions ("org" for "org_id").
@@ -193,6 +195,10 @@ def run_view(
     elif view == "savings":
         ref = _reference(p, book)
         data = insights.savings(engine, a, b, book=book, fx=fx, reference=ref, scope=scope)
+    elif view == "tasks":
+        data = agents.tasks_view(engine, a, b, limit=_int(p, "limit", 10, 1, 1000), scope=scope)
+    elif view == "cache":
+        data = agents.cache_view(engine, a, b, book=book, scope=scope)
     else:
         out["granularity"] = gran
         data = queries.latency(

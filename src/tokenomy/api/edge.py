@@ -99,7 +99,15 @@ def error_parts(err: GatewayError, anthropic: bool) -> tuple[int, dict[str, str]
     Every error names a request id: the call's own when one was made (its record has it),
     else a fresh one, so that a support request can always quote one.
     """
-    body = err.anthropic_body() if anthropic else err.openai_body()
+    if anthropic:
+        body = err.anthropic_body()
+        if err.param and err.param not in err.message:
+            # Anthropic's error has no field for the parameter: the message says where.
+            obj = orjson.loads(body)
+            obj["error"]["message"] = f"{err.message} (at {err.param})"
+            body = orjson.dumps(obj)
+    else:
+        body = err.openai_body()
     headers = err.response_headers()
     if REQUEST_ID not in headers:
         headers[REQUEST_ID] = new_request_id()

@@ -127,7 +127,10 @@ class _Exchange:
         self.head: bytes | None = None  # a stream's head, not yet sent
 
     async def body(self, limit: int) -> bytes:
-        return self._body  # its length was checked against the limit before reading it
+        # Its length was checked against the limit before reading it. Handed over once:
+        # a large body is not held here while its call is served.
+        body, self._body = self._body, b""
+        return body
 
     async def reply(self, body: bytes, headers: Mapping[str, str]) -> None:
         self.answer = self.conn.whole(200, headers, body)
@@ -329,6 +332,10 @@ class _Connection(asyncio.Protocol):
         self.busy = True
         self.close_after = close
         ex = _Exchange(self, headers, buf[start:total])
+        if total == len(buf):
+            # Nothing pipelined behind it: the buffer goes now, not when the next request
+            # comes (a 400 KB prompt's was held twice, with its body, while it was served).
+            self.buf, self.pos = b"", 0
         self.site.serving(self._serve(route, ex))
 
     async def _serve(self, route: InferenceRoute, ex: _Exchange) -> None:

@@ -21,7 +21,7 @@ from aiohttp import web
 from tokenomy.api.admin import require_admin
 from tokenomy.api.edge import read_json
 from tokenomy.errors import InvalidRequest, NotFound
-from tokenomy.ledger.accounts import Mode, Org, OrgMeter, Scope
+from tokenomy.ledger.accounts import MAX_END_USER, Mode, Org, OrgMeter, Scope, user_scope_id
 from tokenomy.ledger.operations import (
     KIND_PATHS,
     amount_field,
@@ -188,7 +188,10 @@ async def create_budget(request: web.Request) -> web.Response:
     svc = require_admin(request)
     body = await read_json(request, svc)
     scope = choice_field(body.get("scope"), "scope", [s.value for s in Scope])
-    scope_id = text_field(body.get("scope_id"), "scope_id", max_len=40)
+    if scope == Scope.USER:
+        scope_id = _user_scope_id(body)
+    else:
+        scope_id = text_field(body.get("scope_id"), "scope_id", max_len=40)
     period = choice_field(body.get("period"), "period", [p.value for p in Period])
     raw_amount = body.get("amount")
     amount = None if raw_amount is None else amount_field(raw_amount, "amount")
@@ -210,6 +213,22 @@ async def create_budget(request: web.Request) -> web.Response:
     )
     await svc.refresh_accounts()
     return _json(budget_json(budget), status=201)
+
+
+def _user_scope_id(body: dict[str, Any]) -> str:
+    """An end user's budget names the user in ``scope_id`` and the org in ``org_id`` (or
+    both in ``scope_id`` as ``<org id>:<user>``)."""
+    org_id = body.get("org_id")
+    if org_id is None:
+        sid = text_field(body.get("scope_id"), "scope_id", max_len=40 + 1 + MAX_END_USER)
+        if ":" not in sid:
+            raise InvalidRequest(
+                "An end user's budget needs 'org_id' (or 'scope_id' as '<org id>:<user>').",
+                param="org_id",
+            )
+        return sid
+    org_id = text_field(org_id, "org_id", max_len=40)
+    return user_scope_id(org_id, text_field(body.get("scope_id"), "scope_id", max_len=MAX_END_USER))
 
 
 async def list_budgets(request: web.Request) -> web.Response:

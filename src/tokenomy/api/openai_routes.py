@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -62,6 +63,10 @@ INFERENCE = (
 )
 
 
+#: Per-model figures of the job queues (``GET /v1/queue``'s ``models``), when served.
+JOB_QUEUES: web.AppKey[Callable[[], list[dict[str, Any]]]] = web.AppKey("job_queues")
+
+
 async def queue_view(request: web.Request) -> web.Response:
     """Where the key's requests wait: deployment, position and estimated wait."""
     svc = services(request)
@@ -77,7 +82,10 @@ async def queue_view(request: web.Request) -> web.Response:
         }
         for e in svc.queues.view(key.id)
     ]
-    body = {"object": "list", "data": entries}
+    body: dict[str, Any] = {"object": "list", "data": entries}
+    jobs = request.app.get(JOB_QUEUES)
+    if jobs is not None:  # queued generation jobs, per model (see api.video_routes)
+        body["models"] = jobs()
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 

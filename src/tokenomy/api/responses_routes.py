@@ -5,13 +5,17 @@ A Responses request is served as the chat call it amounts to (see
 (endpoint ``responses``), held for, billed, metered and recorded the same way. Its answer
 reaches the client through :class:`ResponsesExchange`, which turns the chat answer or
 stream into a Response object or the Responses stream's events and stores the answer for
-``previous_response_id`` chains.
+``previous_response_id`` chains. When the deployment chosen speaks the Responses API
+itself (see ``gateway.responses_native``), the call passes through: the vendor's Response
+or events reach the client under the gateway's response id, and are stored the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -29,15 +33,18 @@ from tokenomy.errors import InvalidRequest, NotFound
 from tokenomy.gateway import validation
 from tokenomy.gateway.call import TASK_NAME, Call
 from tokenomy.gateway.pipeline import Pipeline
+from tokenomy.gateway.responses_native import passes_through
 from tokenomy.ids import stamped_id as new_id
 from tokenomy.ids import stamped_id_age_s as id_age_s
-from tokenomy.providers.sse import frames_data
+from tokenomy.providers.responses_passthrough import native_request
+from tokenomy.providers.sse import frame_event, frames_data
 from tokenomy.providers.translate_responses import (
     JSON,
     chat_answer_to_output,
     chat_request,
     finish,
     input_items,
+    input_param,
     items_to_messages,
     response_object,
     responses_usage,
@@ -87,6 +94,9 @@ class ResponsesExchange:
         self.response_id = new_id("resp_")
         self._stream: ChatToResponsesStream | None = None
         self._pending: list[bytes] = []
+        #: Passed through: the vendor's own events go out (renamed), and its final Response.
+        self._native = False
+        self._final: JSON | None = None
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -102,15 +112,31 @@ class ResponsesExchange:
         u = self.call.usage
         if u is None:
             return None
+        chat = u.to_openai()
+        chat["prompt_tokens_details"]["cache_write_tokens"] = u.cache_write_tokens
         # The cost goes out as the exact decimal the ledger charged, never a float.
-        return responses_usage(u.to_openai(), orjson.Fragment(cost.encode()) if cost else None)
+        return responses_usage(chat, orjson.Fragment(cost.encode()) if cost else None)
 
     def _cost(self) -> str | None:
         if self.pipeline.quoter is None or self.call.usage is None:
             return None
         return str(self.pipeline.quoter.quote(self.call).cost_str())
 
+    def _ours(self, resp: JSON) -> None:
+        """A vendor's Response under the gateway's id, as the client's request made it."""
+        resp["id"] = self.response_id
+        resp["previous_response_id"] = self.request.get("previous_response_id")
+        resp["store"] = self.request.get("store") is not False
+        if not isinstance(resp.get("output"), list):
+            resp["output"] = []
+
     async def reply(self, body: bytes, headers: Mapping[str, str]) -> None:
+        if passes_through(self.call, self.call.deployment):
+            resp = orjson.loads(body)
+            self._ours(resp)
+            self._keep(resp)
+            await self.inner.reply(orjson.dumps(resp), headers)
+            return
         answer = orjson.loads(body)
         resp = self._response()
         resp["output"], reason = chat_answer_to_output(answer)
@@ -120,11 +146,31 @@ class ResponsesExchange:
         await self.inner.reply(orjson.dumps(resp), headers)
 
     async def start_stream(self, headers: Mapping[str, str]) -> None:
+        if passes_through(self.call, self.call.deployment):
+            self._native = True
+            await self.inner.start_stream(headers)
+            return
         self._stream = ChatToResponsesStream(self._response())
         self._pending = self._stream.start()
         await self.inner.start_stream(headers)
 
+    def _native_events(self, chunk: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        for d in frames_data(chunk):
+            obj = orjson.loads(d)
+            resp = obj.get("response") if isinstance(obj, dict) else None
+            if isinstance(resp, dict):
+                self._ours(resp)
+                if obj.get("type") in ("response.completed", "response.incomplete"):
+                    self._final = resp
+                d = orjson.dumps(obj)
+            kind = obj.get("type") if isinstance(obj, dict) else None
+            out.append(frame_event(str(kind or "message"), d))
+        return out
+
     def _events(self, chunk: bytes) -> list[bytes]:
+        if self._native:
+            return self._native_events(chunk)
         assert self._stream is not None
         out, self._pending = self._pending, []
         for d in frames_data(chunk):
@@ -145,8 +191,13 @@ class ResponsesExchange:
             await self.inner.send(b"".join(events))
 
     async def end(self, chunk: bytes) -> None:
-        assert self._stream is not None
         events = self._events(chunk)
+        if self._native:
+            if self._final is not None and self.call.status == "ok":
+                self._keep(self._final)
+            await self.inner.end(b"".join(events))
+            return
+        assert self._stream is not None
         s = self._stream
         if not s.ended:
             if self.call.status == "ok":
@@ -201,7 +252,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         context = prev.context
     if body.get("store") is not None and not isinstance(body.get("store"), bool):
         raise InvalidRequest("'store' must be a boolean.", param="store")
-    chat = chat_request(body, context, items)
+    sources: list[str] = []
+    chat = chat_request(body, context, items, sources)
     server = svc.config.server
     stream = validation.check_chat(chat, server.max_messages + len(context), server.max_choices)
     call = Call(
@@ -213,12 +265,19 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         key=key,
         wants_usage=True,
     )
+    call.native = native_request(body, context)
     meta = body.get("metadata")
     if isinstance(meta, dict) and meta.get("task_id") is not None:
         call.extras[TASK_NAME] = meta["task_id"]  # the X-Tokenomy-Task header wins
     inner = AioExchange(request)
     ex: Exchange = ResponsesExchange(inner, call, body, items, context, store, svc.pipeline)
-    await serve_call(ex, svc, call)
+    try:
+        await serve_call(ex, svc, call)
+    except InvalidRequest as e:
+        # A part the target vendor's protocol cannot carry, found when the chat body was
+        # translated for it: named as the Responses input item the client wrote.
+        e.param = input_param(e.param, sources)
+        raise
     assert inner.response is not None
     return inner.response
 
@@ -287,8 +346,11 @@ async def list_input_items(request: web.Request) -> web.Response:
     )
 
 
-def add_routes(app: web.Application, store: ResponseStore) -> None:
-    """The routes, and the store's writes drained on shutdown (before the database goes)."""
+def add_routes(
+    app: web.Application, store: ResponseStore, *, purge_interval_s: float = 3600.0
+) -> None:
+    """The routes, the purge of answers past their retention (every ``purge_interval_s``),
+    and the store's writes drained on shutdown (before the database goes)."""
     app[RESPONSE_STORE] = store
     app.router.add_post("/v1/responses", create_response)
     app.router.add_get("/v1/responses/{response_id}", get_response)
@@ -298,4 +360,12 @@ def add_routes(app: web.Application, store: ResponseStore) -> None:
     async def drain(_app: web.Application) -> None:
         await store.drain()
 
+    async def purge(_app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(store.purge_every(purge_interval_s), name="responses-purge")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(purge)
     app.on_cleanup.append(drain)

@@ -27,9 +27,11 @@ import orjson
 from aiohttp import web
 
 from tokenomy.analytics import dashboard
+from tokenomy.analytics.buckets import DAY, HOUR
 from tokenomy.analytics.metrics import Metrics
 from tokenomy.analytics.queries import EVERYONE, Scope
 from tokenomy.analytics.rollup import Rollups, RollupWorker
+from tokenomy.analytics.video_panel import video_queue_charts, video_queue_history
 from tokenomy.analytics.views import ViewError, parse_window, run_view
 from tokenomy.api.admin import require_admin
 from tokenomy.api.edge import SERVICES, authenticate, presented_key, services
@@ -264,7 +266,15 @@ async def get_dashboard(request: web.Request) -> web.StreamResponse:
         names=names,
     )
     depth = _queue_depth(request)
-    return _html(dashboard.render(view, queue_depth=depth, admin=viewer.admin))
+    extra = []
+    if svc.config.videos.models:  # the video queue's panel, where videos are served
+        size = HOUR if view.hourly else DAY
+        hist = await asyncio.to_thread(
+            video_queue_history, svc.engine, view.buckets, size, viewer.scope
+        )
+        body = video_queue_charts(hist, view.buckets, view.hourly)
+        extra.append(("Video queue: jobs waiting and wait percentiles", body, "video-queue"))
+    return _html(dashboard.render(view, queue_depth=depth, admin=viewer.admin, extra=extra))
 
 
 def _names(svc: Services) -> dict[str, str]:

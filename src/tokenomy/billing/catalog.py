@@ -16,7 +16,14 @@ from typing import Any, Final
 from tokenomy.billing.money import Currency
 from tokenomy.billing.windows import TimeWindow, first_window, require_aware
 
-TOKEN_FIELDS: Final = ("input", "cached_input", "cache_write", "output", "reasoning")
+TOKEN_FIELDS: Final = (
+    "input",
+    "cached_input",
+    "cache_write",
+    "cache_write_1h",
+    "output",
+    "reasoning",
+)
 # How far ahead PriceBook.outlook looks for the next change: a window excepted over a long
 # public holiday (a week plus weekends) must not hide the change after it.
 _OUTLOOK_DAYS: Final = 40
@@ -43,7 +50,9 @@ def _in_utc(obj: object, *names: str) -> None:
 class TokenPrices:
     """Per-million-token prices of one tier; ``None`` means "billed as the fallback".
 
-    Fallbacks: cache reads and writes at ``input``, reasoning at ``output``.
+    Fallbacks: cache reads and writes at ``input``, one-hour cache writes at
+    ``cache_write`` (Anthropic's 2x input, where the catalogue gives it), reasoning at
+    ``output``.
     ``request`` is a fixed fee per request, in units (not per million).
     """
 
@@ -53,6 +62,7 @@ class TokenPrices:
     cache_write: Decimal | None = None
     reasoning: Decimal | None = None
     request: Decimal = Decimal(0)
+    cache_write_1h: Decimal | None = None
 
     def __post_init__(self) -> None:
         for name in (*TOKEN_FIELDS, "request"):
@@ -64,10 +74,12 @@ class TokenPrices:
 
     def resolved(self) -> TokenPrices:
         """The same prices with every fallback filled in."""
+        write = self.input if self.cache_write is None else self.cache_write
         return replace(
             self,
             cached_input=self.input if self.cached_input is None else self.cached_input,
-            cache_write=self.input if self.cache_write is None else self.cache_write,
+            cache_write=write,
+            cache_write_1h=write if self.cache_write_1h is None else self.cache_write_1h,
             reasoning=self.output if self.reasoning is None else self.reasoning,
         )
 

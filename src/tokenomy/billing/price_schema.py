@@ -67,6 +67,7 @@ class PricesIn(_Strict):
     output: Price
     cached_input: Price | None = None
     cache_write: Price | None = None
+    cache_write_1h: Price | None = None
     reasoning: Price | None = None
     request: Price = Decimal(0)
 

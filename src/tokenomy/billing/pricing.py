@@ -3,7 +3,8 @@
 Order of application, for the tier chosen by the prompt length (every input token):
 
 1. an active promotion's price overrides replace the tier's prices;
-2. fallbacks fill the gaps (cache reads and writes at the input price, reasoning at output);
+2. fallbacks fill the gaps (cache reads and writes at the input price, one-hour cache
+   writes at the cache-write price, reasoning at output);
 3. token prices are scaled by the window multiplier (time of day), the promotion
    multiplier and the batch multiplier; the per-request fee is not scaled;
 4. each component is ``tokens * price / 10**6`` exactly; the sum plus the fee is rounded
@@ -73,23 +74,36 @@ class _Counts(NamedTuple):
     write: int
     plain_output: int
     reasoning: int
+    #: The part of ``write`` written to a one-hour cache.
+    write_1h: int
 
     @classmethod
     def of(cls, usage: Usage) -> _Counts:
         """Token counts per component, clamped so they never add up to more than reported."""
         inp, cached, write = usage.input_tokens, usage.cached_tokens, usage.cache_write_tokens
         out, reasoning = usage.output_tokens, usage.reasoning_tokens
-        if not (type(inp) is type(cached) is type(write) is type(out) is type(reasoning) is int):
+        hour = usage.cache_write_1h_tokens
+        if not (
+            type(inp) is type(cached) is type(write) is type(out) is type(reasoning) is int
+            and type(hour) is int
+        ):
             for name in _USAGE_FIELDS:  # name the first field that is not an int
                 _require_int(getattr(usage, name), name)
-        if not (cached >= 0 and write >= 0 and cached + write <= inp and 0 <= reasoning <= out):
+        if not (
+            cached >= 0
+            and write >= 0
+            and cached + write <= inp
+            and 0 <= reasoning <= out
+            and 0 <= hour <= write
+        ):
             # Clamping leaves counts within these bounds as they are: only others need it.
             inp = max(0, inp)
             cached = min(max(0, cached), inp)
             write = min(max(0, write), inp - cached)
             out = max(0, out)
             reasoning = min(max(0, reasoning), out)
-        return cls(inp - cached - write, cached, write, out - reasoning, reasoning)
+            hour = min(max(0, hour), write)
+        return cls(inp - cached - write, cached, write - hour, out - reasoning, reasoning, hour)
 
 
 _USAGE_FIELDS: Final = (
@@ -98,6 +112,7 @@ _USAGE_FIELDS: Final = (
     "cache_write_tokens",
     "output_tokens",
     "reasoning_tokens",
+    "cache_write_1h_tokens",
 )
 
 
@@ -132,7 +147,7 @@ def price_request(
     if not version.covers(at):
         raise PricingError(f"{version.id} does not apply at {at.isoformat()}")
     counts = _Counts.of(usage)
-    tier = version.tier_index(counts.uncached + counts.cached + counts.write)
+    tier = version.tier_index(counts.uncached + counts.cached + counts.write + counts.write_1h)
     window, promo = version.window_at(at), version.promotion_at(at)
     r = _rates(version, tier, window, promo, batch)
     with localcontext(EXACT):
@@ -140,6 +155,7 @@ def price_request(
             ("input", counts.uncached, r.input),
             ("cached_input", counts.cached, r.cached_input),
             ("cache_write", counts.write, r.cache_write),
+            ("cache_write_1h", counts.write_1h, r.cache_write_1h),
         ]
         if r.reasoning is None:  # reasoning is billed as ordinary output
             rows.append(("output", counts.plain_output + counts.reasoning, r.output))
@@ -184,9 +200,11 @@ def exact_cost_nanos(
     if not version.covers(at):
         raise PricingError(f"{version.id} does not apply at {at.isoformat()}")
     c = _Counts.of(usage)
-    tier = version.tier_index(c.uncached + c.cached + c.write)
+    tier = version.tier_index(c.uncached + c.cached + c.write + c.write_1h)
     r = _int_rates(version, tier, version.window_at(at), version.promotion_at(at), batch)
     num = c.uncached * r[0] + c.cached * r[1] + c.write * r[2] + r[5]
+    if c.write_1h:
+        num += c.write_1h * r[7]
     if r[4] is None:  # reasoning is billed as ordinary output
         num += (c.plain_output + c.reasoning) * r[3]
     else:
@@ -194,9 +212,10 @@ def exact_cost_nanos(
     return num, r[6]
 
 
-#: (input, cached, cache write, output, reasoning or None, request fee, denominator): a
-#: tier's scaled prices as nanos per token (the fee in nanos), times the denominator.
-_IntRates = tuple[int, int, int, int, int | None, int, int]
+#: (input, cached, cache write, output, reasoning or None, request fee, denominator,
+#: one-hour cache write): a tier's scaled prices as nanos per token (the fee in nanos),
+#: times the denominator.
+_IntRates = tuple[int, int, int, int, int | None, int, int, int]
 _int_scaled: dict[tuple[int, int, int, int, bool], tuple[PriceVersion, _IntRates]] = {}
 
 
@@ -212,12 +231,12 @@ def _int_rates(
     if hit is not None and hit[0] is version:
         return hit[1]
     d = _rates(version, tier, window, promo, batch)
-    per_m = [d.input, d.cached_input, d.cache_write, d.output]
+    per_m = [d.input, d.cached_input, d.cache_write, d.output, d.cache_write_1h]
     if d.reasoning is not None:
         per_m.append(d.reasoning)
     ints, fee, denom = _nanos_over_one_denominator(per_m, d.request)
-    reasoning = ints[4] if d.reasoning is not None else None
-    out: _IntRates = (ints[0], ints[1], ints[2], ints[3], reasoning, fee, denom)
+    reasoning = ints[5] if d.reasoning is not None else None
+    out: _IntRates = (ints[0], ints[1], ints[2], ints[3], reasoning, fee, denom, ints[4])
     if len(_int_scaled) > 4096:  # catalogue reloads leave dead versions behind
         _int_scaled.clear()
     _int_scaled[key] = (version, out)
@@ -248,6 +267,7 @@ class _Scaled:
     output: Decimal
     reasoning: Decimal | None
     request: Decimal
+    cache_write_1h: Decimal
 
 
 _scaled: dict[tuple[int, int, int, int, bool], tuple[PriceVersion, _Scaled]] = {}
@@ -278,6 +298,7 @@ def _rates(
             input=p.input * m,
             cached_input=_given(p.cached_input) * m,
             cache_write=_given(p.cache_write) * m,
+            cache_write_1h=_given(p.cache_write_1h) * m,
             output=p.output * m,
             reasoning=None if given.reasoning is None else _given(p.reasoning) * m,
             request=p.request,
@@ -360,7 +381,12 @@ def _worst_rates(
             for promo in promos:
                 p = _given_prices(version, tier, promo).resolved()
                 pm = promo.multiplier if promo else _ONE
-                inp = max(p.input, _given(p.cached_input), _given(p.cache_write))
+                inp = max(
+                    p.input,
+                    _given(p.cached_input),
+                    _given(p.cache_write),
+                    _given(p.cache_write_1h),
+                )
                 top_in = max(top_in, inp * pm)
                 top_out = max(top_out, max(p.output, _given(p.reasoning)) * pm)
                 top_fee = max(top_fee, p.request)

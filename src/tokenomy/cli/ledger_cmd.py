@@ -13,7 +13,7 @@ from typing import Any
 
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
 from tokenomy.errors import GatewayError
-from tokenomy.ledger.accounts import Mode, Scope
+from tokenomy.ledger.accounts import Mode, Scope, user_scope_id
 from tokenomy.ledger.operations import (
     KIND_PATHS,
     amount_field,
@@ -67,9 +67,12 @@ def register(sub: Any) -> None:
 
     budgets = sub.add_parser("budgets", help="set, list and delete budgets")
     bsub = budgets.add_subparsers(dest="budgets_command", required=True, metavar="ACTION")
-    bs = _cmd(bsub, "set", "add a budget to an org, project or key", budget_set)
+    bs = _cmd(bsub, "set", "add a budget to an org, project, key or end user", budget_set)
     bs.add_argument("--scope", required=True, choices=[x.value for x in Scope])
-    bs.add_argument("--id", dest="scope_id", required=True, help="the org, project or key id")
+    bs.add_argument(
+        "--id", dest="scope_id", required=True, help="the org, project or key id, or the end user"
+    )
+    bs.add_argument("--org", help="the end user's organisation (with --scope user)")
     bs.add_argument("--period", required=True, choices=[x.value for x in Period])
     bs.add_argument("--amount", help="money per period, e.g. 50.00")
     bs.add_argument("--tokens", type=int, help="tokens per period")
@@ -194,8 +197,15 @@ def budget_set(args: argparse.Namespace) -> int:
         fail("a budget needs --amount, --tokens, or both")
     tz = tz_field(args.tz, "tz")
     scope = choice_field(args.scope, "scope", [x.value for x in Scope])
+    scope_id = args.scope_id
+    if scope == Scope.USER:
+        if args.org is None:
+            fail("an end user's budget needs --org (the user's organisation id or name)")
+        scope_id = user_scope_id(_store(args).find_org(args.org).id, scope_id)
+    elif args.org is not None:
+        fail("--org is for an end user's budget (--scope user)")
     b = _store(args).set_budget(
-        scope, args.scope_id, args.period, amount_nanos=amount, token_limit=tokens, tz=tz
+        scope, scope_id, args.period, amount_nanos=amount, token_limit=tokens, tz=tz
     )
     print(b.id)
     return 0

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from tokenomy.cli import (
     batches_cmd,
     dead_letters_cmd,
+    jobs_cmd,
     keys_cmd,
     ledger_cmd,
     plan_cmd,
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead_letters_cmd.register(sub)
     router_cmd.register(sub)
     batches_cmd.register(sub)
+    jobs_cmd.register(sub)
     return p
 
 

@@ -58,6 +58,15 @@ def register(sub: Any) -> None:
         "--timeout-rate", type=float, default=0.0, help="share of requests left hanging"
     )
     sim.add_argument("--disconnect-rate", type=float, default=0.0, help="share of streams cut")
+    sim.add_argument(
+        "--cache-ttl-s", type=float, default=300.0, help="how long a prompt cache stays warm"
+    )
+    sim.add_argument(
+        "--video-ms-per-second",
+        type=float,
+        default=200.0,
+        help="render time of a simulated video, per second of output",
+    )
     sim.set_defaults(func=sim_cmd)
 
     d = sub.add_parser("demo", help="run the gateway with the simulator, a demo database and key")
@@ -259,6 +268,8 @@ def _sim_settings(args: argparse.Namespace) -> Any:
         rate_limit_rate=args.rate_limit_rate,
         timeout_rate=args.timeout_rate,
         disconnect_rate=args.disconnect_rate,
+        cache_ttl_s=args.cache_ttl_s,
+        video_ms_per_second=args.video_ms_per_second,
     )
 
 

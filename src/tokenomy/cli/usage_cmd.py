@@ -25,7 +25,7 @@ _OPTIONS = ("start", "end", "days", "granularity", "group_by", "by", "period", "
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("usage", help="token usage, rankings, growth and savings")
+    p = sub.add_parser("usage", help="token usage, rankings, growth, savings, tasks and caching")
     add_config_arg(p)
     p.add_argument("view", nargs="?", default="usage", choices=VIEWS, help="what to show")
     p.add_argument("--start", help="first day (2026-03-01), ISO time or epoch ms")
@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
     p.add_argument("--group-by", dest="group_by", help="comma-separated: model,vendor,org,...")
     p.add_argument("--by", help="share: vendor | country; leaders: a dimension")
     p.add_argument("--period", help="top_models: day | week")
-    p.add_argument("--limit", help="how many ranked rows")
+    p.add_argument("--limit", help="how many ranked rows (leaders, top_models, tasks)")
     p.add_argument("--reference", help="savings reference as vendor/model")
     p.add_argument("--window", help="growth: days to fit the doubling time over")
     p.add_argument("--org", help="only this organisation's usage")
@@ -85,10 +85,10 @@ def _flat(row: dict[str, Any], *, human: bool) -> dict[str, Any]:
     for k, v in row.items():
         if k.endswith("_ms") and isinstance(v, int) and v > 10**11:
             out[k[:-3]] = _when(v)
-        elif k == "cost_nanos" and isinstance(v, dict):
+        elif k.endswith("_nanos") and isinstance(v, dict):  # money by currency
             for cur, n in sorted(v.items()):
                 # A machine-readable column says it holds integer nanos.
-                out[f"cost_{cur}" if human else f"cost_nanos_{cur}"] = money(n, cur) if human else n
+                out[f"{k[:-6]}_{cur}" if human else f"{k}_{cur}"] = money(n, cur) if human else n
         elif k.endswith("_nanos") and isinstance(v, int) and human:
             out[k[:-6]] = money(v, row.get("currency") or "USD")
         elif isinstance(v, dict):
@@ -112,7 +112,7 @@ def _num(v: Any, human: bool) -> Any:
 def _main_rows(data: Any) -> list[dict[str, Any]]:
     if isinstance(data, list):
         return data
-    for name in ("daily", "by_model"):
+    for name in ("daily", "by_model", "top_tasks"):
         if isinstance(data.get(name), list):
             return list(data[name])
     return [data]

@@ -34,6 +34,32 @@ TASK_ID = "task.id"
 PLACEMENT = "routing.placement"
 
 
+@dataclass(slots=True)
+class CacheAffinity:
+    """Where a call's prompt cache is likely warm (see ``tokenomy.routing.affinity``).
+
+    ``key`` names the calls that share a cache (one task, or one long prompt prefix);
+    ``remembered`` is the deployment that served the key's last call, its cache warm until
+    ``warm_until`` (epoch seconds); ``decision`` is what routing made of it, sent as the
+    ``x-tokenomy-affinity`` header, and ``target`` the deployment it put first.
+    """
+
+    key: str
+    #: The cache lifetime the request asked for (Anthropic's one-hour ``cache_control``);
+    #: None: the serving vendor's documented one, else the default.
+    ttl_s: float | None = None
+    remembered: str | None = None
+    warm_until: float = 0.0
+    decision: str = "miss"
+    target: str | None = None
+
+    def header(self, deployment_id: str) -> str:
+        """The header value for an attempt on ``deployment_id``."""
+        if self.decision == "hit" and deployment_id != self.target:
+            return "yielded:fallback"  # the warm deployment failed; another served
+        return self.decision
+
+
 def _count(v: Any) -> int:
     """A positive count from a client field, 1 when absent (validated at the edge)."""
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 1 else 1
@@ -76,6 +102,11 @@ class Call:
     finished: bool = False
     #: The model serving a call whose route stands for several (``model: "auto"``).
     served_as: str | None = None
+    #: Cache-aware routing's state for this call (None: affinity does not apply).
+    affinity: CacheAffinity | None = None
+    #: A Responses call's own request (its chain expanded), for a deployment whose vendor
+    #: speaks the Responses API: sent as is instead of ``body`` (see responses_native).
+    native: dict[str, Any] | None = None
     #: Arbitrary per-stage state (holds, tickets) keyed by the stage that owns it.
     extras: dict[str, Any] = field(default_factory=dict)
 

@@ -36,6 +36,7 @@ from tokenomy.gateway.metering import (
 )
 from tokenomy.gateway.registry import Deployment, Registry
 from tokenomy.gateway.relay import StreamRelay
+from tokenomy.gateway.responses_native import ResponsesRelay, meter_answer, passes_through
 from tokenomy.gateway.tokencount import TokenCounter
 from tokenomy.gateway.usage import Usage, UsageSource
 from tokenomy.tracing import SPAN, child_span
@@ -259,12 +260,16 @@ class Pipeline:
         return deps
 
     async def _attempt(self, call: Call, dep: Deployment, provider: Provider) -> Outcome:
+        if call.native is not None and passes_through(call, dep):
+            return await self._native(call, dep, provider)
         endpoint, body = self._upstream_request(call, provider.dialect)
         resp = await provider.send(dep, endpoint, body, stream=call.stream)
         headers = {"x-request-id": call.request_id, "x-tokenomy-deployment": dep.id}
         placed = call.extras.get(PLACEMENT)
         if placed is not None and dep.id in placed:  # latency-tolerant: what it costs here
             headers["x-tokenomy-placement"] = placed[dep.id]
+        if call.affinity is not None:  # hit, miss, expired or yielded:<why>
+            headers["x-tokenomy-affinity"] = call.affinity.header(dep.id)
         if call.stream:
             relay = StreamRelay(
                 call,
@@ -308,6 +313,35 @@ class Pipeline:
             body_out = orjson.dumps(out)
         return Outcome(headers=headers, body=body_out)
 
+    def upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
+        """(endpoint, body) of the call as a vendor of ``dialect`` takes it (translated,
+        our own fields removed), before the deployment's model is put in."""
+        return self._upstream_request(call, dialect)
+
+    async def _native(self, call: Call, dep: Deployment, provider: Provider) -> Outcome:
+        """A Responses call sent as it is to a vendor that speaks the Responses API."""
+        assert call.native is not None
+        resp = await provider.send(dep, "responses", call.native, stream=call.stream)
+        headers = {"x-request-id": call.request_id, "x-tokenomy-deployment": dep.id}
+        quoter = self.quoter
+        cost = None if quoter is None else (lambda c: str(quoter.quote(c).cost_str()))
+        if call.stream:
+            relay = ResponsesRelay(
+                call,
+                resp,
+                prompt_tokens_hint=lambda: count_prompt(self.counter, call),
+                count_usage=lambda: counted_usage(self.counter, call),
+            )
+            relay.cost = cost
+            return Outcome(headers=headers, relay=relay)
+        raw = await resp.read()
+        call.mark_first_token()
+        count = lambda: counted_usage(self.counter, call)  # noqa: E731
+        body, price = meter_answer(call, raw, dep.vendor.name, count, cost)
+        if price is not None:
+            headers["x-tokenomy-cost"] = price
+        return Outcome(headers=headers, body=body)
+
     def _upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
         body = call.body
         if "provider" in body or body.get("service_tier") == "batch":
@@ -324,6 +358,15 @@ class Pipeline:
         if call.endpoint == "messages" and dialect == "openai":
             return "chat", anthropic_request_to_openai(body)
         return ("chat" if call.endpoint == "responses" else call.endpoint), body
+
+    def meter_answer(self, call: Call, dialect: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Meter a whole answer that came another way (a vendor's batch output file) as
+        if the call had fetched it; the answer in the client's dialect, its model named
+        as the client named it."""
+        out = self._client_obj(call, dialect, obj)
+        if out is obj:
+            obj["model"] = call.public_model
+        return out
 
     def _client_obj(self, call: Call, dialect: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Meter a whole answer; the answer in the client's dialect (``obj`` itself when

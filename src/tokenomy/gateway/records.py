@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from tokenomy.gateway.call import TASK_ID, Call
+from tokenomy.gateway.end_user import end_user
 from tokenomy.gateway.usage import Usage
 
 #: Rows (``(table, row)`` pairs) a call's record carries besides its usage event and
@@ -47,6 +48,7 @@ def usage_row(call: Call) -> dict[str, Any]:
         "input_tokens": u.input_tokens,
         "cached_tokens": u.cached_tokens,
         "cache_write_tokens": u.cache_write_tokens,
+        "cache_write_1h_tokens": u.cache_write_1h_tokens,
         "output_tokens": u.output_tokens,
         "reasoning_tokens": u.reasoning_tokens,
         "usage_source": str(u.source),
@@ -54,6 +56,7 @@ def usage_row(call: Call) -> dict[str, Any]:
         "ttft_ms": call.ttft_ms,
         "attempts": call.attempts,
         "task_id": call.extras.get(TASK_ID),
+        "end_user": end_user(call),
     }
     # The charge's columns (the ledger stage leaves a Charge on every call it priced),
     # set in place rather than built as a second dict and merged.

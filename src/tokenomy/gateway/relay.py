@@ -201,6 +201,7 @@ class StreamRelay:
             usage.input_tokens = vendor.input_tokens
             usage.cached_tokens = vendor.cached_tokens
             usage.cache_write_tokens = vendor.cache_write_tokens
+            usage.cache_write_1h_tokens = vendor.cache_write_1h_tokens
         return usage
 
     def _fail(self, err: GatewayError) -> None:

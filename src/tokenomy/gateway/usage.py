@@ -21,7 +21,9 @@ class Usage:
     ``input_tokens`` is every prompt token, including ``cached_tokens`` (read from a prompt
     cache) and ``cache_write_tokens`` (written to one), so that uncached input is
     ``input_tokens - cached_tokens - cache_write_tokens``. ``reasoning_tokens`` is part of
-    ``output_tokens``, as in OpenAI's usage object.
+    ``output_tokens``, as in OpenAI's usage object. ``cache_write_1h_tokens`` is the part
+    of ``cache_write_tokens`` written to a one-hour cache (Anthropic bills it at 2x input,
+    a five-minute write at 1.25x).
     """
 
     input_tokens: int = 0
@@ -30,6 +32,7 @@ class Usage:
     output_tokens: int = 0
     reasoning_tokens: int = 0
     source: UsageSource = UsageSource.UPSTREAM
+    cache_write_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -58,15 +61,21 @@ class Usage:
 
     @classmethod
     def from_anthropic(cls, u: dict[str, Any]) -> Usage:
-        """Read Anthropic usage, whose ``input_tokens`` excludes cache reads and writes."""
+        """Read Anthropic usage, whose ``input_tokens`` excludes cache reads and writes;
+        ``cache_creation`` splits the writes by cache lifetime (5 minutes, 1 hour)."""
         uncached = _int(u.get("input_tokens"))
         read = _int(u.get("cache_read_input_tokens"))
         write = _int(u.get("cache_creation_input_tokens"))
+        split = u.get("cache_creation")
+        hour = _int(split.get("ephemeral_1h_input_tokens")) if isinstance(split, dict) else 0
+        if isinstance(split, dict) and "cache_creation_input_tokens" not in u:
+            write = _int(split.get("ephemeral_5m_input_tokens")) + hour
         return cls(
             input_tokens=uncached + read + write,
             cached_tokens=read,
             cache_write_tokens=write,
             output_tokens=_int(u.get("output_tokens")),
+            cache_write_1h_tokens=min(hour, write),
         )
 
     def to_openai(self) -> dict[str, Any]:
@@ -81,8 +90,9 @@ class Usage:
         return out
 
     def to_anthropic(self) -> dict[str, Any]:
-        """This usage as an Anthropic usage object (input excludes cache reads and writes)."""
-        return {
+        """This usage as an Anthropic usage object (input excludes cache reads and writes;
+        one-hour writes, when any, split out in ``cache_creation`` as Anthropic does)."""
+        out: dict[str, Any] = {
             "input_tokens": max(
                 0, self.input_tokens - self.cached_tokens - self.cache_write_tokens
             ),
@@ -90,6 +100,12 @@ class Usage:
             "cache_read_input_tokens": self.cached_tokens,
             "output_tokens": self.output_tokens,
         }
+        if self.cache_write_1h_tokens:
+            out["cache_creation"] = {
+                "ephemeral_5m_input_tokens": self.cache_write_tokens - self.cache_write_1h_tokens,
+                "ephemeral_1h_input_tokens": self.cache_write_1h_tokens,
+            }
+        return out
 
 
 def openai_chunk_usage(chunk: Any) -> dict[str, Any] | None:

@@ -18,14 +18,19 @@ _ANTHROPIC_ROLES = frozenset({"user", "assistant"})
 MAX_DEPTH = 128
 
 
+#: Bodies up to this size are first settled by counting their brackets.
+_COUNT_UP_TO = 16 * 1024
+
+
 def too_deep(raw: bytes, value: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether ``value`` (parsed from ``raw``) nests arrays and objects past ``limit``.
 
-    Counting brackets in the raw bytes runs at memory speed and settles almost every body
-    (nesting needs at least as many brackets as levels); only a body with more brackets
-    than ``limit`` is walked.
+    A small body is settled by counting its brackets (nesting needs at least as many
+    brackets as levels). A large one is walked level by level instead: counting cost
+    about 0.3 ns a byte, more than parsing a 400 KB prompt, while the walk looks at each
+    array and object once (fewer than orjson made) and never at a string's bytes.
     """
-    if raw.count(b"[") + raw.count(b"{") <= limit:
+    if len(raw) <= _COUNT_UP_TO and raw.count(b"[") + raw.count(b"{") <= limit:
         return False
     level: list[Any] = [value]
     for _ in range(limit):

@@ -20,6 +20,19 @@ class Scope(StrEnum):
     KEY = "key"
     #: One agent run's calls (see ``ledger.tasks``): a lifetime budget of its own.
     TASK = "task"
+    #: An end user of an organisation (OpenAI's ``user`` / ``safety_identifier``,
+    #: Anthropic's ``metadata.user_id``); its scope id is ``<org id>:<user>``.
+    USER = "user"
+
+
+#: The longest end-user name recorded and budgeted (OpenAI documents 64 for
+#: ``safety_identifier``); a longer one is passed on but neither recorded nor budgeted.
+MAX_END_USER = 128
+
+
+def user_scope_id(org_id: str, user: str) -> str:
+    """The scope id of an end user's budgets: org ids hold no colon, so the first one splits."""
+    return f"{org_id}:{user}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +97,9 @@ class BudgetMeter:
         what = "lifetime" if b.period is Period.LIFETIME else f"{b.period.value}ly"
         if b.period is Period.DAY:
             what = "daily"
+        if b.scope is Scope.USER:
+            user = b.scope_id.partition(":")[2]
+            return f"the {what} budget {b.id} of end user '{user}'"
         return f"the {what} budget {b.id} of {b.scope.value} {b.scope_id}"
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from tokenomy.billing.money import MAX_NANOS, NANOS_PER_UNIT, Currency, parse_nanos
 from tokenomy.errors import GatewayError, InvalidRequest
-from tokenomy.ledger.accounts import Budget, Org, Project
+from tokenomy.ledger.accounts import Budget, Org, Project, Scope
 from tokenomy.ledger.periods import zone
 from tokenomy.ledger.store import Entry, IdempotencyConflict, Kind, LedgerStore
 from tokenomy.store.schema import ledger_txns
@@ -220,7 +220,15 @@ def budget_json(b: Budget) -> dict[str, Any]:
         "amount_nanos": b.amount_nanos,
         "token_limit": b.token_limit,
         "tz": b.tz,
+        **_end_user_fields(b),
     }
+
+
+def _end_user_fields(b: Budget) -> dict[str, Any]:
+    if b.scope is not Scope.USER:
+        return {}
+    org_id, _, user = b.scope_id.partition(":")
+    return {"org_id": org_id, "user": user}
 
 
 def entry_json(e: Entry) -> dict[str, Any]:

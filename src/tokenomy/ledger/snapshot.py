@@ -79,13 +79,18 @@ def all_org_totals(conn: Connection, org_ids: Collection[str]) -> dict[str, tupl
 def budget_spent(conn: Connection, meter: BudgetMeter) -> tuple[int, int]:
     """(nanos, tokens) of usage recorded in the budget's bucket."""
     b = meter.budget
-    col = {
-        Scope.ORG: usage_events.c.org_id,
-        Scope.PROJECT: usage_events.c.project_id,
-        Scope.KEY: usage_events.c.key_id,
-        Scope.TASK: usage_events.c.task_id,
-    }[b.scope]
-    cond = [col == b.scope_id, usage_events.c.ts_ms >= meter.start_ms]
+    e = usage_events.c
+    if b.scope is Scope.USER:
+        org_id, _, user = b.scope_id.partition(":")
+        cond = [e.org_id == org_id, e.end_user == user, e.ts_ms >= meter.start_ms]
+    else:
+        col = {
+            Scope.ORG: e.org_id,
+            Scope.PROJECT: e.project_id,
+            Scope.KEY: e.key_id,
+            Scope.TASK: e.task_id,
+        }[b.scope]
+        cond = [col == b.scope_id, e.ts_ms >= meter.start_ms]
     if meter.end_ms is not None:
         cond.append(usage_events.c.ts_ms < meter.end_ms)
     q = select(

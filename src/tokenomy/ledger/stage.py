@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from tokenomy.errors import InsufficientQuota, Overloaded, PermissionDenied
 from tokenomy.gateway.call import Call
+from tokenomy.gateway.end_user import end_user
 from tokenomy.gateway.metering import count_prompt
 from tokenomy.gateway.registry import Deployment
 from tokenomy.gateway.tokencount import TokenCounter
@@ -75,6 +76,10 @@ class LedgerStage:
         task = call.extras.get(TASK_METER)
         if task is not None:  # one level deeper: the task's own budget
             meters = (*meters, task)
+        if org.id in self.directory.user_orgs:  # and the end user's, if the org has any
+            user = end_user(call)
+            if user is not None:
+                meters = (*meters, *self.directory.user_meters(org.id, user, call.ts_ms))
         try:
             hold = await self._hold_or_refuse(call, org, deps, bound, meters, at)
         except LiveStateUnavailable as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, literal, select, text, update
@@ -19,7 +19,15 @@ from sqlalchemy.exc import IntegrityError
 
 from tokenomy.billing.money import Currency
 from tokenomy.ledger import snapshot
-from tokenomy.ledger.accounts import Budget, BudgetMeter, Mode, Org, Project, Scope
+from tokenomy.ledger.accounts import (
+    MAX_END_USER,
+    Budget,
+    BudgetMeter,
+    Mode,
+    Org,
+    Project,
+    Scope,
+)
 from tokenomy.ledger.periods import Period, zone
 from tokenomy.store.schema import (
     ADMIN_KINDS,
@@ -78,16 +86,6 @@ COUNTER_ACCOUNT = {
     Kind.REFUND: "refunds",
     Kind.ADJUSTMENT: "adjustments",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class AccountChanges:
-    """Rows of the account tree written since some instant; budgets with whether they
-    are deleted."""
-
-    orgs: list[Org]
-    projects: list[Project]
-    budgets: list[tuple[Budget, bool]]
 
 
 def now_ms() -> int:
@@ -204,7 +202,10 @@ class LedgerStore:
         if org_id is not None:
             q = q.where(projects.c.org_id == org_id)
         with self.engine.connect() as conn:
-            return [_project(r._mapping) for r in conn.execute(q)]
+            return [
+                Project(r._mapping["id"], r._mapping["org_id"], r._mapping["name"])
+                for r in conn.execute(q)
+            ]
 
     # ---- budgets ----------------------------------------------------------------------
 
@@ -218,7 +219,7 @@ class LedgerStore:
         token_limit: int | None = None,
         tz: str = "UTC",
     ) -> Budget:
-        """Add a budget (money and/or tokens per period) to an org, project or key."""
+        """Add a budget (money and/or tokens per period) to an org, project, key or end user."""
         try:
             sc, per = Scope(scope), Period(period)
         except ValueError as e:
@@ -269,18 +270,27 @@ class LedgerStore:
             )
         return res.rowcount > 0
 
-    def accounts_changed_since(self, since_ms: int) -> AccountChanges:
-        """Orgs, projects and budgets (deleted ones too) written at or after ``since_ms``:
-        each table read by its ``updated_ms`` index, so an idle refresh reads no rows."""
+    def changed_since(self, updated_ms: int) -> Changes:
+        """Orgs, projects and budgets changed at or after ``updated_ms`` (deleted budgets
+        too, by id): what a cache needs to catch up, read by the ``updated_ms`` indexes."""
+        out = Changes()
         with self.engine.connect() as conn:
-            o = conn.execute(select(orgs).where(orgs.c.updated_ms >= since_ms))
-            p = conn.execute(select(projects).where(projects.c.updated_ms >= since_ms))
-            b = conn.execute(select(budgets).where(budgets.c.updated_ms >= since_ms))
-            return AccountChanges(
-                [_org(r._mapping) for r in o],
-                [_project(r._mapping) for r in p],
-                [(_budget(r._mapping), r._mapping["deleted_ms"] is not None) for r in b],
-            )
+            for r in conn.execute(select(orgs).where(orgs.c.updated_ms >= updated_ms)):
+                out.orgs.append(_org(r._mapping))
+                out.newest_ms = max(out.newest_ms, int(r._mapping["updated_ms"]))
+            q = select(projects).where(projects.c.updated_ms >= updated_ms)
+            for r in conn.execute(q):
+                m = r._mapping
+                out.projects.append(Project(m["id"], m["org_id"], m["name"]))
+                out.newest_ms = max(out.newest_ms, int(m["updated_ms"]))
+            for r in conn.execute(select(budgets).where(budgets.c.updated_ms >= updated_ms)):
+                m = r._mapping
+                if m["deleted_ms"] is None:
+                    out.budgets.append(_budget(m))
+                else:
+                    out.deleted_budgets.append(m["id"])
+                out.newest_ms = max(out.newest_ms, int(m["updated_ms"]))
+        return out
 
     def all_budgets(self) -> list[Budget]:
         q = select(budgets).where(budgets.c.deleted_ms.is_(None)).order_by(budgets.c.id)
@@ -288,6 +298,14 @@ class LedgerStore:
             return [_budget(r._mapping) for r in conn.execute(q)]
 
     def _check_scope(self, scope: Scope, scope_id: str) -> None:
+        if scope is Scope.USER:
+            org_id, _, user = scope_id.partition(":")
+            if not user or len(user) > MAX_END_USER or not user.isprintable():
+                raise LedgerError(
+                    "an end user's budget is on '<org id>:<user>', the user 1 to "
+                    f"{MAX_END_USER} printable characters"
+                )
+            scope, scope_id = Scope.ORG, org_id
         table = {Scope.ORG: orgs, Scope.PROJECT: projects, Scope.KEY: api_keys}[scope]
         with self.engine.connect() as conn:
             found = conn.execute(select(table.c.id).where(table.c.id == scope_id)).first()
@@ -506,14 +524,25 @@ class LedgerStore:
             return {cur: int(total) for cur, total in conn.execute(q)}
 
 
+@dataclass
+class Changes:
+    """Rows of the account tree changed since some instant (see :meth:`changed_since`)."""
+
+    orgs: list[Org] = field(default_factory=list)
+    projects: list[Project] = field(default_factory=list)
+    budgets: list[Budget] = field(default_factory=list)
+    deleted_budgets: list[str] = field(default_factory=list)
+    #: The newest ``updated_ms`` among them (0 when none).
+    newest_ms: int = 0
+
+    def __len__(self) -> int:
+        return len(self.orgs) + len(self.projects) + len(self.budgets) + len(self.deleted_budgets)
+
+
 def _org(m: Any) -> Org:
     return Org(
         m["id"], m["name"], Currency(m["currency"]), Mode(m["mode"]), int(m["credit_limit_nanos"])
     )
-
-
-def _project(m: Any) -> Project:
-    return Project(m["id"], m["org_id"], m["name"])
 
 
 def _budget(m: Any) -> Budget:

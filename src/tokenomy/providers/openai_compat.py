@@ -11,6 +11,7 @@ _PATHS = {
     "chat": "/chat/completions",
     "completions": "/completions",
     "embeddings": "/embeddings",
+    "responses": "/responses",
 }
 
 
@@ -22,7 +23,9 @@ class OpenAICompatProvider(HttpProvider):
 
     def prepare(self, deployment: Deployment, body: dict[str, Any], stream: bool) -> dict[str, Any]:
         out = {**body, "model": deployment.upstream_model}
-        if stream and self.vendor.stream_usage:
+        # A Responses request (its "input") gets usage on response.completed unasked, and
+        # the API refuses stream_options.include_usage.
+        if stream and self.vendor.stream_usage and "input" not in body:
             # Always ask for usage so every stream is billed from the vendor's own count;
             # the extra chunk is stripped later if the client did not ask for it.
             opts = dict(body.get("stream_options") or {})

@@ -57,6 +57,8 @@ def input_items(value: Any) -> list[JSON]:
             out = item.get("output")
             if not isinstance(out, str | list):
                 raise _bad(f"'{param}.output' must be a string or an array.", f"{param}.output")
+            if isinstance(out, list):
+                _text_only_output(out, f"{param}.output")
             items.append({"id": item.get("id") or new_id("fco_"), "status": "completed", **item})
         elif kind == "reasoning":
             items.append(item)  # a prior turn's reasoning: kept for the record, not re-sent
@@ -67,6 +69,19 @@ def input_items(value: Any) -> list[JSON]:
                 f"{param}.type",
             )
     return items
+
+
+def _text_only_output(parts: list[Any], param: str) -> None:
+    """A tool's output goes on as a chat tool message, which carries text only: any other
+    part would be lost on the way, so it is refused by name."""
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in ("input_text", "output_text") or not isinstance(part.get("text"), str):
+            raise _bad(
+                f"'{param}[{j}]' of type {kind!r} cannot be sent on: a function_call_output "
+                "reaches the model as a chat tool message, which carries only input_text.",
+                f"{param}[{j}]",
+            )
 
 
 def _message_item(role: str, content: list[JSON]) -> JSON:
@@ -122,12 +137,15 @@ def _input_part(part: Any, param: str) -> JSON:
     )
 
 
-def items_to_messages(items: list[JSON]) -> list[JSON]:
+def items_to_messages(items: list[JSON], sources: list[str] | None = None) -> list[JSON]:
     """Input or output items as chat messages: consecutive function calls join one
-    assistant turn (with the text before them), their outputs become tool messages."""
+    assistant turn (with the text before them), their outputs become tool messages.
+    ``sources`` gets, for each message made, the input item it came from (``input[i]``)."""
     messages: list[JSON] = []
-    for item in items:
+    for i, item in enumerate(items):
         kind = item.get("type")
+        if sources is not None and kind in ("message", "function_call_output"):
+            sources.append(f"input[{i}]")
         if kind == "message":
             messages.append(_chat_message(item))
         elif kind == "function_call":
@@ -141,6 +159,8 @@ def items_to_messages(items: list[JSON]) -> list[JSON]:
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                if sources is not None:
+                    sources.append(f"input[{i}]")
         elif kind == "function_call_output":
             out = item["output"]
             if isinstance(out, list):
@@ -165,9 +185,12 @@ def _chat_message(item: JSON) -> JSON:
     return {"role": role, "content": parts}
 
 
-def chat_request(body: JSON, context: list[JSON], items: list[JSON]) -> JSON:
+def chat_request(
+    body: JSON, context: list[JSON], items: list[JSON], sources: list[str] | None = None
+) -> JSON:
     """The chat-completions body of a Responses request: instructions, the prior
-    context (a chained call re-sends it whole), then this request's input."""
+    context (a chained call re-sends it whole), then this request's input. ``sources``
+    gets, per chat message, the request field it came from (to name it in errors)."""
     for f in _UNSUPPORTED:
         if body.get(f):
             raise _bad(f"'{f}' is not supported by this gateway.", f)
@@ -178,12 +201,16 @@ def chat_request(body: JSON, context: list[JSON], items: list[JSON]) -> JSON:
             raise _bad("'instructions' must be a string.", "instructions")
         messages.append({"role": "system", "content": instructions})
     messages += context
-    messages += items_to_messages(items)
+    if sources is not None:
+        sources += ["instructions"] * (len(messages) - len(context))
+        sources += ["previous_response_id"] * len(context)
+    messages += items_to_messages(items, sources)
     out: JSON = {"model": body["model"], "messages": messages}
     for f in _PASSED:
         if body.get(f) is not None:
             out[f] = body[f]
-    if body.get("safety_identifier") is not None and "user" not in out:
+    if body.get("safety_identifier") is not None:
+        # The end user, as a chat call names it; safety_identifier first, as for chat.
         out["user"] = body["safety_identifier"]
     tools = _tools(body.get("tools"))
     if tools:
@@ -311,7 +338,11 @@ def responses_usage(chat_usage: JSON | None, cost: Any = None) -> JSON | None:
     inp, out = chat_usage.get("prompt_tokens", 0), chat_usage.get("completion_tokens", 0)
     usage: JSON = {
         "input_tokens": inp,
-        "input_tokens_details": {"cached_tokens": pdet.get("cached_tokens", 0)},
+        "input_tokens_details": {
+            "cached_tokens": pdet.get("cached_tokens", 0),
+            # Prompt-cache writes (Anthropic's); the SDK's usage type requires the field.
+            "cache_write_tokens": pdet.get("cache_write_tokens", 0),
+        },
         "output_tokens": out,
         "output_tokens_details": {"reasoning_tokens": cdet.get("reasoning_tokens", 0)},
         "total_tokens": inp + out,
@@ -354,12 +385,36 @@ def call_item(item_id: str, call_id: str, name: str, args: str, status: str) -> 
     }
 
 
+def reasoning_item(item_id: str, text: str, status: str = "completed") -> JSON:
+    """The model's own reasoning (DeepSeek's ``reasoning_content``, Anthropic's thinking)
+    as a Responses reasoning item: raw reasoning text, no summary."""
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "status": status,
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}] if text else [],
+    }
+
+
+def reasoning_of(msg: JSON) -> str | None:
+    """A chat message's or delta's reasoning text, if it has any."""
+    for key in ("reasoning_content", "reasoning"):
+        v = msg.get(key)
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
 def chat_answer_to_output(answer: JSON) -> tuple[list[JSON], Any]:
     """The output items of a whole chat answer (its first choice), and its finish reason."""
     choices = answer.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     msg = choice.get("message") or {}
     output: list[JSON] = []
+    thought = reasoning_of(msg)
+    if thought is not None:
+        output.append(reasoning_item(new_id("rs_"), thought))
     content = msg.get("content")
     if isinstance(content, str) and content:
         output.append(text_item(new_id("msg_"), content))
@@ -374,6 +429,18 @@ def chat_answer_to_output(answer: JSON) -> tuple[list[JSON], Any]:
                 "completed",
             )
         )
-    if not output:
+    if not any(o["type"] != "reasoning" for o in output):
         output.append(text_item(new_id("msg_"), ""))
     return output, choice.get("finish_reason")
+
+
+def input_param(param: str | None, sources: list[str]) -> str | None:
+    """A chat body's parameter (``messages[2].content[1]``) as the Responses request's
+    (``input[1].content[1]``): an error names what the client wrote."""
+    if param is None or not param.startswith("messages["):
+        return param
+    index, _, rest = param[len("messages[") :].partition("]")
+    if not index.isdigit() or int(index) >= len(sources):
+        return param
+    source = sources[int(index)]
+    return source + rest if source.startswith("input[") else source

@@ -3,7 +3,8 @@
 Events come in the documented order: ``response.created`` and ``response.in_progress``;
 per output item ``response.output_item.added``, its content (``content_part.added``,
 ``output_text.delta``…, ``output_text.done``, ``content_part.done``; or
-``function_call_arguments.delta``…, ``.done``) and ``response.output_item.done``; then
+``function_call_arguments.delta``…, ``.done``; or for the model's reasoning
+``reasoning_text.delta``…, ``.done``) and ``response.output_item.done``; then
 ``response.completed`` (or ``response.incomplete``) with the usage and cost. Each event
 carries a ``sequence_number``. One item is open at a time: a new one closes the last.
 """
@@ -20,6 +21,8 @@ from tokenomy.providers.translate_responses import (
     JSON,
     call_item,
     finish,
+    reasoning_item,
+    reasoning_of,
     text_item,
 )
 
@@ -59,6 +62,9 @@ class ChatToResponsesStream:
             if not isinstance(ch, dict) or ch.get("index", 0) != 0:
                 continue  # the Responses API has one answer
             delta = ch.get("delta") or {}
+            thought = reasoning_of(delta)
+            if thought is not None:
+                out += self._reasoning_delta(thought)
             text = delta.get("content")
             if isinstance(text, str) and text:
                 out += self._text_delta(text)
@@ -100,6 +106,27 @@ class ChatToResponsesStream:
                 content_index=0,
                 delta=text,
                 logprobs=[],
+            )
+        )
+        return out
+
+    def _reasoning_delta(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self._open is None or self._open["type"] != "reasoning":
+            out += self._close()
+            item = reasoning_item(new_id("rs_"), "", "in_progress")
+            self._open, self._text = item, []
+            out.append(
+                self._event("response.output_item.added", output_index=self._index(), item=item)
+            )
+        self._text.append(text)
+        out.append(
+            self._event(
+                "response.reasoning_text.delta",
+                item_id=self._open["id"],
+                output_index=self._index(),
+                content_index=0,
+                delta=text,
             )
         )
         return out
@@ -153,6 +180,11 @@ class ChatToResponsesStream:
             out.append(self._event("response.output_text.done", **ids, text=text, logprobs=[]))
             out.append(self._event("response.content_part.done", **ids, part=part))
             item = text_item(item["id"], text)
+        elif item["type"] == "reasoning":
+            text = "".join(self._text)
+            ids = {"item_id": item["id"], "output_index": i, "content_index": 0}
+            out.append(self._event("response.reasoning_text.done", **ids, text=text))
+            item = reasoning_item(item["id"], text)
         else:
             out.append(
                 self._event(
@@ -171,7 +203,7 @@ class ChatToResponsesStream:
     def end(self, usage: JSON | None) -> list[bytes]:
         """The last events: open items closed, then the finished Response with ``usage``."""
         out = self._close()
-        if not self.response["output"]:
+        if not any(o["type"] != "reasoning" for o in self.response["output"]):
             # An empty answer is still one (empty) message, as OpenAI's are.
             out += self._text_delta_free_message()
         finish(self.response, self.finish_reason)
@@ -186,11 +218,12 @@ class ChatToResponsesStream:
         return out
 
     def _text_delta_free_message(self) -> list[bytes]:
+        i = self._index()
         item = text_item(new_id("msg_"), "", "in_progress")
-        out = [self._event("response.output_item.added", output_index=0, item=item)]
+        out = [self._event("response.output_item.added", output_index=i, item=item)]
         item = text_item(item["id"], "")
         self.response["output"].append(item)
-        out.append(self._event("response.output_item.done", output_index=0, item=item))
+        out.append(self._event("response.output_item.done", output_index=i, item=item))
         return out
 
     def fail(self, error: JSON) -> list[bytes]:

@@ -274,6 +274,24 @@ def eligible(c: Candidate, prefs: Preferences, needs: Needs) -> bool:
     return not prefs.require_parameters or all(c.accepts(p) for p in needs.parameters)
 
 
+def exclusion(c: Candidate, prefs: Preferences, needs: Needs) -> str | None:
+    """Why a hard filter rules ``c`` out, in a word ("only", "ignore", "max_price",
+    "needs"), or None when none does: a routing decision's header says it."""
+    if prefs.only is not None and not _matches(c, prefs.only):
+        return "only"
+    if prefs.ignore and _matches(c, prefs.ignore):
+        return "ignore"
+    if (
+        prefs.max_price_prompt is not None
+        and (c.input_usd_per_m is None or c.input_usd_per_m > prefs.max_price_prompt)
+    ) or (
+        prefs.max_price_completion is not None
+        and (c.output_usd_per_m is None or c.output_usd_per_m > prefs.max_price_completion)
+    ):
+        return "max_price"
+    return None if eligible(c, prefs, needs) else "needs"
+
+
 def estimated_cost(c: Candidate, needs: Needs) -> Decimal | None:
     """USD per million requests of this shape (prompt and output tokens), or None."""
     if c.input_usd_per_m is None or c.output_usd_per_m is None:

@@ -7,6 +7,7 @@ attempt's outcome so the health board and breakers learn.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,6 +18,7 @@ from tokenomy.errors import InvalidRequest
 from tokenomy.gateway.call import PLACEMENT, Call
 from tokenomy.gateway.registry import Deployment
 from tokenomy.ledger.biller import Biller, batch_priced, wants_batch
+from tokenomy.routing import affinity
 from tokenomy.routing.auto import GROUPS
 from tokenomy.routing.health import HealthBoard
 from tokenomy.routing.power import MILLION, Placement, Region, energy_usd, latency_tolerant, place
@@ -45,7 +47,10 @@ class Router:
         default_max_output: int,
         regions: dict[str, Region] | None = None,
         rtt_s: dict[str, float] | None = None,
+        spread: bool = False,
     ) -> None:
+        #: Equally priced deployments shared at random by weight (None: heaviest first).
+        self._rng = random.Random() if spread else None
         self.regions = regions or {}
         self._rtt = rtt_s or {}
         self.biller = biller
@@ -81,13 +86,17 @@ class Router:
             else frozenset(),
         )
         groups = call.extras.get(GROUPS)
+        cands: list[Candidate] = []
         if groups is None:
-            best = rank([self.candidate(d, now) for d in deps], prefs, self.health, needs)
+            cands = [self.candidate(d, now) for d in deps]
+            best = rank(cands, prefs, self.health, needs, self._rng)
         else:  # model "auto": the router's order of models, each model's own ranked
             best = [
                 c
                 for _, ds in groups
-                for c in rank([self.candidate(d, now) for d in ds], prefs, self.health, needs)
+                for c in rank(
+                    [self.candidate(d, now) for d in ds], prefs, self.health, needs, self._rng
+                )
             ]
         if len(deps) == 1:  # most models: nothing to look up
             order = list(deps[: len(best)])
@@ -96,6 +105,9 @@ class Router:
             order = [by_id[c.deployment_id] for c in best]
         if len(order) > 1 and latency_tolerant(call.body) and _placed_by_cost(prefs):
             order = self._by_cost(call, order, needs, now)
+        if call.affinity is not None and groups is None:
+            # Last: a warm prompt cache saves more than any list-price difference.
+            order = affinity.apply(call.affinity, order, cands, prefs, needs, self.health)
         if not order:
             what = ", ".join(sorted(needs_caps)) or call.endpoint
             raise InvalidRequest(
@@ -136,9 +148,11 @@ class Router:
         *,
         batch: bool,
         now: datetime,
+        windowed: bool = True,
     ) -> list[Placement]:
         """Each deployment with what a call of these tokens would cost there (token price
-        and energy, USD) and how long it would take; ``tokenomy plan`` shows the same."""
+        and energy, USD) and how long it would take; ``tokenomy plan`` shows the same
+        (not ``windowed``: a day's figure is priced outside any time-of-day window)."""
         placed: list[Placement] = []
         for d in deps:
             region = self.regions.get(d.region or "")
@@ -146,22 +160,33 @@ class Router:
             ttft = snap.ttft_s.at(50) if snap is not None and snap.ttft_s is not None else 0.0
             rtt = self._rtt.get(region.name, 0.0) if region is not None else 0.0
             energy = energy_usd(region, tokens_in + tokens_out) if d.self_hosted else _ZERO
-            token = self._token_usd(d, tokens_in, tokens_out, batch, now)
+            token = self._token_usd(d, tokens_in, tokens_out, batch, now, windowed)
             resting = snap is not None and snap.resting
             placed.append(Placement(d.id, region, rtt, ttft, token, energy, resting))
         return placed
 
     def _token_usd(
-        self, dep: Deployment, tokens_in: int, tokens_out: int, batch: bool, now: datetime
+        self,
+        dep: Deployment,
+        tokens_in: int,
+        tokens_out: int,
+        batch: bool,
+        now: datetime,
+        windowed: bool = True,
     ) -> Decimal | None:
-        """What ``dep``'s price charges for the call in USD (first tier, no time-of-day
-        window or promotion: an estimate to compare deployments by, not a bill)."""
+        """What ``dep``'s price charges for the call in USD (first tier, the time-of-day
+        window in effect, no promotion: an estimate to compare deployments by, not a
+        bill). The window counts: batch work planned for one vendor's off-peak hours
+        must go there when they come."""
         c = self.candidate(dep, now)
         if c.input_usd_per_m is None or c.output_usd_per_m is None:
             return None
         v = self.biller.version(dep, now)
         m = v.batch_multiplier if v is not None and batch_priced(v, batch) else None
         per_m = tokens_in * c.input_usd_per_m + tokens_out * c.output_usd_per_m
+        window = v.window_at(now) if v is not None and windowed else None
+        if window is not None:
+            per_m *= window.multiplier
         cost = (per_m * m if m is not None else per_m) / MILLION
         fee = v.tiers[0].prices.request if v is not None else _ZERO
         if fee:  # a per-request fee is never scaled by the batch multiplier

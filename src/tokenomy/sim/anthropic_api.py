@@ -14,6 +14,7 @@ from tokenomy.sim.answer import Answer, Ask
 from tokenomy.sim.errors import Dialect
 from tokenomy.sim.gate import bad_request, int_field, meet_fault, model_of, read_body
 from tokenomy.sim.openai_stream import group_pieces
+from tokenomy.sim.prefix_cache import ONE_HOUR_S
 from tokenomy.sim.state import STATE
 from tokenomy.sim.text import split_even, split_pieces
 from tokenomy.sim.toolcalls import ToolChoice, ToolSpec, choose_tool, content_text
@@ -32,6 +33,9 @@ class MessagesRequest:
     ask: Ask
     stream: bool
     cache_write: bool
+    #: A ``cache_control`` asked for the one-hour cache.
+    one_hour: bool = False
+    head: Any = None
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -42,10 +46,14 @@ async def messages(request: web.Request) -> web.StreamResponse:
     model = req.ask.model
     plan = await meet_fault(request, _D, model, req.stream)
     prompt = state.prompt_usage(
-        model, req.ask.prompt, lambda: state.counter.count_anthropic_request(model, body)
+        model,
+        req.ask.prompt,
+        lambda: state.counter.count_anthropic_request(model, body),
+        lambda: state.chain(model, req.head, body["messages"]),
+        ONE_HOUR_S if req.one_hour else None,
     )
     answer = state.answer(req.ask, 0)
-    usage = anthropic_usage(prompt, answer.output_tokens, req.cache_write)
+    usage = anthropic_usage(prompt, answer.output_tokens, req.cache_write, req.one_hour)
     message: dict[str, Any] = {
         "id": "msg_sim" + state.next_id(),
         "type": "message",
@@ -99,7 +107,13 @@ def parse_messages(request: web.Request, body: dict[str, Any]) -> MessagesReques
         tool_schema=orjson.dumps(tool.schema) if tool else b"{}",
         lead_text=True,
     )
-    return MessagesRequest(ask, body.get("stream") is True, b'"cache_control"' in seen)
+    return MessagesRequest(
+        ask,
+        body.get("stream") is True,
+        b'"cache_control"' in seen,
+        one_hour=b'"ttl":"1h"' in seen,
+        head=[body.get("tools"), body.get("system")],
+    )
 
 
 def _check_messages(body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from tokenomy.sim.answer import Answer, Ask
 from tokenomy.sim.errors import Dialect
 from tokenomy.sim.gate import bad_request, int_field, meet_fault, model_of, read_body, stop_field
 from tokenomy.sim.openai_stream import Delta, chunk_events, group_pieces
+from tokenomy.sim.prefix_cache import ONE_DAY_S
 from tokenomy.sim.state import STATE, PromptUsage
 from tokenomy.sim.text import split_even, split_pieces
 from tokenomy.sim.toolcalls import ToolChoice, ToolSpec, choose_tool, content_text
@@ -49,6 +50,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         model,
         req.ask.prompt,
         lambda: state.counter.count_messages(model, req.messages, req.tools),
+        lambda: state.chain(model, req.tools, req.messages),
+        # OpenAI's extended prompt caching keeps a prefix for a day.
+        ONE_DAY_S if body.get("prompt_cache_retention") == "24h" else None,
     )
     answers = [state.answer(req.ask, i) for i in range(req.n)]
     head = {"id": "chatcmpl-" + state.next_id(), "created": int(time.time()), "model": model}

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenomy.sim import admin
+from tokenomy.sim import admin, batch_api, videos
 from tokenomy.sim.anthropic_api import count_tokens, messages
 from tokenomy.sim.counting import Counter, default_counter
 from tokenomy.sim.embeddings import embeddings
@@ -19,6 +19,7 @@ from tokenomy.sim.gate import MODEL, OUTCOME, Rejected
 from tokenomy.sim.models import get_model, list_models
 from tokenomy.sim.openai_chat import chat_completions
 from tokenomy.sim.openai_legacy import completions
+from tokenomy.sim.responses import responses
 from tokenomy.sim.settings import SimSettings
 from tokenomy.sim.state import STATE, SimState
 
@@ -38,12 +39,15 @@ def create_sim_app(
     r = app.router
     r.add_post("/v1/chat/completions", chat_completions)
     r.add_post("/v1/completions", completions)
+    r.add_post("/v1/responses", responses)
     r.add_post("/v1/embeddings", embeddings)
     r.add_post("/v1/messages", messages)
     r.add_post("/v1/messages/count_tokens", count_tokens)
     r.add_get("/v1/models", list_models)
     r.add_get("/v1/models/{model}", get_model)
     admin.add_routes(app)
+    batch_api.add_routes(app)
+    videos.add_routes(app)
     return app
 
 

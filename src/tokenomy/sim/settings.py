@@ -51,6 +51,11 @@ class SimSettings:
     cache_min_tokens: int = 1024
     #: How many prompt hashes the prompt-cache simulation remembers.
     cache_entries: int = 4096
+    #: How long a deployment's prompt cache stays warm after a use (5 minutes, as
+    #: Anthropic's and OpenAI's default caches); a request may ask for longer.
+    cache_ttl_s: float = 300.0
+    #: Render time of a simulated video (``POST /v1/videos``), per second of output.
+    video_ms_per_second: float = 200.0
 
     def __post_init__(self) -> None:
         bad = {g: s for g, s in self.usage_styles.items() if s not in USAGE_STYLES}

@@ -13,7 +13,9 @@ from tokenomy.sim.answer import Answer, Ask, make_answer
 from tokenomy.sim.counting import Counter
 from tokenomy.sim.faults import Fault, FaultScript, next_fault
 from tokenomy.sim.lru import LRU
+from tokenomy.sim.prefix_cache import Prefix, PrefixCache, chain
 from tokenomy.sim.settings import SimSettings
+from tokenomy.sim.toolcalls import content_text
 
 #: Bound on memoised answers; benchmarks repeat a few prompts, tests a few dozen.
 _ANSWER_ENTRIES = 2048
@@ -61,12 +63,19 @@ class SimState:
     rng: random.Random = field(init=False)
     prompts: LRU[tuple[str, bytes], int] = field(init=False)
     answers: LRU[tuple[Ask, int], Answer] = field(init=False)
+    #: Each deployment's (upstream model's) warm prompt prefixes.
+    prefixes: PrefixCache = field(init=False)
+    #: Tokens of one message, by the digest of the prompt up to and including it.
+    message_tokens: LRU[bytes, int] = field(init=False)
     ids: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.settings.seed)
         self.prompts = LRU(self.settings.cache_entries)
         self.answers = LRU(_ANSWER_ENTRIES)
+        # An agent's prompt is a prefix per message: room for many messages per prompt.
+        self.prefixes = PrefixCache(self.settings.cache_entries * 16)
+        self.message_tokens = LRU(self.settings.cache_entries * 16)
 
     def next_id(self) -> str:
         """A response id unique within this app (24 hex digits, like the vendors' ids)."""
@@ -85,11 +94,21 @@ class SimState:
             self.answers.put(key, found)
         return found
 
-    def prompt_usage(self, model: str, digest: bytes, count: Callable[[], int]) -> PromptUsage:
+    def prompt_usage(
+        self,
+        model: str,
+        digest: bytes,
+        count: Callable[[], int],
+        prefixes: Callable[[], list[Prefix]] | None = None,
+        ttl_s: float | None = None,
+    ) -> PromptUsage:
         """Prompt tokens for ``digest`` (``count()`` is called only on first sight), and hits.
 
-        A prompt of at least ``cache_min_tokens`` seen before is a cache hit on its whole
-        64-token blocks; real caches match prefixes, which whole prompts are a case of.
+        The deployment (``model``) reads the longest prefix it saw within the cache's TTL,
+        of the prompt's ``prefixes()`` (asked only for a prompt long enough to cache) and
+        the whole prompt, in whole 64-token blocks when that is at least
+        ``cache_min_tokens``; the prompt's prefixes then stay warm for ``ttl_s`` (default
+        ``cache_ttl_s``).
         """
         key = (model, digest)
         tokens = self.prompts.get(key)
@@ -98,8 +117,27 @@ class SimState:
             tokens = count()
             self.prompts.put(key, tokens)
         cacheable = tokens >= self.settings.cache_min_tokens
-        cached = tokens // CACHE_BLOCK * CACHE_BLOCK if cacheable and not first_seen else 0
+        cached = 0
+        if cacheable:
+            every = [*(prefixes() if prefixes is not None else ()), (digest, tokens)]
+            hit = min(self.prefixes.read(model, every), tokens)
+            if hit >= self.settings.cache_min_tokens:
+                cached = hit // CACHE_BLOCK * CACHE_BLOCK
+            self.prefixes.write(model, every, ttl_s or self.settings.cache_ttl_s)
         return PromptUsage(tokens, cached, first_seen, cacheable)
+
+    def chain(self, model: str, head: Any, messages: list[Any]) -> list[Prefix]:
+        """The prompt's prefixes at message boundaries (see ``prefix_cache.chain``)."""
+
+        def tokens_of(digest: bytes, m: Any) -> int:
+            n = self.message_tokens.get(digest)
+            if n is None:
+                text = content_text(m.get("content")) if isinstance(m, dict) else ""
+                n = 3 + self.counter.count_text(model, text)
+                self.message_tokens.put(digest, n)
+            return n
+
+        return chain(head, messages, tokens_of)
 
 
 STATE = web.AppKey("tokenomy_sim_state", SimState)

@@ -47,19 +47,26 @@ def openai_usage(
     return usage
 
 
-def anthropic_usage(prompt: PromptUsage, output_tokens: int, cache_write: bool) -> dict[str, Any]:
+def anthropic_usage(
+    prompt: PromptUsage, output_tokens: int, cache_write: bool, one_hour: bool = False
+) -> dict[str, Any]:
     """Anthropic's usage: ``input_tokens`` excludes cache reads and writes.
 
-    A first sight of a long prompt that asked for caching (``cache_control``) is reported as
-    a cache write, as Anthropic bills it; later sights as reads.
+    A long prompt that asked for caching (``cache_control``) writes what the deployment's
+    cache did not hold yet (in whole blocks), as Anthropic bills it, to the one-hour cache
+    when its ``cache_control`` said ``ttl: "1h"``; what it held is read.
     """
     written = 0
-    if cache_write and prompt.first_seen and prompt.cacheable:
-        written = prompt.tokens // CACHE_BLOCK * CACHE_BLOCK
+    if cache_write and prompt.cacheable:
+        written = max(0, prompt.tokens // CACHE_BLOCK * CACHE_BLOCK - prompt.cached)
     return {
         "input_tokens": prompt.tokens - prompt.cached - written,
         "cache_creation_input_tokens": written,
         "cache_read_input_tokens": prompt.cached,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": 0 if one_hour else written,
+            "ephemeral_1h_input_tokens": written if one_hour else 0,
+        },
         "output_tokens": output_tokens,
         "service_tier": "standard",
     }

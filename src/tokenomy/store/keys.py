@@ -21,8 +21,9 @@ from tokenomy.store.schema import api_keys
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "tk-"
-#: How far back a periodic refresh looks past the newest change it has seen: a change
-#: stamped just before another but committed after it is still picked up.
+#: How far back a periodic refresh looks past the start of the last one: a change stamped
+#: before that but committed after it (or stamped by a clock a little behind) is still
+#: picked up.
 REFRESH_LOOKBACK_MS = 10_000
 
 
@@ -179,7 +180,8 @@ class KeyCache:
         self._store = store
         self._by_hash: dict[str, ApiKey] = {}
         self._hash_of: dict[str, str] = {}  # key id -> hash
-        self._watermark = 0
+        #: When the last refresh began (ms of the wall clock; None before the first).
+        self._since: int | None = None
 
     def lookup(self, secret: str) -> ApiKey | None:
         rec = self._by_hash.get(hash_key(secret))
@@ -199,11 +201,15 @@ class KeyCache:
         self._hash_of[rec.id] = h
 
     def refresh(self) -> int:
-        """Pull keys changed since the last refresh (blocking; run it in a thread)."""
-        changed = self._store.changed_since(max(0, self._watermark - REFRESH_LOOKBACK_MS))
-        for h, rec, updated in changed:
+        """Pull keys changed since the last refresh began, less the look-back (blocking;
+        run it in a thread). Counted from the wall clock, not from the newest key: after
+        10,000 keys made in one burst, every refresh re-read them all until another came."""
+        start = now_ms()
+        since = 0 if self._since is None else max(0, self._since - REFRESH_LOOKBACK_MS)
+        changed = self._store.changed_since(since)
+        for h, rec, _ in changed:
             self._set(h, rec)
-            self._watermark = max(self._watermark, updated)
+        self._since = start
         return len(changed)
 
     def reload(self, key_id: str) -> None:

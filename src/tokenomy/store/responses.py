@@ -4,13 +4,15 @@ A stored answer is written in the background once it is complete (the request ne
 waits for the database) and kept in a small per-process cache, so a chain that stays on
 one replica never reads the database; another replica (or this one after a restart)
 reads it from the table. Every read and delete is by owner: another organisation's id
-is the same as an unknown one.
+is the same as an unknown one. Like OpenAI's, a stored answer is kept for 30 days: an older
+one is unknown at once, and a background purge deletes its row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,10 @@ log = logging.getLogger(__name__)
 
 #: How long a lookup of a just-made answer waits for another replica's write of it.
 MISS_WAIT_S = 1.0
+#: How long a stored answer is kept (OpenAI keeps them 30 days).
+RETENTION_MS = 30 * 86_400_000
+#: Rows deleted per statement by the purge (short transactions: writers never wait long).
+PURGE_BATCH = 1000
 
 
 @dataclass(slots=True)
@@ -40,8 +46,11 @@ class StoredResponse:
 class ResponseStore:
     """The ``responses`` table, behind a write-behind cache of the newest answers."""
 
-    def __init__(self, engine: Engine, *, cache_size: int = 2048) -> None:
+    def __init__(
+        self, engine: Engine, *, cache_size: int = 2048, retention_ms: int = RETENTION_MS
+    ) -> None:
         self.engine = engine
+        self.retention_ms = retention_ms
         self._cache: OrderedDict[str, StoredResponse] = OrderedDict()
         self._cache_size = cache_size
         self._writes: dict[str, asyncio.Task[None]] = {}
@@ -91,8 +100,12 @@ class ResponseStore:
         ``recent``: the answer was made moments ago, perhaps on another replica whose
         write is still in flight, so a miss is read again for up to ``MISS_WAIT_S``.
         """
+        oldest = int(time.time() * 1000) - self.retention_ms
         hit = self._cache.get(response_id)
         if hit is not None:
+            if hit.created_ms < oldest:
+                self._cache.pop(response_id, None)
+                return None
             return hit if hit.owner == owner else None
         row = await asyncio.to_thread(self._select, response_id)
         waited = 0.0
@@ -100,7 +113,7 @@ class ResponseStore:
             await asyncio.sleep(0.025)
             waited += 0.025
             row = await asyncio.to_thread(self._select, response_id)
-        if row is None or row.owner != owner:
+        if row is None or row.owner != owner or row.created_ms < oldest:
             return None
         stored = StoredResponse(
             id=row.id,
@@ -133,6 +146,35 @@ class ResponseStore:
             conn.execute(
                 delete(responses).where(responses.c.id == response_id, responses.c.owner == owner)
             )
+
+    def purge(self, now_ms: int | None = None) -> int:
+        """Delete the answers past their retention (blocking); how many went."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        cutoff = now - self.retention_ms
+        gone = 0
+        while True:
+            old = select(responses.c.id).where(responses.c.created_ms < cutoff)
+            with self.engine.begin() as conn:
+                n = conn.execute(
+                    delete(responses).where(responses.c.id.in_(old.limit(PURGE_BATCH)))
+                ).rowcount
+            gone += n
+            if n < PURGE_BATCH:
+                return gone
+
+    async def purge_every(self, interval_s: float, *, first_after_s: float = 60.0) -> None:
+        """Purge after ``first_after_s`` (the app migrates its database at start-up) and
+        then every ``interval_s`` until cancelled; a failed purge is logged and tried
+        again next time."""
+        await asyncio.sleep(first_after_s)
+        while True:
+            try:
+                n = await asyncio.to_thread(self.purge)
+                if n:
+                    log.info("purged %d stored responses past their retention", n)
+            except Exception:
+                log.exception("purging expired stored responses failed")
+            await asyncio.sleep(interval_s)
 
     async def drain(self) -> None:
         """Wait for the writes in flight (on shutdown)."""

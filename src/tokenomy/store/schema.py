@@ -74,10 +74,16 @@ usage_events = Table(
     Column("price_tier", String(16), nullable=True),
     # The task (one agent run) the call belonged to (0010): X-Tokenomy-Task or a task id.
     Column("task_id", String(64), nullable=True),
+    # The organisation's end user the call was made for (0012): OpenAI's user /
+    # safety_identifier, Anthropic's metadata.user_id.
+    Column("end_user", String(128), nullable=True),
+    # Of cache_write_tokens, those written to a one-hour cache (0013): billed at their price.
+    Column("cache_write_1h_tokens", BigInteger, nullable=False, default=0, server_default="0"),
     Index("ix_usage_events_ts", "ts_ms"),
     Index("ix_usage_events_key_ts", "key_id", "ts_ms"),
     Index("ix_usage_events_org_ts", "org_id", "ts_ms"),
     Index("ix_usage_events_task", "task_id"),
+    Index("ix_usage_events_org_user_ts", "org_id", "end_user", "ts_ms"),
 )
 
 # ---- Feedback on answers (0009) -------------------------------------------------------
@@ -128,8 +134,9 @@ budgets = Table(
     "budgets",
     metadata,
     Column("id", String(40), primary_key=True),
-    Column("scope", String(16), nullable=False),  # org | project | key
-    Column("scope_id", String(40), nullable=False),
+    Column("scope", String(16), nullable=False),  # org | project | key | user
+    # An end user's is "<org id>:<user>" (0012 widened it from 40).
+    Column("scope_id", String(200), nullable=False),
     Column("period", String(16), nullable=False),  # day | week | month | lifetime
     Column("amount_nanos", BigInteger, nullable=True),  # in the org's currency
     Column("token_limit", BigInteger, nullable=True),
@@ -214,6 +221,8 @@ responses = Table(
     # what a call chained to it re-sends upstream.
     Column("context", Text, nullable=False),
     Index("ix_responses_owner", "owner", "created_ms"),
+    # The purge of answers past their retention (0012).
+    Index("ix_responses_created", "created_ms"),
 )
 
 #: Tasks made through ``POST /v1/tasks`` (0010): a task's owner and its budget, one more
@@ -283,6 +292,10 @@ batches = Table(
     Column("cancelled_at", BigInteger, nullable=True),
     # Epoch ms until which one process finalizes the batch (a crash lets another).
     Column("lease_until", BigInteger, nullable=False, default=0),
+    # JSON: when and where the batch is planned to run, what it should cost and save.
+    Column("plan", Text, nullable=True),
+    # JSON: the vendor batch its lines were handed to (native vendor batch APIs).
+    Column("vendor_batch", Text, nullable=True),
     Index("ix_batches_owner", "owner", "id"),
     Index("ix_batches_status", "status"),
 )
@@ -324,4 +337,56 @@ batch_results = Table(
     Column("cost_nanos", BigInteger, nullable=False, default=0),
     Column("ts_ms", BigInteger, nullable=False),
     Index("ix_batch_results_batch", "batch_id", "line_no"),
+)
+
+# ---- Video jobs (0014) -----------------------------------------------------------------
+
+# A queued generation job (``POST /v1/videos``). It waits in its deployment's fair queue
+# (``status`` queued), is leased to one process while it renders (in_progress, with
+# ``lease_until``; a dead process's lease lapses and the job is queued again), and ends
+# completed, failed or cancelled. ``hold_open`` is 1 while the job's hold (made at
+# submission, with the job id as its id) is neither settled nor released: clearing it
+# with a conditional UPDATE is what makes a release happen once. Times are epoch ms.
+video_jobs = Table(
+    "video_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(40), nullable=False),  # the org, or a house key's own id
+    Column("key_id", String(40), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("deployment", String(200), nullable=False),
+    Column("prompt", Text, nullable=False),
+    Column("seconds", Integer, nullable=False),
+    Column("size", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("progress", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),  # {code, message} JSON
+    Column("created_ms", BigInteger, nullable=False),
+    Column("started_ms", BigInteger, nullable=True),
+    Column("completed_ms", BigInteger, nullable=True),
+    Column("expires_at", BigInteger, nullable=True),  # epoch seconds, content kept until
+    Column("lease_until", BigInteger, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("upstream_id", String(200), nullable=True),  # the vendor's job, resumed after a crash
+    Column("held_nanos", BigInteger, nullable=False, default=0),
+    Column("hold_open", Integer, nullable=False, default=0),
+    Column("cost_nanos", BigInteger, nullable=False, default=0),
+    Column("currency", String(8), nullable=True),
+    Column("render_ms", BigInteger, nullable=True),  # started to completed, measured
+    Index("ix_video_jobs_queue", "deployment", "status", "created_ms"),
+    Index("ix_video_jobs_turns", "deployment", "owner", "started_ms"),
+    Index("ix_video_jobs_owner", "owner", "created_ms"),
+)
+
+# A finished job's media: written by the usage writer in the same transaction as the
+# job's usage event and ledger rows, so media exists if and only if the job was billed,
+# and a job with media is never rendered again.
+video_outputs = Table(
+    "video_outputs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("content_type", String(64), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("cost_nanos", BigInteger, nullable=False, default=0),
+    Column("ts_ms", BigInteger, nullable=False),
 )

@@ -1,0 +1,1 @@
+"""Queued generation jobs: the video queue (``/v1/videos``)."""
