@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -54,6 +55,12 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """The process's user + system CPU seconds (stable on a busy machine, unlike wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def lines(n: int) -> Iterator[bytes]:
     for i in range(n):
         body = {
@@ -70,6 +77,9 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=50_000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--database", default="")
+    ap.add_argument(
+        "--create-only", action="store_true", help="measure upload and create, not the run"
+    )
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="batch-bench-"))
     db = a.database or f"sqlite:///{tmp / 'gw.db'}"
@@ -106,6 +116,8 @@ models:
         )  # fmt: skip
         r.raise_for_status()
         t1 = time.perf_counter()
+        rss_up = peak_rss_mb(gw.pid)
+        cpu1 = cpu_s(gw.pid)
         b = httpx.post(
             base + "/batches", headers=h, timeout=600,
             json={"input_file_id": r.json()["id"], "endpoint": "/v1/chat/completions",
@@ -113,18 +125,24 @@ models:
         )  # fmt: skip
         b.raise_for_status()
         t2 = time.perf_counter()
+        cpu2 = cpu_s(gw.pid)
         assert b.json()["status"] == "in_progress", b.json()
         rss1 = peak_rss_mb(gw.pid)
+        mb = len(data) / 1e6
+        print(f"lines {a.lines} ({mb:.1f} MB), database {db.split(':')[0]}")
+        print(f"upload            {t1 - t0:6.2f} s")
+        print(f"create (check, hold, store) {t2 - t1:6.2f} s, gateway CPU {cpu2 - cpu1:.2f} s")
+        print(
+            f"gateway peak RSS  {rss0:.0f} MB before, {rss_up:.0f} MB after upload, "
+            f"{rss1:.0f} MB after create"
+        )
+        if a.create_only:
+            return
         while (s := httpx.get(f"{base}/batches/{b.json()['id']}", headers=h).json())[
             "status"
         ] != "completed":
             time.sleep(0.5)
         t3 = time.perf_counter()
-        mb = len(data) / 1e6
-        print(f"lines {a.lines} ({mb:.1f} MB), database {db.split(':')[0]}")
-        print(f"upload            {t1 - t0:6.2f} s")
-        print(f"create (check, hold, store) {t2 - t1:6.2f} s")
-        print(f"gateway peak RSS  {rss0:.0f} MB before, {rss1:.0f} MB after create")
         print(
             f"run               {t3 - t2:6.2f} s, {a.lines / (t3 - t2):.0f} lines/s "
             f"(concurrency {a.concurrency}), {s['request_counts']}"

@@ -24,7 +24,7 @@ from tokenomy.billing.money import Currency
 from tokenomy.ledger.store import Kind, LedgerStore
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.keys import KeyStore
-from tokenomy.store.schema import batch_results, usage_events
+from tokenomy.store.schema import batch_results, batches, usage_events
 
 ADMIN = "tk-admin-batch-crash-0123456789"
 LINES = 200
@@ -145,3 +145,94 @@ def test_sigkill_mid_batch_every_line_ends_once_billed_once_hold_released(
         assert LedgerStore(engine).balance(org_id) == TOPUP - spent  # billed once each
         for g in [survivor, *replicas[1:]]:
             assert held_nanos(g, org_id) == 0  # the batch's hold released to the nano
+
+
+def vendor_batch_state(engine: Engine, batch_id: str) -> str | None:
+    with engine.connect() as conn:
+        raw = conn.execute(select(batches.c.vendor_batch).where(batches.c.id == batch_id)).scalar()
+    return json.loads(raw)["status"] if raw else None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres+redis"])
+def test_sigkill_while_a_vendor_batch_runs_the_restarted_gateway_reads_it_back_once(
+    procs: Procs, tmp_path: Path, backend: str
+) -> None:
+    """The poller of a vendor's batch dies with its process; the restarted gateway (and,
+    on PostgreSQL + Redis, the other replica) takes the polling up and bills each line
+    once from the vendor's results."""
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            db_url, redis_url = f"sqlite:///{tmp_path / 'gw.db'}", ""
+        else:
+            db_url = stack.enter_context(throwaway_postgres())
+            redis_url = require("Redis", REDIS_URL)
+        engine = open_engine(db_url)
+        stack.callback(engine.dispose)
+        org_id, key = seed(engine)
+        sim = procs.sim(ttft_ms=20)
+        text = gateway_yaml(
+            sim.url,
+            db_url,
+            redis_url=redis_url,
+            redis_prefix=f"tkbn:{secrets.token_hex(4)}:",
+            extra="batches: {native: true, native_poll_s: 0.3, lease_s: 30, poll_s: 0.1}\n",
+        ).replace("auth: none, name: Sim}", "auth: none, name: Sim, native_batch: openai}")
+        config = procs.write_config(text)
+        env = {"TOKENOMY_ADMIN_KEY": ADMIN}
+        gw = procs.gateway(config, env=env)
+        replicas = [gw]
+        if redis_url:
+            replicas.append(procs.gateway(config, env=env, name="gateway-b"))
+        c = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+        n = 100
+        data = b"".join(json.dumps(body(i)).encode() + b"\n" for i in range(n))
+        fid = c.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch").id
+        batch = c.batches.create(
+            input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        deadline = time.monotonic() + 60
+        while vendor_batch_state(engine, batch.id) != "submitted":
+            assert time.monotonic() < deadline, "the vendor batch was not submitted"
+            time.sleep(0.05)
+        gw.kill()  # its poller dies with it, the vendor's batch still running
+        assert recorded(engine, batch.id) == 0
+        with engine.connect() as conn:
+            vb = json.loads(
+                conn.execute(
+                    select(batches.c.vendor_batch).where(batches.c.id == batch.id)
+                ).scalar_one()
+            )
+        theirs = httpx.get(f"{sim.url}/v1/batches/{vb['id']}").json()
+        assert theirs["status"] == "in_progress", "killed too late to prove anything"
+        survivor = procs.gateway(config, env=env, name="gateway-restarted")
+        c = openai.OpenAI(base_url=survivor.url + "/v1", api_key=key, max_retries=0)
+        deadline = time.monotonic() + 120
+        while (b := c.batches.retrieve(batch.id)).status != "completed":
+            assert b.status in ("in_progress", "finalizing"), b
+            assert time.monotonic() < deadline, b.request_counts
+            time.sleep(0.2)
+        assert vendor_batch_state(engine, batch.id) == "ingested"
+        assert b.request_counts is not None and b.request_counts.completed == n
+        assert b.output_file_id is not None
+        out = [json.loads(x) for x in c.files.content(b.output_file_id).text.splitlines()]
+        assert sorted(x["custom_id"] for x in out) == sorted(f"line-{i}" for i in range(n))
+        with engine.connect() as conn:
+            results = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    select(batch_results).where(batch_results.c.batch_id == batch.id)
+                )
+            ]
+            ids = [r["request_id"] for r in results]
+            usage = [
+                dict(r._mapping)
+                for r in conn.execute(
+                    select(usage_events).where(usage_events.c.request_id.in_(ids))
+                )
+            ]
+        assert len(results) == n and len(usage) == n
+        assert all(u["price_tier"] == "batch" and u["cost_nanos"] > 0 for u in usage)
+        spent = sum(r["cost_nanos"] for r in results)
+        assert LedgerStore(engine).balance(org_id) == TOPUP - spent
+        for g in [survivor, *replicas[1:]]:
+            assert held_nanos(g, org_id) == 0

@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from tests.conftest import ADMIN_KEY
 from tests.servers import ThreadServer
+from tests.test_batches_openai import chat_line, jsonl, upload, wait_ended
 from tests.test_usage_api import NOW_MS, AnalyticsGateway, start_analytics_gateway
 from tokenomy.analytics.rollup import DAY
 from tokenomy.api import usage_routes
@@ -54,8 +56,24 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def dash(sim: ThreadServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnalyticsGateway]:
     gw = start_analytics_gateway(sim.url, tmp_path_factory.mktemp("dash"), days=45)
+    run_batch(gw)
     yield gw
     gw.server.stop()
+
+
+def run_batch(gw: AnalyticsGateway) -> None:
+    """A real batch through the gateway, for the batch panel (a house key: priced, not
+    charged)."""
+    secret, rec = gw.services.keys.create("batch")
+    gw.services.key_cache.put(secret, rec)
+    c = openai.OpenAI(base_url=gw.url + "/v1", api_key=secret, max_retries=0)
+    lines = [chat_line(i, model="gpt-5.4-mini") for i in range(12)]
+    b = c.batches.create(
+        input_file_id=upload(c, jsonl(lines)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    assert wait_ended(c, b.id).status == "completed"
 
 
 class Page:
@@ -119,7 +137,7 @@ def test_dashboard_renders_offline_and_the_picker_changes_it(
     assert page.url == f"{dash.url}/dashboard?days=45"  # back to the view asked for
     page.wait_for_load_state("networkidle")
     cards = page.locator("section[data-chart]")
-    assert cards.count() == 7
+    assert cards.count() == 8
     for i in range(cards.count()):
         card = cards.nth(i)
         name = card.get_attribute("data-chart")
@@ -128,6 +146,11 @@ def test_dashboard_renders_offline_and_the_picker_changes_it(
         assert card.locator("text.empty").count() == 0, name
         box = card.locator("svg.chart").first.bounding_box()
         assert box is not None and box["width"] > 150 and box["height"] > 80, name
+    batches = page.locator("section[data-chart=batches]")
+    assert "saved" in batches.locator("p.big").inner_text()
+    assert batches.locator("tbody tr").count() == 1
+    assert "12/12" in batches.locator("tbody").inner_text()
+    assert batches.locator("svg.chart").count() == 2
     bars_before = page.locator("section[data-chart=tokens] rect.bar").count()
     tokens_before = page.locator("#kpi-tokens").inner_text()
     page.screenshot(path=str(ARTIFACTS / "dashboard-desktop.png"), full_page=True)

@@ -16,7 +16,8 @@ from sqlalchemy.exc import OperationalError
 
 from tests.needs import require_redis
 from tests.test_ledger_live import AT_MS, PREPAID, FakeLoader, hold
-from tokenomy.ledger.accounts import Budget, OrgMeter, Scope
+from tokenomy.billing.money import Currency
+from tokenomy.ledger.accounts import Budget, Mode, Org, OrgMeter, Scope
 from tokenomy.ledger.leased import LeasedLedger
 from tokenomy.ledger.live import LiveStateUnavailable, Shortfall
 from tokenomy.ledger.periods import Period
@@ -329,5 +330,79 @@ async def test_the_database_failing_while_a_meter_is_loaded_is_live_state_unavai
         # The org's meter is not in Redis yet: loading it meets the database down.
         with pytest.raises(LiveStateUnavailable):
             await live.hold(hold(1, PREPAID, 10, 0, ()))
+    finally:
+        await live.close()
+
+
+async def test_a_state_read_while_a_sync_is_in_flight_counts_only_the_holds_as_held(
+    prefix: str,
+) -> None:
+    """Redis has applied a sync's new reserve but this process has not read the answer
+    yet: a state read then must not show the reserve as held (it waits for the answer)."""
+    live = replica(FakeLoader(admin={PREPAID.id: 10_000}), prefix, share=0.1, hot_holds=2)
+    real = live._sync_script
+    applied, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow(**kw: Any) -> Any:
+        res = await real(**kw)
+        applied.set()  # Redis holds the reserve now
+        await answer.wait()
+        return res
+
+    live._sync_script = slow  # type: ignore[assignment]
+    try:
+        for i in range(2):  # the second makes the meter hot: a sync is scheduled
+            await live.hold(hold(i, PREPAID, 100, 1, ()))
+        await asyncio.wait_for(applied.wait(), 5)
+        read = asyncio.ensure_future(live.org_state(OrgMeter(PREPAID)))
+        await asyncio.sleep(0.05)
+        answer.set()
+        assert (await read).held == 200
+    finally:
+        answer.set()
+        await live.close()
+
+
+async def test_cold_orgs_in_rotation_cost_no_more_calls_a_request_than_a_hot_one(
+    prefix: str,
+) -> None:
+    """200 orgs, each with a few requests a second (as 1,000 orgs in rotation at a few
+    thousand requests a second have): once each has been seen, their holds and settles
+    go through leases as a busy org's do, and Redis sees only the shared syncs."""
+    orgs = [Org(f"org_{i:03d}", "O", Currency.USD, Mode.PREPAID) for i in range(200)]
+    live = replica(FakeLoader(admin={o.id: 10**12 for o in orgs}), prefix)
+    calls = counting(live)
+    ids = iter(range(10**9))
+
+    async def rounds(n: int) -> None:
+        for _ in range(n):
+            for org in orgs:
+                h = hold(next(ids), org, 1_000_000, 50, ())
+                await live.hold(h)
+                await live.settle_soon(h, 400_000, 20)
+
+    try:
+        await rounds(3)  # each org seen a few times in its first second
+        await asyncio.sleep(0.1)  # the leases' first syncs land
+        calls.update(hold=0, settle=0, sync=0)
+        started = time.monotonic()
+        await rounds(5)
+        elapsed = time.monotonic() - started
+        # Not two calls a request (2,000 here): none of their own, the syncs shared.
+        assert calls["hold"] + calls["settle"] == 0
+        assert calls["sync"] <= elapsed / 0.05 + 3
+    finally:
+        await live.close()
+
+
+async def test_a_share_too_small_for_one_hold_reserves_nothing(prefix: str) -> None:
+    """Near the floor 1% of what is free is less than one hold: such a reserve admits
+    nothing and would refuse another process's last hold, so none is taken."""
+    live = replica(FakeLoader(admin={PREPAID.id: 20_000}), prefix, hot_holds=1)
+    try:
+        await live.hold(hold(1, PREPAID, 1_000, 0, ()))
+        await live.sync(list(live._leases.values()))  # 1% of 19,000 free: 190
+        assert live._leases[OrgMeter(PREPAID).key].reserve == 0
+        assert await redis_org(prefix) == (20_000, 0, 1_000)  # the exact hold alone
     finally:
         await live.close()

@@ -253,8 +253,9 @@ async def test_redis_settlements_leave_together_without_waiting_and_close_waits(
     Redis to have them."""
     from redis.asyncio import Redis
 
-    from tokenomy.admission.ratelimit import Limits, RedisRateLimiter
+    from tokenomy.admission.ratelimit import Limits
     from tokenomy.admission.ratelimit import Scope as LimitScope
+    from tokenomy.admission.redis_limiter import RedisRateLimiter
     from tokenomy.ledger.redis_live import RedisLedger
     from tokenomy.store.redis_scripts import ScriptClient
 
@@ -311,3 +312,30 @@ async def test_a_failed_redis_settlement_is_logged_not_raised(
     await live.settle_soon(hold(1, PREPAID, 400, 1, ()), 100, 1)
     await live.close()
     assert "settling hold req_1 in Redis failed" in caplog.text
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis", "leased"])
+async def test_every_hold_settled_or_released_leaves_nothing_held_once_leases_go_back(
+    backend: str,
+) -> None:
+    """Hold, settle, release on every backend; then a lease is given back: what Redis
+    itself holds (no reserve subtracted) is nothing, and the usage is exact."""
+    loader = FakeLoader(admin={PREPAID.id: 100_000})
+    async for live in make_live(backend, loader):
+        holds = [hold(i, PREPAID, 100, 50, (DAILY,)) for i in range(6)]  # 600 of 700
+        for h in holds:
+            await live.hold(h)
+        for h in holds[:4]:
+            await live.settle(h, 60, 7)
+        for h in holds[4:]:
+            await live.settle(h, 0, 0)  # released: the request failed
+        raw = live
+        if isinstance(live, LeasedLedger):
+            assert live.leased_holds > 0 and live._leases
+            await live.upkeep(time.monotonic() + 3_600)  # idle: every reserve goes back
+            assert live._leases == {}
+            raw = live.inner  # Redis as it is, no reserve subtracted
+        org = await raw.org_state(OrgMeter(PREPAID))
+        assert (org.used, org.held) == (240, 0)
+        b = await raw.budget_state(DAILY.meter(AT_MS))
+        assert (b.spent, b.held, b.tokens_spent, b.tokens_held) == (240, 0, 28, 0)

@@ -19,10 +19,10 @@ from tokenomy.admission.ratelimit import (
     Limits,
     MemoryRateLimiter,
     RateLimitStage,
-    RedisRateLimiter,
     Scope,
     format_reset,
 )
+from tokenomy.admission.redis_limiter import RedisRateLimiter
 from tokenomy.errors import RateLimited
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.usage import Usage
@@ -251,7 +251,8 @@ async def test_two_redis_clients_share_one_global_limit_exactly(redis_prefix: st
 REPLICA = """
 import asyncio, sys
 from redis.asyncio import BlockingConnectionPool, Redis
-from tokenomy.admission.ratelimit import Limits, RateLimited, RedisRateLimiter, Scope
+from tokenomy.admission.ratelimit import Limits, RateLimited, Scope
+from tokenomy.admission.redis_limiter import RedisRateLimiter
 
 async def main(prefix, now, db):
     pool = BlockingConnectionPool(host="127.0.0.1", port=6379, db=db, max_connections=8)

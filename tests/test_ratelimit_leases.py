@@ -12,13 +12,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from tests.test_ratelimit import REDIS_DB, FakeClock, client, key, redis_prefix
-from tokenomy.admission.leases import LeasedRateLimiter
-from tokenomy.admission.ratelimit import (
-    Limits,
-    MemoryRateLimiter,
-    RedisRateLimiter,
-    Scope,
-)
+from tokenomy.admission.ratelimit import Limits, MemoryRateLimiter, Scope
+from tokenomy.admission.redis_limiter import LeasedRateLimiter, RedisRateLimiter
 from tokenomy.errors import RateLimited
 from tokenomy.store.redis_scripts import ScriptClient
 
@@ -212,10 +207,10 @@ async def test_requests_arriving_at_an_empty_lease_together_ask_for_one_block(
         asked = {"requests": 0, "tokens": 0, "slots": 0}
 
         async def counted(*, keys: list[str], args: list[Any]) -> Any:
-            # args: now, n, tokens, lease, member, then rpm, tpm, conc, +r, +t, +s.
-            asked["requests"] += args[8]
-            asked["tokens"] += args[9]
-            asked["slots"] += args[10]
+            # args: now, n, lease, member, then rpm, tpm, conc, need r, need t, +r, +t, +s.
+            asked["requests"] += args[9]
+            asked["tokens"] += args[10]
+            asked["slots"] += args[11]
             return await take(keys=keys, args=args)
 
         rl._take = counted  # type: ignore[assignment]

@@ -424,7 +424,8 @@ def test_dashboard_login_and_views(agw: AnalyticsGateway) -> None:
         assert ADMIN_KEY not in cookie and ADMIN_KEY not in c.cookies[usage_routes.COOKIE]
         r = c.get("/dashboard?days=14")
         assert r.status_code == 200 and "all organisations" in r.text
-        assert r.text.count('data-chart="') == 7 and "Top organisations" in r.text
+        assert r.text.count('data-chart="') == 8 and "Top organisations" in r.text
+        assert "No batches in this range" in r.text  # the batch panel, empty here
         assert "Acme Robotics" in r.text  # names, not ids
         assert c.get("/dashboard/live").json() == {"queue_depth": 0, "writer_pending": 0}
         c.get("/dashboard/logout")

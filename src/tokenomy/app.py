@@ -142,7 +142,12 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     bc = svc.config.batches
-    settings = WorkerSettings(concurrency=bc.concurrency, lease_s=bc.lease_s, poll_s=bc.poll_s)
+    settings = WorkerSettings(
+        concurrency=bc.concurrency,
+        lease_s=bc.lease_s,
+        poll_s=bc.poll_s,
+        default_lines_per_s=bc.default_lines_per_s,
+    )
     batch_routes.add_routes(app, svc, settings)
     message_batch_routes.add_routes(app)
     video_routes.add_routes(app, svc)

@@ -189,6 +189,14 @@ class BatchesConfig(_Strict):
     lease_s: float = Field(600.0, gt=0, le=86_400)
     #: How often an idle worker looks for lines.
     poll_s: float = Field(0.5, gt=0, le=60)
+    #: Lines per second a process is assumed to run before it has measured any: a new
+    #: batch's latest start (the last that still ends inside its window) depends on it.
+    default_lines_per_s: float = Field(2.0, gt=0, le=100_000)
+    #: Hand a batch whose lines all go to one deployment of a vendor that sells a native
+    #: batch API (OpenAI's shape) to that API, instead of running its lines one by one.
+    native: bool = False
+    #: How often a native vendor batch is polled.
+    native_poll_s: float = Field(30.0, gt=0, le=3600)
 
 
 class VideoModelConfig(_Strict):
@@ -278,6 +286,8 @@ class VendorConfig(_Strict):
     client_cert: str | None = None
     client_key: str | None = None
     max_response_bytes: int | None = Field(None, ge=1024)
+    #: The vendor's native batch API (overrides the preset's flag); "none": do not use it.
+    native_batch: Literal["openai", "anthropic", "none"] | None = None
 
     @field_validator("proxy")
     @classmethod

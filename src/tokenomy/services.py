@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Engine, Table
 
 from tokenomy.admission.fairqueue import QueueBoard
-from tokenomy.admission.leases import LeasedRateLimiter
 from tokenomy.admission.ratelimit import (
     Limits,
     MemoryRateLimiter,
     RateLimiter,
     RateLimitStage,
-    RedisRateLimiter,
     Scope,
 )
+from tokenomy.admission.redis_limiter import LeasedRateLimiter, RedisRateLimiter
 from tokenomy.analytics.metrics import Metrics
 from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
 from tokenomy.analytics.metrics_share import SharedMetrics
@@ -37,6 +36,7 @@ from tokenomy.gateway.price_check import check_served_prices
 from tokenomy.gateway.records import EXTRA_ROWS, usage_row
 from tokenomy.gateway.registry import ModelRoute, Registry, build_registry
 from tokenomy.gateway.tokencount import TokenCounter
+from tokenomy.ledger.admin_feed import AdminTotalsFeed
 from tokenomy.ledger.biller import Biller
 from tokenomy.ledger.directory import Directory
 from tokenomy.ledger.live import LiveLedger, LiveStateUnavailable, MemoryLedger
@@ -111,6 +111,8 @@ class Services:
     #: Tasks made through ``POST /v1/tasks``, and their totals.
     tasks: TaskStore | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Sends the live ledger only the admin totals that changed (see refresh_accounts).
+    _admin_feed: AdminTotalsFeed | None = None
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
         """OpenRouter-style USD-per-token prices of a model's first priced deployment."""
@@ -159,8 +161,9 @@ class Services:
         """Pick up orgs, budgets and top-ups made elsewhere (CLI, admin API, replicas)."""
         await asyncio.to_thread(self.directory.refresh)
         totals = await asyncio.to_thread(self.ledger.admin_totals)
-        for org_id in self.directory.orgs:
-            await self.live.set_admin_total(org_id, totals.get(org_id, 0))
+        if self._admin_feed is None:
+            self._admin_feed = AdminTotalsFeed(self.live)
+        await self._admin_feed.push(self.directory.orgs, totals)
 
     async def _refresh_keys(self) -> None:
         while True:

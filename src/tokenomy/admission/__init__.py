@@ -1,16 +1,16 @@
-"""Admission control: rate limits (in memory, Redis, or leased from Redis) and fair queues."""
+"""Admission control: rate limits (in memory, or in Redis with per-process leases) and fair
+queues."""
 
 from tokenomy.admission.fairqueue import FairQueue, QueueBoard, QueueEntry, Slot, tier_for
-from tokenomy.admission.leases import LeasedRateLimiter
 from tokenomy.admission.ratelimit import (
     Limits,
     MemoryRateLimiter,
     RateLimiter,
     RateLimitStage,
-    RedisRateLimiter,
     Scope,
     Ticket,
 )
+from tokenomy.admission.redis_limiter import LeasedRateLimiter, RedisRateLimiter
 
 __all__ = [
     "FairQueue",

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from tokenomy.analytics import agents_panel, charts, queries
+from tokenomy.analytics import agents_panel, batch_panel, charts, queries
 from tokenomy.analytics.formatting import compact, money, money_compact, money_map, ms, pct
 from tokenomy.analytics.insights import REFERENCE, growth, milestones, savings
 from tokenomy.analytics.queries import EVERYONE, Scope
@@ -49,6 +49,7 @@ class View:
     ranking: list[dict[str, Any]]
     milestones: list[dict[str, Any]]
     names: Mapping[str, str] = field(default_factory=dict)
+    batches: batch_panel.BatchPanel | None = None
     #: The agent-work panel's data (see ``agents_panel``).
     agents: dict[str, Any] = field(default_factory=dict)
 
@@ -110,6 +111,7 @@ def collect(
         ),
         milestones=milestones(engine, scope=scope, end_ms=end_ms)[:8] if admin else [],
         names=names or {},
+        batches=batch_panel.collect(engine, start_ms, end_ms, buckets, scope),
         agents=agents_panel.collect(engine, start_ms, end_ms, book=book, scope=scope),
     )
 
@@ -318,12 +320,19 @@ def render(
         kpis=_kpis(view, queue_depth),
         cards="".join(
             _chart_cards(view)
+            + _batch_cards(view)
             + [_card(t, b, c, wide=True) for t, b, c in extra]
             + _table_cards(view, admin)
         )
         + (agents_panel.render(view.agents) if view.agents else ""),
         script=_SCRIPT,
     )
+
+
+def _batch_cards(view: View) -> list[str]:
+    if view.batches is None:
+        return []
+    return [batch_panel.render(view.batches, view.buckets, view.hourly)]
 
 
 def _css() -> str:

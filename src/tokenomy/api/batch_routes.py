@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from typing import Any
 
 import orjson
@@ -19,6 +18,7 @@ from tokenomy.api.edge import SERVICES, authenticate, read_json
 from tokenomy.api.openai_routes import INFERENCE
 from tokenomy.batches.holds import LineHolds
 from tokenomy.batches.intake import BatchIntake
+from tokenomy.batches.native import NativeBatches
 from tokenomy.batches.objects import MESSAGES, batch_object
 from tokenomy.batches.worker import BatchWorker, WorkerSettings
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
@@ -45,6 +45,8 @@ class Batches:
         holds = LineHolds(svc.live, svc.directory)
         self.intake = BatchIntake(svc, self.files, self.store, builders, holds)
         self.worker = BatchWorker(svc, self.store, builders, holds, settings)
+        self.intake.pace = self.worker.pace
+        self.worker.native = NativeBatches(svc, self.store, self.worker)
 
 
 BATCHES: web.AppKey[Batches] = web.AppKey("batches", Batches)
@@ -242,7 +244,7 @@ async def cancel_batch(request: web.Request) -> web.Response:
     b, row, owner = await _own_batch(request)
     if row["status"] in ("cancelling", "cancelled"):
         return json_ok(await _batch_json(b, row))
-    now = int(time.time())
+    now = int(b.worker.clock())
     changed = await asyncio.to_thread(
         b.store.transition,
         row["id"],
@@ -304,9 +306,15 @@ def add_routes(app: web.Application, svc: Services, settings: WorkerSettings) ->
 def _register_gauges(svc: Services, w: BatchWorker) -> None:
     m = svc.metrics
     m.gauge("tokenomy_batch_lines_queued", "Batch lines waiting to run (every process's).",
-            lambda: w.stats[0])  # fmt: skip
+            lambda: w.stats.queued)  # fmt: skip
     m.gauge("tokenomy_batch_lines_running", "Batch lines leased to a process now.",
-            lambda: w.stats[1])  # fmt: skip
+            lambda: w.stats.running)  # fmt: skip
+    m.gauge("tokenomy_batch_lines_scheduled",
+            "Batch lines waiting for their batch's planned start (part of the queued).",
+            lambda: w.stats.scheduled)  # fmt: skip
+    m.gauge("tokenomy_batch_lines_per_second",
+            "Batch lines this process runs per second (measured while lines wait).",
+            lambda: w.throughput.lines_per_s())  # fmt: skip
     m.gauge("tokenomy_batch_oldest_age_seconds", "Age of the oldest batch still running.",
             w.oldest_age_s)  # fmt: skip
     m.gauge("tokenomy_batch_lines_done_total", "Batch lines run to a recorded outcome.",

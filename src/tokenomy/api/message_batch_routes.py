@@ -17,7 +17,7 @@ from aiohttp import web
 
 from tokenomy.api.batch_routes import BATCHES, Batches, caller, json_ok
 from tokenomy.api.edge import parse_json
-from tokenomy.batches.objects import MESSAGES
+from tokenomy.batches.objects import EXTRA, MESSAGES, extra_fields
 from tokenomy.errors import InvalidRequest, NotFound
 from tokenomy.ids import UniqueIds
 from tokenomy.store.batches import CANCELLED, ENDED, EXPIRED
@@ -65,6 +65,7 @@ async def _message_batch(request: web.Request, b: Batches, row: dict[str, Any]) 
         "archived_at": None,
         "cancel_initiated_at": _rfc3339(row.get("cancelling_at")),
         "results_url": url if ended else None,
+        EXTRA: extra_fields(row),
     }
 
 

@@ -9,7 +9,8 @@ takes them back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from itertools import islice
 
 from tokenomy.ledger.accounts import OrgMeter
 from tokenomy.ledger.directory import Directory
@@ -58,15 +59,17 @@ class LineHolds:
             expires_at=float(expires_s + HOLD_GRACE_S),
         )
 
-    async def make(self, holds: Iterable[Hold]) -> None:
-        """All the holds or none (raises the ledger's Shortfall after releasing)."""
-        made: list[Hold] = []
+    async def make(self, holds: Callable[[], Iterable[Hold]]) -> None:
+        """All the holds or none (raises the ledger's Shortfall after releasing). The
+        holds are made again from ``holds()`` to release them, not kept: a batch may
+        have 100,000 lines."""
+        made = 0
         try:
-            for h in holds:
+            for h in holds():
                 await self.live.hold(h)
-                made.append(h)
+                made += 1
         except BaseException:
-            await self.release(made)
+            await self.release(islice(holds(), made))
             raise
 
     async def release(self, holds: Iterable[Hold]) -> None:

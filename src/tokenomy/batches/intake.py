@@ -12,19 +12,24 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from array import array
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tokenomy.batches.file_lines import file_lines, file_lines_blocking
 from tokenomy.batches.holds import LineHolds
+from tokenomy.batches.native import PARKED_MS, PLANNED, native_target
 from tokenomy.batches.objects import ENDPOINTS, WINDOWS, line_request_id, new_batch_id
+from tokenomy.batches.schedule import Groups, Planner
+from tokenomy.billing.money import Currency
 from tokenomy.errors import GatewayError, InsufficientQuota, InvalidRequest, NotFound
 from tokenomy.gateway.call import Call
-from tokenomy.ledger.biller import units
-from tokenomy.ledger.live import Shortfall
+from tokenomy.ledger.biller import BYTES_PER_TOKEN, units
+from tokenomy.ledger.live import Hold, Shortfall
 from tokenomy.store.batches import PENDING, BatchStore
 from tokenomy.store.files import FileStore
 from tokenomy.store.keys import ApiKey
@@ -41,14 +46,31 @@ MAX_ERRORS = 100
 #: The tier every batch line is served and billed at.
 BATCH_TIER = "batch"
 
+#: Lines per second a batch is planned at before the worker has measured any.
+DEFAULT_LINES_PER_S = 2.0
+
 
 @dataclass(slots=True)
-class _Line:
-    line_no: int
-    custom_id: str
-    body: dict[str, Any]
-    amount: int
-    tokens: int
+class _Checked:
+    """What checking a batch's lines keeps: a few integers per line, never the bodies
+    (they are read again from their source when stored), so memory stays flat."""
+
+    line_nos: array[int] = field(default_factory=lambda: array("q"))
+    amounts: array[int] = field(default_factory=lambda: array("q"))
+    tokens: array[int] = field(default_factory=lambda: array("q"))
+    groups: Groups = field(default_factory=Groups)
+
+    def __len__(self) -> int:
+        return len(self.line_nos)
+
+
+#: A source of a batch's lines as ``(line number, raw JSON)``, readable more than once:
+#: once to check them (async, off the event loop's thread for I/O), once to store them
+#: (blocking, on the storing thread).
+@dataclass(frozen=True, slots=True)
+class _Source:
+    read: Callable[[], AsyncIterator[tuple[int, bytes]]]
+    read_blocking: Callable[[], Iterator[tuple[int, bytes]]]
 
 
 class BatchIntake:
@@ -65,6 +87,11 @@ class BatchIntake:
         self.store = store
         self.builders = builders
         self.holds = holds
+        self.planner = Planner(svc.biller, svc.router.regions)
+        #: The clock batches are created and planned by (tests give a fake one).
+        self.clock: Callable[[], float] = time.time
+        #: (measured lines per second, lines already waiting): set by the worker.
+        self.pace: Callable[[], tuple[float, int]] = lambda: (DEFAULT_LINES_PER_S, 0)
 
     async def create(self, key: ApiKey, owner: str, req: dict[str, Any]) -> dict[str, Any]:
         """Check and store a batch; its row (failed when a line is bad)."""
@@ -78,17 +105,22 @@ class BatchIntake:
                 "with purpose 'batch'.",
                 param="input_file_id",
             )
-        row = _new_row(new_batch_id(), key, owner, endpoint, window, meta, file_id)
-        lines, errors = await self._check(_file_lines(self.files, f.id), key, endpoint)
-        if errors or not lines:
-            if not lines and not errors:
+        row = _new_row(new_batch_id(), key, owner, endpoint, window, meta, file_id, self.clock())
+        fid = f.id
+        source = _Source(
+            lambda: file_lines(self.files, fid),
+            lambda: file_lines_blocking(self.files, fid),
+        )
+        checked, errors = await self._check(source.read(), key, endpoint, row["created_at"])
+        if errors or not checked:
+            if not checked and not errors:
                 errors = [_error("empty_file", "The input file has no requests.", None, None)]
             row.update(
                 status="failed", failed_at=row["created_at"], total=0, errors=json.dumps(errors)
             )
             await asyncio.to_thread(self.store.create, row, ())
             return row
-        await self._hold_and_store(row, key, lines)
+        await self._hold_and_store(row, key, checked, source)
         return row
 
     async def create_inline(
@@ -99,7 +131,7 @@ class BatchIntake:
         the errors, by request number from 1."""
         endpoint = "/v1/messages"
 
-        async def lines() -> AsyncIterator[tuple[int, bytes]]:
+        def lines() -> Iterator[tuple[int, bytes]]:
             for i, r in enumerate(requests, 1):
                 if not isinstance(r, dict):
                     yield i, b"[]"
@@ -107,71 +139,114 @@ class BatchIntake:
                 line = {"custom_id": r.get("custom_id"), "url": endpoint, "body": r.get("params")}
                 yield i, orjson.dumps(line)
 
-        row = _new_row(batch_id, key, owner, endpoint, "24h", None, "")
-        found, errors = await self._check(lines(), key, endpoint)
+        async def read() -> AsyncIterator[tuple[int, bytes]]:
+            for x in lines():
+                yield x
+
+        row = _new_row(batch_id, key, owner, endpoint, "24h", None, "", self.clock())
+        found, errors = await self._check(read(), key, endpoint, row["created_at"])
         if not errors:
-            await self._hold_and_store(row, key, found)
+            await self._hold_and_store(row, key, found, _Source(read, lines))
         return row, errors
 
-    async def _hold_and_store(self, row: dict[str, Any], key: ApiKey, lines: list[_Line]) -> None:
-        """Hold every line's worst case (402 if it cannot be covered) and store the batch."""
+    async def _hold_and_store(
+        self, row: dict[str, Any], key: ApiKey, checked: _Checked, source: _Source
+    ) -> None:
+        """Plan the batch, hold every line's worst case (402 if it cannot be covered)
+        and store the batch."""
         bid, now = row["id"], row["created_at"]
         created_ms = now * 1000
-        holds = [
-            h
-            for ln in lines
-            if (
-                h := self.holds.hold_for(
+        org = self.svc.directory.org_of(key)
+        rate, backlog = self.pace()
+        native = native_target(self.svc, checked.groups, row["endpoint"])
+        plan = self.planner.plan(
+            checked.groups,
+            org.currency if org is not None else Currency.USD,
+            self.clock(),
+            row["expires_at"],
+            rate,
+            backlog,
+            # A vendor's batch has its own 24-hour window from its submission: handed
+            # over later, it could end past ours.
+            wait=native is None,
+        )
+        # A line scheduled for later carries its planned start as its lease: no process
+        # claims it before then, and claims take lines in that order.
+        not_before = plan.start * 1000 if plan.start > now else 0
+        if native is not None:
+            # Parked: handed whole to the vendor's batch API (at once).
+            not_before = PARKED_MS
+            dep, api = native
+            row["vendor_batch"] = json.dumps(
+                {"status": PLANNED, "vendor": dep.vendor.key, "deployment": dep.id, "api": api}
+            )
+
+        def holds() -> Iterator[Hold]:
+            for n, amount, tokens in zip(
+                checked.line_nos, checked.amounts, checked.tokens, strict=True
+            ):
+                h = self.holds.hold_for(
                     key,
-                    line_request_id(bid, ln.line_no),
-                    ln.amount,
-                    ln.tokens,
+                    line_request_id(bid, n),
+                    amount,
+                    tokens,
                     created_ms,
                     row["expires_at"],
                 )
-            )
-            is not None
-        ]
+                if h is not None:
+                    yield h
+
         try:
             await self.holds.make(holds)
         except Shortfall as s:
-            raise _refusal(s, sum(ln.amount for ln in lines), key, self.svc) from None
+            raise _refusal(s, sum(checked.amounts), key, self.svc) from None
         row.update(
             status="in_progress",
             in_progress_at=now,
-            total=len(lines),
-            held_nanos=sum(h.amount for h in holds),
+            total=len(checked),
+            held_nanos=sum(checked.amounts) if org is not None else 0,
+            plan=json.dumps(plan.as_json()),
         )
-        stored = (
-            {
-                "batch_id": bid,
-                "line_no": ln.line_no,
-                "request_id": line_request_id(bid, ln.line_no),
-                "custom_id": ln.custom_id,
-                "body": orjson.dumps(ln.body).decode(),
-                "state": PENDING,
-                "lease_until": 0,
-                "attempts": 0,
-                "held_nanos": ln.amount,
-                "held_tokens": ln.tokens,
-            }
-            for ln in lines
-        )
+        endpoint = row["endpoint"]
+
+        def stored() -> Iterator[dict[str, Any]]:
+            kept = zip(checked.line_nos, checked.amounts, checked.tokens, strict=True)
+            for (n, raw), (line_no, amount, tokens) in zip(
+                source.read_blocking(), kept, strict=True
+            ):
+                assert n == line_no, "the source changed between checking and storing"
+                custom_id, body = _parse_line(raw, endpoint)
+                body["service_tier"] = BATCH_TIER
+                yield {
+                    "batch_id": bid,
+                    "line_no": n,
+                    "request_id": line_request_id(bid, n),
+                    "custom_id": custom_id,
+                    "body": orjson.dumps(body).decode(),
+                    "state": PENDING,
+                    "lease_until": not_before,
+                    "attempts": 0,
+                    "held_nanos": amount if org is not None else 0,
+                    "held_tokens": tokens,
+                }
+
         try:
-            await asyncio.to_thread(self.store.create, row, stored)
+            await asyncio.to_thread(self.store.create, row, stored())
         except BaseException:
-            await self.holds.release(holds)
+            await self.holds.release(holds())
             raise
 
     async def _check(
-        self, source: AsyncIterator[tuple[int, bytes]], key: ApiKey, endpoint: str
-    ) -> tuple[list[_Line], list[dict[str, Any]]]:
-        lines: list[_Line] = []
+        self, source: AsyncIterator[tuple[int, bytes]], key: ApiKey, endpoint: str, now: int
+    ) -> tuple[_Checked, list[dict[str, Any]]]:
+        checked = _Checked()
         errors: list[dict[str, Any]] = []
         seen: set[str] = set()
         build = self.builders[endpoint]
         org = self.svc.directory.org_of(key)
-        at = datetime.now(UTC)
+        at = datetime.fromtimestamp(now, UTC)
+        biller, pipeline = self.svc.biller, self.svc.pipeline
+        cap = self.svc.config.server.default_max_output_tokens
         async for n, raw in source:
             try:
                 custom_id, body = _parse_line(raw, endpoint)
@@ -189,22 +264,25 @@ class BatchIntake:
                     raise _LineError(
                         "invalid_request", "Batch requests cannot stream.", "body.stream"
                     )
-                pipeline = self.svc.pipeline
                 pipeline.route(call)
                 deps = pipeline.candidates(call)
                 amount, tokens = 0, 0
+                bound = biller.prompt_bound(call)
                 if org is not None:
-                    bound = self.svc.biller.prompt_bound(call)
-                    cap = self.svc.config.server.default_max_output_tokens
-                    amount, tokens = self.svc.biller.worst(call, deps, org.currency, bound, cap, at)
-                lines.append(_Line(n, custom_id, body, amount, tokens))
+                    amount, tokens = biller.worst(call, deps, org.currency, bound, cap, at)
+                if not errors:
+                    out = biller.max_output(call, deps[0], cap) * call.choices() if deps else 0
+                    checked.groups.add(call.model, deps, bound // BYTES_PER_TOKEN, out)
+                    checked.line_nos.append(n)
+                    checked.amounts.append(amount)
+                    checked.tokens.append(tokens)
             except _LineError as e:
                 errors.append(_error(e.code, e.message, e.param, n))
             except GatewayError as e:
                 errors.append(_error(e.code or e.type, e.message, e.param and f"body.{e.param}", n))
             if len(errors) >= MAX_ERRORS:
                 break
-        return lines, errors
+        return checked, errors
 
 
 class _LineError(Exception):
@@ -221,8 +299,9 @@ def _new_row(
     window: str,
     meta: dict[str, str] | None,
     file_id: str,
+    clock_s: float,
 ) -> dict[str, Any]:
-    now = int(time.time())
+    now = int(clock_s)
     return {
         "id": bid,
         "owner": owner,
@@ -296,24 +375,6 @@ def _parse_line(raw: bytes, endpoint: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(body, dict):
         raise _LineError("missing_required_parameter", "Each request needs a body object.", "body")
     return custom_id, body
-
-
-async def _file_lines(files: FileStore, file_id: str) -> AsyncIterator[tuple[int, bytes]]:
-    """A stored file's lines, a chunk read on a thread at a time."""
-    seq, rest, n = 0, b"", 0
-    while True:
-        data = await asyncio.to_thread(files.chunk, file_id, seq)
-        if data is None:
-            break
-        seq += 1
-        parts = (rest + data).split(b"\n")
-        rest = parts.pop()
-        for p in parts:
-            n += 1
-            if p.strip():
-                yield n, p
-    if rest.strip():
-        yield n + 1, rest
 
 
 def _refusal(s: Shortfall, worst: int, key: ApiKey, svc: Services) -> InsufficientQuota:

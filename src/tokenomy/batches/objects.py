@@ -58,7 +58,23 @@ def batch_object(row: dict[str, Any], completed: int, failed: int) -> dict[str, 
         obj[name] = row.get(name)
     obj["request_counts"] = {"total": row["total"], "completed": completed, "failed": failed}
     obj["metadata"] = json.loads(row["metadata"]) if row.get("metadata") else None
+    obj[EXTRA] = extra_fields(row)
     return obj
+
+
+#: The key under which a batch object carries tokenomy's own fields (OpenAI's and
+#: Anthropic's SDKs keep unknown fields: ``batch.model_extra["tokenomy"]``).
+EXTRA = "tokenomy"
+
+
+def extra_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """tokenomy's fields of a batch: its plan (when and where it runs, what it should
+    cost and save) and the vendor batch its lines were handed to, if any."""
+    out: dict[str, Any] = {"plan": json.loads(row["plan"]) if row.get("plan") else None}
+    if row.get("vendor_batch"):
+        vb = json.loads(row["vendor_batch"])
+        out["vendor_batch"] = {k: vb.get(k) for k in ("vendor", "deployment", "id", "status")}
+    return out
 
 
 def result_line(result: dict[str, Any]) -> bytes:

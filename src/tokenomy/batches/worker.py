@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING, Any
@@ -27,21 +27,26 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tokenomy.batches.holds import LineHolds
-from tokenomy.batches.intake import Builder
+from tokenomy.batches.intake import DEFAULT_LINES_PER_S, Builder
 from tokenomy.batches.objects import MESSAGES, result_line, unrun_line
+from tokenomy.batches.throughput import Throughput
 from tokenomy.errors import GatewayError, InsufficientQuota, Overloaded, RateLimited
 from tokenomy.gateway.call import Call
 from tokenomy.gateway.records import EXTRA_ROWS
 from tokenomy.ledger.live import Hold, Shortfall
 from tokenomy.ledger.stage import HOLD, ORG
-from tokenomy.store.batches import CANCELLED, EXPIRED, BatchStore, ClaimedLine
+from tokenomy.store.batches import CANCELLED, EXPIRED, BatchStats, BatchStore, ClaimedLine
 from tokenomy.store.keys import ApiKey
 from tokenomy.store.schema import batch_results
 
 if TYPE_CHECKING:
+    from tokenomy.batches.native import NativeBatches
     from tokenomy.services import Services
 
 log = logging.getLogger(__name__)
+
+#: An instant past every lease (a parked line's included).
+_EVERY_LEASE = 2**63 - 1
 
 #: Refusals that say "later", not "no": the line is tried again after a pause.
 _LATER = (RateLimited, Overloaded)
@@ -56,6 +61,8 @@ class WorkerSettings:
     housekeeping_s: float = 0.25
     #: Tries of a line refused with "later" (429, 503) before it fails.
     max_attempts: int = 5
+    #: Lines per second batches are planned at before any is measured.
+    default_lines_per_s: float = DEFAULT_LINES_PER_S
 
 
 class BatchWorker:
@@ -80,9 +87,13 @@ class BatchWorker:
         #: Lines this process ended with a recorded outcome, and is running (metrics).
         self.lines_run = 0
         self.running = 0
-        #: Every process's lines, read from the database by the housekeeping loop:
-        #: (waiting, leased, creation second of the oldest running batch).
-        self.stats: tuple[int, int, int | None] = (0, 0, None)
+        #: Every process's lines, read from the database by the housekeeping loop.
+        self.stats = BatchStats()
+        #: The clock lines are claimed, scheduled and expired by (tests give a fake one).
+        self.clock: Callable[[], float] = time.time
+        self.throughput = Throughput(settings.default_lines_per_s)
+        #: Hands batches to vendors' own batch APIs (set when the gateway builds it).
+        self.native: NativeBatches | None = None
 
     async def start(self) -> None:
         await self._retake_holds()
@@ -105,7 +116,7 @@ class BatchWorker:
                 t.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self._mark_recorded()
+            await self.mark_recorded()
 
     async def _retake_holds(self) -> None:
         """Hold again what the unfinished lines of running batches held, when holds live
@@ -119,24 +130,30 @@ class BatchWorker:
         except Exception:
             log.exception("reading the running batches failed")
             return
-        now_ms = int(time.time() * 1000)
         for b in active:
             if b["status"] != "in_progress":
                 continue
-            key = await self._key(b["key_id"])
+            key = await self.key_of(b["key_id"])
             if key is None:
                 continue
-            # Only lines still to run: one recorded before a crash has been settled.
-            for ln in await asyncio.to_thread(self.store.unrecorded, b["id"], now_ms):
-                h = self._hold_of(b, key, ln["request_id"], ln["held_nanos"], ln["held_tokens"])
+            # Only lines still to run: one recorded before a crash has been settled. Holds
+            # in memory mean one process: no lease, not even a vendor batch's, is anyone
+            # else's, so every unrecorded line's hold is taken back.
+            for ln in await asyncio.to_thread(self.store.unrecorded, b["id"], _EVERY_LEASE):
+                h = self.hold_of(b, key, ln["request_id"], ln["held_nanos"], ln["held_tokens"])
                 if h is not None:
                     with contextlib.suppress(Shortfall):
                         await self.holds.live.hold(h)
 
     def oldest_age_s(self) -> float:
         """Age of the oldest batch still running (0 when none)."""
-        first = self.stats[2]
-        return max(time.time() - first, 0.0) if first is not None else 0.0
+        first = self.stats.oldest
+        return max(self.clock() - first, 0.0) if first is not None else 0.0
+
+    def pace(self) -> tuple[float, int]:
+        """(lines per second this process runs, lines every process has waiting): what
+        a new batch is planned with."""
+        return self.throughput.lines_per_s(), self.stats.queued + self.stats.running
 
     def wake(self) -> None:
         """A batch was created: look for lines now rather than at the next poll."""
@@ -153,7 +170,7 @@ class BatchWorker:
             await free.acquire()
             line = None
             try:
-                now = int(time.time() * 1000)
+                now = int(self.clock() * 1000)
                 if await asyncio.to_thread(self.store.has_work, now):
                     claimed = await asyncio.to_thread(self.store.claim, 1, now, lease_ms)
                     line = claimed[0] if claimed else None
@@ -187,7 +204,7 @@ class BatchWorker:
                 self._batches[batch_id] = b
         return b
 
-    async def _key(self, key_id: str) -> ApiKey | None:
+    async def key_of(self, key_id: str) -> ApiKey | None:
         """The batch's key, revoked or not: from the gateway's key cache (which follows
         revocations as they are announced), else from the database."""
         key = self.svc.key_cache.by_id(key_id)
@@ -200,34 +217,34 @@ class BatchWorker:
         batch = await self._batch(line.batch_id)
         if batch is None:
             return
-        key = await self._key(batch["key_id"])
+        key = await self.key_of(batch["key_id"])
         if key is None:  # the key is gone from the database: nothing to charge it to
-            self._result(line, 401, _error_body("invalid_api_key", "The batch's key is gone."))
+            self.result(line, 401, _error_body("invalid_api_key", "The batch's key is gone."))
             return
-        hold = self._hold_of(batch, key, line.request_id, line.held_nanos, line.held_tokens)
+        hold = self.hold_of(batch, key, line.request_id, line.held_nanos, line.held_tokens)
         if not key.active:
-            await self._unrun(line, hold, 401, _error_body("invalid_api_key", "Key revoked."))
+            await self.unrun(line, hold, 401, _error_body("invalid_api_key", "Key revoked."))
             return
         try:
             call = self.builders[batch["endpoint"]](orjson.loads(line.body), key, self.svc)
         except GatewayError as e:
-            await self._unrun(line, hold, e.status, orjson.loads(e.openai_body()))
+            await self.unrun(line, hold, e.status, orjson.loads(e.openai_body()))
             return
         call.request_id = line.request_id
         await self._serve(call, line, hold)
 
-    def _hold_of(
+    def hold_of(
         self, batch: dict[str, Any], key: ApiKey, request_id: str, nanos: int, tokens: int
     ) -> Hold | None:
         return self.holds.hold_for(
             key, request_id, nanos, tokens, batch["created_at"] * 1000, batch["expires_at"]
         )
 
-    async def _unrun(self, line: ClaimedLine, hold: Hold | None, status: int, body: Any) -> None:
+    async def unrun(self, line: ClaimedLine, hold: Hold | None, status: int, body: Any) -> None:
         """A line that ends before the pipeline: its result, and its hold released."""
         if hold is not None:
             await self.holds.release([hold])
-        self._result(line, status, body)
+        self.result(line, status, body)
 
     async def _serve(self, call: Call, line: ClaimedLine, hold: Hold | None) -> None:
         pipeline = self.svc.pipeline
@@ -261,7 +278,7 @@ class BatchWorker:
         cost = 0
         if status == 200 and pipeline.quoter is not None:
             cost = pipeline.quoter.quote(call).cost_nanos
-        call.extras[EXTRA_ROWS] = [(batch_results, self._row(line, status, out, cost))]
+        call.extras[EXTRA_ROWS] = [(batch_results, self.result_row(line, status, out, cost))]
         await pipeline.finish(call)
         self.lines_run += 1
         self._recorded.append((line.batch_id, line.line_no))
@@ -274,9 +291,11 @@ class BatchWorker:
         self.svc.pipeline.fail(call, e)
         await self.svc.pipeline.finish(call)
         pause = min(2.0**line.attempts, 60.0)
-        await asyncio.to_thread(self.store.release_lease, line.batch_id, line.line_no, pause)
+        await asyncio.to_thread(
+            self.store.release_lease, line.batch_id, line.line_no, pause, self.clock()
+        )
 
-    def _row(self, line: ClaimedLine, status: int, body: Any, cost: int) -> dict[str, Any]:
+    def result_row(self, line: ClaimedLine, status: int, body: Any, cost: int) -> dict[str, Any]:
         return {
             "request_id": line.request_id,
             "batch_id": line.batch_id,
@@ -286,13 +305,17 @@ class BatchWorker:
             "body": orjson.dumps(body).decode(),
             "error": None,
             "cost_nanos": cost,
-            "ts_ms": int(time.time() * 1000),
+            "ts_ms": int(self.clock() * 1000),
         }
 
-    def _result(self, line: ClaimedLine, status: int, body: Any) -> None:
+    def result(self, line: ClaimedLine, status: int, body: Any) -> None:
         """The outcome of a line that never reached the pipeline (nothing to bill)."""
-        self.svc.usage_writer.submit_many([(batch_results, self._row(line, status, body, 0))])
+        self.svc.usage_writer.submit_many([(batch_results, self.result_row(line, status, body, 0))])
         self.lines_run += 1
+        self.recorded(line)
+
+    def recorded(self, line: ClaimedLine) -> None:
+        """The line's outcome is queued with its usage record: marked done once written."""
         self._recorded.append((line.batch_id, line.line_no))
 
     # -- housekeeping ------------------------------------------------------------------
@@ -303,17 +326,21 @@ class BatchWorker:
             await asyncio.sleep(self.s.housekeeping_s)
             tick += 1
             try:
-                touched = await self._mark_recorded()
+                touched = await self.mark_recorded()
                 every_2s = tick % max(1, int(2 / self.s.housekeeping_s)) == 0
                 if touched or every_2s:
                     await self.sweep(everything=tick % 20 == 0)
                 if every_2s:
-                    now_ms = int(time.time() * 1000)
+                    now_ms = int(self.clock() * 1000)
                     self.stats = await asyncio.to_thread(self.store.stats, now_ms)
+                    # Lines waiting to be claimed: this process ran as fast as it can.
+                    self.throughput.sample(self.lines_run, time.monotonic(), self.stats.ready > 0)
+                    if self.native is not None:
+                        await self.native.tick()
             except Exception:
                 log.exception("batch housekeeping failed")
 
-    async def _mark_recorded(self) -> bool:
+    async def mark_recorded(self) -> bool:
         if not self._recorded:
             return False
         done, self._recorded = self._recorded, []
@@ -325,7 +352,7 @@ class BatchWorker:
     async def sweep(self, *, everything: bool = False) -> None:
         """Cancel, expire and finish batches; ``everything`` also marks done the lines a
         killed process recorded but did not mark."""
-        now = time.time()
+        now = self.clock()
         for b in await asyncio.to_thread(self.store.active):
             bid = b["id"]
             if everything:
@@ -345,22 +372,22 @@ class BatchWorker:
     async def _end_lines(self, batch: dict[str, Any], state: str) -> None:
         """End the lines nobody is running and release their holds."""
         ended = await asyncio.to_thread(
-            self.store.end_pending, batch["id"], state, int(time.time() * 1000)
+            self.store.end_pending, batch["id"], state, int(self.clock() * 1000)
         )
         if not ended:
             return
-        key = await self._key(batch["key_id"])
+        key = await self.key_of(batch["key_id"])
         if key is None:
             return
         made = (
-            self._hold_of(batch, key, ln["request_id"], ln["held_nanos"], ln["held_tokens"])
+            self.hold_of(batch, key, ln["request_id"], ln["held_nanos"], ln["held_tokens"])
             for ln in ended
         )
         holds = [h for h in made if h is not None]
         await self.holds.release(holds)
 
     async def _finalize(self, batch: dict[str, Any]) -> None:
-        now = int(time.time())
+        now = int(self.clock())
         taken = await asyncio.to_thread(
             self.store.take_finalizing, batch["id"], now * 1000, int(self.s.lease_s * 1000), now
         )

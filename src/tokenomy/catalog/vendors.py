@@ -30,6 +30,9 @@ class VendorPreset:
     stream_usage: bool
     source: str | None
     models: dict[str, CatalogModel] = field(default_factory=dict)
+    #: The vendor's own batch API, by shape: "openai" (Files + Batches) or "anthropic"
+    #: (Message Batches); None: it sells none.
+    native_batch: str | None = None
     #: How long its prompt cache stays warm after a use, as its docs say (None: not said).
     prompt_cache_ttl_s: float | None = None
 
@@ -62,5 +65,6 @@ def _preset(key: str, v: dict[str, Any]) -> VendorPreset:
         stream_usage=bool(v.get("stream_usage", True)),
         source=v.get("source"),
         models=models,
+        native_batch=v.get("native_batch"),
         prompt_cache_ttl_s=v.get("prompt_cache_ttl_s"),
     )

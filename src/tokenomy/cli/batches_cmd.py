@@ -91,7 +91,32 @@ def show_batch(args: argparse.Namespace) -> int:
             print(f"{kind:<10} {b[kind]}")
     for e in (b.get("errors") or {}).get("data", []):
         print(f"error      line {e['line']}: {e['code']}: {e['message']}")
+    _print_plan(b["tokenomy"])
     return 0
+
+
+def _print_plan(extra: dict[str, Any]) -> None:
+    """The plan made at creation: when and where it runs, its cost and saving."""
+    plan = extra.get("plan")
+    if plan:
+        cur = plan["currency"]
+        print(f"plan       {plan['reason']}")
+        start, latest = _when(plan["expected_start_at"]), _when(plan["latest_start_at"])
+        print(f"  start    {start} UTC (latest {latest})")
+        rate = plan["lines_per_second"]
+        print(f"  finish   {_when(plan['expected_finish_at'])} UTC at {rate} lines/s")
+        window = f", price window {plan['price_window']}" if plan.get("price_window") else ""
+        print(f"  cost     {plan['expected_cost']} {cur} expected (batch prices{window})")
+        print(
+            f"  saving   {plan['expected_saving']} {cur} ({plan['saving_percent']}%) against "
+            f"{plan['cost_now_interactive']} {cur} now at interactive prices"
+        )
+        for p in plan["placements"]:
+            print(f"  where    {p['lines']} lines of {p['model']} on {p['deployment']} "
+                  f"(region {p['region'] or '-'})")  # fmt: skip
+    vb = extra.get("vendor_batch")
+    if vb:
+        print(f"vendor     {vb['vendor']} batch {vb['id']} ({vb['status']}) via {vb['deployment']}")
 
 
 def cancel_batch(args: argparse.Namespace) -> int:

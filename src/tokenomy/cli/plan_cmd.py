@@ -150,7 +150,12 @@ def placement_table(args: argparse.Namespace, p: Plan) -> str:
         rtt_s={n: r.rtt_ms / 1000 for n, r in cfg.regions.items()},
     )
     placed = router.placements(
-        route.deployments, tokens_in, tokens_out, batch=args.tier == "batch", now=datetime.now(UTC)
+        route.deployments,
+        tokens_in,
+        tokens_out,
+        batch=args.tier == "batch",
+        now=datetime.now(UTC),
+        windowed=False,  # a day's cost: not the price window of this instant
     )
     ranked = place(True, None, placed)
     own = {d.id for d in route.deployments if d.self_hosted}

@@ -313,6 +313,11 @@ class Pipeline:
             body_out = orjson.dumps(out)
         return Outcome(headers=headers, body=body_out)
 
+    def upstream_request(self, call: Call, dialect: str) -> tuple[str, dict[str, Any]]:
+        """(endpoint, body) of the call as a vendor of ``dialect`` takes it (translated,
+        our own fields removed), before the deployment's model is put in."""
+        return self._upstream_request(call, dialect)
+
     async def _native(self, call: Call, dep: Deployment, provider: Provider) -> Outcome:
         """A Responses call sent as it is to a vendor that speaks the Responses API."""
         assert call.native is not None
@@ -353,6 +358,15 @@ class Pipeline:
         if call.endpoint == "messages" and dialect == "openai":
             return "chat", anthropic_request_to_openai(body)
         return ("chat" if call.endpoint == "responses" else call.endpoint), body
+
+    def meter_answer(self, call: Call, dialect: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Meter a whole answer that came another way (a vendor's batch output file) as
+        if the call had fetched it; the answer in the client's dialect, its model named
+        as the client named it."""
+        out = self._client_obj(call, dialect, obj)
+        if out is obj:
+            obj["model"] = call.public_model
+        return out
 
     def _client_obj(self, call: Call, dialect: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Meter a whole answer; the answer in the client's dialect (``obj`` itself when

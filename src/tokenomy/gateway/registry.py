@@ -41,6 +41,8 @@ class Vendor:
     client_key: str | None = None
     #: Its own cap on an answer's size (None: the server's).
     max_response_bytes: int | None = None
+    #: The shape of the native batch API it sells ("openai": Files + Batches), if any.
+    native_batch: str | None = None
     #: How long its prompt cache stays warm after a use (None: routing's default).
     prompt_cache_ttl_s: float | None = None
 
@@ -174,6 +176,7 @@ def _vendor(
         client_cert=vc.client_cert,
         client_key=vc.client_key,
         max_response_bytes=vc.max_response_bytes,
+        native_batch=vc.native_batch or (p.native_batch if p else None),
         prompt_cache_ttl_s=vc.prompt_cache_ttl_s
         if vc.prompt_cache_ttl_s is not None
         else (p.prompt_cache_ttl_s if p else None),

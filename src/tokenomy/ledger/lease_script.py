@@ -10,12 +10,13 @@ from __future__ import annotations
 # KEYS: holds, then per lease: the meter's hash, the lease's hold record; then unposted,
 #       epoch (see redis_recovery).
 # ARGV: expiry ms, record ttl ms (a day past the expiry: see redis_live.RECORD_MARGIN_MS),
-#       lease count, then per lease (10): kind ('o' org, 'b' budget), money bound (org:
+#       lease count, then per lease (12): kind ('o' org, 'b' budget), money bound (org:
 #       its floor; budget: its limit, -1 none), token limit (-1 none), usage to post
 #       (nanos, tokens: every usage since the last call Redis answered), share in
 #       millionths (0: keep only what is in use; -1: keep it even past the floor, as
 #       after a rebuild that missed the lease), nanos and tokens to keep at least, lease
-#       id, base (the sequence number of the lease's last answered call); then the count
+#       id, base (the sequence number of the lease's last answered call), the nanos and
+#       tokens of the meter's last hold (a share below it reserves nothing); then the count
 #       of requests whose usage this posts, and per request (4): lease index (from 1),
 #       request id, nanos, tokens.
 #
@@ -36,16 +37,16 @@ local n = tonumber(ARGV[3])
 local out = {}
 if redis.call('EXISTS', KEYS[#KEYS]) == 0 then
   local U = KEYS[#KEYS - 1]
-  local m = tonumber(ARGV[4 + n * 10])
+  local m = tonumber(ARGV[4 + n * 12])
   for i = 0, m - 1 do
-    local j = 5 + n * 10 + 4 * i
+    local j = 5 + n * 12 + 4 * i
     local li = tonumber(ARGV[j])
-    local kind = ARGV[4 + (li - 1) * 10] == 'o' and 'o' or 'b'
+    local kind = ARGV[4 + (li - 1) * 12] == 'o' and 'o' or 'b'
     redis.call('HSET', U, 'u ' .. ARGV[j + 1] .. ' ' .. KEYS[2 * li],
                ARGV[j + 2] .. ' ' .. ARGV[j + 3] .. ' ' .. kind)
   end
   for i = 1, n do
-    local j = 4 + (i - 1) * 10
+    local j = 4 + (i - 1) * 12
     local keep, tkeep = ARGV[j + 6], ARGV[j + 7]
     if keep == '0' and tkeep == '0' then
       redis.call('HDEL', U, 'h ' .. ARGV[j + 8])
@@ -60,22 +61,26 @@ end
 local function I(x) return string.format('%d', x) end
 -- The reserve to hold: share of the pot (what is free, this reserve counted), at least
 -- keep, and grown by no more than what is free.
-local function retarget(pot, share, keep, R, free)
+local function retarget(pot, share, keep, R, free, unit)
   local T = 0
   if share > 0 then T = math.floor(pot * share / 1000000) end
+  -- A share too small to cover one hold of the meter's size admits nothing and stands
+  -- in other processes' way: near the floor only what is in use is held (exact holds).
+  if T < unit then T = 0 end
   if T < keep then T = keep end
   if share >= 0 and T - R > free then T = R + math.max(free, 0) end
   return T
 end
 for i = 1, n do
   local mk, rk = KEYS[2 * i], KEYS[2 * i + 1]
-  local j = 4 + (i - 1) * 10
+  local j = 4 + (i - 1) * 12
   local kind = ARGV[j]
   local lim, tlim = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
   local c, t = tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])
   local share = tonumber(ARGV[j + 5])
   local keep, tkeep = tonumber(ARGV[j + 6]), tonumber(ARGV[j + 7])
   local id = ARGV[j + 8]
+  local unit, tunit = tonumber(ARGV[j + 10]), tonumber(ARGV[j + 11])
   if redis.call('EXISTS', mk) == 0 then
     redis.call('DEL', rk)
     redis.call('ZREM', KEYS[1], id)
@@ -98,7 +103,7 @@ for i = 1, n do
       local v = redis.call('HMGET', mk, 'admin', 'used', 'held')
       local held = tonumber(v[3]) - cr
       local free = tonumber(v[1]) - tonumber(v[2]) - held - lim
-      T = retarget(free + R, share, keep, R, free)
+      T = retarget(free + R, share, keep, R, free, unit)
       redis.call('HINCRBY', mk, 'held', I(T - R - cr))
     else
       redis.call('HINCRBY', mk, 'spent', I(c))
@@ -107,11 +112,11 @@ for i = 1, n do
       local held, theld = tonumber(v[2]) - cr, tonumber(v[4]) - tr
       if lim >= 0 then
         local free = lim - tonumber(v[1]) - held
-        T = retarget(free + R, share, keep, R, free)
+        T = retarget(free + R, share, keep, R, free, unit)
       end
       if tlim >= 0 then
         local tfree = tlim - tonumber(v[3]) - theld
-        TT = retarget(tfree + RT, share, tkeep, RT, tfree)
+        TT = retarget(tfree + RT, share, tkeep, RT, tfree, tunit)
       end
       redis.call('HINCRBY', mk, 'held', I(T - R - cr))
       redis.call('HINCRBY', mk, 'theld', I(TT - RT - tr))

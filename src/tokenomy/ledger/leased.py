@@ -23,10 +23,9 @@ it counts unused reserves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,20 +36,24 @@ from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.lease_script import SYNC
 from tokenomy.ledger.live import BudgetState, Hold, LiveStateUnavailable, OrgState, Shortfall
 from tokenomy.ledger.redis_live import RECORD_MARGIN_MS, RedisLedger
+from tokenomy.store.lease_engine import Lease, LeaseEngine
 from tokenomy.store.writer import Item
 
 log = logging.getLogger(__name__)
 
 #: Holds a meter must see in one second, the exact way, before this process leases it:
-#: a meter used now and then costs fewer calls held exactly than leased.
-HOT_HOLDS = 8
+#: a meter used now and then (less than once a second) costs fewer calls held exactly
+#: than leased; one with a few requests a second is leased, for its holds then cost no
+#: call of their own (only a share of the syncs every meter's usage rides in). At 8, an
+#: org among many with a few requests a second each paid two calls a request for good.
+HOT_HOLDS = 2
 
 
 @dataclass(slots=True)
-class _Lease:
-    """This process's reserve on one meter, and what is in use or settled against it."""
+class MeterLease(Lease):
+    """This process's reserve on one meter, and what is in use or settled against it;
+    renewed (``renewed_at``) by every sync."""
 
-    key: str
     id: str
     org: OrgMeter | None
     budget: BudgetMeter | None
@@ -62,8 +65,6 @@ class _Lease:
     theld: int = 0
     used: int = 0
     tused: int = 0
-    used_at: float = 0.0
-    synced_at: float = 0.0
     #: The requests whose usage ``used`` and ``tused`` sum, posted with it: (id, nanos,
     #: tokens). Kept by request so that a rebuild adds what the database had not yet.
     items: list[tuple[str, int, int]] = field(default_factory=list)
@@ -71,6 +72,9 @@ class _Lease:
     keep: tuple[int, int] = (0, 0)
     #: Hold what is in use at the next sync even past the floor (see _reassert).
     force: bool = False
+    #: The nanos and tokens of the meter's last hold: a reserve smaller is not taken.
+    unit: int = 0
+    tunit: int = 0
     #: Syncs of this lease Redis answered: the base of the next one, which lets Redis
     #: recognise usage posted again after a call whose answer was lost.
     answered: int = 0
@@ -119,23 +123,26 @@ class LeasedLedger:
         self._p = inner.p
         self._share_ppm = int(share * 1_000_000)
         self._flush_s = flush_s
-        self._idle_s = idle_s
         self._ttl_s = lease_ttl_s
         self._hot = hot_holds
         self._sync_script = inner.register_script(SYNC)
         self._ids = UniqueIds("lease:")
-        self._leases: dict[str, _Lease] = {}
+        self._engine: LeaseEngine[MeterLease] = LeaseEngine(
+            "ledger",
+            idle_s=idle_s,
+            renew_s=lease_ttl_s / 4,
+            clock=time.monotonic,
+            upkeep=self.upkeep,
+            due=self._background_sync,
+            again_s=flush_s,
+        )
+        self._leases = self._engine.leases
         #: Holds admitted from leases, by id, until settled.
         self._local: dict[str, Hold] = {}
         #: Exact holds per meter in the current second: (second, count).
         self._heat: dict[str, tuple[int, int]] = {}
         #: Meters to lease or grow at the next sync.
         self._wanted: set[str] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._syncing: asyncio.Task[None] | None = None
-        self._again = False
-        self._failing = False
-        self._upkeep: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         #: Holds admitted from leases (no Redis call), script calls that synced leases,
         #: and those that failed: exported as metrics.
@@ -157,6 +164,7 @@ class LeasedLedger:
                 ls.held += hold.amount
                 ls.theld += hold.tokens
                 ls.used_at = now
+                ls.unit, ls.tunit = hold.amount, hold.tokens
             self._local[hold.id] = hold
             self.leased_holds += 1
             return
@@ -187,12 +195,12 @@ class LeasedLedger:
     def _meter_keys(self, hold: Hold) -> Iterator[str]:
         return (key for key, _, _ in self._meters(hold))
 
-    def _meter_leases(self, hold: Hold) -> list[_Lease]:
+    def _meter_leases(self, hold: Hold) -> list[MeterLease]:
         return [ls for k in self._meter_keys(hold) if (ls := self._leases.get(k)) is not None]
 
-    def _leases_of(self, hold: Hold) -> list[_Lease] | None:
+    def _leases_of(self, hold: Hold) -> list[MeterLease] | None:
         """The leases of every meter of the hold, or None when one has none."""
-        out: list[_Lease] = []
+        out: list[MeterLease] = []
         for key, org, budget in self._meters(hold):
             ls = self._leases.get(key)
             if ls is None:
@@ -221,21 +229,20 @@ class LeasedLedger:
         if not hot:
             return
         for key, org, budget in meters:
-            self._lease_for(key, org, budget)
+            ls = self._lease_for(key, org, budget)
+            ls.unit, ls.tunit = hold.amount, hold.tokens
             self._wanted.add(key)
         # A lease synced just now and still short cannot cover this hold (it is over its
         # share of what is free): asking again at once would cost a call per request.
         now = time.monotonic()
-        recent = any(now - ls.synced_at < self._flush_s for ls in self._meter_leases(hold))
+        recent = any(now - ls.renewed_at < self._flush_s for ls in self._meter_leases(hold))
         self._schedule(self._flush_s if recent else 0.0)
 
-    def _lease_for(self, key: str, org: OrgMeter | None, budget: BudgetMeter | None) -> None:
+    def _lease_for(self, key: str, org: OrgMeter | None, budget: BudgetMeter | None) -> MeterLease:
         ls = self._leases.get(key)
         if ls is None:
-            ls = self._leases[key] = _Lease(key, self._ids.next(), org, budget)
-            ls.used_at = time.monotonic()
-            if self._upkeep is None:
-                self._upkeep = asyncio.get_running_loop().create_task(self._run_upkeep())
+            ls = self._engine.add(MeterLease(self._ids.next(), org, budget, key=key))
+        return ls
 
     # -- settling ----------------------------------------------------------------------
 
@@ -262,19 +269,7 @@ class LeasedLedger:
     # -- syncing with Redis ------------------------------------------------------------
 
     def _schedule(self, delay: float) -> None:
-        if self._syncing is not None:
-            self._again = True  # the call in flight ends by scheduling the next
-            return
-        if self._timer is not None:
-            if delay > 0:
-                return
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(delay, self._start_sync)
-
-    def _start_sync(self) -> None:
-        self._timer = None
-        if self._syncing is None:
-            self._syncing = asyncio.get_running_loop().create_task(self._background_sync())
+        self._engine.schedule(delay)
 
     async def _background_sync(self) -> None:
         try:
@@ -282,24 +277,14 @@ class LeasedLedger:
             due = [ls for ls in self._leases.values() if ls.used or ls.tused or ls.key in wanted]
             if due:
                 await self.sync(due)
-            if self._failing:
-                self._failing = False
-                log.warning("syncing ledger leases with Redis works again")
+            self._engine.worked("syncing ledger leases with Redis")
         except Exception as e:
             # The usage it carried is posted again (see _sync); the next sync sets the
-            # reserves afresh, and until then holds go exact once they run out. Logged
-            # once per run of failures, not every flush interval.
-            if not self._failing:
-                log.warning("syncing ledger leases with Redis failed (retrying): %s", e)
-            self._failing = True
-            self._again = True
-        finally:
-            self._syncing = None
-        if self._again:
-            self._again = False
-            self._schedule(self._flush_s)
+            # reserves afresh, and until then holds go exact once they run out.
+            self._engine.failed("syncing ledger leases with Redis", e)
+            self._engine.retry()
 
-    async def sync(self, leases: list[_Lease], *, give_back: bool = False) -> None:
+    async def sync(self, leases: list[MeterLease], *, give_back: bool = False) -> None:
         """Post the leases' settled usage and set their reserves: ``share`` of what is
         free (never less than they hold now), or (``give_back``) only what is in use.
 
@@ -308,9 +293,9 @@ class LeasedLedger:
         async with self._lock:
             await self._sync(leases, give_back)
 
-    async def _sync(self, leases: list[_Lease], give_back: bool) -> None:
+    async def _sync(self, leases: list[MeterLease], give_back: bool) -> None:
         keys: list[str] = [self._p + "holds"]
-        posted: list[tuple[_Lease, int, int, list[tuple[str, int, int]]]] = []
+        posted: list[tuple[MeterLease, int, int, list[tuple[str, int, int]]]] = []
         items: list[Any] = []
         # The record outlives its deadline in the holds set by a day, as a hold's does:
         # the expiry sweep releases by the set and needs the record to know how much.
@@ -349,7 +334,7 @@ class LeasedLedger:
             # The state is lost: the usage and what each lease keeps are with the rebuild.
             for ls in leases:
                 ls.reserve, ls.treserve = ls.keep
-                ls.synced_at = now
+                ls.renewed_at = now
             self.inner.recovery.start()
             return
         for i, ls in enumerate(leases):
@@ -361,9 +346,9 @@ class LeasedLedger:
             # A meter gone from Redis had nothing to post against (rebuilt from the
             # database, it counts what the writer recorded) and holds no reserve.
             ls.reserve, ls.treserve = (reserve, treserve) if ok else (0, 0)
-            ls.synced_at = now
+            ls.renewed_at = now
 
-    def _post_args(self, ls: _Lease, give_back: bool) -> list[Any]:
+    def _post_args(self, ls: MeterLease, give_back: bool) -> list[Any]:
         """A lease's part of a sync call; its usage leaves it (posted, or put back when
         the call fails)."""
         if ls.org is not None:
@@ -394,7 +379,20 @@ class LeasedLedger:
             # the reserve the process admits against, and what is in use).
             share, ls.force = -1, False
         ls.keep = (keep, tkeep)
-        return [kind, bound, tbound, used, tused, share, keep, tkeep, ls.id, ls.answered]
+        return [
+            kind,
+            bound,
+            tbound,
+            used,
+            tused,
+            share,
+            keep,
+            tkeep,
+            ls.id,
+            ls.answered,
+            ls.unit,
+            ls.tunit,
+        ]
 
     def _inflight(self) -> dict[str, str]:
         """Open holds to publish when the state is lost: the exact ones, and what each
@@ -426,41 +424,28 @@ class LeasedLedger:
 
     async def flush(self) -> None:
         """Post every lease's settled usage now and wait until Redis has it."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._engine.unschedule()
         due = [ls for ls in self._leases.values() if ls.used or ls.tused]
         if due:
             await self.sync(due)
 
-    async def _run_upkeep(self) -> None:
-        while True:
-            await asyncio.sleep(self._idle_s / 2)
-            try:
-                await self.upkeep(time.monotonic())
-            except Exception as e:
-                if not self._failing:
-                    log.warning("ledger lease upkeep failed (retrying): %s", e)
-
     async def upkeep(self, now: float) -> None:
         """Give back reserves unused for ``idle_s`` (forgetting leases left empty) and
         renew those kept longer than a quarter of their time to live."""
-        idle = [ls for ls in self._leases.values() if now - ls.used_at >= self._idle_s]
+        idle = [ls for ls in self._engine if self._engine.idle(ls, now)]
         back = [ls for ls in idle if ls.reserve or ls.treserve or ls.used or ls.tused]
         if back:
             await self.sync(back, give_back=True)
         old = [
             ls
             for ls in self._leases.values()
-            if ls not in idle
-            and (ls.reserve or ls.treserve)
-            and now - ls.synced_at >= self._ttl_s / 4
+            if ls not in idle and (ls.reserve or ls.treserve) and self._engine.renewal_due(ls, now)
         ]
         if old:
             await self.sync(old)
         for ls in idle:
-            if ls.empty() and self._leases.get(ls.key) is ls:
-                del self._leases[ls.key]
+            if ls.empty():
+                self._engine.forget(ls)
 
     # -- views and the rest ------------------------------------------------------------
 
@@ -468,19 +453,23 @@ class LeasedLedger:
         """As Redis has it once this process's usage is posted, its unused reserve not
         counted as held."""
         await self.flush()
-        st = await self.inner.org_state(meter)
-        ls = self._leases.get(meter.key)
-        if ls is not None:
-            st.held -= ls.reserve - ls.held
+        # Read with no sync in flight: one Redis has applied and this process has not
+        # heard back from would count its new reserve as held.
+        async with self._lock:
+            st = await self.inner.org_state(meter)
+            ls = self._leases.get(meter.key)
+            if ls is not None:
+                st.held -= ls.reserve - ls.held
         return st
 
     async def budget_state(self, meter: BudgetMeter) -> BudgetState:
         await self.flush()
-        st = await self.inner.budget_state(meter)
-        ls = self._leases.get(meter.key)
-        if ls is not None:
-            st.held -= ls.reserve - ls.held
-            st.tokens_held -= ls.treserve - ls.theld
+        async with self._lock:  # as org_state
+            st = await self.inner.budget_state(meter)
+            ls = self._leases.get(meter.key)
+            if ls is not None:
+                st.held -= ls.reserve - ls.held
+                st.tokens_held -= ls.treserve - ls.theld
         return st
 
     async def expire(self, now: float | None = None) -> int:
@@ -501,14 +490,13 @@ class LeasedLedger:
     async def set_admin_total(self, org_id: str, admin_nanos: int) -> None:
         await self.inner.set_admin_total(org_id, admin_nanos)
 
+    async def set_admin_totals(self, totals: Mapping[str, int]) -> None:
+        await self.inner.set_admin_totals(totals)
+
     async def close(self) -> None:
         """Post what is settled, give every reserve back (what is still in use stays held
         until its lease expires) and close."""
-        if self._upkeep is not None:
-            self._upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._upkeep
-            self._upkeep = None
+        await self._engine.close()
         await self.flush()
         if self._leases:
             try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -129,6 +129,10 @@ class LiveLedger(Protocol):
         """The org's admin total as now in the database (no-op if not loaded)."""
         ...
 
+    async def set_admin_totals(self, totals: Mapping[str, int]) -> None:
+        """``set_admin_total`` for many orgs at once (in Redis, a call per few hundred)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -225,6 +229,10 @@ class MemoryLedger:
         st = self.orgs.get(org_id)
         if st is not None:
             st.admin = admin_nanos
+
+    async def set_admin_totals(self, totals: Mapping[str, int]) -> None:
+        for org_id, admin_nanos in totals.items():
+            await self.set_admin_total(org_id, admin_nanos)
 
     async def close(self) -> None:
         return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -32,8 +32,9 @@ from tokenomy.ledger.live import (
 )
 from tokenomy.ledger.redis_recovery import Recovery
 from tokenomy.ledger.snapshot import BUCKET_GRACE_MS
-from tokenomy.store.redis_scripts import Script, ScriptClient
+from tokenomy.store.redis_scripts import ScriptClient
 from tokenomy.store.schema import usage_events
+from tokenomy.store.scripts import Script, Scripts, script_client
 from tokenomy.store.writer import Item
 
 log = logging.getLogger(__name__)
@@ -169,11 +170,16 @@ return n
 """
 )
 
-# KEYS: org; ARGV: admin
+# KEYS: orgs; ARGV: their admin totals. An org not loaded is left alone (it is loaded
+# from the database, with its total, when first held).
 _SET_ADMIN = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'admin', ARGV[1]) end
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HSET', KEYS[i], 'admin', ARGV[i]) end
+end
 return 1
 """
+#: Orgs set in one call at most: a call holds Redis for every other client meanwhile.
+SET_ADMIN_BATCH = 500
 
 
 class RedisLedger:
@@ -183,14 +189,14 @@ class RedisLedger:
         loader: Loader,
         prefix: str = "tk:",
         *,
-        scripts: ScriptClient | None = None,
+        scripts: Scripts | None = None,
     ) -> None:
         self.r = client
         self.loader = loader
         self.p = prefix
         # Scripts go over the lean pipelined client when there is one (the request path's
         # hold and settle); loading meters and admin reads stay on redis-py.
-        self._scripts = scripts
+        self._scripts = script_client(client, scripts)
         self._hold = self.register_script(_HOLD)
         self._settle = self.register_script(_SETTLE)
         self._expire = self.register_script(_EXPIRE)
@@ -202,6 +208,7 @@ class RedisLedger:
         #: The last keys of every script call on holds: where usage waits while the state
         #: is lost, and the marker whose absence says it is.
         self.tail_keys = [prefix + "unposted", prefix + "epoch"]
+        # Recovery's scripts stay on redis-py: they run while the lean client may rest.
         self.recovery = Recovery(client, prefix, loader)
         self.recovery.inflight = self.inflight
         self.recovery.reassert = self.reassert
@@ -212,12 +219,10 @@ class RedisLedger:
         #: Whether Redis is unreachable (logged once per outage, not per request).
         self._outage = False
 
-    def register_script(self, source: str) -> Any:
-        """A Lua script on the lean pipelined client when there is one, else on redis-py
-        (for scripts that work on this ledger's keys, as leases do)."""
-        if self._scripts is not None:
-            return self._scripts.register_script(source)
-        return self.r.register_script(source)
+    def register_script(self, source: str) -> Script:
+        """A Lua script on this ledger's script client (for scripts that work on its
+        keys, as leases do)."""
+        return self._scripts.register_script(source)
 
     @classmethod
     def from_url(cls, url: str, loader: Loader, prefix: str = "tk:") -> RedisLedger:
@@ -411,18 +416,13 @@ class RedisLedger:
     async def settle_soon(self, hold: Hold, amount: int, tokens: int) -> None:
         self._open.pop(hold.id, None)
         self._count_settle(hold, amount, tokens)
-        script = self._settle
-        if not isinstance(script, Script):  # redis-py serves this URL: wait as settle does
-            try:
-                await self.settle(hold, amount, tokens)
-            except Exception as e:
-                _log_settle_failure(hold.id, e)
-            return
         # Queued at once, it leaves in this loop iteration's write, with the rate
         # limiter's settlement: the request's end waits for no round trip to Redis. Its
         # bytes go out before the response's end can reach the client, so a client that
         # asks next finds the hold settled.
-        fut = script.submit(keys=self._keys(hold), args=self._settle_args(hold, amount, tokens))
+        fut = self._settle.submit(
+            keys=self._keys(hold), args=self._settle_args(hold, amount, tokens)
+        )
         self._pending.add(fut)
         fut.add_done_callback(lambda f: self._settled(f, hold.id))
 
@@ -466,14 +466,20 @@ class RedisLedger:
         return BudgetState(*(int(x or 0) for x in v))
 
     async def set_admin_total(self, org_id: str, admin_nanos: int) -> None:
-        await self._call(self._set_admin, [f"{self.p}org:{org_id}"], [admin_nanos])
+        await self.set_admin_totals({org_id: admin_nanos})
+
+    async def set_admin_totals(self, totals: Mapping[str, int]) -> None:
+        items = list(totals.items())
+        for i in range(0, len(items), SET_ADMIN_BATCH):
+            batch = items[i : i + SET_ADMIN_BATCH]
+            keys = [f"{self.p}org:{org_id}" for org_id, _ in batch]
+            await self._call(self._set_admin, keys, [total for _, total in batch])
 
     async def close(self) -> None:
         while self._pending:  # failures are logged by _settled
             await asyncio.gather(*list(self._pending), return_exceptions=True)
         await self.r.aclose()
-        if self._scripts is not None:
-            await self._scripts.aclose()
+        await self._scripts.aclose()
 
 
 def _log_settle_failure(hold_id: str, e: BaseException) -> None:

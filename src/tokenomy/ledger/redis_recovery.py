@@ -34,6 +34,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from tokenomy.ledger.live import Loader, TotalsSnapshot
+from tokenomy.store.scripts import Scripts, script_client
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class Recovery:
         loader: Loader,
         *,
         grace_s: float = 0.5,
+        scripts: Scripts | None = None,
     ) -> None:
         self.r = client
         self.loader = loader
@@ -175,9 +177,10 @@ class Recovery:
         self.grace_s = grace_s
         self.inflight: Callable[[], dict[str, str]] = dict
         self.reassert: Callable[[], Awaitable[None]] = _nothing
-        self._publish = client.register_script(PUBLISH)
-        self._unlock = client.register_script(UNLOCK)
-        self._finalize = client.register_script(FINALIZE)
+        on = script_client(client, scripts)
+        self._publish = on.register_script(PUBLISH)
+        self._unlock = on.register_script(UNLOCK)
+        self._finalize = on.register_script(FINALIZE)
         self._task: asyncio.Task[None] | None = None
         #: Whether this process has seen live state: before that, a missing epoch is a
         #: new Redis, and nothing of this process's is in flight to wait for.

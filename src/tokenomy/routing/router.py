@@ -148,9 +148,11 @@ class Router:
         *,
         batch: bool,
         now: datetime,
+        windowed: bool = True,
     ) -> list[Placement]:
         """Each deployment with what a call of these tokens would cost there (token price
-        and energy, USD) and how long it would take; ``tokenomy plan`` shows the same."""
+        and energy, USD) and how long it would take; ``tokenomy plan`` shows the same
+        (not ``windowed``: a day's figure is priced outside any time-of-day window)."""
         placed: list[Placement] = []
         for d in deps:
             region = self.regions.get(d.region or "")
@@ -158,22 +160,33 @@ class Router:
             ttft = snap.ttft_s.at(50) if snap is not None and snap.ttft_s is not None else 0.0
             rtt = self._rtt.get(region.name, 0.0) if region is not None else 0.0
             energy = energy_usd(region, tokens_in + tokens_out) if d.self_hosted else _ZERO
-            token = self._token_usd(d, tokens_in, tokens_out, batch, now)
+            token = self._token_usd(d, tokens_in, tokens_out, batch, now, windowed)
             resting = snap is not None and snap.resting
             placed.append(Placement(d.id, region, rtt, ttft, token, energy, resting))
         return placed
 
     def _token_usd(
-        self, dep: Deployment, tokens_in: int, tokens_out: int, batch: bool, now: datetime
+        self,
+        dep: Deployment,
+        tokens_in: int,
+        tokens_out: int,
+        batch: bool,
+        now: datetime,
+        windowed: bool = True,
     ) -> Decimal | None:
-        """What ``dep``'s price charges for the call in USD (first tier, no time-of-day
-        window or promotion: an estimate to compare deployments by, not a bill)."""
+        """What ``dep``'s price charges for the call in USD (first tier, the time-of-day
+        window in effect, no promotion: an estimate to compare deployments by, not a
+        bill). The window counts: batch work planned for one vendor's off-peak hours
+        must go there when they come."""
         c = self.candidate(dep, now)
         if c.input_usd_per_m is None or c.output_usd_per_m is None:
             return None
         v = self.biller.version(dep, now)
         m = v.batch_multiplier if v is not None and batch_priced(v, batch) else None
         per_m = tokens_in * c.input_usd_per_m + tokens_out * c.output_usd_per_m
+        window = v.window_at(now) if v is not None and windowed else None
+        if window is not None:
+            per_m *= window.multiplier
         cost = (per_m * m if m is not None else per_m) / MILLION
         fee = v.tiers[0].prices.request if v is not None else _ZERO
         if fee:  # a per-request fee is never scaled by the batch multiplier

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tokenomy.sim import admin, videos
+from tokenomy.sim import admin, batch_api, videos
 from tokenomy.sim.anthropic_api import count_tokens, messages
 from tokenomy.sim.counting import Counter, default_counter
 from tokenomy.sim.embeddings import embeddings
@@ -46,6 +46,7 @@ def create_sim_app(
     r.add_get("/v1/models", list_models)
     r.add_get("/v1/models/{model}", get_model)
     admin.add_routes(app)
+    batch_api.add_routes(app)
     videos.add_routes(app)
     return app
 

@@ -17,7 +17,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from tokenomy.store.files import CHUNK_BYTES
 from tokenomy.store.schema import batch_lines, batch_results, batches, file_chunks, files
@@ -41,6 +52,21 @@ class ClaimedLine:
     attempts: int
     held_nanos: int
     held_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """Every process's unfinished lines: waiting (ready now or scheduled later), leased
+    to a process, the creation second of the oldest running batch, and those ready now."""
+
+    queued: int = 0
+    running: int = 0
+    oldest: int | None = None
+    ready: int = 0
+
+    @property
+    def scheduled(self) -> int:
+        return self.queued - self.ready
 
 
 _CLAIM = """
@@ -129,19 +155,23 @@ class BatchStore:
             n, good = conn.execute(q).one()
         return int(good or 0), int(n) - int(good or 0)
 
-    def stats(self, now_ms: int) -> tuple[int, int, int | None]:
-        """(lines waiting, lines leased to a process, creation second of the oldest
-        batch still running): the worker's gauges. Reads only unfinished lines."""
+    def stats(self, now_ms: int) -> BatchStats:
+        """The worker's gauges, every process's lines. Reads only unfinished lines."""
         lines = batch_lines.c
+        running = (lines.lease_until >= now_ms) & (lines.attempts > 0)
+        scheduled = (lines.lease_until >= now_ms) & (lines.attempts == 0)
         q = select(
             func.count().filter(lines.lease_until < now_ms),
-            func.count().filter(lines.lease_until >= now_ms),
+            func.count().filter(running),
+            func.count().filter(scheduled),
         ).where(lines.state == PENDING)
         oldest = select(func.min(batches.c.created_at)).where(batches.c.status.not_in(ENDED))
         with self.engine.connect() as conn:
-            queued, running = conn.execute(q).one()
+            ready, leased, later = conn.execute(q).one()
             first = conn.execute(oldest).scalar()
-        return int(queued), int(running), None if first is None else int(first)
+        return BatchStats(
+            int(ready) + int(later), int(leased), None if first is None else int(first), int(ready)
+        )
 
     def has_work(self, now_ms: int) -> bool:
         """Is any line waiting to be claimed? (A read: an idle worker takes no lock.)"""
@@ -193,7 +223,7 @@ class BatchStore:
         q = select(batch_lines).where(
             batch_lines.c.batch_id == batch_id,
             batch_lines.c.state == PENDING,
-            batch_lines.c.lease_until < now_ms,
+            _not_running(now_ms),
             ~has.exists(),
         )
         with self.engine.connect() as conn:
@@ -228,9 +258,11 @@ class BatchStore:
                     .values(state=DONE)
                 )
 
-    def release_lease(self, batch_id: str, line_no: int, after_s: float) -> None:
-        """Let the line be claimed again ``after_s`` from now."""
-        until = int((time.time() + after_s) * 1000)
+    def release_lease(
+        self, batch_id: str, line_no: int, after_s: float, now: float | None = None
+    ) -> None:
+        """Let the line be claimed again ``after_s`` from ``now`` (default: the clock)."""
+        until = int(((time.time() if now is None else now) + after_s) * 1000)
         with self.engine.begin() as conn:
             conn.execute(
                 update(batch_lines)
@@ -264,7 +296,7 @@ class BatchStore:
         cond = and_(
             batch_lines.c.batch_id == batch_id,
             batch_lines.c.state == PENDING,
-            batch_lines.c.lease_until < now_ms,
+            _not_running(now_ms),
         )
         # One UPDATE ... RETURNING: two processes ending the same batch at once each get
         # only the lines they changed, so no hold is released twice.
@@ -380,6 +412,12 @@ class BatchStore:
         )
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def _not_running(now_ms: int) -> ColumnElement[bool]:
+    """No process runs the line: its lease lapsed, or it was never claimed (a line
+    scheduled for later carries its planned start as its lease)."""
+    return or_(batch_lines.c.lease_until < now_ms, batch_lines.c.attempts == 0)
 
 
 def _write_chunks(conn: Connection, file_id: str, lines: Iterator[bytes]) -> tuple[int, int]:

@@ -22,11 +22,9 @@ for a connect timeout of its own.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import ssl
 from collections import deque
-from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
@@ -34,6 +32,9 @@ from redis import exceptions as rx
 from redis.connection import parse_url
 
 from tokenomy.store.redis_cluster import CLUSTER_SCHEMES, is_cluster_url, node_url
+from tokenomy.store.scripts import Script
+
+__all__ = ["Script", "ScriptClient", "encode", "tls_context"]
 
 #: A call not answered within this many seconds fails its connection (and every call on it).
 CALL_TIMEOUT_S = 5.0
@@ -391,44 +392,6 @@ class ScriptClient:
             conn.transport.close()
 
 
-class Script:
-    """A Lua script called by its SHA1; sent whole only when the server answers NOSCRIPT."""
-
-    def __init__(self, client: ScriptClient, source: str) -> None:
-        self._client = client
-        self._source = source.encode()
-        self.sha = hashlib.sha1(self._source).hexdigest()
-
-    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        try:
-            return await self._client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except rx.ResponseError as e:
-            if not _noscript(e):
-                raise
-        # EVAL runs it and leaves it in the server's script cache for the next EVALSHA.
-        return await self._client.execute("EVAL", self._source, len(keys), *keys, *args)
-
-    def submit(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> asyncio.Future[Any]:
-        """The call queued now, without waiting (see ``ScriptClient.submit``)."""
-        client = self._client
-        first = client.submit("EVALSHA", self.sha, len(keys), *keys, *args)
-        out: asyncio.Future[Any] = first.get_loop().create_future()
-
-        def done(f: asyncio.Future[Any]) -> None:
-            if f.cancelled():
-                out.cancel()
-                return
-            e = f.exception()
-            if isinstance(e, rx.ResponseError) and _noscript(e):
-                again = client.submit("EVAL", self._source, len(keys), *keys, *args)
-                again.add_done_callback(lambda g: _pass_on(g, out))
-                return
-            _pass_on(f, out)
-
-        first.add_done_callback(done)
-        return out
-
-
 def tls_context(kw: dict[str, Any]) -> ssl.SSLContext:
     """The TLS context redis-py would make of a rediss:// URL's ``ssl_*`` parameters."""
     ctx = ssl.create_default_context(cafile=kw.get("ssl_ca_certs"))
@@ -454,19 +417,3 @@ def _slot_owner(slots: Any, slot: int) -> tuple[str, int]:
             host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
             return host, int(primary[1])
     raise rx.ConnectionError(f"no Redis Cluster node serves slot {slot}")
-
-
-def _noscript(e: BaseException) -> bool:
-    return str(e).startswith("NOSCRIPT")
-
-
-def _pass_on(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
-    """Settle ``dst`` as ``src`` ended."""
-    if dst.done():
-        return
-    if src.cancelled():
-        dst.cancel()
-    elif (e := src.exception()) is not None:
-        dst.set_exception(e)
-    else:
-        dst.set_result(src.result())

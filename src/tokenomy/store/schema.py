@@ -292,6 +292,10 @@ batches = Table(
     Column("cancelled_at", BigInteger, nullable=True),
     # Epoch ms until which one process finalizes the batch (a crash lets another).
     Column("lease_until", BigInteger, nullable=False, default=0),
+    # JSON: when and where the batch is planned to run, what it should cost and save.
+    Column("plan", Text, nullable=True),
+    # JSON: the vendor batch its lines were handed to (native vendor batch APIs).
+    Column("vendor_batch", Text, nullable=True),
     Index("ix_batches_owner", "owner", "id"),
     Index("ix_batches_status", "status"),
 )

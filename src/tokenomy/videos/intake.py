@@ -140,7 +140,7 @@ class VideoIntake:
         )
         if hold is not None:
             try:
-                await self.holds.make([hold])
+                await self.holds.make(lambda: [hold])
             except Shortfall as s:
                 raise InsufficientQuota(
                     f"Insufficient funds: {s.what} has {units(max(s.available, 0))} "
