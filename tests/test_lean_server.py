@@ -28,7 +28,7 @@ from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, InferenceRoute
 from tokenomy.api.lean_server import MAX_AHEAD, MAX_HEAD, _Connection
 from tokenomy.app import app_for
 from tokenomy.config import WriterConfig
-from tokenomy.errors import RateLimited
+from tokenomy.core.errors import RateLimited
 from tokenomy.services import build_services
 from tokenomy.store.schema import usage_events
 

@@ -82,14 +82,14 @@ def test_debits_equal_credits_and_prepaid_never_below_zero(
 
 
 def test_directory_meters_follow_periods_keys_and_refreshes(store: LedgerStore) -> None:
-    from tokenomy.ledger.directory import Directory
+    from tokenomy.ledger.account_cache import AccountCache
     from tokenomy.store.keys import KeyStore
 
     org = store.create_org("A", "USD")
     _, key = KeyStore(store.engine).create("k", org_id=org.id)
     daily = store.set_budget("key", key.id, "day", amount_nanos=10**9, tz="UTC")
     lifetime = store.set_budget("org", org.id, "lifetime", token_limit=10**6)
-    d = Directory(store)
+    d = AccountCache(store)
     d.refresh()
     day_ms = 86_400_000
     noon = 1_790_000_000_000 // day_ms * day_ms + day_ms // 2

@@ -19,7 +19,7 @@ from tokenomy.admission.ratelimit import (
     RedisRateLimiter,
     Scope,
 )
-from tokenomy.errors import RateLimited
+from tokenomy.core.errors import RateLimited
 from tokenomy.store.redis_scripts import ScriptClient
 
 __all__ = ["redis_prefix"]  # the fixture, shared with the exact limiter's tests

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tokenomy.providers.origin import Origin
+from tokenomy.core.origin import Origin
 from tokenomy.providers.response import HIGH_WATER, Response, TransportError
 from tokenomy.providers.transport import Pool, _Connection, header_block
 

@@ -27,23 +27,25 @@ from tokenomy.admission.ratelimit import (
 from tokenomy.analytics.metrics import Metrics
 from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
 from tokenomy.analytics.metrics_share import SharedMetrics
+from tokenomy.billing.call_pricing import CHARGE, CallPricer
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.pricing import openrouter_pricing
 from tokenomy.config import Config, LimitsConfig
-from tokenomy.gateway.call import Call
+from tokenomy.core.call import Call
+from tokenomy.core.registry import ModelRoute, Registry
+from tokenomy.core.tokencount import TokenCounter
+from tokenomy.gateway.candidates import Candidates
 from tokenomy.gateway.pipeline import Pipeline
 from tokenomy.gateway.price_check import check_served_prices
 from tokenomy.gateway.records import EXTRA_ROWS, usage_row
-from tokenomy.gateway.registry import ModelRoute, Registry, build_registry
-from tokenomy.gateway.tokencount import TokenCounter
-from tokenomy.ledger.biller import Biller
-from tokenomy.ledger.directory import Directory
+from tokenomy.gateway.registry import build_registry
+from tokenomy.ledger.account_cache import AccountCache
 from tokenomy.ledger.live import LiveLedger, LiveStateUnavailable, MemoryLedger
 from tokenomy.ledger.records import ledger_rows
-from tokenomy.ledger.stage import CHARGE, ORG, LedgerStage
+from tokenomy.ledger.stage import ORG, LedgerStage
 from tokenomy.ledger.store import LedgerStore
-from tokenomy.ledger.tasks import TaskStage
+from tokenomy.ledger.tasks import TaskFinder
 from tokenomy.providers.base import Provider
 from tokenomy.providers.factory import build_providers
 from tokenomy.routing.auto import AutoRouter
@@ -86,9 +88,9 @@ class Services:
     pipeline: Pipeline
     admin_key: str | None
     ledger: LedgerStore
-    directory: Directory
+    accounts: AccountCache
     live: LiveLedger
-    biller: Biller
+    pricer: CallPricer
     ledger_stage: LedgerStage
     router: Router
     queues: QueueBoard
@@ -109,9 +111,9 @@ class Services:
         """OpenRouter-style USD-per-token prices of a model's first priced deployment."""
         now = datetime.now(UTC)
         for dep in route.deployments:
-            v = self.biller.version(dep, now)
+            v = self.pricer.version(dep, now)
             if v is not None:
-                return openrouter_pricing(v, at=now, fx=self.biller.fx)
+                return openrouter_pricing(v, at=now, fx=self.pricer.fx)
         return None
 
     async def start(self) -> None:
@@ -150,9 +152,9 @@ class Services:
 
     async def refresh_accounts(self) -> None:
         """Pick up orgs, budgets and top-ups made elsewhere (CLI, admin API, replicas)."""
-        await asyncio.to_thread(self.directory.refresh)
+        await asyncio.to_thread(self.accounts.refresh)
         totals = await asyncio.to_thread(self.ledger.admin_totals)
-        for org_id in self.directory.orgs:
+        for org_id in self.accounts.orgs:
             await self.live.set_admin_total(org_id, totals.get(org_id, 0))
 
     async def _refresh_keys(self) -> None:
@@ -275,7 +277,7 @@ def _limits(c: LimitsConfig | None) -> Limits | None:
     return Limits(c.requests_per_minute, c.tokens_per_minute, c.concurrent)
 
 
-def rate_limit_stage(config: Config, limiter: RateLimiter, biller: Biller) -> RateLimitStage:
+def rate_limit_stage(config: Config, limiter: RateLimiter, pricer: CallPricer) -> RateLimitStage:
     """Limits per key, per org and per model, from the config's ``limits`` section."""
     key_l, org_l = _limits(config.limits.key), _limits(config.limits.org)
     model_l = {m: lim for m, c in config.limits.models.items() if (lim := _limits(c))}
@@ -304,7 +306,7 @@ def rate_limit_stage(config: Config, limiter: RateLimiter, biller: Biller) -> Ra
 
     def estimate(call: Call) -> int:
         # Corrected to the actual count after the call.
-        return biller.prompt_estimate(call) + call.max_output_tokens(default_out)
+        return pricer.prompt_estimate(call) + call.max_output_tokens(default_out)
 
     return RateLimitStage(limiter, scopes, estimate)
 
@@ -329,7 +331,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     providers = build_providers(registry, config.server)
     counter = TokenCounter()
     ledger = LedgerStore(engine)
-    directory = Directory(ledger)
+    accounts = AccountCache(ledger)
     scripts = build_scripts(config)
     redis = build_redis(config)
     live = build_live(config, ledger, scripts, redis)
@@ -343,12 +345,12 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         batch_max=config.writer.batch_max,
         on_flushed=watch() if watch is not None else None,
     )
-    biller = Biller(
+    pricer = CallPricer(
         PriceBook.load(config.prices),
         FxTable.load(config.fx),
         image_tokens=config.ledger.image_tokens,
     )
-    check_served_prices(config, registry, biller.prices)  # nothing served for free
+    check_served_prices(config, registry, pricer.prices)  # nothing served for free
 
     metrics = Metrics()
     shared_dir = env.get(METRICS_DIR_ENV)
@@ -358,16 +360,15 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         row = usage_row(call)
         # Its roll-up marker is made by the database when the event is inserted.
         rows: list[tuple[Table, dict[str, Any]]] = [(usage_events, row)]
-        charge = call.extras.get(CHARGE)
+        charge = call.get(CHARGE)
         if charge is not None:
-            rows += ledger_rows(call, call.extras.get(ORG), charge)
-        extra = call.extras.get(EXTRA_ROWS)
+            rows += ledger_rows(call, call.get(ORG), charge)
+        extra = call.get(EXTRA_ROWS)
         if extra is not None:  # a batch line's result: committed with its usage record
             rows += extra
         writer.submit_many(rows)
         metrics.observe(row)
 
-    pipeline = Pipeline(registry, providers, counter, record, config.server)
     rc = config.routing
     health = HealthBoard(
         policy=BreakerPolicy(
@@ -376,7 +377,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     )
     _, default_prefs = parse_preferences(rc.default or None, "default")
     router = Router(
-        biller,
+        pricer,
         health,
         default_prefs,
         default_max_output=config.server.default_max_output_tokens,
@@ -386,28 +387,34 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         },
         rtt_s={n: r.rtt_ms / 1000 for n, r in config.regions.items()},
     )
-    queues = QueueBoard(max_wait_s=rc.max_queue_wait_s)
-    pipeline.router = router
-    pipeline.auto = build_auto(config, registry)
-    pipeline.queues = queues
+    candidates = Candidates(router)
     limiter = build_limiter(config, scripts, redis)
-    pipeline.stages.append(rate_limit_stage(config, limiter, biller))
     tasks = TaskStore(engine)
-    pipeline.stages.append(TaskStage(tasks))
     stage = LedgerStage(
-        biller,
+        pricer,
         live,
-        directory,
+        accounts,
         counter,
-        pipeline.candidates,
+        candidates,
+        TaskFinder(tasks),
         hold_ttl_s=config.ledger.hold_ttl_s,
         default_max_output=config.server.default_max_output_tokens,
     )
-    pipeline.stages.append(stage)
-    pipeline.quoter = stage
     provider = build_tracer_provider(config.tracing, env)
-    if provider is not None:
-        pipeline.tracer = provider.get_tracer("tokenomy")
+    pipeline = Pipeline(
+        registry,
+        providers,
+        counter,
+        record,
+        config.server,
+        stages=(rate_limit_stage(config, limiter, pricer), stage),
+        candidates=candidates,
+        router=router,
+        queues=QueueBoard(max_wait_s=rc.max_queue_wait_s),
+        quoter=stage,
+        auto=build_auto(config, registry),
+        tracer=provider.get_tracer("tokenomy") if provider is not None else None,
+    )
     return Services(
         config=config,
         engine=engine,
@@ -422,12 +429,12 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         admin_key=env.get(config.admin.key_env) or None,
         metrics_token=env.get(config.admin.metrics_token_env) or None,
         ledger=ledger,
-        directory=directory,
+        accounts=accounts,
         live=live,
-        biller=biller,
+        pricer=pricer,
         ledger_stage=stage,
         router=router,
-        queues=queues,
+        queues=pipeline.queues,
         limiter=limiter,
         metrics=metrics,
         shared_metrics=shared,

@@ -41,7 +41,7 @@ from tokenomy.admission.ratelimit import (
     tightest,
     too_large,
 )
-from tokenomy.ids import UniqueIds
+from tokenomy.core.ids import UniqueIds
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -45,7 +45,7 @@ from tokenomy.api.edge import (
 )
 from tokenomy.api.http_errors import JsonErrorsHandler, http_error
 from tokenomy.api.lean_guards import METHODS, TOKEN, Drain, head_problem
-from tokenomy.errors import GatewayError, Overloaded, RequestTimeout
+from tokenomy.core.errors import GatewayError, Overloaded, RequestTimeout
 from tokenomy.services import Services
 
 log = logging.getLogger(__name__)

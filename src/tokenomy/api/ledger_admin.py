@@ -20,7 +20,7 @@ from aiohttp import web
 
 from tokenomy.api.admin import require_admin
 from tokenomy.api.edge import read_json
-from tokenomy.errors import InvalidRequest, NotFound
+from tokenomy.core.errors import InvalidRequest, NotFound
 from tokenomy.ledger.accounts import Mode, Org, OrgMeter, Scope
 from tokenomy.ledger.operations import (
     KIND_PATHS,

@@ -25,12 +25,13 @@ from tokenomy.api.edge import (
     serve_call,
     services,
 )
-from tokenomy.errors import InvalidRequest, NotFound
+from tokenomy.core.call import Call
+from tokenomy.core.errors import InvalidRequest, NotFound
+from tokenomy.core.ids import stamped_id as new_id
+from tokenomy.core.ids import stamped_id_age_s as id_age_s
+from tokenomy.core.keys import ApiKey
 from tokenomy.gateway import validation
-from tokenomy.gateway.call import TASK_NAME, Call
 from tokenomy.gateway.pipeline import Pipeline
-from tokenomy.ids import stamped_id as new_id
-from tokenomy.ids import stamped_id_age_s as id_age_s
 from tokenomy.providers.sse import frames_data
 from tokenomy.providers.translate_responses import (
     JSON,
@@ -43,7 +44,6 @@ from tokenomy.providers.translate_responses import (
     responses_usage,
 )
 from tokenomy.providers.translate_responses_stream import ChatToResponsesStream
-from tokenomy.store.keys import ApiKey
 from tokenomy.store.responses import ResponseStore, StoredResponse
 
 RESPONSE_STORE: web.AppKey[ResponseStore] = web.AppKey("response_store", ResponseStore)
@@ -106,9 +106,9 @@ class ResponsesExchange:
         return responses_usage(u.to_openai(), orjson.Fragment(cost.encode()) if cost else None)
 
     def _cost(self) -> str | None:
-        if self.pipeline.quoter is None or self.call.usage is None:
+        if self.call.usage is None:
             return None
-        return str(self.pipeline.quoter.quote(self.call).cost_str())
+        return self.pipeline.quoter.quote(self.call).cost_str()
 
     async def reply(self, body: bytes, headers: Mapping[str, str]) -> None:
         answer = orjson.loads(body)
@@ -215,7 +215,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     )
     meta = body.get("metadata")
     if isinstance(meta, dict) and meta.get("task_id") is not None:
-        call.extras[TASK_NAME] = meta["task_id"]  # the X-Tokenomy-Task header wins
+        call.task_name = meta["task_id"]  # the X-Tokenomy-Task header wins
     inner = AioExchange(request)
     ex: Exchange = ResponsesExchange(inner, call, body, items, context, store, svc.pipeline)
     await serve_call(ex, svc, call)

@@ -21,13 +21,13 @@ import orjson
 
 from tokenomy.batches.holds import LineHolds
 from tokenomy.batches.objects import ENDPOINTS, WINDOWS, line_request_id, new_batch_id
-from tokenomy.errors import GatewayError, InsufficientQuota, InvalidRequest, NotFound
-from tokenomy.gateway.call import Call
-from tokenomy.ledger.biller import units
+from tokenomy.billing.call_pricing import units
+from tokenomy.core.call import Call
+from tokenomy.core.errors import GatewayError, InsufficientQuota, InvalidRequest, NotFound
+from tokenomy.core.keys import ApiKey
 from tokenomy.ledger.live import Shortfall
 from tokenomy.store.batches import PENDING, BatchStore
 from tokenomy.store.files import FileStore
-from tokenomy.store.keys import ApiKey
 
 if TYPE_CHECKING:
     from tokenomy.services import Services
@@ -170,7 +170,7 @@ class BatchIntake:
         errors: list[dict[str, Any]] = []
         seen: set[str] = set()
         build = self.builders[endpoint]
-        org = self.svc.directory.org_of(key)
+        org = self.svc.accounts.org_of(key)
         at = datetime.now(UTC)
         async for n, raw in source:
             try:
@@ -194,9 +194,9 @@ class BatchIntake:
                 deps = pipeline.candidates(call)
                 amount, tokens = 0, 0
                 if org is not None:
-                    bound = self.svc.biller.prompt_bound(call)
+                    bound = self.svc.pricer.prompt_bound(call)
                     cap = self.svc.config.server.default_max_output_tokens
-                    amount, tokens = self.svc.biller.worst(call, deps, org.currency, bound, cap, at)
+                    amount, tokens = self.svc.pricer.worst(call, deps, org.currency, bound, cap, at)
                 lines.append(_Line(n, custom_id, body, amount, tokens))
             except _LineError as e:
                 errors.append(_error(e.code, e.message, e.param, n))
@@ -317,7 +317,7 @@ async def _file_lines(files: FileStore, file_id: str) -> AsyncIterator[tuple[int
 
 
 def _refusal(s: Shortfall, worst: int, key: ApiKey, svc: Services) -> InsufficientQuota:
-    org = svc.directory.org_of(key)
+    org = svc.accounts.org_of(key)
     cur = org.currency.value if org is not None else ""
     left = f"{units(max(s.available, 0))} {cur}"
     return InsufficientQuota(

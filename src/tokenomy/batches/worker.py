@@ -29,13 +29,13 @@ import orjson
 from tokenomy.batches.holds import LineHolds
 from tokenomy.batches.intake import Builder
 from tokenomy.batches.objects import MESSAGES, result_line, unrun_line
-from tokenomy.errors import GatewayError, InsufficientQuota, Overloaded, RateLimited
-from tokenomy.gateway.call import Call
+from tokenomy.core.call import Call
+from tokenomy.core.errors import GatewayError, InsufficientQuota, Overloaded, RateLimited
+from tokenomy.core.keys import ApiKey
 from tokenomy.gateway.records import EXTRA_ROWS
 from tokenomy.ledger.live import Hold, Shortfall
 from tokenomy.ledger.stage import HOLD, ORG
 from tokenomy.store.batches import CANCELLED, EXPIRED, BatchStore, ClaimedLine
-from tokenomy.store.keys import ApiKey
 from tokenomy.store.schema import batch_results
 
 if TYPE_CHECKING:
@@ -240,8 +240,10 @@ class BatchWorker:
                     raise InsufficientQuota(
                         "The batch's hold was lost and its funds are now spent elsewhere."
                     ) from None
-                call.extras[HOLD] = hold  # the ledger stage settles it, and holds nothing
-                call.extras[ORG] = self.holds.directory.org_of(call.key)
+                call.put(HOLD, hold)  # the ledger stage settles it, and holds nothing
+                org = self.holds.accounts.org_of(call.key)
+                if org is not None:
+                    call.put(ORG, org)
             pipeline.route(call)
             outcome = await pipeline.open(call)
             assert outcome.body is not None  # batch lines never stream
@@ -259,9 +261,9 @@ class BatchWorker:
             call.status, call.http_status, call.error_code = "error", 500, "internal_error"
             status, out = 500, _error_body("internal_error", "The gateway hit an internal error.")
         cost = 0
-        if status == 200 and pipeline.quoter is not None:
+        if status == 200:
             cost = pipeline.quoter.quote(call).cost_nanos
-        call.extras[EXTRA_ROWS] = [(batch_results, self._row(line, status, out, cost))]
+        call.put(EXTRA_ROWS, [(batch_results, self._row(line, status, out, cost))])
         await pipeline.finish(call)
         self.lines_run += 1
         self._recorded.append((line.batch_id, line.line_no))
@@ -269,7 +271,7 @@ class BatchWorker:
     async def _later(self, call: Call, line: ClaimedLine, e: GatewayError) -> None:
         """A refusal for now: its record gets an id of its own (the line's id is kept
         for its outcome), its hold stays, and the line waits out a pause."""
-        call.extras.pop(HOLD, None)
+        call.pop(HOLD)
         call.request_id = f"{line.request_id}~{line.attempts}"
         self.svc.pipeline.fail(call, e)
         await self.svc.pipeline.finish(call)

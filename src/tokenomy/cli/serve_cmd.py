@@ -316,7 +316,7 @@ async def _seed_history(args: argparse.Namespace, days: int) -> None:
     """
     import socket
 
-    from tokenomy.analytics.demo_history import seed_history
+    from tokenomy.cli.demo_history import seed_history
     from tokenomy.sim.server import create_sim_app
 
     with socket.socket() as sock:

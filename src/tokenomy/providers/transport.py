@@ -26,8 +26,9 @@ from typing import cast
 
 import httptools
 
-from tokenomy.providers.origin import Origin
-from tokenomy.providers.proxy import Proxy, ProxyError, open_tunnel
+from tokenomy.core.origin import Origin
+from tokenomy.core.proxy_url import Proxy
+from tokenomy.providers.proxy import ProxyError, open_tunnel
 from tokenomy.providers.response import Response, TransportError
 
 #: A request on a reused connection that fails within this many seconds, with no byte of

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select
 
-from tokenomy.ids import UniqueIds
+from tokenomy.core.ids import UniqueIds
 from tokenomy.store.schema import file_chunks, files
 
 #: Bytes per stored chunk.

@@ -6,9 +6,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from tokenomy.core.keys import ApiKey
 from tokenomy.ledger.accounts import Budget, BudgetMeter, Org, Project, Scope
 from tokenomy.ledger.store import LedgerStore
-from tokenomy.store.keys import ApiKey
 
 Budgets = dict[tuple[Scope, str], tuple[Budget, ...]]
 #: The end of a lifetime budget's bucket, for the cache of meters.
@@ -27,7 +27,7 @@ class _KeyMeters(NamedTuple):
 
 
 @dataclass
-class Directory:
+class AccountCache:
     """Orgs, projects and budgets by id; replaced wholesale by :meth:`refresh`."""
 
     store: LedgerStore
