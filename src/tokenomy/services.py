@@ -357,10 +357,10 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     shared = SharedMetrics(metrics, Path(shared_dir)) if shared_dir else None
 
     def record(call: Call) -> None:
-        row = usage_row(call)
+        charge = call.get(CHARGE)
+        row = usage_row(call, charge)
         # Its roll-up marker is made by the database when the event is inserted.
         rows: list[tuple[Table, dict[str, Any]]] = [(usage_events, row)]
-        charge = call.get(CHARGE)
         if charge is not None:
             rows += ledger_rows(call, call.get(ORG), charge)
         extra = call.get(EXTRA_ROWS)

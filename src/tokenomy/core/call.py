@@ -133,6 +133,8 @@ class Call:
     span: Any = None
     #: State typed by the layers above (see :class:`CallKey`).
     state: dict[CallKey[Any], Any] = field(default_factory=dict)
+    #: The client's output cap once read (-1: not yet; 0: none).
+    _cap: int = field(default=-1, init=False, repr=False)
 
     def get(self, key: CallKey[T]) -> T | None:
         """The value a stage left under ``key``, if any."""
@@ -171,10 +173,12 @@ class Call:
 
     def requested_max_output(self) -> int | None:
         """The client's own output cap (``max_completion_tokens`` or ``max_tokens``), if any."""
-        cap = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
-        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
-            return cap
-        return None
+        cap = self._cap
+        if cap < 0:  # read once: limits, routing and the hold all ask
+            got: Any = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
+            ok = isinstance(got, int) and not isinstance(got, bool) and got > 0
+            cap = self._cap = got if ok else 0
+        return cap or None
 
     def choices(self) -> int:
         """How many answers the call may produce, each up to the output cap: ``n`` (the

@@ -6,7 +6,7 @@ from typing import Any, Final
 
 from sqlalchemy import Table
 
-from tokenomy.billing.call_pricing import CHARGE
+from tokenomy.billing.call_pricing import Charge
 from tokenomy.core.call import Call, CallKey
 from tokenomy.core.usage import Usage
 
@@ -28,7 +28,9 @@ _NO_MONEY: Final[dict[str, Any]] = {
 }
 
 
-def usage_row(call: Call) -> dict[str, Any]:
+def usage_row(call: Call, ch: Charge | None) -> dict[str, Any]:
+    """The call's usage event, with the money columns of ``ch``, its charge (the ledger
+    stage leaves one, under ``CHARGE``, on every call it priced)."""
     u = call.usage or _NO_USAGE
     dep = call.deployment
     row = {
@@ -58,9 +60,7 @@ def usage_row(call: Call) -> dict[str, Any]:
         "attempts": call.attempts,
         "task_id": call.task_id,
     }
-    # The charge's columns (the ledger stage leaves a Charge on every call it priced),
-    # set in place rather than built as a second dict and merged.
-    ch = call.get(CHARGE)
+    # The charge's columns, set in place rather than built as a second dict and merged.
     if ch is None:
         row.update(_NO_MONEY)
         return row

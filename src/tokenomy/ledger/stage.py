@@ -16,7 +16,7 @@ from tokenomy.core.tokencount import TokenCounter
 from tokenomy.ledger.account_cache import AccountCache
 from tokenomy.ledger.accounts import BudgetMeter, Org, OrgMeter
 from tokenomy.ledger.live import Hold, LiveLedger, LiveStateUnavailable, Shortfall
-from tokenomy.ledger.tasks import TASK_METER, TaskFinder, named_task
+from tokenomy.ledger.tasks import TaskFinder, named_task
 
 #: Prompts whose byte bound is above this many tokens are counted off the event loop.
 INLINE_COUNT_BOUND = 8192
@@ -63,10 +63,11 @@ class LedgerStage:
         self._counting = asyncio.Semaphore(1)
 
     async def before(self, call: Call) -> None:
+        task = None
         if call.task_name is not None or "metadata" in call.body:
             name = named_task(call)
             if name is not None:
-                await self.tasks.find(call, name)
+                task = await self.tasks.find(call, name)
         if HOLD in call.state:
             return  # held already (a batch line, held when its batch was created)
         key = call.key
@@ -82,7 +83,6 @@ class LedgerStage:
         deps = self.candidates(call)
         bound = self.pricer.prompt_bound(call)
         meters = self.accounts.meters(key, call.ts_ms)
-        task = call.get(TASK_METER)
         if task is not None:  # one level deeper: the task's own budget
             meters = (*meters, task)
         try:

@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tokenomy.core.call import Call, CallKey
+from tokenomy.core.call import Call
 from tokenomy.core.errors import InvalidRequest, NotFound
 from tokenomy.ledger.accounts import Budget, BudgetMeter, Scope
 from tokenomy.ledger.periods import EPOCH_MS, Period
 from tokenomy.store.tasks import Task, TaskStore
 
-#: The task's budget meter, for the ledger stage's hold.
-TASK_METER = CallKey[BudgetMeter]("ledger.task_meter")
 #: Made tasks' names start so; other names are the caller's own labels.
 TASK_PREFIX = "task_"
 MAX_TASK_NAME = 64
@@ -69,8 +67,9 @@ class TaskFinder:
         self.store = store
         self._refreshing: dict[str, asyncio.Task[Any]] = {}
 
-    async def find(self, call: Call, name: Any) -> None:
-        """Check the call's task ``name`` (400/404) and leave its id and budget meter."""
+    async def find(self, call: Call, name: Any) -> BudgetMeter | None:
+        """Check the call's task ``name`` (400/404) and set the call's ``task_id``; the
+        task's budget meter, if it has a budget (one more level of the call's hold)."""
         if (
             not isinstance(name, str)
             or not 0 < len(name) <= MAX_TASK_NAME
@@ -90,10 +89,10 @@ class TaskFinder:
                     self._refresh(name)
             if task is None or task.owner != owner_of(call.key.org_id, call.key.id):
                 raise task_not_found(name)  # another organisation's is unknown here
-            meter = task_meter(task)
-            if meter is not None:
-                call.put(TASK_METER, meter)
+            call.task_id = name
+            return task_meter(task)
         call.task_id = name
+        return None
 
     def _refresh(self, name: str) -> None:
         t = asyncio.create_task(asyncio.to_thread(self.store.get, name), name="task-refresh")
