@@ -104,9 +104,12 @@ def error_parts(err: GatewayError, anthropic: bool) -> tuple[int, dict[str, str]
 
 
 class EventStream(web.StreamResponse):
-    """An SSE response whose headers leave with its first events (see Exchange)."""
+    """An SSE response whose headers leave with its first events (see Exchange).
 
-    # aiohttp's own switch (web.Response turns it off the same way).
+    Seam: aiohttp has no public switch for this; its own ``web.Response`` turns the
+    private class attribute off the same way (checked against the pinned aiohttp range).
+    """
+
     _send_headers_immediately = False
 
 
