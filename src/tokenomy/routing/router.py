@@ -54,7 +54,8 @@ class Router:
     def prepare(self, call: Call) -> str:
         """Parse the call's routing preferences; returns the model name to resolve."""
         base, prefs = parse_preferences(call.body.get("provider"), call.model, self.default)
-        call.put(PREFS, prefs)
+        if prefs is not self.default:  # most calls: the defaults, read from the router
+            call.put(PREFS, prefs)
         return base
 
     def ranked(self, call: Call, needs_caps: frozenset[str]) -> list[Deployment]:
