@@ -27,7 +27,7 @@ from tokenomy.admission.ratelimit import (
 from tokenomy.analytics.metrics import Metrics
 from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
 from tokenomy.analytics.metrics_share import SharedMetrics
-from tokenomy.billing.call_pricing import CHARGE, CallPricer
+from tokenomy.billing.call_pricing import CallPricer
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.pricing import openrouter_pricing
@@ -43,7 +43,7 @@ from tokenomy.gateway.registry import build_registry
 from tokenomy.ledger.account_cache import AccountCache
 from tokenomy.ledger.live import LiveLedger, LiveStateUnavailable, MemoryLedger
 from tokenomy.ledger.records import ledger_rows
-from tokenomy.ledger.stage import ORG, LedgerStage
+from tokenomy.ledger.stage import LEDGER, LedgerStage
 from tokenomy.ledger.store import LedgerStore
 from tokenomy.ledger.tasks import TaskFinder
 from tokenomy.providers.base import Provider
@@ -357,12 +357,13 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     shared = SharedMetrics(metrics, Path(shared_dir)) if shared_dir else None
 
     def record(call: Call) -> None:
-        charge = call.get(CHARGE)
+        ledger = call.get(LEDGER)
+        charge = ledger.charge if ledger is not None else None
         row = usage_row(call, charge)
         # Its roll-up marker is made by the database when the event is inserted.
         rows: list[tuple[Table, dict[str, Any]]] = [(usage_events, row)]
         if charge is not None:
-            rows += ledger_rows(call, call.get(ORG), charge)
+            rows += ledger_rows(call, ledger.org if ledger is not None else None, charge)
         extra = call.get(EXTRA_ROWS)
         if extra is not None:  # a batch line's result: committed with its usage record
             rows += extra

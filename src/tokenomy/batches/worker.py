@@ -34,7 +34,7 @@ from tokenomy.core.errors import GatewayError, InsufficientQuota, Overloaded, Ra
 from tokenomy.core.keys import ApiKey
 from tokenomy.gateway.records import EXTRA_ROWS
 from tokenomy.ledger.live import Hold, Shortfall
-from tokenomy.ledger.stage import HOLD, ORG
+from tokenomy.ledger.stage import LEDGER, CallLedger
 from tokenomy.store.batches import CANCELLED, EXPIRED, BatchStore, ClaimedLine
 from tokenomy.store.schema import batch_results
 
@@ -240,10 +240,8 @@ class BatchWorker:
                     raise InsufficientQuota(
                         "The batch's hold was lost and its funds are now spent elsewhere."
                     ) from None
-                call.put(HOLD, hold)  # the ledger stage settles it, and holds nothing
-                org = self.holds.accounts.org_of(call.key)
-                if org is not None:
-                    call.put(ORG, org)
+                # The ledger stage settles it, and holds nothing.
+                call.put(LEDGER, CallLedger(self.holds.accounts.org_of(call.key), hold))
             pipeline.route(call)
             outcome = await pipeline.open(call)
             assert outcome.body is not None  # batch lines never stream
@@ -271,7 +269,9 @@ class BatchWorker:
     async def _later(self, call: Call, line: ClaimedLine, e: GatewayError) -> None:
         """A refusal for now: its record gets an id of its own (the line's id is kept
         for its outcome), its hold stays, and the line waits out a pause."""
-        call.pop(HOLD)
+        ledger = call.get(LEDGER)
+        if ledger is not None:
+            ledger.hold = None
         call.request_id = f"{line.request_id}~{line.attempts}"
         self.svc.pipeline.fail(call, e)
         await self.svc.pipeline.finish(call)

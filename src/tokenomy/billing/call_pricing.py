@@ -20,7 +20,7 @@ from tokenomy.billing.catalog import PriceBook, PriceNotFound, PriceVersion
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.money import Currency, round_half_up_div, round_half_up_fraction
 from tokenomy.billing.pricing import exact_cost_nanos, worst_case_nanos
-from tokenomy.core.call import IMAGE_PARTS, Call, CallKey
+from tokenomy.core.call import IMAGE_PARTS, Call
 from tokenomy.core.registry import Deployment
 from tokenomy.core.usage import Usage
 
@@ -53,10 +53,6 @@ class Charge:
         """The charged cost in units as a plain decimal string (for headers and bodies)."""
         return units(self.cost_nanos)
 
-
-#: The call's charge, once priced (left by the ledger stage, read by the usage record
-#: and the response's cost).
-CHARGE = CallKey[Charge]("ledger.charge")
 
 BATCH_TIER = "batch"
 STANDARD_TIER = "standard"

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from tokenomy.admission.fairqueue import QueueBoard, Slot, tier_for
-from tokenomy.billing.call_pricing import CHARGE, Charge
+from tokenomy.billing.call_pricing import Charge
 from tokenomy.config import ServerConfig
 from tokenomy.core.call import CHAT_BODIES, Call, Stage
 from tokenomy.core.errors import (
@@ -39,6 +39,7 @@ from tokenomy.core.tokencount import TokenCounter
 from tokenomy.core.usage import Usage, UsageSource
 from tokenomy.gateway.candidates import Candidates
 from tokenomy.gateway.relay import StreamRelay
+from tokenomy.ledger.stage import LEDGER
 from tokenomy.providers.base import Provider
 from tokenomy.providers.translate_request import (
     anthropic_request_to_openai,
@@ -385,7 +386,8 @@ def _end_request_span(span: Any, call: Call) -> None:
     if u is not None:
         attrs["gen_ai.usage.input_tokens"] = u.input_tokens
         attrs["gen_ai.usage.output_tokens"] = u.output_tokens
-    charge = call.get(CHARGE)
+    ledger = call.get(LEDGER)
+    charge = ledger.charge if ledger is not None else None
     if charge is not None and charge.currency is not None:
         attrs["tokenomy.cost"] = charge.cost_str()
         attrs["tokenomy.currency"] = charge.currency.value

@@ -30,7 +30,7 @@ _NO_MONEY: Final[dict[str, Any]] = {
 
 def usage_row(call: Call, ch: Charge | None) -> dict[str, Any]:
     """The call's usage event, with the money columns of ``ch``, its charge (the ledger
-    stage leaves one, under ``CHARGE``, on every call it priced)."""
+    stage leaves one on every call it priced: ``ledger.stage.CallLedger``)."""
     u = call.usage or _NO_USAGE
     dep = call.deployment
     row = {

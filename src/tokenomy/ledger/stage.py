@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from tokenomy.billing.call_pricing import CHARGE, CallPricer, Charge, units
+from tokenomy.billing.call_pricing import CallPricer, Charge, units
 from tokenomy.core.call import Call, CallKey
 from tokenomy.core.errors import InsufficientQuota, Overloaded, PermissionDenied
 from tokenomy.core.metering import count_prompt
@@ -21,10 +22,19 @@ from tokenomy.ledger.tasks import TaskFinder, named_task
 #: Prompts whose byte bound is above this many tokens are counted off the event loop.
 INLINE_COUNT_BOUND = 8192
 
-#: The call's hold (a batch line's is made when its batch is, and left here by the worker).
-HOLD = CallKey[Hold]("ledger.hold")
-#: The organisation the call is charged to.
-ORG = CallKey[Org]("ledger.org")
+
+@dataclass(slots=True)
+class CallLedger:
+    """The ledger's part of a call: the organisation it is charged to, its hold, and
+    its charge once priced (the usage record and the response's cost read it)."""
+
+    org: Org | None = None
+    #: A batch line's is made when its batch is, and left here by the batch worker.
+    hold: Hold | None = None
+    charge: Charge | None = None
+
+
+LEDGER = CallKey[CallLedger]("ledger")
 
 #: Retry-After of a 503 while live balances are unreachable or being rebuilt.
 RETRY_AFTER_S = 1.0
@@ -68,7 +78,7 @@ class LedgerStage:
             name = named_task(call)
             if name is not None:
                 task = await self.tasks.find(call, name)
-        if HOLD in call.state:
+        if LEDGER in call.state:
             return  # held already (a batch line, held when its batch was created)
         key = call.key
         if key.org_id is None:
@@ -78,7 +88,8 @@ class LedgerStage:
             raise PermissionDenied(
                 "This API key's organisation does not exist (any more).", code="org_not_found"
             )
-        call.put(ORG, org)
+        ledger = CallLedger(org)
+        call.put(LEDGER, ledger)
         at = datetime.fromtimestamp(call.ts_ms / 1000, UTC)
         deps = self.candidates(call)
         bound = self.pricer.prompt_bound(call)
@@ -94,7 +105,7 @@ class LedgerStage:
                 code="ledger_unavailable",
                 retry_after=RETRY_AFTER_S,
             ) from e
-        call.put(HOLD, hold)
+        ledger.hold = hold
         self.holds += 1
 
     async def _hold_or_refuse(
@@ -173,17 +184,21 @@ class LedgerStage:
 
     def quote(self, call: Call) -> Charge:
         """The call's charge from its usage so far (cached once computed at the end)."""
-        ch = call.get(CHARGE)
-        if ch is not None:
-            return ch
-        org, hold = call.get(ORG), call.get(HOLD)
+        ledger = call.get(LEDGER)
+        if ledger is None:
+            ledger = CallLedger()  # a house key's call: priced, charged to no one
+            call.put(LEDGER, ledger)
+        elif ledger.charge is not None:
+            return ledger.charge
+        org, hold = ledger.org, ledger.hold
         ch = self.pricer.charge(call, org.currency if org else None, hold.amount if hold else None)
-        call.put(CHARGE, ch)
+        ledger.charge = ch
         return ch
 
     async def after(self, call: Call) -> None:
         ch = self.quote(call)
-        hold = call.get(HOLD)
+        ledger = call.get(LEDGER)
+        hold = ledger.hold if ledger is not None else None
         if hold is not None:
             u = call.usage
             tokens = (u.input_tokens + u.output_tokens) if u else 0
