@@ -86,38 +86,37 @@ class Metrics:
         self.peers: Callable[[Snapshot], Snapshot] | None = None
 
     def observe(self, row: Mapping[str, Any]) -> None:
-        """Count one finished request from its usage event row (``gateway.records``)."""
-        # Once per request: the row's own str and int values, read once each.
-        get = row.get
-        model, vendor, status = get("model") or "", get("vendor") or "", get("status") or ""
+        """Count one finished request from its usage event row (``gateway.records``: every
+        column is there, so each is read by subscript, once)."""
+        model, vendor, status = row["model"] or "", row["vendor"] or "", row["status"]
         mv = (model, vendor)
         k = (model, vendor, status)
         requests = self.requests
         requests[k] = requests.get(k, 0) + 1
         tokens = self.tokens
         for name, col in TOKEN_TYPES:
-            n = get(col)
+            n = row[col]
             if n:
                 tk = (model, vendor, name)
                 tokens[tk] = tokens.get(tk, 0) + n
-        cost = get("cost_nanos")
+        cost = row["cost_nanos"]
         if cost:
-            cur = get("currency")
+            cur = row["currency"]
             if cur:
                 ck = (model, vendor, cur)
                 self.spend[ck] = self.spend.get(ck, 0) + cost
-                held = get("held_nanos") or 0
+                held = row["held_nanos"]
                 if held and cost > held:  # no hold (a house key) is no overrun
                     self.overruns[mv] = self.overruns.get(mv, 0) + 1
                     self.overrun_nanos[ck] = self.overrun_nanos.get(ck, 0) + cost - held
         if status != "ok" and status != "cancelled" and vendor:
-            ek = (vendor, get("error_code") or status)
+            ek = (vendor, row["error_code"] or status)
             self.upstream_errors[ek] = self.upstream_errors.get(ek, 0) + 1
-        attempts = get("attempts") or 0
+        attempts = row["attempts"]
         if attempts > 1:
             self.retries[(model,)] = self.retries.get((model,), 0) + attempts - 1
-        _histogram(self.latency, mv).observe((get("latency_ms") or 0) / 1000)
-        ttft = get("ttft_ms")
+        _histogram(self.latency, mv).observe(row["latency_ms"] / 1000)
+        ttft = row["ttft_ms"]
         if ttft is not None:
             _histogram(self.ttft, mv).observe(ttft / 1000)
 
