@@ -27,10 +27,10 @@ T = TypeVar("T")
 
 
 class CallKey(Generic[T]):
-    """A typed key for state that a layer above this one keeps on a call (a ledger hold,
-    a rate-limit ticket): the owning module defines it next to its type, so every reader
-    and writer of the value is checked against that type. State whose type lives here is
-    a field of :class:`Call` instead."""
+    """A typed key for state that a layer above this one keeps on a call (the ledger's
+    hold and charge, a rate-limit ticket): the owning module defines it next to its type,
+    so every reader and writer of the value is checked against that type. State whose
+    type lives here is a field of :class:`Call` instead."""
 
     __slots__ = ("name",)
 
