@@ -25,8 +25,8 @@ from aiohttp import web
 from tokenomy.api import lean_server
 from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, InferenceRoute
 from tokenomy.config import ServerConfig
-from tokenomy.errors import GatewayError, InvalidRequest
-from tokenomy.providers.origin import Origin
+from tokenomy.core.errors import GatewayError, InvalidRequest
+from tokenomy.core.origin import Origin
 from tokenomy.providers.transport import Pool, header_block
 
 PATH = "/v1/chat/completions"

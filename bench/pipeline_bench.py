@@ -52,7 +52,7 @@ from workloads import prompt  # noqa: E402
 
 from tokenomy.api import edge, openai_routes  # noqa: E402
 from tokenomy.config import load_config  # noqa: E402
-from tokenomy.gateway.registry import Deployment  # noqa: E402
+from tokenomy.core.registry import Deployment  # noqa: E402
 from tokenomy.providers.sse import SSEEvent, iter_event_batches, iter_event_bytes  # noqa: E402
 from tokenomy.services import Services, build_services  # noqa: E402
 from tokenomy.store.db import migrate  # noqa: E402

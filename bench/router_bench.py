@@ -19,12 +19,12 @@ import time
 import tracemalloc
 
 from tokenomy.config import load_config
-from tokenomy.gateway.call import Call
+from tokenomy.core.call import Call
+from tokenomy.core.keys import ApiKey
+from tokenomy.core.tokencount import TokenCounter
 from tokenomy.gateway.registry import build_registry
-from tokenomy.gateway.tokencount import TokenCounter
 from tokenomy.routing.auto import AutoRouter
 from tokenomy.routing.learned import LearnedRouter
-from tokenomy.store.keys import ApiKey
 
 _PROSE = (
     "the of and a to in is you that it he was for on are as with his they at be this from "

@@ -57,8 +57,11 @@ class ThreadServer:
         )
         await self._runner.setup()
         # The gateway is served as `tokenomy serve` serves it: through the lean server.
-        site = LeanSite if INFERENCE_ROUTES in self.app else web.TCPSite
-        await site(self._runner, "127.0.0.1", self.port).start()
+        if INFERENCE_ROUTES in self.app:
+            drain = self._shutdown_timeout
+            await LeanSite(self._runner, "127.0.0.1", self.port, drain_timeout_s=drain).start()
+        else:
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)

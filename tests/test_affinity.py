@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
+from tokenomy.billing.call_pricing import CallPricer
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
 from tokenomy.config import parse_config
-from tokenomy.gateway.call import TASK_ID, Call
+from tokenomy.core.call import Call
+from tokenomy.core.keys import ApiKey
 from tokenomy.gateway.registry import build_registry
-from tokenomy.ledger.biller import Biller
 from tokenomy.routing.affinity import (
     DEFAULT_TTL_S,
     ONE_DAY_S,
@@ -26,7 +27,6 @@ from tokenomy.routing.affinity import (
 from tokenomy.routing.health import BreakerPolicy, HealthBoard
 from tokenomy.routing.preferences import Preferences
 from tokenomy.routing.router import Router
-from tokenomy.store.keys import ApiKey
 
 CONFIG = """
 vendors:
@@ -62,7 +62,7 @@ class Rig:
     def __init__(self) -> None:
         cfg = parse_config(CONFIG, "test")
         self.registry = build_registry(cfg, {})
-        biller = Biller(PriceBook.load(), FxTable.load())
+        biller = CallPricer(PriceBook.load(), FxTable.load())
         self.health = HealthBoard(policy=BreakerPolicy(consecutive_failures=1, cooldown_s=60))
         self.router = Router(biller, self.health, Preferences(), default_max_output=256)
         self.clock = Clock()
@@ -75,7 +75,7 @@ class Rig:
         base = self.router.prepare(c)
         c.route = self.registry.resolve(base)
         if task is not None:
-            c.extras[TASK_ID] = task
+            c.task_name = task
         return c
 
     def route(self, c: Call, served: str | None = None) -> str:

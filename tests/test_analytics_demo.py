@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from tests.conftest import ADMIN_KEY
 from tests.servers import ThreadServer
-from tokenomy.analytics.demo_history import seed_history
 from tokenomy.app import app_for
+from tokenomy.cli.demo_history import seed_history
 from tokenomy.config import DatabaseConfig, default_config_text, parse_config
 from tokenomy.services import build_services
 from tokenomy.store.schema import usage_events

@@ -11,7 +11,7 @@ import httpx
 from tests.conftest import Gateway
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.pricing import price_request
-from tokenomy.gateway.usage import Usage
+from tokenomy.core.usage import Usage
 
 BOOK = PriceBook.load()
 MSG = [{"role": "user", "content": "Say something about tea, at length."}]

@@ -62,7 +62,7 @@ def wait_ended(c: openai.OpenAI, batch_id: str, timeout: float = 90.0) -> Any:
 def held(gateway: Gateway, org_id: str) -> int:
     """What the org has on hold in the live ledger right now."""
     svc = gateway.services
-    org = svc.directory.orgs[org_id]
+    org = svc.accounts.orgs[org_id]
     state = gateway.server.call(svc.live.org_state(OrgMeter(org)))
     return int(state.held)
 

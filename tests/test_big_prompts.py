@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from tests.conftest import Gateway
-from tokenomy.gateway.call import Call
+from tokenomy.core.call import Call
 from tokenomy.gateway.validation import MAX_DEPTH, too_deep
 
 PROMPT = "def f(x): return [x, {x: [x]}]  # brackets in the text are not nesting\n" * 2000

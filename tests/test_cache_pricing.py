@@ -15,7 +15,7 @@ import pytest
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.money import Currency
 from tokenomy.billing.pricing import cost_nanos, price_request
-from tokenomy.gateway.usage import Usage
+from tokenomy.core.usage import Usage
 
 BOOK = PriceBook.load()
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)

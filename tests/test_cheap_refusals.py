@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from tests.conftest import Gateway
-from tokenomy.gateway.call import Call
-from tokenomy.gateway.tokencount import TokenCounter
+from tokenomy.core.call import Call
+from tokenomy.core.tokencount import TokenCounter
 from tokenomy.ledger.accounts import Scope
 
 BIG = "lorem ipsum dolor sit amet " * 2_300  # ~62 KB, under the test gateway's body limit
@@ -73,9 +73,9 @@ def test_a_near_miss_is_counted_off_the_event_loop(gateway: Gateway, counted: li
     )  # type: ignore[arg-type]
     call.route = gateway.services.registry.resolve("ds-reasoner")
     deps = gateway.services.pipeline.candidates(call)
-    cur = stage.directory.orgs[org].currency
+    cur = stage.accounts.orgs[org].currency
     at = datetime.now(UTC)
-    loose, _ = stage.biller.worst(call, deps, cur, stage.biller.prompt_bound(call), 4096, at)
+    loose, _ = stage.pricer.worst(call, deps, cur, stage.pricer.prompt_bound(call), 4096, at)
     gateway.services.ledger.post("topup", org, loose // 2)
     gateway.server.call(gateway.services.refresh_accounts())
     counted.clear()

@@ -20,7 +20,7 @@ from tests.servers import ThreadServer
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.pricing import price_request
 from tokenomy.config import parse_config
-from tokenomy.gateway.usage import Usage
+from tokenomy.core.usage import Usage
 from tokenomy.ledger.accounts import OrgMeter
 
 BOOK = PriceBook.load()
@@ -142,7 +142,7 @@ def test_usage_above_the_hold_is_posted_in_full_and_counted(gw: Gateway) -> None
     assert int(Decimal(raw.headers["x-tokenomy-cost"]) * 10**9) == row["cost_nanos"]
     assert gw.services.ledger.balance(org) == 10**10 - row["cost_nanos"]
     assert gw.services.ledger.trial_balance() == {"USD": 0}
-    meter = OrgMeter(gw.services.ledger_stage.directory.orgs[org])
+    meter = OrgMeter(gw.services.ledger_stage.accounts.orgs[org])
     live = gw.server.call(gw.services.live.org_state(meter))
     assert (live.used, live.held) == (row["cost_nanos"], 0)
     count, nanos = overrun_metrics(gw)
@@ -166,13 +166,13 @@ def test_the_worst_case_counts_every_choice_of_every_prompt(
     endpoint: str, body: dict[str, Any], choices: int
 ) -> None:
     from tests.test_relay import KEY
-    from tokenomy.gateway.call import Call
+    from tokenomy.core.call import Call
 
     assert Call(endpoint, "openai", body, "m", False, KEY).choices() == choices
 
 
 def test_the_choice_cap_comes_from_the_config() -> None:
-    from tokenomy.errors import InvalidRequest
+    from tokenomy.core.errors import InvalidRequest
     from tokenomy.gateway import validation
 
     body: dict[str, Any] = {"model": "m", "messages": HI, "n": 5}

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from tokenomy.admission.fairqueue import FairQueue, QueueBoard, QueueEntry, tier_for
-from tokenomy.errors import Overloaded
+from tokenomy.core.errors import Overloaded
 
 
 class FakeClock:

@@ -19,8 +19,8 @@ import pytest
 from tests.conftest import Gateway
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.pricing import price_request
-from tokenomy.errors import RateLimited
-from tokenomy.gateway.usage import Usage
+from tokenomy.core.errors import RateLimited
+from tokenomy.core.usage import Usage
 from tokenomy.ledger.accounts import OrgMeter, Scope
 
 BOOK = PriceBook.load()
@@ -156,7 +156,7 @@ def test_a_small_balance_is_counted_precisely_before_refusing(gateway: Gateway) 
         "messages": [{"role": "user", "content": "你好" * 400}],
     }
     stage = gateway.services.ledger_stage
-    from tokenomy.gateway.call import Call
+    from tokenomy.core.call import Call
 
     call = Call(
         "chat", "openai", body, "ds-reasoner", False, gateway.services.key_cache.lookup(key)
@@ -164,8 +164,8 @@ def test_a_small_balance_is_counted_precisely_before_refusing(gateway: Gateway) 
     call.route = gateway.services.registry.resolve("ds-reasoner")
     at = datetime.now(UTC)
     deps = gateway.services.pipeline.candidates(call)
-    loose, _ = stage.biller.worst(
-        call, deps, stage.directory.orgs[org].currency, stage.biller.prompt_bound(call), 4096, at
+    loose, _ = stage.pricer.worst(
+        call, deps, stage.accounts.orgs[org].currency, stage.pricer.prompt_bound(call), 4096, at
     )
     gateway.services.ledger.post("topup", org, loose // 2)
     gateway.server.call(gateway.services.refresh_accounts())

@@ -156,7 +156,7 @@ def test_provider_preferences_are_not_forwarded_to_the_vendor(gateway: Gateway) 
         r = chat(gateway, model=model, provider={"sort": "price", "allow_fallbacks": True})
         assert r.status_code == 200, r.text
     sent = gateway.services.pipeline._upstream_request
-    from tokenomy.gateway.call import Call
+    from tokenomy.core.call import Call
 
     call = Call(
         "chat",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from tokenomy.gateway.call import new_request_id
-from tokenomy.ids import UniqueIds
+from tokenomy.core.call import new_request_id
+from tokenomy.core.ids import UniqueIds
 
 
 def test_ids_count_up_after_a_random_part() -> None:

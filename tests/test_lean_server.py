@@ -25,10 +25,10 @@ from sqlalchemy import select
 from tests.conftest import Gateway, make_config, sim_faults
 from tests.servers import ThreadServer
 from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, InferenceRoute
-from tokenomy.api.lean_server import MAX_AHEAD, MAX_HEAD, _Connection
+from tokenomy.api.lean_server import MAX_AHEAD, MAX_HEAD, _ClientConnection
 from tokenomy.app import app_for
 from tokenomy.config import WriterConfig
-from tokenomy.errors import RateLimited
+from tokenomy.core.errors import RateLimited
 from tokenomy.services import build_services
 from tokenomy.store.schema import usage_events
 
@@ -340,7 +340,7 @@ def test_a_gateway_error_keeps_its_status_and_headers(gateway: Gateway) -> None:
 
 
 class _FakeTransport:
-    """What a _Connection writes, whether it reads, and whether it closed; no socket."""
+    """What a _ClientConnection writes, whether it reads, and whether it closed; no socket."""
 
     def __init__(self) -> None:
         self.written: list[bytes] = []
@@ -365,7 +365,7 @@ class _FakeSite:
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.connections: set[_Connection] = set()
+        self.connections: set[_ClientConnection] = set()
         self.closing = False
         self.routes = {b"/v1/x": InferenceRoute("/v1/x", lambda *a: None)}  # type: ignore[arg-type, return-value]
         self.services = SimpleNamespace(
@@ -385,9 +385,9 @@ def _raw(n: int = 0) -> bytes:
     return b"POST /v1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
 
 
-async def _fake_connection() -> tuple[_Connection, _FakeTransport, _FakeSite]:
+async def _fake_connection() -> tuple[_ClientConnection, _FakeTransport, _FakeSite]:
     site = _FakeSite()
-    conn = _Connection(site)  # type: ignore[arg-type]
+    conn = _ClientConnection(site)  # type: ignore[arg-type]
     tr = _FakeTransport()
     conn.connection_made(tr)  # type: ignore[arg-type]
     return conn, tr, site
@@ -419,7 +419,7 @@ async def test_the_next_request_waits_for_a_slow_reader_to_take_the_answer() -> 
 
 
 async def test_a_stream_waits_while_the_client_reads_slowly_and_fails_once_it_is_gone() -> None:
-    conn = _Connection(_FakeSite())  # type: ignore[arg-type]
+    conn = _ClientConnection(_FakeSite())  # type: ignore[arg-type]
     tr = _FakeTransport()
     conn.connection_made(tr)  # type: ignore[arg-type]
     conn.pause_writing()
@@ -440,7 +440,7 @@ async def test_a_stream_waits_while_the_client_reads_slowly_and_fails_once_it_is
 
 async def test_idle_connections_are_closed_busy_ones_are_not() -> None:
     site = _FakeSite()
-    idle, busy = _Connection(site), _Connection(site)  # type: ignore[arg-type]
+    idle, busy = _ClientConnection(site), _ClientConnection(site)  # type: ignore[arg-type]
     t_idle, t_busy = _FakeTransport(), _FakeTransport()
     idle.connection_made(t_idle)  # type: ignore[arg-type]
     busy.connection_made(t_busy)  # type: ignore[arg-type]
@@ -448,7 +448,7 @@ async def test_idle_connections_are_closed_busy_ones_are_not() -> None:
     for c in (idle, busy):
         c.close_if_idle(site.loop.time() + 1)
     assert t_idle.closed and not t_busy.closed
-    fresh = _Connection(site)  # type: ignore[arg-type]
+    fresh = _ClientConnection(site)  # type: ignore[arg-type]
     t_fresh = _FakeTransport()
     fresh.connection_made(t_fresh)  # type: ignore[arg-type]
     fresh.close_if_idle(site.loop.time() - 1)  # active since: not idle long enough

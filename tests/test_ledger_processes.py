@@ -36,17 +36,18 @@ from sqlalchemy import Engine, func, select
 
 from tests.conftest import throwaway_postgres
 from tests.procs import REDIS_URL, Proc, Procs, gateway_yaml, require, running
+from tokenomy.billing.call_pricing import CallPricer
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.money import Currency
 from tokenomy.billing.pricing import worst_case
 from tokenomy.config import Config, parse_config
-from tokenomy.gateway.call import Call
+from tokenomy.core.call import Call
+from tokenomy.core.keys import ApiKey
 from tokenomy.gateway.registry import build_registry
-from tokenomy.ledger.biller import Biller
 from tokenomy.ledger.store import Kind, LedgerStore
 from tokenomy.store.db import migrate, open_engine
-from tokenomy.store.keys import ApiKey, KeyStore
+from tokenomy.store.keys import KeyStore
 from tokenomy.store.schema import ledger_postings, ledger_txns, usage_events
 from tokenomy.store.writer import Item, insert_ignoring_duplicates
 
@@ -109,16 +110,16 @@ def seed(db_url: str, balances: dict[str, int]) -> dict[str, Account]:
 def worst_hold(cfg: Config, model: str) -> int:
     """The hold the gateway takes for one request of ``model`` (prompt bound + max_tokens)."""
     deps = list(build_registry(cfg, {}).resolve(model).deployments)
-    biller = Biller(PriceBook.load(cfg.prices), FxTable.load(cfg.fx))
+    pricer = CallPricer(PriceBook.load(cfg.prices), FxTable.load(cfg.fx))
     key = ApiKey("key_x", "tk-x", "x", "org_x", None, None, 0, None)
     body = {"model": model, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
     call = Call(endpoint="chat", dialect="openai", body=body, model=model, stream=False, key=key)
     at = datetime.now(UTC)
-    amount, _ = biller.worst(
+    amount, _ = pricer.worst(
         call,
         deps,
         Currency.USD,
-        biller.prompt_bound(call),
+        pricer.prompt_bound(call),
         cfg.server.default_max_output_tokens,
         at,
     )

@@ -83,14 +83,14 @@ def test_debits_equal_credits_and_prepaid_never_below_zero(
 
 
 def test_directory_meters_follow_periods_keys_and_refreshes(store: LedgerStore) -> None:
-    from tokenomy.ledger.directory import Directory
+    from tokenomy.ledger.account_cache import AccountCache
     from tokenomy.store.keys import KeyStore
 
     org = store.create_org("A", "USD")
     _, key = KeyStore(store.engine).create("k", org_id=org.id)
     daily = store.set_budget("key", key.id, "day", amount_nanos=10**9, tz="UTC")
     lifetime = store.set_budget("org", org.id, "lifetime", token_limit=10**6)
-    d = Directory(store)
+    d = AccountCache(store)
     d.refresh()
     day_ms = 86_400_000
     noon = 1_790_000_000_000 // day_ms * day_ms + day_ms // 2
@@ -222,8 +222,8 @@ def test_admin_totals_on_postgresql_never_scan_the_usage_postings() -> None:
 def test_a_directory_refresh_reads_what_changed_not_every_tenant(store: LedgerStore) -> None:
     from sqlalchemy import update
 
+    from tokenomy.ledger.account_cache import AccountCache
     from tokenomy.ledger.accounts import Scope
-    from tokenomy.ledger.directory import Directory
     from tokenomy.ledger.store import Changes
     from tokenomy.store.schema import budgets, orgs
 
@@ -242,7 +242,7 @@ def test_a_directory_refresh_reads_what_changed_not_every_tenant(store: LedgerSt
         return out
 
     store.changed_since = spy  # type: ignore[method-assign]
-    d = Directory(store)
+    d = AccountCache(store)
     assert d.refresh() == 300 + 2  # the first refresh loads everything
     before = (d.orgs, d.projects, d.budgets)
     assert d.budgets[(Scope.ORG, many[1].id)] == (dropped,)
@@ -261,7 +261,7 @@ def test_a_directory_refresh_reads_what_changed_not_every_tenant(store: LedgerSt
     assert d.budgets[(Scope.ORG, many[0].id)] == (kept,)
     # Read again within the look-back (a late commit would be caught), applied no more.
     assert d.refresh() == 0 and read[-1] == 3
-    full = Directory(store)  # the same tree as a full load
+    full = AccountCache(store)  # the same tree as a full load
     full.refresh()
     assert (full.orgs, full.projects, full.budgets) == (d.orgs, d.projects, d.budgets)
 

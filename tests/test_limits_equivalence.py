@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from tests.test_ratelimit import REDIS_DB, FakeClock, key, redis_prefix
 from tokenomy.admission.ratelimit import Limits, MemoryRateLimiter, RateLimiter, Scope, Ticket
 from tokenomy.admission.redis_limiter import RedisRateLimiter
-from tokenomy.errors import RateLimited
+from tokenomy.core.errors import RateLimited
 from tokenomy.store.redis_scripts import ScriptClient
 from tokenomy.store.scripts import Script
 

@@ -15,7 +15,10 @@ from tokenomy.analytics.metrics_share import SharedMetrics
 
 
 def _row(latency_ms: int) -> dict[str, object]:
-    return {"model": "m", "vendor": "v", "status": "ok", "output_tokens": 3,
+    """A usage event row (every column, as ``gateway.records.usage_row`` makes them)."""
+    return {"model": "m", "vendor": "v", "status": "ok", "error_code": None, "attempts": 1,
+            "input_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0, "output_tokens": 3,
+            "reasoning_tokens": 0, "cost_nanos": 0, "currency": None, "held_nanos": 0,
             "latency_ms": latency_ms, "ttft_ms": 1}  # fmt: skip
 
 

@@ -24,7 +24,7 @@ from tokenomy.billing.fx import FxTable
 from tokenomy.billing.money import NANOS_PER_UNIT, Currency, Money, round_half_up_fraction
 from tokenomy.billing.pricing import cost_nanos, openrouter_pricing, price_request, worst_case
 from tokenomy.billing.windows import TimeWindow
-from tokenomy.gateway.usage import Usage
+from tokenomy.core.usage import Usage
 
 BEIJING = ZoneInfo("Asia/Shanghai")
 USD, CNY = Currency.USD, Currency.CNY

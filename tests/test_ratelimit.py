@@ -23,10 +23,10 @@ from tokenomy.admission.ratelimit import (
     format_reset,
 )
 from tokenomy.admission.redis_limiter import RedisRateLimiter
-from tokenomy.errors import RateLimited
-from tokenomy.gateway.call import Call
-from tokenomy.gateway.usage import Usage
-from tokenomy.store.keys import ApiKey
+from tokenomy.core.call import Call
+from tokenomy.core.errors import RateLimited
+from tokenomy.core.keys import ApiKey
+from tokenomy.core.usage import Usage
 from tokenomy.store.redis_scripts import ScriptClient
 
 REDIS_DB = 13
@@ -176,14 +176,16 @@ async def test_stage_reserves_before_and_settles_after() -> None:
     )
     call = Call("chat", "openai", {}, "m", False, api_key)
     await stage.before(call)
-    assert call.extras["ratelimit_headers"]["x-ratelimit-remaining-tokens"] == "9000"
+    assert call.ratelimit_headers is not None
+    assert call.ratelimit_headers["x-ratelimit-remaining-tokens"] == "9000"
     with pytest.raises(RateLimited):
         await stage.before(Call("chat", "openai", {}, "m", False, api_key))  # concurrency 1
     call.usage = Usage(input_tokens=100, output_tokens=50)
     await stage.after(call)
     nxt = Call("chat", "openai", {}, "m", False, api_key)
     await stage.before(nxt)
-    assert nxt.extras["ratelimit_headers"]["x-ratelimit-remaining-tokens"] == "8850"
+    assert nxt.ratelimit_headers is not None
+    assert nxt.ratelimit_headers["x-ratelimit-remaining-tokens"] == "8850"
 
 
 # --- Redis: one limit shared by independent clients (as by several gateway replicas) ---

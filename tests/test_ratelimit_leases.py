@@ -14,7 +14,7 @@ from redis.backoff import NoBackoff
 from tests.test_ratelimit import REDIS_DB, FakeClock, client, key, redis_prefix
 from tokenomy.admission.ratelimit import Limits, MemoryRateLimiter, Scope
 from tokenomy.admission.redis_limiter import LeasedRateLimiter, RedisRateLimiter
-from tokenomy.errors import RateLimited
+from tokenomy.core.errors import RateLimited
 from tokenomy.store.redis_scripts import ScriptClient
 
 __all__ = ["redis_prefix"]  # the fixture, shared with the exact limiter's tests

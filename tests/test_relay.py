@@ -18,16 +18,17 @@ import httpx2
 import openai
 import pytest
 
-from tokenomy.gateway.call import Call
-from tokenomy.gateway.metering import (
+from tokenomy.core.call import Call
+from tokenomy.core.keys import ApiKey
+from tokenomy.core.metering import (
     anthropic_delta_text,
     count_prompt,
     counted_usage,
     openai_chunk_text,
 )
+from tokenomy.core.tokencount import TokenCounter
+from tokenomy.core.usage import Usage, UsageSource
 from tokenomy.gateway.relay import StreamRelay
-from tokenomy.gateway.tokencount import TokenCounter
-from tokenomy.gateway.usage import Usage, UsageSource
 from tokenomy.providers.response import TransportError
 from tokenomy.providers.sse import (
     SSEEvent,
@@ -36,7 +37,6 @@ from tokenomy.providers.sse import (
     iter_event_bytes,
     iter_events,
 )
-from tokenomy.store.keys import ApiKey
 
 FIXTURES = Path(__file__).parent / "fixtures" / "translate"
 KEY = ApiKey(

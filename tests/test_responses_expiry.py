@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 from tests.conftest import Gateway
-from tokenomy.ids import stamped_id
+from tokenomy.core.ids import stamped_id
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.responses import RETENTION_MS, ResponseStore, StoredResponse
 from tokenomy.store.schema import responses

@@ -15,8 +15,8 @@ from tests.conftest import ADMIN_KEY, make_config, throwaway_postgres
 from tests.needs import require_redis
 from tests.servers import ThreadServer
 from tokenomy.app import app_for
+from tokenomy.core.keys import ApiKey
 from tokenomy.services import Services, build_services
-from tokenomy.store.keys import ApiKey
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres+redis"])

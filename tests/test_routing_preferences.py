@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenomy.errors import InvalidRequest
+from tokenomy.core.errors import InvalidRequest
 from tokenomy.routing.health import BreakerState, HealthSnapshot, Percentiles
 from tokenomy.routing.preferences import (
     Candidate,

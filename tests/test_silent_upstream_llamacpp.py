@@ -35,7 +35,7 @@ from tokenomy.app import app_for
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.pricing import price_request
 from tokenomy.config import parse_config
-from tokenomy.gateway.usage import Usage
+from tokenomy.core.usage import Usage
 from tokenomy.services import build_services
 
 MODEL = "tiny-llama"

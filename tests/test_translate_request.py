@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenomy.errors import InvalidRequest
+from tokenomy.core.errors import InvalidRequest
 from tokenomy.providers.translate_request import (
     JSON_OBJECT_INSTRUCTION,
     anthropic_request_to_openai,

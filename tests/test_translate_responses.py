@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tokenomy.errors import InvalidRequest
-from tokenomy.ids import stamped_id as new_id
-from tokenomy.ids import stamped_id_age_s as id_age_s
+from tokenomy.core.errors import InvalidRequest
+from tokenomy.core.ids import stamped_id as new_id
+from tokenomy.core.ids import stamped_id_age_s as id_age_s
 from tokenomy.providers.translate_responses import (
     chat_answer_to_output,
     chat_request,

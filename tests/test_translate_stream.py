@@ -22,7 +22,7 @@ import openai.types.chat
 import pydantic
 import pytest
 
-from tokenomy.gateway.usage import Usage, UsageSource
+from tokenomy.core.usage import Usage, UsageSource
 from tokenomy.providers.sse import SSEEvent, frame_data, frame_event, iter_events
 from tokenomy.providers.translate_stream import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 

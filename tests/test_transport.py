@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tokenomy.providers.origin import Origin
+from tokenomy.core.origin import Origin
 from tokenomy.providers.response import HIGH_WATER, Response, TransportError
-from tokenomy.providers.transport import Pool, _Connection, header_block
+from tokenomy.providers.transport import Pool, _UpstreamConnection, header_block
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -384,13 +384,13 @@ class FakeTransport:
         self.closing = True
 
 
-def fake_exchange() -> tuple[Pool, _Connection, FakeTransport, Response]:
+def fake_exchange() -> tuple[Pool, _UpstreamConnection, FakeTransport, Response]:
     """A request in flight on a pooled connection over a fake socket: the test feeds the
     answer's bytes itself, so they arrive in exactly one read."""
     loop = asyncio.get_running_loop()
     pool = Pool(Origin.parse("http://h"), limit=2, connect_timeout_s=1, read_timeout_s=1)
     pool._loop = loop
-    conn = _Connection(pool)
+    conn = _UpstreamConnection(pool)
     t = FakeTransport()
     conn.connection_made(t)  # type: ignore[arg-type]
     pool._open += 1

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tokenomy.gateway.usage import Usage
+from tokenomy.core.usage import Usage
 
 
 @pytest.mark.parametrize(

@@ -18,13 +18,13 @@ from sqlalchemy import select
 
 from tests.conftest import ADMIN_KEY
 from tests.servers import ThreadServer
-from tokenomy.analytics.demo_history import seed_history
 from tokenomy.analytics.insights import milestones, reference_cost
 from tokenomy.analytics.metrics import Metrics
 from tokenomy.analytics.rollup import DAY, minutes_kept_from
 from tokenomy.api import usage_routes
 from tokenomy.app import app_for
 from tokenomy.billing.catalog import PriceBook
+from tokenomy.cli.demo_history import seed_history
 from tokenomy.config import parse_config
 from tokenomy.services import Services, build_services
 from tokenomy.store.schema import usage_events

@@ -27,10 +27,11 @@ from tests.conftest import ADMIN_KEY
 from tests.servers import ThreadServer, free_port
 from tokenomy.app import app_for
 from tokenomy.config import ConfigError, ServerConfig, parse_config
-from tokenomy.errors import UpstreamError
-from tokenomy.gateway.registry import Deployment, Vendor, build_registry
+from tokenomy.core.errors import UpstreamError
+from tokenomy.core.proxy_url import Proxy, bypassed, proxy_from_env
+from tokenomy.core.registry import Deployment, Vendor
+from tokenomy.gateway.registry import build_registry
 from tokenomy.providers.factory import make_provider
-from tokenomy.providers.proxy import Proxy, bypassed, proxy_from_env
 from tokenomy.providers.response import ResponseTooLarge
 from tokenomy.providers.sse import iter_event_bytes
 from tokenomy.services import build_services

@@ -32,8 +32,8 @@ from tokenomy.api.edge import (
 )
 from tokenomy.batches.worker import WorkerSettings
 from tokenomy.config import Config
-from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
-from tokenomy.gateway.call import new_request_id
+from tokenomy.core.call import new_request_id
+from tokenomy.core.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from tokenomy.services import Services, build_services
 from tokenomy.store.responses import ResponseStore
 

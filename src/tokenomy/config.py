@@ -25,8 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from tokenomy.providers.origin import Origin
-from tokenomy.providers.proxy import Proxy
+from tokenomy.core.origin import Origin
+from tokenomy.core.proxy_url import Proxy
 
 Dialect = Literal["openai", "anthropic"]
 Capability = Literal["tools", "vision", "json", "stream", "reasoning", "embeddings", "responses"]

@@ -26,24 +26,26 @@ from tokenomy.admission.redis_limiter import LeasedRateLimiter, RedisRateLimiter
 from tokenomy.analytics.metrics import Metrics
 from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
 from tokenomy.analytics.metrics_share import SharedMetrics
+from tokenomy.billing.call_pricing import CallPricer
 from tokenomy.billing.catalog import PriceBook
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.pricing import openrouter_pricing
 from tokenomy.config import Config, LimitsConfig
-from tokenomy.gateway.call import Call
+from tokenomy.core.call import Call, Stage
+from tokenomy.core.registry import ModelRoute, Registry
+from tokenomy.core.tokencount import TokenCounter
+from tokenomy.gateway.candidates import Candidates
 from tokenomy.gateway.pipeline import Pipeline
 from tokenomy.gateway.price_check import check_served_prices
 from tokenomy.gateway.records import EXTRA_ROWS, usage_row
-from tokenomy.gateway.registry import ModelRoute, Registry, build_registry
-from tokenomy.gateway.tokencount import TokenCounter
+from tokenomy.gateway.registry import build_registry
+from tokenomy.ledger.account_cache import AccountCache
 from tokenomy.ledger.admin_feed import AdminTotalsFeed
-from tokenomy.ledger.biller import Biller
-from tokenomy.ledger.directory import Directory
 from tokenomy.ledger.live import LiveLedger, LiveStateUnavailable, MemoryLedger
 from tokenomy.ledger.records import ledger_rows
-from tokenomy.ledger.stage import CHARGE, ORG, LedgerStage
+from tokenomy.ledger.stage import LEDGER, LedgerStage
 from tokenomy.ledger.store import LedgerStore
-from tokenomy.ledger.tasks import TaskStage
+from tokenomy.ledger.tasks import TaskFinder
 from tokenomy.providers.base import Provider
 from tokenomy.providers.factory import build_providers
 from tokenomy.routing.affinity import (
@@ -93,9 +95,9 @@ class Services:
     pipeline: Pipeline
     admin_key: str | None
     ledger: LedgerStore
-    directory: Directory
+    accounts: AccountCache
     live: LiveLedger
-    biller: Biller
+    pricer: CallPricer
     ledger_stage: LedgerStage
     router: Router
     queues: QueueBoard
@@ -118,9 +120,9 @@ class Services:
         """OpenRouter-style USD-per-token prices of a model's first priced deployment."""
         now = datetime.now(UTC)
         for dep in route.deployments:
-            v = self.biller.version(dep, now)
+            v = self.pricer.version(dep, now)
             if v is not None:
-                return openrouter_pricing(v, at=now, fx=self.biller.fx)
+                return openrouter_pricing(v, at=now, fx=self.pricer.fx)
         return None
 
     async def start(self) -> None:
@@ -159,11 +161,11 @@ class Services:
 
     async def refresh_accounts(self) -> None:
         """Pick up orgs, budgets and top-ups made elsewhere (CLI, admin API, replicas)."""
-        await asyncio.to_thread(self.directory.refresh)
+        await asyncio.to_thread(self.accounts.refresh)
         totals = await asyncio.to_thread(self.ledger.admin_totals)
         if self._admin_feed is None:
             self._admin_feed = AdminTotalsFeed(self.live)
-        await self._admin_feed.push(self.directory.orgs, totals)
+        await self._admin_feed.push(self.accounts.orgs, totals)
 
     async def _refresh_keys(self) -> None:
         while True:
@@ -285,7 +287,7 @@ def _limits(c: LimitsConfig | None) -> Limits | None:
     return Limits(c.requests_per_minute, c.tokens_per_minute, c.concurrent)
 
 
-def rate_limit_stage(config: Config, limiter: RateLimiter, biller: Biller) -> RateLimitStage:
+def rate_limit_stage(config: Config, limiter: RateLimiter, pricer: CallPricer) -> RateLimitStage:
     """Limits per key, per org and per model, from the config's ``limits`` section."""
     key_l, org_l = _limits(config.limits.key), _limits(config.limits.org)
     model_l = {m: lim for m, c in config.limits.models.items() if (lim := _limits(c))}
@@ -314,19 +316,19 @@ def rate_limit_stage(config: Config, limiter: RateLimiter, biller: Biller) -> Ra
 
     def estimate(call: Call) -> int:
         # Corrected to the actual count after the call.
-        return biller.prompt_estimate(call) + call.max_output_tokens(default_out)
+        return pricer.prompt_estimate(call) + call.max_output_tokens(default_out)
 
     return RateLimitStage(limiter, scopes, estimate)
 
 
-def affinity_stage(config: Config, biller: Biller, redis: Redis | None) -> AffinityStage:
+def affinity_stage(config: Config, pricer: CallPricer, redis: Redis | None) -> AffinityStage:
     """Cache affinity over the process's memory, or Redis when replicas share state."""
     store: AffinityMap = (
         RedisAffinity(redis, redis_prefix(config), grace_s=EXPIRED_GRACE_S)
         if redis is not None
         else MemoryAffinity()
     )
-    return AffinityStage(store, biller.prompt_bound, default_ttl_s=config.routing.affinity_ttl_s)
+    return AffinityStage(store, pricer.prompt_bound, default_ttl_s=config.routing.affinity_ttl_s)
 
 
 def build_auto(config: Config, registry: Registry) -> AutoRouter | None:
@@ -349,7 +351,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     providers = build_providers(registry, config.server)
     counter = TokenCounter()
     ledger = LedgerStore(engine)
-    directory = Directory(ledger)
+    accounts = AccountCache(ledger)
     scripts = build_scripts(config)
     redis = build_redis(config)
     live = build_live(config, ledger, scripts, redis)
@@ -363,31 +365,31 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         batch_max=config.writer.batch_max,
         on_flushed=watch() if watch is not None else None,
     )
-    biller = Biller(
+    pricer = CallPricer(
         PriceBook.load(config.prices),
         FxTable.load(config.fx),
         image_tokens=config.ledger.image_tokens,
     )
-    check_served_prices(config, registry, biller.prices)  # nothing served for free
+    check_served_prices(config, registry, pricer.prices)  # nothing served for free
 
     metrics = Metrics()
     shared_dir = env.get(METRICS_DIR_ENV)
     shared = SharedMetrics(metrics, Path(shared_dir)) if shared_dir else None
 
     def record(call: Call) -> None:
-        row = usage_row(call)
+        ledger = call.get(LEDGER)
+        charge = ledger.charge if ledger is not None else None
+        row = usage_row(call, charge)
         # Its roll-up marker is made by the database when the event is inserted.
         rows: list[tuple[Table, dict[str, Any]]] = [(usage_events, row)]
-        charge = call.extras.get(CHARGE)
         if charge is not None:
-            rows += ledger_rows(call, call.extras.get(ORG), charge)
-        extra = call.extras.get(EXTRA_ROWS)
+            rows += ledger_rows(call, ledger.org if ledger is not None else None, charge)
+        extra = call.get(EXTRA_ROWS)
         if extra is not None:  # a batch line's result: committed with its usage record
             rows += extra
         writer.submit_many(rows)
         metrics.observe(row)
 
-    pipeline = Pipeline(registry, providers, counter, record, config.server)
     rc = config.routing
     health = HealthBoard(
         policy=BreakerPolicy(
@@ -396,7 +398,7 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
     )
     _, default_prefs = parse_preferences(rc.default or None, "default")
     router = Router(
-        biller,
+        pricer,
         health,
         default_prefs,
         default_max_output=config.server.default_max_output_tokens,
@@ -407,30 +409,37 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         rtt_s={n: r.rtt_ms / 1000 for n, r in config.regions.items()},
         spread=rc.spread_equal,
     )
-    queues = QueueBoard(max_wait_s=rc.max_queue_wait_s)
-    pipeline.router = router
-    pipeline.auto = build_auto(config, registry)
-    pipeline.queues = queues
+    candidates = Candidates(router)
     limiter = build_limiter(config, scripts, redis)
-    pipeline.stages.append(rate_limit_stage(config, limiter, biller))
     tasks = TaskStore(engine)
-    pipeline.stages.append(TaskStage(tasks))
-    if rc.affinity:  # after the task stage (a task is a key), before the hold (routes)
-        pipeline.stages.append(affinity_stage(config, biller, redis))
     stage = LedgerStage(
-        biller,
+        pricer,
         live,
-        directory,
+        accounts,
         counter,
-        pipeline.candidates,
+        candidates,
+        TaskFinder(tasks),
         hold_ttl_s=config.ledger.hold_ttl_s,
         default_max_output=config.server.default_max_output_tokens,
     )
-    pipeline.stages.append(stage)
-    pipeline.quoter = stage
+    stages: tuple[Stage, ...] = (rate_limit_stage(config, limiter, pricer), stage)
+    if rc.affinity:  # before the hold, which asks for the ranked deployments
+        stages = (stages[0], affinity_stage(config, pricer, redis), stage)
     provider = build_tracer_provider(config.tracing, env)
-    if provider is not None:
-        pipeline.tracer = provider.get_tracer("tokenomy")
+    pipeline = Pipeline(
+        registry,
+        providers,
+        counter,
+        record,
+        config.server,
+        stages=stages,
+        candidates=candidates,
+        router=router,
+        queues=QueueBoard(max_wait_s=rc.max_queue_wait_s),
+        quoter=stage,
+        auto=build_auto(config, registry),
+        tracer=provider.get_tracer("tokenomy") if provider is not None else None,
+    )
     return Services(
         config=config,
         engine=engine,
@@ -445,12 +454,12 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         admin_key=env.get(config.admin.key_env) or None,
         metrics_token=env.get(config.admin.metrics_token_env) or None,
         ledger=ledger,
-        directory=directory,
+        accounts=accounts,
         live=live,
-        biller=biller,
+        pricer=pricer,
         ledger_stage=stage,
         router=router,
-        queues=queues,
+        queues=pipeline.queues,
         limiter=limiter,
         metrics=metrics,
         shared_metrics=shared,

@@ -17,7 +17,6 @@ from tokenomy.config import TracingConfig
 
 log = logging.getLogger(__name__)
 
-SPAN = "trace.span"
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from tokenomy.errors import Overloaded
+from tokenomy.core.errors import Overloaded
 
 #: Service tiers (OpenAI's ``service_tier`` names), served strictly highest first.
 TIERS = {"priority": 2, "default": 1, "auto": 1, "flex": 0, "batch": 0}

@@ -26,11 +26,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from tokenomy.errors import RateLimited
-from tokenomy.ids import UniqueIds
+from tokenomy.core.call import CallKey
+from tokenomy.core.errors import RateLimited
+from tokenomy.core.ids import UniqueIds
 
 if TYPE_CHECKING:
-    from tokenomy.gateway.call import Call
+    from tokenomy.core.call import Call
 
 PERIOD_S = 60.0
 #: Slack for float rounding: L requests in a fresh minute must all pass.
@@ -274,12 +275,16 @@ def is_redis_error(e: Exception) -> bool:
     return isinstance(e, RedisError | OSError | asyncio.TimeoutError)
 
 
+#: The call's admission, settled to its actual usage after the call.
+TICKET = CallKey[Ticket]("ratelimit")
+
+
 class RateLimitStage:
     """The pipeline stage: reserve before the call, correct to actual usage after.
 
     ``scopes_for`` names the limits a call counts against (key, org, model) and
     ``estimate`` its token reservation (prompt plus max output). The admission's headers
-    are left in ``call.extras["ratelimit_headers"]`` for the response.
+    are left in ``call.ratelimit_headers`` for the response.
     """
 
     span_name = "tokenomy.admit"
@@ -299,11 +304,11 @@ class RateLimitStage:
         if not scopes:
             return
         ticket = await self.limiter.acquire(scopes, self.estimate(call))
-        call.extras["ratelimit"] = ticket
-        call.extras["ratelimit_headers"] = ticket.headers
+        call.put(TICKET, ticket)
+        call.ratelimit_headers = ticket.headers
 
     async def after(self, call: Call) -> None:
-        ticket = call.extras.get("ratelimit")
-        if isinstance(ticket, Ticket):
+        ticket = call.get(TICKET)
+        if ticket is not None:
             used = call.usage.total_tokens if call.usage is not None else 0
             self.limiter.settle(ticket, used)

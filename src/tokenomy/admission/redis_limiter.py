@@ -43,7 +43,7 @@ from tokenomy.admission.ratelimit import (
     tightest,
     too_large,
 )
-from tokenomy.ids import UniqueIds
+from tokenomy.core.ids import UniqueIds
 from tokenomy.store.lease_engine import LeaseEngine
 from tokenomy.store.scripts import Scripts, script_client
 

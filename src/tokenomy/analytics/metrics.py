@@ -86,35 +86,39 @@ class Metrics:
         self.peers: Callable[[Snapshot], Snapshot] | None = None
 
     def observe(self, row: Mapping[str, Any]) -> None:
-        """Count one finished request from its usage event row (``gateway.records``)."""
-        model, vendor = str(row.get("model") or ""), str(row.get("vendor") or "")
+        """Count one finished request from its usage event row (``gateway.records``: every
+        column is there, so each is read by subscript, once)."""
+        model, vendor, status = row["model"] or "", row["vendor"] or "", row["status"]
         mv = (model, vendor)
-        status = str(row.get("status") or "")
         k = (model, vendor, status)
-        self.requests[k] = self.requests.get(k, 0) + 1
+        requests = self.requests
+        requests[k] = requests.get(k, 0) + 1
+        tokens = self.tokens
         for name, col in TOKEN_TYPES:
-            n = row.get(col) or 0
+            n = row[col]
             if n:
                 tk = (model, vendor, name)
-                self.tokens[tk] = self.tokens.get(tk, 0) + int(n)
-        cost, cur = row.get("cost_nanos") or 0, row.get("currency")
-        if cost and cur:
-            ck = (model, vendor, str(cur))
-            self.spend[ck] = self.spend.get(ck, 0) + int(cost)
-            held = row.get("held_nanos") or 0
-            if held and cost > held:  # no hold (a house key) is no overrun
-                self.overruns[mv] = self.overruns.get(mv, 0) + 1
-                self.overrun_nanos[ck] = self.overrun_nanos.get(ck, 0) + int(cost) - int(held)
-        if status not in ("ok", "cancelled") and vendor:
-            ek = (vendor, str(row.get("error_code") or status))
+                tokens[tk] = tokens.get(tk, 0) + n
+        cost = row["cost_nanos"]
+        if cost:
+            cur = row["currency"]
+            if cur:
+                ck = (model, vendor, cur)
+                self.spend[ck] = self.spend.get(ck, 0) + cost
+                held = row["held_nanos"]
+                if held and cost > held:  # no hold (a house key) is no overrun
+                    self.overruns[mv] = self.overruns.get(mv, 0) + 1
+                    self.overrun_nanos[ck] = self.overrun_nanos.get(ck, 0) + cost - held
+        if status != "ok" and status != "cancelled" and vendor:
+            ek = (vendor, row["error_code"] or status)
             self.upstream_errors[ek] = self.upstream_errors.get(ek, 0) + 1
-        attempts = int(row.get("attempts") or 0)
+        attempts = row["attempts"]
         if attempts > 1:
             self.retries[(model,)] = self.retries.get((model,), 0) + attempts - 1
-        _histogram(self.latency, mv).observe(int(row.get("latency_ms") or 0) / 1000)
-        ttft = row.get("ttft_ms")
+        _histogram(self.latency, mv).observe(row["latency_ms"] / 1000)
+        ttft = row["ttft_ms"]
         if ttft is not None:
-            _histogram(self.ttft, mv).observe(int(ttft) / 1000)
+            _histogram(self.ttft, mv).observe(ttft / 1000)
 
     def gauge(self, name: str, help_: str, read: Callable[[], float], kind: str = "gauge") -> None:
         """Register a value read at scrape time (``kind`` counter for running totals)."""

@@ -133,7 +133,7 @@ class Rollups:
     def for_registry(
         cls, engine: Engine, registry: Any, *, minute_retention_ms: int | None = MINUTE_RETENTION_MS
     ) -> Rollups:
-        """Countries and regions from a gateway's registry (``gateway.registry.Registry``).
+        """Countries and regions from a gateway's registry (``core.registry.Registry``).
 
         Known vendors' home countries come from the catalogue too: events of a vendor not
         serving now (no key today, or a demo's simulated stand-in) keep their country."""

@@ -10,10 +10,10 @@ import orjson
 from aiohttp import web
 
 from tokenomy.api.edge import presented_key, read_json, services
-from tokenomy.errors import GatewayError, InvalidRequest, NotFound, Unauthorized
+from tokenomy.core.errors import GatewayError, InvalidRequest, NotFound, Unauthorized
+from tokenomy.core.keys import ApiKey
 from tokenomy.ledger.store import NotFoundError
 from tokenomy.services import Services
-from tokenomy.store.keys import ApiKey
 
 
 class AdminDisabled(GatewayError):

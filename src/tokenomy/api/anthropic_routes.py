@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from tokenomy.api.edge import InferenceRoute
+from tokenomy.core.call import Call
+from tokenomy.core.keys import ApiKey
 from tokenomy.gateway import validation
-from tokenomy.gateway.call import Call
 from tokenomy.services import Services
-from tokenomy.store.keys import ApiKey
 
 
 def _messages(body: dict[str, Any], key: ApiKey, svc: Services) -> Call:

@@ -21,11 +21,11 @@ from tokenomy.batches.intake import BatchIntake
 from tokenomy.batches.native import NativeBatches
 from tokenomy.batches.objects import MESSAGES, batch_object
 from tokenomy.batches.worker import BatchWorker, WorkerSettings
-from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from tokenomy.core.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from tokenomy.core.keys import ApiKey
 from tokenomy.services import Services
 from tokenomy.store.batches import BatchStore
 from tokenomy.store.files import CHUNK_BYTES, FileStore, StoredFile, new_file_id, now_s
-from tokenomy.store.keys import ApiKey
 
 #: OpenAI's limits on a batch input file.
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -42,7 +42,7 @@ class Batches:
         builders = {r.path: r.build for r in (*INFERENCE, *anthropic_routes.INFERENCE)}
         self.files = FileStore(svc.engine)
         self.store = BatchStore(svc.engine)
-        holds = LineHolds(svc.live, svc.directory)
+        holds = LineHolds(svc.live, svc.accounts)
         self.intake = BatchIntake(svc, self.files, self.store, builders, holds)
         self.worker = BatchWorker(svc, self.store, builders, holds, settings)
         self.intake.pace = self.worker.pace

@@ -17,16 +17,13 @@ import orjson
 from aiohttp import web
 
 from tokenomy.aio import shield_inline
-from tokenomy.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unauthorized
-from tokenomy.gateway.call import TASK_NAME, Call, new_request_id
-from tokenomy.gateway.pipeline import MAX_WAIT
+from tokenomy.core.call import Call, new_request_id
+from tokenomy.core.errors import GatewayError, InvalidRequest, PayloadTooLarge, Unauthorized
+from tokenomy.core.keys import ApiKey
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.gateway.validation import MAX_DEPTH, too_deep
-from tokenomy.routing.auto import MIN_QUALITY, parse_bar
-from tokenomy.routing.router import DEADLINE
+from tokenomy.routing.auto import parse_bar
 from tokenomy.services import Services
-from tokenomy.store.keys import ApiKey
-from tokenomy.tracing import SPAN
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +112,12 @@ def error_parts(err: GatewayError, anthropic: bool) -> tuple[int, dict[str, str]
 
 
 class EventStream(web.StreamResponse):
-    """An SSE response whose headers leave with its first events (see Exchange)."""
+    """An SSE response whose headers leave with its first events (see Exchange).
 
-    # aiohttp's own switch (web.Response turns it off the same way).
+    Seam: aiohttp has no public switch for this; its own ``web.Response`` turns the
+    private class attribute off the same way (checked against the pinned aiohttp range).
+    """
+
     _send_headers_immediately = False
 
 
@@ -251,18 +251,18 @@ async def serve_call(ex: Exchange, svc: Services, call: Call) -> None:
     try:
         wait = headers.get("x-tokenomy-max-wait")
         if wait is not None:
-            call.extras[MAX_WAIT] = _seconds(wait, "X-Tokenomy-Max-Wait")
+            call.max_wait_s = _seconds(wait, "X-Tokenomy-Max-Wait")
         task = headers.get("x-tokenomy-task")
         if task is not None:
-            call.extras[TASK_NAME] = task
+            call.task_name = task
         deadline = headers.get("x-tokenomy-deadline")
         if deadline is not None:
-            call.extras[DEADLINE] = _seconds(deadline, "X-Tokenomy-Deadline", 86_400)
+            call.deadline_s = _seconds(deadline, "X-Tokenomy-Deadline", 86_400)
         bar = headers.get("x-tokenomy-min-quality")
         if bar is not None:
-            call.extras[MIN_QUALITY] = parse_bar(bar, "X-Tokenomy-Min-Quality")
+            call.min_quality = parse_bar(bar, "X-Tokenomy-Min-Quality")
         if pipeline.tracer is not None:
-            call.extras[SPAN] = pipeline.tracer.start_span(
+            call.span = pipeline.tracer.start_span(
                 "tokenomy.request",
                 attributes={
                     "tokenomy.request_id": call.request_id,

@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from tokenomy.api.edge import authenticate, read_json, services
-from tokenomy.errors import InvalidRequest, NotFound
+from tokenomy.core.errors import InvalidRequest, NotFound
 from tokenomy.routing.learned import TAIL_CHARS
 from tokenomy.store import feedback
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from tokenomy.errors import GatewayError, InvalidRequest, RequestTimeout
+from tokenomy.core.errors import GatewayError, InvalidRequest, RequestTimeout
 
 
 def http_error(status: int, detail: str | None = None) -> GatewayError:

@@ -45,7 +45,7 @@ from tokenomy.api.edge import (
 )
 from tokenomy.api.http_errors import JsonErrorsHandler, http_error
 from tokenomy.api.lean_guards import METHODS, TOKEN, Drain, head_problem
-from tokenomy.errors import GatewayError, Overloaded, RequestTimeout
+from tokenomy.core.errors import GatewayError, Overloaded, RequestTimeout
 from tokenomy.services import Services
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class _Exchange:
 
     __slots__ = ("_body", "answer", "conn", "head", "headers")
 
-    def __init__(self, conn: _Connection, headers: dict[str, str], body: bytes) -> None:
+    def __init__(self, conn: _ClientConnection, headers: dict[str, str], body: bytes) -> None:
         self.conn = conn
         self.headers = headers
         self._body = body
@@ -156,7 +156,7 @@ class _Exchange:
         return self.conn.sent_stream
 
 
-class _Connection(asyncio.Protocol):
+class _ClientConnection(asyncio.Protocol):
     """One client connection, until (if ever) it is handed to aiohttp.
 
     Requests are taken one at a time: the next is not looked at while an answer is being
@@ -487,14 +487,45 @@ class _Connection(asyncio.Protocol):
 
 
 class LeanSite(web.TCPSite):
-    """An aiohttp site whose connections start on the lean server (see module doc)."""
+    """An aiohttp site whose connections start on the lean server (see module doc).
 
-    def __init__(self, runner: web.AppRunner, *args: Any, **kwargs: Any) -> None:
-        super().__init__(runner, *args, **kwargs)
+    It keeps its own copy of where it listens and how long a stop waits for requests
+    (``drain_timeout_s``: the runner's ``shutdown_timeout``, which aiohttp keeps private),
+    so that it reads none of aiohttp's private attributes but two, each behind one
+    method: ``_listen`` sets the listening server that ``BaseSite.stop`` closes, and
+    ``fallback`` makes a request handler as ``web.Server`` makes them. Both are checked
+    against the aiohttp range ``pyproject.toml`` pins.
+    """
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        backlog: int = 128,
+        reuse_address: bool | None = None,
+        reuse_port: bool | None = None,
+        drain_timeout_s: float = 60.0,
+    ) -> None:
+        super().__init__(
+            runner,
+            host,
+            port,
+            backlog=backlog,
+            reuse_address=reuse_address,
+            reuse_port=reuse_port,
+        )
+        self.runner = runner
+        self.host, self.requested_port = host, 8080 if port is None else port
+        self.backlog, self.reuse_address, self.reuse_port = backlog, reuse_address, reuse_port
+        self.drain_timeout_s = drain_timeout_s
+        #: The port listened on, once started (the requested one may be 0).
+        self.bound_port: int | None = None
         app = runner.app
         self.services: Services = app[SERVICES]
         self.routes = {r.path.encode(): r for r in app[INFERENCE_ROUTES]}
-        self.connections: set[_Connection] = set()
+        self.connections: set[_ClientConnection] = set()
         #: Requests being served (also what keeps their tasks alive).
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
@@ -513,31 +544,41 @@ class LeanSite(web.TCPSite):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    @property
+    def port(self) -> int:
+        """The port listened on once started, else the one asked for (as TCPSite's)."""
+        return self.bound_port if self.bound_port is not None else self.requested_port
+
     def fallback(self) -> asyncio.Protocol:
         """A fresh aiohttp protocol, to take a connection over (answering its own HTTP
         errors in JSON)."""
-        server = self._runner.server
+        server = self.runner.server
         assert server is not None
-        # What server() makes, with JSON errors: the same manager, loop and settings.
-        handler = JsonErrorsHandler(server, loop=server._loop, **server._kwargs)
+        # Seam: what web.Server() makes, with JSON errors: the same manager, loop and
+        # settings, which aiohttp keeps in private attributes (no public factory).
+        handler = JsonErrorsHandler(server, loop=self.loop, **server._kwargs)
         handler.header_timeout_s = self.services.config.server.header_timeout_s
         return handler
 
     async def start(self) -> None:
-        self._runner._reg_site(self)
+        await web.BaseSite.start(self)  # registers the site with its runner
         self.loop = asyncio.get_running_loop()
-        self._server = await self.loop.create_server(
-            lambda: _Connection(self),
-            self._host,
-            self._port,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
+        server = await self.loop.create_server(
+            lambda: _ClientConnection(self),
+            self.host,
+            self.requested_port,
+            backlog=self.backlog,
+            reuse_address=self.reuse_address,
+            reuse_port=self.reuse_port,
         )
-        sockets = self._server.sockets
-        if sockets:
-            self._bound_port = int(sockets[0].getsockname()[1])
+        self._listen(server)
+        if server.sockets:
+            self.bound_port = int(server.sockets[0].getsockname()[1])
         self._sweeper = self.loop.call_later(self.sweep_s, self._sweep)
+
+    def _listen(self, server: asyncio.AbstractServer) -> None:
+        # Seam: BaseSite.stop closes the server it finds here (set as TCPSite.start does).
+        self._server = server
 
     def _sweep(self) -> None:
         now = self.loop.time()
@@ -552,7 +593,7 @@ class LeanSite(web.TCPSite):
 
     async def stop(self) -> None:
         """Stop listening and close idle connections; let requests in progress finish
-        within the runner's shutdown timeout, then cancel the rest (each is recorded as
+        within ``drain_timeout_s``, then cancel the rest (each is recorded as
         cancelled) before the application's cleanup closes the usage writer."""
         self.closing = True
         await super().stop()
@@ -561,7 +602,7 @@ class LeanSite(web.TCPSite):
         for conn in list(self.connections):
             conn.close_if_idle(float("inf"))
         if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=self._runner._shutdown_timeout)
+            await asyncio.wait(set(self.tasks), timeout=self.drain_timeout_s)
         if self.tasks:
             log.warning("cancelling %d requests still running at shutdown", len(self.tasks))
             for task in self.tasks:

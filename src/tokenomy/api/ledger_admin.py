@@ -20,7 +20,7 @@ from aiohttp import web
 
 from tokenomy.api.admin import require_admin
 from tokenomy.api.edge import read_json
-from tokenomy.errors import InvalidRequest, NotFound
+from tokenomy.core.errors import InvalidRequest, NotFound
 from tokenomy.ledger.accounts import MAX_END_USER, Mode, Org, OrgMeter, Scope, user_scope_id
 from tokenomy.ledger.operations import (
     KIND_PATHS,

@@ -18,8 +18,8 @@ from aiohttp import web
 from tokenomy.api.batch_routes import BATCHES, Batches, caller, json_ok
 from tokenomy.api.edge import parse_json
 from tokenomy.batches.objects import EXTRA, MESSAGES, extra_fields
-from tokenomy.errors import InvalidRequest, NotFound
-from tokenomy.ids import UniqueIds
+from tokenomy.core.errors import InvalidRequest, NotFound
+from tokenomy.core.ids import UniqueIds
 from tokenomy.store.batches import CANCELLED, ENDED, EXPIRED
 
 #: Anthropic's limits on one Message Batch.

@@ -10,11 +10,11 @@ import orjson
 from aiohttp import web
 
 from tokenomy.api.edge import InferenceRoute, authenticate, services
+from tokenomy.core.call import Call
+from tokenomy.core.keys import ApiKey
+from tokenomy.core.registry import ModelRoute
 from tokenomy.gateway import validation
-from tokenomy.gateway.call import Call
-from tokenomy.gateway.registry import ModelRoute
 from tokenomy.services import Services
-from tokenomy.store.keys import ApiKey
 
 
 def _chat(body: dict[str, Any], key: ApiKey, svc: Services) -> Call:

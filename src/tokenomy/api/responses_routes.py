@@ -29,13 +29,14 @@ from tokenomy.api.edge import (
     serve_call,
     services,
 )
-from tokenomy.errors import InvalidRequest, NotFound
+from tokenomy.core.call import Call
+from tokenomy.core.errors import InvalidRequest, NotFound
+from tokenomy.core.ids import stamped_id as new_id
+from tokenomy.core.ids import stamped_id_age_s as id_age_s
+from tokenomy.core.keys import ApiKey
 from tokenomy.gateway import validation
-from tokenomy.gateway.call import TASK_NAME, Call
 from tokenomy.gateway.pipeline import Pipeline
 from tokenomy.gateway.responses_native import passes_through
-from tokenomy.ids import stamped_id as new_id
-from tokenomy.ids import stamped_id_age_s as id_age_s
 from tokenomy.providers.responses_passthrough import native_request
 from tokenomy.providers.sse import frame_event, frames_data
 from tokenomy.providers.translate_responses import (
@@ -50,7 +51,6 @@ from tokenomy.providers.translate_responses import (
     responses_usage,
 )
 from tokenomy.providers.translate_responses_stream import ChatToResponsesStream
-from tokenomy.store.keys import ApiKey
 from tokenomy.store.responses import ResponseStore, StoredResponse
 
 RESPONSE_STORE: web.AppKey[ResponseStore] = web.AppKey("response_store", ResponseStore)
@@ -118,9 +118,9 @@ class ResponsesExchange:
         return responses_usage(chat, orjson.Fragment(cost.encode()) if cost else None)
 
     def _cost(self) -> str | None:
-        if self.pipeline.quoter is None or self.call.usage is None:
+        if self.call.usage is None:
             return None
-        return str(self.pipeline.quoter.quote(self.call).cost_str())
+        return self.pipeline.quoter.quote(self.call).cost_str()
 
     def _ours(self, resp: JSON) -> None:
         """A vendor's Response under the gateway's id, as the client's request made it."""
@@ -268,7 +268,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     call.native = native_request(body, context)
     meta = body.get("metadata")
     if isinstance(meta, dict) and meta.get("task_id") is not None:
-        call.extras[TASK_NAME] = meta["task_id"]  # the X-Tokenomy-Task header wins
+        call.task_name = meta["task_id"]  # the X-Tokenomy-Task header wins
     inner = AioExchange(request)
     ex: Exchange = ResponsesExchange(inner, call, body, items, context, store, svc.pipeline)
     try:

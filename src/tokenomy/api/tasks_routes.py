@@ -12,10 +12,10 @@ import orjson
 from aiohttp import web
 
 from tokenomy.api.edge import authenticate, parse_json, read_body, read_json, services
+from tokenomy.billing.call_pricing import units
 from tokenomy.billing.money import parse_nanos
-from tokenomy.errors import InvalidRequest
-from tokenomy.ids import stamped_id
-from tokenomy.ledger.biller import units
+from tokenomy.core.errors import InvalidRequest
+from tokenomy.core.ids import stamped_id
 from tokenomy.ledger.tasks import TASK_PREFIX, owner_of, task_meter, task_not_found
 from tokenomy.store.tasks import Task, TaskStore, TaskTotals
 
@@ -54,7 +54,7 @@ async def create_task(request: web.Request) -> web.Response:
     raw = await read_body(request, svc.config.server.max_body_bytes)
     body = parse_json(raw) if raw.strip() else {}
     nanos, tokens = _budget(body)
-    org = svc.directory.org_of(key) if key.org_id is not None else None
+    org = svc.accounts.org_of(key) if key.org_id is not None else None
     if (nanos is not None or tokens is not None) and org is None:
         raise InvalidRequest(
             "A task budget needs an API key of an organisation (it is one more level of "

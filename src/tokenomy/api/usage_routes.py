@@ -35,7 +35,7 @@ from tokenomy.analytics.video_panel import video_queue_charts, video_queue_histo
 from tokenomy.analytics.views import ViewError, parse_window, run_view
 from tokenomy.api.admin import require_admin
 from tokenomy.api.edge import SERVICES, authenticate, presented_key, services
-from tokenomy.errors import InvalidRequest, Unauthorized
+from tokenomy.core.errors import InvalidRequest, Unauthorized
 from tokenomy.services import Services
 
 ROLLUPS: web.AppKey[Rollups] = web.AppKey("analytics.rollups", Rollups)
@@ -171,8 +171,8 @@ async def get_usage(request: web.Request) -> web.Response:
             run_view,
             rollups.engine,
             params,
-            book=svc.biller.prices,
-            fx=svc.biller.fx,
+            book=svc.pricer.prices,
+            fx=svc.pricer.fx,
             scope=viewer.scope,
         )
     except ViewError as e:
@@ -260,8 +260,8 @@ async def get_dashboard(request: web.Request) -> web.StreamResponse:
         rollups.engine,
         window.start_ms,
         window.end_ms,
-        book=svc.biller.prices,
-        fx=svc.biller.fx,
+        book=svc.pricer.prices,
+        fx=svc.pricer.fx,
         scope=viewer.scope,
         names=names,
     )

@@ -17,7 +17,7 @@ from tokenomy.api.batch_routes import caller, json_ok
 from tokenomy.api.edge import read_json
 from tokenomy.api.openai_routes import JOB_QUEUES
 from tokenomy.batches.holds import LineHolds
-from tokenomy.errors import GatewayError, InvalidRequest, NotFound
+from tokenomy.core.errors import GatewayError, InvalidRequest, NotFound
 from tokenomy.providers.videos import VideoClient
 from tokenomy.services import Services
 from tokenomy.store.videos import ENDED, IN_PROGRESS, VideoStore
@@ -34,7 +34,7 @@ class Videos:
 
     def __init__(self, svc: Services, models: VideoModels) -> None:
         self.store = VideoStore(svc.engine)
-        holds = LineHolds(svc.live, svc.directory)
+        holds = LineHolds(svc.live, svc.accounts)
         self.intake = VideoIntake(svc, self.store, models, holds)
         self.worker = VideoWorker(svc, self.store, models, holds, svc.config.videos, VideoClient())
 

@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from tokenomy.api.admin import require_admin
-from tokenomy.errors import InvalidRequest
+from tokenomy.core.errors import InvalidRequest
 from tokenomy.store.dead_letters import list_dead_letters
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from itertools import islice
 
+from tokenomy.core.keys import ApiKey
+from tokenomy.ledger.account_cache import AccountCache
 from tokenomy.ledger.accounts import OrgMeter
-from tokenomy.ledger.directory import Directory
 from tokenomy.ledger.leased import LeasedLedger
 from tokenomy.ledger.live import Hold, LiveLedger, MemoryLedger
-from tokenomy.store.keys import ApiKey
 
 #: A line's hold outlives its batch's completion window by this much (seconds), so a
 #: line still running at the deadline is settled against its own hold.
@@ -31,9 +31,9 @@ def exact_ledger(live: LiveLedger) -> LiveLedger:
 class LineHolds:
     """Builds, makes and releases the holds of batch lines."""
 
-    def __init__(self, live: LiveLedger, directory: Directory) -> None:
+    def __init__(self, live: LiveLedger, accounts: AccountCache) -> None:
         self.live = exact_ledger(live)
-        self.directory = directory
+        self.accounts = accounts
         #: Holds live in this process's memory (lost with it), not in Redis.
         self.in_memory = isinstance(self.live, MemoryLedger)
 
@@ -47,13 +47,13 @@ class LineHolds:
         expires_s: int,
     ) -> Hold | None:
         """The line's hold (None for a key without an org: nothing is charged)."""
-        org = self.directory.org_of(key)
+        org = self.accounts.org_of(key)
         if org is None:
             return None
         return Hold(
             id=request_id,
             org=OrgMeter(org),
-            budgets=self.directory.meters(key, created_ms),
+            budgets=self.accounts.meters(key, created_ms),
             amount=amount,
             tokens=tokens,
             expires_at=float(expires_s + HOLD_GRACE_S),

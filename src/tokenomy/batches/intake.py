@@ -25,14 +25,14 @@ from tokenomy.batches.holds import LineHolds
 from tokenomy.batches.native import PARKED_MS, PLANNED, native_target
 from tokenomy.batches.objects import ENDPOINTS, WINDOWS, line_request_id, new_batch_id
 from tokenomy.batches.schedule import Groups, Planner
+from tokenomy.billing.call_pricing import BYTES_PER_TOKEN, units
 from tokenomy.billing.money import Currency
-from tokenomy.errors import GatewayError, InsufficientQuota, InvalidRequest, NotFound
-from tokenomy.gateway.call import Call
-from tokenomy.ledger.biller import BYTES_PER_TOKEN, units
+from tokenomy.core.call import Call
+from tokenomy.core.errors import GatewayError, InsufficientQuota, InvalidRequest, NotFound
+from tokenomy.core.keys import ApiKey
 from tokenomy.ledger.live import Hold, Shortfall
 from tokenomy.store.batches import PENDING, BatchStore
 from tokenomy.store.files import FileStore
-from tokenomy.store.keys import ApiKey
 
 if TYPE_CHECKING:
     from tokenomy.services import Services
@@ -87,7 +87,7 @@ class BatchIntake:
         self.store = store
         self.builders = builders
         self.holds = holds
-        self.planner = Planner(svc.biller, svc.router.regions)
+        self.planner = Planner(svc.pricer, svc.router.regions)
         #: The clock batches are created and planned by (tests give a fake one).
         self.clock: Callable[[], float] = time.time
         #: (measured lines per second, lines already waiting): set by the worker.
@@ -156,7 +156,7 @@ class BatchIntake:
         and store the batch."""
         bid, now = row["id"], row["created_at"]
         created_ms = now * 1000
-        org = self.svc.directory.org_of(key)
+        org = self.svc.accounts.org_of(key)
         rate, backlog = self.pace()
         native = native_target(self.svc, checked.groups, row["endpoint"])
         plan = self.planner.plan(
@@ -243,9 +243,9 @@ class BatchIntake:
         errors: list[dict[str, Any]] = []
         seen: set[str] = set()
         build = self.builders[endpoint]
-        org = self.svc.directory.org_of(key)
+        org = self.svc.accounts.org_of(key)
         at = datetime.fromtimestamp(now, UTC)
-        biller, pipeline = self.svc.biller, self.svc.pipeline
+        pricer, pipeline = self.svc.pricer, self.svc.pipeline
         cap = self.svc.config.server.default_max_output_tokens
         async for n, raw in source:
             try:
@@ -267,11 +267,11 @@ class BatchIntake:
                 pipeline.route(call)
                 deps = pipeline.candidates(call)
                 amount, tokens = 0, 0
-                bound = biller.prompt_bound(call)
+                bound = pricer.prompt_bound(call)
                 if org is not None:
-                    amount, tokens = biller.worst(call, deps, org.currency, bound, cap, at)
+                    amount, tokens = pricer.worst(call, deps, org.currency, bound, cap, at)
                 if not errors:
-                    out = biller.max_output(call, deps[0], cap) * call.choices() if deps else 0
+                    out = pricer.max_output(call, deps[0], cap) * call.choices() if deps else 0
                     checked.groups.add(call.model, deps, bound // BYTES_PER_TOKEN, out)
                     checked.line_nos.append(n)
                     checked.amounts.append(amount)
@@ -378,7 +378,7 @@ def _parse_line(raw: bytes, endpoint: str) -> tuple[str, dict[str, Any]]:
 
 
 def _refusal(s: Shortfall, worst: int, key: ApiKey, svc: Services) -> InsufficientQuota:
-    org = svc.directory.org_of(key)
+    org = svc.accounts.org_of(key)
     cur = org.currency.value if org is not None else ""
     left = f"{units(max(s.available, 0))} {cur}"
     return InsufficientQuota(

@@ -32,13 +32,13 @@ import aiohttp
 import orjson
 
 from tokenomy.batches.schedule import Groups
-from tokenomy.errors import GatewayError
+from tokenomy.core.errors import GatewayError
+from tokenomy.core.keys import ApiKey
+from tokenomy.core.registry import Deployment
 from tokenomy.gateway.records import EXTRA_ROWS
-from tokenomy.gateway.registry import Deployment
-from tokenomy.ledger.stage import HOLD, ORG, LedgerStage
+from tokenomy.ledger.stage import LEDGER, CallLedger, LedgerStage
 from tokenomy.providers.vendor_batches import client_for
 from tokenomy.store.batches import PENDING, BatchStore, ClaimedLine
-from tokenomy.store.keys import ApiKey
 from tokenomy.store.native_batches import VendorBatchStore
 from tokenomy.store.schema import batch_results
 
@@ -241,11 +241,10 @@ class NativeBatches:
         out = pipeline.meter_answer(call, dep.vendor.dialect, body)
         call.status, call.http_status = "ok", 200
         if hold is not None:
-            call.extras[HOLD] = hold
-            call.extras[ORG] = w.holds.directory.org_of(key)
-        call.extras["stages"] = [self.ledger]  # settle the line's hold; nothing else ran
+            call.put(LEDGER, CallLedger(w.holds.accounts.org_of(key), hold))
+        call.stages_passed = [self.ledger]  # settle the line's hold; nothing else ran
         cost = self.ledger.quote(call).cost_nanos
-        call.extras[EXTRA_ROWS] = [(batch_results, w.result_row(claimed, 200, out, cost))]
+        call.put(EXTRA_ROWS, [(batch_results, w.result_row(claimed, 200, out, cost))])
         await pipeline.finish(call)
         w.lines_run += 1
         w.recorded(claimed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tokenomy.ids import UniqueIds
+from tokenomy.core.ids import UniqueIds
 
 #: The endpoints a batch may target, and the call each line becomes.
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions")

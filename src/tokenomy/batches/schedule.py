@@ -24,11 +24,11 @@ from fractions import Fraction
 from itertools import pairwise
 from typing import Any
 
+from tokenomy.billing.call_pricing import CallPricer, batch_priced, units
 from tokenomy.billing.money import Currency, round_half_up_fraction
 from tokenomy.billing.pricing import exact_cost_nanos
-from tokenomy.gateway.registry import Deployment
-from tokenomy.gateway.usage import Usage
-from tokenomy.ledger.biller import Biller, batch_priced, units
+from tokenomy.core.registry import Deployment
+from tokenomy.core.usage import Usage
 from tokenomy.routing.power import Region, energy_usd
 
 #: Planned duration is stretched by this much when working out the latest start.
@@ -115,8 +115,8 @@ class Plan:
 class Planner:
     """Prices a batch's groups at instants and picks its start."""
 
-    def __init__(self, biller: Biller, regions: Mapping[str, Region]) -> None:
-        self.biller = biller
+    def __init__(self, pricer: CallPricer, regions: Mapping[str, Region]) -> None:
+        self.pricer = pricer
         self.regions = regions
 
     def plan(
@@ -159,7 +159,7 @@ class Planner:
                 w.name
                 for g in groups.by_deps.values()
                 for d in g.deployments
-                if (v := self.biller.version(d, best_t)) is not None
+                if (v := self.pricer.version(d, best_t)) is not None
                 and (w := v.window_at(best_t)) is not None
             ),
             None,
@@ -191,7 +191,7 @@ class Planner:
         out: set[datetime] = set()
         for g in groups.by_deps.values():
             for d in g.deployments:
-                v = self.biller.version(d, after)
+                v = self.pricer.version(d, after)
                 if v is None:
                     continue
                 for w in v.windows:
@@ -245,7 +245,7 @@ class Planner:
     def _price(
         self, g: LineGroup, d: Deployment, currency: Currency, at: datetime, batch: bool
     ) -> Fraction:
-        v = self.biller.version(d, at)
+        v = self.pricer.version(d, at)
         if v is None or not g.lines:
             return Fraction(0)
         # One average line, times the lines: the estimate need not price every line.
@@ -255,7 +255,7 @@ class Planner:
         num, den = exact_cost_nanos(v, usage, at=at, batch=batch_priced(v, batch))
         cost = Fraction(num, den) * g.lines
         if v.currency is not currency:
-            cost *= self.biller.rate(v.currency, currency, at)
+            cost *= self.pricer.rate(v.currency, currency, at)
         return cost
 
     def _power(self, g: LineGroup, d: Deployment, currency: Currency, at: datetime) -> Fraction:
@@ -266,5 +266,5 @@ class Planner:
             return Fraction(0)
         cost = Fraction(usd) * 10**9
         if currency is not Currency.USD:
-            cost *= self.biller.rate(Currency.USD, currency, at)
+            cost *= self.pricer.rate(Currency.USD, currency, at)
         return cost

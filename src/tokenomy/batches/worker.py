@@ -30,13 +30,13 @@ from tokenomy.batches.holds import LineHolds
 from tokenomy.batches.intake import DEFAULT_LINES_PER_S, Builder
 from tokenomy.batches.objects import MESSAGES, result_line, unrun_line
 from tokenomy.batches.throughput import Throughput
-from tokenomy.errors import GatewayError, InsufficientQuota, Overloaded, RateLimited
-from tokenomy.gateway.call import Call
+from tokenomy.core.call import Call
+from tokenomy.core.errors import GatewayError, InsufficientQuota, Overloaded, RateLimited
+from tokenomy.core.keys import ApiKey
 from tokenomy.gateway.records import EXTRA_ROWS
 from tokenomy.ledger.live import Hold, Shortfall
-from tokenomy.ledger.stage import HOLD, ORG
+from tokenomy.ledger.stage import LEDGER, CallLedger
 from tokenomy.store.batches import CANCELLED, EXPIRED, BatchStats, BatchStore, ClaimedLine
-from tokenomy.store.keys import ApiKey
 from tokenomy.store.schema import batch_results
 
 if TYPE_CHECKING:
@@ -257,8 +257,8 @@ class BatchWorker:
                     raise InsufficientQuota(
                         "The batch's hold was lost and its funds are now spent elsewhere."
                     ) from None
-                call.extras[HOLD] = hold  # the ledger stage settles it, and holds nothing
-                call.extras[ORG] = self.holds.directory.org_of(call.key)
+                # The ledger stage settles it, and holds nothing.
+                call.put(LEDGER, CallLedger(self.holds.accounts.org_of(call.key), hold))
             pipeline.route(call)
             outcome = await pipeline.open(call)
             assert outcome.body is not None  # batch lines never stream
@@ -276,9 +276,9 @@ class BatchWorker:
             call.status, call.http_status, call.error_code = "error", 500, "internal_error"
             status, out = 500, _error_body("internal_error", "The gateway hit an internal error.")
         cost = 0
-        if status == 200 and pipeline.quoter is not None:
+        if status == 200:
             cost = pipeline.quoter.quote(call).cost_nanos
-        call.extras[EXTRA_ROWS] = [(batch_results, self.result_row(line, status, out, cost))]
+        call.put(EXTRA_ROWS, [(batch_results, self.result_row(line, status, out, cost))])
         await pipeline.finish(call)
         self.lines_run += 1
         self._recorded.append((line.batch_id, line.line_no))
@@ -286,7 +286,9 @@ class BatchWorker:
     async def _later(self, call: Call, line: ClaimedLine, e: GatewayError) -> None:
         """A refusal for now: its record gets an id of its own (the line's id is kept
         for its outcome), its hold stays, and the line waits out a pause."""
-        call.extras.pop(HOLD, None)
+        ledger = call.get(LEDGER)
+        if ledger is not None:
+            ledger.hold = None
         call.request_id = f"{line.request_id}~{line.attempts}"
         self.svc.pipeline.fail(call, e)
         await self.svc.pipeline.finish(call)

@@ -32,7 +32,7 @@ from tokenomy.billing.money import (
     round_nanos,
 )
 from tokenomy.billing.windows import TimeWindow, require_aware
-from tokenomy.gateway.usage import Usage
+from tokenomy.core.usage import Usage
 
 _MILLION: Final = Decimal(10**6)
 _ONE: Final = Decimal(1)

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tokenomy.batches.objects import batch_object
+from tokenomy.billing.call_pricing import units
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
-from tokenomy.ledger.biller import units
 from tokenomy.store.batches import ENDED, BatchStore
 
 

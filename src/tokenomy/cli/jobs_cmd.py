@@ -9,9 +9,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from tokenomy.billing.call_pricing import units
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
 from tokenomy.config import Config
-from tokenomy.ledger.biller import units
 from tokenomy.store.videos import ENDED, IN_PROGRESS, VideoStore
 from tokenomy.videos.models import deployment_id
 from tokenomy.videos.objects import video_object

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
-from tokenomy.errors import GatewayError
+from tokenomy.core.errors import GatewayError
 from tokenomy.ledger.accounts import Mode, Scope, user_scope_id
 from tokenomy.ledger.operations import (
     KIND_PATHS,

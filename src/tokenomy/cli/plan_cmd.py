@@ -119,12 +119,12 @@ def placement_table(args: argparse.Namespace, p: Plan) -> str:
     """Where flex/batch work of ``args.model`` goes, and why: token and energy cost a day."""
     from datetime import UTC, datetime
 
+    from tokenomy.billing.call_pricing import CallPricer
     from tokenomy.billing.catalog import PriceBook
     from tokenomy.billing.fx import FxTable
     from tokenomy.cli.common import config_from
-    from tokenomy.errors import NotFound
+    from tokenomy.core.errors import NotFound
     from tokenomy.gateway.registry import build_registry
-    from tokenomy.ledger.biller import Biller
     from tokenomy.routing.health import HealthBoard
     from tokenomy.routing.power import Region, place
     from tokenomy.routing.preferences import Preferences
@@ -140,7 +140,7 @@ def placement_table(args: argparse.Namespace, p: Plan) -> str:
         fail("--output-per-call must be between 0 and --tokens-per-call")
     tokens_out, tokens_in = int(out), int(p.tokens_per_call - out)
     router = Router(
-        Biller(PriceBook.load(cfg.prices), FxTable.load(cfg.fx)),
+        CallPricer(PriceBook.load(cfg.prices), FxTable.load(cfg.fx)),
         HealthBoard(),
         Preferences(),
         default_max_output=cfg.server.default_max_output_tokens,

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 DEMO_SIM_PORT = 8001
 DEMO_ORG = "org_demo"
+#: How long a stopping server waits for requests in flight before cancelling them.
+DRAIN_S = 10.0
 
 
 def register(sub: Any) -> None:
@@ -147,10 +149,10 @@ async def _serve_until_signal(
 ) -> None:
     """Serve until SIGINT or SIGTERM, then wait up to 10 s for requests in flight and run
     on_cleanup, which drains the writer."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=DRAIN_S)
     await runner.setup()
     try:
-        await LeanSite(runner, host, port, reuse_port=reuse_port).start()
+        await LeanSite(runner, host, port, reuse_port=reuse_port, drain_timeout_s=DRAIN_S).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -327,7 +329,7 @@ async def _seed_history(args: argparse.Namespace, days: int) -> None:
     """
     import socket
 
-    from tokenomy.analytics.demo_history import seed_history
+    from tokenomy.cli.demo_history import seed_history
     from tokenomy.sim.server import create_sim_app
 
     with socket.socket() as sock:

@@ -12,38 +12,35 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import orjson
 
 from tokenomy.admission.fairqueue import QueueBoard, Slot, tier_for
+from tokenomy.billing.call_pricing import Charge
 from tokenomy.config import ServerConfig
-from tokenomy.errors import (
+from tokenomy.core.call import CHAT_BODIES, Call, Stage
+from tokenomy.core.errors import (
     GatewayError,
-    InvalidRequest,
     Overloaded,
     PermissionDenied,
     RateLimited,
     UpstreamError,
     UpstreamTimeout,
 )
-from tokenomy.gateway.call import CHAT_BODIES, IMAGE_PARTS, PLACEMENT, Call
-from tokenomy.gateway.metering import (
+from tokenomy.core.metering import (
     anthropic_response_text,
     count_prompt,
     counted_usage,
     openai_response_text,
 )
-from tokenomy.gateway.registry import Deployment, Registry
+from tokenomy.core.registry import Deployment, Registry
+from tokenomy.core.tokencount import TokenCounter
+from tokenomy.core.usage import Usage, UsageSource
+from tokenomy.gateway.candidates import Candidates
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.gateway.responses_native import ResponsesRelay, meter_answer, passes_through
-from tokenomy.gateway.tokencount import TokenCounter
-from tokenomy.gateway.usage import Usage, UsageSource
-from tokenomy.tracing import SPAN, child_span
-
-if TYPE_CHECKING:
-    from tokenomy.routing.auto import AutoRouter
-    from tokenomy.routing.router import Router
+from tokenomy.ledger.stage import LEDGER
 from tokenomy.providers.base import Provider
 from tokenomy.providers.translate_request import (
     anthropic_request_to_openai,
@@ -54,37 +51,20 @@ from tokenomy.providers.translate_response import (
     anthropic_usage,
     openai_response_to_anthropic,
 )
+from tokenomy.routing.auto import AutoRouter
+from tokenomy.routing.router import Router
+from tokenomy.tracing import child_span
 
 log = logging.getLogger(__name__)
-
-SLOT = "queue.slot"
-#: The most a call may wait in a queue, from the X-Tokenomy-Max-Wait header (seconds).
-MAX_WAIT = "queue.max_wait"
-_CANDIDATES = "pipeline.candidates"
-
-EMBEDDINGS = "embeddings"
-_ENDPOINT_NAMES = {"chat": "chat completions", "messages": "messages", "responses": "responses"}
 
 #: Errors after which the next deployment is tried (nothing has reached the client yet).
 RETRYABLE = (RateLimited, UpstreamError, UpstreamTimeout)
 
 
-class Stage(Protocol):
-    """A step around the vendor call, such as admission control or a ledger hold.
-
-    ``before`` may raise a GatewayError to refuse the call; ``after`` runs exactly once for
-    every call whose ``before`` returned, once usage is known (or the call failed).
-    """
-
-    async def before(self, call: Call) -> None: ...
-
-    async def after(self, call: Call) -> None: ...
-
-
 class Quoter(Protocol):
     """Prices a call from its usage, for the cost a response carries."""
 
-    def quote(self, call: Call) -> Any: ...
+    def quote(self, call: Call) -> Charge: ...
 
 
 @dataclass(slots=True)
@@ -97,6 +77,13 @@ class Outcome:
 
 
 class Pipeline:
+    """The request path after the HTTP edge, built whole by ``services.build_services``.
+
+    Two pieces may be switched off, and are ``None`` then: ``auto`` (model "auto", when
+    the config has a router pool) and ``tracer`` (when no traces are exported). Each is
+    looked at once per call, not per step.
+    """
+
     def __init__(
         self,
         registry: Registry,
@@ -104,30 +91,41 @@ class Pipeline:
         counter: TokenCounter,
         record: Callable[[Call], None],
         server: ServerConfig,
-        stages: Sequence[Stage] = (),
+        *,
+        stages: Sequence[Stage],
+        candidates: Candidates,
+        router: Router,
+        queues: QueueBoard,
+        quoter: Quoter,
+        auto: AutoRouter | None = None,
+        tracer: Any | None = None,
     ) -> None:
         self.registry = registry
         self.providers = providers
         self.counter = counter
         self._record = record
         self.server = server
+        #: Steps around the vendor call (rate limits, the ledger's hold), in order.
         self.stages = list(stages)
-        #: Set by the ledger: gives responses their cost (``usage.cost``, a header).
-        self.quoter: Quoter | None = None
-        #: Ranks deployments by preferences, price and health (None: config order).
-        self.router: Router | None = None
+        #: The deployments that may serve a call, best first.
+        self.candidates = candidates
+        #: Ranks deployments by preferences, price and health; keeps their health.
+        self.router = router
         #: Fair queues for deployments with a concurrency cap.
-        self.queues: QueueBoard | None = None
-        #: An OpenTelemetry tracer when traces are exported (see tokenomy.tracing).
-        self.tracer: Any | None = None
+        self.queues = queues
+        #: Gives responses their cost (``usage.cost``, a header): the ledger stage.
+        self.quoter = quoter
         #: Serves ``model: "auto"`` when the config has a router pool.
-        self.auto: AutoRouter | None = None
+        self.auto = auto
+        #: An OpenTelemetry tracer when traces are exported (see tokenomy.tracing).
+        self.tracer = tracer
 
     def route(self, call: Call) -> None:
         """Resolve the model and check the key may use it (raises 404/403)."""
-        name = self.router.prepare(call) if self.router is not None else call.model
-        if self.auto is not None and name in self.auto.names:
-            call.route = self.auto.route(call)  # only models the key may use
+        name = self.router.prepare(call)
+        auto = self.auto
+        if auto is not None and name in auto.names:
+            call.route = auto.route(call)  # only models the key may use
             return
         call.route = self.registry.resolve(name)
         if not call.key.may_use(call.model) and not call.key.may_use(call.route.name):
@@ -144,9 +142,9 @@ class Pipeline:
         if call.route is None:
             self.route(call)
         # Spans only when traced: otherwise not even their names and attributes are made.
-        span = call.extras.get(SPAN) if self.tracer is not None else None
+        span = call.span if self.tracer is not None else None
         passed: list[Stage] = []
-        call.extras["stages"] = passed
+        call.stages_passed = passed
         for stage in self.stages:
             if span is None:
                 await stage.before(call)
@@ -154,9 +152,12 @@ class Pipeline:
                 with child_span(self.tracer, span, _span_name(stage)):
                     await stage.before(call)
             passed.append(stage)
+        # Model "auto" names what served (set by its route): its own bookkeeping per attempt.
+        auto = self.auto if call.route_groups is not None else None
+        health = self.router.health
         last: GatewayError | None = None
         for dep in self.candidates(call):
-            if self.router is not None and not self.router.health.allow(dep.id):
+            if not health.allow(dep.id):
                 continue  # resting after failures; the breaker lets a probe through later
             if call.attempts:
                 # Back off a little between fallbacks, more with each one.
@@ -169,8 +170,8 @@ class Pipeline:
                 continue
             call.attempts += 1
             call.deployment = dep
-            if self.auto is not None:
-                self.auto.serving(call, dep)
+            if auto is not None:
+                auto.serving(call, dep)
             try:
                 if span is None:
                     outcome = await self._attempt(call, dep, provider)
@@ -192,8 +193,7 @@ class Pipeline:
             except RETRYABLE as e:
                 if slot is not None:
                     slot.release()
-                if self.router is not None:
-                    self.router.failed(dep)
+                self.router.failed(dep)
                 log.info("request %s: %s failed (%s); trying the next", call.request_id, dep.id, e)
                 last = e
                 continue
@@ -202,11 +202,12 @@ class Pipeline:
                     slot.release()
                 raise
             if slot is not None:
-                call.extras[SLOT] = slot
+                call.queue_slot = slot
                 outcome.headers.update(slot.headers())
-            outcome.headers.update(call.extras.get("ratelimit_headers") or {})
-            if self.auto is not None:
-                self.auto.annotate(call, outcome.headers)
+            if call.ratelimit_headers:
+                outcome.headers.update(call.ratelimit_headers)
+            if auto is not None:
+                auto.annotate(call, outcome.headers)
             return outcome
         call.deployment = None
         if last is None:
@@ -218,46 +219,16 @@ class Pipeline:
 
     async def _slot(self, call: Call, dep: Deployment) -> Slot | None:
         """A place in the deployment's fair queue, when it caps concurrency."""
-        if dep.max_concurrent is None or self.queues is None:
+        if dep.max_concurrent is None:
             return None
         q = self.queues.queue(dep.id, dep.max_concurrent)
         return await q.acquire(
             call.key.org_id or call.key.id,
             key=call.key.id,
             tier=tier_for(call.body.get("service_tier")),
-            max_wait_s=call.extras.get(MAX_WAIT),
+            max_wait_s=call.max_wait_s,
             request_id=call.request_id,
         )
-
-    def candidates(self, call: Call) -> list[Deployment]:
-        """The deployments that may serve the call, best first (worked out once per call:
-        the ledger's hold and the attempts ask)."""
-        cached = call.extras.get(_CANDIDATES)
-        if cached is not None:
-            return list(cached)
-        assert call.route is not None
-        needs = required_capabilities(call)
-        openai_only = call.endpoint in ("completions", "embeddings")
-        pool = (
-            self.router.ranked(call, needs)
-            if self.router is not None
-            else [d for d in call.route.deployments if needs <= d.capabilities]
-        )
-        embeds = call.endpoint == "embeddings"
-        # An embeddings deployment answers embeddings only, and only it answers them.
-        deps = [
-            d
-            for d in pool
-            if not (openai_only and d.vendor.dialect != "openai")
-            and (EMBEDDINGS in d.capabilities) == embeds
-        ]
-        if not deps:
-            what = ", ".join(sorted(needs)) or _ENDPOINT_NAMES.get(call.endpoint, call.endpoint)
-            raise InvalidRequest(
-                f"No deployment of the model '{call.model}' supports {what}.", param="model"
-            )
-        call.extras[_CANDIDATES] = tuple(deps)
-        return deps
 
     async def _attempt(self, call: Call, dep: Deployment, provider: Provider) -> Outcome:
         if call.native is not None and passes_through(call, dep):
@@ -265,7 +236,7 @@ class Pipeline:
         endpoint, body = self._upstream_request(call, provider.dialect)
         resp = await provider.send(dep, endpoint, body, stream=call.stream)
         headers = {"x-request-id": call.request_id, "x-tokenomy-deployment": dep.id}
-        placed = call.extras.get(PLACEMENT)
+        placed = call.placement
         if placed is not None and dep.id in placed:  # latency-tolerant: what it costs here
             headers["x-tokenomy-placement"] = placed[dep.id]
         if call.affinity is not None:  # hit, miss, expired or yielded:<why>
@@ -278,9 +249,8 @@ class Pipeline:
                 prompt_tokens_hint=lambda: count_prompt(self.counter, call),
                 count_usage=lambda: counted_usage(self.counter, call),
             )
-            if self.quoter is not None:
-                quoter = self.quoter
-                relay.cost = lambda c: str(quoter.quote(c).cost_str())
+            quoter = self.quoter
+            relay.cost = lambda c: quoter.quote(c).cost_str()
             return Outcome(headers=headers, relay=relay)
         raw = await resp.read()
         call.mark_first_token()
@@ -295,7 +265,7 @@ class Pipeline:
         if renamed:
             obj["model"] = call.public_model
         cost = None
-        if self.quoter is not None and call.usage is not None:
+        if call.usage is not None:
             cost = self.quoter.quote(call).cost_str()
             headers["x-tokenomy-cost"] = cost
         usage = out.get("usage")
@@ -406,12 +376,13 @@ class Pipeline:
         if call.usage is None:
             produced = call.deployment is not None and (call.output_text or relay is not None)
             call.usage = counted_usage(self.counter, call) if produced else Usage()
-        slot = call.extras.pop(SLOT, None)
+        slot = call.queue_slot
         if slot is not None:
+            call.queue_slot = None
             slot.release()
-        if self.router is not None and call.status == "ok" and call.deployment is not None:
+        if call.status == "ok" and call.deployment is not None:
             self.router.succeeded(call)
-        parent = call.extras.get(SPAN) if self.tracer is not None else None
+        parent = call.span if self.tracer is not None else None
         if parent is None:
             await self._after(call)
         else:
@@ -419,13 +390,14 @@ class Pipeline:
                 await self._after(call)
         call.output_text.clear()
         self._record(call)
-        span = call.extras.pop(SPAN, None)
+        span = call.span
         if span is not None:
+            call.span = None
             _end_request_span(span, call)
 
     async def _after(self, call: Call) -> None:
         """Every passed stage's ``after``, last first; one failing does not stop the rest."""
-        for stage in reversed(call.extras.get("stages", ())):
+        for stage in reversed(call.stages_passed or ()):
             try:
                 await stage.after(call)
             except Exception:
@@ -457,34 +429,10 @@ def _end_request_span(span: Any, call: Call) -> None:
     if u is not None:
         attrs["gen_ai.usage.input_tokens"] = u.input_tokens
         attrs["gen_ai.usage.output_tokens"] = u.output_tokens
-    charge = call.extras.get("ledger.charge")
+    ledger = call.get(LEDGER)
+    charge = ledger.charge if ledger is not None else None
     if charge is not None and charge.currency is not None:
         attrs["tokenomy.cost"] = charge.cost_str()
         attrs["tokenomy.currency"] = charge.currency.value
     span.set_attributes(attrs)
     span.end()
-
-
-def required_capabilities(call: Call) -> frozenset[str]:
-    b = call.body
-    needs = set()
-    if b.get("tools") or b.get("functions"):
-        needs.add("tools")
-    rf = b.get("response_format")
-    if isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema"):
-        needs.add("json")
-    if (call.endpoint in CHAT_BODIES or call.endpoint == "messages") and _has_image(
-        b.get("messages") or ()
-    ):
-        needs.add("vision")
-    return frozenset(needs)
-
-
-def _has_image(messages: Any) -> bool:
-    for m in messages:
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and part.get("type") in IMAGE_PARTS:
-                    return True
-    return False

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from tokenomy.billing.catalog import PriceBook, PriceNotFound
 from tokenomy.config import Config, ConfigError
-from tokenomy.gateway.registry import Registry
+from tokenomy.core.registry import Registry
 
 
 def served_price_problems(

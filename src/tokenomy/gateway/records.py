@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from tokenomy.gateway.call import TASK_ID, Call
-from tokenomy.gateway.end_user import end_user
-from tokenomy.gateway.usage import Usage
+from sqlalchemy import Table
+
+from tokenomy.billing.call_pricing import Charge
+from tokenomy.core.call import Call, CallKey
+from tokenomy.core.usage import Usage
+from tokenomy.ledger.end_user import end_user
 
 #: Rows (``(table, row)`` pairs) a call's record carries besides its usage event and
 #: ledger rows, committed in the same transaction (a batch line's result).
-EXTRA_ROWS: Final = "record.extra_rows"
+EXTRA_ROWS: Final = CallKey[list[tuple[Table, dict[str, Any]]]]("record.extra_rows")
 
 _NO_USAGE: Final = Usage()
 #: The money columns of a call no ledger stage priced.
@@ -26,7 +29,9 @@ _NO_MONEY: Final[dict[str, Any]] = {
 }
 
 
-def usage_row(call: Call) -> dict[str, Any]:
+def usage_row(call: Call, ch: Charge | None) -> dict[str, Any]:
+    """The call's usage event, with the money columns of ``ch``, its charge (the ledger
+    stage leaves one on every call it priced: ``ledger.stage.CallLedger``)."""
     u = call.usage or _NO_USAGE
     dep = call.deployment
     row = {
@@ -55,12 +60,10 @@ def usage_row(call: Call) -> dict[str, Any]:
         "latency_ms": call.latency_ms,
         "ttft_ms": call.ttft_ms,
         "attempts": call.attempts,
-        "task_id": call.extras.get(TASK_ID),
+        "task_id": call.task_id,
         "end_user": end_user(call),
     }
-    # The charge's columns (the ledger stage leaves a Charge on every call it priced),
-    # set in place rather than built as a second dict and merged.
-    ch = call.extras.get("ledger.charge")
+    # The charge's columns, set in place rather than built as a second dict and merged.
     if ch is None:
         row.update(_NO_MONEY)
         return row

@@ -17,10 +17,10 @@ from typing import Any
 
 import orjson
 
-from tokenomy.errors import GatewayError, UpstreamError, UpstreamTimeout
-from tokenomy.gateway.call import Call
-from tokenomy.gateway.metering import anthropic_delta_text, openai_chunk_text
-from tokenomy.gateway.usage import Usage, openai_chunk_usage
+from tokenomy.core.call import Call
+from tokenomy.core.errors import GatewayError, UpstreamError, UpstreamTimeout
+from tokenomy.core.metering import anthropic_delta_text, openai_chunk_text
+from tokenomy.core.usage import Usage, openai_chunk_usage
 from tokenomy.providers.base import UpstreamResponse
 from tokenomy.providers.sse import frame_data, frame_event, frame_json, frames_data
 from tokenomy.providers.translate_response import anthropic_usage, usage_from_anthropic

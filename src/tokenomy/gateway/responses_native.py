@@ -17,11 +17,11 @@ from typing import Any
 
 import orjson
 
-from tokenomy.errors import GatewayError, UpstreamError, UpstreamTimeout
-from tokenomy.gateway.call import Call
-from tokenomy.gateway.registry import Deployment
+from tokenomy.core.call import Call
+from tokenomy.core.errors import GatewayError, UpstreamError, UpstreamTimeout
+from tokenomy.core.registry import Deployment
+from tokenomy.core.usage import Usage
 from tokenomy.gateway.relay import StreamRelay
-from tokenomy.gateway.usage import Usage
 from tokenomy.providers.base import UpstreamResponse
 from tokenomy.providers.sse import SSEEvent, frame_event
 from tokenomy.providers.translate_responses import responses_usage

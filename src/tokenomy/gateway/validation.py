@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenomy.errors import InvalidRequest
+from tokenomy.core.errors import InvalidRequest
 
 _OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _ANTHROPIC_ROLES = frozenset({"user", "assistant"})

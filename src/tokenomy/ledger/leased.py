@@ -31,7 +31,7 @@ from typing import Any
 
 from redis import exceptions as rx
 
-from tokenomy.ids import UniqueIds
+from tokenomy.core.ids import UniqueIds
 from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.lease_script import SYNC
 from tokenomy.ledger.live import BudgetState, Hold, LiveStateUnavailable, OrgState, Shortfall

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from tokenomy.billing.money import MAX_NANOS, NANOS_PER_UNIT, Currency, parse_nanos
-from tokenomy.errors import GatewayError, InvalidRequest
+from tokenomy.core.errors import GatewayError, InvalidRequest
 from tokenomy.ledger.accounts import Budget, Org, Project, Scope
 from tokenomy.ledger.periods import zone
 from tokenomy.ledger.store import Entry, IdempotencyConflict, Kind, LedgerStore

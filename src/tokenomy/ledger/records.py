@@ -6,9 +6,9 @@ from typing import Any
 
 from sqlalchemy import Table
 
-from tokenomy.gateway.call import Call
+from tokenomy.billing.call_pricing import Charge
+from tokenomy.core.call import Call
 from tokenomy.ledger.accounts import Org
-from tokenomy.ledger.biller import Charge
 from tokenomy.ledger.store import Kind
 from tokenomy.store.schema import ledger_postings, ledger_txns
 

@@ -5,50 +5,66 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from tokenomy.errors import InsufficientQuota, Overloaded, PermissionDenied
-from tokenomy.gateway.call import Call
-from tokenomy.gateway.end_user import end_user
-from tokenomy.gateway.metering import count_prompt
-from tokenomy.gateway.registry import Deployment
-from tokenomy.gateway.tokencount import TokenCounter
+from tokenomy.billing.call_pricing import CallPricer, Charge, units
+from tokenomy.core.call import Call, CallKey, named_task
+from tokenomy.core.errors import InsufficientQuota, Overloaded, PermissionDenied
+from tokenomy.core.metering import count_prompt
+from tokenomy.core.registry import Deployment
+from tokenomy.core.tokencount import TokenCounter
+from tokenomy.ledger.account_cache import AccountCache
 from tokenomy.ledger.accounts import BudgetMeter, Org, OrgMeter
-from tokenomy.ledger.biller import Biller, Charge, units
-from tokenomy.ledger.directory import Directory
+from tokenomy.ledger.end_user import end_user
 from tokenomy.ledger.live import Hold, LiveLedger, LiveStateUnavailable, Shortfall
-from tokenomy.ledger.tasks import TASK_METER
+from tokenomy.ledger.tasks import TaskFinder
 
 #: Prompts whose byte bound is above this many tokens are counted off the event loop.
 INLINE_COUNT_BOUND = 8192
 
-HOLD = "ledger.hold"
-ORG = "ledger.org"
-CHARGE = "ledger.charge"
+
+@dataclass(slots=True)
+class CallLedger:
+    """The ledger's part of a call: the organisation it is charged to, its hold, and
+    its charge once priced (the usage record and the response's cost read it)."""
+
+    org: Org | None = None
+    #: A batch line's is made when its batch is, and left here by the batch worker.
+    hold: Hold | None = None
+    charge: Charge | None = None
+
+
+LEDGER = CallKey[CallLedger]("ledger")
 
 #: Retry-After of a 503 while live balances are unreachable or being rebuilt.
 RETRY_AFTER_S = 1.0
 
 
 class LedgerStage:
+    """Finds the call's task, holds its worst case before the vendor call and settles
+    the actual cost after (see ``ledger.live``)."""
+
     span_name = "tokenomy.reserve"
 
     def __init__(
         self,
-        biller: Biller,
+        pricer: CallPricer,
         live: LiveLedger,
-        directory: Directory,
+        accounts: AccountCache,
         counter: TokenCounter,
         candidates: Callable[[Call], list[Deployment]],
+        tasks: TaskFinder,
         *,
         hold_ttl_s: float,
         default_max_output: int,
     ) -> None:
-        self.biller = biller
+        self.pricer = pricer
         self.live = live
-        self.directory = directory
+        self.accounts = accounts
         self.counter = counter
         self.candidates = candidates
+        self.tasks = tasks
         self.hold_ttl_s = hold_ttl_s
         self.default_max_output = default_max_output
         self.holds = 0
@@ -58,28 +74,33 @@ class LedgerStage:
         self._counting = asyncio.Semaphore(1)
 
     async def before(self, call: Call) -> None:
-        if HOLD in call.extras:
+        task = None
+        if call.task_name is not None or "metadata" in call.body:
+            name = named_task(call)
+            if name is not None:
+                task = await self.tasks.find(call, name)
+        if LEDGER in call.state:
             return  # held already (a batch line, held when its batch was created)
         key = call.key
         if key.org_id is None:
             return  # a house key: usage is recorded and priced, not charged to anyone
-        org = self.directory.org_of(key)
+        org = self.accounts.org_of(key)
         if org is None:
             raise PermissionDenied(
                 "This API key's organisation does not exist (any more).", code="org_not_found"
             )
-        call.extras[ORG] = org
+        ledger = CallLedger(org)
+        call.put(LEDGER, ledger)
         at = datetime.fromtimestamp(call.ts_ms / 1000, UTC)
         deps = self.candidates(call)
-        bound = self.biller.prompt_bound(call)
-        meters = self.directory.meters(key, call.ts_ms)
-        task = call.extras.get(TASK_METER)
+        bound = self.pricer.prompt_bound(call)
+        meters = self.accounts.meters(key, call.ts_ms)
         if task is not None:  # one level deeper: the task's own budget
             meters = (*meters, task)
-        if org.id in self.directory.user_orgs:  # and the end user's, if the org has any
+        if org.id in self.accounts.user_orgs:  # and the end user's, if the org has any
             user = end_user(call)
             if user is not None:
-                meters = (*meters, *self.directory.user_meters(org.id, user, call.ts_ms))
+                meters = (*meters, *self.accounts.user_meters(org.id, user, call.ts_ms))
         try:
             hold = await self._hold_or_refuse(call, org, deps, bound, meters, at)
         except LiveStateUnavailable as e:
@@ -89,7 +110,7 @@ class LedgerStage:
                 code="ledger_unavailable",
                 retry_after=RETRY_AFTER_S,
             ) from e
-        call.extras[HOLD] = hold
+        ledger.hold = hold
         self.holds += 1
 
     async def _hold_or_refuse(
@@ -125,7 +146,7 @@ class LedgerStage:
         """Whether counting the prompt could turn a refusal round: not when the output
         alone, with no prompt at all, is more than what ran out has left. A tenant with
         nothing left is refused for the price of a multiplication, whatever it sends."""
-        amount, tokens = self.biller.worst(call, deps, org.currency, 0, self.default_max_output, at)
+        amount, tokens = self.pricer.worst(call, deps, org.currency, 0, self.default_max_output, at)
         return (tokens if short.tokens else amount) <= short.available
 
     async def _count(self, call: Call, bound: int) -> int:
@@ -145,7 +166,7 @@ class LedgerStage:
         meters: tuple[BudgetMeter, ...],
         at: datetime,
     ) -> Hold:
-        amount, tokens = self.biller.worst(
+        amount, tokens = self.pricer.worst(
             call, deps, org.currency, prompt, self.default_max_output, at
         )
         hold = Hold(
@@ -160,7 +181,7 @@ class LedgerStage:
         return hold
 
     def _org_meter(self, org: Org) -> OrgMeter:
-        """One meter per org, made again only when the directory gives a new Org."""
+        """One meter per org, made again only when the account cache gives a new Org."""
         m = self._org_meters.get(org.id)
         if m is None or m.org is not org:
             m = self._org_meters[org.id] = OrgMeter(org)
@@ -168,18 +189,21 @@ class LedgerStage:
 
     def quote(self, call: Call) -> Charge:
         """The call's charge from its usage so far (cached once computed at the end)."""
-        ch = call.extras.get(CHARGE)
-        if isinstance(ch, Charge):
-            return ch
-        org: Org | None = call.extras.get(ORG)
-        hold: Hold | None = call.extras.get(HOLD)
-        ch = self.biller.charge(call, org.currency if org else None, hold.amount if hold else None)
-        call.extras[CHARGE] = ch
+        ledger = call.get(LEDGER)
+        if ledger is None:
+            ledger = CallLedger()  # a house key's call: priced, charged to no one
+            call.put(LEDGER, ledger)
+        elif ledger.charge is not None:
+            return ledger.charge
+        org, hold = ledger.org, ledger.hold
+        ch = self.pricer.charge(call, org.currency if org else None, hold.amount if hold else None)
+        ledger.charge = ch
         return ch
 
     async def after(self, call: Call) -> None:
         ch = self.quote(call)
-        hold: Hold | None = call.extras.get(HOLD)
+        ledger = call.get(LEDGER)
+        hold = ledger.hold if ledger is not None else None
         if hold is not None:
             u = call.usage
             tokens = (u.input_tokens + u.output_tokens) if u else 0

@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tokenomy.errors import InvalidRequest, NotFound
-from tokenomy.gateway.call import TASK_ID, TASK_NAME, Call
+from tokenomy.core.call import Call
+from tokenomy.core.errors import InvalidRequest, NotFound
 from tokenomy.ledger.accounts import Budget, BudgetMeter, Scope
 from tokenomy.ledger.periods import EPOCH_MS, Period
 from tokenomy.store.tasks import Task, TaskStore
 
-#: The task's budget meter, for the ledger stage's hold.
-TASK_METER = "ledger.task_meter"
 #: Made tasks' names start so; other names are the caller's own labels.
 TASK_PREFIX = "task_"
 MAX_TASK_NAME = 64
@@ -52,27 +50,17 @@ def task_not_found(name: str) -> NotFound:
     return NotFound(f"Task '{name}' not found.", param="task", code="task_not_found")
 
 
-def _named(call: Call) -> Any:
-    name = call.extras.get(TASK_NAME)
-    if name is None:
-        meta = call.body.get("metadata")
-        name = meta.get("task_id") if isinstance(meta, dict) else None
-    return name
-
-
-class TaskStage:
-    """Finds the call's task before the ledger holds; made tasks are cached by id."""
-
-    span_name = "tokenomy.task"
+class TaskFinder:
+    """Finds a call's task for the ledger stage (before its hold); made tasks are cached
+    by id. Only a call that names a task costs more than one look at its body."""
 
     def __init__(self, store: TaskStore) -> None:
         self.store = store
         self._refreshing: dict[str, asyncio.Task[Any]] = {}
 
-    async def before(self, call: Call) -> None:
-        name = _named(call)
-        if name is None:
-            return
+    async def find(self, call: Call, name: Any) -> BudgetMeter | None:
+        """Check the call's task ``name`` (400/404) and set the call's ``task_id``; the
+        task's budget meter, if it has a budget (one more level of the call's hold)."""
         if (
             not isinstance(name, str)
             or not 0 < len(name) <= MAX_TASK_NAME
@@ -92,15 +80,12 @@ class TaskStage:
                     self._refresh(name)
             if task is None or task.owner != owner_of(call.key.org_id, call.key.id):
                 raise task_not_found(name)  # another organisation's is unknown here
-            meter = task_meter(task)
-            if meter is not None:
-                call.extras[TASK_METER] = meter
-        call.extras[TASK_ID] = name
+            call.task_id = name
+            return task_meter(task)
+        call.task_id = name
+        return None
 
     def _refresh(self, name: str) -> None:
         t = asyncio.create_task(asyncio.to_thread(self.store.get, name), name="task-refresh")
         self._refreshing[name] = t
         t.add_done_callback(lambda _t: self._refreshing.pop(name, None))
-
-    async def after(self, call: Call) -> None:
-        return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenomy.gateway.registry import Deployment
+from tokenomy.core.registry import Deployment
 from tokenomy.providers.http import HttpProvider
 
 ANTHROPIC_VERSION = "2023-06-01"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from tokenomy.gateway.registry import Deployment
+from tokenomy.core.registry import Deployment
 from tokenomy.providers.sse import SSEEvent
 
 
@@ -32,7 +32,7 @@ class Provider(Protocol):
     """One vendor protocol (dialect) behind one pooled HTTP client.
 
     ``send`` returns once the upstream has answered 2xx with its headers, and raises a
-    :class:`tokenomy.errors.GatewayError` otherwise, so the caller can fall back to another
+    :class:`tokenomy.core.errors.GatewayError` otherwise, so the caller can fall back to another
     deployment before any byte reaches the client.
     """
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tokenomy.config import ServerConfig
-from tokenomy.gateway.registry import Registry, Vendor
+from tokenomy.core.registry import Registry, Vendor
 from tokenomy.providers.anthropic import AnthropicProvider
 from tokenomy.providers.base import Provider
 from tokenomy.providers.http import HttpProvider

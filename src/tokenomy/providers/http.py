@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from tokenomy import __version__
-from tokenomy.errors import (
+from tokenomy.core.errors import (
     GatewayError,
     Overloaded,
     RateLimited,
@@ -17,9 +17,10 @@ from tokenomy.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from tokenomy.gateway.registry import Deployment, Vendor
-from tokenomy.providers.origin import Origin
-from tokenomy.providers.proxy import Proxy, ProxyError
+from tokenomy.core.origin import Origin
+from tokenomy.core.proxy_url import Proxy
+from tokenomy.core.registry import Deployment, Vendor
+from tokenomy.providers.proxy import ProxyError
 from tokenomy.providers.response import Response, ResponseTooLarge, TransportError
 from tokenomy.providers.sse import SSEEvent, iter_event_batches, iter_event_bytes
 from tokenomy.providers.tls import client_context

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenomy.gateway.registry import Deployment
+from tokenomy.core.registry import Deployment
 from tokenomy.providers.http import HttpProvider
 
 _PATHS = {

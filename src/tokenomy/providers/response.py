@@ -1,7 +1,7 @@
 """One vendor answer on a pooled connection: status and headers, then its body, buffered
 as it arrives so the connection can go back to its pool the moment the answer is whole.
 
-Its connection (``transport._Connection``) feeds it parsed bytes and pauses reading past
+Its connection (``transport._UpstreamConnection``) feeds it parsed bytes and pauses reading past
 :data:`HIGH_WATER` buffered bytes; the answer resumes it as the body is read.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from tokenomy.providers.body_decoder import BodyDecoder
 
 if TYPE_CHECKING:
-    from tokenomy.providers.transport import _Connection
+    from tokenomy.providers.transport import _UpstreamConnection
 
 #: Bytes buffered on a response before the connection stops reading (backpressure).
 HIGH_WATER = 1 << 20
@@ -56,7 +56,7 @@ class Response:
 
     def __init__(
         self,
-        conn: _Connection,
+        conn: _UpstreamConnection,
         loop: asyncio.AbstractEventLoop,
         read_timeout: float,
         max_bytes: int | None = None,
@@ -64,7 +64,7 @@ class Response:
         self.status = 0
         #: Lower-case names; a repeated header's values joined with ", ".
         self.headers: dict[str, str] = {}
-        self._conn: _Connection | None = conn
+        self._conn: _UpstreamConnection | None = conn
         self._loop = loop
         self._headers_done: asyncio.Future[None] = loop.create_future()
         self._parts: list[bytes] = []

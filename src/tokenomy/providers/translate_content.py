@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from tokenomy.errors import InvalidRequest
+from tokenomy.core.errors import InvalidRequest
 
 JSON = dict[str, Any]
 

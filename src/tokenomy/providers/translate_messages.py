@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenomy.errors import InvalidRequest
+from tokenomy.core.errors import InvalidRequest
 from tokenomy.providers.translate_content import (
     JSON,
     anthropic_tool_id,

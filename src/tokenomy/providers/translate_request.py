@@ -22,7 +22,7 @@ import json
 from types import MappingProxyType
 from typing import Any
 
-from tokenomy.errors import InvalidRequest
+from tokenomy.core.errors import InvalidRequest
 from tokenomy.providers.translate_content import JSON
 from tokenomy.providers.translate_messages import (
     anthropic_messages_to_openai,

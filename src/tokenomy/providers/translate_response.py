@@ -14,7 +14,7 @@ import uuid
 from types import MappingProxyType
 from typing import Any
 
-from tokenomy.gateway.usage import Usage
+from tokenomy.core.usage import Usage
 from tokenomy.providers.translate_content import JSON, arguments_to_input
 from tokenomy.providers.translate_messages import openai_tool_call
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tokenomy.errors import InvalidRequest
-from tokenomy.ids import stamped_id as new_id
+from tokenomy.core.errors import InvalidRequest
+from tokenomy.core.ids import stamped_id as new_id
 
 JSON = dict[str, Any]
 

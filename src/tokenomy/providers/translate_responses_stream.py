@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from tokenomy.ids import stamped_id as new_id
+from tokenomy.core.ids import stamped_id as new_id
 from tokenomy.providers.translate_responses import (
     JSON,
     call_item,

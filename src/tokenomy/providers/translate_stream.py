@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tokenomy.gateway.usage import Usage, openai_chunk_usage
+from tokenomy.core.usage import Usage, openai_chunk_usage
 from tokenomy.providers.translate_content import JSON, as_object
 from tokenomy.providers.translate_response import (
     anthropic_stop_reason,

@@ -26,8 +26,9 @@ from typing import cast
 
 import httptools
 
-from tokenomy.providers.origin import Origin
-from tokenomy.providers.proxy import Proxy, ProxyError, open_tunnel
+from tokenomy.core.origin import Origin
+from tokenomy.core.proxy_url import Proxy
+from tokenomy.providers.proxy import ProxyError, open_tunnel
 from tokenomy.providers.response import Response, TransportError
 
 #: A request on a reused connection that fails within this many seconds, with no byte of
@@ -59,7 +60,7 @@ def header_block(headers: Mapping[str, str]) -> bytes:
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
-class _Connection(asyncio.Protocol):
+class _UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection: writes requests, feeds the parser, routes its callbacks."""
 
     __slots__ = (
@@ -202,7 +203,7 @@ class Pool:
         self._ssl: ssl.SSLContext | None = None
         if origin.scheme == "https":
             self._ssl = ssl_context or ssl.create_default_context()
-        self._idle: list[_Connection] = []
+        self._idle: list[_UpstreamConnection] = []
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
@@ -271,7 +272,7 @@ class Pool:
 
     async def _acquire(
         self, loop: asyncio.AbstractEventLoop, wait_until: float, first_byte_timeout_s: float
-    ) -> tuple[_Connection, bool]:
+    ) -> tuple[_UpstreamConnection, bool]:
         if self._closed:
             raise TransportError("the client is closed")
         idle = self._idle
@@ -292,10 +293,10 @@ class Pool:
             if idle:
                 return await self._acquire(loop, wait_until, first_byte_timeout_s)
         self._open += 1
-        made: list[_Connection] = []
+        made: list[_UpstreamConnection] = []
 
-        def protocol() -> _Connection:
-            made.append(_Connection(self))
+        def protocol() -> _UpstreamConnection:
+            made.append(_UpstreamConnection(self))
             return made[-1]
 
         try:
@@ -315,8 +316,8 @@ class Pool:
         return proto, False
 
     async def _connect(
-        self, loop: asyncio.AbstractEventLoop, protocol: Callable[[], _Connection]
-    ) -> tuple[asyncio.BaseTransport, _Connection]:
+        self, loop: asyncio.AbstractEventLoop, protocol: Callable[[], _UpstreamConnection]
+    ) -> tuple[asyncio.BaseTransport, _UpstreamConnection]:
         """A new connection: straight to the origin, or through a CONNECT tunnel."""
         host, port = self.origin.host, self.origin.port
         server_hostname = host if self._ssl else None
@@ -361,7 +362,7 @@ class Pool:
                 f"all {self.limit} connections to {self.origin.host} stayed busy"
             ) from None
 
-    def _release(self, conn: _Connection) -> None:
+    def _release(self, conn: _UpstreamConnection) -> None:
         if self._closed or conn.closed:
             conn.abort()
             return
@@ -370,12 +371,12 @@ class Pool:
         self._idle.append(conn)
         self._wake_one()
 
-    def _count_out(self, conn: _Connection) -> None:
+    def _count_out(self, conn: _UpstreamConnection) -> None:
         if not conn.counted_out:
             conn.counted_out = True
             self._open -= 1
 
-    def _lost(self, conn: _Connection) -> None:
+    def _lost(self, conn: _UpstreamConnection) -> None:
         self._count_out(conn)
         if conn in self._idle:
             self._idle.remove(conn)

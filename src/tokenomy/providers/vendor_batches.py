@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from tokenomy.errors import UpstreamError
-from tokenomy.gateway.registry import Vendor
+from tokenomy.core.errors import UpstreamError
+from tokenomy.core.registry import Vendor
 from tokenomy.providers.tls import client_context
 
 #: OpenAI's statuses after which a vendor batch changes no more.

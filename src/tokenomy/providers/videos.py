@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tokenomy.gateway.registry import Vendor
+from tokenomy.core.registry import Vendor
 
 
 class VideoUpstreamError(Exception):

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from tokenomy.gateway.call import TASK_ID, CacheAffinity, Call
-from tokenomy.gateway.registry import Deployment
+from tokenomy.core.call import CacheAffinity, Call, named_task
+from tokenomy.core.registry import Deployment
 from tokenomy.routing.health import BreakerState, HealthBoard
 from tokenomy.routing.preferences import Candidate, Needs, Preferences, exclusion
 
@@ -147,8 +147,8 @@ def affinity_key(call: Call) -> str:
     prefix (the caller checks the prompt is long enough for the last)."""
     assert call.route is not None
     owner = call.key.org_id or call.key.id
-    task = call.extras.get(TASK_ID)
-    if task is not None:
+    task = named_task(call)
+    if isinstance(task, str):
         seed = f"t\x00{owner}\x00{call.route.name}\x00{task}".encode()
     else:
         pck = call.body.get("prompt_cache_key")
@@ -163,8 +163,9 @@ def affinity_key(call: Call) -> str:
 class AffinityStage:
     """Finds the call's affinity before routing and remembers where it was served.
 
-    Runs after the task stage (a task names the key) and before the ledger's hold (which
-    asks for the ranked deployments). A model with one deployment, a batch line, or a
+    Runs before the ledger stage's hold (which asks for the ranked deployments); the task
+    a call names is its key even before the ledger stage has checked it (a name the
+    ledger refuses fails the call anyway). A model with one deployment, a batch line, or a
     call with no task and a short prompt costs one length check.
     """
 
@@ -190,7 +191,7 @@ class AffinityStage:
         if call.body.get("service_tier") == "batch":
             return  # batch lines run at their own pace: no cache to keep warm between them
         if (
-            TASK_ID not in call.extras
+            named_task(call) is None
             and "prompt_cache_key" not in call.body
             and self.prompt_bound(call) < MIN_PROMPT_BYTES
         ):

@@ -13,19 +13,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tokenomy.errors import InvalidRequest, PermissionDenied
-from tokenomy.gateway.call import Call
-from tokenomy.gateway.registry import Deployment, ModelRoute, Registry
+from tokenomy.core.call import Call, CallKey
+from tokenomy.core.errors import InvalidRequest, PermissionDenied
+from tokenomy.core.keys import ApiKey
+from tokenomy.core.registry import Deployment, ModelRoute, Registry
 from tokenomy.routing.learned import Decision, LearnedRouter, prompt_text
-from tokenomy.store.keys import ApiKey
 
 AUTO_MODELS = frozenset({"auto", "tokenomy/auto"})
-#: The request's bar from the X-Tokenomy-Min-Quality header (set by the HTTP edge).
-MIN_QUALITY = "routing.min_quality"
 #: The Decision for an auto call.
-DECISION = "routing.auto"
-#: The models of an auto call's route, in the router's order: ((name, deployments), ...).
-GROUPS = "routing.auto_groups"
+DECISION = CallKey[Decision]("routing.auto")
 #: Recent auto requests whose prompt end is kept for feedback (about 8 MB at most).
 RECENT_PROMPTS = 4096
 
@@ -75,8 +71,8 @@ class AutoRouter:
         prov = call.body.get("provider")
         if isinstance(prov, dict) and prov.get("min_quality") is not None:
             return parse_bar(prov["min_quality"], "provider.min_quality")
-        bar = call.extras.get(MIN_QUALITY)
-        return self.default_bar if bar is None else float(bar)
+        bar = call.min_quality
+        return self.default_bar if bar is None else bar
 
     def allowed(self, key: ApiKey, name: str) -> list[str]:
         """The pool models (router names) ``name`` may pick for ``key``: those the key may
@@ -106,8 +102,8 @@ class AutoRouter:
         groups = tuple(
             (self.routes[s.model].name, self.routes[s.model].deployments) for s in picked
         )
-        call.extras[DECISION] = decision
-        call.extras[GROUPS] = groups
+        call.put(DECISION, decision)
+        call.route_groups = groups
         deps: tuple[Deployment, ...] = tuple(d for _, ds in groups for d in ds)
         return ModelRoute(call.model, "chosen by the learned router", deps)
 
@@ -128,14 +124,14 @@ class AutoRouter:
     def serving(self, call: Call, dep: Deployment) -> None:
         """An attempt starts on ``dep``: an auto call takes its model's name (the usage
         record, a translated answer and the response header name what served it)."""
-        if DECISION in call.extras:
+        if DECISION in call.state:
             call.model = self._by_dep.get(dep.id, call.model)
             call.served_as = call.model
 
     def annotate(self, call: Call, headers: dict[str, str]) -> None:
         """``x-tokenomy-router`` on an auto call's response: the pick, its predicted
         quality, the bar and the models considered (and what served, after a fallback)."""
-        decision: Decision | None = call.extras.get(DECISION)
+        decision = call.get(DECISION)
         if decision is None:
             return
         names = {rm: r.name for rm, r in self.routes.items()}

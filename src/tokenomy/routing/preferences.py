@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal, Protocol, cast
 
-from tokenomy.errors import InvalidRequest
+from tokenomy.core.errors import InvalidRequest
 from tokenomy.routing.health import PERCENTILES, HealthSnapshot, Percentiles
 
 Sort = Literal["price", "latency", "throughput"]

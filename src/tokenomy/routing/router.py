@@ -13,13 +13,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 
+from tokenomy.billing.call_pricing import CallPricer, batch_priced, wants_batch
 from tokenomy.billing.money import Currency
-from tokenomy.errors import InvalidRequest
-from tokenomy.gateway.call import PLACEMENT, Call
-from tokenomy.gateway.registry import Deployment
-from tokenomy.ledger.biller import Biller, batch_priced, wants_batch
+from tokenomy.core.call import Call, CallKey
+from tokenomy.core.errors import InvalidRequest
+from tokenomy.core.registry import Deployment
 from tokenomy.routing import affinity
-from tokenomy.routing.auto import GROUPS
 from tokenomy.routing.health import HealthBoard
 from tokenomy.routing.power import MILLION, Placement, Region, energy_usd, latency_tolerant, place
 from tokenomy.routing.preferences import (
@@ -31,16 +30,14 @@ from tokenomy.routing.preferences import (
     request_parameters,
 )
 
-PREFS = "routing.prefs"
-#: Seconds a latency-tolerant call may take (X-Tokenomy-Deadline).
-DEADLINE = "routing.deadline"
-RANKED = "routing.ranked"
+#: The call's routing preferences (its ``provider`` object over the defaults).
+PREFS = CallKey[Preferences]("routing.prefs")
 
 
 class Router:
     def __init__(
         self,
-        biller: Biller,
+        pricer: CallPricer,
         health: HealthBoard,
         default: Preferences,
         *,
@@ -53,7 +50,7 @@ class Router:
         self._rng = random.Random() if spread else None
         self.regions = regions or {}
         self._rtt = rtt_s or {}
-        self.biller = biller
+        self.pricer = pricer
         self.health = health
         self.default = default
         self.default_max_output = default_max_output
@@ -62,22 +59,23 @@ class Router:
     def prepare(self, call: Call) -> str:
         """Parse the call's routing preferences; returns the model name to resolve."""
         base, prefs = parse_preferences(call.body.get("provider"), call.model, self.default)
-        call.extras[PREFS] = prefs
+        if prefs is not self.default:  # most calls: the defaults, read from the router
+            call.put(PREFS, prefs)
         return base
 
     def ranked(self, call: Call, needs_caps: frozenset[str]) -> list[Deployment]:
         """The deployments to try, best first (computed once per call)."""
-        cached = call.extras.get(RANKED)
+        cached = call.ranked
         if cached is not None:
             return list(cached)
         assert call.route is not None
         deps = call.route.deployments
-        prefs: Preferences = call.extras.get(PREFS) or self.default
+        prefs = call.get(PREFS) or self.default
         now = datetime.now(UTC)
         out = self._output_tokens(call)
         needs = Needs(
             capabilities=needs_caps,
-            prompt_tokens=self.biller.prompt_estimate(call),
+            prompt_tokens=self.pricer.prompt_estimate(call),
             output_tokens=out[0],
             explicit_output=out[1],
             # Only require_parameters looks at them: not worked out for other requests.
@@ -85,7 +83,7 @@ class Router:
             if prefs.require_parameters
             else frozenset(),
         )
-        groups = call.extras.get(GROUPS)
+        groups = call.route_groups
         cands: list[Candidate] = []
         if groups is None:
             cands = [self.candidate(d, now) for d in deps]
@@ -115,7 +113,7 @@ class Router:
                 f"(needs: {what}; the routing preferences and context window also apply).",
                 param="model",
             )
-        call.extras[RANKED] = tuple(order)
+        call.ranked = tuple(order)
         return order
 
     def _by_cost(
@@ -133,10 +131,8 @@ class Router:
         if not needs.explicit_output and call.endpoint != "embeddings":
             tokens_out = self.default_max_output
         placed = self.placements(order, tokens_in, tokens_out, batch=wants_batch(call), now=now)
-        ranked = place(True, call.extras.get(DEADLINE), placed)
-        call.extras[PLACEMENT] = {
-            p.deployment_id: _header(p, tokens_in, tokens_out) for p in ranked
-        }
+        ranked = place(True, call.deadline_s, placed)
+        call.placement = {p.deployment_id: _header(p, tokens_in, tokens_out) for p in ranked}
         by_id = {d.id: d for d in order}
         return [by_id[p.deployment_id] for p in ranked]
 
@@ -181,7 +177,7 @@ class Router:
         c = self.candidate(dep, now)
         if c.input_usd_per_m is None or c.output_usd_per_m is None:
             return None
-        v = self.biller.version(dep, now)
+        v = self.pricer.version(dep, now)
         m = v.batch_multiplier if v is not None and batch_priced(v, batch) else None
         per_m = tokens_in * c.input_usd_per_m + tokens_out * c.output_usd_per_m
         window = v.window_at(now) if v is not None and windowed else None
@@ -192,7 +188,7 @@ class Router:
         if fee:  # a per-request fee is never scaled by the batch multiplier
             rate = Fraction(1)
             if v is not None and v.currency is not Currency.USD:
-                rate = self.biller.rate(v.currency, Currency.USD, now)
+                rate = self.pricer.rate(v.currency, Currency.USD, now)
             cost += _usd(fee, rate)
         return cost
 
@@ -203,12 +199,12 @@ class Router:
         if hit is not None and ts - hit[0] < 60:
             return hit[1]
         inp = out = None
-        v = self.biller.version(dep, now)
+        v = self.pricer.version(dep, now)
         if v is not None:
             p = v.tiers[0].prices.resolved()
             rate = Fraction(1)
             if v.currency is not Currency.USD:
-                rate = self.biller.rate(v.currency, Currency.USD, now)
+                rate = self.pricer.rate(v.currency, Currency.USD, now)
             inp = _usd(p.input, rate)
             out = _usd(p.output, rate)
         c = Candidate(

@@ -57,7 +57,7 @@ class EstimateCounter:
 def default_counter() -> Counter:
     """The gateway's ``TokenCounter`` if it imports, else :class:`EstimateCounter`."""
     try:
-        module = importlib.import_module("tokenomy.gateway.tokencount")
+        module = importlib.import_module("tokenomy.core.tokencount")
         counter: Counter = module.TokenCounter()
     except Exception:  # the real one is optional: any failure means "use the estimate"
         return EstimateCounter()

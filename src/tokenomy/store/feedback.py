@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from tokenomy.store.keys import ApiKey
+from tokenomy.core.keys import ApiKey
 from tokenomy.store.schema import request_feedback, usage_events
 
 

@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, delete, insert, select
 
-from tokenomy.ids import UniqueIds
+from tokenomy.core.ids import UniqueIds
 from tokenomy.store.schema import file_chunks, files
 
 #: Bytes per stored chunk.
@@ -111,11 +111,6 @@ class FileStore:
             if n:
                 conn.execute(delete(file_chunks).where(file_chunks.c.file_id == file_id))
         return bool(n)
-
-    def chunk_count(self, file_id: str) -> int:
-        with self.engine.connect() as conn:
-            q = select(func.count()).where(file_chunks.c.file_id == file_id)
-            return int(conn.execute(q).scalar() or 0)
 
     def chunk(self, file_id: str, seq: int) -> bytes | None:
         with self.engine.connect() as conn:

@@ -10,11 +10,11 @@ import hashlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass
 
 import orjson
 from sqlalchemy import Connection, Engine, func, select, update
 
+from tokenomy.core.keys import ApiKey
 from tokenomy.store.key_events import PG_CHANNEL, Announce
 from tokenomy.store.schema import api_keys
 
@@ -31,25 +31,6 @@ def hash_key(key: str) -> str:
     # surrogatepass: a header or form with bytes that are not UTF-8 arrives with surrogates;
     # such a key matches no key, and must not fail to hash.
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    id: str
-    prefix: str
-    name: str
-    org_id: str | None
-    project_id: str | None
-    allowed_models: frozenset[str] | None
-    created_ms: int
-    revoked_ms: int | None
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_ms is None
-
-    def may_use(self, model: str) -> bool:
-        return self.allowed_models is None or model in self.allowed_models
 
 
 def now_ms() -> int:

@@ -13,19 +13,19 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tokenomy.batches.holds import LineHolds
+from tokenomy.billing.call_pricing import units
 from tokenomy.billing.catalog import PricingError
 from tokenomy.billing.media_prices import MediaCost, media_cost
-from tokenomy.errors import (
+from tokenomy.core.errors import (
     InsufficientQuota,
     InvalidRequest,
     Overloaded,
     PermissionDenied,
     RateLimited,
 )
-from tokenomy.ids import stamped_id
-from tokenomy.ledger.biller import units
+from tokenomy.core.ids import stamped_id
+from tokenomy.core.keys import ApiKey
 from tokenomy.ledger.live import LiveStateUnavailable, Shortfall
-from tokenomy.store.keys import ApiKey
 from tokenomy.store.videos import QUEUED, VideoStore
 from tokenomy.videos.models import VideoModel, VideoModels
 
@@ -105,7 +105,7 @@ class VideoIntake:
     def cost(
         self, key: ApiKey, m: VideoModel, size: str, seconds: int, at: datetime
     ) -> MediaCost | None:
-        org = self.svc.directory.org_of(key)
+        org = self.svc.accounts.org_of(key)
         if org is None and key.org_id is not None:
             raise PermissionDenied(
                 "This API key's organisation does not exist (any more).", code="org_not_found"
@@ -113,7 +113,7 @@ class VideoIntake:
         try:
             price = self.models.prices.lookup(*m.price_ref, at)
             currency = org.currency if org is not None else price.currency
-            return media_cost(price, size, seconds, currency, self.svc.biller.fx, at)
+            return media_cost(price, size, seconds, currency, self.svc.pricer.fx, at)
         except (LookupError, PricingError) as e:  # no price, or no FX rate to convert it
             raise InvalidRequest(str(e), param="model", code="model_not_priced") from None
 

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from tokenomy.billing.media_prices import MediaPriceBook
 from tokenomy.catalog.vendors import load_presets
 from tokenomy.config import Config, VideoModelConfig
-from tokenomy.gateway.registry import Deployment, Vendor, _vendor
+from tokenomy.core.registry import Deployment, Vendor
+from tokenomy.gateway.registry import _vendor
 
 
 @dataclass(frozen=True, slots=True)

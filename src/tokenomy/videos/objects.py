@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from tokenomy.ledger.biller import units
+from tokenomy.billing.call_pricing import units
 
 #: Our statuses that OpenAI's object shows as another ("cancelled" is not one of its own).
 _SHOWN = {"cancelled": "failed"}

@@ -23,17 +23,17 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tokenomy.batches.holds import LineHolds
+from tokenomy.billing.call_pricing import Charge
 from tokenomy.billing.media_prices import media_cost
 from tokenomy.billing.money import Currency
 from tokenomy.config import VideosConfig
-from tokenomy.gateway.call import Call
+from tokenomy.core.call import Call
+from tokenomy.core.keys import ApiKey
+from tokenomy.core.usage import Usage
 from tokenomy.gateway.records import EXTRA_ROWS
-from tokenomy.gateway.usage import Usage
-from tokenomy.ledger.biller import Charge
 from tokenomy.ledger.live import Hold, Shortfall
-from tokenomy.ledger.stage import CHARGE, HOLD, ORG
+from tokenomy.ledger.stage import LEDGER, CallLedger
 from tokenomy.providers.videos import UpstreamVideo, VideoClient, VideoUpstreamError
-from tokenomy.store.keys import ApiKey
 from tokenomy.store.schema import video_outputs
 from tokenomy.store.videos import FAILED, VideoStore
 from tokenomy.videos.models import VideoModel, VideoModels
@@ -264,14 +264,15 @@ class VideoWorker:
         at = datetime.fromtimestamp(job["created_ms"] / 1000, UTC)
         price = self.models.prices.lookup(*m.price_ref, at)
         cur = Currency(job["currency"]) if job["currency"] else price.currency
-        cost = media_cost(price, job["size"], job["seconds"], cur, self.svc.biller.fx, at)
+        cost = media_cost(price, job["size"], job["seconds"], cur, self.svc.pricer.fx, at)
         call = Call(
             endpoint="videos", dialect="openai", body={}, model=job["model"], stream=False,
             key=key, request_id=job["id"], ts_ms=now_ms,
         )  # fmt: skip
         call.deployment = m.deployment
         call.usage = Usage()
-        call.extras[CHARGE] = Charge(
+        ledger = CallLedger(self.svc.accounts.org_of(key))
+        ledger.charge = Charge(
             cost_nanos=cost.cost_nanos,
             currency=cost.currency,
             list_cost_nanos=cost.list_cost_nanos,
@@ -281,16 +282,14 @@ class VideoWorker:
             held_nanos=job["held_nanos"],
             tier="video",
         )
-        org = self.svc.directory.org_of(key)
-        if org is not None:
-            call.extras[ORG] = org
         # Settled by this render only if no earlier one settled it (then it was lost
         # before its record was written): the record is written either way, once.
         if job["hold_open"] and await asyncio.to_thread(self.store.take_release, job["id"]):
             hold = await self._hold(job)
             if hold is not None:
-                call.extras[HOLD] = hold
-        call.extras["stages"] = [self.svc.ledger_stage]
+                ledger.hold = hold
+        call.put(LEDGER, ledger)
+        call.stages_passed = [self.svc.ledger_stage]
         output = {
             "job_id": job["id"],
             "content_type": content_type,
@@ -298,7 +297,7 @@ class VideoWorker:
             "cost_nanos": cost.cost_nanos,
             "ts_ms": now_ms,
         }
-        call.extras[EXTRA_ROWS] = [(video_outputs, output)]
+        call.put(EXTRA_ROWS, [(video_outputs, output)])
         await self.svc.pipeline.finish(call)
         await self.svc.usage_writer.flush()
         # The render slot was busy until now (the record included): what the plan needs.

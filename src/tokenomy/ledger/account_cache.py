@@ -6,9 +6,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from tokenomy.core.keys import ApiKey
 from tokenomy.ledger.accounts import Budget, BudgetMeter, Org, Project, Scope, user_scope_id
 from tokenomy.ledger.store import Changes, LedgerStore, now_ms
-from tokenomy.store.keys import REFRESH_LOOKBACK_MS, ApiKey
+from tokenomy.store.keys import REFRESH_LOOKBACK_MS
 
 Budgets = dict[tuple[Scope, str], tuple[Budget, ...]]
 #: The end of a lifetime budget's bucket, for the cache of meters.
@@ -27,7 +28,7 @@ class _KeyMeters(NamedTuple):
 
 
 @dataclass
-class Directory:
+class AccountCache:
     """Orgs, projects and budgets by id, kept up to date by :meth:`refresh`."""
 
     store: LedgerStore

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenomy.gateway.call import Call
+from tokenomy.core.call import Call
 from tokenomy.ledger.accounts import MAX_END_USER
 
 

@@ -24,12 +24,12 @@ from typing import Any, Final
 
 from tokenomy.analytics.rollup import DAY
 from tokenomy.catalog.vendors import load_presets
-from tokenomy.errors import GatewayError
-from tokenomy.gateway.call import Call
-from tokenomy.gateway.registry import Deployment
+from tokenomy.core.call import Call
+from tokenomy.core.errors import GatewayError
+from tokenomy.core.keys import ApiKey
+from tokenomy.core.registry import Deployment
 from tokenomy.ledger.store import Kind, NotFoundError
 from tokenomy.services import Services
-from tokenomy.store.keys import ApiKey
 
 #: (id, name, currency, share of traffic, keys)
 ORGS: Final = (
@@ -84,7 +84,7 @@ def _chat_models(svc: Services, at: datetime) -> list[str]:
         dep = route.deployments[0]
         if "embeddings" in dep.capabilities:
             continue
-        if svc.biller.version(dep, at) is not None:
+        if svc.pricer.version(dep, at) is not None:
             out.append(route.name)
     return sorted(out)
 

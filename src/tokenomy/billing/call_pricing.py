@@ -20,16 +20,15 @@ from tokenomy.billing.catalog import PriceBook, PriceNotFound, PriceVersion
 from tokenomy.billing.fx import FxTable
 from tokenomy.billing.money import Currency, round_half_up_div, round_half_up_fraction
 from tokenomy.billing.pricing import exact_cost_nanos, worst_case_nanos
-from tokenomy.gateway.call import IMAGE_PARTS, Call
-from tokenomy.gateway.registry import Deployment
-from tokenomy.gateway.usage import Usage
+from tokenomy.core.call import IMAGE_PARTS, Call
+from tokenomy.core.registry import Deployment
+from tokenomy.core.usage import Usage
 
 log = logging.getLogger(__name__)
 
 #: Framing tokens allowed per message and per request when bounding a prompt.
 _PER_MESSAGE = 8
 _PER_REQUEST = 16
-_BOUND = "ledger.prompt_bound"
 #: Bytes of prompt per token in the usual estimate (English text and JSON run 3.5-4.5).
 BYTES_PER_TOKEN = 4
 
@@ -84,7 +83,7 @@ def units(nanos: int) -> str:
     return sign + text
 
 
-class Biller:
+class CallPricer:
     def __init__(self, prices: PriceBook, fx: FxTable, *, image_tokens: int = 6000) -> None:
         self.prices = prices
         self.fx = fx
@@ -120,12 +119,12 @@ class Biller:
         A byte-level BPE token covers at least one byte of text, so UTF-8 length bounds
         text; images count ``image_tokens`` each; everything else counts its JSON length.
         """
-        cached = call.extras.get(_BOUND)
+        cached = call.prompt_bound
         if cached is not None:
-            return int(cached)
+            return cached
         bound = self._prompt_bound(call)
         # Routing, rate limits and the hold all ask: walk the prompt once per call.
-        call.extras[_BOUND] = bound
+        call.prompt_bound = bound
         return bound
 
     def prompt_estimate(self, call: Call) -> int:

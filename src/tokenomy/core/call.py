@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
-from tokenomy.gateway.registry import Deployment, ModelRoute
-from tokenomy.gateway.usage import Usage
-from tokenomy.ids import UniqueIds
-from tokenomy.store.keys import ApiKey
+from tokenomy.core.ids import UniqueIds
+from tokenomy.core.keys import ApiKey
+from tokenomy.core.registry import Deployment, ModelRoute
+from tokenomy.core.usage import Usage
 
 _REQUEST_IDS = UniqueIds("req_", width=12)
 
@@ -23,15 +23,40 @@ IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
 CHAT_BODIES = frozenset({"chat", "responses"})
 
 
-#: The task a call names (the X-Tokenomy-Task header, or the body's metadata.task_id),
-#: and the task it was found to belong to (its usage record's task_id).
-TASK_NAME = "task.name"
-TASK_ID = "task.id"
+T = TypeVar("T")
 
 
-#: Where a latency-tolerant call's placement leaves, per deployment id, what the work would
-#: cost there (token price and energy); the response carries it as x-tokenomy-placement.
-PLACEMENT = "routing.placement"
+class CallKey(Generic[T]):
+    """A typed key for state that a layer above this one keeps on a call (the ledger's
+    hold and charge, a rate-limit ticket): the owning module defines it next to its type,
+    so every reader and writer of the value is checked against that type. State whose
+    type lives here is a field of :class:`Call` instead."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"CallKey({self.name!r})"
+
+
+class Stage(Protocol):
+    """A step around the vendor call, such as admission control or a ledger hold.
+
+    ``before`` may raise a GatewayError to refuse the call; ``after`` runs exactly once for
+    every call whose ``before`` returned, once usage is known (or the call failed).
+    """
+
+    async def before(self, call: Call) -> None: ...
+
+    async def after(self, call: Call) -> None: ...
+
+
+class QueueSlot(Protocol):
+    """A place held in a deployment's fair queue, given back when the call ends."""
+
+    def release(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -63,6 +88,16 @@ class CacheAffinity:
 def _count(v: Any) -> int:
     """A positive count from a client field, 1 when absent (validated at the edge)."""
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 1 else 1
+
+
+def named_task(call: Call) -> Any:
+    """The task the call names (X-Tokenomy-Task, else the body's metadata.task_id), if any:
+    not yet checked, any JSON value (the ledger stage checks it and finds the task)."""
+    name: Any = call.task_name
+    if name is None:
+        meta = call.body.get("metadata")
+        name = meta.get("task_id") if isinstance(meta, dict) else None
+    return name
 
 
 def new_request_id() -> str:
@@ -107,8 +142,52 @@ class Call:
     #: A Responses call's own request (its chain expanded), for a deployment whose vendor
     #: speaks the Responses API: sent as is instead of ``body`` (see responses_native).
     native: dict[str, Any] | None = None
-    #: Arbitrary per-stage state (holds, tickets) keyed by the stage that owns it.
-    extras: dict[str, Any] = field(default_factory=dict)
+    # What the stages hand each other (set by the HTTP edge or the stage named).
+    #: The task the call names (X-Tokenomy-Task, or the body's metadata.task_id)...
+    task_name: str | None = None
+    #: ...and the task it was found to belong to (its usage record's task_id).
+    task_id: str | None = None
+    #: The most it may wait in a queue (X-Tokenomy-Max-Wait, seconds).
+    max_wait_s: float | None = None
+    #: Seconds a latency-tolerant call may take (X-Tokenomy-Deadline).
+    deadline_s: float | None = None
+    #: Model "auto"'s quality bar (X-Tokenomy-Min-Quality).
+    min_quality: float | None = None
+    #: The pipeline's deployments for it, best first (worked out once).
+    candidates: tuple[Deployment, ...] | None = None
+    #: The router's ranking of its route's deployments (worked out once).
+    ranked: tuple[Deployment, ...] | None = None
+    #: Model "auto"'s pick and fallbacks, in order: ((model name, deployments), ...).
+    route_groups: tuple[tuple[str, tuple[Deployment, ...]], ...] | None = None
+    #: A latency-tolerant call's placement: per deployment id, what the work would cost
+    #: there (token price and energy), sent as x-tokenomy-placement.
+    placement: dict[str, str] | None = None
+    #: Its prompt's token bound from its bytes (worked out once: holds and limits ask).
+    prompt_bound: int | None = None
+    #: The rate limiter's headers for the response.
+    ratelimit_headers: dict[str, str] | None = None
+    #: Its place in a deployment's fair queue, while it runs.
+    queue_slot: QueueSlot | None = None
+    #: The stages whose ``before`` returned, in order (their ``after`` runs at the end).
+    stages_passed: list[Stage] | None = None
+    #: Its request span, when traces are exported (an OpenTelemetry span).
+    span: Any = None
+    #: State typed by the layers above (see :class:`CallKey`).
+    state: dict[CallKey[Any], Any] = field(default_factory=dict)
+    #: The client's output cap once read (-1: not yet; 0: none).
+    _cap: int = field(default=-1, init=False, repr=False)
+
+    def get(self, key: CallKey[T]) -> T | None:
+        """The value a stage left under ``key``, if any."""
+        value: T | None = self.state.get(key)
+        return value
+
+    def put(self, key: CallKey[T], value: T) -> None:
+        self.state[key] = value
+
+    def pop(self, key: CallKey[T]) -> T | None:
+        value: T | None = self.state.pop(key, None)
+        return value
 
     @property
     def public_model(self) -> str:
@@ -135,10 +214,12 @@ class Call:
 
     def requested_max_output(self) -> int | None:
         """The client's own output cap (``max_completion_tokens`` or ``max_tokens``), if any."""
-        cap = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
-        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
-            return cap
-        return None
+        cap = self._cap
+        if cap < 0:  # read once: limits, routing and the hold all ask
+            got: Any = self.body.get("max_completion_tokens") or self.body.get("max_tokens")
+            ok = isinstance(got, int) and not isinstance(got, bool) and got > 0
+            cap = self._cap = got if ok else 0
+        return cap or None
 
     def choices(self) -> int:
         """How many answers the call may produce, each up to the output cap: ``n`` (the

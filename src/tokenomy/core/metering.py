@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
-from tokenomy.gateway.call import CHAT_BODIES, Call
-from tokenomy.gateway.tokencount import TokenCounter
-from tokenomy.gateway.usage import Usage, UsageSource
+from tokenomy.core.call import CHAT_BODIES, Call
+from tokenomy.core.tokencount import TokenCounter
+from tokenomy.core.usage import Usage, UsageSource
 
 
 def count_prompt(counter: TokenCounter, call: Call) -> int:

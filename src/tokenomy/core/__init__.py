@@ -1,0 +1,1 @@
+"""Types and pure helpers every layer shares: the call, its usage, deployments, errors, ids."""
