@@ -34,9 +34,9 @@ DONE_BLOCK = b"data: [DONE]"
 _STREAM_ERRORS = (TimeoutError, ConnectionError)
 
 
-#: What the end-of-stream event's data line holds: a data line ends in a newline (events
-#: end in a blank line), and JSON data never holds a raw newline, so only the end event
-#: and odd non-JSON data lines match.
+#: How the end-of-stream event's data line ends: every line does in a newline (events end
+#: in a blank line), and a JSON string never holds a raw one, so "[DONE]" in the produced
+#: text does not match.
 _DONE_LINE = b"[DONE]\n"
 _USAGE_KEY = b'"usage"'
 
