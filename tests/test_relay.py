@@ -347,6 +347,52 @@ async def test_usage_on_a_chunk_with_choices_is_kept() -> None:
     assert out == fixture(name)
 
 
+def _odd_usage_stream() -> bytes:
+    """An OpenAI stream with usage in odd places: null on every chunk, a mid-stream
+    cumulative figure, the final one on the chunk that carries the last text, and
+    look-alikes of usage and of the end in the produced text."""
+
+    def chunk(delta: dict[str, Any], usage: Any, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        body = {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [choice]}
+        data = json.dumps({**body, "usage": usage}, separators=(",", ":"))
+        return b"data: " + data.encode() + b"\n\n"
+
+    def used(out: int) -> dict[str, int]:
+        return {"prompt_tokens": 9, "completion_tokens": out, "total_tokens": 9 + out}
+
+    return b"".join(
+        [
+            chunk({"role": "assistant", "content": ""}, None),
+            chunk({"content": 'say "usage": 1 and '}, None),
+            chunk({"content": "[DONE]\n, then"}, used(2)),
+            chunk({"content": " more"}, None),
+            chunk({"content": "."}, used(4), "stop"),
+            b"data: [DONE]\n\n",
+        ]
+    )
+
+
+async def test_usage_in_odd_places_is_found_wherever_the_chunks_split() -> None:
+    # Every split of the stream into two network chunks, and byte by byte: the usage
+    # event or the end may straddle two chunks, or arrive with the events before them.
+    raw = _odd_usage_stream()
+    bytewise = [raw[i : i + 1] for i in range(len(raw))]
+    for pieces in [[raw[:i], raw[i:]] for i in range(1, len(raw))] + [bytewise]:
+        call = make_call("openai", wants_usage=True, model="m")
+        upstream = FakeUpstream(b"", size=1)
+        upstream._pieces = lambda p=pieces: _replay(p)  # type: ignore[method-assign]
+        out, r = await relay(call, upstream, "openai")
+        assert out == raw
+        assert r.completed and call.status == "ok"
+        assert call.usage == Usage(input_tokens=9, output_tokens=4)
+
+
+async def _replay(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    for p in pieces:
+        yield p
+
+
 async def test_openai_passthrough_output_reads_in_the_sdk() -> None:
     out, _ = await relay(
         make_call("openai", wants_usage=True),
