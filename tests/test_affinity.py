@@ -62,12 +62,12 @@ class Rig:
     def __init__(self) -> None:
         cfg = parse_config(CONFIG, "test")
         self.registry = build_registry(cfg, {})
-        biller = CallPricer(PriceBook.load(), FxTable.load())
+        pricer = CallPricer(PriceBook.load(), FxTable.load())
         self.health = HealthBoard(policy=BreakerPolicy(consecutive_failures=1, cooldown_s=60))
-        self.router = Router(biller, self.health, Preferences(), default_max_output=256)
+        self.router = Router(pricer, self.health, Preferences(), default_max_output=256)
         self.clock = Clock()
         self.store = MemoryAffinity(clock=self.clock)
-        self.stage = AffinityStage(self.store, biller.prompt_bound, clock=self.clock)
+        self.stage = AffinityStage(self.store, pricer.prompt_bound, clock=self.clock)
 
     def call(self, *, task: str | None = None, model: str = "agent", **body: Any) -> Call:
         body.setdefault("messages", [{"role": "user", "content": "hi"}])

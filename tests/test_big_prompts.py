@@ -36,7 +36,7 @@ def test_a_large_body_nested_past_the_limit_is_too_deep() -> None:
 
 
 def test_the_byte_bound_is_the_utf8_length_of_ascii_and_of_other_text(gateway: Gateway) -> None:
-    biller = gateway.services.ledger_stage.biller
+    pricer = gateway.services.ledger_stage.pricer
     key = gateway.services.key_cache.lookup(gateway.key)
     bounds = {}
     for text in ("a" * 50_000, "é" * 50_000, "日本" * 25_000, "😀" * 50_000):
@@ -47,7 +47,7 @@ def test_the_byte_bound_is_the_utf8_length_of_ascii_and_of_other_text(gateway: G
             "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}],
         }
         as_parts = Call("chat", "openai", parts, "ds-reasoner", False, key)  # type: ignore[arg-type]
-        bounds[text[0]] = biller.prompt_bound(call) - len(text.encode())
-        assert biller.prompt_bound(as_parts) - len(text.encode()) == bounds[text[0]]
+        bounds[text[0]] = pricer.prompt_bound(call) - len(text.encode())
+        assert pricer.prompt_bound(as_parts) - len(text.encode()) == bounds[text[0]]
     # The same overhead whatever the script: the text's bytes are counted exactly.
     assert len(set(bounds.values())) == 1, bounds
