@@ -105,19 +105,19 @@ def check_money(engine: Engine, gws: list[Proc], org_id: str, batch_id: str) -> 
             r.request_id: r.cost_nanos
             for r in conn.execute(select(batch_results).where(batch_results.c.batch_id == batch_id))
         }
-        usage = {
-            r.request_id: r.cost_nanos
-            for r in conn.execute(
-                select(usage_events).where(usage_events.c.request_id.in_(list(results)))
-            )
-        }
+        rows = conn.execute(
+            select(usage_events).where(usage_events.c.request_id.in_(list(results)))
+        ).all()
+    usage = {r.request_id: r.cost_nanos for r in rows}
+    assert {r.price_tier for r in rows} == {"batch"}  # billed at batch prices
     assert len(results) == LINES
     assert usage == results  # one usage record per line, at the line's cost
     assert all(c > 0 for c in usage.values())
     assert len(set(usage.values())) > 1  # varied max_tokens: the costs differ
     ledger = LedgerStore(engine)
     assert TOPUP - ledger.balance(org_id) == sum(usage.values())
-    assert all(total == 0 for total in ledger.trial_balance().values())
+    trial = ledger.trial_balance()
+    assert trial and all(total == 0 for total in trial.values())  # debits equal credits
     for gw in gws:
         held = admin_get(gw, f"/admin/orgs/{org_id}/balance").json()["held_nanos"]
         assert int(held) == 0
@@ -189,10 +189,11 @@ def message_request(i: int) -> dict[str, Any]:
     }
 
 
-def test_anthropic_sdk_runs_a_1000_request_message_batch_on_two_processes(
-    procs: Procs, tmp_path: Path
+@pytest.mark.parametrize("backend", ["sqlite", "postgres+redis"])
+def test_anthropic_sdk_runs_a_1000_request_message_batch_every_request_once(
+    procs: Procs, tmp_path: Path, backend: str
 ) -> None:
-    with cluster(procs, tmp_path, "postgres+redis") as (engine, gws, org_id, key):
+    with cluster(procs, tmp_path, backend) as (engine, gws, org_id, key):
         c = anthropic.Anthropic(base_url=gws[0].url, api_key=key, max_retries=0)
         t0 = time.monotonic()
         reqs = [message_request(i) for i in range(LINES)]
@@ -202,7 +203,9 @@ def test_anthropic_sdk_runs_a_1000_request_message_batch_on_two_processes(
             assert time.monotonic() < deadline, b.request_counts
             time.sleep(0.2)
         elapsed = time.monotonic() - t0
-        print(f"\nmessage batch: {LINES} in {elapsed:.1f} s ({LINES / elapsed:.0f} lines/s)")
+        print(
+            f"\n{backend} message batch: {LINES} in {elapsed:.1f} s ({LINES / elapsed:.0f} lines/s)"
+        )
         assert b.request_counts.succeeded == LINES and b.request_counts.errored == 0
         seen: list[str] = []
         for r in c.messages.batches.results(b.id):  # streamed JSONL
