@@ -2,14 +2,21 @@
 gateway's peak memory meanwhile, and the lines per second it then runs on the simulator.
 
     python bench/batch_bench.py [--lines 50000] [--concurrency 16] [--database URL]
+    python bench/batch_bench.py --lines 20000 --interactive-rate 50 --interactive-s 20
 
 Starts ``tokenomy sim`` and ``tokenomy serve`` (SQLite in a temporary directory unless
 ``--database`` names one), seeds an org and a key, and drives the OpenAI API with httpx.
+
+With ``--interactive-rate R``, interactive chat calls are sent open-loop at R a second
+for ``--interactive-s`` seconds twice: first with no batch, then while the batch's lines
+are running; their latency (timed from each call's scheduled start, so queueing in the
+client or the gateway shows) is printed side by side with the batch's lines/s meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
@@ -17,9 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 from tokenomy.billing.money import Currency
@@ -72,6 +81,126 @@ def lines(n: int) -> Iterator[bytes]:
         yield json.dumps({**req, "body": body}).encode() + b"\n"
 
 
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    i = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[i]
+
+
+@dataclass
+class Phase:
+    """One open-loop run of interactive calls: latencies of good answers, errors by kind."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    sent: int = 0
+    seconds: float = 0.0
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+INTERACTIVE_BODY = json.dumps(
+    {
+        "model": "sim-small",
+        "messages": [{"role": "user", "content": "An interactive call: say something short."}],
+        "max_tokens": 16,
+    }
+).encode()
+
+
+async def open_loop(
+    url: str, key: str, rate: float, seconds: float, done: Callable[[], bool] | None = None
+) -> Phase:
+    """Send call i at ``start + i / rate`` whatever the answers do, for ``seconds`` or until
+    ``done()``; each latency runs from the call's scheduled start to its answer's last byte.
+    """
+    phase = Phase()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def one(due: float) -> None:
+            try:
+                async with session.post(url, data=INTERACTIVE_BODY, headers=headers) as r:
+                    await r.read()
+                    if r.status == 200:
+                        phase.latencies.append(time.perf_counter() - due)
+                    else:
+                        phase.error(str(r.status))
+            except (aiohttp.ClientError, TimeoutError) as e:
+                phase.error(type(e).__name__)
+
+        tasks: list[asyncio.Task[None]] = []
+        start = time.perf_counter() + 0.05
+        for i in range(int(rate * seconds)):
+            due = start + i / rate
+            if (delay := due - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            if done is not None and done():
+                break
+            tasks.append(asyncio.create_task(one(due)))
+        phase.sent = len(tasks)
+        phase.seconds = time.perf_counter() - start
+        await asyncio.gather(*tasks)
+    phase.latencies.sort()
+    return phase
+
+
+async def while_batch_runs(
+    base: str, key: str, batch_id: str, rate: float, seconds: float
+) -> tuple[Phase, float, int]:
+    """The open loop while the batch runs, stopped early if it ends: the phase, how long
+    the batch overlapped it, and how many lines finished meanwhile."""
+    url = f"{base}/batches/{batch_id}"
+    headers = {"Authorization": f"Bearer {key}"}
+    ended: list[float] = []
+
+    async def finished(session: aiohttp.ClientSession) -> int:
+        async with session.get(url, headers=headers) as r:
+            b = await r.json()
+        if b["status"] in ("completed", "failed", "expired", "cancelled") and not ended:
+            ended.append(time.perf_counter())
+        rc = b["request_counts"]
+        return int(rc["completed"]) + int(rc["failed"])
+
+    async with aiohttp.ClientSession() as session:
+        before = await finished(session)
+        t0 = time.perf_counter()
+
+        async def watch() -> None:
+            while not ended:
+                await asyncio.sleep(0.25)
+                await finished(session)
+
+        watcher = asyncio.create_task(watch())
+        phase = await open_loop(base + "/chat/completions", key, rate, seconds, lambda: bool(ended))
+        t1 = time.perf_counter()
+        watcher.cancel()
+        after = await finished(session)
+    overlap = (ended[0] if ended else t1) - t0
+    return phase, overlap, after - before
+
+
+def report(quiet: Phase, busy: Phase, rate: float) -> None:
+    print(f"interactive calls at {rate:g}/s, latency from scheduled start (ms):")
+    print(f"{'':14}{'no batch':>12}{'batch running':>16}")
+
+    def ms(q: float) -> Callable[[Phase], str]:
+        return lambda p: f"{percentile(p.latencies, q) * 1000:.1f}"
+
+    rows: list[tuple[str, Callable[[Phase], str]]] = [
+        ("sent", lambda p: f"{p.sent}"),
+        ("ok", lambda p: f"{len(p.latencies)}"),
+        *((name, ms(q)) for name, q in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))),
+        ("max", ms(100.0)),
+        ("errors", lambda p: f"{sum(p.errors.values())} {p.errors or ''}".strip()),
+    ]
+    for name, cell in rows:
+        print(f"{name:14}{cell(quiet):>12}{cell(busy):>16}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=50_000)
@@ -80,7 +209,22 @@ def main() -> None:
     ap.add_argument(
         "--create-only", action="store_true", help="measure upload and create, not the run"
     )
+    ap.add_argument(
+        "--interactive-rate", type=float, default=0.0,
+        help="interactive calls a second, sent before and while the batch runs (0: none)",
+    )  # fmt: skip
+    ap.add_argument("--interactive-s", type=float, default=20.0, help="seconds per phase")
+    ap.add_argument(
+        "--ttft-ms", type=float, default=None,
+        help="the simulator's time to first token (default 0, or 20 with --interactive-rate)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--max-concurrent", type=int, default=0,
+        help="the deployment's max_concurrent, so its fair queue orders the tiers (0: none)",
+    )  # fmt: skip
     a = ap.parse_args()
+    ttft_ms = a.ttft_ms if a.ttft_ms is not None else (20.0 if a.interactive_rate else 0.0)
+    cap = f", max_concurrent: {a.max_concurrent}" if a.max_concurrent else ""
     tmp = Path(tempfile.mkdtemp(prefix="batch-bench-"))
     db = a.database or f"sqlite:///{tmp / 'gw.db'}"
     engine = open_engine(db)
@@ -90,7 +234,8 @@ def main() -> None:
     key, _ = KeyStore(engine).create("bench", org_id=org.id)
     engine.dispose()
     sim_port, gw_port = free_port(), free_port()
-    sim = start(["sim", "--output-tokens", "16"], sim_port, "/v1/models", tmp / "sim.log")
+    sim_args = ["sim", "--output-tokens", "16", "--ttft-ms", str(ttft_ms)]
+    sim = start(sim_args, sim_port, "/v1/models", tmp / "sim.log")
     config = tmp / "gw.yaml"
     config.write_text(
         f"""
@@ -100,7 +245,7 @@ vendors:
   sim: {{dialect: openai, base_url: "http://127.0.0.1:{sim_port}/v1", auth: none}}
 models:
   - name: sim-small
-    deployments: [{{vendor: sim, model: sim-small, max_output: 4096}}]
+    deployments: [{{vendor: sim, model: sim-small, max_output: 4096{cap}}}]
 """
     )
     gw = start(["serve", "--config", str(config)], gw_port, "/healthz", tmp / "gw.log")
@@ -108,6 +253,13 @@ models:
         base = f"http://127.0.0.1:{gw_port}/v1"
         h = {"Authorization": f"Bearer {key}"}
         rss0 = peak_rss_mb(gw.pid)
+        quiet = None
+        if a.interactive_rate:
+            # A second's calls first, not counted: new connections and first-call costs.
+            asyncio.run(open_loop(base + "/chat/completions", key, a.interactive_rate, 1.0))
+            quiet = asyncio.run(
+                open_loop(base + "/chat/completions", key, a.interactive_rate, a.interactive_s)
+            )
         data = b"".join(lines(a.lines))
         t0 = time.perf_counter()
         r = httpx.post(
@@ -138,6 +290,20 @@ models:
         )
         if a.create_only:
             return
+        if quiet is not None:
+            # Measure only once lines are in progress, so the whole phase overlaps the run.
+            url = f"{base}/batches/{b.json()['id']}"
+            while not httpx.get(url, headers=h).json()["request_counts"]["completed"]:
+                time.sleep(0.05)
+            busy, overlap, done = asyncio.run(
+                while_batch_runs(base, key, b.json()["id"], a.interactive_rate, a.interactive_s)
+            )
+            report(quiet, busy, a.interactive_rate)
+            print(
+                f"batch overlapped the second phase for {overlap:.1f} s of {busy.seconds:.1f} s "
+                f"(sim ttft {ttft_ms:g} ms); {done} lines finished meanwhile, "
+                f"{done / max(overlap, 1e-9):.0f} lines/s"
+            )
         while (s := httpx.get(f"{base}/batches/{b.json()['id']}", headers=h).json())[
             "status"
         ] != "completed":
