@@ -95,7 +95,8 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     sent: int = 0
-    seconds: float = 0.0
+    start: float = 0.0  # when the first call was due
+    stop: float = 0.0  # when the schedule stopped (the last answers come after)
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -142,7 +143,7 @@ async def open_loop(
                 break
             tasks.append(asyncio.create_task(one(due)))
         phase.sent = len(tasks)
-        phase.seconds = time.perf_counter() - start
+        phase.start, phase.stop = start, time.perf_counter()
         await asyncio.gather(*tasks)
     phase.latencies.sort()
     return phase
@@ -150,9 +151,9 @@ async def open_loop(
 
 async def while_batch_runs(
     base: str, key: str, batch_id: str, rate: float, seconds: float
-) -> tuple[Phase, float, int]:
+) -> tuple[Phase, float, float]:
     """The open loop while the batch runs, stopped early if it ends: the phase, how long
-    the batch overlapped it, and how many lines finished meanwhile."""
+    the batch overlapped it, and the lines a second that finished meanwhile."""
     url = f"{base}/batches/{batch_id}"
     headers = {"Authorization": f"Bearer {key}"}
     ended: list[float] = []
@@ -166,8 +167,7 @@ async def while_batch_runs(
         return int(rc["completed"]) + int(rc["failed"])
 
     async with aiohttp.ClientSession() as session:
-        before = await finished(session)
-        t0 = time.perf_counter()
+        before, t0 = await finished(session), time.perf_counter()
 
         async def watch() -> None:
             while not ended:
@@ -176,11 +176,10 @@ async def while_batch_runs(
 
         watcher = asyncio.create_task(watch())
         phase = await open_loop(base + "/chat/completions", key, rate, seconds, lambda: bool(ended))
-        t1 = time.perf_counter()
         watcher.cancel()
-        after = await finished(session)
-    overlap = (ended[0] if ended else t1) - t0
-    return phase, overlap, after - before
+        after, t1 = await finished(session), time.perf_counter()
+    overlap = min(ended[0] if ended else phase.stop, phase.stop) - phase.start
+    return phase, overlap, (after - before) / ((ended[0] if ended else t1) - t0)
 
 
 def report(quiet: Phase, busy: Phase, rate: float) -> None:
@@ -295,14 +294,14 @@ models:
             url = f"{base}/batches/{b.json()['id']}"
             while not httpx.get(url, headers=h).json()["request_counts"]["completed"]:
                 time.sleep(0.05)
-            busy, overlap, done = asyncio.run(
+            busy, overlap, lines_s = asyncio.run(
                 while_batch_runs(base, key, b.json()["id"], a.interactive_rate, a.interactive_s)
             )
             report(quiet, busy, a.interactive_rate)
             print(
-                f"batch overlapped the second phase for {overlap:.1f} s of {busy.seconds:.1f} s "
-                f"(sim ttft {ttft_ms:g} ms); {done} lines finished meanwhile, "
-                f"{done / max(overlap, 1e-9):.0f} lines/s"
+                f"batch ran through {overlap:.1f} s of the second phase's "
+                f"{busy.stop - busy.start:.1f} s, at {lines_s:.0f} lines/s meanwhile "
+                f"(sim ttft {ttft_ms:g} ms)"
             )
         while (s := httpx.get(f"{base}/batches/{b.json()['id']}", headers=h).json())[
             "status"
