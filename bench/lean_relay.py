@@ -37,7 +37,7 @@ def _pool(base: str) -> Pool:
     return Pool(Origin.parse(base), limit=256, connect_timeout_s=10, read_timeout_s=120)
 
 
-class RelayConnection(lean_server._Connection):
+class RelayConnection(lean_server._ClientConnection):
     """A lean-server connection whose inference route is the bare relay."""
 
     async def _serve(self, route: InferenceRoute, ex: lean_server._Exchange) -> None:  # type: ignore[override]
