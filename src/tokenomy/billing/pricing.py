@@ -23,6 +23,7 @@ from typing import Final, NamedTuple
 
 from tokenomy.billing.catalog import PriceVersion, PricingError, Promotion, TokenPrices
 from tokenomy.billing.fx import FxTable
+from tokenomy.billing.identity_memo import IdentityMemo
 from tokenomy.billing.money import (
     EXACT,
     MAX_DECIMAL_PLACES,
@@ -216,7 +217,7 @@ def exact_cost_nanos(
 #: one-hour cache write): a tier's scaled prices as nanos per token (the fee in nanos),
 #: times the denominator.
 _IntRates = tuple[int, int, int, int, int | None, int, int, int]
-_int_scaled: dict[tuple[int, int, int, int, bool], tuple[PriceVersion, _IntRates]] = {}
+_int_scaled: IdentityMemo[_IntRates] = IdentityMemo()
 
 
 def _int_rates(
@@ -227,9 +228,9 @@ def _int_rates(
     batch: bool,
 ) -> _IntRates:
     key = (id(version), tier, id(window), id(promo), batch)
-    hit = _int_scaled.get(key)
-    if hit is not None and hit[0] is version:
-        return hit[1]
+    hit = _int_scaled.get(version, key)
+    if hit is not None:
+        return hit
     d = _rates(version, tier, window, promo, batch)
     per_m = [d.input, d.cached_input, d.cache_write, d.output, d.cache_write_1h]
     if d.reasoning is not None:
@@ -237,9 +238,7 @@ def _int_rates(
     ints, fee, denom = _nanos_over_one_denominator(per_m, d.request)
     reasoning = ints[5] if d.reasoning is not None else None
     out: _IntRates = (ints[0], ints[1], ints[2], ints[3], reasoning, fee, denom, ints[4])
-    if len(_int_scaled) > 4096:  # catalogue reloads leave dead versions behind
-        _int_scaled.clear()
-    _int_scaled[key] = (version, out)
+    _int_scaled.put(version, key, out)
     return out
 
 
@@ -270,7 +269,7 @@ class _Scaled:
     cache_write_1h: Decimal
 
 
-_scaled: dict[tuple[int, int, int, int, bool], tuple[PriceVersion, _Scaled]] = {}
+_scaled: IdentityMemo[_Scaled] = IdentityMemo()
 
 
 def _rates(
@@ -284,9 +283,9 @@ def _rates(
     batch): every settlement asks, and resolving fallbacks and multipliers is most of the
     cost of pricing a call."""
     key = (id(version), tier, id(window), id(promo), batch)
-    hit = _scaled.get(key)
-    if hit is not None and hit[0] is version:
-        return hit[1]
+    hit = _scaled.get(version, key)
+    if hit is not None:
+        return hit
     given = _given_prices(version, tier, promo)
     p = given.resolved()
     with localcontext(EXACT):
@@ -303,10 +302,8 @@ def _rates(
             reasoning=None if given.reasoning is None else _given(p.reasoning) * m,
             request=p.request,
         )
-    if len(_scaled) > 4096:  # catalogue reloads leave dead versions behind
-        _scaled.clear()
     # The version holds its windows and promotions, so their ids stay theirs while cached.
-    _scaled[key] = (version, out)
+    _scaled.put(version, key, out)
     return out
 
 
@@ -363,7 +360,7 @@ def worst_case_nanos(
 #: Kept as integers over one denominator: (nanos per input token, per output token, fee
 #: nanos) times ``denom``.
 _Rates = tuple[int, int, int, int]
-_worst: dict[tuple[int, int, tuple[int, ...], bool], tuple[PriceVersion, _Rates]] = {}
+_worst: IdentityMemo[_Rates] = IdentityMemo()
 
 
 def _worst_rates(
@@ -371,9 +368,9 @@ def _worst_rates(
 ) -> _Rates:
     """The most any usage pays (every multiplier applied), as integers over ``denom``."""
     key = (id(version), top_tier, live, batch)
-    hit = _worst.get(key)
-    if hit is not None and hit[0] is version:
-        return hit[1]
+    hit = _worst.get(version, key)
+    if hit is not None:
+        return hit
     promos: list[Promotion | None] = [None, *(version.promotions[i] for i in live)]
     with localcontext(EXACT):
         top_in = top_out = top_fee = Decimal(0)
@@ -397,9 +394,7 @@ def _worst_rates(
             [top_in * m, top_out * m], top_fee
         )
     rates = (per_in, per_out, fee, denom)
-    if len(_worst) > 4096:  # catalogue reloads leave dead versions behind
-        _worst.clear()
-    _worst[key] = (version, rates)
+    _worst.put(version, key, rates)
     return rates
 
 

@@ -15,6 +15,8 @@ from functools import cached_property
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from tokenomy.billing.identity_memo import IdentityMemo
+
 ALL_DAYS: Final = frozenset(range(7))
 WEEKDAY_NAMES: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY: Final = timedelta(days=1)
@@ -104,17 +106,16 @@ def first_window(windows: tuple[TimeWindow, ...], at: datetime) -> TimeWindow | 
         return None
     minute = int(require_aware(at).timestamp()) // 60
     key = (id(windows), minute)
-    hit = _by_minute.get(key)
-    if hit is not None and hit[0] is windows:
-        return hit[1]
+    hit = _by_minute.get(windows, key)
+    if hit is not None:
+        return hit[0]
     found = next((w for w in windows if w.contains(at)), None)
     if all(w.whole_minutes for w in windows):
         # Every bound is a whole local minute and zone offsets are whole minutes, so the
         # answer holds for the whole UTC minute: every call billed in it asks the same.
-        if len(_by_minute) > 4096:
-            _by_minute.clear()
-        _by_minute[key] = (windows, found)
+        _by_minute.put(windows, key, (found,))
     return found
 
 
-_by_minute: dict[tuple[int, int], tuple[tuple[TimeWindow, ...], TimeWindow | None]] = {}
+#: The window in force per (windows, UTC minute); boxed, as None is an answer too.
+_by_minute: IdentityMemo[tuple[TimeWindow | None]] = IdentityMemo()
