@@ -22,7 +22,7 @@ import orjson
 import uvloop
 from aiohttp import web
 
-from tokenomy.api import lean_server
+from tokenomy.api import lean_server, lean_site
 from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, InferenceRoute
 from tokenomy.config import ServerConfig
 from tokenomy.core.errors import GatewayError, InvalidRequest
@@ -86,7 +86,7 @@ class Relay:
         await ex.end(last)
 
 
-class RelaySite(lean_server.LeanSite):
+class RelaySite(lean_site.LeanSite):
     relay: Relay
 
     async def start(self) -> None:

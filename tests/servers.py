@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from tokenomy.api.edge import INFERENCE_ROUTES
-from tokenomy.api.lean_server import LeanSite
+from tokenomy.api.lean_site import LeanSite
 
 T = TypeVar("T")
 

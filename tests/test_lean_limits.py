@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import Gateway, make_config
 from tests.servers import ThreadServer
 from tests.test_lean_server import CHAT, Client, request, served_lean
-from tokenomy.api.lean_server import LeanSite
+from tokenomy.api.lean_site import LeanSite
 from tokenomy.app import app_for
 from tokenomy.services import build_services
 

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
-from tokenomy.api.lean_server import LeanSite
+from tokenomy.api.lean_site import LeanSite
 from tokenomy.app import app_for
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
 from tokenomy.config import Config, ConfigError, DatabaseConfig
