@@ -1,10 +1,11 @@
-"""asyncio helpers for the request path."""
+"""asyncio helpers: the request path's inline shield, and stopping a background worker."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import types
-from collections.abc import Coroutine, Generator
+from collections.abc import Collection, Coroutine, Generator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -47,3 +48,21 @@ def _resume(coro: Coroutine[Any, Any, Any], waiting: Any) -> Generator[Any, Any,
                 waiting = coro.send(value)
             except StopIteration as done:
                 return done.value
+
+
+async def stop_worker(
+    loops: list[asyncio.Task[Any]], running: Collection[asyncio.Task[Any]], grace_s: float
+) -> None:
+    """Stop a background worker: cancel its ``loops`` (so it claims nothing more) and wait
+    for them, give the jobs still ``running`` ``grace_s`` to end, then cancel the rest."""
+    for t in loops:
+        t.cancel()
+    for t in loops:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+    loops.clear()
+    if running:
+        _, late = await asyncio.wait(running, timeout=grace_s)
+        for t in late:
+            t.cancel()
+        await asyncio.gather(*late, return_exceptions=True)

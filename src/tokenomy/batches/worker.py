@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tokenomy.aio import stop_worker
 from tokenomy.batches.holds import LineHolds
 from tokenomy.batches.intake import DEFAULT_LINES_PER_S, Builder
 from tokenomy.batches.objects import MESSAGES, result_line, unrun_line
@@ -104,17 +105,7 @@ class BatchWorker:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop claiming; give the lines running ``grace_s`` to end (the rest are
         cancelled, unrecorded: another process runs them once their lease lapses)."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._tasks.clear()
-        if self._lines:
-            _, late = await asyncio.wait(self._lines, timeout=grace_s)
-            for t in late:
-                t.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await stop_worker(self._tasks, self._lines, grace_s)
         with contextlib.suppress(Exception):
             await self.mark_recorded()
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tokenomy.aio import stop_worker
 from tokenomy.batches.holds import LineHolds
 from tokenomy.billing.call_pricing import Charge
 from tokenomy.billing.media_prices import media_cost
@@ -91,17 +92,7 @@ class VideoWorker:
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop claiming; renders still running after ``grace_s`` are dropped (their
         lease lapses and another process resumes them)."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._tasks.clear()
-        if self._renders:
-            _, late = await asyncio.wait(self._renders, timeout=grace_s)
-            for t in late:
-                t.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await stop_worker(self._tasks, self._renders, grace_s)
         await self.client.close()
 
     def wake(self) -> None:
