@@ -31,8 +31,10 @@ from tokenomy.store.schema import usage_events
 
 METRICS_TOKEN = "tk-metrics-test-token"
 HISTORY_DAYS = 35
-#: Noon UTC today: the seeded history ends here.
-NOW_MS = int(time.time() * 1000) // DAY * DAY + DAY // 2
+#: Noon UTC yesterday: the seeded history ends here. The live calls the tests add land
+#: on a later day than the history's last, wherever the clock stands (a run that crosses
+#: midnight included), so every window below reaches to the end of the current day.
+NOW_MS = int(time.time() * 1000) // DAY * DAY + DAY // 2 - DAY
 
 
 def analytics_yaml(sim_url: str, db_url: str) -> str:
@@ -113,8 +115,13 @@ def day_of(ms: int) -> int:
     return ms - ms % DAY
 
 
-def window(days: int = HISTORY_DAYS + 1) -> dict[str, Any]:
-    return {"start": NOW_MS // DAY * DAY - (days - 1) * DAY, "end": NOW_MS // DAY * DAY + DAY}
+def today_ms() -> int:
+    return day_of(int(time.time() * 1000))
+
+
+def window(days: int = HISTORY_DAYS) -> dict[str, Any]:
+    """The history's ``days`` last days, and every day since (the live calls' included)."""
+    return {"start": day_of(NOW_MS) - (days - 1) * DAY, "end": today_ms() + DAY}
 
 
 def test_history_went_through_the_pipeline(agw: AnalyticsGateway) -> None:
@@ -221,9 +228,13 @@ def test_minute_views_stop_where_minutes_were_pruned(agw: AnalyticsGateway) -> N
     r = agw.get("/v1/usage", granularity="minute", start=kept, end=end)
     assert r.status_code == 200
     assert sum(row["requests"] for row in r.json()["data"]) == len(recent) > 0
-    r = agw.get("/v1/usage", granularity="hour", days=7)  # hours are all still there
+    while True:  # hours are all still there
+        today = today_ms()
+        r = agw.get("/v1/usage", granularity="hour", days=7)
+        if today == today_ms():  # not asked across midnight, which moves the 7 days
+            break
     assert sum(row["requests"] for row in r.json()["data"]) == sum(
-        1 for e in ev if e["ts_ms"] >= day_of(NOW_MS) - 6 * DAY
+        1 for e in ev if e["ts_ms"] >= today - 6 * DAY
     )
 
 
