@@ -3,7 +3,11 @@ and the exact count a near-miss needs runs off the event loop."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -12,9 +16,11 @@ import httpx
 import pytest
 
 from tests.conftest import Gateway
+from tokenomy.api.lean_server import BROKE_DELAY_S
 from tokenomy.core.call import Call
 from tokenomy.core.tokencount import TokenCounter
 from tokenomy.ledger.accounts import Scope
+from tokenomy.ledger.live import Shortfall
 
 BIG = "lorem ipsum dolor sit amet " * 2_300  # ~62 KB, under the test gateway's body limit
 
@@ -186,3 +192,111 @@ def test_an_admitted_large_prompt_is_held_on_its_byte_bound_never_tokenized(
     r = ask(gateway, key, BIG, path)
     assert r.status_code == 200, r.text
     assert counted == []
+
+
+def _head_and_part(gateway: Gateway, key: str, wait: float = 5.0) -> bytes:
+    """Send a large request's head and only the first 2 KB of its body; the answer the
+    server gives without the rest (b"" if it gives none within ``wait`` seconds)."""
+    body = json.dumps(
+        {"model": "ds-reasoner", "max_tokens": 10, "messages": [{"role": "user", "content": BIG}]}
+    ).encode()
+    host, port = gateway.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=wait) as s:
+        s.sendall(head + body[:2048])
+        got = b""
+        try:
+            while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except TimeoutError:
+            pass
+    return got
+
+
+def test_a_broke_org_is_refused_from_the_head_before_its_body_arrives(
+    gateway: Gateway, counted: list[str]
+) -> None:
+    org = gateway.new_org(0)
+    key = gateway.new_key(org_id=org)
+    stage = gateway.services.ledger_stage
+    # The first refusal reads and parses the body, and finds the org can pay for nothing.
+    assert ask(gateway, key, BIG).status_code == 402
+    assert org in stage.broke
+    before = stage.broke.refused
+    t0 = time.monotonic()
+    answer = _head_and_part(gateway, key)
+    # Answered unread, and not at once: back to back, such requests come a few a second.
+    assert time.monotonic() - t0 >= BROKE_DELAY_S
+    assert answer.startswith(b"HTTP/1.1 402 "), answer[:200]
+    err = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+    assert err["type"] == "insufficient_quota" and org in err["message"]
+    assert b"x-request-id" in answer.lower()
+    assert stage.broke.refused == before + 1 and counted == []
+    # A top-up, seen by the admin feed, makes the org's requests read and served again.
+    gateway.services.ledger.post("topup", org, 10**12)
+    gateway.server.call(gateway.services.refresh_accounts())
+    assert org not in stage.broke
+    assert ask(gateway, key, BIG).status_code == 200
+
+
+def test_an_org_short_only_by_its_holds_in_flight_is_not_refused_from_the_head(
+    gateway: Gateway,
+) -> None:
+    # Nothing available *now* (holds in flight take it all) is not broke: the holds may
+    # settle for less. Only a balance that is gone with no hold at all is noted.
+    org_id = gateway.new_org(10**9)
+    stage = gateway.services.ledger_stage
+    org = stage.accounts.orgs[org_id]
+    at = datetime.now(UTC)
+    short = Shortfall(f"the balance of org {org_id}", 10**10, 0)
+    gateway.server.call(stage._note_if_broke(org, short, at))
+    assert org_id not in stage.broke
+    broke_id = gateway.new_org(0)
+    broke = stage.accounts.orgs[broke_id]
+    gateway.server.call(stage._note_if_broke(broke, Shortfall("x", 5, 0, budget=True), at))
+    assert broke_id not in stage.broke  # a budget ran out, not the balance
+    gateway.server.call(stage._note_if_broke(broke, Shortfall("x", 5, 0), at))
+    assert broke_id in stage.broke
+    stage.broke.forget([broke_id])
+
+
+def test_no_head_refusal_while_a_deployment_can_be_free(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broke org may still call a model that costs nothing, and the model is in the body.
+    stage = gateway.services.ledger_stage
+    monkeypatch.setattr(stage, "_can_be_free", lambda at: True)
+    org = gateway.new_org(0)
+    key = gateway.new_key(org_id=org)
+    assert ask(gateway, key, BIG).status_code == 402
+    assert org not in stage.broke
+    assert _head_and_part(gateway, key, wait=1.0) == b""  # waits for the body, as for anyone
+
+
+def test_the_pricer_knows_a_free_deployment(gateway: Gateway) -> None:
+    pricer = gateway.services.ledger_stage.pricer
+    routes = gateway.services.registry.routes
+    at = datetime.now(UTC)
+    priced = [d for r in routes for d in r.deployments if pricer.version(d, at) is not None]
+    assert priced and not pricer.any_free(priced, at)
+    unpriced = dataclasses.replace(priced[0], price_ref=("nobody", "no-such-model"))
+    assert pricer.any_free([*priced, unpriced], at)
+
+
+def test_a_broke_org_s_small_request_is_read_refused_and_recorded(gateway: Gateway) -> None:
+    org = gateway.new_org(0)
+    key = gateway.new_key(org_id=org)
+    assert ask(gateway, key, BIG).status_code == 402
+    assert org in gateway.services.ledger_stage.broke
+    before = gateway.services.ledger_stage.broke.refused
+    assert ask(gateway, key, "hi").status_code == 402  # not from the head: recorded
+    assert gateway.services.ledger_stage.broke.refused == before
+    key_id = gateway.services.key_cache.lookup(key).id  # type: ignore[union-attr]
+    assert len(gateway.wait_events(2, key_id=key_id)) == 2

@@ -164,7 +164,7 @@ class Services:
         await asyncio.to_thread(self.accounts.refresh)
         totals = await asyncio.to_thread(self.ledger.admin_totals)
         if self._admin_feed is None:
-            self._admin_feed = AdminTotalsFeed(self.live)
+            self._admin_feed = AdminTotalsFeed(self.live, on_change=self.ledger_stage.broke.forget)
         await self._admin_feed.push(self.accounts.orgs, totals)
 
     async def _refresh_keys(self) -> None:
@@ -421,6 +421,9 @@ def build_services(config: Config, env: Mapping[str, str] | None = None) -> Serv
         TaskFinder(tasks),
         hold_ttl_s=config.ledger.hold_ttl_s,
         default_max_output=config.server.default_max_output_tokens,
+        can_be_free=lambda at: pricer.any_free(
+            (d for r in registry.routes for d in r.deployments), at
+        ),
     )
     stages: tuple[Stage, ...] = (rate_limit_stage(config, limiter, pricer), stage)
     if rc.affinity:  # before the hold, which asks for the ranked deployments

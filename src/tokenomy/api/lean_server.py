@@ -12,8 +12,9 @@ at all (TLS, HTTP/2, bare-LF lines) or has an unknown method is refused here.
 
 Against hostile clients: a head must arrive within ``server.header_timeout_s``, a body
 may not pause longer than ``server.body_timeout_s`` (408 and a close); a body still to
-come is read only for a known key; the bytes of unauthenticated requests are capped over
-all connections; a refused body is read and dropped so that the client sees the answer.
+come is read only for a known key whose org can pay for something; the bytes of
+unauthenticated requests are capped over all connections; a refused body is read and
+dropped so that the client sees the answer.
 
 Why: aiohttp's server side (request and response objects, middlewares, a task per
 connection fed through queues) cost a third of a gateway request's CPU; this path is a
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 8190
 #: Bytes a client may send ahead (pipelined) while its answer is being made.
 MAX_AHEAD = 256 * 1024
+#: How long a request refused from its head for want of any funds waits for its answer.
+BROKE_DELAY_S = 0.25
 
 _VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # visible characters, spaces and tabs (RFC 9110)
 #: Header lines, each ended by CRLF. Linear to match: neither part can run into the next.
@@ -312,9 +315,13 @@ class _ClientConnection(asyncio.Protocol):
             # A body still to come is read only for a known key (checked from the head,
             # in memory), so no one can make the server hold bodies without one.
             try:
-                authenticate(headers, self.site.services)
+                key = authenticate(headers, self.site.services)
             except GatewayError as e:
                 self._refuse(e, route, total - len(buf))
+                return
+            broke = self.site.services.ledger_stage.head_refusal(key, length)
+            if broke is not None:
+                self._refuse_later(broke, route, total - len(buf))
                 return
             # The head stays, to be read again with the body once it is all here.
             self.parts, self.need = [buf[pos:]], total - len(buf)
@@ -408,6 +415,20 @@ class _ClientConnection(asyncio.Protocol):
     def _write_error(self, err: GatewayError, route: InferenceRoute | None) -> None:
         status, headers, body = error_parts(err, route is not None and route.anthropic)
         self._write(self.whole(status, headers, body))
+
+    def _refuse_later(self, err: GatewayError, route: InferenceRoute, left: int) -> None:
+        """Refuse a large request of an org that can pay for nothing, from its head (no
+        body could change the answer, so none is kept or parsed: see ledger.broke_orgs),
+        after :data:`BROKE_DELAY_S` with the connection unread: a tenant sending such
+        requests back to back gets a few a second per connection, not thousands, and
+        the other tenants keep the event loop."""
+        assert self.transport is not None
+        self.busy = True  # no sweep, and no next request, while it waits
+        self.buf, self.pos = b"", 0
+        if not self.reading_paused:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        self.site.loop.call_later(BROKE_DELAY_S, self._refuse, err, route, left)
 
     def _refuse(
         self, err: GatewayError, route: InferenceRoute | None = None, left: int = 0

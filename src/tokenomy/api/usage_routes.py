@@ -347,6 +347,9 @@ def _register_gauges(app: web.Application, metrics: Metrics, svc: Services) -> N
                   lambda: stage.settles, kind="counter")  # fmt: skip
     metrics.gauge("tokenomy_ledger_refusals_total", "Requests refused for lack of funds.",
                   lambda: stage.refusals, kind="counter")  # fmt: skip
+    metrics.gauge("tokenomy_ledger_head_refusals_total",
+                  "Requests of orgs that can pay for nothing, refused before their body "
+                  "was read.", lambda: stage.broke.refused, kind="counter")  # fmt: skip
     if svc.config.ledger.redis_url:  # (Redis is an optional dependency: imported only then)
         _register_lease_gauges(metrics, svc)
 

@@ -9,6 +9,7 @@ once; worst cases round up, so a hold always covers the cost it bounds.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -173,6 +174,15 @@ class CallPricer:
             if m.get(k):
                 n += len(orjson.dumps(m[k]))
         return n
+
+    def any_free(self, deps: Iterable[Deployment], at: datetime) -> bool:
+        """Whether any of ``deps`` may cost nothing at ``at``: no catalogued price (its
+        usage is recorded at zero cost), or one whose every rate is zero."""
+        for dep in deps:
+            v = self.version(dep, at)
+            if v is None or worst_case_nanos(v, 1, 1, at=at) == 0:
+                return True
+        return False
 
     def max_output(self, call: Call, dep: Deployment, default: int) -> int:
         if call.endpoint == "embeddings":

@@ -10,7 +10,7 @@ database (a load racing a top-up) can show a stale total.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from tokenomy.ledger.live import LiveLedger
 
@@ -18,8 +18,16 @@ from tokenomy.ledger.live import LiveLedger
 class AdminTotalsFeed:
     """What the live ledger was last told of each org's admin total, and the changes."""
 
-    def __init__(self, live: LiveLedger, *, full_every: int = 60) -> None:
+    def __init__(
+        self,
+        live: LiveLedger,
+        *,
+        full_every: int = 60,
+        on_change: Callable[[Iterable[str]], None] | None = None,
+    ) -> None:
         self._live = live
+        #: Told the orgs whose totals changed (not the full pushes' unchanged ones).
+        self._on_change = on_change
         self._full_every = full_every
         self._sent: dict[str, int] = {}
         self._refreshes = 0
@@ -30,9 +38,12 @@ class AdminTotalsFeed:
         full = self._refreshes % self._full_every == 0
         self._refreshes += 1
         now = {org_id: totals.get(org_id, 0) for org_id in org_ids}
-        changed = now if full else {o: t for o, t in now.items() if self._sent.get(o) != t}
+        moved = {o: t for o, t in now.items() if self._sent.get(o) != t}
+        changed = now if full else moved
         if changed:
             await self._live.set_admin_totals(changed)
+        if moved and self._on_change is not None:
+            self._on_change(moved)
         # Remembered once set (a failed push is sent again next time); orgs gone are
         # forgotten.
         self._sent = now

@@ -11,11 +11,13 @@ from datetime import UTC, datetime
 from tokenomy.billing.call_pricing import CallPricer, Charge, units
 from tokenomy.core.call import Call, CallKey, named_task
 from tokenomy.core.errors import InsufficientQuota, Overloaded, PermissionDenied
+from tokenomy.core.keys import ApiKey
 from tokenomy.core.metering import count_prompt
 from tokenomy.core.registry import Deployment
 from tokenomy.core.tokencount import TokenCounter
 from tokenomy.ledger.account_cache import AccountCache
 from tokenomy.ledger.accounts import BudgetMeter, Org, OrgMeter
+from tokenomy.ledger.broke_orgs import HEAD_REFUSAL_MIN_BYTES, BrokeOrgs
 from tokenomy.ledger.end_user import end_user
 from tokenomy.ledger.live import Hold, LiveLedger, LiveStateUnavailable, Shortfall
 from tokenomy.ledger.tasks import TaskFinder
@@ -58,6 +60,7 @@ class LedgerStage:
         *,
         hold_ttl_s: float,
         default_max_output: int,
+        can_be_free: Callable[[datetime], bool] | None = None,
     ) -> None:
         self.pricer = pricer
         self.live = live
@@ -72,6 +75,19 @@ class LedgerStage:
         self.refusals = 0
         self._org_meters: dict[str, OrgMeter] = {}
         self._counting = asyncio.Semaphore(1)
+        #: Orgs that can pay for nothing, refused from the request head (see broke_orgs).
+        self.broke = BrokeOrgs()
+        #: Whether any deployment may cost nothing at a time (a broke org could call it).
+        self._can_be_free = can_be_free or (lambda at: True)
+
+    def head_refusal(self, key: ApiKey, body_bytes: int) -> InsufficientQuota | None:
+        """The 402 for a request of ``key`` decided before its body is read: only for a
+        large body (a small one is read, refused and recorded as usual) of an org known to
+        be unable to pay for anything (no body could change the answer). Not recorded as
+        a usage event (its model is in the unread body): counted, see BrokeOrgs.refused."""
+        if key.org_id is None or body_bytes < HEAD_REFUSAL_MIN_BYTES:
+            return None
+        return self.broke.refusal(key.org_id)
 
     async def before(self, call: Call) -> None:
         task = None
@@ -127,6 +143,7 @@ class LedgerStage:
         except Shortfall as short:
             if not self._prompt_may_fit(call, org, deps, short, at):
                 self.refusals += 1
+                await self._note_if_broke(org, short, at)
                 raise _refusal(short, org) from None
             # The byte bound is loose (about 4x for English): count the prompt for real,
             # with a margin for vendors whose tokenizer differs from ours, and try again.
@@ -139,6 +156,21 @@ class LedgerStage:
             except Shortfall as s:
                 self.refusals += 1
                 raise _refusal(s, org) from None
+
+    async def _note_if_broke(self, org: Org, short: Shortfall, at: datetime) -> None:
+        """After a refusal on the org's balance with nothing available: if even with no
+        hold in flight the org cannot pay (admin - used <= floor) and no deployment is
+        free, its next requests are refused from their head. One more read of the live
+        ledger, on this refusal only (not again while the org is noted)."""
+        if short.budget or short.tokens or short.available > 0 or org.id in self.broke:
+            return
+        if self._can_be_free(at):
+            return
+        try:
+            st = await self.live.org_state(self._org_meter(org))
+        except LiveStateUnavailable:
+            return
+        self.broke.note(org, st.admin - st.used - org.floor_nanos)
 
     def _prompt_may_fit(
         self, call: Call, org: Org, deps: list[Deployment], short: Shortfall, at: datetime
