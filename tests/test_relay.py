@@ -16,6 +16,7 @@ from typing import Any
 import anthropic
 import httpx2
 import openai
+import orjson
 import pytest
 
 from tokenomy.core.call import Call
@@ -276,13 +277,25 @@ async def test_openai_passthrough_is_byte_for_byte(name: str, size: int) -> None
 
 
 @pytest.mark.parametrize("size", [7, 1 << 20])
-async def test_openai_passthrough_names_the_public_model_in_every_chunk(size: int) -> None:
+@pytest.mark.parametrize("public", ["o4", "a-public-name-longer-than-the-vendor-s-id"])
+async def test_openai_passthrough_names_the_public_model_in_every_chunk(
+    size: int, public: str
+) -> None:
     raw = fixture("openai_stream_tool_calls.sse")
     vendor_id = re.search(rb'"model":"([^"]*)"', raw).group(0)  # type: ignore[union-attr]
-    call = make_call("openai", wants_usage=True, model="our-name")
+    call = make_call("openai", wants_usage=True, model=public)
     out, _ = await relay(call, FakeUpstream(raw, size=size), "openai")
-    assert out == raw.replace(vendor_id, b'"model":"our-name"')
-    assert out.count(b'"model":"our-name"') == raw.count(vendor_id) > 1
+    events = [line[6:] for line in out.split(b"\n") if line.startswith(b"data: {")]
+    assert len(events) == raw.count(vendor_id) > 1
+    assert all(orjson.loads(e)["model"] == public for e in events)
+    named = b'"model":' + orjson.dumps(public)
+    if len(named) < len(vendor_id):
+        # A shorter name is padded with JSON whitespace to the vendor's length, so the
+        # stream is rewritten in place (a copy, not a rebuild): the same bytes elsewhere.
+        pad = b" " * (len(vendor_id) - len(named))
+        assert out == raw.replace(vendor_id, b'"model":' + pad + orjson.dumps(public))
+    else:
+        assert out == raw.replace(vendor_id, named)
 
 
 @pytest.mark.parametrize(
