@@ -59,3 +59,27 @@ def test_the_comparison_sees_a_drift(fresh: Engine) -> None:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         diffs = compare_metadata(ctx, extra)
     assert any("drifted" in repr(d) for d in diffs)
+
+
+@pytest.mark.parametrize(
+    ("where", "index"),
+    [
+        ("task_id = 't1'", "ix_usage_events_task"),
+        ("org_id = 'o' AND end_user = 'u' AND ts_ms >= 5", "ix_usage_events_org_user_ts"),
+    ],
+)
+def test_lookups_by_task_and_end_user_use_their_partial_indexes(
+    fresh: Engine, where: str, index: str
+) -> None:
+    # Partial (only rows that name a task or an end user), yet chosen for "= value".
+    from sqlalchemy import text
+
+    migrate(fresh)
+    q = f"SELECT sum(cost_nanos) FROM usage_events WHERE {where}"
+    with fresh.connect() as conn:
+        if fresh.dialect.name == "postgresql":
+            conn.execute(text("SET enable_seqscan = off"))
+            plan = " ".join(str(r[0]) for r in conn.execute(text("EXPLAIN " + q)))
+        else:
+            plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + q)))
+    assert index in plan, plan

@@ -82,8 +82,21 @@ usage_events = Table(
     Index("ix_usage_events_ts", "ts_ms"),
     Index("ix_usage_events_key_ts", "key_id", "ts_ms"),
     Index("ix_usage_events_org_ts", "org_id", "ts_ms"),
-    Index("ix_usage_events_task", "task_id"),
-    Index("ix_usage_events_org_user_ts", "org_id", "end_user", "ts_ms"),
+    # Partial (0016): most calls name neither, and every lookup asks for one.
+    Index(
+        "ix_usage_events_task",
+        "task_id",
+        postgresql_where=text("task_id IS NOT NULL"),
+        sqlite_where=text("task_id IS NOT NULL"),
+    ),
+    Index(
+        "ix_usage_events_org_user_ts",
+        "org_id",
+        "end_user",
+        "ts_ms",
+        postgresql_where=text("end_user IS NOT NULL"),
+        sqlite_where=text("end_user IS NOT NULL"),
+    ),
 )
 
 # ---- Feedback on answers (0009) -------------------------------------------------------
