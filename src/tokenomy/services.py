@@ -22,7 +22,6 @@ from tokenomy.admission.ratelimit import (
     RateLimitStage,
     Scope,
 )
-from tokenomy.admission.redis_limiter import LeasedRateLimiter, RedisRateLimiter
 from tokenomy.analytics.metrics import Metrics
 from tokenomy.analytics.metrics_share import DIR_ENV as METRICS_DIR_ENV
 from tokenomy.analytics.metrics_share import SharedMetrics
@@ -271,6 +270,9 @@ def build_limiter(
     config: Config, scripts: ScriptClient | None = None, redis: Redis | None = None
 ) -> RateLimiter:
     if config.ledger.redis_url:
+        # Imported only with Redis: the client library is some 9 MB a process without it.
+        from tokenomy.admission.redis_limiter import LeasedRateLimiter, RedisRateLimiter
+
         client = redis if redis is not None else build_redis(config)
         assert client is not None
         prefix = redis_prefix(config) + "rl:"

@@ -1,5 +1,6 @@
 """Admission control: rate limits (in memory, or in Redis with per-process leases) and fair
-queues."""
+queues. The Redis limiters are in ``admission.redis_limiter``, not imported here: a
+gateway without Redis never loads the client library."""
 
 from tokenomy.admission.fairqueue import FairQueue, QueueBoard, QueueEntry, Slot, tier_for
 from tokenomy.admission.ratelimit import (
@@ -10,18 +11,15 @@ from tokenomy.admission.ratelimit import (
     Scope,
     Ticket,
 )
-from tokenomy.admission.redis_limiter import LeasedRateLimiter, RedisRateLimiter
 
 __all__ = [
     "FairQueue",
-    "LeasedRateLimiter",
     "Limits",
     "MemoryRateLimiter",
     "QueueBoard",
     "QueueEntry",
     "RateLimitStage",
     "RateLimiter",
-    "RedisRateLimiter",
     "Scope",
     "Slot",
     "Ticket",

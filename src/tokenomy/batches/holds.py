@@ -9,13 +9,13 @@ takes them back.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from itertools import islice
 
 from tokenomy.core.keys import ApiKey
 from tokenomy.ledger.account_cache import AccountCache
 from tokenomy.ledger.accounts import OrgMeter
-from tokenomy.ledger.leased import LeasedLedger
 from tokenomy.ledger.live import Hold, LiveLedger, MemoryLedger
 
 #: A line's hold outlives its batch's completion window by this much (seconds), so a
@@ -25,7 +25,12 @@ HOLD_GRACE_S = 3600
 
 def exact_ledger(live: LiveLedger) -> LiveLedger:
     """The ledger every replica shares: below a lease layer, the Redis ledger itself."""
-    return live.inner if isinstance(live, LeasedLedger) else live
+    # A lease layer exists only if its module was loaded (with Redis): not importing it
+    # here keeps the Redis client library out of a gateway without Redis (some 9 MB).
+    leased = sys.modules.get("tokenomy.ledger.leased")
+    if leased is not None and isinstance(live, leased.LeasedLedger):
+        return live.inner  # type: ignore[no-any-return]
+    return live
 
 
 class LineHolds:
