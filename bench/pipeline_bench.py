@@ -22,6 +22,10 @@ noise shows, and the summary gives the median and best rounds.
 
 ``--long-stream`` answers streams with the ``stream2k`` workload's 2,000 events.
 
+``--tenants N`` makes N orgs, each with its key and key budget, and sends the requests
+from their keys in turn (the ``orgs1k`` workload is 1,000): what many tenants cost
+against one.
+
 ``--profile FILE`` writes a profile (pstats format) of one extra json and sse round, the
 writer excluded.
 """
@@ -33,13 +37,14 @@ import asyncio
 import cProfile
 import gc
 import hashlib
+import itertools
 import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +137,9 @@ class BenchExchange:
 # ---- set-up ------------------------------------------------------------------------------
 
 
-def build(workdir: Path) -> tuple[Services, str]:
-    """The services of ``tokenomy serve`` on a fresh database, and a funded key's secret."""
+def build(workdir: Path, tenants: int = 1) -> tuple[Services, Iterator[str]]:
+    """The services of ``tokenomy serve`` on a fresh database, and the funded keys'
+    secrets (one per tenant: its own org and key budget), in turn for ever."""
     os.environ.update(
         TOKENOMY_DATABASE_URL=f"sqlite:///{workdir / 'bench.db'}",
         TOKENOMY_BENCH_UPSTREAM_KEY="sk-bench-upstream",
@@ -142,15 +148,18 @@ def build(workdir: Path) -> tuple[Services, str]:
     cfg = load_config(BENCH / "tokenomy-bench.yaml")
     svc = build_services(cfg)
     migrate(svc.engine)
-    org = svc.ledger.create_org("bench-org", "USD")
-    svc.ledger.post("topup", org.id, 1_000_000 * 10**9)
-    secret, key = svc.keys.create("bench", org_id=org.id)
-    svc.ledger.set_budget("key", key.id, "day", amount_nanos=1_000_000 * 10**9)
+    secrets = []
+    for i in range(tenants):
+        org = svc.ledger.create_org(f"bench-org-{i}", "USD")
+        svc.ledger.post("topup", org.id, 1_000_000 * 10**9)
+        secret, key = svc.keys.create(f"bench-{i}", org_id=org.id)
+        svc.ledger.set_budget("key", key.id, "day", amount_nanos=1_000_000 * 10**9)
+        secrets.append(secret)
     fixed = FixedProvider()
     providers = {k: fixed for k in svc.providers}
     svc.providers = providers
     svc.pipeline.providers = providers
-    return svc, secret
+    return svc, itertools.cycle(secrets)
 
 
 async def start(svc: Services) -> None:
@@ -181,7 +190,7 @@ def body_for(mode: str) -> bytes:
 
 
 async def run_round(
-    svc: Services, secret: str, mode: str, n: int, flush_every: int
+    svc: Services, secrets: Iterator[str], mode: str, n: int, flush_every: int
 ) -> tuple[float, float, bytes]:
     """(request CPU s, writer CPU s, last answer) for ``n`` requests of ``mode``."""
     raw = body_for(mode)
@@ -192,7 +201,7 @@ async def run_round(
         batch = min(flush_every, n - done)
         t0 = time.process_time()
         for _ in range(batch):
-            answer = await serve(svc, BenchExchange(secret, raw))
+            answer = await serve(svc, BenchExchange(next(secrets), raw))
         t1 = time.process_time()
         await svc.usage_writer.flush()
         t2 = time.process_time()
@@ -207,10 +216,10 @@ def _fingerprint(answer: bytes) -> str:
 
 
 async def main_async(args: argparse.Namespace, workdir: Path) -> int:
-    svc, secret = build(workdir)
+    svc, secrets = build(workdir, args.tenants)
     await start(svc)
     for mode in MODES:  # warm-up: caches, first loads of org and budget state
-        await run_round(svc, secret, mode, args.warmup, args.flush_every)
+        await run_round(svc, secrets, mode, max(args.warmup, args.tenants), args.flush_every)
     # As tokenomy serve does once started: keep the collector off long-lived objects.
     gc.collect()
     gc.freeze()
@@ -222,7 +231,9 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> int:
     for r in range(args.rounds):
         line = [f"round {r + 1}:"]
         for mode in MODES:
-            req, flush, answer = await run_round(svc, secret, mode, args.requests, args.flush_every)
+            req, flush, answer = await run_round(
+                svc, secrets, mode, args.requests, args.flush_every
+            )
             per, fl = req / args.requests * 1e6, flush / args.requests * 1e6
             results[mode].append((per, fl))
             answers[mode] = answer
@@ -246,13 +257,13 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> int:
             raw = body_for(mode)
             prof.enable()
             for _ in range(args.requests):
-                await serve(svc, BenchExchange(secret, raw))
+                await serve(svc, BenchExchange(next(secrets), raw))
             prof.disable()
             await svc.usage_writer.flush()
         prof.dump_stats(args.profile)
         print(f"profile of {args.requests} json + {args.requests} sse requests: {args.profile}")
 
-    total = args.rounds * args.requests * len(MODES) + args.warmup * len(MODES)
+    total = args.rounds * args.requests * len(MODES) + max(args.warmup, args.tenants) * len(MODES)
     total += args.requests * len(MODES) if args.profile else 0
     rc = check(svc, total)
     await svc.stop()
@@ -284,6 +295,7 @@ def main() -> int:
     p.add_argument("--profile", metavar="FILE", help="write a profile (pstats) of one more round")
     p.add_argument("--prompt-bytes", type=int, help="a user message of this many bytes")
     p.add_argument("--long-stream", action="store_true", help="a 2,000-event stream")
+    p.add_argument("--tenants", type=int, default=1, help="orgs and keys, sending in turn")
     args = p.parse_args()
     if args.prompt_bytes:
         USER.append(prompt(args.prompt_bytes))
