@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -31,8 +28,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
+from tokenomy_procs import free_port, seed_key, start
 
 MODEL = "agent"
 PRICE = "openai/gpt-5.4"
@@ -234,41 +231,6 @@ def summarize(runs: list[Run]) -> Summary:
 
 
 # ---- processes ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(args: list[str], port: int, ready: str, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "tokenomy", *args, "--port", str(port)]
-    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{ready}").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"{args[0]} did not start; see {log}")
-
-
-def seed_key(db_url: str) -> str:
-    from tokenomy.billing.money import Currency
-    from tokenomy.ledger.store import Kind, LedgerStore
-    from tokenomy.store.db import migrate, open_engine
-    from tokenomy.store.keys import KeyStore
-
-    engine = open_engine(db_url)
-    migrate(engine)
-    org = LedgerStore(engine).create_org("bench", Currency.USD)
-    LedgerStore(engine).post(Kind.TOPUP, org.id, 10**15)
-    key, _ = KeyStore(engine).create("bench", org_id=org.id)
-    engine.dispose()
-    return key
 
 
 def bench(a: argparse.Namespace, tmp: Path, sim_url: str, affinity: bool, seed: int) -> Summary:

@@ -22,9 +22,7 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
+from tokenomy_procs import free_port, start
 
 from tokenomy.billing.money import Currency
 from tokenomy.ledger.store import Kind, LedgerStore
@@ -44,38 +42,6 @@ PIN_REST: list[str] = []
 WORDS = (
     b"the quick brown fox jumps over a lazy dog while tokens flow to the cheapest vendor ".split()
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(
-    args: list[str],
-    port: int,
-    ready: str,
-    log: Path,
-    env: dict[str, str],
-    profile: str = "",
-    cpus: str = "",
-) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "tokenomy", *args, "--port", str(port)]
-    if profile:  # the same command under cProfile (see profile_serve.py)
-        argv[1:3] = [str(Path(__file__).with_name("profile_serve.py")), profile, "tokenomy"]
-    if cpus:
-        argv = ["taskset", "-c", cpus, *argv]
-    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{ready}").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"{args[0]} did not start; see {log}")
 
 
 def cpu_s(pid: int) -> float:
@@ -238,7 +204,8 @@ def report(quiet: Phase, noisy: Phase, a: argparse.Namespace) -> None:
     print(f"{'errors':12}{sum(quiet.errors.values()):>10}{sum(noisy.errors.values()):>14}")
     rate = noisy.refused / noisy.seconds
     extra = noisy.cpu_s - quiet.cpu_s * noisy.seconds / quiet.seconds
-    per = extra / noisy.refused * 1e3 if noisy.refused else float("nan")
+    # Beside the paying load's own CPU (scaled to the phase): noise can make it negative.
+    per = max(extra, 0.0) / noisy.refused * 1e3 if noisy.refused else float("nan")
     print(
         f"zero-balance tenant: {noisy.refused} refusals (402) in {noisy.seconds:.1f} s = "
         f"{rate:.0f}/s on {a.hostile} connections ({a.hostile_client}), "
@@ -300,7 +267,7 @@ def main() -> None:
         sim_port,
         "/v1/models",
         tmp / "sim.log",
-        env,
+        env=env,
         cpus=rest,
     )
     config = tmp / "gw.yaml"
@@ -319,9 +286,9 @@ models:
         gw_port,
         "/healthz",
         tmp / "gw.log",
-        env,
-        a.profile,
-        "0" if rest else "",
+        env=env,
+        profile=a.profile,
+        cpus="0" if rest else "",
     )
     try:
         url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
