@@ -70,6 +70,14 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def metric(url: str, name: str) -> float:
+    """One unlabelled value from the gateway's /metrics (NaN when it has none)."""
+    for line in httpx.get(url).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
 def lines(n: int) -> Iterator[bytes]:
     for i in range(n):
         body = {
@@ -256,6 +264,7 @@ def main() -> None:
     config.write_text(
         f"""
 database: {{url: "{db}"}}
+admin: {{public_metrics: true}}
 batches: {{concurrency: {a.concurrency}, poll_s: 0.1{yield_}}}
 vendors:
   sim: {{dialect: openai, base_url: "http://127.0.0.1:{sim_port}/v1", auth: none}}
@@ -316,10 +325,13 @@ models:
                 while_batch_runs(base, key, b.json()["id"], a.interactive_rate, a.interactive_s)
             )
             report(quiet, busy, a.interactive_rate)
+            pauses = metric(
+                f"http://127.0.0.1:{gw_port}/metrics", "tokenomy_batch_lag_pauses_total"
+            )
             print(
                 f"batch ran through {over.seconds:.1f} s of the second phase's "
                 f"{busy.stop - busy.start:.1f} s, at {over.lines_s:.0f} lines/s meanwhile "
-                f"(sim ttft {ttft_ms:g} ms)"
+                f"(sim ttft {ttft_ms:g} ms); claims paused for event-loop lag {pauses:g} times"
             )
         while (s := httpx.get(f"{base}/batches/{b.json()['id']}", headers=h).json())[
             "status"

@@ -57,6 +57,9 @@ class Yielding:
         self._seen = traffic.started
         #: The loop's lag at the last measurement (seconds).
         self.lag_s = 0.0
+        #: The width last given (metrics), and measurements that stopped claims.
+        self.last_width = full
+        self.lag_pauses = 0
 
     def busy(self) -> bool:
         """Interactive calls in flight now, started since the last look, or within
@@ -74,10 +77,13 @@ class Yielding:
         """Lines that may run at once now."""
         if not self.busy():
             self.lag_s = 0.0  # measured again once narrowed
-            return self.full
-        if self.s.max_lag_s and self.lag_s > self.s.max_lag_s:
-            return 0
-        return min(self.s.concurrency, self.full)
+            w = self.full
+        elif self.s.max_lag_s and self.lag_s > self.s.max_lag_s:
+            w = 0
+        else:
+            w = min(self.s.concurrency, self.full)
+        self.last_width = w
+        return w
 
     def may_claim(self, running: int) -> bool:
         return running < self.width()
@@ -88,5 +94,7 @@ class Yielding:
         return self.width() < self.full
 
     def lagged(self, lag_s: float) -> None:
-        """The loop woke the worker ``lag_s`` late."""
+        """The loop woke the worker ``lag_s`` late (measured while narrowed)."""
         self.lag_s = max(lag_s, 0.0)
+        if self.s.max_lag_s and self.lag_s > self.s.max_lag_s:
+            self.lag_pauses += 1
