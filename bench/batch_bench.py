@@ -10,7 +10,11 @@ Starts ``tokenomy sim`` and ``tokenomy serve`` (SQLite in a temporary directory 
 With ``--interactive-rate R``, interactive chat calls are sent open-loop at R a second
 for ``--interactive-s`` seconds twice: first with no batch, then while the batch's lines
 are running; their latency (timed from each call's scheduled start, so queueing in the
-client or the gateway shows) is printed side by side with the batch's lines/s meanwhile.
+client or the gateway shows) is printed side by side with the batch's lines/s meanwhile,
+then the lines/s of the batch alone once the second phase is over.
+``--yield 'concurrency: 4, max_lag_ms: 0'`` sets the config's ``batches.yield_*``
+settings (how the worker narrows while interactive calls are served; ``concurrency``
+at or above ``--concurrency`` turns it off).
 """
 
 from __future__ import annotations
