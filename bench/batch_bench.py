@@ -10,7 +10,11 @@ Starts ``tokenomy sim`` and ``tokenomy serve`` (SQLite in a temporary directory 
 With ``--interactive-rate R``, interactive chat calls are sent open-loop at R a second
 for ``--interactive-s`` seconds twice: first with no batch, then while the batch's lines
 are running; their latency (timed from each call's scheduled start, so queueing in the
-client or the gateway shows) is printed side by side with the batch's lines/s meanwhile.
+client or the gateway shows) is printed side by side with the batch's lines/s meanwhile,
+then the lines/s of the batch alone once the second phase is over.
+``--yield 'concurrency: 4, max_lag_ms: 0'`` sets the config's ``batches.yield_*``
+settings (how the worker narrows while interactive calls are served; ``concurrency``
+at or above ``--concurrency`` turns it off).
 """
 
 from __future__ import annotations
@@ -68,6 +72,14 @@ def cpu_s(pid: int) -> float:
     """The process's user + system CPU seconds (stable on a busy machine, unlike wall time)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric(url: str, name: str) -> float:
+    """One unlabelled value from the gateway's /metrics (NaN when it has none)."""
+    for line in httpx.get(url).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
 
 
 def lines(n: int) -> Iterator[bytes]:
@@ -149,11 +161,21 @@ async def open_loop(
     return phase
 
 
+@dataclass
+class Overlap:
+    """The batch during the second phase."""
+
+    seconds: float  # how long it ran through the phase
+    lines_s: float  # lines a second that ended meanwhile
+    done: int  # lines ended when the phase was over
+    at: float  # and when (perf_counter)
+
+
 async def while_batch_runs(
     base: str, key: str, batch_id: str, rate: float, seconds: float
-) -> tuple[Phase, float, float]:
-    """The open loop while the batch runs, stopped early if it ends: the phase, how long
-    the batch overlapped it, and the lines a second that finished meanwhile."""
+) -> tuple[Phase, Overlap]:
+    """The open loop while the batch runs, stopped early if it ends: the phase, and what
+    the batch did meanwhile."""
     url = f"{base}/batches/{batch_id}"
     headers = {"Authorization": f"Bearer {key}"}
     ended: list[float] = []
@@ -179,7 +201,8 @@ async def while_batch_runs(
         watcher.cancel()
         after, t1 = await finished(session), time.perf_counter()
     overlap = min(ended[0] if ended else phase.stop, phase.stop) - phase.start
-    return phase, overlap, (after - before) / ((ended[0] if ended else t1) - t0)
+    lines_s = (after - before) / ((ended[0] if ended else t1) - t0)
+    return phase, Overlap(overlap, lines_s, after, t1)
 
 
 def report(quiet: Phase, busy: Phase, rate: float) -> None:
@@ -204,6 +227,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=50_000)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument(
+        "--yield", dest="yield_", default="",
+        help="the batches config's yield_* settings, e.g. 'concurrency: 4, max_lag_ms: 0' "
+        "(default: the config's defaults; 'concurrency: 16' turns yielding off)",
+    )  # fmt: skip
     ap.add_argument("--database", default="")
     ap.add_argument(
         "--create-only", action="store_true", help="measure upload and create, not the run"
@@ -224,6 +252,7 @@ def main() -> None:
     a = ap.parse_args()
     ttft_ms = a.ttft_ms if a.ttft_ms is not None else (20.0 if a.interactive_rate else 0.0)
     cap = f", max_concurrent: {a.max_concurrent}" if a.max_concurrent else ""
+    yield_ = "".join(f", yield_{kv.strip()}" for kv in a.yield_.split(",") if kv.strip())
     tmp = Path(tempfile.mkdtemp(prefix="batch-bench-"))
     db = a.database or f"sqlite:///{tmp / 'gw.db'}"
     engine = open_engine(db)
@@ -239,7 +268,8 @@ def main() -> None:
     config.write_text(
         f"""
 database: {{url: "{db}"}}
-batches: {{concurrency: {a.concurrency}, poll_s: 0.1}}
+admin: {{public_metrics: true}}
+batches: {{concurrency: {a.concurrency}, poll_s: 0.1{yield_}}}
 vendors:
   sim: {{dialect: openai, base_url: "http://127.0.0.1:{sim_port}/v1", auth: none}}
 models:
@@ -289,29 +319,38 @@ models:
         )
         if a.create_only:
             return
+        over = None
         if quiet is not None:
             # Measure only once lines are in progress, so the whole phase overlaps the run.
             url = f"{base}/batches/{b.json()['id']}"
             while not httpx.get(url, headers=h).json()["request_counts"]["completed"]:
                 time.sleep(0.05)
-            busy, overlap, lines_s = asyncio.run(
+            busy, over = asyncio.run(
                 while_batch_runs(base, key, b.json()["id"], a.interactive_rate, a.interactive_s)
             )
             report(quiet, busy, a.interactive_rate)
+            pauses = metric(
+                f"http://127.0.0.1:{gw_port}/metrics", "tokenomy_batch_lag_pauses_total"
+            )
             print(
-                f"batch ran through {overlap:.1f} s of the second phase's "
-                f"{busy.stop - busy.start:.1f} s, at {lines_s:.0f} lines/s meanwhile "
-                f"(sim ttft {ttft_ms:g} ms)"
+                f"batch ran through {over.seconds:.1f} s of the second phase's "
+                f"{busy.stop - busy.start:.1f} s, at {over.lines_s:.0f} lines/s meanwhile "
+                f"(sim ttft {ttft_ms:g} ms); claims paused for event-loop lag {pauses:g} times"
             )
         while (s := httpx.get(f"{base}/batches/{b.json()['id']}", headers=h).json())[
             "status"
         ] != "completed":
-            time.sleep(0.5)
+            time.sleep(0.1)
         t3 = time.perf_counter()
         print(
             f"run               {t3 - t2:6.2f} s, {a.lines / (t3 - t2):.0f} lines/s "
             f"(concurrency {a.concurrency}), {s['request_counts']}"
         )
+        if over is not None and over.done < a.lines:
+            print(
+                f"batch alone after the second phase: {a.lines - over.done} lines in "
+                f"{t3 - over.at:.2f} s, {(a.lines - over.done) / (t3 - over.at):.0f} lines/s"
+            )
     finally:
         gw.terminate()
         sim.terminate()

@@ -395,6 +395,9 @@ def test_metrics_show_queued_running_done_lines_and_the_oldest_batch(gateway: Ga
         time.sleep(0.1)
     assert metric(gateway, "tokenomy_batch_lines_running") >= 1
     assert metric(gateway, "tokenomy_batch_oldest_age_seconds") >= 0
+    # The width the worker may run at: batches.concurrency (4), fewer while yielding.
+    assert metric(gateway, "tokenomy_batch_width") in (0, 2, 4)
+    assert metric(gateway, "tokenomy_batch_lag_pauses_total") >= 0
     assert wait_ended(c, b.id).status == "completed"
     assert metric(gateway, "tokenomy_batch_lines_done_total") >= done_before + 24
 

@@ -31,6 +31,7 @@ from tokenomy.api.edge import (
     internal_error,
 )
 from tokenomy.batches.worker import WorkerSettings
+from tokenomy.batches.yielding import YieldSettings
 from tokenomy.config import Config
 from tokenomy.core.call import new_request_id
 from tokenomy.core.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
@@ -147,6 +148,11 @@ def app_for(svc: Services, *, rollup_interval_s: float = 2.0) -> web.Application
         lease_s=bc.lease_s,
         poll_s=bc.poll_s,
         default_lines_per_s=bc.default_lines_per_s,
+        yielding=YieldSettings(
+            concurrency=bc.yield_concurrency,
+            quiet_s=bc.yield_quiet_s,
+            max_lag_s=bc.yield_max_lag_ms / 1000,
+        ),
     )
     batch_routes.add_routes(app, svc, settings)
     message_batch_routes.add_routes(app)

@@ -197,6 +197,14 @@ class BatchesConfig(_Strict):
     native: bool = False
     #: How often a native vendor batch is polled.
     native_poll_s: float = Field(30.0, gt=0, le=3600)
+    #: Lines a process runs at once while it is serving interactive calls (batch lines
+    #: share its event loop, so they yield to them); ``concurrency`` or more: no yielding.
+    yield_concurrency: int = Field(2, ge=0, le=256)
+    #: Seconds without an interactive call before the full ``concurrency`` comes back.
+    yield_quiet_s: float = Field(0.5, ge=0, le=3600)
+    #: While yielding, no new line is claimed when the event loop lags by more than this
+    #: (milliseconds; 0: not measured).
+    yield_max_lag_ms: float = Field(5.0, ge=0, le=10_000)
 
 
 class VideoModelConfig(_Strict):

@@ -319,3 +319,10 @@ def _register_gauges(svc: Services, w: BatchWorker) -> None:
             w.oldest_age_s)  # fmt: skip
     m.gauge("tokenomy_batch_lines_done_total", "Batch lines run to a recorded outcome.",
             lambda: w.lines_run, kind="counter")  # fmt: skip
+    m.gauge("tokenomy_batch_width",
+            "Batch lines this process may run at once now (fewer while interactive calls "
+            "are served).", lambda: w.yielding.last_width)  # fmt: skip
+    m.gauge("tokenomy_batch_lag_pauses_total",
+            "Times this process's batch worker stopped claiming because its event loop "
+            "lagged while serving interactive calls.",
+            lambda: w.yielding.lag_pauses, kind="counter")  # fmt: skip

@@ -244,10 +244,14 @@ def _seconds(text: str, header: str, most: float = 3600) -> float:
 
 
 async def serve_call(ex: Exchange, svc: Services, call: Call) -> None:
-    """Run a call through the pipeline and answer the client; records it exactly once."""
+    """Run a call through the pipeline and answer the client; records it exactly once.
+    Counted in flight meanwhile (``pipeline.traffic``): batch work yields to it."""
     pipeline = svc.pipeline
     relay = None
     headers = ex.headers
+    traffic = pipeline.traffic
+    traffic.started += 1
+    traffic.in_flight += 1
     try:
         wait = headers.get("x-tokenomy-max-wait")
         if wait is not None:
@@ -318,11 +322,14 @@ async def serve_call(ex: Exchange, svc: Services, call: Call) -> None:
         call.status, call.http_status, call.error_code = "error", 500, "internal_error"
         raise
     finally:
-        if relay is not None:
-            # A stream whose response never started (the client went away first) would
-            # otherwise keep its upstream connection reading into memory.
-            relay.upstream.release()
-        await _finish(svc, call, relay)
+        try:
+            if relay is not None:
+                # A stream whose response never started (the client went away first)
+                # would otherwise keep its upstream connection reading into memory.
+                relay.upstream.release()
+            await _finish(svc, call, relay)
+        finally:
+            traffic.in_flight -= 1
 
 
 async def _finish(svc: Services, call: Call, relay: StreamRelay | None) -> None:

@@ -1,7 +1,7 @@
 """The batch worker: every gateway process runs one; they share the lines through leases.
 
-A few runners (``batches.concurrency``, bounded so that batch work never crowds out
-interactive calls) each claim a line, run it through the pipeline as an interactive
+A few runners (``batches.concurrency``, fewer while interactive calls are being served:
+see ``tokenomy.batches.yielding``) each claim a line, run it through the pipeline as an interactive
 call would be run (routing, fallbacks, the batch tier of the fair queue and of the
 prices, metering, the usage record) and queue its result with its usage record, in
 the same database transaction. A housekeeping loop marks recorded lines done, cancels
@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from tokenomy.batches.holds import LineHolds
 from tokenomy.batches.intake import DEFAULT_LINES_PER_S, Builder
 from tokenomy.batches.objects import MESSAGES, result_line, unrun_line
 from tokenomy.batches.throughput import Throughput
+from tokenomy.batches.yielding import Yielding, YieldSettings
 from tokenomy.core.call import Call
 from tokenomy.core.errors import GatewayError, InsufficientQuota, Overloaded, RateLimited
 from tokenomy.core.keys import ApiKey
@@ -64,6 +65,8 @@ class WorkerSettings:
     max_attempts: int = 5
     #: Lines per second batches are planned at before any is measured.
     default_lines_per_s: float = DEFAULT_LINES_PER_S
+    #: How the worker narrows while interactive calls are being served.
+    yielding: YieldSettings = field(default_factory=YieldSettings)
 
 
 class BatchWorker:
@@ -85,6 +88,12 @@ class BatchWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self._lines: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        #: Set when a runner is free again.
+        self._freed = asyncio.Event()
+        #: Runners taken: claiming or running a line.
+        self._taken = 0
+        #: The width lines run at: narrower while interactive calls are served.
+        self.yielding = Yielding(settings.concurrency, settings.yielding, svc.pipeline.traffic)
         #: Lines this process ended with a recorded outcome, and is running (metrics).
         self.lines_run = 0
         self.running = 0
@@ -153,12 +162,13 @@ class BatchWorker:
     # -- running lines -----------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        """Claim a line whenever a runner is free; when there is none, look again after
-        ``poll_s`` (or at once when a batch is created here). Idle, it only reads."""
-        free = asyncio.Semaphore(self.s.concurrency)
+        """Claim a line whenever a runner is free (as many as ``yielding`` allows now);
+        when there is no line, look again after ``poll_s`` (or at once when a batch is
+        created here). Idle, it only reads."""
         lease_ms = int(self.s.lease_s * 1000)
         while True:
-            await free.acquire()
+            await self._runner()
+            self._taken += 1
             line = None
             try:
                 now = int(self.clock() * 1000)
@@ -168,16 +178,38 @@ class BatchWorker:
             except Exception:
                 log.exception("claiming a batch line failed")
             if line is None:
-                free.release()
+                self._release()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.s.poll_s)
                 continue
-            task = asyncio.create_task(self._run_line(line, free), name=line.request_id)
+            task = asyncio.create_task(self._run_line(line), name=line.request_id)
             self._lines.add(task)
             task.add_done_callback(self._lines.discard)
 
-    async def _run_line(self, line: ClaimedLine, free: asyncio.Semaphore) -> None:
+    async def _runner(self) -> None:
+        """Wait until a line may be claimed: a runner free within the width allowed now.
+        Narrowed, look again every ``tick_s`` (the width grows back with time alone), and
+        measure the event loop's lag by how late that wake-up comes."""
+        y = self.yielding
+        loop = asyncio.get_running_loop()
+        while not y.may_claim(self._taken):
+            self._freed.clear()
+            if not y.narrowed():
+                await self._freed.wait()
+                continue
+            tick = y.s.tick_s
+            due = loop.time() + tick
+            try:
+                await asyncio.wait_for(self._freed.wait(), tick)
+            except TimeoutError:
+                y.lagged(loop.time() - due)
+
+    def _release(self) -> None:
+        self._taken -= 1
+        self._freed.set()
+
+    async def _run_line(self, line: ClaimedLine) -> None:
         self.running += 1
         try:
             await self._run(line)
@@ -185,7 +217,7 @@ class BatchWorker:
             log.exception("batch line %s failed", line.request_id)
         finally:
             self.running -= 1
-            free.release()
+            self._release()
 
     async def _batch(self, batch_id: str) -> dict[str, Any] | None:
         b = self._batches.get(batch_id)

@@ -40,6 +40,7 @@ from tokenomy.core.usage import Usage, UsageSource
 from tokenomy.gateway.candidates import Candidates
 from tokenomy.gateway.relay import StreamRelay
 from tokenomy.gateway.responses_native import ResponsesRelay, meter_answer, passes_through
+from tokenomy.gateway.traffic import Traffic
 from tokenomy.ledger.stage import LEDGER
 from tokenomy.providers.base import Provider
 from tokenomy.providers.translate_request import (
@@ -119,6 +120,8 @@ class Pipeline:
         self.auto = auto
         #: An OpenTelemetry tracer when traces are exported (see tokenomy.tracing).
         self.tracer = tracer
+        #: Interactive calls in flight, counted by the HTTP edge (batch work yields to them).
+        self.traffic = Traffic()
 
     def route(self, call: Call) -> None:
         """Resolve the model and check the key may use it (raises 404/403)."""
