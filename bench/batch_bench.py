@@ -22,10 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -34,31 +30,8 @@ from pathlib import Path
 
 import aiohttp
 import httpx
-
-from tokenomy.billing.money import Currency
-from tokenomy.ledger.store import Kind, LedgerStore
-from tokenomy.store.db import migrate, open_engine
-from tokenomy.store.keys import KeyStore
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(args: list[str], port: int, ready: str, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "tokenomy", *args, "--port", str(port)]
-    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{ready}").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"{args[0]} did not start; see {log}")
+from procstat import cpu_seconds
+from tokenomy_procs import free_port, seed_key, start
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -66,12 +39,6 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def cpu_s(pid: int) -> float:
-    """The process's user + system CPU seconds (stable on a busy machine, unlike wall time)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric(url: str, name: str) -> float:
@@ -255,12 +222,7 @@ def main() -> None:
     yield_ = "".join(f", yield_{kv.strip()}" for kv in a.yield_.split(",") if kv.strip())
     tmp = Path(tempfile.mkdtemp(prefix="batch-bench-"))
     db = a.database or f"sqlite:///{tmp / 'gw.db'}"
-    engine = open_engine(db)
-    migrate(engine)
-    org = LedgerStore(engine).create_org("bench", Currency.USD)
-    LedgerStore(engine).post(Kind.TOPUP, org.id, 10**15)
-    key, _ = KeyStore(engine).create("bench", org_id=org.id)
-    engine.dispose()
+    key = seed_key(db)
     sim_port, gw_port = free_port(), free_port()
     sim_args = ["sim", "--output-tokens", "16", "--ttft-ms", str(ttft_ms)]
     sim = start(sim_args, sim_port, "/v1/models", tmp / "sim.log")
@@ -298,7 +260,7 @@ models:
         r.raise_for_status()
         t1 = time.perf_counter()
         rss_up = peak_rss_mb(gw.pid)
-        cpu1 = cpu_s(gw.pid)
+        cpu1 = cpu_seconds(gw.pid)
         b = httpx.post(
             base + "/batches", headers=h, timeout=600,
             json={"input_file_id": r.json()["id"], "endpoint": "/v1/chat/completions",
@@ -306,7 +268,7 @@ models:
         )  # fmt: skip
         b.raise_for_status()
         t2 = time.perf_counter()
-        cpu2 = cpu_s(gw.pid)
+        cpu2 = cpu_seconds(gw.pid)
         assert b.json()["status"] == "in_progress", b.json()
         rss1 = peak_rss_mb(gw.pid)
         mb = len(data) / 1e6

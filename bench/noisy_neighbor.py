@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from procstat import cpu_seconds
 from tokenomy_procs import free_port, start
 
 from tokenomy.billing.money import Currency
@@ -42,12 +43,6 @@ PIN_REST: list[str] = []
 WORDS = (
     b"the quick brown fox jumps over a lazy dog while tokens flow to the cheapest vendor ".split()
 )
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def prompt(n: int) -> str:
@@ -176,9 +171,9 @@ async def run_phase(
             ]
         if n_hostile:
             await asyncio.sleep(1.0)  # under way before the paying tenant's calls are timed
-        t0, c0, r0 = time.perf_counter(), cpu_s(pid), phase.refused
+        t0, c0, r0 = time.perf_counter(), cpu_seconds(pid), phase.refused
         await paying(good, url, keys[0], a.rate, a.seconds, phase)
-        phase.seconds, phase.cpu_s = time.perf_counter() - t0, cpu_s(pid) - c0
+        phase.seconds, phase.cpu_s = time.perf_counter() - t0, cpu_seconds(pid) - c0
         phase.refused -= r0
         stop.set()
         await asyncio.gather(*attackers)
