@@ -39,7 +39,7 @@ from tokenomy.gateway.price_check import check_served_prices
 from tokenomy.gateway.records import EXTRA_ROWS, usage_row
 from tokenomy.gateway.registry import build_registry
 from tokenomy.ledger.account_cache import AccountCache
-from tokenomy.ledger.admin_feed import AdminTotalsFeed
+from tokenomy.ledger.admin_feed import AdminTotalsFeed, AdminTotalsReader
 from tokenomy.ledger.live import LiveLedger, LiveStateUnavailable, MemoryLedger
 from tokenomy.ledger.records import ledger_rows
 from tokenomy.ledger.stage import LEDGER, LedgerStage
@@ -114,6 +114,7 @@ class Services:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: Sends the live ledger only the admin totals that changed (see refresh_accounts).
     _admin_feed: AdminTotalsFeed | None = None
+    _admin_reader: AdminTotalsReader | None = None
 
     def model_pricing(self, route: ModelRoute) -> dict[str, str] | None:
         """OpenRouter-style USD-per-token prices of a model's first priced deployment."""
@@ -161,10 +162,17 @@ class Services:
     async def refresh_accounts(self) -> None:
         """Pick up orgs, budgets and top-ups made elsewhere (CLI, admin API, replicas)."""
         await asyncio.to_thread(self.accounts.refresh)
-        totals = await asyncio.to_thread(self.ledger.admin_totals)
-        if self._admin_feed is None:
-            self._admin_feed = AdminTotalsFeed(self.live, on_change=self.ledger_stage.broke.forget)
-        await self._admin_feed.push(self.accounts.orgs, totals)
+        if self._admin_feed is None or self._admin_reader is None:
+            self._admin_reader = AdminTotalsReader(self.ledger)
+            # Every push() is a full one: the reader says when (at its own full reads).
+            self._admin_feed = AdminTotalsFeed(
+                self.live, full_every=1, on_change=self.ledger_stage.broke.forget
+            )
+        totals, everyone = await asyncio.to_thread(self._admin_reader.read)
+        if everyone:
+            await self._admin_feed.push(self.accounts.orgs, totals)
+        else:
+            await self._admin_feed.push_changed(totals)
 
     async def _refresh_keys(self) -> None:
         while True:

@@ -1,18 +1,68 @@
 """Orgs' admin totals (top-ups, credits, refunds) fed to the live ledger as they change.
 
-The gateway re-reads the totals every second or so. Setting every org's total in the
+The gateway refreshes the totals every second or so. Setting every org's total in the
 live ledger each time cost one script call per org per refresh: with 10,000 orgs, 10,000
 calls a second against Redis for a gateway doing nothing. The feed remembers what it set
 and sends only the totals that changed, many to a call; every ``full_every`` refreshes
 it sends them all again, which bounds how long a meter loaded from an older read of the
 database (a load racing a top-up) can show a stale total.
+
+Reading every org's total every second cost as much again (10,000 topped-up orgs: 11 ms
+of the gateway's CPU and 25 ms of PostgreSQL's, a second). The reader reads all of them
+only every ``full_every`` refreshes; in between, only the totals of the orgs with an
+admin transaction in the last ``margin_s`` (time-indexed), which re-reads a top-up for a
+while after it is made, so one committed a little after its timestamp is not missed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Protocol
 
 from tokenomy.ledger.live import LiveLedger
+
+#: How far back each incremental read looks for admin transactions (seconds).
+MARGIN_S = 60.0
+
+
+class AdminTotalsSource(Protocol):
+    def admin_totals(self, org_ids: Collection[str] | None = None) -> dict[str, int]: ...
+
+    def admin_orgs_since(self, ts_ms: int) -> set[str]: ...
+
+
+class AdminTotalsReader:
+    """Reads the admin totals that may have changed since the last read (blocking: run it
+    on a worker thread): all of them on the first and every ``full_every``-th read."""
+
+    def __init__(
+        self,
+        source: AdminTotalsSource,
+        *,
+        full_every: int = 60,
+        margin_s: float = MARGIN_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._source = source
+        self._full_every = full_every
+        self._margin_ms = int(margin_s * 1000)
+        self._clock = clock
+        self._reads = 0
+
+    def read(self) -> tuple[dict[str, int], bool]:
+        """(totals, whether they are every org's). An incremental read gives each org
+        with a recent admin transaction its whole total (0 if it has none)."""
+        full = self._reads % self._full_every == 0
+        self._reads += 1
+        if full:
+            return self._source.admin_totals(), True
+        since = int(self._clock() * 1000) - self._margin_ms
+        orgs = self._source.admin_orgs_since(since)
+        if not orgs:
+            return {}, False
+        totals = self._source.admin_totals(orgs)
+        return {o: totals.get(o, 0) for o in orgs}, False
 
 
 class AdminTotalsFeed:
@@ -48,3 +98,14 @@ class AdminTotalsFeed:
         # forgotten.
         self._sent = now
         return len(changed)
+
+    async def push_changed(self, totals: Mapping[str, int]) -> int:
+        """Set those of ``totals`` (some orgs' whole totals) that differ from what was
+        last set; returns how many were set."""
+        moved = {o: t for o, t in totals.items() if self._sent.get(o) != t}
+        if moved:
+            await self._live.set_admin_totals(moved)
+            if self._on_change is not None:
+                self._on_change(moved)
+            self._sent.update(moved)
+        return len(moved)

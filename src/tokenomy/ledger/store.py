@@ -440,8 +440,17 @@ class LedgerStore:
         with self.engine.connect() as conn:
             return snapshot.org_totals(conn, org_id)
 
-    def admin_totals(self) -> dict[str, int]:
-        """Every org's admin total (top-ups, credits, refunds, adjustments)."""
+    def admin_orgs_since(self, ts_ms: int) -> set[str]:
+        """The orgs with an admin transaction made at ``ts_ms`` or later (its time index;
+        no DISTINCT, which SQLite would answer from the org index, reading them all)."""
+        t = ledger_txns.c
+        q = select(t.org_id).where(text(ADMIN_KINDS_SQL), t.ts_ms >= ts_ms)
+        with self.engine.connect() as conn:
+            return set(conn.execute(q).scalars())
+
+    def admin_totals(self, org_ids: Collection[str] | None = None) -> dict[str, int]:
+        """Every org's admin total (top-ups, credits, refunds, adjustments), or only those
+        of ``org_ids`` (an org with none is left out)."""
         # Written so that it reads the partial index of admin transactions, never the
         # usage ones (one per billed request): the condition must be the index's own.
         # Each one's posting to its own org's account is looked up by its primary key in
@@ -456,6 +465,8 @@ class LedgerStore:
             .scalar_subquery()
         )
         q = select(t.org_id, func.sum(own)).where(text(ADMIN_KINDS_SQL)).group_by(t.org_id)
+        if org_ids is not None:
+            q = q.where(t.org_id.in_(list(org_ids)))
         with self.engine.connect() as conn:
             return {org_id: int(total) for org_id, total in conn.execute(q)}
 

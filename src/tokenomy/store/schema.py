@@ -187,6 +187,13 @@ ledger_txns = Table(
         sqlite_where=text(ADMIN_KINDS_SQL),
         postgresql_where=text(ADMIN_KINDS_SQL),
     ),
+    # The same by time (0017): which orgs had one lately, so the refresh reads those only.
+    Index(
+        "ix_ledger_txns_admin_ts",
+        "ts_ms",
+        sqlite_where=text(ADMIN_KINDS_SQL),
+        postgresql_where=text(ADMIN_KINDS_SQL),
+    ),
 )
 
 ledger_postings = Table(

@@ -1,0 +1,94 @@
+"""The admin-totals refresh reads what changed, not every org: a full read first and every
+``full_every``-th time, in between only the orgs with a recent admin transaction (real
+SQLite and PostgreSQL; rows and calls counted, not timed)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from tests.conftest import throwaway_postgres
+from tokenomy.billing.money import Currency
+from tokenomy.ledger.admin_feed import AdminTotalsReader
+from tokenomy.ledger.store import Kind, LedgerStore
+from tokenomy.store.db import migrate, open_engine
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        e = open_engine(f"sqlite:///{tmp_path / 'admin.db'}")
+        migrate(e)
+        yield e
+        e.dispose()
+        return
+    with throwaway_postgres() as url:
+        e = open_engine(url)
+        migrate(e)
+        yield e
+        e.dispose()
+
+
+class Counting:
+    """A LedgerStore that counts the totals each read asks for."""
+
+    def __init__(self, ledger: LedgerStore) -> None:
+        self.ledger = ledger
+        self.asked: list[int | None] = []
+
+    def admin_totals(self, org_ids: Collection[str] | None = None) -> dict[str, int]:
+        self.asked.append(None if org_ids is None else len(org_ids))
+        return self.ledger.admin_totals(org_ids)
+
+    def admin_orgs_since(self, ts_ms: int) -> set[str]:
+        return self.ledger.admin_orgs_since(ts_ms)
+
+
+def test_a_read_after_one_top_up_reads_that_org_only(engine: Engine) -> None:
+    ledger = LedgerStore(engine)
+    orgs = [ledger.create_org(f"o{i}", Currency.USD).id for i in range(300)]
+    for o in orgs:
+        ledger.post(Kind.TOPUP, o, 1_000)
+    with engine.begin() as conn:  # made an hour ago: none of them is recent
+        conn.execute(text("UPDATE ledger_txns SET ts_ms = ts_ms - 3600000"))
+    later = [0.0]
+    source = Counting(ledger)
+    reader = AdminTotalsReader(
+        source, full_every=5, margin_s=60, clock=lambda: time.time() + later[0]
+    )
+
+    totals, full = reader.read()
+    assert full and totals == {o: 1_000 for o in orgs} and source.asked == [None]
+    assert reader.read() == ({}, False)  # nothing since: no totals read at all
+    assert source.asked == [None]
+
+    ledger.post(Kind.TOPUP, orgs[7], 500)
+    ledger.post(Kind.CREDIT, orgs[9], 20)
+    totals, full = reader.read()
+    assert not full and totals == {orgs[7]: 1_500, orgs[9]: 1_020}
+    assert source.asked[-1] == 2
+    # Within the margin it is read again (a total that committed late is not missed) ...
+    assert reader.read()[0] == {orgs[7]: 1_500, orgs[9]: 1_020}
+    # ... and not once the margin has passed; the full read comes back every 5th time.
+    later[0] = 61.0
+    assert reader.read() == ({}, False)
+    totals, full = reader.read()
+    assert full and len(totals) == 300 and source.asked[-1] is None
+
+
+def test_recent_admin_orgs_are_found_through_their_time_index(engine: Engine) -> None:
+    q = (
+        "SELECT org_id FROM ledger_txns WHERE kind IN "
+        "('topup', 'credit', 'refund', 'adjustment') AND ts_ms >= 5"
+    )
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SET enable_seqscan = off"))
+            plan = " ".join(str(r[0]) for r in conn.execute(text("EXPLAIN " + q)))
+        else:
+            plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + q)))
+    assert "ix_ledger_txns_admin_ts" in plan, plan
