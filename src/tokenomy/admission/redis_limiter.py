@@ -57,8 +57,10 @@ log = logging.getLogger(__name__)
 #: calls, not a thousand, and no call holds Redis long.
 GIVE_BATCH = 64
 GIVE_MEMBERS = 1024
-#: Leases one slice of upkeep looks at before the event loop serves requests again.
-UPKEEP_SLICE = 256
+#: Leases one slice of upkeep looks at before the event loop serves requests again: at
+#: most one GIVE call a slice (about 0.4 ms of Redis for 64 idle leases), so a request's
+#: call never waits behind several.
+UPKEEP_SLICE = GIVE_BATCH
 
 
 class _Give(NamedTuple):
