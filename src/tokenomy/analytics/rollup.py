@@ -78,6 +78,15 @@ _MINUTES_FROM: Final = "minutes_from"
 RECOMPUTE: Final = "reconcile:"
 
 
+#: Markers a roll-up transaction takes by default. A batch upserts each minute cell it
+#: touches once in every period, however many events it sums: with 1,000 keys active a
+#: batch of 5,000 wrote as many rows as one of 20,000 (300 ms of PostgreSQL each), so
+#: PostgreSQL takes large batches. SQLite keeps smaller ones: its one writer is held for
+#: the whole transaction, and the usage writer waits meanwhile.
+PG_BATCH: Final = 20_000
+SQLITE_BATCH: Final = 5_000
+
+
 def _minutes_from(conn: Connection) -> int:
     """Where minute buckets start (0 until pruned): before it, hours come from events."""
     q = select(analytics_state.c.value).where(analytics_state.c.name == _MINUTES_FROM)
@@ -113,7 +122,7 @@ class Rollups:
         *,
         countries: Mapping[str, str | None] | None = None,
         regions: Mapping[str, str | None] | None = None,
-        batch_size: int = 20_000,
+        batch_size: int | None = None,
         minute_retention_ms: int | None = MINUTE_RETENTION_MS,
     ) -> None:
         self.engine = engine
@@ -121,9 +130,11 @@ class Rollups:
         self._pruned_to = 0  # horizon of the last prune by this object (saves a query a run)
         self.countries = {k: v for k, v in (countries or {}).items() if v}
         self.regions = {k: v for k, v in (regions or {}).items() if v}
-        self.batch_size = batch_size
         self._lock = threading.Lock()
         self._pg = engine.dialect.name == "postgresql"
+        if batch_size is None:
+            batch_size = PG_BATCH if self._pg else SQLITE_BATCH
+        self.batch_size = batch_size
         self._delta_insert: Any = None  # see _add_events
         #: Minute cells the runs have added onto since the worker last looked (each is an
         #: upsert in every period): what a run's writes grow with.
