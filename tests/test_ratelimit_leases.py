@@ -243,7 +243,7 @@ async def test_idle_leases_go_back_and_held_slots_are_renewed(redis_prefix: str)
         base = redis_prefix + "key:k1"
         ahead = await tat_ms(r, base + ":r") - NOW * 1000
         assert ahead == pytest.approx(10 * 0.6, abs=0.01)  # 4 of them unused
-        rl.upkeep(clock.t + 1)  # unused for idle_s: back whole, and forgotten
+        await rl.upkeep(clock.t + 1)  # unused for idle_s: back whole, and forgotten
         await rl.flush()
         assert await tat_ms(r, base + ":r") - NOW * 1000 == pytest.approx(6 * 0.6, abs=0.01)
         assert rl._leases == {}
@@ -251,7 +251,7 @@ async def test_idle_leases_go_back_and_held_slots_are_renewed(redis_prefix: str)
         # A slot in use for longer than its lease stays counted while it is renewed.
         long_call = await rl.acquire(scopes, 0)
         clock.t += 20
-        rl.upkeep(clock.t)
+        await rl.upkeep(clock.t)
         await rl.flush()
         clock.t += 20  # 40 s after it was taken, 20 after it was renewed
         with pytest.raises(RateLimited):

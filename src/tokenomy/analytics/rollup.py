@@ -24,7 +24,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Select, Table, delete, func, insert, select, text
@@ -78,6 +78,15 @@ _MINUTES_FROM: Final = "minutes_from"
 RECOMPUTE: Final = "reconcile:"
 
 
+#: Markers a roll-up transaction takes by default. A batch upserts each minute cell it
+#: touches once in every period, however many events it sums: with 1,000 keys active a
+#: batch of 5,000 wrote as many rows as one of 20,000 (300 ms of PostgreSQL each), so
+#: PostgreSQL takes large batches. SQLite keeps smaller ones: its one writer is held for
+#: the whole transaction, and the usage writer waits meanwhile.
+PG_BATCH: Final = 20_000
+SQLITE_BATCH: Final = 5_000
+
+
 def _minutes_from(conn: Connection) -> int:
     """Where minute buckets start (0 until pruned): before it, hours come from events."""
     q = select(analytics_state.c.value).where(analytics_state.c.name == _MINUTES_FROM)
@@ -113,7 +122,7 @@ class Rollups:
         *,
         countries: Mapping[str, str | None] | None = None,
         regions: Mapping[str, str | None] | None = None,
-        batch_size: int = 5000,
+        batch_size: int | None = None,
         minute_retention_ms: int | None = MINUTE_RETENTION_MS,
     ) -> None:
         self.engine = engine
@@ -121,9 +130,11 @@ class Rollups:
         self._pruned_to = 0  # horizon of the last prune by this object (saves a query a run)
         self.countries = {k: v for k, v in (countries or {}).items() if v}
         self.regions = {k: v for k, v in (regions or {}).items() if v}
-        self.batch_size = batch_size
         self._lock = threading.Lock()
         self._pg = engine.dialect.name == "postgresql"
+        if batch_size is None:
+            batch_size = PG_BATCH if self._pg else SQLITE_BATCH
+        self.batch_size = batch_size
         self._delta_insert: Any = None  # see _add_events
         #: Minute cells the runs have added onto since the worker last looked (each is an
         #: upsert in every period): what a run's writes grow with.
@@ -364,6 +375,11 @@ class Rollups:
 CELLS_PER_RUN: Final = 200
 #: The longest wait between runs, however many cells they write.
 MAX_INTERVAL_S: Final = 10.0
+#: After a full batch (more markers wait), the worker pauses this many times as long as
+#: the batch took before the next one: a backlog (after a burst of traffic, or a stop)
+#: takes at most half of a core of the database from the requests, a batch at a time,
+#: never seconds on end.
+CATCH_UP_PAUSE: Final = 1.0
 
 
 class RollupWorker:
@@ -371,11 +387,17 @@ class RollupWorker:
     in the background, less often while many tenants are active (see :meth:`next_wait`)."""
 
     def __init__(
-        self, rollups: Rollups, interval_s: float = 2.0, max_interval_s: float = MAX_INTERVAL_S
+        self,
+        rollups: Rollups,
+        interval_s: float = 2.0,
+        max_interval_s: float = MAX_INTERVAL_S,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rollups = rollups
         self.interval_s = interval_s
         self.max_interval_s = max(interval_s, max_interval_s)
+        self._clock = clock
         self._task: asyncio.Task[None] | None = None
 
     def next_wait(self, cells: int) -> float:
@@ -401,6 +423,20 @@ class RollupWorker:
                 await self._task
             self._task = None
 
+    async def roll_up(self) -> int:
+        """Roll up everything pending (as :meth:`Rollups.refresh`), a batch a thread call,
+        pausing after each full batch (see :data:`CATCH_UP_PAUSE`); returns how many
+        markers were consumed."""
+        rollups = self.rollups
+        done = 0
+        while True:
+            start = self._clock()
+            n = await asyncio.to_thread(rollups.process_batch, wait=False)
+            done += n
+            if n < rollups.batch_size:
+                return done
+            await asyncio.sleep((self._clock() - start) * CATCH_UP_PAUSE)
+
     async def _run(self) -> None:
         wait = self.interval_s
         while True:
@@ -410,7 +446,7 @@ class RollupWorker:
                 # Replicas (every worker of ``serve --workers N``) all run this loop: one
                 # rolls up, the others find it busy and skip, not wait their turn and
                 # then find nothing left.
-                await asyncio.to_thread(self.rollups.refresh, wait=False)
+                await self.roll_up()
                 await asyncio.to_thread(self.rollups.prune_expired)
             except Exception:
                 log.exception("rolling up usage failed; will retry")
