@@ -14,13 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select, text
 
 from tests.needs import require_postgres, require_redis
 from tests.servers import ThreadServer
 from tokenomy.app import app_for
 from tokenomy.config import Config, parse_config
 from tokenomy.services import Services, build_services
+from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.schema import usage_events
 
 ADMIN_KEY = "tk-admin-test-0123456789"
@@ -203,6 +204,31 @@ def throwaway_postgres() -> Iterator[str]:
     finally:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextmanager
+def migrated_engine(kind: str, directory: Path) -> Iterator[Engine]:
+    """A database migrated to head: ``kind`` "sqlite" (a file in ``directory``) or
+    "postgres" (a throwaway database)."""
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite":
+            url = f"sqlite:///{directory / 'db.sqlite'}"
+        else:
+            url = stack.enter_context(throwaway_postgres())
+        engine = open_engine(url)
+        stack.callback(engine.dispose)
+        migrate(engine)
+        yield engine
+
+
+def query_plan(engine: Engine, sql: str) -> str:
+    """The database's plan for ``sql``, as one line (PostgreSQL's with sequential scans
+    off, so a usable index shows on a near-empty table)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SET enable_seqscan = off"))
+            return " ".join(str(r[0]) for r in conn.execute(text("EXPLAIN " + sql)))
+        return " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
 
 
 @contextmanager

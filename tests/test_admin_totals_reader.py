@@ -11,26 +11,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from tests.conftest import throwaway_postgres
+from tests.conftest import migrated_engine, query_plan
 from tokenomy.billing.money import Currency
 from tokenomy.ledger.admin_feed import AdminTotalsReader
 from tokenomy.ledger.store import Kind, LedgerStore
-from tokenomy.store.db import migrate, open_engine
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        e = open_engine(f"sqlite:///{tmp_path / 'admin.db'}")
-        migrate(e)
+    with migrated_engine(request.param, tmp_path) as e:
         yield e
-        e.dispose()
-        return
-    with throwaway_postgres() as url:
-        e = open_engine(url)
-        migrate(e)
-        yield e
-        e.dispose()
 
 
 class Counting:
@@ -85,10 +75,5 @@ def test_recent_admin_orgs_are_found_through_their_time_index(engine: Engine) ->
         "SELECT org_id FROM ledger_txns WHERE kind IN "
         "('topup', 'credit', 'refund', 'adjustment') AND ts_ms >= 5"
     )
-    with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SET enable_seqscan = off"))
-            plan = " ".join(str(r[0]) for r in conn.execute(text("EXPLAIN " + q)))
-        else:
-            plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + q)))
+    plan = query_plan(engine, q)
     assert "ix_ledger_txns_admin_ts" in plan, plan

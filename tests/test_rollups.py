@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, MetaData, Table, delete, select, text
 
-from tests.conftest import throwaway_postgres
+from tests.conftest import migrated_engine
 from tokenomy.analytics import rollup
 from tokenomy.analytics.histogram import bucket_of, quantile
 from tokenomy.analytics.rollup import DAY, HOUR, MINUTE, Rollups, RollupWorker
@@ -46,17 +46,8 @@ HIST = (*LATENCY_COLS, *TTFT_COLS)
 def engine(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        eng = open_engine(f"sqlite:///{tmp_path_factory.mktemp('rollups') / 'r.db'}")
-        migrate(eng)
+    with migrated_engine(request.param, tmp_path_factory.mktemp("rollups")) as eng:
         yield eng
-        eng.dispose()
-        return
-    with throwaway_postgres() as url:
-        eng = open_engine(url)
-        migrate(eng)
-        yield eng
-        eng.dispose()
 
 
 #: usage_events columns added by revisions after 0006.

@@ -13,7 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine
 
 import tokenomy.analytics.tables  # noqa: F401  (registers the analytics tables on the metadata)
-from tests.conftest import throwaway_postgres
+from tests.conftest import query_plan, throwaway_postgres
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.schema import metadata
 
@@ -72,14 +72,7 @@ def test_lookups_by_task_and_end_user_use_their_partial_indexes(
     fresh: Engine, where: str, index: str
 ) -> None:
     # Partial (only rows that name a task or an end user), yet chosen for "= value".
-    from sqlalchemy import text
-
     migrate(fresh)
     q = f"SELECT sum(cost_nanos) FROM usage_events WHERE {where}"
-    with fresh.connect() as conn:
-        if fresh.dialect.name == "postgresql":
-            conn.execute(text("SET enable_seqscan = off"))
-            plan = " ".join(str(r[0]) for r in conn.execute(text("EXPLAIN " + q)))
-        else:
-            plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + q)))
+    plan = query_plan(fresh, q)
     assert index in plan, plan

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert
 
-from tests.conftest import throwaway_postgres
+from tests.conftest import migrated_engine
 from tokenomy.analytics.queries import Scope
 from tokenomy.analytics.video_panel import video_queue_charts, video_queue_history
 from tokenomy.billing.catalog import PriceNotFound, PricingError
@@ -21,7 +21,6 @@ from tokenomy.billing.fx import FxTable
 from tokenomy.billing.media_prices import MediaPriceBook, media_cost
 from tokenomy.billing.money import Currency
 from tokenomy.sim.media import FPS, HEIGHT, WIDTH, render_gif
-from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.schema import video_jobs, video_outputs
 from tokenomy.store.videos import COMPLETED, FAILED, IN_PROGRESS, QUEUED, VideoStore
 from tokenomy.videos.plan import Running, Waiting, moving_rate, next_owner, percentile, plan
@@ -179,17 +178,8 @@ def test_sim_gif_decodes_to_the_frames_of_every_second() -> None:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        e = open_engine(f"sqlite:///{tmp_path / 'v.db'}")
-        migrate(e)
+    with migrated_engine(request.param, tmp_path) as e:
         yield e
-        e.dispose()
-        return
-    with throwaway_postgres() as url:
-        e = open_engine(url)
-        migrate(e)
-        yield e
-        e.dispose()
 
 
 def _job(store: VideoStore, job_id: str, owner: str, created: int) -> None:
