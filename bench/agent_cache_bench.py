@@ -29,7 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from tokenomy_procs import free_port, seed_key, start
+
+try:  # run as a script, beside its neighbours
+    from tokenomy_procs import free_port, seed_key, start
+except ModuleNotFoundError:  # imported as bench.agent_cache_bench (its test)
+    from bench.tokenomy_procs import free_port, seed_key, start
 
 MODEL = "agent"
 PRICE = "openai/gpt-5.4"
