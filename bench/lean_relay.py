@@ -100,11 +100,13 @@ class RelaySite(lean_site.LeanSite):
 
 async def serve(args: argparse.Namespace) -> None:
     app = web.Application()
-    # What the lean server reads of the services: its limits, and a key lookup for a body
-    # still arriving (any key passes: a bare relay checks none).
+    # What the lean server reads of the services: its limits, and for a body still
+    # arriving a key lookup and the ledger's refusal from the head (any key passes and
+    # none is refused: a bare relay checks none).
     app[SERVICES] = SimpleNamespace(  # type: ignore[misc]
         config=SimpleNamespace(server=ServerConfig()),
         key_cache=SimpleNamespace(lookup=lambda secret: secret),
+        ledger_stage=SimpleNamespace(head_refusal=lambda key, body_bytes: None),
     )
     app[INFERENCE_ROUTES] = (InferenceRoute(PATH, None),)  # type: ignore[arg-type]
     runner = web.AppRunner(app, access_log=None)

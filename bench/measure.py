@@ -161,9 +161,15 @@ def measure_mode(
         n = fixed["ok"] * (1 + plan.fixed_warmup_s / plan.fixed_s)
         fixed["cpu_us_per_req"] = ran / n / 1000
         fixed["runq_wait_us_per_req"] = waited / n / 1000
+    lat = fixed["latency_ms"]
+    # No answer at all (a system failing every request) has no percentiles: say so.
+    pcts = (
+        f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms"
+        if lat.get("p50") is not None and lat.get("p99") is not None
+        else "no latencies (no request answered)"
+    )
     print(
-        f"    p50 {fixed['latency_ms']['p50']:.2f} ms, p99 {fixed['latency_ms']['p99']:.2f} ms, "
-        f"{fixed['ok']}/{fixed['sent']} ok, {fixed['steal_pct']:.0f}% stolen",
+        f"    {pcts}, {fixed['ok']}/{fixed['sent']} ok, {fixed['steal_pct']:.0f}% stolen",
         flush=True,
     )
     return {"load": load, "fixed": fixed}
