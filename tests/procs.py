@@ -18,10 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
+from tests.conftest import migrated_engine
 from tests.needs import require_service
 from tests.servers import free_port
+from tokenomy.billing.money import Currency
+from tokenomy.ledger.store import Kind, LedgerStore
+from tokenomy.store.keys import KeyStore
 
 #: Variables that would override the config file a test writes for its gateway.
 _OVERRIDES = ("TOKENOMY_DATABASE_URL", "TOKENOMY_REDIS_URL", "TOKENOMY_CONFIG", "TOKENOMY_SIM_URL")
@@ -38,6 +43,26 @@ def require(name: str, url: str) -> str:
     host, port = u.host or "127.0.0.1", u.port or {"redis": 6379}.get(u.drivername, 5432)
     require_service(name, host, port)
     return url
+
+
+@contextmanager
+def backend_database(backend: str, directory: Path) -> Iterator[tuple[Engine, str, str]]:
+    """A migrated database for ``backend``: "sqlite" (a file in ``directory``, no Redis),
+    else a throwaway PostgreSQL database and the test Redis. Yields (engine, database
+    URL, Redis URL or "")."""
+    redis_url = "" if backend == "sqlite" else require("Redis", REDIS_URL)
+    with migrated_engine("sqlite" if backend == "sqlite" else "postgres", directory) as engine:
+        yield engine, engine.url.render_as_string(hide_password=False), redis_url
+
+
+def funded_org(engine: Engine, name: str, topup: int) -> tuple[str, str]:
+    """A new org with ``topup`` nanos (none when 0) and a key of it: (org id, secret)."""
+    ledger = LedgerStore(engine)
+    org = ledger.create_org(name, Currency.USD)
+    if topup:
+        ledger.post(Kind.TOPUP, org.id, topup)
+    secret, _ = KeyStore(engine).create(name, org_id=org.id)
+    return org.id, secret
 
 
 class ProcError(RuntimeError):

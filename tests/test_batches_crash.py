@@ -4,7 +4,6 @@ exactly once, is billed at most once, and the hold is released to the nano."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import secrets
@@ -18,12 +17,8 @@ import openai
 import pytest
 from sqlalchemy import Engine, func, select
 
-from tests.conftest import throwaway_postgres
-from tests.procs import REDIS_URL, Proc, Procs, gateway_yaml, require, running
-from tokenomy.billing.money import Currency
-from tokenomy.ledger.store import Kind, LedgerStore
-from tokenomy.store.db import migrate, open_engine
-from tokenomy.store.keys import KeyStore
+from tests.procs import Proc, Procs, backend_database, funded_org, gateway_yaml, running
+from tokenomy.ledger.store import LedgerStore
 from tokenomy.store.schema import batch_results, batches, usage_events
 
 ADMIN = "tk-admin-batch-crash-0123456789"
@@ -35,14 +30,6 @@ TOPUP = 10**9
 def procs(tmp_path: Path) -> Iterator[Procs]:
     with running(tmp_path) as p:
         yield p
-
-
-def seed(engine: Engine) -> tuple[str, str]:
-    migrate(engine)
-    org = LedgerStore(engine).create_org("batch crash", Currency.USD)
-    LedgerStore(engine).post(Kind.TOPUP, org.id, TOPUP)
-    secret, _ = KeyStore(engine).create("batch crash", org_id=org.id)
-    return org.id, secret
 
 
 def recorded(engine: Engine, batch_id: str) -> int:
@@ -76,15 +63,8 @@ def body(i: int) -> dict[str, Any]:
 def test_sigkill_mid_batch_every_line_ends_once_billed_once_hold_released(
     procs: Procs, tmp_path: Path, backend: str
 ) -> None:
-    with contextlib.ExitStack() as stack:
-        if backend == "sqlite":
-            db_url, redis_url = f"sqlite:///{tmp_path / 'gw.db'}", ""
-        else:
-            db_url = stack.enter_context(throwaway_postgres())
-            redis_url = require("Redis", REDIS_URL)
-        engine = open_engine(db_url)
-        stack.callback(engine.dispose)
-        org_id, key = seed(engine)
+    with backend_database(backend, tmp_path) as (engine, db_url, redis_url):
+        org_id, key = funded_org(engine, "batch crash", TOPUP)
         sim = procs.sim(ttft_ms=30)
         text = gateway_yaml(
             sim.url,
@@ -160,15 +140,8 @@ def test_sigkill_while_a_vendor_batch_runs_the_restarted_gateway_reads_it_back_o
     """The poller of a vendor's batch dies with its process; the restarted gateway (and,
     on PostgreSQL + Redis, the other replica) takes the polling up and bills each line
     once from the vendor's results."""
-    with contextlib.ExitStack() as stack:
-        if backend == "sqlite":
-            db_url, redis_url = f"sqlite:///{tmp_path / 'gw.db'}", ""
-        else:
-            db_url = stack.enter_context(throwaway_postgres())
-            redis_url = require("Redis", REDIS_URL)
-        engine = open_engine(db_url)
-        stack.callback(engine.dispose)
-        org_id, key = seed(engine)
+    with backend_database(backend, tmp_path) as (engine, db_url, redis_url):
+        org_id, key = funded_org(engine, "batch crash", TOPUP)
         sim = procs.sim(ttft_ms=20)
         text = gateway_yaml(
             sim.url,

@@ -20,12 +20,8 @@ import openai
 import pytest
 from sqlalchemy import Engine, select
 
-from tests.conftest import throwaway_postgres
-from tests.procs import REDIS_URL, Proc, Procs, gateway_yaml, require, running
-from tokenomy.billing.money import Currency
-from tokenomy.ledger.store import Kind, LedgerStore
-from tokenomy.store.db import migrate, open_engine
-from tokenomy.store.keys import KeyStore
+from tests.procs import Proc, Procs, backend_database, funded_org, gateway_yaml, running
+from tokenomy.ledger.store import LedgerStore
 from tokenomy.store.schema import batch_results, usage_events
 
 ADMIN = "tk-admin-batch-scale-0123456789"
@@ -49,16 +45,8 @@ def cluster(
 ) -> Iterator[tuple[Engine, list[Proc], str, str]]:
     """The database, the gateways (one process on SQLite, two on PostgreSQL + Redis), and
     an org with money and a key (made first: a gateway loads its keys as it starts)."""
-    with contextlib.ExitStack() as stack:
-        if backend == "sqlite":
-            db_url, redis_url = f"sqlite:///{tmp_path / 'gw.db'}", ""
-        else:
-            db_url = stack.enter_context(throwaway_postgres())
-            redis_url = require("Redis", REDIS_URL)
-        engine = open_engine(db_url)
-        stack.callback(engine.dispose)
-        migrate(engine)
-        org_id, key = seed(engine)
+    with backend_database(backend, tmp_path) as (engine, db_url, redis_url):
+        org_id, key = funded_org(engine, "batch scale", TOPUP)
         sim = procs.sim(ttft_ms=0, output_tokens=SIM_TOKENS)
         text = gateway_yaml(
             sim.url,
@@ -73,14 +61,6 @@ def cluster(
         if redis_url:
             gws.append(procs.gateway(config, env=env, name="gateway-b"))
         yield engine, gws, org_id, key
-
-
-def seed(engine: Engine) -> tuple[str, str]:
-    ledger = LedgerStore(engine)
-    org = ledger.create_org("batch scale", Currency.USD)
-    ledger.post(Kind.TOPUP, org.id, TOPUP)
-    secret, _ = KeyStore(engine).create("batch scale", org_id=org.id)
-    return org.id, secret
 
 
 def admin_get(gw: Proc, path: str) -> httpx.Response:

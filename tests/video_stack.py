@@ -13,12 +13,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine, select
 
-from tests.conftest import throwaway_postgres
-from tests.procs import REDIS_URL, Proc, Procs, gateway_yaml, require
-from tokenomy.billing.money import Currency
-from tokenomy.ledger.store import Kind, LedgerStore
-from tokenomy.store.db import migrate, open_engine
-from tokenomy.store.keys import KeyStore
+from tests.procs import Proc, Procs, backend_database, funded_org, gateway_yaml
 from tokenomy.store.schema import usage_events, video_jobs
 
 ADMIN = "tk-admin-video-0123456789abcdef"
@@ -78,16 +73,6 @@ videos:
 """
 
 
-def make_org(engine: Engine, name: str, topup: int = TOPUP) -> tuple[str, str]:
-    """A new org with ``topup`` nanos and a key of it: (org id, secret)."""
-    ledger = LedgerStore(engine)
-    org = ledger.create_org(name, Currency.USD)
-    if topup:
-        ledger.post(Kind.TOPUP, org.id, topup)
-    secret, _ = KeyStore(engine).create(name, org_id=org.id)
-    return org.id, secret
-
-
 @contextlib.contextmanager
 def video_stack(
     procs: Procs,
@@ -100,16 +85,8 @@ def video_stack(
     vendors: dict[str, str] | None = None,
 ) -> Iterator[VideoStack]:
     """``vendors``: more vendors (name -> YAML flow mapping) beside the simulator."""
-    with contextlib.ExitStack() as stack:
-        if backend == "sqlite":
-            db_url, redis_url = f"sqlite:///{tmp_path / 'gw.db'}", ""
-        else:
-            db_url = stack.enter_context(throwaway_postgres())
-            redis_url = require("Redis", REDIS_URL)
-        engine = open_engine(db_url)
-        stack.callback(engine.dispose)
-        migrate(engine)
-        made = {name: make_org(engine, name) for name in orgs}
+    with backend_database(backend, tmp_path) as (engine, db_url, redis_url):
+        made = {name: funded_org(engine, name, TOPUP) for name in orgs}
         sim = procs.sim(video_ms_per_second=video_ms_per_second)
         text = gateway_yaml(
             sim.url,
