@@ -25,11 +25,12 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import httpx
+from open_loop import Phase, open_loop, percentile
 from procstat import cpu_seconds
 from tokenomy_procs import free_port, seed_key, start
 
@@ -60,27 +61,6 @@ def lines(n: int) -> Iterator[bytes]:
         yield json.dumps({**req, "body": body}).encode() + b"\n"
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    i = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
-    return sorted_values[i]
-
-
-@dataclass
-class Phase:
-    """One open-loop run of interactive calls: latencies of good answers, errors by kind."""
-
-    latencies: list[float] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-    sent: int = 0
-    start: float = 0.0  # when the first call was due
-    stop: float = 0.0  # when the schedule stopped (the last answers come after)
-
-    def error(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
-
-
 INTERACTIVE_BODY = json.dumps(
     {
         "model": "sim-small",
@@ -88,44 +68,6 @@ INTERACTIVE_BODY = json.dumps(
         "max_tokens": 16,
     }
 ).encode()
-
-
-async def open_loop(
-    url: str, key: str, rate: float, seconds: float, done: Callable[[], bool] | None = None
-) -> Phase:
-    """Send call i at ``start + i / rate`` whatever the answers do, for ``seconds`` or until
-    ``done()``; each latency runs from the call's scheduled start to its answer's last byte.
-    """
-    phase = Phase()
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-
-        async def one(due: float) -> None:
-            try:
-                async with session.post(url, data=INTERACTIVE_BODY, headers=headers) as r:
-                    await r.read()
-                    if r.status == 200:
-                        phase.latencies.append(time.perf_counter() - due)
-                    else:
-                        phase.error(str(r.status))
-            except (aiohttp.ClientError, TimeoutError) as e:
-                phase.error(type(e).__name__)
-
-        tasks: list[asyncio.Task[None]] = []
-        start = time.perf_counter() + 0.05
-        for i in range(int(rate * seconds)):
-            due = start + i / rate
-            if (delay := due - time.perf_counter()) > 0:
-                await asyncio.sleep(delay)
-            if done is not None and done():
-                break
-            tasks.append(asyncio.create_task(one(due)))
-        phase.sent = len(tasks)
-        phase.start, phase.stop = start, time.perf_counter()
-        await asyncio.gather(*tasks)
-    phase.latencies.sort()
-    return phase
 
 
 @dataclass
@@ -164,7 +106,9 @@ async def while_batch_runs(
                 await finished(session)
 
         watcher = asyncio.create_task(watch())
-        phase = await open_loop(base + "/chat/completions", key, rate, seconds, lambda: bool(ended))
+        phase = await open_loop(
+            base + "/chat/completions", key, rate, seconds, INTERACTIVE_BODY, lambda: bool(ended)
+        )
         watcher.cancel()
         after, t1 = await finished(session), time.perf_counter()
     overlap = min(ended[0] if ended else phase.stop, phase.stop) - phase.start
@@ -247,9 +191,19 @@ models:
         quiet = None
         if a.interactive_rate:
             # A second's calls first, not counted: new connections and first-call costs.
-            asyncio.run(open_loop(base + "/chat/completions", key, a.interactive_rate, 1.0))
+            asyncio.run(
+                open_loop(
+                    base + "/chat/completions", key, a.interactive_rate, 1.0, INTERACTIVE_BODY
+                )
+            )
             quiet = asyncio.run(
-                open_loop(base + "/chat/completions", key, a.interactive_rate, a.interactive_s)
+                open_loop(
+                    base + "/chat/completions",
+                    key,
+                    a.interactive_rate,
+                    a.interactive_s,
+                    INTERACTIVE_BODY,
+                )
             )
         data = b"".join(lines(a.lines))
         t0 = time.perf_counter()

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from open_loop import Phase, open_loop, percentile
 from procstat import cpu_seconds
 from tokenomy_procs import free_port, start
 
@@ -58,49 +59,18 @@ def body(content: str, max_tokens: int) -> bytes:
     return json.dumps({"model": "sim-small", "messages": msgs, "max_tokens": max_tokens}).encode()
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return values[min(len(values) - 1, max(0, round(q / 100 * len(values)) - 1))]
+PAYING_BODY = body("A paying tenant's call: say something short.", 16)
 
 
 @dataclass
-class Phase:
-    latencies: list[float] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-    refused: int = 0  # the hostile tenant's answers (402)
+class Result:
+    """A phase: the paying tenant's calls, and the broke tenant's answers meanwhile."""
+
+    paying: Phase = field(default_factory=Phase)
+    refused: int = 0  # the broke tenant's answers (402)
     other: dict[str, int] = field(default_factory=dict)  # its other answers, by status
     seconds: float = 0.0
     cpu_s: float = 0.0
-
-
-async def paying(
-    session: aiohttp.ClientSession, url: str, key: str, rate: float, seconds: float, phase: Phase
-) -> None:
-    """Call i at ``start + i / rate`` whatever the answers do; latency from that start."""
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    data = body("A paying tenant's call: say something short.", 16)
-
-    async def one(due: float) -> None:
-        try:
-            async with session.post(url, data=data, headers=headers) as r:
-                await r.read()
-                if r.status == 200:
-                    phase.latencies.append(time.perf_counter() - due)
-                else:
-                    phase.errors[str(r.status)] = phase.errors.get(str(r.status), 0) + 1
-        except (aiohttp.ClientError, TimeoutError) as e:
-            phase.errors[type(e).__name__] = phase.errors.get(type(e).__name__, 0) + 1
-
-    tasks = []
-    t0 = time.perf_counter() + 0.05
-    for i in range(int(rate * seconds)):
-        due = t0 + i / rate
-        if (delay := due - time.perf_counter()) > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(due)))
-    await asyncio.gather(*tasks)
-    phase.latencies.sort()
 
 
 async def hostile(
@@ -109,7 +79,7 @@ async def hostile(
     key: str,
     data: bytes,
     stop: asyncio.Event,
-    phase: Phase,
+    phase: Result,
 ) -> None:
     """One connection's worth of refused calls, back to back until ``stop``."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
@@ -151,15 +121,12 @@ def wrk_summary(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
 
 async def run_phase(
     url: str, keys: tuple[str, str], a: argparse.Namespace, n_hostile: int, pid: int, tmp: Path
-) -> Phase:
-    phase = Phase()
+) -> Result:
+    phase = Result()
     big = body(prompt(a.prompt_bytes), 1024)
     timeout = aiohttp.ClientTimeout(total=60)
     wrk = None
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as good,
-        aiohttp.ClientSession(timeout=timeout) as bad,
-    ):
+    async with aiohttp.ClientSession(timeout=timeout) as bad:
         stop = asyncio.Event()
         attackers = []
         if n_hostile and a.hostile_client == "wrk":
@@ -172,7 +139,7 @@ async def run_phase(
         if n_hostile:
             await asyncio.sleep(1.0)  # under way before the paying tenant's calls are timed
         t0, c0, r0 = time.perf_counter(), cpu_seconds(pid), phase.refused
-        await paying(good, url, keys[0], a.rate, a.seconds, phase)
+        phase.paying = await open_loop(url, keys[0], a.rate, a.seconds, PAYING_BODY)
         phase.seconds, phase.cpu_s = time.perf_counter() - t0, cpu_seconds(pid) - c0
         phase.refused -= r0
         stop.set()
@@ -189,14 +156,16 @@ async def run_phase(
     return phase
 
 
-def report(quiet: Phase, noisy: Phase, a: argparse.Namespace) -> None:
+def report(quiet: Result, noisy: Result, a: argparse.Namespace) -> None:
     print(f"paying tenant at {a.rate:g}/s, latency from scheduled start (ms):")
     print(f"{'':12}{'alone':>10}{'beside 402s':>14}{'moved':>10}")
     for name, q in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0)):
-        x, y = percentile(quiet.latencies, q) * 1000, percentile(noisy.latencies, q) * 1000
+        x = percentile(quiet.paying.latencies, q) * 1000
+        y = percentile(noisy.paying.latencies, q) * 1000
         print(f"{name:12}{x:>10.2f}{y:>14.2f}{y - x:>+10.2f}")
-    print(f"{'ok':12}{len(quiet.latencies):>10}{len(noisy.latencies):>14}")
-    print(f"{'errors':12}{sum(quiet.errors.values()):>10}{sum(noisy.errors.values()):>14}")
+    alone, beside = quiet.paying, noisy.paying
+    print(f"{'ok':12}{len(alone.latencies):>10}{len(beside.latencies):>14}")
+    print(f"{'errors':12}{sum(alone.errors.values()):>10}{sum(beside.errors.values()):>14}")
     rate = noisy.refused / noisy.seconds
     extra = noisy.cpu_s - quiet.cpu_s * noisy.seconds / quiet.seconds
     # Beside the paying load's own CPU (scaled to the phase): noise can make it negative.
