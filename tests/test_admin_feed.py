@@ -52,36 +52,38 @@ async def test_a_refresh_with_10000_orgs_and_3_changed_sends_the_3(live: RedisLe
     for org_id in loaded:
         await r.hset(f"{live.p}org:{org_id}", mapping={"admin": 0, "used": 0, "held": 0})
     calls = counting(live)
-    feed = AdminTotalsFeed(live, full_every=1_000)
+    feed = AdminTotalsFeed(live)
     totals = {org_id: 1_000 for org_id in ORGS}
 
-    assert await feed.push(ORGS, totals) == 10_000  # the first refresh sends every total
+    assert await feed.push_all(ORGS, totals) == 10_000  # the first refresh sends every total
     assert calls == {"calls": 10_000 // SET_ADMIN_BATCH, "orgs": 10_000}
 
-    assert await feed.push(ORGS, totals) == 0  # an idle refresh: nothing sent
+    assert await feed.push_changed(totals) == 0  # an idle refresh: nothing sent
     assert calls["calls"] == 10_000 // SET_ADMIN_BATCH
 
     changed = {ORGS[1]: 5_000, ORGS[3]: 7_000, ORGS[9_999]: 9_000}  # top-ups elsewhere
     totals |= changed
-    assert await feed.push(ORGS, totals) == 3
+    assert await feed.push_changed(totals) == 3
     assert calls == {"calls": 10_000 // SET_ADMIN_BATCH + 1, "orgs": 10_003}
     admins = [int(await r.hget(f"{live.p}org:{o}", "admin") or -1) for o in loaded]
     assert admins == [1_000, 5_000, 1_000, 7_000, 1_000]
     assert not await r.exists(f"{live.p}org:{ORGS[9_999]}")  # not loaded: left alone
 
 
-async def test_every_so_many_refreshes_all_totals_are_sent_again(live: RedisLedger) -> None:
+async def test_a_full_push_sends_all_totals_again(live: RedisLedger) -> None:
+    # (The reader decides when: every so many refreshes, see test_admin_totals_reader.)
     calls = counting(live)
-    feed = AdminTotalsFeed(live, full_every=3)
+    feed = AdminTotalsFeed(live)
     totals = {org_id: 1 for org_id in ORGS[:700]}
-    sent = [await feed.push(totals, totals) for _ in range(7)]
-    assert sent == [700, 0, 0, 700, 0, 0, 700]
-    assert calls["calls"] == 3 * 2  # 700 orgs: two calls each time
+    sent = [await feed.push_all(totals, totals), await feed.push_changed(totals)]
+    sent.append(await feed.push_all(totals, totals))
+    assert sent == [700, 0, 700]
+    assert calls["calls"] == 2 * 2  # 700 orgs: two calls each time
 
 
 async def test_an_org_whose_admin_transactions_are_gone_is_set_to_zero() -> None:
     mem = MemoryLedger(FakeLoader(admin={PREPAID.id: 50}))
     feed = AdminTotalsFeed(mem)
     assert (await mem.org_state(OrgMeter(PREPAID))).admin == 50
-    await feed.push([PREPAID.id], {})  # no admin total in the database now
+    await feed.push_all([PREPAID.id], {})  # no admin total in the database now
     assert (await mem.org_state(OrgMeter(PREPAID))).admin == 0

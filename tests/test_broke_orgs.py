@@ -49,13 +49,14 @@ def test_forget_drops_the_org_at_once() -> None:
 
 async def test_the_admin_feed_tells_which_totals_moved() -> None:
     told: list[set[str]] = []
-    feed = AdminTotalsFeed(
-        MemoryLedger(FakeLoader()), full_every=3, on_change=lambda o: told.append(set(o))
-    )
+    feed = AdminTotalsFeed(MemoryLedger(FakeLoader()), on_change=lambda o: told.append(set(o)))
     orgs = ["org_a", "org_b", "org_c"]
-    await feed.push(orgs, {"org_a": 5})
+    await feed.push_all(orgs, {"org_a": 5})
     assert told == [set(orgs)]  # the first push: every total is new
-    await feed.push(orgs, {"org_a": 5})
+    await feed.push_changed({"org_a": 5})
+    await feed.push_all(orgs, {"org_a": 5})
     assert told == [set(orgs)]  # nothing moved: nobody told
-    await feed.push(orgs, {"org_a": 5, "org_b": 7})  # a full push (every 3rd) all the same
+    await feed.push_all(orgs, {"org_a": 5, "org_b": 7})  # a full push all the same
     assert told[-1] == {"org_b"}
+    await feed.push_changed({"org_c": 3})
+    assert told[-1] == {"org_c"}

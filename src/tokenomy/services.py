@@ -164,13 +164,10 @@ class Services:
         await asyncio.to_thread(self.accounts.refresh)
         if self._admin_feed is None or self._admin_reader is None:
             self._admin_reader = AdminTotalsReader(self.ledger)
-            # Every push() is a full one: the reader says when (at its own full reads).
-            self._admin_feed = AdminTotalsFeed(
-                self.live, full_every=1, on_change=self.ledger_stage.broke.forget
-            )
+            self._admin_feed = AdminTotalsFeed(self.live, on_change=self.ledger_stage.broke.forget)
         totals, everyone = await asyncio.to_thread(self._admin_reader.read)
         if everyone:
-            await self._admin_feed.push(self.accounts.orgs, totals)
+            await self._admin_feed.push_all(self.accounts.orgs, totals)
         else:
             await self._admin_feed.push_changed(totals)
 

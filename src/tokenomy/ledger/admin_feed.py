@@ -3,15 +3,15 @@
 The gateway refreshes the totals every second or so. Setting every org's total in the
 live ledger each time cost one script call per org per refresh: with 10,000 orgs, 10,000
 calls a second against Redis for a gateway doing nothing. The feed remembers what it set
-and sends only the totals that changed, many to a call; every ``full_every`` refreshes
-it sends them all again, which bounds how long a meter loaded from an older read of the
-database (a load racing a top-up) can show a stale total.
+and, between full pushes, sends only the totals that changed, many to a call.
 
 Reading every org's total every second cost as much again (10,000 topped-up orgs: 11 ms
 of the gateway's CPU and 25 ms of PostgreSQL's, a second). The reader reads all of them
-only every ``full_every`` refreshes; in between, only the totals of the orgs with an
-admin transaction in the last ``margin_s`` (time-indexed), which re-reads a top-up for a
-while after it is made, so one committed a little after its timestamp is not missed.
+only every ``full_every`` refreshes, and those are pushed whole, which bounds how long a
+meter loaded from an older read of the database (a load racing a top-up) can show a
+stale total; in between, it reads only the totals of the orgs with an admin transaction
+in the last ``margin_s`` (time-indexed), which re-reads a top-up for a while after it is
+made, so one committed a little after its timestamp is not missed.
 """
 
 from __future__ import annotations
@@ -69,35 +69,24 @@ class AdminTotalsFeed:
     """What the live ledger was last told of each org's admin total, and the changes."""
 
     def __init__(
-        self,
-        live: LiveLedger,
-        *,
-        full_every: int = 60,
-        on_change: Callable[[Iterable[str]], None] | None = None,
+        self, live: LiveLedger, *, on_change: Callable[[Iterable[str]], None] | None = None
     ) -> None:
         self._live = live
         #: Told the orgs whose totals changed (not the full pushes' unchanged ones).
         self._on_change = on_change
-        self._full_every = full_every
         self._sent: dict[str, int] = {}
-        self._refreshes = 0
 
-    async def push(self, org_ids: Iterable[str], totals: Mapping[str, int]) -> int:
-        """Set the totals of ``org_ids`` (0 for an org without any) that changed since the
-        last push, or all of them on every ``full_every``-th; returns how many were set."""
-        full = self._refreshes % self._full_every == 0
-        self._refreshes += 1
+    async def push_all(self, org_ids: Iterable[str], totals: Mapping[str, int]) -> int:
+        """Set the totals of every one of ``org_ids`` (0 for an org without any), changed
+        or not; returns how many were set."""
         now = {org_id: totals.get(org_id, 0) for org_id in org_ids}
-        moved = {o: t for o, t in now.items() if self._sent.get(o) != t}
-        changed = now if full else moved
-        if changed:
-            await self._live.set_admin_totals(changed)
-        if moved and self._on_change is not None:
-            self._on_change(moved)
+        if now:
+            await self._live.set_admin_totals(now)
+        self._told({o: t for o, t in now.items() if self._sent.get(o) != t})
         # Remembered once set (a failed push is sent again next time); orgs gone are
         # forgotten.
         self._sent = now
-        return len(changed)
+        return len(now)
 
     async def push_changed(self, totals: Mapping[str, int]) -> int:
         """Set those of ``totals`` (some orgs' whole totals) that differ from what was
@@ -105,7 +94,10 @@ class AdminTotalsFeed:
         moved = {o: t for o, t in totals.items() if self._sent.get(o) != t}
         if moved:
             await self._live.set_admin_totals(moved)
-            if self._on_change is not None:
-                self._on_change(moved)
+            self._told(moved)
             self._sent.update(moved)
         return len(moved)
+
+    def _told(self, moved: Mapping[str, int]) -> None:
+        if moved and self._on_change is not None:
+            self._on_change(moved)
