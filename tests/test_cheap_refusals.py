@@ -300,3 +300,31 @@ def test_a_broke_org_s_small_request_is_read_refused_and_recorded(gateway: Gatew
     assert gateway.services.ledger_stage.broke.refused == before
     key_id = gateway.services.key_cache.lookup(key).id  # type: ignore[union-attr]
     assert len(gateway.wait_events(2, key_id=key_id)) == 2
+
+
+def test_the_official_sdks_get_their_402_from_a_broke_org_either_way(gateway: Gateway) -> None:
+    # Refused from the head (body still arriving) or read and refused (it came with the
+    # head): the SDK sees the same 402 in its own dialect, and does not retry it.
+    import anthropic
+    import openai
+
+    org = gateway.new_org(0)
+    key = gateway.new_key(org_id=org)
+    stage = gateway.services.ledger_stage
+    assert ask(gateway, key, BIG).status_code == 402 and org in stage.broke
+    oa = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as e:
+        oa.chat.completions.create(
+            model="ds-reasoner", max_tokens=10, messages=[{"role": "user", "content": BIG}]
+        )
+    assert e.value.status_code == 402
+    assert isinstance(e.value.body, dict) and e.value.body["code"] == "insufficient_quota"
+    assert f"org {org}" in e.value.body["message"]
+    an = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as a:
+        an.messages.create(
+            model="ds-reasoner", max_tokens=10, messages=[{"role": "user", "content": BIG}]
+        )
+    assert a.value.status_code == 402
+    assert isinstance(a.value.body, dict) and a.value.body["type"] == "error"
+    assert "Insufficient funds" in a.value.body["error"]["message"]
