@@ -183,10 +183,13 @@ async def serve(svc: Services, ex: BenchExchange) -> bytes:
 
 #: The user message, when --prompt-bytes asks for a long one.
 USER: list[str] = []
+#: The request mode streams are asked as ("long" with --long-stream: the model named as
+#: its vendor names it, so its events pass without a rename, as in ``make bench``).
+STREAM_MODE = ["sse"]
 
 
 def body_for(mode: str) -> bytes:
-    return request_body(mode, *USER)
+    return request_body(STREAM_MODE[0] if mode == "sse" else mode, *USER)
 
 
 async def run_round(
@@ -301,6 +304,7 @@ def main() -> int:
         USER.append(prompt(args.prompt_bytes))
     if args.long_stream:
         ANSWERS["sse"] = long_sse_body()
+        STREAM_MODE[0] = "long"
     logging.basicConfig(level=logging.WARNING)
     try:
         import uvloop

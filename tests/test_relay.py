@@ -360,15 +360,16 @@ async def test_usage_on_a_chunk_with_choices_is_kept() -> None:
     assert out == fixture(name)
 
 
-def _odd_usage_stream() -> bytes:
+def _odd_usage_stream(separators: tuple[str, str] = (",", ":")) -> bytes:
     """An OpenAI stream with usage in odd places: null on every chunk, a mid-stream
     cumulative figure, the final one on the chunk that carries the last text, and
-    look-alikes of usage and of the end in the produced text."""
+    look-alikes of usage and of the end in the produced text; compact JSON unless
+    ``separators`` say otherwise."""
 
     def chunk(delta: dict[str, Any], usage: Any, finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
         body = {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [choice]}
-        data = json.dumps({**body, "usage": usage}, separators=(",", ":"))
+        data = json.dumps({**body, "usage": usage}, separators=separators)
         return b"data: " + data.encode() + b"\n\n"
 
     def used(out: int) -> dict[str, int]:
@@ -386,10 +387,13 @@ def _odd_usage_stream() -> bytes:
     )
 
 
-async def test_usage_in_odd_places_is_found_wherever_the_chunks_split() -> None:
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")], ids=["compact", "spaced"])
+async def test_usage_in_odd_places_is_found_wherever_the_chunks_split(
+    separators: tuple[str, str],
+) -> None:
     # Every split of the stream into two network chunks, and byte by byte: the usage
     # event or the end may straddle two chunks, or arrive with the events before them.
-    raw = _odd_usage_stream()
+    raw = _odd_usage_stream(separators)
     bytewise = [raw[i : i + 1] for i in range(len(raw))]
     for pieces in [[raw[:i], raw[i:]] for i in range(1, len(raw))] + [bytewise]:
         call = make_call("openai", wants_usage=True, model="m")
@@ -399,6 +403,34 @@ async def test_usage_in_odd_places_is_found_wherever_the_chunks_split() -> None:
         assert out == raw
         assert r.completed and call.status == "ok"
         assert call.usage == Usage(input_tokens=9, output_tokens=4)
+
+
+async def test_a_long_read_is_relayed_whole_with_its_final_usage() -> None:
+    # 2,000 events in one read, usage null on each but the last: the events before the
+    # usage chunk leave as they came; the usage is the last one, the end is seen.
+    body = b"".join(
+        b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
+        b'"delta":{"content":"w"},"finish_reason":null}],"usage":null}\n\n'
+        for _ in range(2_000)
+    )
+    final = b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[],'
+    final += b'"usage":{"prompt_tokens":3,"completion_tokens":2000,"total_tokens":2003}}\n\n'
+    raw = body + final + b"data: [DONE]\n\n"
+    call = make_call("openai", wants_usage=True, model="m")
+    out, r = await relay(call, FakeUpstream(raw, size=len(raw)), "openai")
+    assert out == raw
+    assert r.completed and call.status == "ok"
+    assert call.usage == Usage(input_tokens=3, output_tokens=2000)
+
+
+async def test_events_after_the_end_in_its_read_do_not_hide_it() -> None:
+    # A keep-alive comment after [DONE] in the same read: the stream still ended (the
+    # comment, after the end, is not passed on).
+    raw = _odd_usage_stream()
+    call = make_call("openai", wants_usage=True, model="m")
+    out, r = await relay(call, FakeUpstream(raw + b": keep-alive\n\n", size=10**6), "openai")
+    assert out == raw
+    assert r.completed and call.status == "ok"
 
 
 async def _replay(pieces: list[bytes]) -> AsyncIterator[bytes]:
