@@ -25,7 +25,7 @@ from sqlalchemy import select
 from tests.conftest import Gateway, make_config, sim_faults
 from tests.servers import ThreadServer
 from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, InferenceRoute
-from tokenomy.api.lean_server import MAX_AHEAD, MAX_HEAD, _ClientConnection
+from tokenomy.api.lean_server import MAX_AHEAD, MAX_HEAD, _chunk_parts, _ClientConnection
 from tokenomy.app import app_for
 from tokenomy.config import WriterConfig
 from tokenomy.core.errors import RateLimited
@@ -350,6 +350,9 @@ class _FakeTransport:
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
+    def writelines(self, parts: list[bytes]) -> None:
+        self.written.append(b"".join(parts))
+
     def close(self) -> None:
         self.closed = True
 
@@ -423,19 +426,19 @@ async def test_a_stream_waits_while_the_client_reads_slowly_and_fails_once_it_is
     tr = _FakeTransport()
     conn.connection_made(tr)  # type: ignore[arg-type]
     conn.pause_writing()
-    send = asyncio.ensure_future(conn.send(b"one"))
+    send = asyncio.ensure_future(conn.send([b"one"]))
     await asyncio.sleep(0.01)
     assert not send.done() and tr.written == [b"one"]
     conn.resume_writing()
     await asyncio.wait_for(send, 1)
     conn.pause_writing()
-    send = asyncio.ensure_future(conn.send(b"two"))
+    send = asyncio.ensure_future(conn.send([b"two"]))
     await asyncio.sleep(0.01)
     conn.connection_lost(None)
     with pytest.raises(ConnectionResetError):
         await asyncio.wait_for(send, 1)
     with pytest.raises(ConnectionResetError):
-        await conn.send(b"three")
+        await conn.send([b"three"])
 
 
 async def test_idle_connections_are_closed_busy_ones_are_not() -> None:
@@ -531,3 +534,17 @@ def test_a_cut_stream_is_committed_before_its_body_ends(sim: ThreadServer, tmp_p
     assert b"ended before it was complete" in data or b"broke off" in data
     sock.close()
     gw.shut_down()
+
+
+@pytest.mark.parametrize("size", [0, 1, 16 * 1024 - 1, 16 * 1024, 400_000])
+@pytest.mark.parametrize("last", [False, True])
+def test_a_chunk_is_framed_the_same_whether_copied_or_written_beside_its_framing(
+    size: int, last: bool
+) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    parts = _chunk_parts(b"HEAD\r\n\r\n", data, last)
+    assert len(parts) == (3 if size >= 16 * 1024 else 1)  # long data is not copied
+    if size >= 16 * 1024:
+        assert parts[1] is data
+    framed = (b"%x\r\n%b\r\n" % (size, data)) if size else b""
+    assert b"".join(parts) == b"HEAD\r\n\r\n" + framed + (b"0\r\n\r\n" if last else b"")

@@ -92,9 +92,22 @@ def _tokens(value: str) -> set[str]:
     return {t.strip() for t in value.lower().split(",")}
 
 
-def _chunk(data: bytes) -> bytes:
-    """``data`` as one chunk of a chunked body (never empty: that would end the body)."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
+#: A chunk at least this long is written beside its framing, not copied into it.
+_COPY_MAX = 16 * 1024
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+def _chunk_parts(head: bytes, data: bytes, last: bool) -> list[bytes]:
+    """``head`` (a stream's head, or b""), ``data`` as one chunk of a chunked body (none
+    when empty: an empty chunk would end the body) and, if ``last``, the body's end.
+
+    A long chunk (a burst of events read at once) stays a part of its own: the transport
+    writes the parts together (writev) where joining them would copy it once more."""
+    if not data:
+        return [head + _LAST_CHUNK if last else head]
+    if len(data) < _COPY_MAX:
+        return [b"%b%x\r\n%b\r\n%b" % (head, len(data), data, _LAST_CHUNK if last else b"")]
+    return [head + b"%x\r\n" % len(data), data, b"\r\n0\r\n\r\n" if last else b"\r\n"]
 
 
 def response_head(status: int, headers: Mapping[str, str], framing: str) -> bytes:
@@ -136,11 +149,10 @@ class _Exchange:
 
     async def send(self, chunk: bytes) -> None:
         if chunk:
-            await self.conn.send(self._take_head() + _chunk(chunk))
+            await self.conn.send(_chunk_parts(self._take_head(), chunk, last=False))
 
     async def end(self, chunk: bytes) -> None:
-        data = self._take_head() + (_chunk(chunk) if chunk else b"")
-        await self.conn.send(data + b"0\r\n\r\n")
+        await self.conn.send(_chunk_parts(self._take_head(), chunk, last=True))
 
     def _take_head(self) -> bytes:
         head, self.head = self.head, None
@@ -469,13 +481,17 @@ class _ClientConnection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.write(data)
 
-    async def send(self, data: bytes) -> None:
-        """Part of a stream; waits while the client is slow to read."""
+    async def send(self, parts: list[bytes]) -> None:
+        """Part of a stream (its bytes in ``parts``); waits while the client is slow to
+        read."""
         if self.lost:
             raise ConnectionResetError("the client closed the connection")
         assert self.transport is not None
         self.sent_stream = True
-        self.transport.write(data)
+        if len(parts) == 1:
+            self.transport.write(parts[0])
+        else:
+            self.transport.writelines(parts)
         if self.writing_paused:
             self.drain = self.site.loop.create_future()
             await self.drain
