@@ -77,3 +77,22 @@ def test_recent_admin_orgs_are_found_through_their_time_index(engine: Engine) ->
     )
     plan = query_plan(engine, q)
     assert "ix_ledger_txns_admin_ts" in plan, plan
+
+
+def test_a_bulk_top_up_is_re_read_for_seconds_not_a_minute(engine: Engine) -> None:
+    # Topping up every org at once (a monthly grant, or a seeded bench) had each refresh
+    # re-read all of their totals for a minute: on SQLite with 10,000 orgs, 97 ms of CPU a
+    # second for a gateway serving nothing. By default a top-up is re-read for a few
+    # seconds after it is made; the full read still comes round every minute.
+    ledger = LedgerStore(engine)
+    orgs = [ledger.create_org(f"b{i}", Currency.USD).id for i in range(50)]
+    for o in orgs:
+        ledger.post(Kind.TOPUP, o, 1_000)
+    later = [0.0]
+    source = Counting(ledger)
+    reader = AdminTotalsReader(source, clock=lambda: time.time() + later[0])
+    assert reader.read()[1]  # the first read is whole
+    assert len(reader.read()[0]) == 50  # just made: read again
+    later[0] = 10.0
+    assert reader.read() == ({}, False)
+    assert source.asked == [None, 50]
