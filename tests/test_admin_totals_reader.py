@@ -96,3 +96,22 @@ def test_a_bulk_top_up_is_re_read_for_seconds_not_a_minute(engine: Engine) -> No
     later[0] = 10.0
     assert reader.read() == ({}, False)
     assert source.asked == [None, 50]
+
+
+def test_more_recent_orgs_than_a_bounded_read_takes_are_read_whole(engine: Engine) -> None:
+    # An incremental read names its orgs in the query: SQLite takes at most 32,766 values
+    # in one statement, PostgreSQL's driver 65,535. A bulk top-up of more orgs than a
+    # bounded read takes is read whole instead, which also costs less than naming them.
+    ledger = LedgerStore(engine)
+    orgs = [ledger.create_org(f"m{i}", Currency.USD).id for i in range(30)]
+    source = Counting(ledger)
+    reader = AdminTotalsReader(source, full_every=100, full_above=20)
+    reader.read()
+    for o in orgs[:20]:
+        ledger.post(Kind.TOPUP, o, 100)
+    totals, full = reader.read()
+    assert not full and len(totals) == 20 and source.asked == [None, 20]
+    for o in orgs[20:]:
+        ledger.post(Kind.TOPUP, o, 100)
+    totals, full = reader.read()  # 30 recent orgs, over the bound
+    assert full and totals == {o: 100 for o in orgs} and source.asked[-1] is None

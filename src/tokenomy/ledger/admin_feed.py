@@ -28,6 +28,9 @@ from tokenomy.ledger.live import LiveLedger
 
 #: How far back each incremental read looks for admin transactions (seconds).
 MARGIN_S = 5.0
+#: The most orgs an incremental read names in its query (SQLite takes 32,766 values in
+#: one statement); more recent ones than that are read whole, which costs less anyway.
+FULL_ABOVE = 5_000
 
 
 class AdminTotalsSource(Protocol):
@@ -38,7 +41,8 @@ class AdminTotalsSource(Protocol):
 
 class AdminTotalsReader:
     """Reads the admin totals that may have changed since the last read (blocking: run it
-    on a worker thread): all of them on the first and every ``full_every``-th read."""
+    on a worker thread): all of them on the first and every ``full_every``-th read, and
+    when more than ``full_above`` orgs had an admin transaction lately."""
 
     def __init__(
         self,
@@ -46,10 +50,12 @@ class AdminTotalsReader:
         *,
         full_every: int = 60,
         margin_s: float = MARGIN_S,
+        full_above: int = FULL_ABOVE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._source = source
         self._full_every = full_every
+        self._full_above = full_above
         self._margin_ms = int(margin_s * 1000)
         self._clock = clock
         self._reads = 0
@@ -65,6 +71,8 @@ class AdminTotalsReader:
         orgs = self._source.admin_orgs_since(since)
         if not orgs:
             return {}, False
+        if len(orgs) > self._full_above:
+            return self._source.admin_totals(), True
         totals = self._source.admin_totals(orgs)
         return {o: totals.get(o, 0) for o in orgs}, False
 
