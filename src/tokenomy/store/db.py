@@ -23,6 +23,11 @@ def normalise_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
+#: SQLite's page size for a new database, and the WAL pages between checkpoints.
+SQLITE_PAGE_SIZE = 8192
+SQLITE_CHECKPOINT_PAGES = 5000
+
+
 def open_engine(url: str) -> Engine:
     """An engine tuned for the batched writer: WAL and a busy timeout on SQLite."""
     url = normalise_url(url)
@@ -32,9 +37,18 @@ def open_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
             cur = dbapi_conn.cursor()
+            # Before WAL, and only a new database takes it. Each flush of the usage writer
+            # dirties a leaf of every org and key index for every tenant it holds, and a
+            # commit's cost follows its page count more than its bytes: with 1,000
+            # tenants 8 KB pages took the writer from 63 to 50 µs a request.
+            cur.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
             # WAL lets readers (CLI, admin, analytics) run beside the single writer.
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoint every 40 MB of WAL rather than every 4 MB (1,000 pages of 4 KB):
+            # with many tenants a flush writes a few MB, so each commit also copied pages
+            # back, and a page rewritten by several flushes was copied once per flush.
+            cur.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
             cur.close()
 
         return engine
