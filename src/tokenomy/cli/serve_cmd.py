@@ -22,6 +22,7 @@ from tokenomy.app import app_for
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
 from tokenomy.config import Config, ConfigError, DatabaseConfig
 from tokenomy.ledger.store import Kind, LedgerStore, NotFoundError
+from tokenomy.malloc_arenas import limit_arenas
 from tokenomy.services import build_services
 from tokenomy.store.keys import KeyStore
 
@@ -137,6 +138,7 @@ def _refuse_unpriced(cfg: Config) -> None:
 
 
 def _serve_one(cfg: Any, host: str, port: int, *, reuse_port: bool) -> None:
+    limit_arenas()  # before any thread starts: each would otherwise keep an arena of its own
     _install_uvloop()
     app = app_for(build_services(cfg))
     app.on_startup.append(_settle_gc)  # last: after every other start-up hook

@@ -1,0 +1,41 @@
+"""A cap on the C allocator's arenas, so the gateway's threads share their memory.
+
+glibc gives each thread that allocates while another holds an arena an arena of its own,
+up to eight per core, and memory freed in one is kept for that one. The gateway's
+background threads (the durable writer, the roll-ups, ``asyncio.to_thread``) each grew
+one under load: with 1,000 tenants in rotation the process held 130 MB, 117 MB with two
+arenas, at the same CPU. A no-op off glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+__all__ = ["ARENAS", "limit_arenas"]
+
+log = logging.getLogger(__name__)
+
+#: Arenas the process may use: the event loop's thread and one shared by the others.
+ARENAS = 2
+#: ``mallopt``'s parameter number for the arena cap (malloc.h).
+_M_ARENA_MAX = -8
+
+
+def limit_arenas(n: int = ARENAS) -> bool:
+    """Cap the arenas at ``n`` for every thread started from now on; True when the C
+    library took it. Call before the first background thread starts."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc (musl, macOS): nothing to cap
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = bool(mallopt(_M_ARENA_MAX, n))
+    if not ok:
+        log.debug("the C library refused an arena cap of %d", n)
+    return ok
