@@ -406,3 +406,49 @@ async def test_a_share_too_small_for_one_hold_reserves_nothing(prefix: str) -> N
         assert await redis_org(prefix) == (20_000, 0, 1_000)  # the exact hold alone
     finally:
         await live.close()
+
+
+async def test_a_cold_leases_usage_waits_to_be_posted_with_more_of_its_own(prefix: str) -> None:
+    """200 orgs with one request each per sync interval (as 1,000 orgs in rotation have
+    at a few thousand requests a second): posting every lease at every sync sent Redis
+    a lease's worth of work for every request. A lease with little usage waits (at most
+    ``post_max_s``) until it has more; none is left unposted for longer than that, even
+    when no request comes to schedule a sync."""
+    orgs = [Org(f"org_{i:03d}", "O", Currency.USD, Mode.PREPAID) for i in range(200)]
+    live = replica(FakeLoader(admin={o.id: 10**12 for o in orgs}), prefix, flush_s=0.02)
+    posted: list[int] = []  # leases carried by each sync call
+    sync = live._sync
+
+    async def counted(leases: list[Any], give_back: bool) -> None:
+        posted.append(len(leases))
+        await sync(leases, give_back)
+
+    live._sync = counted  # type: ignore[method-assign]
+    ids = iter(range(10**9))
+
+    async def rounds(n: int) -> None:
+        for _ in range(n):
+            for org in orgs:
+                h = hold(next(ids), org, 1_000_000, 50, ())
+                await live.hold(h)
+                await live.settle_soon(h, 400_000, 20)
+            await asyncio.sleep(0.02)  # one request per org per sync interval
+
+    try:
+        await rounds(3)  # leased
+        await live.flush()
+        posted.clear()
+        started = time.monotonic()
+        await rounds(20)  # 4,000 requests
+        elapsed = time.monotonic() - started
+        # Each lease posted about once per post_max_s, not at every sync: 2,600 before.
+        assert sum(posted) <= len(orgs) * (elapsed / live.post_max_s + 1), (posted, elapsed)
+        assert sum(posted) <= 4000 / 4, posted
+        # With no more requests, what waits is posted within post_max_s all the same.
+        await asyncio.sleep(live.post_max_s + 0.2)
+        r = Redis.from_url(require_redis())
+        used = [int(await r.hget(prefix + OrgMeter(o).key, "used") or 0) for o in orgs]
+        await r.aclose()
+        assert used == [23 * 400_000] * len(orgs)
+    finally:
+        await live.close()
