@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -61,6 +61,20 @@ def counting(live: LeasedLedger) -> dict[str, int]:
     inner._settle = wrap("settle", inner._settle)
     live._sync_script = wrap("sync", live._sync_script)
     return n
+
+
+async def in_rotation(
+    live: LeasedLedger, orgs: list[Org], ids: Iterator[int], rounds: int, pause_s: float = 0.0
+) -> None:
+    """``rounds`` times a request from each org in turn (held, then settled), pausing
+    ``pause_s`` after each round."""
+    for _ in range(rounds):
+        for org in orgs:
+            h = hold(next(ids), org, 1_000_000, 50, ())
+            await live.hold(h)
+            await live.settle_soon(h, 400_000, 20)
+        if pause_s:
+            await asyncio.sleep(pause_s)
 
 
 async def redis_org(prefix: str) -> tuple[int, int, int]:
@@ -375,11 +389,7 @@ async def test_cold_orgs_in_rotation_cost_no_more_calls_a_request_than_a_hot_one
     ids = iter(range(10**9))
 
     async def rounds(n: int) -> None:
-        for _ in range(n):
-            for org in orgs:
-                h = hold(next(ids), org, 1_000_000, 50, ())
-                await live.hold(h)
-                await live.settle_soon(h, 400_000, 20)
+        await in_rotation(live, orgs, ids, n)
 
     try:
         await rounds(3)  # each org seen a few times in its first second
@@ -427,12 +437,8 @@ async def test_a_cold_leases_usage_waits_to_be_posted_with_more_of_its_own(prefi
     ids = iter(range(10**9))
 
     async def rounds(n: int) -> None:
-        for _ in range(n):
-            for org in orgs:
-                h = hold(next(ids), org, 1_000_000, 50, ())
-                await live.hold(h)
-                await live.settle_soon(h, 400_000, 20)
-            await asyncio.sleep(0.02)  # one request per org per sync interval
+        # One request per org per sync interval.
+        await in_rotation(live, orgs, ids, n, pause_s=0.02)
 
     try:
         await rounds(3)  # leased
