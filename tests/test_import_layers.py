@@ -22,7 +22,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(layer)
     for layer in (
         {"catalog"},  # vendors, models, prices as data
-        {"core", "aio"},  # the call, usage, deployments, errors, ids; an asyncio seam
+        # the call, usage, deployments, errors, ids; an asyncio seam; the C allocator's cap
+        {"core", "aio", "malloc_arenas"},
         {"billing"},  # money, prices, FX, a call's price: pure
         {"config", "store"},  # the configuration; database, Redis, the batched writer
         {"providers", "tracing"},  # vendor protocols; OpenTelemetry spans
