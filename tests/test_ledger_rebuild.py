@@ -280,3 +280,70 @@ async def test_later_rebuild_rounds_read_the_totals_once_and_ask_only_about_requ
         assert (st.used, st.held) == (250, 100)  # the late usage counted once
     finally:
         await live.close()
+
+
+async def test_a_quiet_leases_waiting_usage_goes_to_the_rebuild_with_the_busy_ones(
+    prefix: str,
+) -> None:
+    """A lease with little usage waits to post it. When another lease's sync finds the
+    state lost, the waiting usage goes to the rebuild in the same round, as unposted
+    entries it checks against the database: posted after the rebuild, usage the writer
+    had committed meanwhile was counted twice (once in the snapshot)."""
+    from tokenomy.billing.money import Currency
+    from tokenomy.ledger.accounts import Mode, Org
+    from tokenomy.ledger.leased import POST_ITEMS
+
+    quiet = Org("org_quiet", "Q", Currency.USD, Mode.PREPAID)
+    loader = FakeLoader(admin={PREPAID.id: 10**9, quiet.id: 10**9})
+    live = LeasedLedger(ledger(loader, prefix), share=0.1, hot_holds=1, flush_s=60)
+    try:
+        ids = iter(range(1, 10**6))
+        for org in (PREPAID, quiet):  # leased
+            await live.hold(h := hold(next(ids), org, 1_000, 0, ()))
+            await live.settle(h, 1_000, 0)
+            loader.used[org.id] = 1_000
+            loader.recorded.add(h.id)
+        await live.sync(list(live._leases.values()))  # both given a reserve
+        busy = [hold(next(ids), PREPAID, 1_000, 0, ()) for _ in range(POST_ITEMS)]
+        waiting = hold(next(ids), quiet, 1_000, 0, ())
+        for h in [*busy, waiting]:
+            await live.hold(h)
+            await live.settle_soon(h, 500, 0)
+        assert live.leased_holds == POST_ITEMS + 1
+        await lose_everything(prefix)
+        # The writer has committed every request; the busy lease's sync finds the loss.
+        for h in [*busy, waiting]:
+            loader.used[h.org.org.id] += 500  # type: ignore[union-attr]
+            loader.recorded.add(h.id)
+        await live._background_sync()
+        assert await live.inner.recovery.wait(5)
+        await live.flush()
+        for org in (PREPAID, quiet):
+            st = await live.inner.org_state(OrgMeter(org))
+            assert st.used == loader.used[org.id], org.id
+    finally:
+        await live.close()
+
+
+def test_a_lease_never_waits_to_post_longer_than_half_the_rebuild_grace(prefix: str) -> None:
+    """A process whose leases wait to post must still call Redis, and so see a loss, well
+    within the grace the rebuild gives every process to hand over what it has."""
+    live = LeasedLedger(ledger(FakeLoader(), prefix), flush_s=0.05)
+    assert live.post_max_s <= live.inner.recovery.grace_s / 2
+    live.inner.recovery.grace_s = 0.5
+    assert LeasedLedger(live.inner, flush_s=0.05).post_max_s == 0.25
+
+
+async def test_usage_counted_after_the_writer_committed_it_is_not_kept(prefix: str) -> None:
+    """A lease may post a request's usage after the writer committed it: remembered as
+    uncommitted, it stayed for ten minutes (and would be handed to a rebuild)."""
+    live = ledger(FakeLoader(admin={PREPAID.id: 10_000}), prefix)
+    committed = live.watch_commits()
+    try:
+        committed(usage_items("req_early"))
+        live.counted("req_early", (prefix + OrgMeter(PREPAID).key, 500, 0, "o"))
+        live.counted("req_late", (prefix + OrgMeter(PREPAID).key, 300, 0, "o"))
+        kept = [k for k in live.inflight() if k.startswith("u ")]
+        assert kept == [f"u req_late {prefix}{OrgMeter(PREPAID).key}"]
+    finally:
+        await live.close()

@@ -59,7 +59,9 @@ SYNC_SLICE = 64
 #: 1,000 orgs with a request or two each per sync had Redis do a lease's work for every
 #: request (half of its CPU). A busy lease has this many within one sync interval.
 POST_ITEMS = 8
-#: ``post_max_s`` in sync intervals (``flush_s``) by default.
+#: ``post_max_s`` in sync intervals (``flush_s``) by default, and never more than half the
+#: rebuild's grace: a process must call Redis, and so see a loss, while the rebuild still
+#: waits for what it has to hand over.
 POST_MAX_FLUSHES = 10
 
 
@@ -156,7 +158,9 @@ class LeasedLedger:
         self._p = inner.p
         self._share_ppm = int(share * 1_000_000)
         self._flush_s = flush_s
-        self.post_max_s = POST_MAX_FLUSHES * flush_s if post_max_s is None else post_max_s
+        if post_max_s is None:
+            post_max_s = min(POST_MAX_FLUSHES * flush_s, inner.recovery.grace_s / 2)
+        self.post_max_s = post_max_s
         self._ttl_s = lease_ttl_s
         self._hot = hot_holds
         self._sync_script = inner.register_script(SYNC)
@@ -311,18 +315,26 @@ class LeasedLedger:
     async def _background_sync(self) -> None:
         try:
             wanted, self._wanted = self._wanted, set()
-            now, wait = time.monotonic(), self.post_max_s
+            now, waiting = time.monotonic(), False
             due: list[MeterLease] = []
             for ls in self._leases.values():
                 if ls.key in wanted or ls.post_due(now, self.post_max_s):
                     due.append(ls)
                 elif ls.used or ls.tused:
-                    wait = min(wait, ls.since + self.post_max_s - now)
-            if due:
-                await self.sync(due)
-            if wait < self.post_max_s:
-                # Usage left waiting is posted when due even if no request comes.
-                self._schedule(max(wait, self._flush_s))
+                    waiting = True
+            if due and await self.sync(due):
+                # The state is lost: what the other leases wait to post goes to the
+                # rebuild now too, checked there against the database. Posted after it,
+                # usage the writer had committed meanwhile would count twice.
+                sent = set(map(id, due))
+                rest = [ls for ls in self._leases.values() if id(ls) not in sent]
+                rest = [ls for ls in rest if ls.used or ls.tused]
+                if rest:
+                    await self.sync(rest)
+            if waiting:
+                # Usage left waiting is posted when due even if no request comes: this
+                # round ends by scheduling the next, a sync interval from now.
+                self._schedule(self._flush_s)
             self._engine.worked("syncing ledger leases with Redis")
         except Exception as e:
             # The usage it carried is posted again (see _sync); the next sync sets the
@@ -330,20 +342,23 @@ class LeasedLedger:
             self._engine.failed("syncing ledger leases with Redis", e)
             self._engine.retry()
 
-    async def sync(self, leases: list[MeterLease], *, give_back: bool = False) -> None:
+    async def sync(self, leases: list[MeterLease], *, give_back: bool = False) -> bool:
         """Post the leases' settled usage and set their reserves: ``share`` of what is
         free (never less than they hold now), or (``give_back``) only what is in use.
 
         One call at a time: the usage a call posts leaves the leases when it is sent, so
         two calls in flight never post it twice. At most SYNC_SLICE leases a call, each
-        sent once the one before is answered."""
+        sent once the one before is answered. True when Redis had lost the state (the
+        usage went to the rebuild)."""
+        lost = False
         async with self._lock:
             for i in range(0, len(leases), SYNC_SLICE):
-                await self._sync(leases[i : i + SYNC_SLICE], give_back)
+                lost = await self._sync(leases[i : i + SYNC_SLICE], give_back) or lost
+        return lost
 
-    async def _sync(self, leases: list[MeterLease], give_back: bool) -> None:
+    async def _sync(self, leases: list[MeterLease], give_back: bool) -> bool:
         keys: list[str] = [self._p + "holds"]
-        posted: list[tuple[MeterLease, int, int, list[tuple[str, int, int]]]] = []
+        posted: list[tuple[MeterLease, int, int, list[tuple[str, int, int]], float]] = []
         items: list[Any] = []
         # The record outlives its deadline in the holds set by a day, as a hold's does:
         # the expiry sweep releases by the set and needs the record to know how much.
@@ -351,7 +366,7 @@ class LeasedLedger:
         args: list[Any] = [int((time.time() + self._ttl_s) * 1000), record_ms, len(leases)]
         for ls in leases:
             used, tused = ls.used, ls.tused
-            posted.append((ls, used, tused, ls.items))
+            posted.append((ls, used, tused, ls.items, ls.since))
             for rid, nanos, toks in ls.items:
                 items += [len(posted), rid, nanos, toks]
             keys += [self._p + ls.key, self._p + "hold:" + ls.id]
@@ -369,10 +384,12 @@ class LeasedLedger:
             # what the database lacks); a call that timed out after Redis applied it is
             # recognised by its base, and only the usage it did not carry is added.
             # Nothing more is admitted from these reserves until a call succeeds.
-            for ls, used, tused, done in posted:
+            for ls, used, tused, done, since in posted:
                 ls.used += used
                 ls.tused += tused
                 ls.items[:0] = done
+                if done:  # as old as its oldest usage, not a request settled meanwhile
+                    ls.since = since
                 ls.reserve, ls.treserve = min(ls.reserve, ls.held), min(ls.treserve, ls.theld)
             raise
         now = time.monotonic()
@@ -384,7 +401,7 @@ class LeasedLedger:
                 ls.reserve, ls.treserve = ls.keep
                 ls.renewed_at = now
             self.inner.recovery.start()
-            return
+            return True
         for i, ls in enumerate(leases):
             ok, reserve, treserve = (int(v) for v in res[3 * i : 3 * i + 3])
             if ok:
@@ -395,6 +412,7 @@ class LeasedLedger:
             # database, it counts what the writer recorded) and holds no reserve.
             ls.reserve, ls.treserve = (reserve, treserve) if ok else (0, 0)
             ls.renewed_at = now
+        return False
 
     def _post_args(self, ls: MeterLease, give_back: bool) -> list[Any]:
         """A lease's part of a sync call; its usage leaves it (posted, or put back when

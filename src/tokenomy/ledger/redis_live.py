@@ -52,6 +52,10 @@ RECORD_MARGIN_MS = 86_400_000
 #: How long usage counted in Redis waits for the writer's commit before this process
 #: stops publishing it after a loss (a writer that far behind is reported unhealthy).
 UNCOMMITTED_MAX_S = 600.0
+#: How long a request the writer committed is remembered: a lease posts its usage up to
+#: a few tenths of a second after settling, often after the commit, and usage counted
+#: then must not wait as uncommitted (ten minutes, handed to any rebuild meanwhile).
+RECENT_COMMITS_S = 5.0
 
 #: One meter's part of a request's usage: (meter key with prefix, nanos, tokens, kind
 #: 'o' org or 'b' budget), as an unposted entry has it.
@@ -216,6 +220,8 @@ class RedisLedger:
         #: (with when it was counted): a rebuild's snapshot lacks it, so it is published
         #: after a loss. Kept only once the writer reports commits (watch_commits).
         self._uncommitted: dict[str, tuple[float, list[Usage]]] | None = None
+        #: Requests the writer committed in the last RECENT_COMMITS_S, with when.
+        self._recent: dict[str, float] = {}
         #: Whether Redis is unreachable (logged once per outage, not per request).
         self._outage = False
 
@@ -326,15 +332,25 @@ class RedisLedger:
 
     def committed(self, items: Sequence[Item]) -> None:
         """The writer committed these rows: their usage is in the database now."""
-        if not self._uncommitted:
+        if self._uncommitted is None:
             return
+        now = time.monotonic()
+        recent = self._recent
         for table, row in items:
             if table is usage_events:
-                self._uncommitted.pop(row["request_id"], None)
+                rid = row["request_id"]
+                self._uncommitted.pop(rid, None)
+                recent[rid] = now
+        cutoff = now - RECENT_COMMITS_S
+        while recent:  # oldest first
+            rid = next(iter(recent))
+            if recent[rid] > cutoff:
+                break
+            del recent[rid]
 
     def counted(self, request_id: str, usage: Usage) -> None:
         """Redis counted one meter's part of a request's usage (see watch_commits)."""
-        if self._uncommitted is None:
+        if self._uncommitted is None or request_id in self._recent:
             return
         entry = self._uncommitted.get(request_id)
         if entry is None:
@@ -343,7 +359,7 @@ class RedisLedger:
             entry[1].append(usage)
 
     def _count_settle(self, hold: Hold, amount: int, tokens: int) -> None:
-        if self._uncommitted is None:
+        if self._uncommitted is None or hold.id in self._recent:
             return
         usage: list[Usage] = []
         if hold.org is not None:
