@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 
@@ -39,7 +40,7 @@ def _arenas(mode: str) -> int:
     return int(out.stdout.strip())
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
 def test_threads_started_after_the_cap_share_two_arenas() -> None:
     assert _arenas("free") > 2  # the control: six busy threads take arenas of their own
     assert _arenas("capped") <= 2

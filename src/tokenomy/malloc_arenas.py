@@ -10,7 +10,6 @@ arenas, at the same CPU. A no-op off glibc.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 __all__ = ["ARENAS", "limit_arenas"]
@@ -26,14 +25,12 @@ _M_ARENA_MAX = -8
 def limit_arenas(n: int = ARENAS) -> bool:
     """Cap the arenas at ``n`` for every thread started from now on; True when the C
     library took it. Call before the first background thread starts."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # The process's own symbols, the C library's among them: no search for its file
+        # (find_library runs ldconfig, absent from minimal images).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return False  # not glibc (musl, macOS): nothing to cap
+        return False  # no mallopt (macOS): nothing to cap
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = bool(mallopt(_M_ARENA_MAX, n))
     if not ok:
