@@ -112,8 +112,9 @@ class LedgerConfig(_Strict):
     lease_share: float = Field(0.01, ge=0, le=0.5)
     #: How long usage settled against a lease waits before it is posted to Redis (all
     #: meters in one call); a meter with a few requests' usage waits up to ten times that
-    #: for more. A process killed outright leaves that much usage (at most its reserve)
-    #: out of the live counters (not out of the durable ledger) until they are rebuilt.
+    #: (at most half the 0.5 s a rebuild waits for every process) for more. A process
+    #: killed outright leaves that much usage (at most its reserve) out of the live
+    #: counters (not out of the durable ledger) until they are rebuilt.
     lease_flush_ms: int = Field(50, ge=1, le=10_000)
 
 
