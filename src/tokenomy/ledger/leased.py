@@ -327,8 +327,8 @@ class LeasedLedger:
                 # rebuild now too, checked there against the database. Posted after it,
                 # usage the writer had committed meanwhile would count twice.
                 sent = set(map(id, due))
-                rest = [ls for ls in self._leases.values() if id(ls) not in sent]
-                rest = [ls for ls in rest if ls.used or ls.tused]
+                leases = self._leases.values()
+                rest = [ls for ls in leases if (ls.used or ls.tused) and id(ls) not in sent]
                 if rest:
                     await self.sync(rest)
             if waiting:
