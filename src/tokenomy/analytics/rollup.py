@@ -87,6 +87,26 @@ PG_BATCH: Final = 20_000
 SQLITE_BATCH: Final = 5_000
 
 
+#: PostgreSQL: take whole set markers (0020) while the batch has room (always one), and
+#: put their events in the batch. The running sum is over the set markers only: a few
+#: hundred even while the roll-ups catch up.
+_TAKE_SETS: Final = text(
+    """
+WITH sized AS (
+  SELECT request_id, sum(cardinality(request_ids)) OVER (ORDER BY request_id)
+         - cardinality(request_ids) AS before
+  FROM analytics_pending WHERE request_ids IS NOT NULL
+), taken AS (
+  DELETE FROM analytics_pending
+  WHERE request_id IN (SELECT request_id FROM sized WHERE before < :room)
+  RETURNING request_ids, bucket_ms
+)
+INSERT INTO _rollup_batch (request_id, bucket_ms)
+SELECT unnest(request_ids), bucket_ms FROM taken
+"""
+)
+
+
 def _minutes_from(conn: Connection) -> int:
     """Where minute buckets start (0 until pruned): before it, hours come from events."""
     q = select(analytics_state.c.value).where(analytics_state.c.name == _MINUTES_FROM)
@@ -182,13 +202,19 @@ class Rollups:
                 conn.execute(delete(BATCH))
                 conn.execute(delete(DELTA))
             p = analytics_pending.c
-            taken = select(p.request_id, p.bucket_ms).limit(self.batch_size)
+            taken = select(p.request_id, p.bucket_ms)
+            if self._pg:
+                taken = taken.where(p.request_ids.is_(None))
+            taken = taken.limit(self.batch_size)
             conn.execute(insert(BATCH).from_select(["request_id", "bucket_ms"], taken))
             n = int(conn.execute(select(func.count()).select_from(BATCH)).scalar() or 0)
+            if n:
+                in_batch = p.request_id.in_(select(BATCH.c.request_id))
+                conn.execute(delete(analytics_pending).where(in_batch))
+            if self._pg and n < self.batch_size:
+                n += conn.execute(_TAKE_SETS, {"room": self.batch_size - n}).rowcount
             if not n:
                 return 0
-            in_batch = p.request_id.in_(select(BATCH.c.request_id))
-            conn.execute(delete(analytics_pending).where(in_batch))
             b = BATCH.c
             q = select(b.bucket_ms).where(b.request_id.like(RECOMPUTE + "%"))
             repairs = {int(m) for m in conn.execute(q).scalars()}

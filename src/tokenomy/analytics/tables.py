@@ -3,17 +3,19 @@ roll up.
 
 ``usage_rollups`` holds one row per (period, bucket, org, project, key, model, vendor,
 country, region, status, currency) with additive measures only, so any coarser view is
-a SUM over rows. ``analytics_pending`` holds one marker per usage event not yet rolled
-up, inserted by a trigger on ``usage_events`` (only for events actually inserted, so a
-replay leaves none); the roll-up job adds the marked events onto the buckets and deletes
-the markers in one transaction (see ``rollup.py``).
+a SUM over rows. ``analytics_pending`` marks the usage events not yet rolled up,
+inserted by a trigger on ``usage_events`` (only for events actually inserted, so a replay
+leaves none): on SQLite one marker per event, on PostgreSQL one per statement and minute
+holding its events' ids (0020); the roll-up job adds the marked events onto the buckets
+and deletes the markers in one transaction (see ``rollup.py``).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from sqlalchemy import BigInteger, Column, Index, String, Table
+from sqlalchemy import BigInteger, Column, Index, String, Table, Text
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from tokenomy.analytics.histogram import NBUCKETS
 from tokenomy.store.schema import metadata
@@ -80,6 +82,9 @@ analytics_pending = Table(
     metadata,
     Column("request_id", String(64), primary_key=True),
     Column("bucket_ms", BigInteger, nullable=False),  # the event's minute
+    # A set marker's events (PostgreSQL, 0020): its id is "set:<uuid>", and every event
+    # in it falls in its minute. NULL for one event's marker (its own request id).
+    Column("request_ids", ARRAY(String(64)).with_variant(Text(), "sqlite"), nullable=True),
     Index("ix_analytics_pending_bucket", "bucket_ms"),
 )
 
