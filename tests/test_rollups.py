@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, MetaData, Table, delete, select, text
 
 from tests.conftest import migrated_engine
-from tokenomy.analytics import rollup
+from tokenomy.analytics import buckets, rollup
 from tokenomy.analytics.histogram import bucket_of, quantile
 from tokenomy.analytics.rollup import DAY, HOUR, MINUTE, Rollups, RollupWorker
 from tokenomy.analytics.tables import (
@@ -313,6 +313,36 @@ def test_downgrading_from_set_markers_keeps_every_pending_event(engine: Engine) 
     migrate(engine)
     new_rollups(engine).refresh()
     assert markers(engine) == set() and stored(engine) == brute_force(events)
+
+
+def test_a_run_looks_its_events_up_by_id_on_postgresql(engine: Engine) -> None:
+    """A run reads only its batch's events, by the primary key, even while PostgreSQL
+    still believes the table small (a new database under load, not yet analysed): as a
+    join it read every event for each run, a cost growing with the table."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite finds IN (SELECT ...) through the primary key itself")
+    clear(engine)
+    rng = random.Random(47)
+    write(engine, [make_event(rng, i) for i in range(6000)])
+    with engine.connect() as conn:
+        conn.execute(text("DELETE FROM analytics_pending"))
+        conn.commit()
+    write(engine, [make_event(rng, i) for i in range(6000, 8000)])
+    sel = buckets.events_select("m", COUNTRIES, REGIONS, batched=True, postgresql=True)
+    with engine.begin() as conn:
+        for ddl in buckets.create_temp_tables():
+            conn.execute(ddl)
+        conn.execute(
+            text(
+                f"INSERT INTO {buckets.BATCH.name} (request_id, bucket_ms) "
+                "SELECT unnest(request_ids), bucket_ms FROM analytics_pending"
+            )
+        )
+        compiled = sel.compile(dialect=engine.dialect)
+        plan = " ".join(
+            r[0] for r in conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params)
+        )
+    assert "usage_events_pkey" in plan and "Seq Scan on usage_events" not in plan, plan
 
 
 def test_a_crash_mid_run_loses_nothing(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:

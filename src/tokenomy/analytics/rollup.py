@@ -231,7 +231,9 @@ class Rollups:
         if self._delta_insert is None:
             # Built once: making the expression (a CASE per histogram bound, the country
             # and region maps) took 10 ms of a 30 ms run, holding the GIL each time.
-            sel = events_select("m", self.countries, self.regions, batched=True)
+            sel = events_select(
+                "m", self.countries, self.regions, batched=True, postgresql=self._pg
+            )
             self._delta_insert = insert(DELTA).from_select(list(ROLLUP_COLS), sel)
         cells = conn.execute(self._delta_insert).rowcount
         if cells < 0:  # a driver that does not say
