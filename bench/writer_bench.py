@@ -9,7 +9,9 @@ request:
 
 - SQLite: the writing thread's CPU (the database runs in it) and the roll-ups'.
 - PostgreSQL: the writer connection's backend, and every backend on the database (the
-  roll-ups' included), read from /proc beside ``pg_stat_activity``; and the client side.
+  roll-ups' included), read from /proc beside ``pg_stat_activity``; the client side; and
+  the bytes of write-ahead log a request makes (the work itself, unlike CPU steady on a
+  busy machine; other databases' writes meanwhile count too).
 
     python bench/writer_bench.py [--db sqlite|postgres|both] [--orgs 1,1000]
         [--requests 200000] [--flush 325] [--rollup-every 1950]
@@ -128,6 +130,13 @@ def _backends(engine: Engine) -> list[int]:
         return [int(r[0]) for r in c.execute(q)]
 
 
+def _wal_lsn(engine: Engine) -> str | None:
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as c:
+        return str(c.execute(text("SELECT pg_current_wal_lsn()")).scalar_one())
+
+
 def run(kind: str, orgs: int, requests: int, flush: int, rollup_every: int) -> dict[str, float]:
     with database(kind) as engine:
         sink, rollups, gen = Sink(engine), Rollups(engine), Requests(orgs)
@@ -143,6 +152,7 @@ def run(kind: str, orgs: int, requests: int, flush: int, rollup_every: int) -> d
             cur.close()
         all_cpu: Callable[[], float] = lambda: sum(map(_backend_cpu_s, _backends(engine)))  # noqa: E731
         w0, a0 = _backend_cpu_s(writer_pid), all_cpu() if kind == "postgresql" else 0.0
+        lsn0 = _wal_lsn(engine)
         write_s = rollup_s = 0.0
         n0, since = gen.n, 0
         while gen.n - n0 < requests:
@@ -163,6 +173,11 @@ def run(kind: str, orgs: int, requests: int, flush: int, rollup_every: int) -> d
         if kind == "postgresql":
             out["writer_backend"] = (_backend_cpu_s(writer_pid) - w0) / n * 1e6
             out["all_backends"] = (all_cpu() - a0) / n * 1e6
+            # Bytes of write-ahead log: the write work itself, steady however busy the
+            # machine is (the CPU figures are not).
+            with engine.connect() as c:
+                q = text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), :lsn)")
+                out["wal_bytes"] = float(c.execute(q, {"lsn": lsn0}).scalar_one()) / n
         sink.close()
         return out
 
