@@ -1,8 +1,10 @@
 """Incremental roll-ups of usage events into minute, hour and day buckets.
 
-How each event is counted exactly once: inserting a usage event inserts a marker in
-``analytics_pending`` (a trigger, migration 0005), and only when the event itself was
-inserted: a replayed event (same request id) is skipped and leaves no marker. One
+How each event is counted exactly once: inserting a usage event inserts a marker (a
+trigger, migrations 0005 and 0020), and only when the event itself was inserted: a
+replayed event (same request id) is skipped and leaves no marker. On SQLite the marker is
+the event's own row in ``analytics_pending``; on PostgreSQL a row of
+``analytics_pending_sets`` marks every event one statement inserted in one minute. One
 roll-up transaction takes a batch of markers, aggregates their events into per-minute
 sums, adds those onto every period's stored buckets (an upsert on each bucket's cell),
 deletes the markers and commits; a crash before commit leaves the markers for the next
@@ -47,7 +49,12 @@ from tokenomy.analytics.buckets import (
     events_select,
     rollups_select,
 )
-from tokenomy.analytics.tables import analytics_pending, analytics_state, usage_rollups
+from tokenomy.analytics.tables import (
+    analytics_pending,
+    analytics_pending_sets,
+    analytics_state,
+    usage_rollups,
+)
 from tokenomy.catalog.vendors import load_presets
 from tokenomy.store.schema import usage_events
 
@@ -87,19 +94,11 @@ PG_BATCH: Final = 20_000
 SQLITE_BATCH: Final = 5_000
 
 
-#: PostgreSQL: take whole set markers (0020) while the batch has room (always one), and
-#: put their events in the batch. The running sum is over the set markers only: a few
-#: hundred even while the roll-ups catch up.
+#: PostgreSQL: the events of the set markers taken (0020) into the batch, the markers gone.
 _TAKE_SETS: Final = text(
     """
-WITH sized AS (
-  SELECT request_id, sum(cardinality(request_ids)) OVER (ORDER BY request_id)
-         - cardinality(request_ids) AS before
-  FROM analytics_pending WHERE request_ids IS NOT NULL
-), taken AS (
-  DELETE FROM analytics_pending
-  WHERE request_id IN (SELECT request_id FROM sized WHERE before < :room)
-  RETURNING request_ids, bucket_ms
+WITH taken AS (
+  DELETE FROM analytics_pending_sets WHERE id = ANY(:ids) RETURNING request_ids, bucket_ms
 )
 INSERT INTO _rollup_batch (request_id, bucket_ms)
 SELECT unnest(request_ids), bucket_ms FROM taken
@@ -202,17 +201,14 @@ class Rollups:
                 conn.execute(delete(BATCH))
                 conn.execute(delete(DELTA))
             p = analytics_pending.c
-            taken = select(p.request_id, p.bucket_ms)
-            if self._pg:
-                taken = taken.where(p.request_ids.is_(None))
-            taken = taken.limit(self.batch_size)
+            taken = select(p.request_id, p.bucket_ms).limit(self.batch_size)
             conn.execute(insert(BATCH).from_select(["request_id", "bucket_ms"], taken))
             n = int(conn.execute(select(func.count()).select_from(BATCH)).scalar() or 0)
             if n:
                 in_batch = p.request_id.in_(select(BATCH.c.request_id))
                 conn.execute(delete(analytics_pending).where(in_batch))
             if self._pg and n < self.batch_size:
-                n += conn.execute(_TAKE_SETS, {"room": self.batch_size - n}).rowcount
+                n += self._take_sets(conn, self.batch_size - n)
             if not n:
                 return 0
             b = BATCH.c
@@ -225,6 +221,23 @@ class Rollups:
             if repairs:
                 self._recompute(conn, repairs)
             return n
+
+    def _take_sets(self, conn: Connection, room: int) -> int:
+        """Put the events of the oldest set markers in the batch while it has room (one
+        set at least, whole sets only); returns how many events that added. Reads at most
+        ``room`` markers, however long the queue."""
+        s = analytics_pending_sets.c
+        q = select(s.id, s.events).order_by(s.id).limit(room)
+        ids: list[int] = []
+        events = 0
+        for set_id, n in conn.execute(q):
+            if events >= room:
+                break
+            ids.append(int(set_id))
+            events += int(n)
+        if not ids:
+            return 0
+        return int(conn.execute(_TAKE_SETS, {"ids": ids}).rowcount)
 
     def _add_events(self, conn: Connection) -> None:
         """Add the batch's events' sums onto every period's buckets."""
@@ -269,11 +282,12 @@ class Rollups:
         hours = sorted({m - m % HOUR for m in minutes})
         pruned = [h for h in hours if h < kept_from]
         self._from_events(conn, "h", pruned)
-        p = analytics_pending.c
-        for i in range(0, len(kept), 500):
-            conn.execute(delete(analytics_pending).where(p.bucket_ms.in_(kept[i : i + 500])))
-        for h in pruned:
-            conn.execute(delete(analytics_pending).where(p.bucket_ms >= h, p.bucket_ms < h + HOUR))
+        for t in (analytics_pending, analytics_pending_sets):
+            b = t.c.bucket_ms
+            for i in range(0, len(kept), 500):
+                conn.execute(delete(t).where(b.in_(kept[i : i + 500])))
+            for h in pruned:
+                conn.execute(delete(t).where(b >= h, b < h + HOUR))
         self._from_rollups(conn, "h", "m", [h for h in hours if h >= kept_from])
         days = sorted({h - h % DAY for h in hours})
         self._from_rollups(conn, "d", "h", days)
@@ -289,6 +303,7 @@ class Rollups:
                 # markers and reading the events would be counted, then added again.
                 conn.execute(text("LOCK TABLE usage_events IN SHARE MODE"))
             conn.execute(delete(analytics_pending))
+            conn.execute(delete(analytics_pending_sets))
             conn.execute(delete(analytics_state).where(analytics_state.c.name == _MINUTES_FROM))
             self._pruned_to = 0  # every minute is back: the next prune_expired drops them
             conn.execute(delete(usage_rollups))

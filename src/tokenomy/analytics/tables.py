@@ -3,18 +3,19 @@ roll up.
 
 ``usage_rollups`` holds one row per (period, bucket, org, project, key, model, vendor,
 country, region, status, currency) with additive measures only, so any coarser view is
-a SUM over rows. ``analytics_pending`` marks the usage events not yet rolled up,
-inserted by a trigger on ``usage_events`` (only for events actually inserted, so a replay
-leaves none): on SQLite one marker per event, on PostgreSQL one per statement and minute
-holding its events' ids (0020); the roll-up job adds the marked events onto the buckets
-and deletes the markers in one transaction (see ``rollup.py``).
+a SUM over rows. The usage events not yet rolled up are marked by a trigger on
+``usage_events`` (only for events actually inserted, so a replay leaves none): on SQLite
+one marker per event in ``analytics_pending``; on PostgreSQL one per statement and minute
+in ``analytics_pending_sets``, holding its events' ids (0020). ``analytics_pending`` also
+holds repairs (``reconcile:<minute>``). The roll-up job adds the marked events onto the
+buckets and deletes the markers in one transaction (see ``rollup.py``).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from sqlalchemy import BigInteger, Column, Index, String, Table, Text
+from sqlalchemy import BigInteger, Column, Index, Integer, String, Table, Text
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from tokenomy.analytics.histogram import NBUCKETS
@@ -82,10 +83,23 @@ analytics_pending = Table(
     metadata,
     Column("request_id", String(64), primary_key=True),
     Column("bucket_ms", BigInteger, nullable=False),  # the event's minute
-    # A set marker's events (PostgreSQL, 0020): its id is "set:<uuid>", and every event
-    # in it falls in its minute. NULL for one event's marker (its own request id).
-    Column("request_ids", ARRAY(String(64)).with_variant(Text(), "sqlite"), nullable=True),
     Index("ix_analytics_pending_bucket", "bucket_ms"),
+)
+
+#: PostgreSQL (0020): one marker per statement of the usage writer and minute, holding
+#: the ids of the events it inserted in that minute (a marker row per event, deleted again
+#: by the roll-ups, cost the writer's connection a sixth of its CPU). A table of its own,
+#: not rows of ``analytics_pending``: a replica still running the code before it, during a
+#: rolling upgrade, would take such a row for one event's and drop its events. Ids are in
+#: insertion order, so runs take the oldest first. Empty on SQLite.
+analytics_pending_sets = Table(
+    "analytics_pending_sets",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("bucket_ms", BigInteger, nullable=False),  # the minute every event in it falls in
+    Column("events", Integer, nullable=False),  # how many ids it holds
+    Column("request_ids", ARRAY(String(64)).with_variant(Text(), "sqlite"), nullable=False),
+    Index("ix_analytics_pending_sets_bucket", "bucket_ms"),
 )
 
 #: Small durable settings of the roll-up job, such as how far back minutes are kept.
