@@ -275,6 +275,10 @@ class Rollups:
     def _recompute(self, conn: Connection, minutes: Iterable[int]) -> None:
         """Recompute these minutes (and their hours, days and coarser copies) from the
         raw events; the markers of their events go, as those events are now counted."""
+        if self._pg:
+            # Writers wait until the commit: an event committed between reading a
+            # minute's events and deleting its markers would lose its marker uncounted.
+            conn.execute(text("LOCK TABLE usage_events IN SHARE MODE"))
         kept_from = _minutes_from(conn)
         minutes = sorted(set(minutes))
         kept = [m for m in minutes if m >= kept_from]
