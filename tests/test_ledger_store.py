@@ -335,3 +335,39 @@ def test_a_usage_transaction_enters_no_index_ordered_by_org(kind: str, tmp_path:
             f"WHERE p.account = '{org.account}' ORDER BY t.ts_ms"
         )
         assert "ix_ledger_postings_account" in query_plan(engine, statement)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_project_budget_reads_its_org_index(kind: str, tmp_path: Path) -> None:
+    """Usage events keep no index by project: a project budget's spend was read through
+    the time index, every tenant's events of the period (on the request path, the first
+    time a bucket is loaded). It now goes through its org's index, and still counts only
+    the project's events."""
+    from tests.conftest import migrated_engine, query_plan
+    from tokenomy.ledger import snapshot
+    from tokenomy.store.schema import usage_events
+    from tokenomy.store.writer import insert_ignoring_duplicates
+
+    with migrated_engine(kind, tmp_path) as engine:
+        store = LedgerStore(engine)
+        org, other = store.create_org("A", "USD"), store.create_org("B", "USD")
+        prj, prj2 = store.create_project(org.id, "p"), store.create_project(org.id, "q")
+        now = int(time.time() * 1000)
+        rows = []
+        for i, (org_id, project, cost) in enumerate(
+            [(org.id, prj.id, 5), (org.id, prj.id, 7), (org.id, prj2.id, 11),
+             (org.id, None, 13), (other.id, None, 17)]
+        ):  # fmt: skip
+            rows.append((usage_events, {
+                "request_id": f"r{i}", "ts_ms": now, "key_id": "k", "org_id": org_id,
+                "project_id": project, "endpoint": "chat", "dialect": "openai", "model": "m",
+                "stream": False, "status": "ok", "http_status": 200, "usage_source": "upstream",
+                "latency_ms": 1, "cost_nanos": cost, "input_tokens": cost,
+            }))  # fmt: skip
+        insert_ignoring_duplicates(engine, rows)
+        meter = store.set_budget("project", prj.id, "month", amount_nanos=10**9).meter(now)
+        with engine.connect() as conn:
+            assert snapshot.budget_spent(conn, meter) == (12, 12)
+            q = snapshot.spent_query(conn, meter)
+        sql = str(q.compile(engine, compile_kwargs={"literal_binds": True}))
+        assert "ix_usage_events_org_ts" in query_plan(engine, sql), sql

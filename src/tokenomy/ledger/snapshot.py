@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Select, and_, func, select
 
 from tokenomy.ledger.accounts import BudgetMeter, Scope
-from tokenomy.store.schema import ADMIN_KINDS, ledger_postings, ledger_txns, usage_events
+from tokenomy.store.schema import ADMIN_KINDS, ledger_postings, ledger_txns, projects, usage_events
 
 #: Request ids asked about in one statement.
 _CHUNK = 500
@@ -78,6 +78,14 @@ def all_org_totals(conn: Connection, org_ids: Collection[str]) -> dict[str, tupl
 
 def budget_spent(conn: Connection, meter: BudgetMeter) -> tuple[int, int]:
     """(nanos, tokens) of usage recorded in the budget's bucket."""
+    nanos, tokens = conn.execute(spent_query(conn, meter)).one()
+    return int(nanos), int(tokens)
+
+
+def spent_query(conn: Connection, meter: BudgetMeter) -> Select[Any]:
+    """The sums of :func:`budget_spent`, each scope's through an index: a project's
+    events through its org's (there is none by project; by time alone it read every
+    tenant's events of the period)."""
     b = meter.budget
     e = usage_events.c
     if b.scope is Scope.USER:
@@ -91,14 +99,15 @@ def budget_spent(conn: Connection, meter: BudgetMeter) -> tuple[int, int]:
             Scope.TASK: e.task_id,
         }[b.scope]
         cond = [col == b.scope_id, e.ts_ms >= meter.start_ms]
+        if b.scope is Scope.PROJECT:
+            q = select(projects.c.org_id).where(projects.c.id == b.scope_id)
+            cond.append(e.org_id == conn.execute(q).scalar_one_or_none())
     if meter.end_ms is not None:
         cond.append(usage_events.c.ts_ms < meter.end_ms)
-    q = select(
+    return select(
         func.coalesce(func.sum(usage_events.c.cost_nanos), 0),
         func.coalesce(func.sum(usage_events.c.input_tokens + usage_events.c.output_tokens), 0),
     ).where(and_(*cond))
-    nanos, tokens = conn.execute(q).one()
-    return int(nanos), int(tokens)
 
 
 #: A budget bucket outlives its period by a week in Redis, for statements and late settles.
