@@ -7,8 +7,10 @@ writer's PostgreSQL CPU, and as much again in the roll-ups. It now inserts one r
 minute the statement's events fall in, into ``analytics_pending_sets``, with their ids;
 still only for the rows the statement really inserted. A table of its own: a replica
 still running the roll-ups before this revision (a rolling upgrade) reads only
-``analytics_pending`` and leaves the sets to the new ones. SQLite's trigger runs per row
-and stays as it was (the table is there, empty).
+``analytics_pending`` and leaves the sets to the new ones. Repairs and rebuilds
+(``Rollups.reconcile``, ``Rollups.rebuild``) must not run from such a replica: it would
+recompute minutes from their events and leave their sets, counted again later. SQLite's
+trigger runs per row and stays as it was (the table is there, empty).
 
 Revision ID: 0020
 Revises: 0019
