@@ -96,14 +96,17 @@ SQLITE_BATCH: Final = 5_000
 
 #: PostgreSQL: the events of the set markers taken (0020) into the batch, the markers gone.
 _TAKE_SETS: Final = text(
-    """
+    f"""
 WITH taken AS (
   DELETE FROM analytics_pending_sets WHERE id = ANY(:ids) RETURNING request_ids, bucket_ms
 )
-INSERT INTO _rollup_batch (request_id, bucket_ms)
+INSERT INTO {BATCH.name} (request_id, bucket_ms)
 SELECT unnest(request_ids), bucket_ms FROM taken
 """
 )
+#: PostgreSQL: writers wait until the commit (a rebuild's or a repair's), so no event is
+#: committed between reading the events and deleting their markers.
+_HOLD_WRITERS: Final = text("LOCK TABLE usage_events IN SHARE MODE")
 
 
 def _minutes_from(conn: Connection) -> int:
@@ -278,7 +281,7 @@ class Rollups:
         if self._pg:
             # Writers wait until the commit: an event committed between reading a
             # minute's events and deleting its markers would lose its marker uncounted.
-            conn.execute(text("LOCK TABLE usage_events IN SHARE MODE"))
+            conn.execute(_HOLD_WRITERS)
         kept_from = _minutes_from(conn)
         minutes = sorted(set(minutes))
         kept = [m for m in minutes if m >= kept_from]
@@ -305,7 +308,7 @@ class Rollups:
             if self._pg:
                 # Writers wait until the commit: an event committed between dropping the
                 # markers and reading the events would be counted, then added again.
-                conn.execute(text("LOCK TABLE usage_events IN SHARE MODE"))
+                conn.execute(_HOLD_WRITERS)
             conn.execute(delete(analytics_pending))
             conn.execute(delete(analytics_pending_sets))
             conn.execute(delete(analytics_state).where(analytics_state.c.name == _MINUTES_FROM))
