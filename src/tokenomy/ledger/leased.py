@@ -38,7 +38,7 @@ from tokenomy.core.ids import UniqueIds
 from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.lease_script import SYNC
 from tokenomy.ledger.live import BudgetState, Hold, LiveStateUnavailable, OrgState, Shortfall
-from tokenomy.ledger.redis_live import RECORD_MARGIN_MS, RedisLedger
+from tokenomy.ledger.redis_live import RECENT_COMMITS_S, RECORD_MARGIN_MS, RedisLedger
 from tokenomy.store.lease_engine import Lease, LeaseEngine
 from tokenomy.store.writer import Item
 
@@ -59,10 +59,12 @@ SYNC_SLICE = 64
 #: 1,000 orgs with a request or two each per sync had Redis do a lease's work for every
 #: request (half of its CPU). A busy lease has this many within one sync interval.
 POST_ITEMS = 8
-#: ``post_max_s`` in sync intervals (``flush_s``) by default, and never more than half the
-#: rebuild's grace: a process must call Redis, and so see a loss, while the rebuild still
-#: waits for what it has to hand over.
-POST_MAX_FLUSHES = 10
+#: ``post_max_s`` in sync intervals (``flush_s``) by default (2 s at 50 ms), and never more
+#: than half of how long the ledger remembers the writer's commits (see RECENT_COMMITS_S).
+#: At 0.25 s (half the rebuild's grace, as it was bounded), an org with a few requests a
+#: second was posted at every one or two of them: over half of Redis's CPU with 1,000
+#: orgs in rotation. Seeing a loss in time no longer depends on it (see loss_check_s).
+POST_MAX_FLUSHES = 40
 
 
 @dataclass(slots=True, eq=False)
@@ -136,7 +138,7 @@ class LeasedLedger:
 
     ``share`` is the part of a meter's free funds (and tokens) one process reserves;
     ``flush_s`` how long settled usage waits before it is posted (with every other
-    meter's, in one call), and ``post_max_s`` (default ten of those) how long a lease
+    meter's, in one call), and ``post_max_s`` (default 40 of those) how long a lease
     with fewer than :data:`POST_ITEMS` requests' usage may wait for more; ``idle_s`` how
     long an unused reserve is kept.
     """
@@ -159,8 +161,10 @@ class LeasedLedger:
         self._share_ppm = int(share * 1_000_000)
         self._flush_s = flush_s
         if post_max_s is None:
-            post_max_s = min(POST_MAX_FLUSHES * flush_s, inner.recovery.grace_s / 2)
+            post_max_s = min(POST_MAX_FLUSHES * flush_s, RECENT_COMMITS_S / 2)
         self.post_max_s = post_max_s
+        #: When this process last sent a sync (monotonic clock): see loss_check_s.
+        self._called_at = 0.0
         self._ttl_s = lease_ttl_s
         self._hot = hot_holds
         self._sync_script = inner.register_script(SYNC)
@@ -312,16 +316,30 @@ class LeasedLedger:
     def _schedule(self, delay: float) -> None:
         self._engine.schedule(delay)
 
+    @property
+    def loss_check_s(self) -> float:
+        """The longest this process goes without a sync while usage waits to be posted:
+        half the grace a rebuild gives every process to hand over what it has. Posted
+        after another replica's rebuild, usage the writer had committed meanwhile would
+        count twice, so waiting usage must reach the rebuild (see _background_sync)."""
+        return self.inner.recovery.grace_s / 2
+
     async def _background_sync(self) -> None:
         try:
             wanted, self._wanted = self._wanted, set()
-            now, waiting = time.monotonic(), False
+            now = time.monotonic()
             due: list[MeterLease] = []
+            oldest: MeterLease | None = None  # of the leases whose usage waits
             for ls in self._leases.values():
                 if ls.key in wanted or ls.post_due(now, self.post_max_s):
                     due.append(ls)
-                elif ls.used or ls.tused:
-                    waiting = True
+                elif (ls.used or ls.tused) and (oldest is None or ls.since < oldest.since):
+                    oldest = ls
+            waiting = oldest is not None
+            if not due and oldest is not None and now - self._called_at >= self.loss_check_s:
+                # No sync for a while: the usage that waited longest goes early, and the
+                # call sees a loss in time. One lease's work, not every waiting lease's.
+                due.append(oldest)
             if due and await self.sync(due):
                 # The state is lost: what the other leases wait to post goes to the
                 # rebuild now too, checked there against the database. Posted after it,
@@ -375,6 +393,7 @@ class LeasedLedger:
         args.append(len(items) // 4)
         args += items
         self.syncs += 1
+        self._called_at = time.monotonic()
         try:
             res = await self._sync_script(keys=keys, args=args)
         except BaseException:
