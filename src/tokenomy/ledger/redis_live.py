@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -219,9 +220,12 @@ class RedisLedger:
         #: Usage counted in Redis the writer has not reported committed yet, by request
         #: (with when it was counted): a rebuild's snapshot lacks it, so it is published
         #: after a loss. Kept only once the writer reports commits (watch_commits).
-        self._uncommitted: dict[str, tuple[float, list[Usage]]] | None = None
-        #: Requests the writer committed in the last RECENT_COMMITS_S, with when.
-        self._recent: dict[str, float] = {}
+        self._uncommitted: OrderedDict[str, tuple[float, list[Usage]]] | None = None
+        #: Requests the writer committed in the last RECENT_COMMITS_S, with when, oldest
+        #: first. Ordered dicts: a plain dict emptied from the front is scanned past every
+        #: slot emptied before (it does not compact as it shrinks), and forgetting a
+        #: burst's commits stalled the event loop for seconds.
+        self._recent: OrderedDict[str, float] = OrderedDict()
         #: Whether Redis is unreachable (logged once per outage, not per request).
         self._outage = False
 
@@ -327,7 +331,7 @@ class RedisLedger:
         """Keep the usage this process counts in Redis until the writer commits it; the
         writer's ``on_flushed`` is the returned callback."""
         if self._uncommitted is None:
-            self._uncommitted = {}
+            self._uncommitted = OrderedDict()
         return self.committed
 
     def committed(self, items: Sequence[Item]) -> None:
@@ -343,10 +347,10 @@ class RedisLedger:
                 recent[rid] = now
         cutoff = now - RECENT_COMMITS_S
         while recent:  # oldest first
-            rid = next(iter(recent))
-            if recent[rid] > cutoff:
+            rid, at = next(iter(recent.items()))
+            if at > cutoff:
                 break
-            del recent[rid]
+            recent.popitem(last=False)
 
     def counted(self, request_id: str, usage: Usage) -> None:
         """Redis counted one meter's part of a request's usage (see watch_commits)."""
