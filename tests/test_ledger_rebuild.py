@@ -7,9 +7,12 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Collection
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
+from redis import exceptions as rx
 from redis.asyncio import Redis
 from sqlalchemy import Table
 
@@ -325,6 +328,78 @@ async def test_a_quiet_leases_waiting_usage_goes_to_the_rebuild_with_the_busy_on
         await live.close()
 
 
+async def test_a_loss_a_give_back_finds_hands_every_leases_waiting_usage_over(
+    prefix: str,
+) -> None:
+    """Whatever sync finds the state lost (a round, an idle lease given back, a reserve
+    given back for a hold it stood in the way of), the usage every other lease waits to
+    post goes to the rebuild with it, not into the rebuilt counters after it."""
+    from tokenomy.billing.money import Currency
+    from tokenomy.ledger.accounts import Mode, Org
+
+    quiet = Org("org_quiet", "Q", Currency.USD, Mode.PREPAID)
+    loader = FakeLoader(admin={PREPAID.id: 10**9, quiet.id: 10**9})
+    live = LeasedLedger(ledger(loader, prefix), share=0.1, hot_holds=1, flush_s=60)
+    try:
+        ids = iter(range(1, 10**6))
+        for org in (PREPAID, quiet):  # leased
+            await live.hold(h := hold(next(ids), org, 1_000, 0, ()))
+            await live.settle(h, 1_000, 0)
+            loader.used[org.id] = 1_000
+            loader.recorded.add(h.id)
+        await live.sync(list(live._leases.values()))  # both given a reserve
+        waiting = hold(next(ids), quiet, 1_000, 0, ())
+        await live.hold(waiting)
+        await live.settle_soon(waiting, 500, 0)
+        await lose_everything(prefix)
+        loader.used[quiet.id] += 500  # the writer commits it
+        loader.recorded.add(waiting.id)
+        # The busy org's reserve goes back (as upkeep or a refused hold does it).
+        assert await live.sync([live._leases[OrgMeter(PREPAID).key]], give_back=True)
+        assert await live.inner.recovery.wait(5)
+        await live.flush()
+        st = await live.inner.org_state(OrgMeter(quiet))
+        assert st.used == 1_500
+    finally:
+        await live.close()
+
+
+async def test_usage_a_failed_flush_put_back_is_posted_soon(prefix: str) -> None:
+    """A flush whose sync fails puts the usage back; a round posts it (and would see a
+    loss) soon after, not only once the lease goes idle."""
+    live = replica_with(FakeLoader(admin={PREPAID.id: 10**9}), prefix)
+    try:
+        await live.hold(h := hold(1, PREPAID, 1_000, 0, ()))  # exact; leased
+        await live.settle(h, 1_000, 0)
+        await live.sync(list(live._leases.values()))
+        await live.hold(h := hold(2, PREPAID, 1_000, 0, ()))
+        await live.settle_soon(h, 500, 0)
+        sync = live._sync_script
+
+        def failing(**kw: Any) -> Any:
+            live._sync_script = sync
+            raise rx.ConnectionError("Redis went away")
+
+        live._sync_script = failing  # type: ignore[assignment]
+        with pytest.raises(rx.ConnectionError):
+            await live.flush()
+        started = time.monotonic()
+        r = Redis.from_url(require_redis())
+        while int(await r.hget(prefix + OrgMeter(PREPAID).key, "used") or 0) < 1_500:
+            assert time.monotonic() - started < 0.8, "not posted"
+            await asyncio.sleep(0.02)
+        await r.aclose()
+    finally:
+        await live.close()
+
+
+def replica_with(loader: FakeLoader, prefix: str) -> LeasedLedger:
+    """A leased replica with the default timings (a 0.5 s rebuild grace)."""
+    live = LeasedLedger(ledger(loader, prefix), share=0.1, hot_holds=1)
+    live.inner.recovery.grace_s = 0.5
+    return live
+
+
 async def test_usage_waiting_longer_than_the_grace_still_goes_to_another_replicas_rebuild(
     prefix: str,
 ) -> None:
@@ -333,8 +408,8 @@ async def test_usage_waiting_longer_than_the_grace_still_goes_to_another_replica
     see the loss, within half of it. Posted after another replica's rebuild, usage the
     writer had committed was counted twice (once in the snapshot)."""
     loader = FakeLoader(admin={PREPAID.id: 10**9})
-    live = LeasedLedger(ledger(loader, prefix), share=0.1, hot_holds=1, flush_s=0.02)
-    assert live.post_max_s > 0.5
+    live = LeasedLedger(ledger(loader, prefix), share=0.1, hot_holds=1, flush_s=0.05)
+    assert live.post_max_s == 2.0
     other = ledger(loader, prefix)  # another replica, on the same Redis and database
     other.recovery.grace_s = live.inner.recovery.grace_s = 0.5
     try:
@@ -343,17 +418,17 @@ async def test_usage_waiting_longer_than_the_grace_still_goes_to_another_replica
         await live.settle(h, 1_000, 0)
         loader.used[PREPAID.id] = 1_000
         loader.recorded.add(h.id)
-        await live.sync(list(live._leases.values()))
+        await live.sync(list(live._leases.values()))  # this process's last call
+        await lose_everything(prefix)
         waiting = hold(next(ids), PREPAID, 1_000, 0, ())
         await live.hold(waiting)
         await live.settle_soon(waiting, 500, 0)  # one request: it waits to be posted
-        assert live.leased_holds == 1
-        await asyncio.sleep(0.3)  # this process's last call is a while ago
-        await lose_everything(prefix)
+        assert live.leased_holds == 1  # no call of its own
         loader.used[PREPAID.id] += 500  # the writer commits it
         loader.recorded.add(waiting.id)
-        # The other replica finds the loss and rebuilds after its grace.
+        # The other replica finds the loss and rebuilds half a second later.
         await other.hold(hold(next(ids), PREPAID, 100, 0, ()))
+        assert live.inner.recovery.losses == 1  # this process saw it meanwhile
         assert await live.inner.recovery.wait(5)
         await live.flush()
         st = await other.org_state(OrgMeter(PREPAID))
@@ -376,7 +451,8 @@ async def test_forgetting_a_burst_of_commits_costs_the_event_loop_little(
     from tokenomy.ledger import redis_live
 
     clock = [1_000.0]
-    monkeypatch.setattr(redis_live.time, "monotonic", lambda: clock[0])
+    fake_time = SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    monkeypatch.setattr(redis_live, "time", fake_time)
     live = ledger(FakeLoader(), prefix)
     committed = live.watch_commits()
     try:
@@ -387,8 +463,11 @@ async def test_forgetting_a_burst_of_commits_costs_the_event_loop_little(
         for i in range(6_000):  # then 1,000 a second, one at a time
             clock[0] += 0.001
             committed(usage_items(f"after_{i}"))
-        assert not any(rid.startswith("req_") for rid in live._recent)
         assert time.perf_counter() - started < 1.5
+        # The burst forgotten, the last RECENT_COMMITS_S of commits (5,000) kept.
+        kept = list(live._recent)
+        assert kept == [f"after_{i}" for i in range(6_000 - len(kept), 6_000)]
+        assert 4_999 <= len(kept) <= 5_001
     finally:
         await live.close()
 

@@ -163,7 +163,8 @@ class LeasedLedger:
         if post_max_s is None:
             post_max_s = min(POST_MAX_FLUSHES * flush_s, RECENT_COMMITS_S / 2)
         self.post_max_s = post_max_s
-        #: When this process last sent a sync (monotonic clock): see loss_check_s.
+        #: When Redis last answered a sync of this process (monotonic clock): see
+        #: loss_check_s.
         self._called_at = 0.0
         self._ttl_s = lease_ttl_s
         self._hot = hot_holds
@@ -318,10 +319,11 @@ class LeasedLedger:
 
     @property
     def loss_check_s(self) -> float:
-        """The longest this process goes without a sync while usage waits to be posted:
+        """How long this process goes without a sync Redis answered, while usage waits
+        to be posted, before a round sends one (so at most this and a sync interval):
         half the grace a rebuild gives every process to hand over what it has. Posted
         after another replica's rebuild, usage the writer had committed meanwhile would
-        count twice, so waiting usage must reach the rebuild (see _background_sync)."""
+        count twice, so waiting usage must reach the rebuild (see sync)."""
         return self.inner.recovery.grace_s / 2
 
     async def _background_sync(self) -> None:
@@ -340,15 +342,8 @@ class LeasedLedger:
                 # No sync for a while: the usage that waited longest goes early, and the
                 # call sees a loss in time. One lease's work, not every waiting lease's.
                 due.append(oldest)
-            if due and await self.sync(due):
-                # The state is lost: what the other leases wait to post goes to the
-                # rebuild now too, checked there against the database. Posted after it,
-                # usage the writer had committed meanwhile would count twice.
-                sent = set(map(id, due))
-                leases = self._leases.values()
-                rest = [ls for ls in leases if (ls.used or ls.tused) and id(ls) not in sent]
-                if rest:
-                    await self.sync(rest)
+            if due:
+                await self.sync(due)
             if waiting:
                 # Usage left waiting is posted when due even if no request comes: this
                 # round ends by scheduling the next, a sync interval from now.
@@ -367,11 +362,23 @@ class LeasedLedger:
         One call at a time: the usage a call posts leaves the leases when it is sent, so
         two calls in flight never post it twice. At most SYNC_SLICE leases a call, each
         sent once the one before is answered. True when Redis had lost the state (the
-        usage went to the rebuild)."""
+        usage went to the rebuild, and every other lease's waiting usage with it)."""
         lost = False
         async with self._lock:
             for i in range(0, len(leases), SYNC_SLICE):
                 lost = await self._sync(leases[i : i + SYNC_SLICE], give_back) or lost
+            if lost:
+                # What the other leases wait to post goes to the rebuild now too, checked
+                # there against the database. Posted after it, usage the writer had
+                # committed meanwhile would count twice.
+                sent = set(map(id, leases))
+                rest = [
+                    ls
+                    for ls in self._leases.values()
+                    if (ls.used or ls.tused) and id(ls) not in sent
+                ]
+                for i in range(0, len(rest), SYNC_SLICE):
+                    await self._sync(rest[i : i + SYNC_SLICE], False)
         return lost
 
     async def _sync(self, leases: list[MeterLease], give_back: bool) -> bool:
@@ -393,7 +400,6 @@ class LeasedLedger:
         args.append(len(items) // 4)
         args += items
         self.syncs += 1
-        self._called_at = time.monotonic()
         try:
             res = await self._sync_script(keys=keys, args=args)
         except BaseException:
@@ -411,7 +417,7 @@ class LeasedLedger:
                     ls.since = since
                 ls.reserve, ls.treserve = min(ls.reserve, ls.held), min(ls.treserve, ls.theld)
             raise
-        now = time.monotonic()
+        now = self._called_at = time.monotonic()  # answered: a loss would have shown
         for ls in leases:
             ls.answered += 1
         if int(res[0]) == -1:
@@ -512,7 +518,12 @@ class LeasedLedger:
         self._engine.unschedule()
         due = [ls for ls in self._leases.values() if ls.used or ls.tused]
         if due:
-            await self.sync(due)
+            try:
+                await self.sync(due)
+            except BaseException:
+                # Put back (see _sync): a round posts it later, and checks for a loss.
+                self._schedule(self._flush_s)
+                raise
 
     async def upkeep(self, now: float) -> None:
         """Give back reserves unused for ``idle_s`` (forgetting leases left empty) and

@@ -54,8 +54,9 @@ RECORD_MARGIN_MS = 86_400_000
 #: stops publishing it after a loss (a writer that far behind is reported unhealthy).
 UNCOMMITTED_MAX_S = 600.0
 #: How long a request the writer committed is remembered: a lease posts its usage up to
-#: two seconds after settling (leased.POST_MAX_FLUSHES), often after the commit, and usage
-#: counted then must not wait as uncommitted (ten minutes, handed to any rebuild meanwhile).
+#: 2.5 s after settling (2 s by default: leased.POST_MAX_FLUSHES), often after the commit,
+#: and usage counted then must not wait as uncommitted (ten minutes, handed to any
+#: rebuild meanwhile).
 RECENT_COMMITS_S = 5.0
 
 #: One meter's part of a request's usage: (meter key with prefix, nanos, tokens, kind
