@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +18,8 @@ from sqlalchemy import Table
 
 from tests.needs import require_redis
 from tests.test_ledger_live import PREPAID, FakeLoader, FakeSnapshot, hold
-from tokenomy.ledger.accounts import OrgMeter
+from tokenomy.billing.money import Currency
+from tokenomy.ledger.accounts import Mode, Org, OrgMeter
 from tokenomy.ledger.leased import LeasedLedger
 from tokenomy.ledger.redis_live import RedisLedger
 from tokenomy.store.redis_scripts import ScriptClient
@@ -285,6 +286,27 @@ async def test_later_rebuild_rounds_read_the_totals_once_and_ask_only_about_requ
         await live.close()
 
 
+QUIET = Org("org_quiet", "Q", Currency.USD, Mode.PREPAID)
+
+
+async def busy_and_quiet_leased(
+    prefix: str,
+) -> tuple[FakeLoader, LeasedLedger, Iterator[int]]:
+    """Two orgs (PREPAID, QUIET) leased, each with a reserve and a first request the
+    writer has committed; no round runs by itself (a long sync interval). Also the ids
+    of the next requests."""
+    loader = FakeLoader(admin={PREPAID.id: 10**9, QUIET.id: 10**9})
+    live = LeasedLedger(ledger(loader, prefix), share=0.1, hot_holds=1, flush_s=60)
+    ids = iter(range(1, 10**6))
+    for org in (PREPAID, QUIET):
+        await live.hold(h := hold(next(ids), org, 1_000, 0, ()))
+        await live.settle(h, 1_000, 0)
+        loader.used[org.id] = 1_000
+        loader.recorded.add(h.id)
+    await live.sync(list(live._leases.values()))
+    return loader, live, ids
+
+
 async def test_a_quiet_leases_waiting_usage_goes_to_the_rebuild_with_the_busy_ones(
     prefix: str,
 ) -> None:
@@ -292,23 +314,12 @@ async def test_a_quiet_leases_waiting_usage_goes_to_the_rebuild_with_the_busy_on
     state lost, the waiting usage goes to the rebuild in the same round, as unposted
     entries it checks against the database: posted after the rebuild, usage the writer
     had committed meanwhile was counted twice (once in the snapshot)."""
-    from tokenomy.billing.money import Currency
-    from tokenomy.ledger.accounts import Mode, Org
     from tokenomy.ledger.leased import POST_ITEMS
 
-    quiet = Org("org_quiet", "Q", Currency.USD, Mode.PREPAID)
-    loader = FakeLoader(admin={PREPAID.id: 10**9, quiet.id: 10**9})
-    live = LeasedLedger(ledger(loader, prefix), share=0.1, hot_holds=1, flush_s=60)
+    loader, live, ids = await busy_and_quiet_leased(prefix)
     try:
-        ids = iter(range(1, 10**6))
-        for org in (PREPAID, quiet):  # leased
-            await live.hold(h := hold(next(ids), org, 1_000, 0, ()))
-            await live.settle(h, 1_000, 0)
-            loader.used[org.id] = 1_000
-            loader.recorded.add(h.id)
-        await live.sync(list(live._leases.values()))  # both given a reserve
         busy = [hold(next(ids), PREPAID, 1_000, 0, ()) for _ in range(POST_ITEMS)]
-        waiting = hold(next(ids), quiet, 1_000, 0, ())
+        waiting = hold(next(ids), QUIET, 1_000, 0, ())
         for h in [*busy, waiting]:
             await live.hold(h)
             await live.settle_soon(h, 500, 0)
@@ -321,7 +332,7 @@ async def test_a_quiet_leases_waiting_usage_goes_to_the_rebuild_with_the_busy_on
         await live._background_sync()
         assert await live.inner.recovery.wait(5)
         await live.flush()
-        for org in (PREPAID, quiet):
+        for org in (PREPAID, QUIET):
             st = await live.inner.org_state(OrgMeter(org))
             assert st.used == loader.used[org.id], org.id
     finally:
@@ -334,31 +345,19 @@ async def test_a_loss_a_give_back_finds_hands_every_leases_waiting_usage_over(
     """Whatever sync finds the state lost (a round, an idle lease given back, a reserve
     given back for a hold it stood in the way of), the usage every other lease waits to
     post goes to the rebuild with it, not into the rebuilt counters after it."""
-    from tokenomy.billing.money import Currency
-    from tokenomy.ledger.accounts import Mode, Org
-
-    quiet = Org("org_quiet", "Q", Currency.USD, Mode.PREPAID)
-    loader = FakeLoader(admin={PREPAID.id: 10**9, quiet.id: 10**9})
-    live = LeasedLedger(ledger(loader, prefix), share=0.1, hot_holds=1, flush_s=60)
+    loader, live, ids = await busy_and_quiet_leased(prefix)
     try:
-        ids = iter(range(1, 10**6))
-        for org in (PREPAID, quiet):  # leased
-            await live.hold(h := hold(next(ids), org, 1_000, 0, ()))
-            await live.settle(h, 1_000, 0)
-            loader.used[org.id] = 1_000
-            loader.recorded.add(h.id)
-        await live.sync(list(live._leases.values()))  # both given a reserve
-        waiting = hold(next(ids), quiet, 1_000, 0, ())
+        waiting = hold(next(ids), QUIET, 1_000, 0, ())
         await live.hold(waiting)
         await live.settle_soon(waiting, 500, 0)
         await lose_everything(prefix)
-        loader.used[quiet.id] += 500  # the writer commits it
+        loader.used[QUIET.id] += 500  # the writer commits it
         loader.recorded.add(waiting.id)
         # The busy org's reserve goes back (as upkeep or a refused hold does it).
         assert await live.sync([live._leases[OrgMeter(PREPAID).key]], give_back=True)
         assert await live.inner.recovery.wait(5)
         await live.flush()
-        st = await live.inner.org_state(OrgMeter(quiet))
+        st = await live.inner.org_state(OrgMeter(QUIET))
         assert st.used == 1_500
     finally:
         await live.close()
