@@ -19,7 +19,8 @@ from tokenomy.admission.ratelimit import Limits, Scope
 from tokenomy.admission.redis_limiter import GIVE_BATCH, UPKEEP_SLICE, LeasedRateLimiter
 from tokenomy.billing.money import Currency
 from tokenomy.ledger.accounts import Mode, Org, OrgMeter
-from tokenomy.ledger.leased import SYNC_SLICE, MeterLease
+from tokenomy.ledger.leased import SYNC_SLICE
+from tokenomy.ledger.meter_lease import MeterLease
 from tokenomy.store.redis_scripts import ScriptClient
 
 __all__ = ["redis_prefix"]  # the fixture

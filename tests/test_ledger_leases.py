@@ -18,8 +18,9 @@ from tests.needs import require_redis
 from tests.test_ledger_live import AT_MS, PREPAID, FakeLoader, hold
 from tokenomy.billing.money import Currency
 from tokenomy.ledger.accounts import Budget, Mode, Org, OrgMeter, Scope
-from tokenomy.ledger.leased import POST_ITEMS, LeasedLedger
+from tokenomy.ledger.leased import LeasedLedger
 from tokenomy.ledger.live import LiveStateUnavailable, Shortfall
+from tokenomy.ledger.meter_lease import POST_ITEMS
 from tokenomy.ledger.periods import Period
 from tokenomy.ledger.redis_live import RedisLedger
 from tokenomy.store.redis_scripts import ScriptClient

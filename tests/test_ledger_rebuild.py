@@ -314,7 +314,7 @@ async def test_a_quiet_leases_waiting_usage_goes_to_the_rebuild_with_the_busy_on
     state lost, the waiting usage goes to the rebuild in the same round, as unposted
     entries it checks against the database: posted after the rebuild, usage the writer
     had committed meanwhile was counted twice (once in the snapshot)."""
-    from tokenomy.ledger.leased import POST_ITEMS
+    from tokenomy.ledger.meter_lease import POST_ITEMS
 
     loader, live, ids = await busy_and_quiet_leased(prefix)
     try:

@@ -6,7 +6,7 @@ gateway itself. Here a process that sees a meter (an org's balance, a budget's b
 busy reserves ``share`` of what the meter has free as one hold of its own, admits the
 next requests' holds against that reserve in memory, and posts their usage in one script
 call per ``flush_s`` for all its meters, which also sets the reserve to ``share`` of what
-is free again. A meter with little usage (fewer than :data:`POST_ITEMS` requests) waits up
+is free again. A meter with little usage (fewer than ``POST_ITEMS`` requests) waits up
 to ``post_max_s`` for more: the usage a reserve covers needs no posting to keep the floor.
 What a reserve holds is held in Redis, so **no balance goes below its
 floor and no budget over its limit**; another process may be refused early by at most
@@ -29,7 +29,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from redis import exceptions as rx
@@ -38,8 +37,9 @@ from tokenomy.core.ids import UniqueIds
 from tokenomy.ledger.accounts import BudgetMeter, OrgMeter
 from tokenomy.ledger.lease_script import SYNC
 from tokenomy.ledger.live import BudgetState, Hold, LiveStateUnavailable, OrgState, Shortfall
+from tokenomy.ledger.meter_lease import MeterLease
 from tokenomy.ledger.redis_live import RECENT_COMMITS_S, RECORD_MARGIN_MS, RedisLedger
-from tokenomy.store.lease_engine import Lease, LeaseEngine
+from tokenomy.store.lease_engine import LeaseEngine
 from tokenomy.store.writer import Item
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,6 @@ HOT_HOLDS = 2
 #: thousand idle leases held it (and every request's call behind it) for 13 ms; in slices
 #: the request path's calls are answered between them.
 SYNC_SLICE = 64
-#: Requests whose usage a lease posts at the next sync however recent they are. A lease
-#: with fewer waits, up to ``post_max_s``: a sync's work for Redis is mostly per lease, so
-#: 1,000 orgs with a request or two each per sync had Redis do a lease's work for every
-#: request (half of its CPU). A busy lease has this many within one sync interval.
-POST_ITEMS = 8
 #: ``post_max_s`` in sync intervals (``flush_s``) by default (2 s at 50 ms), and never more
 #: than half of how long the ledger remembers the writer's commits (see RECENT_COMMITS_S).
 #: At 0.25 s (half the rebuild's grace, as it was bounded), an org with a few requests a
@@ -67,79 +62,13 @@ POST_ITEMS = 8
 POST_MAX_FLUSHES = 40
 
 
-@dataclass(slots=True, eq=False)
-class MeterLease(Lease):
-    """This process's reserve on one meter, and what is in use or settled against it;
-    renewed (``renewed_at``) by every sync. Compared by identity (a lease is state, and
-    comparing every field of thousands of them is what made upkeep stall the loop)."""
-
-    id: str
-    org: OrgMeter | None
-    budget: BudgetMeter | None
-    #: Reserved in Redis (nanos, tokens), as of the last sync.
-    reserve: int = 0
-    treserve: int = 0
-    #: Local holds open against it, and usage settled and not posted yet.
-    held: int = 0
-    theld: int = 0
-    used: int = 0
-    tused: int = 0
-    #: The requests whose usage ``used`` and ``tused`` sum, posted with it: (id, nanos,
-    #: tokens). Kept by request so that a rebuild adds what the database had not yet.
-    items: list[tuple[str, int, int]] = field(default_factory=list)
-    #: What the last sync asked Redis to keep at least (nanos, tokens).
-    keep: tuple[int, int] = (0, 0)
-    #: Hold what is in use at the next sync even past the floor (see _reassert).
-    force: bool = False
-    #: The nanos and tokens of the meter's last hold: a reserve smaller is not taken.
-    unit: int = 0
-    tunit: int = 0
-    #: Syncs of this lease Redis answered: the base of the next one, which lets Redis
-    #: recognise usage posted again after a call whose answer was lost.
-    answered: int = 0
-    #: When the oldest usage not posted yet was settled (monotonic clock).
-    since: float = 0.0
-
-    @property
-    def money_bound(self) -> bool:
-        return self.budget is None or self.budget.budget.amount_nanos is not None
-
-    @property
-    def token_bound(self) -> bool:
-        return self.budget is not None and self.budget.budget.token_limit is not None
-
-    def post_due(self, now: float, post_max_s: float) -> bool:
-        """Whether its settled usage goes at this sync: enough of it, old enough, or
-        taking up half of the reserve (a sync refills it)."""
-        if not (self.used or self.tused):
-            return False
-        return (
-            len(self.items) >= POST_ITEMS
-            or now - self.since >= post_max_s
-            or self.force
-            or (self.money_bound and 2 * self.used >= self.reserve)
-            or (self.token_bound and 2 * self.tused >= self.treserve)
-        )
-
-    def covers(self, amount: int, tokens: int) -> bool:
-        if self.money_bound and amount > self.reserve - self.held - self.used:
-            return False
-        return not (self.token_bound and tokens > self.treserve - self.theld - self.tused)
-
-    def idle(self) -> bool:
-        return not (self.held or self.theld or self.used or self.tused)
-
-    def empty(self) -> bool:
-        return self.idle() and not (self.reserve or self.treserve)
-
-
 class LeasedLedger:
     """A :class:`RedisLedger` whose busy meters are admitted from per-process leases.
 
     ``share`` is the part of a meter's free funds (and tokens) one process reserves;
     ``flush_s`` how long settled usage waits before it is posted (with every other
     meter's, in one call), and ``post_max_s`` (default 40 of those) how long a lease
-    with fewer than :data:`POST_ITEMS` requests' usage may wait for more; ``idle_s`` how
+    with fewer than ``POST_ITEMS`` requests' usage may wait for more; ``idle_s`` how
     long an unused reserve is kept.
     """
 
@@ -363,10 +292,8 @@ class LeasedLedger:
         two calls in flight never post it twice. At most SYNC_SLICE leases a call, each
         sent once the one before is answered. True when Redis had lost the state (the
         usage went to the rebuild, and every other lease's waiting usage with it)."""
-        lost = False
         async with self._lock:
-            for i in range(0, len(leases), SYNC_SLICE):
-                lost = await self._sync(leases[i : i + SYNC_SLICE], give_back) or lost
+            lost = await self._sync_slices(leases, give_back)
             if lost:
                 # What the other leases wait to post goes to the rebuild now too, checked
                 # there against the database. Posted after it, usage the writer had
@@ -377,8 +304,14 @@ class LeasedLedger:
                     for ls in self._leases.values()
                     if (ls.used or ls.tused) and id(ls) not in sent
                 ]
-                for i in range(0, len(rest), SYNC_SLICE):
-                    await self._sync(rest[i : i + SYNC_SLICE], False)
+                await self._sync_slices(rest, False)
+        return lost
+
+    async def _sync_slices(self, leases: list[MeterLease], give_back: bool) -> bool:
+        """The leases synced SYNC_SLICE at a time, in turn; whether the state was lost."""
+        lost = False
+        for i in range(0, len(leases), SYNC_SLICE):
+            lost = await self._sync(leases[i : i + SYNC_SLICE], give_back) or lost
         return lost
 
     async def _sync(self, leases: list[MeterLease], give_back: bool) -> bool:
