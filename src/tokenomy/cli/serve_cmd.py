@@ -22,7 +22,7 @@ from tokenomy.app import app_for
 from tokenomy.cli.common import add_config_arg, config_from, database, fail
 from tokenomy.config import Config, ConfigError, DatabaseConfig
 from tokenomy.ledger.store import Kind, LedgerStore, NotFoundError
-from tokenomy.malloc_arenas import limit_arenas
+from tokenomy.malloc_arenas import limit_arenas, release_free_memory
 from tokenomy.services import build_services
 from tokenomy.store.keys import KeyStore
 
@@ -179,10 +179,12 @@ async def _settle_gc(_app: web.Application) -> None:
     What start-up built (catalogue, config, routes, tokenizers) lives as long as the
     process; left in the collector's care, every full collection walked it all: pauses of
     50-80 ms that were the p99 of the gateway under load. Frozen, it is never scanned.
-    Background threads also hand the GIL back sooner (see ``GIL_SWITCH_INTERVAL_S``).
+    What start-up freed (every key and org read) goes back to the system. Background
+    threads also hand the GIL back sooner (see ``GIL_SWITCH_INTERVAL_S``).
     """
     gc.collect()
     gc.freeze()
+    release_free_memory()
     _, mid, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, mid, old)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)

@@ -34,6 +34,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from tokenomy.ledger.live import Loader, TotalsSnapshot
+from tokenomy.malloc_arenas import release_free_memory
 from tokenomy.store.scripts import Scripts, script_client
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,7 @@ class Recovery:
             res = await self._finalize(keys=keys, args=args)
             if isinstance(res, list):
                 self.rebuilds += 1
+                release_free_memory()  # the snapshot and the call's arguments, for every org
                 log.warning(
                     "live ledger state rebuilt from the database: %d orgs, %d budget "
                     "buckets, %d unposted usage entries added, %d open holds held again",

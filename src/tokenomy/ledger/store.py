@@ -29,6 +29,7 @@ from tokenomy.ledger.accounts import (
     Scope,
 )
 from tokenomy.ledger.periods import Period, zone
+from tokenomy.store.db import LOAD_CHUNK
 from tokenomy.store.schema import (
     ADMIN_KINDS,
     ADMIN_KINDS_SQL,
@@ -175,7 +176,10 @@ class LedgerStore:
 
     def all_orgs(self) -> list[Org]:
         with self.engine.connect() as conn:
-            return [_org(r._mapping) for r in conn.execute(select(orgs).order_by(orgs.c.id))]
+            q = select(orgs).order_by(orgs.c.id)
+            # In chunks, as KeyStore.changed_since reads keys.
+            res = conn.execution_options(yield_per=LOAD_CHUNK).execute(q)
+            return [_org(m) for m in res.mappings()]
 
     def create_project(self, org_id: str, name: str) -> Project:
         self.org(org_id)

@@ -23,6 +23,9 @@ def normalise_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
+#: Rows a bulk load (every key, every org) reads at a time (``yield_per``).
+LOAD_CHUNK = 500
+
 #: SQLite's page size for a new database, and the WAL pages between checkpoints.
 SQLITE_PAGE_SIZE = 8192
 SQLITE_CHECKPOINT_PAGES = 5000
