@@ -78,6 +78,34 @@ async def test_a_busy_scope_is_admitted_from_its_lease_and_redis_ends_with_the_e
         await r.aclose()
 
 
+async def test_a_new_lease_on_a_large_limit_reaches_its_size_in_a_few_calls(
+    redis_prefix: str,
+) -> None:
+    """A tenant's first requests: doubling from one request, a lease on a limit of
+    100 million a minute (a cap of a million at 1%) asked Redis again at its 2nd, 4th,
+    8th, ... request, six times in its first 60; a gateway serving 1,000 such keys made a
+    Redis call for one request in ten. The first call asks for a 64th of the cap."""
+    clock = FakeClock(NOW)
+    r = client()
+    try:
+        rl = LeasedRateLimiter(r, redis_prefix, clock=clock, scripts=ScriptClient(db=REDIS_DB))
+        calls = counting(rl)
+        big = Limits(requests_per_minute=10**8, tokens_per_minute=10**11, concurrent=100_000)
+        scopes = [key(big), Scope("org", "o", Limits(requests_per_minute=10**8))]
+        for _ in range(60):
+            rl.settle(await rl.acquire(scopes, 2_000), 150)
+        assert calls[0] <= 2
+        # A small limit keeps to doubling from one: 600 a minute is a cap of 6.
+        small = [Scope("key", "k2", Limits(requests_per_minute=600))]
+        calls[0] = 0
+        for _ in range(6):
+            rl.settle(await rl.acquire(small, 0), 0)
+        assert calls[0] == 3  # 1 + 2, then 3 more at the cap
+        await rl.aclose()
+    finally:
+        await r.aclose()
+
+
 async def test_two_leased_replicas_never_exceed_a_global_limit(redis_prefix: str) -> None:
     clock = FakeClock(NOW)
     r1, r2 = client(), client()
@@ -238,11 +266,11 @@ async def test_idle_leases_go_back_and_held_slots_are_renewed(redis_prefix: str)
         rl = LeasedRateLimiter(r, redis_prefix, clock=clock, lease_s=30, idle_s=1)
         rival = LeasedRateLimiter(r, redis_prefix, clock=clock, lease_s=30)
         scopes = [key(Limits(requests_per_minute=100_000, concurrent=1))]
-        for _ in range(6):  # the lease doubles: 2, then 3, then 5 requests taken ahead
+        for _ in range(6):  # the first call takes 1 + 15 (a 64th of the cap of 1,000)
             rl.settle(await rl.acquire([key(Limits(requests_per_minute=100_000))], 0), 0)
         base = redis_prefix + "key:k1"
         ahead = await tat_ms(r, base + ":r") - NOW * 1000
-        assert ahead == pytest.approx(10 * 0.6, abs=0.01)  # 4 of them unused
+        assert ahead == pytest.approx(16 * 0.6, abs=0.01)  # 10 of them unused
         await rl.upkeep(clock.t + 1)  # unused for idle_s: back whole, and forgotten
         await rl.flush()
         assert await tat_ms(r, base + ":r") - NOW * 1000 == pytest.approx(6 * 0.6, abs=0.01)
