@@ -20,7 +20,7 @@ from tokenomy.billing.money import Currency
 from tokenomy.ledger.accounts import Budget, Mode, Org, OrgMeter, Scope
 from tokenomy.ledger.leased import LeasedLedger
 from tokenomy.ledger.live import LiveStateUnavailable, Shortfall
-from tokenomy.ledger.meter_lease import POST_ITEMS
+from tokenomy.ledger.meter_lease import POST_ITEMS, MeterLease
 from tokenomy.ledger.periods import Period
 from tokenomy.ledger.redis_live import RedisLedger
 from tokenomy.store.redis_scripts import ScriptClient
@@ -463,5 +463,37 @@ async def test_a_cold_leases_usage_waits_to_be_posted_with_more_of_its_own(prefi
         await r.aclose()
         assert used == [23 * 400_000] * len(orgs)
         assert time.monotonic() - started - elapsed < live.post_max_s + 1
+    finally:
+        await live.close()
+
+
+async def test_a_sync_round_looks_at_the_leases_whose_usage_waits_not_at_every_lease(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2,000 leased orgs, of which 20 have settled usage: a round of the background sync
+    (every sync interval while usage waits) looked at every lease to find what was due,
+    2,000 checks a round. It looks at those whose usage waits, and posts it when due."""
+    orgs = [Org(f"org_{i:04d}", "O", Currency.USD, Mode.PREPAID) for i in range(2000)]
+    live = replica(FakeLoader(admin={o.id: 10**12 for o in orgs}), prefix, hot_holds=1)
+    ids = iter(range(10**9))
+    try:
+        await in_rotation(live, orgs, ids, 1)  # each org leased, its usage posted
+        await live.flush()
+        checked = [0]
+        post_due = MeterLease.post_due
+
+        def counted(self: MeterLease, now: float, post_max_s: float) -> bool:
+            checked[0] += 1
+            return post_due(self, now, post_max_s)
+
+        monkeypatch.setattr(MeterLease, "post_due", counted)
+        await in_rotation(live, orgs[:20], ids, 1)  # usage waits on 20 leases
+        for _ in range(5):
+            await live._background_sync()
+        assert checked[0] <= 100, checked[0]  # 10,000 before: every lease, every round
+        assert sum(ls.used for ls in live._leases.values()) == 20 * 400_000  # not due yet
+        monkeypatch.setattr(live, "post_max_s", 0.0)
+        await live._background_sync()  # due now: all 20 posted in the round
+        assert sum(ls.used for ls in live._leases.values()) == 0
     finally:
         await live.close()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -115,6 +116,11 @@ class LeasedLedger:
         self._heat: dict[str, tuple[int, int]] = {}
         #: Meters to lease or grow at the next sync.
         self._wanted: set[str] = set()
+        #: Leases whose settled usage waits to be posted, in the order it began waiting
+        #: (oldest first): a round looks at those old enough, not at every lease. An
+        #: entry whose usage went meanwhile, or whose lease was given back, is dropped
+        #: when reached.
+        self._waiting: dict[str, MeterLease] = {}
         self._lock = asyncio.Lock()
         #: Holds admitted from leases (no Redis call), script calls that synced leases,
         #: and those that failed: exported as metrics.
@@ -231,7 +237,11 @@ class LeasedLedger:
             ls.tused += tokens
             if not ls.items:
                 ls.since = now
+                self._waiting.pop(key, None)
+                self._waiting[key] = ls
             ls.items.append((hold.id, amount, tokens))
+            if ls.post_due(now, math.inf):  # enough of it, or half the reserve: not age
+                self._wanted.add(key)
         self._schedule(self._flush_s)
 
     async def settle(self, hold: Hold, amount: int, tokens: int) -> None:
@@ -259,13 +269,8 @@ class LeasedLedger:
         try:
             wanted, self._wanted = self._wanted, set()
             now = time.monotonic()
-            due: list[MeterLease] = []
-            oldest: MeterLease | None = None  # of the leases whose usage waits
-            for ls in self._leases.values():
-                if ls.key in wanted or ls.post_due(now, self.post_max_s):
-                    due.append(ls)
-                elif (ls.used or ls.tused) and (oldest is None or ls.since < oldest.since):
-                    oldest = ls
+            due = [ls for key in wanted if (ls := self._leases.get(key)) is not None]
+            oldest = self._old_enough(now, due, wanted)  # of the leases whose usage waits
             waiting = oldest is not None
             if not due and oldest is not None and now - self._called_at >= self.loss_check_s:
                 # No sync for a while: the usage that waited longest goes early, and the
@@ -283,6 +288,29 @@ class LeasedLedger:
             # reserves afresh, and until then holds go exact once they run out.
             self._engine.failed("syncing ledger leases with Redis", e)
             self._engine.retry()
+
+    def _old_enough(self, now: float, due: list[MeterLease], wanted: set[str]) -> MeterLease | None:
+        """Add to ``due`` the leases whose usage has waited ``post_max_s`` (those in
+        ``wanted`` are there already); the lease whose usage waited longest of the rest."""
+        stale: list[str] = []
+        oldest = None
+        for key, ls in self._waiting.items():
+            if not (ls.used or ls.tused) or self._leases.get(key) is not ls:
+                stale.append(key)  # posted, or given back, since it began waiting
+            elif now - ls.since < self.post_max_s:
+                oldest = ls  # and every one after it waited less
+                break
+            elif key not in wanted:
+                due.append(ls)
+        for key in stale:
+            del self._waiting[key]
+        return oldest
+
+    def _rewait(self) -> None:
+        """The waiting leases in order again, after a failed call put usage back with
+        the time it began waiting."""
+        waiting = sorted((ls for ls in self._leases.values() if ls.used or ls.tused), key=_since)
+        self._waiting = {ls.key: ls for ls in waiting}
 
     async def sync(self, leases: list[MeterLease], *, give_back: bool = False) -> bool:
         """Post the leases' settled usage and set their reserves: ``share`` of what is
@@ -349,6 +377,7 @@ class LeasedLedger:
                 if done:  # as old as its oldest usage, not a request settled meanwhile
                     ls.since = since
                 ls.reserve, ls.treserve = min(ls.reserve, ls.held), min(ls.treserve, ls.theld)
+            self._rewait()
             raise
         now = self._called_at = time.monotonic()  # answered: a loss would have shown
         for ls in leases:
@@ -370,6 +399,8 @@ class LeasedLedger:
             # database, it counts what the writer recorded) and holds no reserve.
             ls.reserve, ls.treserve = (reserve, treserve) if ok else (0, 0)
             ls.renewed_at = now
+            if (ls.used or ls.tused) and ls.post_due(now, math.inf):
+                self._wanted.add(ls.key)  # settled meanwhile, and half the new reserve
         return False
 
     def _post_args(self, ls: MeterLease, give_back: bool) -> list[Any]:
@@ -535,3 +566,7 @@ class LeasedLedger:
                 log.warning("giving ledger leases back failed (they expire): %s", e)
         self._leases.clear()
         await self.inner.close()
+
+
+def _since(ls: MeterLease) -> float:
+    return ls.since
