@@ -497,3 +497,26 @@ async def test_a_sync_round_looks_at_the_leases_whose_usage_waits_not_at_every_l
         assert sum(ls.used for ls in live._leases.values()) == 0
     finally:
         await live.close()
+
+
+async def test_usage_after_a_settle_at_nothing_is_posted_when_due(prefix: str) -> None:
+    """A failed call settles at nothing. Its lease began waiting with no usage; a round
+    took it for posted and forgot it, and the usage that followed was never posted by
+    age (nor checked for a loss of Redis's state)."""
+    live = replica(FakeLoader(admin={PREPAID.id: 10**12}), prefix, hot_holds=1)
+    try:
+        await live.hold(h := hold(1, PREPAID, 1_000, 0, ()))
+        await live.settle_soon(h, 400, 0)  # exact; the org is leased at the next sync
+        await live._background_sync()
+        await live.hold(h := hold(2, PREPAID, 1_000, 0, ()))
+        assert h.id in live._local  # from the lease
+        await live.settle_soon(h, 0, 0)  # a failed call: settled at nothing
+        await live._background_sync()
+        await live.hold(h := hold(3, PREPAID, 1_000, 0, ()))
+        await live.settle_soon(h, 400, 0)
+        live.post_max_s = 0.0
+        await live._background_sync()
+        assert live._leases[OrgMeter(PREPAID).key].used == 0  # posted
+        assert (await redis_org(prefix))[1] == 800
+    finally:
+        await live.close()

@@ -295,8 +295,10 @@ class LeasedLedger:
         stale: list[str] = []
         oldest = None
         for key, ls in self._waiting.items():
-            if not (ls.used or ls.tused) or self._leases.get(key) is not ls:
+            if not ls.items or self._leases.get(key) is not ls:
                 stale.append(key)  # posted, or given back, since it began waiting
+            elif not (ls.used or ls.tused):
+                continue  # settled at nothing so far (failed calls): nothing to post yet
             elif now - ls.since < self.post_max_s:
                 oldest = ls  # and every one after it waited less
                 break
@@ -308,9 +310,11 @@ class LeasedLedger:
 
     def _rewait(self) -> None:
         """The waiting leases in order again, after a failed call put usage back with
-        the time it began waiting."""
-        waiting = sorted((ls for ls in self._leases.values() if ls.used or ls.tused), key=_since)
+        the time it began waiting (and cut the reserves: half of one may be used now)."""
+        waiting = sorted((ls for ls in self._leases.values() if ls.items), key=_since)
         self._waiting = {ls.key: ls for ls in waiting}
+        now = time.monotonic()
+        self._wanted.update(ls.key for ls in waiting if ls.post_due(now, math.inf))
 
     async def sync(self, leases: list[MeterLease], *, give_back: bool = False) -> bool:
         """Post the leases' settled usage and set their reserves: ``share`` of what is
