@@ -44,8 +44,8 @@ class LeaseEngine(Generic[L]):
     ``upkeep(now)`` runs every ``min(idle_s / 2, renew_s)`` while any lease exists (it
     gives back idle leases and renews old ones: see :meth:`idle` and :meth:`renewal_due`);
     ``due()`` runs once after :meth:`schedule` is asked, however often it is asked
-    meanwhile, and never twice at a time: asked while it runs, it runs again ``again_s``
-    after.
+    meanwhile, and never twice at a time: asked while it runs, it runs again when it ends,
+    after the shortest delay asked meanwhile (``again_s`` after a failed round).
     """
 
     def __init__(
@@ -70,6 +70,9 @@ class LeaseEngine(Generic[L]):
         self._timer: asyncio.Handle | None = None
         self._running: asyncio.Task[None] | None = None
         self._again = False
+        self._retry = False
+        #: The shortest delay asked while a round ran: the next round's, once it ends.
+        self._again_delay = again_s
         self._again_s = again_s
         self._pending: set[asyncio.Future[Any]] = set()
         #: Whether the last round of work failed (logged once per run of failures).
@@ -116,7 +119,10 @@ class LeaseEngine(Generic[L]):
         if self._closed:
             return
         if self._running is not None:
-            self._again = True  # the round in flight ends by scheduling the next
+            # The round in flight ends by scheduling the next: as soon as anyone asked (a
+            # hold that needs its lease now waited a whole sync interval for it).
+            self._again_delay = delay if not self._again else min(self._again_delay, delay)
+            self._again = True
             return
         if self._timer is not None:
             if delay > 0:
@@ -146,12 +152,15 @@ class LeaseEngine(Generic[L]):
         finally:
             self._running = None
         if self._again:
-            self._again = False
-            self.schedule(self._again_s)
+            # After a failure never sooner than again_s: a store that is down would
+            # otherwise be asked again at once for every request that wanted a round.
+            delay = self._again_s if self._retry else self._again_delay
+            self._again = self._retry = False
+            self.schedule(delay)
 
     def retry(self) -> None:
         """Ask for another round ``again_s`` after this one (this one failed)."""
-        self._again = True
+        self._again = self._retry = True
 
     # -- background calls --------------------------------------------------------------
 
