@@ -77,3 +77,12 @@ def test_a_base_url_may_carry_a_query_but_not_credentials() -> None:
     bad = "vendors:\n  v: {dialect: openai, base_url: 'https://u:secret@x.example/v1'}\n"
     with pytest.raises(ConfigError, match="credentials in a base URL"):
         parse_config(bad, "f.yaml")
+
+
+def test_lease_flush_stays_well_within_the_rebuild_grace() -> None:
+    """Usage a lease waits to post reaches a rebuild only if the lease syncs within the
+    grace a rebuild gives every process (0.5 s): a sync interval of a quarter of it or
+    more let another replica's rebuild count that usage twice."""
+    assert parse_config("ledger:\n  lease_flush_ms: 100\n", "f.yaml").ledger.lease_flush_ms == 100
+    with pytest.raises(ConfigError, match=r"f.yaml:2: ledger.lease_flush_ms"):
+        parse_config("ledger:\n  lease_flush_ms: 500\n", "f.yaml")

@@ -111,11 +111,12 @@ class LedgerConfig(_Strict):
     #: up to this share per process. 0: every hold and settlement goes to Redis.
     lease_share: float = Field(0.01, ge=0, le=0.5)
     #: How long usage settled against a lease waits before it is posted to Redis (all
-    #: meters in one call); a meter with a few requests' usage waits up to ten times that
-    #: (at most half the 0.5 s a rebuild waits for every process) for more. A process
-    #: killed outright leaves that much usage (at most its reserve) out of the live
-    #: counters (not out of the durable ledger) until they are rebuilt.
-    lease_flush_ms: int = Field(50, ge=1, le=10_000)
+    #: meters in one call); a meter with a few requests' usage waits up to 40 times that
+    #: (at most 2.5 s) for more. A process killed outright leaves that much usage (at
+    #: most its reserve) out of the live counters (not out of the durable ledger) until
+    #: they are rebuilt. At most 100 ms: under a quarter of the 0.5 s a rebuild waits for
+    #: every process to hand over what it has, or the rebuild could count it twice.
+    lease_flush_ms: int = Field(50, ge=1, le=100)
 
 
 class LimitsConfig(_Strict):
