@@ -94,3 +94,18 @@ async def test_a_failed_round_asked_again_now_still_waits_again_s() -> None:
     await wait_for_rounds(rounds, 2, 2.0)
     assert 0.25 <= rounds.started[1] - ended < 1.0
     await e.close()
+
+
+async def test_of_several_asks_while_a_round_runs_the_soonest_wins() -> None:
+    for asks in ((0.3, 0.0), (0.0, 0.3)):
+        rounds = Rounds()
+        e = engine(rounds, again_s=5.0)
+        e.schedule(0.0)
+        await wait_for_rounds(rounds, 1, 1.0)
+        for delay in asks:
+            e.schedule(delay)
+        ended = time.monotonic()
+        rounds.release.set()
+        await wait_for_rounds(rounds, 2, 2.0)
+        assert rounds.started[1] - ended < 0.2, asks
+        await e.close()

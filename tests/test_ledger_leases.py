@@ -520,3 +520,26 @@ async def test_usage_after_a_settle_at_nothing_is_posted_when_due(prefix: str) -
         assert (await redis_org(prefix))[1] == 800
     finally:
         await live.close()
+
+
+async def test_a_hold_going_exact_while_a_sync_is_in_flight_does_not_ask_for_a_round_now(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hot meter whose lease is short: holds go exact and ask for the lease to grow.
+    While a sync is in flight its answer may refill the lease; asking for a round at once
+    made the next sync start the moment that one ended, back to back."""
+    live = replica(FakeLoader(admin={PREPAID.id: 10**12}), prefix, hot_holds=1, flush_s=0.05)
+    try:
+        await live.hold(h := hold(1, PREPAID, 1_000, 0, ()))  # exact; the meter is hot
+        await live.settle_soon(h, 400, 0)
+        asked: list[float] = []
+        monkeypatch.setattr(live, "_schedule", asked.append)
+        ls = live._leases[OrgMeter(PREPAID).key]
+        ls.renewed_at = time.monotonic() - 1  # last answered a while ago
+        async with live._lock:  # a sync in flight
+            live._warm(hold(2, PREPAID, 1_000, 0, ()))
+        assert asked == [0.05]
+        live._warm(hold(3, PREPAID, 1_000, 0, ()))  # none in flight: the lease is stale
+        assert asked == [0.05, 0.0]
+    finally:
+        await live.close()

@@ -211,9 +211,13 @@ class LeasedLedger:
             ls.unit, ls.tunit = hold.amount, hold.tokens
             self._wanted.add(key)
         # A lease synced just now and still short cannot cover this hold (it is over its
-        # share of what is free): asking again at once would cost a call per request.
+        # share of what is free): asking again at once would cost a call per request. A
+        # sync in flight counts as just now: asked at once meanwhile, the next sync started
+        # the moment it ended, back to back.
         now = time.monotonic()
-        recent = any(now - ls.renewed_at < self._flush_s for ls in self._meter_leases(hold))
+        recent = self._lock.locked() or any(
+            now - ls.renewed_at < self._flush_s for ls in self._meter_leases(hold)
+        )
         self._schedule(self._flush_s if recent else 0.0)
 
     def _lease_for(self, key: str, org: OrgMeter | None, budget: BudgetMeter | None) -> MeterLease:
