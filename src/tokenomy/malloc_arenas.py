@@ -9,7 +9,7 @@ arenas, at the same CPU.
 
 A bulk load (every key and org at start-up, a rebuild of the live ledger) frees most of
 what it allocated, but glibc returns a heap's memory only from its top: a few survivors
-above the freed space keep it all. With 10,000 tenants that was about 10 MB of the
+above the freed space keep it all. With 10,000 tenants that was about 5 MB of the
 process's resident memory; ``malloc_trim`` gives back the free pages wherever they are.
 Both are no-ops off glibc.
 """
@@ -47,8 +47,7 @@ def limit_arenas(n: int = ARENAS) -> bool:
 
 def release_free_memory() -> bool:
     """Give the free pages of the C allocator's heaps back to the system (after a bulk
-    load); False off glibc. Takes well under a millisecond at the gateway's
-    size."""
+    load); False off glibc. About half a millisecond at the gateway's size."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
