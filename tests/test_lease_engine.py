@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections.abc import Callable
 
 from tokenomy.store.lease_engine import Lease, LeaseEngine
 
@@ -31,81 +33,57 @@ def engine(rounds: Rounds, again_s: float) -> LeaseEngine[Lease]:
     )
 
 
-async def wait_for_rounds(rounds: Rounds, n: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while len(rounds.started) < n and time.monotonic() < deadline:
+async def next_round_after(again_s: float, during: Callable[[LeaseEngine[Lease]], None]) -> float:
+    """Start a round, call ``during`` while it runs, let it end: seconds from its end to
+    the next round's start (inf when none starts within 2 s)."""
+    rounds = Rounds()
+    e = engine(rounds, again_s)
+    e.schedule(0.0)
+    while not rounds.started:
         await asyncio.sleep(0.005)
+    during(e)
+    ended = time.monotonic()
+    rounds.release.set()
+    deadline = ended + 2.0
+    while len(rounds.started) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    await e.close()
+    return rounds.started[1] - ended if len(rounds.started) == 2 else math.inf
 
 
 async def test_work_asked_now_while_a_round_runs_runs_when_it_ends() -> None:
     """A hold that needs its lease now asks while a sync is in flight: it waited for the
     round's own spacing (``again_s``, the sync interval) after the round ended."""
-    rounds = Rounds()
-    e = engine(rounds, again_s=5.0)
-    e.schedule(0.0)
-    await wait_for_rounds(rounds, 1, 1.0)
-    e.schedule(0.0)  # asked now, while the first round runs
-    ended = time.monotonic()
-    rounds.release.set()
-    await wait_for_rounds(rounds, 2, 2.0)
-    assert len(rounds.started) == 2
-    assert rounds.started[1] - ended < 0.5
-    await e.close()
+    assert await next_round_after(5.0, lambda e: e.schedule(0.0)) < 0.5
 
 
-async def test_work_asked_later_while_a_round_runs_waits_for_the_later_of_the_asks() -> None:
-    rounds = Rounds()
-    e = engine(rounds, again_s=0.3)
-    e.schedule(0.0)
-    await wait_for_rounds(rounds, 1, 1.0)
-    e.schedule(0.3)  # the round's own ask for the next one, a sync interval on
-    ended = time.monotonic()
-    rounds.release.set()
-    await wait_for_rounds(rounds, 2, 2.0)
-    assert len(rounds.started) == 2
-    assert rounds.started[1] - ended >= 0.25  # not at once: spaced as asked
-    await e.close()
+async def test_work_asked_later_while_a_round_runs_waits_as_asked() -> None:
+    # The round's own ask for the next one, a sync interval on: not at once.
+    assert 0.25 <= await next_round_after(5.0, lambda e: e.schedule(0.3)) < 1.0
+
+
+async def test_of_several_asks_while_a_round_runs_the_soonest_wins() -> None:
+    def asks(*delays: float) -> Callable[[LeaseEngine[Lease]], None]:
+        def during(e: LeaseEngine[Lease]) -> None:
+            for d in delays:
+                e.schedule(d)
+
+        return during
+
+    assert await next_round_after(5.0, asks(0.3, 0.0)) < 0.2
+    assert await next_round_after(5.0, asks(0.0, 0.3)) < 0.2
 
 
 async def test_a_failed_round_is_retried_again_s_later() -> None:
-    rounds = Rounds()
-    e = engine(rounds, again_s=0.3)
-    e.schedule(0.0)
-    await wait_for_rounds(rounds, 1, 1.0)
-    e.retry()
-    ended = time.monotonic()
-    rounds.release.set()
-    await wait_for_rounds(rounds, 2, 2.0)
-    assert 0.25 <= rounds.started[1] - ended < 1.0
-    await e.close()
+    assert 0.25 <= await next_round_after(0.3, lambda e: e.retry()) < 1.0
 
 
 async def test_a_failed_round_asked_again_now_still_waits_again_s() -> None:
     """Redis down: every request asks for a round now, and each fails. Retried at once,
     the failing rounds ran back to back."""
-    rounds = Rounds()
-    e = engine(rounds, again_s=0.3)
-    e.schedule(0.0)
-    await wait_for_rounds(rounds, 1, 1.0)
-    e.schedule(0.0)
-    e.retry()
-    ended = time.monotonic()
-    rounds.release.set()
-    await wait_for_rounds(rounds, 2, 2.0)
-    assert 0.25 <= rounds.started[1] - ended < 1.0
-    await e.close()
 
-
-async def test_of_several_asks_while_a_round_runs_the_soonest_wins() -> None:
-    for asks in ((0.3, 0.0), (0.0, 0.3)):
-        rounds = Rounds()
-        e = engine(rounds, again_s=5.0)
+    def ask_then_fail(e: LeaseEngine[Lease]) -> None:
         e.schedule(0.0)
-        await wait_for_rounds(rounds, 1, 1.0)
-        for delay in asks:
-            e.schedule(delay)
-        ended = time.monotonic()
-        rounds.release.set()
-        await wait_for_rounds(rounds, 2, 2.0)
-        assert rounds.started[1] - ended < 0.2, asks
-        await e.close()
+        e.retry()
+
+    assert 0.25 <= await next_round_after(0.3, ask_then_fail) < 1.0
