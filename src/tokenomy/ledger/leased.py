@@ -30,6 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 from redis import exceptions as rx
@@ -315,7 +316,7 @@ class LeasedLedger:
     def _rewait(self) -> None:
         """The waiting leases in order again, after a failed call put usage back with
         the time it began waiting (and cut the reserves: half of one may be used now)."""
-        waiting = sorted((ls for ls in self._leases.values() if ls.items), key=_since)
+        waiting = sorted((ls for ls in self._leases.values() if ls.items), key=attrgetter("since"))
         self._waiting = {ls.key: ls for ls in waiting}
         now = time.monotonic()
         self._wanted.update(ls.key for ls in waiting if ls.post_due(now, math.inf))
@@ -574,7 +575,3 @@ class LeasedLedger:
                 log.warning("giving ledger leases back failed (they expire): %s", e)
         self._leases.clear()
         await self.inner.close()
-
-
-def _since(ls: MeterLease) -> float:
-    return ls.since

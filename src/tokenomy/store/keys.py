@@ -124,7 +124,7 @@ class KeyStore:
         if not include_revoked:
             q = q.where(api_keys.c.revoked_ms.is_(None))
         with self.engine.connect() as conn:
-            return [_record(dict(r._mapping)) for r in conn.execute(q)]
+            return [_record(m) for m in conn.execute(q).mappings()]
 
     def get(self, key_id: str) -> tuple[str, ApiKey] | None:
         """(hash, record) of one key, revoked or not."""
@@ -132,8 +132,7 @@ class KeyStore:
             row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
         if row is None:
             return None
-        r = dict(row._mapping)
-        return r["key_hash"], _record(r)
+        return row._mapping["key_hash"], _record(row._mapping)
 
     def changed_since(self, updated_ms: int) -> list[tuple[str, ApiKey, int]]:
         """(hash, record, updated_ms) of keys changed at or after ``updated_ms``."""
