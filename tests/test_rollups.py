@@ -620,6 +620,78 @@ def test_an_event_written_during_a_repair_is_counted(engine: Engine) -> None:
     assert stored(engine) == brute_force(events)
 
 
+def test_a_repair_gives_way_to_a_long_write(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repair that cannot lock out writers soon (a long transaction writing events)
+    leaves its minute for a later run instead of waiting: writers queue behind a lock
+    request, so a wait without end stalled every replica's usage writer with it. The
+    batch's other events are still rolled up, and nothing is lost or counted twice."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's roll-up holds its only writer's lock for the whole run")
+    monkeypatch.setattr(rollup, "WRITERS_LOCK_TIMEOUT_MS", 200)
+    clear(engine)
+    rng = random.Random(59)
+    events = [make_event(rng, i, span_ms=MINUTE) for i in range(50)]
+    write(engine, events[:30])
+    r = new_rollups(engine)
+    r.refresh()
+    marker = f"{rollup.RECOMPUTE}{T0}"
+    insert_ignoring_duplicates(
+        engine, [(analytics_pending, {"request_id": marker, "bucket_ms": T0})]
+    )
+    write(engine, events[30:40])
+    with engine.connect() as long_write:
+        long_write.begin()
+        long_write.execute(usage_events.insert(), [events[40]])  # not committed yet
+        run = threading.Thread(target=r.refresh)
+        run.start()
+        run.join(10)
+        stalled = run.is_alive()
+        if not stalled:
+            writer = threading.Thread(target=write, args=(engine, events[41:]))
+            writer.start()
+            writer.join(10)
+            assert not writer.is_alive(), "a writer waited behind the repair"
+        long_write.commit()
+    run.join(10)
+    assert not stalled, "the repair waited for the long transaction"
+    with engine.connect() as conn:
+        pending = conn.execute(select(analytics_pending.c.request_id)).scalars().all()
+    assert marker in pending  # the repair is still to do
+    r.refresh()
+    assert stored(engine) == brute_force(events)
+
+
+def test_a_rebuild_refuses_rather_than_stall_writers(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild that cannot lock out writers in time fails with a clear error and
+    changes nothing, rather than hold every writer behind its wait."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: the rebuild waits for it as for any other")
+    monkeypatch.setattr(rollup, "REBUILD_LOCK_TIMEOUT_MS", 200)
+    clear(engine)
+    rng = random.Random(61)
+    events = [make_event(rng, i) for i in range(40)]
+    write(engine, events[:30])
+    r = new_rollups(engine)
+    r.refresh()
+    before = stored(engine)
+    with engine.connect() as long_write:
+        long_write.begin()
+        long_write.execute(usage_events.insert(), [events[30]])
+        started = time.monotonic()
+        with pytest.raises(rollup.WritersBusy, match="long transaction"):
+            r.rebuild()
+        assert time.monotonic() - started < 5
+        long_write.commit()
+    assert stored(engine) == before
+    write(engine, events[31:])
+    r.rebuild()
+    assert stored(engine) == brute_force(events)
+
+
 def test_histogram_quantiles() -> None:
     counts = [0] * len(LATENCY_COLS)
     for v in range(1, 1001):

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Select, Table, delete, func, insert, select, text
+from sqlalchemy.exc import OperationalError
 
 from tokenomy.analytics.buckets import (
     BATCH,
@@ -69,6 +70,7 @@ __all__ = [
     "RECOMPUTE",
     "RollupWorker",
     "Rollups",
+    "WritersBusy",
     "minutes_kept_from",
 ]
 
@@ -107,6 +109,38 @@ SELECT unnest(request_ids), bucket_ms FROM taken
 #: PostgreSQL: writers wait until the commit (a rebuild's or a repair's), so no event is
 #: committed between reading the events and deleting their markers.
 _HOLD_WRITERS: Final = text("LOCK TABLE usage_events IN SHARE MODE")
+#: How long a repair waits to lock out writers before it leaves its minutes to a later
+#: run, in ms. Writers that arrive meanwhile queue behind the lock request, so a wait
+#: without end (behind a long transaction writing events) stalled every replica's usage
+#: writer with it; a writer's own transactions last milliseconds.
+WRITERS_LOCK_TIMEOUT_MS = 500
+#: The same for a rebuild, which then fails (see :class:`WritersBusy`).
+REBUILD_LOCK_TIMEOUT_MS = 10_000
+#: PostgreSQL's SQLSTATE for a lock not granted within ``lock_timeout``.
+_LOCK_NOT_AVAILABLE: Final = "55P03"
+
+
+class WritersBusy(RuntimeError):
+    """A rebuild could not lock out the usage writers in time: a long transaction is
+    writing usage events. Nothing was changed; try again once it has ended."""
+
+
+def _hold_writers(conn: Connection, timeout_ms: int) -> bool:
+    """Lock out usage writers until the commit (PostgreSQL); False, with the transaction
+    as it was, when the lock was not had within ``timeout_ms``."""
+    point = conn.begin_nested()
+    try:
+        # SET takes no parameters; the figure is an int.
+        conn.execute(text(f"SET LOCAL lock_timeout = {int(timeout_ms)}"))
+        conn.execute(_HOLD_WRITERS)
+        conn.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
+    except OperationalError as e:
+        if getattr(e.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+            raise
+        point.rollback()
+        return False
+    point.commit()
+    return True
 
 
 def _minutes_from(conn: Connection) -> int:
@@ -217,6 +251,17 @@ class Rollups:
             b = BATCH.c
             q = select(b.bucket_ms).where(b.request_id.like(RECOMPUTE + "%"))
             repairs = {int(m) for m in conn.execute(q).scalars()}
+            if repairs and self._pg and not _hold_writers(conn, WRITERS_LOCK_TIMEOUT_MS):
+                # Left for a later run; meanwhile their minutes' events are added as any
+                # others' (the recomputation will replace those minutes whole).
+                log.warning(
+                    "a repair of %d minute(s) could not lock out usage writers within %d ms "
+                    "(a long transaction is writing usage events); it will run again",
+                    len(repairs),
+                    WRITERS_LOCK_TIMEOUT_MS,
+                )
+                self._requeue(conn, repairs)
+                repairs = set()
             if repairs:
                 # An event in a minute that is recomputed is counted by the recomputation.
                 conn.execute(delete(BATCH).where(b.bucket_ms.in_(sorted(repairs))))
@@ -275,13 +320,18 @@ class Rollups:
             conn.execute(text("DELETE FROM analytics_pending WHERE 0 = 1"))
         return True
 
+    @staticmethod
+    def _requeue(conn: Connection, minutes: Iterable[int]) -> None:
+        """Put the markers of these minutes' repairs back in the queue."""
+        rows = [{"request_id": f"{RECOMPUTE}{m}", "bucket_ms": m} for m in sorted(minutes)]
+        conn.execute(insert(analytics_pending), rows)
+
     def _recompute(self, conn: Connection, minutes: Iterable[int]) -> None:
         """Recompute these minutes (and their hours, days and coarser copies) from the
-        raw events; the markers of their events go, as those events are now counted."""
-        if self._pg:
-            # Writers wait until the commit: an event committed between reading a
-            # minute's events and deleting its markers would lose its marker uncounted.
-            conn.execute(_HOLD_WRITERS)
+        raw events; the markers of their events go, as those events are now counted. On
+        PostgreSQL the caller has locked out writers until the commit (an event committed
+        between reading a minute's events and deleting its markers would lose its marker
+        uncounted)."""
         kept_from = _minutes_from(conn)
         minutes = sorted(set(minutes))
         kept = [m for m in minutes if m >= kept_from]
@@ -305,10 +355,14 @@ class Rollups:
         """Recompute every bucket from the raw events (after a bulk load, or to repair)."""
         with self._lock, self.engine.begin() as conn:
             self._serialise(conn)
-            if self._pg:
-                # Writers wait until the commit: an event committed between dropping the
-                # markers and reading the events would be counted, then added again.
-                conn.execute(_HOLD_WRITERS)
+            # Writers wait until the commit: an event committed between dropping the
+            # markers and reading the events would be counted, then added again.
+            if self._pg and not _hold_writers(conn, REBUILD_LOCK_TIMEOUT_MS):
+                raise WritersBusy(
+                    "could not lock out usage writers within "
+                    f"{REBUILD_LOCK_TIMEOUT_MS} ms: a long transaction is writing usage "
+                    "events; nothing was changed, try again once it has ended"
+                )
             conn.execute(delete(analytics_pending))
             conn.execute(delete(analytics_pending_sets))
             conn.execute(delete(analytics_state).where(analytics_state.c.name == _MINUTES_FROM))
