@@ -109,6 +109,10 @@ SELECT unnest(request_ids), bucket_ms FROM taken
 #: PostgreSQL: writers wait until the commit (a rebuild's or a repair's), so no event is
 #: committed between reading the events and deleting their markers.
 _HOLD_WRITERS: Final = text("LOCK TABLE usage_events IN SHARE MODE")
+#: PostgreSQL, for the rest of a roll-up transaction: group by hashing, not by sorting.
+#: The planner takes the batch's id array for ten rows, so it sorted the batch's events
+#: (20,000 wide rows, spilled to disk) to group them: 60 ms of a 95 ms run, 35 ms hashed.
+_HASH_AGGREGATES: Final = text("SET LOCAL enable_sort = off")
 #: How long a repair waits to lock out writers before it leaves its minutes to a later
 #: run, in ms. Writers that arrive meanwhile queue behind the lock request, so a wait
 #: without end (behind a long transaction writing events) stalled every replica's usage
@@ -287,8 +291,8 @@ class Rollups:
             return 0
         return int(conn.execute(_TAKE_SETS, {"ids": ids}).rowcount)
 
-    def _add_events(self, conn: Connection) -> None:
-        """Add the batch's events' sums onto every period's buckets."""
+    def delta_insert(self) -> Any:
+        """The statement that sums the batch's events into per-minute cells (``DELTA``)."""
         if self._delta_insert is None:
             # Built once: making the expression (a CASE per histogram bound, the country
             # and region maps) took 10 ms of a 30 ms run, holding the GIL each time.
@@ -296,7 +300,13 @@ class Rollups:
                 "m", self.countries, self.regions, batched=True, postgresql=self._pg
             )
             self._delta_insert = insert(DELTA).from_select(list(ROLLUP_COLS), sel)
-        cells = conn.execute(self._delta_insert).rowcount
+        return self._delta_insert
+
+    def _add_events(self, conn: Connection) -> None:
+        """Add the batch's events' sums onto every period's buckets."""
+        if self._pg:
+            conn.execute(_HASH_AGGREGATES)
+        cells = conn.execute(self.delta_insert()).rowcount
         if cells < 0:  # a driver that does not say
             cells = int(conn.execute(select(func.count()).select_from(DELTA)).scalar() or 0)
         if not cells:
