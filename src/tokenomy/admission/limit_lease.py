@@ -32,16 +32,27 @@ class LimitCredit:
     reset_s: float = 0.0
     at: float = 0.0
 
+    #: Seconds one unit takes to replenish.
+    unit_s: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.unit_s = PERIOD_S / self.limit
+
     def check(self, now: float) -> LimitView:
         """The client's view: what remains counting the unused credit."""
-        t = PERIOD_S / self.limit
-        credit = max(self.credit, 0)
+        # Run for every dimension of every scope of every request: written without
+        # max() and with the unit's time worked out once (a third less time).
+        t = self.unit_s
+        credit = self.credit if self.credit > 0 else 0
         # Rounded to the µs: float dust must not move a reset shown in whole ms.
-        reset = max(round(self.reset_s - (now - self.at) - credit * t, 6), 0.0)
+        reset = round(self.reset_s - (now - self.at) - credit * t, 6)
+        if reset < 0:
+            reset = 0.0
         # What replenished since that answer counts too (as the memory limiter's does);
         # the answer's own figure is exact at its time (its reset is whole ms).
         left = math.floor((PERIOD_S - reset) / t + 1e-6)
-        return LimitView(self.limit, max(self.remaining + credit, left), reset)
+        remaining = self.remaining + credit
+        return LimitView(self.limit, remaining if remaining >= left else left, reset)
 
     def spend(self, need: int) -> int:
         """Take what the credit covers of ``need`` (and any debt it owes) now: what is left
