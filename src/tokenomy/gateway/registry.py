@@ -26,7 +26,7 @@ def build_registry(cfg: Config, env: Mapping[str, str] | None = None) -> Registr
         for d in m.deployments:
             vendor = vendors.get(d.vendor)
             if vendor is None:
-                vendor = vendors[d.vendor] = _vendor(
+                vendor = vendors[d.vendor] = vendor_from_config(
                     d.vendor, cfg.vendors.get(d.vendor), presets, env
                 )
             deps.append(_deployment(d, vendor))
@@ -44,9 +44,11 @@ def build_registry(cfg: Config, env: Mapping[str, str] | None = None) -> Registr
     return Registry(routes, aliases)
 
 
-def _vendor(
+def vendor_from_config(
     key: str, vc: VendorConfig | None, presets: Mapping[str, VendorPreset], env: Mapping[str, str]
 ) -> Vendor:
+    """The vendor ``key`` as configured (``vc``), over its catalogue preset, with its API
+    key read from ``env``: the chat routes' and the video models' registries share it."""
     vc = vc or VendorConfig()
     p = presets.get(vc.preset or key)
     base_url = vc.base_url or (p.base_url if p else "")

@@ -11,7 +11,7 @@ from tokenomy.billing.media_prices import MediaPriceBook
 from tokenomy.catalog.vendors import load_presets
 from tokenomy.config import Config, VideoModelConfig
 from tokenomy.core.registry import Deployment, Vendor
-from tokenomy.gateway.registry import _vendor
+from tokenomy.gateway.registry import vendor_from_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ def _model(
 ) -> VideoModel:
     vendor = vendors.get(c.vendor)
     if vendor is None:  # resolved as chat deployments' vendors are (presets, keys, proxy)
-        vendor = vendors[c.vendor] = _vendor(
+        vendor = vendors[c.vendor] = vendor_from_config(
             c.vendor, cfg.vendors.get(c.vendor), load_presets(), env
         )
     upstream = c.model or c.name
