@@ -588,17 +588,26 @@ def test_repairs_and_new_events_in_one_batch(engine: Engine) -> None:
     assert stored(engine) == brute_force(events)
 
 
+def rolled_up(
+    engine: Engine, seed: int, n: int, written: int, span_ms: int = MINUTE
+) -> tuple[list[dict[str, Any]], Rollups]:
+    """A clean database holding the first ``written`` of ``n`` seeded events, rolled up:
+    all ``n`` events and the roll-ups that ran."""
+    clear(engine)
+    rng = random.Random(seed)
+    events = [make_event(rng, i, span_ms=span_ms) for i in range(n)]
+    write(engine, events[:written])
+    r = new_rollups(engine)
+    r.refresh()
+    return events, r
+
+
 def test_an_event_written_during_a_repair_is_counted(engine: Engine) -> None:
     """An event of a minute under repair, committed while the repair runs, is counted
     once: PostgreSQL's writers wait for the repair's commit (SQLite has one writer)."""
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite's roll-up holds its only writer's lock for the whole run")
-    clear(engine)
-    rng = random.Random(53)
-    events = [make_event(rng, i, span_ms=MINUTE) for i in range(50)]
-    write(engine, events[:40])
-    r = new_rollups(engine)
-    r.refresh()
+    events, r = rolled_up(engine, 53, 50, 40)
     insert_ignoring_duplicates(
         engine, [(analytics_pending, {"request_id": f"{rollup.RECOMPUTE}{T0}", "bucket_ms": T0})]
     )
@@ -630,12 +639,7 @@ def test_a_repair_gives_way_to_a_long_write(
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite's roll-up holds its only writer's lock for the whole run")
     monkeypatch.setattr(rollup, "WRITERS_LOCK_TIMEOUT_MS", 200)
-    clear(engine)
-    rng = random.Random(59)
-    events = [make_event(rng, i, span_ms=MINUTE) for i in range(50)]
-    write(engine, events[:30])
-    r = new_rollups(engine)
-    r.refresh()
+    events, r = rolled_up(engine, 59, 50, 30)
     marker = f"{rollup.RECOMPUTE}{T0}"
     insert_ignoring_duplicates(
         engine, [(analytics_pending, {"request_id": marker, "bucket_ms": T0})]
@@ -671,12 +675,7 @@ def test_a_rebuild_refuses_rather_than_stall_writers(
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite has one writer: the rebuild waits for it as for any other")
     monkeypatch.setattr(rollup, "REBUILD_LOCK_TIMEOUT_MS", 200)
-    clear(engine)
-    rng = random.Random(61)
-    events = [make_event(rng, i) for i in range(40)]
-    write(engine, events[:30])
-    r = new_rollups(engine)
-    r.refresh()
+    events, r = rolled_up(engine, 61, 40, 30, span_ms=3 * DAY)
     before = stored(engine)
     with engine.connect() as long_write:
         long_write.begin()
