@@ -118,6 +118,9 @@ _HASH_AGGREGATES: Final = text("SET LOCAL enable_sort = off")
 #: without end (behind a long transaction writing events) stalled every replica's usage
 #: writer with it; a writer's own transactions last milliseconds.
 WRITERS_LOCK_TIMEOUT_MS = 500
+#: After a repair gave way, how long repairs are left alone (seconds): the batches after
+#: it in the same run, and runs soon after, would each hold writers for that wait again.
+REPAIR_RETRY_S = 5.0
 #: The same for a rebuild, which then fails (see :class:`WritersBusy`).
 REBUILD_LOCK_TIMEOUT_MS = 10_000
 #: PostgreSQL's SQLSTATE for a lock not granted within ``lock_timeout``.
@@ -139,7 +142,9 @@ def _hold_writers(conn: Connection, timeout_ms: int) -> bool:
         conn.execute(_HOLD_WRITERS)
         conn.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
     except OperationalError as e:
-        if getattr(e.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+        # psycopg 3 names the code sqlstate; psycopg2 (a configured driver) pgcode.
+        code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
+        if code != _LOCK_NOT_AVAILABLE:
             raise
         point.rollback()
         return False
@@ -188,6 +193,7 @@ class Rollups:
         self.engine = engine
         self.minute_retention_ms = minute_retention_ms
         self._pruned_to = 0  # horizon of the last prune by this object (saves a query a run)
+        self._repairs_from = 0.0  # monotonic time before which no repair is taken
         self.countries = {k: v for k, v in (countries or {}).items() if v}
         self.regions = {k: v for k, v in (regions or {}).items() if v}
         self._lock = threading.Lock()
@@ -243,6 +249,8 @@ class Rollups:
                 conn.execute(delete(DELTA))
             p = analytics_pending.c
             taken = select(p.request_id, p.bucket_ms).limit(self.batch_size)
+            if time.monotonic() < self._repairs_from:  # a repair gave way a moment ago
+                taken = taken.where(~p.request_id.startswith(RECOMPUTE))
             conn.execute(insert(BATCH).from_select(["request_id", "bucket_ms"], taken))
             n = int(conn.execute(select(func.count()).select_from(BATCH)).scalar() or 0)
             if n:
@@ -265,6 +273,7 @@ class Rollups:
                     WRITERS_LOCK_TIMEOUT_MS,
                 )
                 self._requeue(conn, repairs)
+                self._repairs_from = time.monotonic() + REPAIR_RETRY_S
                 repairs = set()
             if repairs:
                 # An event in a minute that is recomputed is counted by the recomputation.
