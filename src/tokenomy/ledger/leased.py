@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from operator import attrgetter
@@ -245,7 +244,7 @@ class LeasedLedger:
                 self._waiting.pop(key, None)
                 self._waiting[key] = ls
             ls.items.append((hold.id, amount, tokens))
-            if ls.post_due(now, math.inf):  # enough of it, or half the reserve: not age
+            if ls.post_due_early():
                 self._wanted.add(key)
         self._schedule(self._flush_s)
 
@@ -318,8 +317,7 @@ class LeasedLedger:
         the time it began waiting (and cut the reserves: half of one may be used now)."""
         waiting = sorted((ls for ls in self._leases.values() if ls.items), key=attrgetter("since"))
         self._waiting = {ls.key: ls for ls in waiting}
-        now = time.monotonic()
-        self._wanted.update(ls.key for ls in waiting if ls.post_due(now, math.inf))
+        self._wanted.update(ls.key for ls in waiting if ls.post_due_early())
 
     async def sync(self, leases: list[MeterLease], *, give_back: bool = False) -> bool:
         """Post the leases' settled usage and set their reserves: ``share`` of what is
@@ -408,7 +406,7 @@ class LeasedLedger:
             # database, it counts what the writer recorded) and holds no reserve.
             ls.reserve, ls.treserve = (reserve, treserve) if ok else (0, 0)
             ls.renewed_at = now
-            if (ls.used or ls.tused) and ls.post_due(now, math.inf):
+            if ls.post_due_early():
                 self._wanted.add(ls.key)  # settled meanwhile, and half the new reserve
         return False
 

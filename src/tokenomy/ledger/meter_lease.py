@@ -56,14 +56,14 @@ class MeterLease(Lease):
     def token_bound(self) -> bool:
         return self.budget is not None and self.budget.budget.token_limit is not None
 
-    def post_due(self, now: float, post_max_s: float) -> bool:
-        """Whether its settled usage goes at this sync: enough of it, old enough, or
+    def post_due_early(self) -> bool:
+        """Whether its settled usage goes at the next sync before it is old enough (age
+        is the background round's to judge, oldest first): enough of it, asked for, or
         taking up half of the reserve (a sync refills it)."""
         if not (self.used or self.tused):
             return False
         return (
             len(self.items) >= POST_ITEMS
-            or now - self.since >= post_max_s
             or self.force
             or (self.money_bound and 2 * self.used >= self.reserve)
             or (self.token_bound and 2 * self.tused >= self.treserve)
