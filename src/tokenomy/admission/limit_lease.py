@@ -95,6 +95,11 @@ class LimitLease(Lease):
     free: list[str] = field(default_factory=list)
     busy: set[str] = field(default_factory=set)
 
+    def serves(self, scope: Scope) -> bool:
+        """Whether this lease holds ``scope``'s limits as they are now (a scope is made
+        once per key and reused, so most often it is the very object)."""
+        return self.scope is scope or self.scope.limits == scope.limits
+
     def covers(self, tokens: int) -> bool:
         """Whether the request can be admitted from this lease alone."""
         lim = self.scope.limits

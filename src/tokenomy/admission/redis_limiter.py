@@ -144,8 +144,7 @@ class RedisRateLimiter:
 
     def _lease(self, scope: Scope) -> LimitLease:
         lease = self._leases.get(scope.name)
-        # The scopes of a key are made once and reused: the same object, most often.
-        if lease is not None and (lease.scope is scope or lease.scope.limits == scope.limits):
+        if lease is not None and lease.serves(scope):
             return lease
         if lease is not None:  # the limits changed: what was leased under the old goes back
             self._send([self._hand_back(lease, everything=True)])
@@ -349,7 +348,7 @@ class RedisRateLimiter:
         delta = ticket.tokens - actual_tokens
         for scope, slot in zip(ticket.scopes, ticket.slots, strict=True):
             lease = self._leases.get(scope.name)
-            if lease is None or (lease.scope is not scope and lease.scope.limits != scope.limits):
+            if lease is None or not lease.serves(scope):
                 # Its lease went back meanwhile (the limits changed): settle in Redis alone.
                 if slot or (delta and scope.limits.tokens_per_minute):
                     self._send([_Give(scope, tokens=delta, freed=[slot] if slot else [])])
