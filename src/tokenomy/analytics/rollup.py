@@ -89,11 +89,14 @@ RECOMPUTE: Final = "reconcile:"
 
 #: Markers a roll-up transaction takes by default. A batch upserts each minute cell it
 #: touches once in every period, however many events it sums: with 1,000 keys active a
-#: batch of 5,000 wrote as many rows as one of 20,000 (300 ms of PostgreSQL each), so
-#: PostgreSQL takes large batches. SQLite keeps smaller ones: its one writer is held for
-#: the whole transaction, and the usage writer waits meanwhile.
-PG_BATCH: Final = 20_000
-SQLITE_BATCH: Final = 5_000
+#: batch of 5,000 wrote as many rows as one of 20,000 (300 ms of PostgreSQL each). On
+#: SQLite too, where the roll-ups run in the gateway's own process: with 1,000 keys, 17 µs
+#: of roll-up CPU a request in batches of 5,000, 7 in batches of 20,000 (bench/
+#: writer_bench.py, a run every 60,000 requests, as the worker spaces its runs under such
+#: load). SQLite's one writer is held for the whole transaction (some 140 ms for 20,000
+#: events there); the usage writer waits meanwhile, off the hot path, and catches up in
+#: one larger flush.
+BATCH_SIZE: Final = 20_000
 
 
 #: PostgreSQL: the events of the set markers taken (0020) into the batch, the markers gone.
@@ -198,9 +201,7 @@ class Rollups:
         self.regions = {k: v for k, v in (regions or {}).items() if v}
         self._lock = threading.Lock()
         self._pg = engine.dialect.name == "postgresql"
-        if batch_size is None:
-            batch_size = PG_BATCH if self._pg else SQLITE_BATCH
-        self.batch_size = batch_size
+        self.batch_size = BATCH_SIZE if batch_size is None else batch_size
         self._delta_insert: Any = None  # see _add_events
         #: Minute cells the runs have added onto since the worker last looked (each is an
         #: upsert in every period): what a run's writes grow with.
