@@ -667,6 +667,19 @@ def test_a_repair_gives_way_to_a_long_write(
     assert stored(engine) == brute_force(events)
 
 
+class _Later:
+    """The ``time`` module as the roll-ups would see it ``ahead`` seconds from now."""
+
+    def __init__(self, ahead: float) -> None:
+        self._ahead = ahead
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self._ahead
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
 def test_a_repair_that_gave_way_waits_for_a_later_run(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -675,7 +688,9 @@ def test_a_repair_that_gave_way_waits_for_a_later_run(
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite's roll-up holds its only writer's lock for the whole run")
     monkeypatch.setattr(rollup, "WRITERS_LOCK_TIMEOUT_MS", 200)
-    monkeypatch.setattr(rollup, "REPAIR_RETRY_S", 1.0)
+    # Far longer than a run takes on a loaded machine (at 1 s, a slow CI run's later
+    # batches found the pause over and tried again); "later" moves the roll-ups' clock.
+    monkeypatch.setattr(rollup, "REPAIR_RETRY_S", 30.0)
     events, _ = rolled_up(engine, 71, 60, 0)
     write(engine, events)  # a backlog of several batches, behind a repair
     insert_ignoring_duplicates(
@@ -703,7 +718,7 @@ def test_a_repair_that_gave_way_waits_for_a_later_run(
         assert len(tries) == 1, f"{len(tries)} tries in one run"
         r.refresh()  # soon after: the repair still waits
         assert len(tries) == 1
-        time.sleep(1.1)
+        monkeypatch.setattr(rollup, "time", _Later(31.0))
         r.refresh()  # later: it runs
         assert len(tries) == 2
     finally:
