@@ -689,7 +689,7 @@ def test_a_repair_that_gave_way_waits_for_a_later_run(
         pytest.skip("SQLite's roll-up holds its only writer's lock for the whole run")
     monkeypatch.setattr(rollup, "WRITERS_LOCK_TIMEOUT_MS", 200)
     # Far longer than a run takes on a loaded machine (at 1 s, a slow CI run's later
-    # batches found the pause over and tried again); "later" moves the roll-ups' clock.
+    # batches found the pause over and tried again); "later" moves the roll-ups' clock on.
     monkeypatch.setattr(rollup, "REPAIR_RETRY_S", 30.0)
     events, _ = rolled_up(engine, 71, 60, 0)
     write(engine, events)  # a backlog of several batches, behind a repair
@@ -718,9 +718,12 @@ def test_a_repair_that_gave_way_waits_for_a_later_run(
         assert len(tries) == 1, f"{len(tries)} tries in one run"
         r.refresh()  # soon after: the repair still waits
         assert len(tries) == 1
-        monkeypatch.setattr(rollup, "time", _Later(31.0))
-        r.refresh()  # later: it runs
+        monkeypatch.setattr(rollup, "time", _Later(rollup.REPAIR_RETRY_S + 1))
+        r.refresh()  # later: it runs, and its marker is gone
         assert len(tries) == 2
+        with engine.connect() as conn:
+            left = conn.execute(select(analytics_pending.c.request_id)).scalars().all()
+        assert left == []
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert stored(engine) == brute_force(events)

@@ -90,12 +90,14 @@ RECOMPUTE: Final = "reconcile:"
 #: Markers a roll-up transaction takes by default. A batch upserts each minute cell it
 #: touches once in every period, however many events it sums: with 1,000 keys active a
 #: batch of 5,000 wrote as many rows as one of 20,000 (300 ms of PostgreSQL each). On
-#: SQLite too, where the roll-ups run in the gateway's own process: with 1,000 keys, 17 µs
-#: of roll-up CPU a request in batches of 5,000, 7 in batches of 20,000 (bench/
-#: writer_bench.py, a run every 60,000 requests, as the worker spaces its runs under such
-#: load). SQLite's one writer is held for the whole transaction (some 140 ms for 20,000
-#: events there); the usage writer waits meanwhile, off the hot path, and catches up in
-#: one larger flush.
+#: SQLite too, where the roll-ups run in the gateway's own process: with 1,000 keys, 16 µs
+#: of roll-up CPU a request in batches of 5,000, 6.6 in batches of 20,000 (bench/
+#: writer_bench.py with a run every 60,000 requests, as the worker spaces its runs at
+#: 6,000 req/s). SQLite's one writer is held for the whole transaction: 65-130 ms for
+#: 20,000 events of the last few minutes, up to some 650 ms for a backlog spread over
+#: many minutes (185 ms at 5,000). The usage writer waits meanwhile and catches up in one
+#: larger flush; requests wait with it only when it commits each one before answering
+#: (``writer.flush_interval_ms: 0``).
 BATCH_SIZE: Final = 20_000
 
 
