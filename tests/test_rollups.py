@@ -8,7 +8,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
 
@@ -247,8 +247,10 @@ def assert_exact_after_pruning(
     assert kept and stored(engine, "m") == kept
 
 
-def new_rollups(engine: Engine, batch_size: int = 5000) -> Rollups:
-    return Rollups(engine, countries=COUNTRIES, regions=REGIONS, batch_size=batch_size)
+def new_rollups(
+    engine: Engine, batch_size: int = 5000, clock: Callable[[], float] = time.monotonic
+) -> Rollups:
+    return Rollups(engine, countries=COUNTRIES, regions=REGIONS, batch_size=batch_size, clock=clock)
 
 
 def test_rollups_match_brute_force_with_replays_and_restarts(engine: Engine) -> None:
@@ -667,19 +669,6 @@ def test_a_repair_gives_way_to_a_long_write(
     assert stored(engine) == brute_force(events)
 
 
-class _Later:
-    """The ``time`` module as the roll-ups would see it ``ahead`` seconds from now."""
-
-    def __init__(self, ahead: float) -> None:
-        self._ahead = ahead
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self._ahead
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
 def test_a_repair_that_gave_way_waits_for_a_later_run(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -691,12 +680,13 @@ def test_a_repair_that_gave_way_waits_for_a_later_run(
     # Far longer than a run takes on a loaded machine (at 1 s, a slow CI run's later
     # batches found the pause over and tried again); "later" moves the roll-ups' clock on.
     monkeypatch.setattr(rollup, "REPAIR_RETRY_S", 30.0)
+    later = [0.0]
     events, _ = rolled_up(engine, 71, 60, 0)
     write(engine, events)  # a backlog of several batches, behind a repair
     insert_ignoring_duplicates(
         engine, [(analytics_pending, {"request_id": f"{rollup.RECOMPUTE}{T0}", "bucket_ms": T0})]
     )
-    r = new_rollups(engine, batch_size=10)
+    r = new_rollups(engine, batch_size=10, clock=lambda: time.monotonic() + later[0])
     tries: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
@@ -718,7 +708,7 @@ def test_a_repair_that_gave_way_waits_for_a_later_run(
         assert len(tries) == 1, f"{len(tries)} tries in one run"
         r.refresh()  # soon after: the repair still waits
         assert len(tries) == 1
-        monkeypatch.setattr(rollup, "time", _Later(rollup.REPAIR_RETRY_S + 1))
+        later[0] = rollup.REPAIR_RETRY_S + 1
         r.refresh()  # later: it runs, and its marker is gone
         assert len(tries) == 2
         with engine.connect() as conn:

@@ -184,7 +184,8 @@ def _clusters(buckets: Sequence[int], size: int) -> list[list[int]]:
 class Rollups:
     """Recomputes roll-up buckets; ``countries`` maps vendor to home country, ``regions``
     deployment id to region (both taken at roll-up time). Minute buckets older than
-    ``minute_retention_ms`` are pruned by :meth:`prune_expired` (None keeps them)."""
+    ``minute_retention_ms`` are pruned by :meth:`prune_expired` (None keeps them).
+    ``clock`` (monotonic seconds) times the pause after a repair gave way."""
 
     def __init__(
         self,
@@ -194,8 +195,10 @@ class Rollups:
         regions: Mapping[str, str | None] | None = None,
         batch_size: int | None = None,
         minute_retention_ms: int | None = MINUTE_RETENTION_MS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
+        self._clock = clock
         self.minute_retention_ms = minute_retention_ms
         self._pruned_to = 0  # horizon of the last prune by this object (saves a query a run)
         self._repairs_from = 0.0  # monotonic time before which no repair is taken
@@ -252,7 +255,7 @@ class Rollups:
                 conn.execute(delete(DELTA))
             p = analytics_pending.c
             taken = select(p.request_id, p.bucket_ms).limit(self.batch_size)
-            if time.monotonic() < self._repairs_from:  # a repair gave way a moment ago
+            if self._clock() < self._repairs_from:  # a repair gave way a moment ago
                 taken = taken.where(~p.request_id.startswith(RECOMPUTE))
             conn.execute(insert(BATCH).from_select(["request_id", "bucket_ms"], taken))
             n = int(conn.execute(select(func.count()).select_from(BATCH)).scalar() or 0)
@@ -276,7 +279,7 @@ class Rollups:
                     WRITERS_LOCK_TIMEOUT_MS,
                 )
                 self._requeue(conn, repairs)
-                self._repairs_from = time.monotonic() + REPAIR_RETRY_S
+                self._repairs_from = self._clock() + REPAIR_RETRY_S
                 repairs = set()
             if repairs:
                 # An event in a minute that is recomputed is counted by the recomputation.
