@@ -3,10 +3,18 @@ after their time (a fake clock, no server)."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 from tests.test_ledger_live import PREPAID, FakeLoader
 from tokenomy.core.errors import InsufficientQuota
 from tokenomy.ledger.admin_feed import AdminTotalsFeed
-from tokenomy.ledger.broke_orgs import BrokeOrgs
+from tokenomy.ledger.broke_orgs import (
+    BROKE_DELAY_S,
+    BROKE_MAX_WAIT_S,
+    REFUSALS_PER_S,
+    BrokeOrgs,
+)
 from tokenomy.ledger.live import MemoryLedger
 
 
@@ -60,3 +68,36 @@ async def test_the_admin_feed_tells_which_totals_moved() -> None:
     assert told[-1] == {"org_b"}
     await feed.push_changed({"org_c": 3})
     assert told[-1] == {"org_c"}
+
+
+def test_an_orgs_head_refusals_are_paced_however_many_connections_it_opens() -> None:
+    # Each connection waits its turn: a broke org gets REFUSALS_PER_S answers a second
+    # in all, not one every BROKE_DELAY_S per connection it opens.
+    clock = Clock()
+    broke = BrokeOrgs(clock=clock)
+    broke.note(PREPAID, 0)
+    waits = [broke.wait_s(PREPAID.id) for _ in range(32)]
+    gap = 1 / REFUSALS_PER_S
+    assert waits[0] == BROKE_DELAY_S
+    assert all(abs(b - a - gap) < 1e-9 for a, b in itertools.pairwise(waits))
+    # Another broke org is not queued behind it.
+    other = dataclasses.replace(PREPAID, id="org_other")
+    broke.note(other, 0)
+    assert broke.wait_s(other.id) == BROKE_DELAY_S
+    # Once the queue has gone by, a lone request waits the least again.
+    clock.now += 32 * gap + BROKE_DELAY_S
+    assert broke.wait_s(PREPAID.id) == BROKE_DELAY_S
+
+
+def test_a_flood_waits_at_most_the_cap_and_does_not_push_the_queue_further() -> None:
+    clock = Clock()
+    broke = BrokeOrgs(clock=clock)
+    broke.note(PREPAID, 0)
+    n = int((BROKE_MAX_WAIT_S - BROKE_DELAY_S) * REFUSALS_PER_S) + 1
+    waits = [broke.wait_s(PREPAID.id) for _ in range(n + 50)]
+    assert max(waits) <= BROKE_MAX_WAIT_S
+    assert waits[n:] == [BROKE_MAX_WAIT_S] * 50
+    # Past the flood, the queue drains at the pace set before it (the capped ones did
+    # not book slots): a request a little later waits less than the cap.
+    clock.now += 1.0
+    assert broke.wait_s(PREPAID.id) < BROKE_MAX_WAIT_S - 0.5

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from tests.conftest import Gateway
-from tokenomy.api.lean_server import BROKE_DELAY_S
 from tokenomy.core.call import Call
 from tokenomy.core.tokencount import TokenCounter
 from tokenomy.ledger.accounts import Scope
+from tokenomy.ledger.broke_orgs import BROKE_DELAY_S, REFUSALS_PER_S
 from tokenomy.ledger.live import Shortfall
 
 BIG = "lorem ipsum dolor sit amet " * 2_300  # ~62 KB, under the test gateway's body limit
@@ -244,6 +244,38 @@ def test_a_broke_org_is_refused_from_the_head_before_its_body_arrives(
     gateway.server.call(gateway.services.refresh_accounts())
     assert org not in stage.broke
     assert ask(gateway, key, BIG).status_code == 200
+
+
+def test_a_broke_org_opening_many_connections_gets_its_refusals_at_a_pace(
+    gateway: Gateway,
+) -> None:
+    # Back to back on many connections, a broke org's large requests are answered at
+    # REFUSALS_PER_S in all: its connection count does not buy it more of the loop.
+    org = gateway.new_org(0)
+    key = gateway.new_key(org_id=org)
+    assert ask(gateway, key, BIG).status_code == 402  # found broke
+    n = 6
+    answers: list[tuple[float, bytes]] = []
+    t0 = time.monotonic()
+
+    def one() -> None:
+        got = _head_and_part(gateway, key)
+        answers.append((time.monotonic() - t0, got))
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(a.startswith(b"HTTP/1.1 402 ") for _, a in answers), answers
+    times = sorted(t for t, _ in answers)
+    assert times[-1] >= BROKE_DELAY_S + (n - 1) / REFUSALS_PER_S - 0.05, times
+    # Another broke org is not queued behind the first.
+    other = gateway.new_key(org_id=gateway.new_org(0))
+    assert ask(gateway, other, BIG).status_code == 402
+    t1 = time.monotonic()
+    assert _head_and_part(gateway, other).startswith(b"HTTP/1.1 402 ")
+    assert time.monotonic() - t1 < BROKE_DELAY_S + 1 / REFUSALS_PER_S
 
 
 def test_an_org_short_only_by_its_holds_in_flight_is_not_refused_from_the_head(

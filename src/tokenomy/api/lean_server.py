@@ -54,8 +54,6 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 8190
 #: Bytes a client may send ahead (pipelined) while its answer is being made.
 MAX_AHEAD = 256 * 1024
-#: How long a request refused from its head for want of any funds waits for its answer.
-BROKE_DELAY_S = 0.25
 
 _VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # visible characters, spaces and tabs (RFC 9110)
 #: Header lines, each ended by CRLF. Linear to match: neither part can run into the next.
@@ -333,7 +331,7 @@ class _ClientConnection(asyncio.Protocol):
                 return
             broke = self.site.services.ledger_stage.head_refusal(key, length)
             if broke is not None:
-                self._refuse_later(broke, route, total - len(buf))
+                self._refuse_later(*broke, route, total - len(buf))
                 return
             # The head stays, to be read again with the body once it is all here.
             self.parts, self.need = [buf[pos:]], total - len(buf)
@@ -428,19 +426,21 @@ class _ClientConnection(asyncio.Protocol):
         status, headers, body = error_parts(err, route is not None and route.anthropic)
         self._write(self.whole(status, headers, body))
 
-    def _refuse_later(self, err: GatewayError, route: InferenceRoute, left: int) -> None:
+    def _refuse_later(
+        self, err: GatewayError, wait: float, route: InferenceRoute, left: int
+    ) -> None:
         """Refuse a large request of an org that can pay for nothing, from its head (no
         body could change the answer, so none is kept or parsed: see ledger.broke_orgs),
-        after :data:`BROKE_DELAY_S` with the connection unread: a tenant sending such
-        requests back to back gets a few a second per connection, not thousands, and
-        the other tenants keep the event loop."""
+        after ``wait`` seconds (its org's turn) with the connection unread: a tenant
+        sending such requests back to back gets a few a second in all, not thousands
+        however many connections it opens, and the other tenants keep the event loop."""
         assert self.transport is not None
         self.busy = True  # no sweep, and no next request, while it waits
         self.buf, self.pos = b"", 0
         if not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True
-        self.site.loop.call_later(BROKE_DELAY_S, self._refuse, err, route, left)
+        self.site.loop.call_later(wait, self._refuse, err, route, left)
 
     def _refuse(
         self, err: GatewayError, route: InferenceRoute | None = None, left: int = 0
