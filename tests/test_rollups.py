@@ -10,6 +10,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, MetaData, Table, delete, event, select, text
 
-from tests.conftest import migrated_engine
+from tests.conftest import make_config, migrated_engine
 from tokenomy.analytics import buckets, rollup
 from tokenomy.analytics.histogram import bucket_of, quantile
 from tokenomy.analytics.rollup import DAY, HOUR, MINUTE, Rollups, RollupWorker
@@ -33,6 +34,10 @@ from tokenomy.analytics.tables import (
     analytics_state,
     usage_rollups,
 )
+from tokenomy.api import usage_routes
+from tokenomy.app import app_for
+from tokenomy.core.registry import Registry
+from tokenomy.services import build_services
 from tokenomy.store.db import migrate, open_engine
 from tokenomy.store.schema import usage_events
 from tokenomy.store.writer import insert_ignoring_duplicates
@@ -924,3 +929,30 @@ def test_rollup_cells_are_updated_in_place_on_postgresql(engine: Engine) -> None
     after = _pages(engine)
     stayed = sum(after[c] == p for c, p in before.items())
     assert len(before) > 500 and stayed >= len(before) // 4, (stayed, len(before))
+
+
+def test_with_a_synchronous_writer_sqlite_roll_ups_take_smaller_batches(engine: Engine) -> None:
+    # SQLite's one writer is held for a whole roll-up batch; a synchronous usage writer
+    # makes requests wait through it, so batches are then smaller. PostgreSQL's roll-ups
+    # do not hold writers (repairs aside), whatever the writer's mode.
+    registry = Registry({}, {})
+    sync = Rollups.for_registry(engine, registry, writer_synchronous=True)
+    grouped = Rollups.for_registry(engine, registry, writer_synchronous=False)
+    assert grouped.batch_size == rollup.BATCH_SIZE
+    if engine.dialect.name == "sqlite":
+        assert sync.batch_size == rollup.SYNC_WRITER_BATCH_SIZE < rollup.BATCH_SIZE
+    else:
+        assert sync.batch_size == rollup.BATCH_SIZE
+
+
+@pytest.mark.parametrize("flush_ms", [0, 50])
+def test_the_gateways_roll_ups_follow_its_writer_mode(tmp_path: Path, flush_ms: int) -> None:
+    cfg = make_config("http://127.0.0.1:9", tmp_path)
+    cfg = cfg.model_copy(
+        update={"writer": cfg.writer.model_copy(update={"flush_interval_ms": flush_ms})}
+    )
+    svc = build_services(cfg, env={})
+    app = app_for(svc)
+    want = rollup.SYNC_WRITER_BATCH_SIZE if flush_ms == 0 else rollup.BATCH_SIZE
+    assert app[usage_routes.ROLLUPS].batch_size == want
+    svc.engine.dispose()

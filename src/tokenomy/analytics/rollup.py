@@ -97,8 +97,17 @@ RECOMPUTE: Final = "reconcile:"
 #: 20,000 events of the last few minutes, up to some 650 ms for a backlog spread over
 #: many minutes (185 ms at 5,000). The usage writer waits meanwhile and catches up in one
 #: larger flush; requests wait with it only when it commits each one before answering
-#: (``writer.flush_interval_ms: 0``).
+#: (``writer.flush_interval_ms: 0``): then batches are smaller (below).
 BATCH_SIZE: Final = 20_000
+#: SQLite's batch when the usage writer is synchronous, so each request waits through any
+#: roll-up batch under way. A batch's hold does not shrink with its size (every cell it
+#: touches is upserted in every period): with 1,000 keys, a backlog spread over 50
+#: minutes held the writer 120-175 ms a batch of 2,000, 215-300 ms at 5,000 and 800-860
+#: ms at 20,000; recent events 85-123, 105-158 and 184-246 ms (a scratch timing of
+#: ``process_batch``, on a slow machine). In all, the batches of 5,000 took 1.1-2.3 times
+#: as long as those of 20,000, of 2,000 1.5-4.6 times: 5,000 takes two thirds or more
+#: off the worst wait, 2,000 only a little more for twice the work.
+SYNC_WRITER_BATCH_SIZE: Final = 5_000
 
 
 #: PostgreSQL: the events of the set markers taken (0020) into the batch, the markers gone.
@@ -214,17 +223,29 @@ class Rollups:
 
     @classmethod
     def for_registry(
-        cls, engine: Engine, registry: Any, *, minute_retention_ms: int | None = MINUTE_RETENTION_MS
+        cls,
+        engine: Engine,
+        registry: Any,
+        *,
+        minute_retention_ms: int | None = MINUTE_RETENTION_MS,
+        writer_synchronous: bool = False,
     ) -> Rollups:
         """Countries and regions from a gateway's registry (``core.registry.Registry``).
 
         Known vendors' home countries come from the catalogue too: events of a vendor not
-        serving now (no key today, or a demo's simulated stand-in) keep their country."""
+        serving now (no key today, or a demo's simulated stand-in) keep their country.
+        ``writer_synchronous``: requests wait for their usage commit (see
+        :data:`SYNC_WRITER_BATCH_SIZE`)."""
         countries = {k: p.country for k, p in load_presets().items()}
         countries.update({v.key: v.country for v in registry.vendors() if v.country})
         regions = {d.id: d.region for r in registry.routes for d in r.deployments}
+        sqlite_sync = writer_synchronous and engine.dialect.name == "sqlite"
         return cls(
-            engine, countries=countries, regions=regions, minute_retention_ms=minute_retention_ms
+            engine,
+            countries=countries,
+            regions=regions,
+            minute_retention_ms=minute_retention_ms,
+            batch_size=SYNC_WRITER_BATCH_SIZE if sqlite_sync else None,
         )
 
     # ---- running ----------------------------------------------------------------------

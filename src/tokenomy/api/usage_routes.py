@@ -392,7 +392,9 @@ def add_routes(app: web.Application, *, rollup_interval_s: float = 2.0) -> None:
     registry (so the request path can bump it), else a registry of its own.
     """
     svc = app[SERVICES]
-    rollups = Rollups.for_registry(svc.engine, svc.registry)
+    rollups = Rollups.for_registry(
+        svc.engine, svc.registry, writer_synchronous=svc.usage_writer.synchronous
+    )
     app[ROLLUPS] = rollups
     app[_SESSION_SECRET] = session_secret(svc.admin_key)
     metrics = getattr(svc, "metrics", None)
