@@ -89,15 +89,37 @@ def test_an_orgs_head_refusals_are_paced_however_many_connections_it_opens() -> 
     assert broke.wait_s(PREPAID.id) == BROKE_DELAY_S
 
 
-def test_a_flood_waits_at_most_the_cap_and_does_not_push_the_queue_further() -> None:
+def test_past_the_cap_a_request_gets_no_turn_and_books_none() -> None:
+    # A flood that would wait longer than BROKE_MAX_WAIT_S is answered at once, unread
+    # (None: no turn), so no more than the cap's worth of an org's requests ever wait.
     clock = Clock()
     broke = BrokeOrgs(clock=clock)
     broke.note(PREPAID, 0)
     n = int((BROKE_MAX_WAIT_S - BROKE_DELAY_S) * REFUSALS_PER_S) + 1
     waits = [broke.wait_s(PREPAID.id) for _ in range(n + 50)]
-    assert max(waits) <= BROKE_MAX_WAIT_S
-    assert waits[n:] == [BROKE_MAX_WAIT_S] * 50
-    # Past the flood, the queue drains at the pace set before it (the capped ones did
-    # not book slots): a request a little later waits less than the cap.
+    assert all(w is not None and w <= BROKE_MAX_WAIT_S for w in waits[:n])
+    assert waits[n:] == [None] * 50
+    # The refused-at-once booked nothing: a second later, a turn is free a second sooner.
     clock.now += 1.0
-    assert broke.wait_s(PREPAID.id) < BROKE_MAX_WAIT_S - 0.5
+    w = broke.wait_s(PREPAID.id)
+    assert w is not None and w <= BROKE_MAX_WAIT_S - 1.0 + 1 / REFUSALS_PER_S
+
+
+def test_the_pace_outlives_the_note_so_a_lapse_does_not_start_a_second_queue() -> None:
+    # The note lapses every ttl_s and the next request finds the org broke again; the
+    # turns already booked still stand, so the org does not get two queues at once.
+    clock = Clock()
+    broke = BrokeOrgs(ttl_s=10.0, clock=clock)
+    broke.note(PREPAID, 0)
+    clock.now += 5.0
+    last = max(w for w in (broke.wait_s(PREPAID.id) for _ in range(150)) if w is not None)
+    clock.now += 5.0  # the note lapses with turns booked 4.6 s ahead still
+    assert broke.refusal(PREPAID.id) is None  # lapsed: read, refused, noted again
+    broke.note(PREPAID, 0)
+    w = broke.wait_s(PREPAID.id)
+    assert w is not None and abs(w - (last - 5.0 + 1 / REFUSALS_PER_S)) < 1e-9
+    # A top-up forgets the note, not the turns: broke again, it queues behind them.
+    broke.forget([PREPAID.id])
+    broke.note(PREPAID, 0)
+    w2 = broke.wait_s(PREPAID.id)
+    assert w2 is not None and abs(w2 - w - 1 / REFUSALS_PER_S) < 1e-9

@@ -518,6 +518,43 @@ def test_a_call_past_the_shutdown_timeout_is_cancelled_and_recorded(
     sock.close()
 
 
+def test_refusals_waiting_for_their_turn_are_answered_when_the_server_stops(
+    sim: ThreadServer, tmp_path: Path
+) -> None:
+    # A broke org's large requests wait for their turns unread (ledger.broke_orgs); a
+    # shutdown meanwhile answers them their 402 rather than resetting them.
+    gw = _OwnGateway(sim, tmp_path)
+    org = gw.svc.ledger.create_org("broke", "USD")
+    gw.server.call(gw.svc.refresh_accounts())
+    secret, rec = gw.svc.keys.create("broke", org_id=org.id)
+    gw.svc.key_cache.put(secret, rec)
+    content = "lorem ipsum dolor sit amet " * 2_300  # ~62 KB: refused from the head
+    raw = orjson.dumps({"model": "sim-small", "max_tokens": 10,
+                        "messages": [{"role": "user", "content": content}]})  # fmt: skip
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {secret}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
+    ).encode()
+    first = socket.create_connection(("127.0.0.1", gw.server.port), timeout=5)
+    first.sendall(head + raw)  # read whole and refused: the org is noted broke
+    assert first.recv(65536).startswith(b"HTTP/1.1 402 ")
+    first.close()
+    waiting = []
+    for _ in range(20):  # turns 1/16 s apart: the last ones are over a second away
+        sock = socket.create_connection(("127.0.0.1", gw.server.port), timeout=5)
+        sock.sendall(head + raw[:2048])
+        waiting.append(sock)
+    time.sleep(0.1)
+    gw.shut_down()
+    for sock in waiting:
+        got = b""
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while b"\r\n\r\n" not in got and (more := sock.recv(65536)):
+                got += more
+        assert got.startswith(b"HTTP/1.1 402 "), got[:200]
+        sock.close()
+
+
 def test_a_cut_stream_is_committed_before_its_body_ends(sim: ThreadServer, tmp_path: Path) -> None:
     gw = _OwnGateway(sim, tmp_path, sync=True)
     sim_faults(sim.url, "single-a", ["disconnect:3"])

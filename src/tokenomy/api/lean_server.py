@@ -24,10 +24,11 @@ head split, a dict and one write per answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
@@ -190,6 +191,9 @@ class _ClientConnection(asyncio.Protocol):
         self.head_since: float | None = None
         self.route: InferenceRoute | None = None  # of a body still arriving
         self.held = 0  # unauthenticated bytes this connection holds (see LeanSite)
+        #: A refusal waiting for its org's turn, and its timer (see _refuse_later).
+        self.refusal: Callable[[], None] | None = None
+        self.refusal_timer: asyncio.TimerHandle | None = None
 
     # asyncio callbacks
 
@@ -427,20 +431,36 @@ class _ClientConnection(asyncio.Protocol):
         self._write(self.whole(status, headers, body))
 
     def _refuse_later(
-        self, err: GatewayError, wait: float, route: InferenceRoute, left: int
+        self, err: GatewayError, wait: float | None, route: InferenceRoute, left: int
     ) -> None:
         """Refuse a large request of an org that can pay for nothing, from its head (no
         body could change the answer, so none is kept or parsed: see ledger.broke_orgs),
         after ``wait`` seconds (its org's turn) with the connection unread: a tenant
         sending such requests back to back gets a few a second in all, not thousands
-        however many connections it opens, and the other tenants keep the event loop."""
+        however many connections it opens, and the other tenants keep the event loop.
+        With no turn (None: a flood), at once, and the body is left unread."""
         assert self.transport is not None
+        if wait is None:
+            self._refuse(err, route)
+            return
         self.busy = True  # no sweep, and no next request, while it waits
         self.buf, self.pos = b"", 0
         if not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True
-        self.site.loop.call_later(wait, self._refuse, err, route, left)
+        self.refusal = functools.partial(self._refuse, err, route, left)
+        self.refusal_timer = self.site.loop.call_later(wait, self.refuse_now)
+
+    def refuse_now(self) -> None:
+        """Give a refusal waiting for its turn now (at its turn, or as the server stops:
+        the client gets its 402 rather than a reset)."""
+        refusal, self.refusal = self.refusal, None
+        if refusal is None:
+            return
+        if self.refusal_timer is not None:
+            self.refusal_timer.cancel()
+            self.refusal_timer = None
+        refusal()
 
     def _refuse(
         self, err: GatewayError, route: InferenceRoute | None = None, left: int = 0

@@ -139,6 +139,7 @@ class LeanSite(web.TCPSite):
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self.connections):
+            conn.refuse_now()
             conn.close_if_idle(float("inf"))
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=self.drain_timeout_s)

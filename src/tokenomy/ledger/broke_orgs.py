@@ -39,9 +39,13 @@ BROKE_DELAY_S = 0.25
 #: however many connections it opens: each waits for its turn. At 250 a second (64
 #: connections, no pace), draining their bodies moved another tenant's p99 by 3 ms.
 REFUSALS_PER_S = 16
-#: No turn is given further ahead than this: past it a request waits this long, outside
-#: the pace, so a flood cannot book turns that would keep the org waiting after it ends.
+#: No turn is given further ahead than this, so at most this many seconds of an org's
+#: turns wait at once (160 requests, each a connection held unread). A request past it
+#: gets no turn: it is answered at once and closed with its body unread, so its client
+#: may see a reset instead of the 402; only a flood gets there.
 BROKE_MAX_WAIT_S = 10.0
+#: Turns kept of orgs no longer noted; past this many, those already gone by are dropped.
+_TURNS_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +65,9 @@ class BrokeOrgs:
         self.ttl_s = ttl_s
         self.clock = clock
         self._broke: dict[str, _Broke] = {}
-        #: The next free turn (clock time) of each broke org's head refusals.
+        #: The next free turn (clock time) of each broke org's head refusals. Kept when
+        #: the note lapses or is forgotten: the requests already waiting still hold their
+        #: turns, and an org noted again queues behind them, not beside them.
         self._turn: dict[str, float] = {}
         #: Requests refused from their head (a counter for /metrics).
         self.refused = 0
@@ -78,7 +84,6 @@ class BrokeOrgs:
             return None
         if self.clock() >= b.until:
             del self._broke[org_id]
-            self._turn.pop(org_id, None)
             return None
         self.refused += 1
         left = f"{units(max(b.left, 0))} {b.org.currency.value}"
@@ -87,14 +92,17 @@ class BrokeOrgs:
             "every request costs more than that. Top up to continue."
         )
 
-    def wait_s(self, org_id: str) -> float:
+    def wait_s(self, org_id: str) -> float | None:
         """How long the head refusal of a request of ``org_id`` waits before it is
-        answered: its turn at :data:`REFUSALS_PER_S`, at least :data:`BROKE_DELAY_S`, at
-        most :data:`BROKE_MAX_WAIT_S`."""
+        answered: its turn at :data:`REFUSALS_PER_S`, at least :data:`BROKE_DELAY_S`.
+        None when the next turn is over :data:`BROKE_MAX_WAIT_S` away: answer at once,
+        without reading the body."""
         now = self.clock()
         turn = max(self._turn.get(org_id, 0.0), now + BROKE_DELAY_S)
         if turn - now > BROKE_MAX_WAIT_S:
-            return BROKE_MAX_WAIT_S
+            return None
+        if len(self._turn) > _TURNS_KEPT:
+            self._turn = {o: t for o, t in self._turn.items() if t > now}
         self._turn[org_id] = turn + 1 / REFUSALS_PER_S
         return turn - now
 
@@ -102,7 +110,6 @@ class BrokeOrgs:
         """Their admin totals changed (a top-up, say): ask the ledger again."""
         for org_id in org_ids:
             self._broke.pop(org_id, None)
-            self._turn.pop(org_id, None)
 
     def __contains__(self, org_id: str) -> bool:
         b = self._broke.get(org_id)

@@ -80,9 +80,12 @@ class LedgerStage:
         #: Whether any deployment may cost nothing at a time (a broke org could call it).
         self._can_be_free = can_be_free or (lambda at: True)
 
-    def head_refusal(self, key: ApiKey, body_bytes: int) -> tuple[InsufficientQuota, float] | None:
+    def head_refusal(
+        self, key: ApiKey, body_bytes: int
+    ) -> tuple[InsufficientQuota, float | None] | None:
         """The 402 for a request of ``key`` decided before its body is read, and how many
-        seconds to wait before answering it (the org's turn: see BrokeOrgs.wait_s). Only
+        seconds to wait before answering it (the org's turn; None: answer at once and
+        leave the body unread, see BrokeOrgs.wait_s). Only
         for a large body (a small one is read, refused and recorded as usual) of an org
         known to be unable to pay for anything (no body could change the answer). Not
         recorded as a usage event (its model is in the unread body): counted, see
