@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, MetaData, Table, delete, event, select, text
 
-from tests.conftest import make_config, migrated_engine
+from tests.conftest import gateway_yaml, make_config, migrated_engine
 from tokenomy.analytics import buckets, rollup
 from tokenomy.analytics.histogram import bucket_of, quantile
 from tokenomy.analytics.rollup import DAY, HOUR, MINUTE, Rollups, RollupWorker
@@ -36,6 +36,7 @@ from tokenomy.analytics.tables import (
 )
 from tokenomy.api import usage_routes
 from tokenomy.app import app_for
+from tokenomy.cli.main import main as cli_main
 from tokenomy.core.registry import Registry
 from tokenomy.services import build_services
 from tokenomy.store.db import migrate, open_engine
@@ -956,3 +957,24 @@ def test_the_gateways_roll_ups_follow_its_writer_mode(tmp_path: Path, flush_ms: 
     want = rollup.SYNC_WRITER_BATCH_SIZE if flush_ms == 0 else rollup.BATCH_SIZE
     assert app[usage_routes.ROLLUPS].batch_size == want
     svc.engine.dispose()
+
+
+@pytest.mark.parametrize("flush_ms", [0, 50])
+def test_the_usage_command_rolls_up_as_the_gateway_would(
+    tmp_path: Path, flush_ms: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `tokenomy usage` rolls up first, on the gateway's database: SQLite's one writer is
+    # the gateway's too, so it follows the gateway's writer mode.
+    text_ = gateway_yaml("http://127.0.0.1:9", f"sqlite:///{tmp_path / 'g.db'}")
+    text_ = text_.replace("flush_interval_ms: 20", f"flush_interval_ms: {flush_ms}")
+    (tmp_path / "g.yaml").write_text(text_)
+    sizes: list[int] = []
+    real = Rollups.refresh
+
+    def spy(self: Rollups, *a: Any, **kw: Any) -> int:
+        sizes.append(self.batch_size)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Rollups, "refresh", spy)
+    assert cli_main(["usage", "--config", str(tmp_path / "g.yaml")]) == 0
+    assert sizes == [rollup.SYNC_WRITER_BATCH_SIZE if flush_ms == 0 else rollup.BATCH_SIZE]

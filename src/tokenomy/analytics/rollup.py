@@ -95,18 +95,20 @@ RECOMPUTE: Final = "reconcile:"
 #: writer_bench.py with a run every 60,000 requests, as the worker spaces its runs at
 #: 6,000 req/s). SQLite's one writer is held for the whole transaction: 65-130 ms for
 #: 20,000 events of the last few minutes, up to some 650 ms for a backlog spread over
-#: many minutes (185 ms at 5,000). The usage writer waits meanwhile and catches up in one
-#: larger flush; requests wait with it only when it commits each one before answering
-#: (``writer.flush_interval_ms: 0``): then batches are smaller (below).
+#: many minutes (185 ms at 5,000), on the machine that measured the CPU above. The usage
+#: writer waits meanwhile and catches up in one larger flush; requests wait with it only
+#: when it commits each one before answering (``writer.flush_interval_ms: 0``): then
+#: batches are smaller (below).
 BATCH_SIZE: Final = 20_000
 #: SQLite's batch when the usage writer is synchronous, so each request waits through any
-#: roll-up batch under way. A batch's hold does not shrink with its size (every cell it
-#: touches is upserted in every period): with 1,000 keys, a backlog spread over 50
-#: minutes held the writer 120-175 ms a batch of 2,000, 215-300 ms at 5,000 and 800-860
-#: ms at 20,000; recent events 85-123, 105-158 and 184-246 ms (a scratch timing of
-#: ``process_batch``, on a slow machine). In all, the batches of 5,000 took 1.1-2.3 times
-#: as long as those of 20,000, of 2,000 1.5-4.6 times: 5,000 takes two thirds or more
-#: off the worst wait, 2,000 only a little more for twice the work.
+#: roll-up batch under way. A batch's hold shrinks with its size, but not in proportion
+#: (each cell it touches is upserted in every period whatever it sums): with 1,000 keys,
+#: on a slower machine than above, a backlog spread over 50 minutes held the writer
+#: 800-860 ms a batch of 20,000, 215-300 ms at 5,000 and 120-175 ms at 2,000; events of
+#: the last minute 184-246, 105-158 and 85-123 ms (``process_batch`` timed in a scratch
+#: script on writer_bench.py's rows). In all, the batches of 5,000 took 1.1-2.3 times as
+#: long as those of 20,000, of 2,000 1.5-4.6 times: 5,000 takes some 60 % off the worst
+#: wait, 2,000 only a little more for about twice the work again.
 SYNC_WRITER_BATCH_SIZE: Final = 5_000
 
 

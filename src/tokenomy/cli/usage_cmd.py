@@ -48,7 +48,10 @@ def usage(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     engine = database(cfg)
     try:
-        Rollups.for_registry(engine, build_registry(cfg)).refresh()
+        # SQLite's one writer is the gateway's too: with a synchronous one, its requests
+        # wait through these batches.
+        sync = cfg.writer.flush_interval_ms == 0
+        Rollups.for_registry(engine, build_registry(cfg), writer_synchronous=sync).refresh()
         params = {o: str(getattr(args, o)) for o in _OPTIONS if getattr(args, o) is not None}
         params["view"] = args.view
         scope = Scope(key_id=args.key, org_id=args.org) if (args.key or args.org) else EVERYONE
