@@ -14,6 +14,7 @@ from tokenomy.ledger.broke_orgs import (
     BROKE_MAX_WAIT_S,
     REFUSALS_PER_S,
     BrokeOrgs,
+    Turn,
 )
 from tokenomy.ledger.live import MemoryLedger
 
@@ -76,33 +77,35 @@ def test_an_orgs_head_refusals_are_paced_however_many_connections_it_opens() -> 
     clock = Clock()
     broke = BrokeOrgs(clock=clock)
     broke.note(PREPAID, 0)
-    waits = [broke.wait_s(PREPAID.id) for _ in range(32)]
+    turns = [broke.turn(PREPAID.id) for _ in range(32)]
     gap = 1 / REFUSALS_PER_S
-    assert waits[0] == BROKE_DELAY_S
+    assert turns[0] == Turn(BROKE_DELAY_S, drain=True) and all(t.drain for t in turns)
+    waits = [t.wait_s for t in turns]
     assert all(abs(b - a - gap) < 1e-9 for a, b in itertools.pairwise(waits))
     # Another broke org is not queued behind it.
     other = dataclasses.replace(PREPAID, id="org_other")
     broke.note(other, 0)
-    assert broke.wait_s(other.id) == BROKE_DELAY_S
+    assert broke.turn(other.id).wait_s == BROKE_DELAY_S
     # Once the queue has gone by, a lone request waits the least again.
     clock.now += 32 * gap + BROKE_DELAY_S
-    assert broke.wait_s(PREPAID.id) == BROKE_DELAY_S
+    assert broke.turn(PREPAID.id).wait_s == BROKE_DELAY_S
 
 
-def test_past_the_cap_a_request_gets_no_turn_and_books_none() -> None:
-    # A flood that would wait longer than BROKE_MAX_WAIT_S is answered at once, unread
-    # (None: no turn), so no more than the cap's worth of an org's requests ever wait.
+def test_past_the_cap_a_request_waits_the_cap_undrained_and_books_no_turn() -> None:
+    # A flood that would wait longer than BROKE_MAX_WAIT_S waits that long outside the
+    # turns and is then answered unread, so no more than the cap's worth of an org's
+    # requests are ever drained, and the turns are not pushed further by the flood.
     clock = Clock()
     broke = BrokeOrgs(clock=clock)
     broke.note(PREPAID, 0)
     n = int((BROKE_MAX_WAIT_S - BROKE_DELAY_S) * REFUSALS_PER_S) + 1
-    waits = [broke.wait_s(PREPAID.id) for _ in range(n + 50)]
-    assert all(w is not None and w <= BROKE_MAX_WAIT_S for w in waits[:n])
-    assert waits[n:] == [None] * 50
-    # The refused-at-once booked nothing: a second later, a turn is free a second sooner.
+    turns = [broke.turn(PREPAID.id) for _ in range(n + 50)]
+    assert all(t.drain and t.wait_s <= BROKE_MAX_WAIT_S for t in turns[:n])
+    assert turns[n:] == [Turn(BROKE_MAX_WAIT_S, drain=False)] * 50
+    # The flood booked nothing: a second later, a turn is free a second sooner.
     clock.now += 1.0
-    w = broke.wait_s(PREPAID.id)
-    assert w is not None and w <= BROKE_MAX_WAIT_S - 1.0 + 1 / REFUSALS_PER_S
+    t = broke.turn(PREPAID.id)
+    assert t.drain and t.wait_s <= BROKE_MAX_WAIT_S - 1.0 + 1 / REFUSALS_PER_S
 
 
 def test_the_pace_outlives_the_note_so_a_lapse_does_not_start_a_second_queue() -> None:
@@ -112,14 +115,13 @@ def test_the_pace_outlives_the_note_so_a_lapse_does_not_start_a_second_queue() -
     broke = BrokeOrgs(ttl_s=10.0, clock=clock)
     broke.note(PREPAID, 0)
     clock.now += 5.0
-    last = max(w for w in (broke.wait_s(PREPAID.id) for _ in range(150)) if w is not None)
+    last = max(broke.turn(PREPAID.id).wait_s for _ in range(150))
     clock.now += 5.0  # the note lapses with turns booked 4.6 s ahead still
     assert broke.refusal(PREPAID.id) is None  # lapsed: read, refused, noted again
     broke.note(PREPAID, 0)
-    w = broke.wait_s(PREPAID.id)
-    assert w is not None and abs(w - (last - 5.0 + 1 / REFUSALS_PER_S)) < 1e-9
+    w = broke.turn(PREPAID.id).wait_s
+    assert abs(w - (last - 5.0 + 1 / REFUSALS_PER_S)) < 1e-9
     # A top-up forgets the note, not the turns: broke again, it queues behind them.
     broke.forget([PREPAID.id])
     broke.note(PREPAID, 0)
-    w2 = broke.wait_s(PREPAID.id)
-    assert w2 is not None and abs(w2 - w - 1 / REFUSALS_PER_S) < 1e-9
+    assert abs(broke.turn(PREPAID.id).wait_s - w - 1 / REFUSALS_PER_S) < 1e-9

@@ -47,6 +47,7 @@ from tokenomy.core.errors import GatewayError, Overloaded, RequestTimeout
 
 if TYPE_CHECKING:
     from tokenomy.api.lean_site import LeanSite
+    from tokenomy.ledger.broke_orgs import Turn
 
 log = logging.getLogger(__name__)
 
@@ -431,25 +432,22 @@ class _ClientConnection(asyncio.Protocol):
         self._write(self.whole(status, headers, body))
 
     def _refuse_later(
-        self, err: GatewayError, wait: float | None, route: InferenceRoute, left: int
+        self, err: GatewayError, turn: Turn, route: InferenceRoute, left: int
     ) -> None:
         """Refuse a large request of an org that can pay for nothing, from its head (no
         body could change the answer, so none is kept or parsed: see ledger.broke_orgs),
-        after ``wait`` seconds (its org's turn) with the connection unread: a tenant
-        sending such requests back to back gets a few a second in all, not thousands
-        however many connections it opens, and the other tenants keep the event loop.
-        With no turn (None: a flood), at once, and the body is left unread."""
+        at its org's turn with the connection unread: a tenant sending such requests back
+        to back gets a few a second in all, not thousands however many connections it
+        opens, and the other tenants keep the event loop. Outside the turns (a flood),
+        the body is left unread even then."""
         assert self.transport is not None
-        if wait is None:
-            self._refuse(err, route)
-            return
         self.busy = True  # no sweep, and no next request, while it waits
         self.buf, self.pos = b"", 0
         if not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True
-        self.refusal = functools.partial(self._refuse, err, route, left)
-        self.refusal_timer = self.site.loop.call_later(wait, self.refuse_now)
+        self.refusal = functools.partial(self._refuse, err, route, left if turn.drain else 0)
+        self.refusal_timer = self.site.loop.call_later(turn.wait_s, self.refuse_now)
 
     def refuse_now(self) -> None:
         """Give a refusal waiting for its turn now (at its turn, or as the server stops:

@@ -17,7 +17,7 @@ from tokenomy.core.registry import Deployment
 from tokenomy.core.tokencount import TokenCounter
 from tokenomy.ledger.account_cache import AccountCache
 from tokenomy.ledger.accounts import BudgetMeter, Org, OrgMeter
-from tokenomy.ledger.broke_orgs import HEAD_REFUSAL_MIN_BYTES, BrokeOrgs
+from tokenomy.ledger.broke_orgs import HEAD_REFUSAL_MIN_BYTES, BrokeOrgs, Turn
 from tokenomy.ledger.end_user import end_user
 from tokenomy.ledger.live import Hold, LiveLedger, LiveStateUnavailable, Shortfall
 from tokenomy.ledger.tasks import TaskFinder
@@ -80,20 +80,16 @@ class LedgerStage:
         #: Whether any deployment may cost nothing at a time (a broke org could call it).
         self._can_be_free = can_be_free or (lambda at: True)
 
-    def head_refusal(
-        self, key: ApiKey, body_bytes: int
-    ) -> tuple[InsufficientQuota, float | None] | None:
-        """The 402 for a request of ``key`` decided before its body is read, and how many
-        seconds to wait before answering it (the org's turn; None: answer at once and
-        leave the body unread, see BrokeOrgs.wait_s). Only
-        for a large body (a small one is read, refused and recorded as usual) of an org
-        known to be unable to pay for anything (no body could change the answer). Not
-        recorded as a usage event (its model is in the unread body): counted, see
-        BrokeOrgs.refused."""
+    def head_refusal(self, key: ApiKey, body_bytes: int) -> tuple[InsufficientQuota, Turn] | None:
+        """The 402 for a request of ``key`` decided before its body is read, and when to
+        answer it (the org's turn: see BrokeOrgs.turn). Only for a large body (a small
+        one is read, refused and recorded as usual) of an org known to be unable to pay
+        for anything (no body could change the answer). Not recorded as a usage event
+        (its model is in the unread body): counted, see BrokeOrgs.refused."""
         if key.org_id is None or body_bytes < HEAD_REFUSAL_MIN_BYTES:
             return None
         err = self.broke.refusal(key.org_id)
-        return None if err is None else (err, self.broke.wait_s(key.org_id))
+        return None if err is None else (err, self.broke.turn(key.org_id))
 
     async def before(self, call: Call) -> None:
         task = None
