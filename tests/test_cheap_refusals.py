@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import Gateway
+from tokenomy.api import lean_server
 from tokenomy.core.call import Call
 from tokenomy.core.tokencount import TokenCounter
 from tokenomy.ledger.accounts import Scope
@@ -362,3 +363,32 @@ def test_the_official_sdks_get_their_402_from_a_broke_org_either_way(gateway: Ga
     assert a.value.status_code == 402
     assert isinstance(a.value.body, dict) and a.value.body["type"] == "error"
     assert "Insufficient funds" in a.value.body["error"]["message"]
+
+
+def test_past_the_sites_bound_of_waiting_refusals_one_is_answered_at_once(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each waiting refusal holds a socket (and what the kernel buffered of its body)
+    # whose close is seen only at its answer: however many orgs flood, the site holds at
+    # most MAX_WAITING_REFUSALS of them; past that, a refusal is answered at once.
+    monkeypatch.setattr(lean_server, "MAX_WAITING_REFUSALS", 2)
+    key = gateway.new_key(org_id=gateway.new_org(0))
+    assert ask(gateway, key, BIG).status_code == 402  # found broke
+    answers: list[tuple[float, bytes]] = []
+    t0 = time.monotonic()
+
+    def one() -> None:
+        got = _head_and_part(gateway, key)
+        answers.append((time.monotonic() - t0, got))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)  # both waiting for their turns
+    t1 = time.monotonic()
+    assert _head_and_part(gateway, key).startswith(b"HTTP/1.1 402 ")
+    assert time.monotonic() - t1 < BROKE_DELAY_S / 2
+    for t in threads:
+        t.join()
+    assert [a[:13] for _, a in answers] == [b"HTTP/1.1 402 "] * 2
+    assert min(t for t, _ in answers) >= BROKE_DELAY_S

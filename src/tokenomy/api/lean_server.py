@@ -56,6 +56,12 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 8190
 #: Bytes a client may send ahead (pipelined) while its answer is being made.
 MAX_AHEAD = 256 * 1024
+#: Refusals waiting for their org's turn (ledger.broke_orgs) the site holds at most. Each
+#: holds a socket, and what the kernel buffered of its body, whose close is seen only at
+#: its answer: a flood of connections sent and closed at once would otherwise hold ten
+#: seconds' worth of them (descriptors run out at 20,000 here). Past it, a refusal is
+#: answered at once, undrained.
+MAX_WAITING_REFUSALS = 4096
 
 _VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # visible characters, spaces and tabs (RFC 9110)
 #: Header lines, each ended by CRLF. Linear to match: neither part can run into the next.
@@ -439,13 +445,18 @@ class _ClientConnection(asyncio.Protocol):
         at its org's turn with the connection unread: a tenant sending such requests back
         to back gets a few a second in all, not thousands however many connections it
         opens, and the other tenants keep the event loop. Outside the turns (a flood),
-        the body is left unread even then."""
+        the body is left unread even then; past :data:`MAX_WAITING_REFUSALS` waiting, it
+        is answered at once."""
         assert self.transport is not None
+        if self.site.refusals_waiting >= MAX_WAITING_REFUSALS:
+            self._refuse(err, route)
+            return
         self.busy = True  # no sweep, and no next request, while it waits
         self.buf, self.pos = b"", 0
         if not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True
+        self.site.refusals_waiting += 1
         self.refusal = functools.partial(self._refuse, err, route, left if turn.drain else 0)
         self.refusal_timer = self.site.loop.call_later(turn.wait_s, self.refuse_now)
 
@@ -455,6 +466,7 @@ class _ClientConnection(asyncio.Protocol):
         refusal, self.refusal = self.refusal, None
         if refusal is None:
             return
+        self.site.refusals_waiting -= 1
         if self.refusal_timer is not None:
             self.refusal_timer.cancel()
             self.refusal_timer = None

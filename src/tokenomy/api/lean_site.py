@@ -75,6 +75,8 @@ class LeanSite(web.TCPSite):
         self.unauthenticated = 0
         self.unauthenticated_peak = 0
         self.max_unauthenticated = server.max_unauthenticated_bytes
+        #: Refusals waiting for their org's turn (see lean_server.MAX_WAITING_REFUSALS).
+        self.refusals_waiting = 0
         #: Timeouts are checked this often: a fraction of the shortest.
         self.sweep_s = min(SWEEP_S, server.header_timeout_s / 4, server.body_timeout_s / 4)
 
