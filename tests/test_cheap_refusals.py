@@ -8,7 +8,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,8 +17,11 @@ import pytest
 
 from tests.conftest import Gateway
 from tokenomy.api import lean_server
+from tokenomy.api.lean_guards import Drain
+from tokenomy.api.lean_site import LeanSite
 from tokenomy.core.call import Call
 from tokenomy.core.tokencount import TokenCounter
+from tokenomy.ledger import broke_orgs
 from tokenomy.ledger.accounts import Scope
 from tokenomy.ledger.broke_orgs import BROKE_DELAY_S, REFUSALS_PER_S
 from tokenomy.ledger.live import Shortfall
@@ -365,14 +368,30 @@ def test_the_official_sdks_get_their_402_from_a_broke_org_either_way(gateway: Ga
     assert "Insufficient funds" in a.value.body["error"]["message"]
 
 
+def lean_site(gateway: Gateway) -> LeanSite:
+    runner = gateway.server._runner
+    assert runner is not None
+    return next(s for s in runner.sites if isinstance(s, LeanSite))
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
 def test_past_the_sites_bound_of_waiting_refusals_one_is_answered_at_once(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Each waiting refusal holds a socket (and what the kernel buffered of its body)
     # whose close is seen only at its answer: however many orgs flood, the site holds at
-    # most MAX_WAITING_REFUSALS of them; past that, a refusal is answered at once.
-    monkeypatch.setattr(lean_server, "MAX_WAITING_REFUSALS", 2)
-    key = gateway.new_key(org_id=gateway.new_org(0))
+    # most MAX_WAITING_REFUSALS of them; past that, a refusal is answered at once, and
+    # books none of its org's turns.
+    site = lean_site(gateway)
+    monkeypatch.setattr(lean_server, "MAX_WAITING_REFUSALS", site.refusals_waiting + 2)
+    org = gateway.new_org(0)
+    key = gateway.new_key(org_id=org)
     assert ask(gateway, key, BIG).status_code == 402  # found broke
     answers: list[tuple[float, bytes]] = []
     t0 = time.monotonic()
@@ -381,14 +400,86 @@ def test_past_the_sites_bound_of_waiting_refusals_one_is_answered_at_once(
         got = _head_and_part(gateway, key)
         answers.append((time.monotonic() - t0, got))
 
+    before = site.refusals_waiting
     threads = [threading.Thread(target=one) for _ in range(2)]
     for t in threads:
         t.start()
-    time.sleep(0.1)  # both waiting for their turns
+    wait_until(lambda: site.refusals_waiting == before + 2)  # both waiting their turns
+    turns = dict(gateway.services.ledger_stage.broke._turn)
     t1 = time.monotonic()
     assert _head_and_part(gateway, key).startswith(b"HTTP/1.1 402 ")
     assert time.monotonic() - t1 < BROKE_DELAY_S / 2
+    assert gateway.services.ledger_stage.broke._turn == turns  # no turn booked
     for t in threads:
         t.join()
     assert [a[:13] for _, a in answers] == [b"HTTP/1.1 402 "] * 2
     assert min(t for t, _ in answers) >= BROKE_DELAY_S
+    wait_until(lambda: site.refusals_waiting == before)
+
+
+def test_a_refusal_past_its_orgs_turns_is_answered_undrained(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past BROKE_MAX_WAIT_S of turns a request waits that long outside them and is then
+    # answered without its body being read: no Drain for it, one for the one in turn.
+    monkeypatch.setattr(broke_orgs, "REFUSALS_PER_S", 1)
+    monkeypatch.setattr(broke_orgs, "BROKE_MAX_WAIT_S", 0.6)
+    drains: list[int] = []
+
+    class CountedDrain(Drain):
+        def __init__(self, loop: Any, left: int, limit_s: float) -> None:
+            drains.append(left)
+            super().__init__(loop, left, limit_s)
+
+    monkeypatch.setattr(lean_server, "Drain", CountedDrain)
+    key = gateway.new_key(org_id=gateway.new_org(0))
+    assert ask(gateway, key, BIG).status_code == 402  # found broke (read whole: no drain)
+    drains.clear()
+    answers: list[bytes] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(_head_and_part(gateway, key)))
+        for _ in range(2)
+    ]
+    for t in threads:  # the first takes the turn 0.25 s away; the next would be 1.25 s
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert [a[:13] for a in answers] == [b"HTTP/1.1 402 "] * 2
+    assert len(drains) == 1 and drains[0] > 0
+
+
+def test_a_refused_request_that_came_pipelined_holds_no_bytes_while_it_waits(
+    gateway: Gateway,
+) -> None:
+    # Bytes of a body that arrived behind another request are counted as held until the
+    # request is refused; dropped, they must not count for the whole wait (the site
+    # turns new heads away past its cap of such bytes).
+    site = lean_site(gateway)
+    key = gateway.new_key(org_id=gateway.new_org(0))
+    assert ask(gateway, key, BIG).status_code == 402  # found broke
+    host, port = gateway.url.removeprefix("http://").split(":")
+    small = json.dumps({"model": "sim-small", "max_tokens": 5,
+                        "messages": [{"role": "user", "content": "hi"}]}).encode()  # fmt: skip
+    big = json.dumps({"model": "ds-reasoner", "max_tokens": 10,
+                      "messages": [{"role": "user", "content": BIG}]}).encode()  # fmt: skip
+
+    def head(body: bytes) -> bytes:
+        return (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+
+    before = site.refusals_waiting
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(head(small) + small + head(big) + big[: len(big) - 1000])
+        wait_until(lambda: site.refusals_waiting == before + 1)
+        assert site.unauthenticated == 0
+        got = b""
+        while got.count(b"HTTP/1.1 ") < 2 or not got.rstrip().endswith(b"}"):
+            more = s.recv(65536)
+            if not more:
+                break
+            got += more
+    assert b"HTTP/1.1 402 " in got

@@ -26,6 +26,7 @@ from tests.conftest import Gateway, make_config, sim_faults
 from tests.servers import ThreadServer
 from tokenomy.api.edge import INFERENCE_ROUTES, SERVICES, InferenceRoute
 from tokenomy.api.lean_server import MAX_AHEAD, MAX_HEAD, _chunk_parts, _ClientConnection
+from tokenomy.api.lean_site import LeanSite
 from tokenomy.app import app_for
 from tokenomy.config import WriterConfig
 from tokenomy.core.errors import RateLimited
@@ -544,7 +545,13 @@ def test_refusals_waiting_for_their_turn_are_answered_when_the_server_stops(
         sock = socket.create_connection(("127.0.0.1", gw.server.port), timeout=5)
         sock.sendall(head + raw[:2048])
         waiting.append(sock)
-    time.sleep(0.1)
+    runner = gw.server._runner
+    assert runner is not None
+    site = next(s for s in runner.sites if isinstance(s, LeanSite))
+    deadline = time.monotonic() + 5
+    while site.refusals_waiting < len(waiting):  # every head read, each waiting its turn
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
     gw.shut_down()
     for sock in waiting:
         got = b""

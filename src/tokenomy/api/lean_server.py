@@ -340,7 +340,8 @@ class _ClientConnection(asyncio.Protocol):
             except GatewayError as e:
                 self._refuse(e, route, total - len(buf))
                 return
-            broke = self.site.services.ledger_stage.head_refusal(key, length)
+            room = self.site.refusals_waiting < MAX_WAITING_REFUSALS
+            broke = self.site.services.ledger_stage.head_refusal(key, length, wait=room)
             if broke is not None:
                 self._refuse_later(*broke, route, total - len(buf))
                 return
@@ -445,14 +446,15 @@ class _ClientConnection(asyncio.Protocol):
         at its org's turn with the connection unread: a tenant sending such requests back
         to back gets a few a second in all, not thousands however many connections it
         opens, and the other tenants keep the event loop. Outside the turns (a flood),
-        the body is left unread even then; past :data:`MAX_WAITING_REFUSALS` waiting, it
-        is answered at once."""
+        the body is left unread even then; past :data:`MAX_WAITING_REFUSALS` waiting
+        (a zero wait), it is answered at once."""
         assert self.transport is not None
-        if self.site.refusals_waiting >= MAX_WAITING_REFUSALS:
+        if turn.wait_s == 0:
             self._refuse(err, route)
             return
         self.busy = True  # no sweep, and no next request, while it waits
         self.buf, self.pos = b"", 0
+        self._count(0)  # what was held of it is dropped (it may have come pipelined)
         if not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True

@@ -80,16 +80,21 @@ class LedgerStage:
         #: Whether any deployment may cost nothing at a time (a broke org could call it).
         self._can_be_free = can_be_free or (lambda at: True)
 
-    def head_refusal(self, key: ApiKey, body_bytes: int) -> tuple[InsufficientQuota, Turn] | None:
+    def head_refusal(
+        self, key: ApiKey, body_bytes: int, *, wait: bool = True
+    ) -> tuple[InsufficientQuota, Turn] | None:
         """The 402 for a request of ``key`` decided before its body is read, and when to
-        answer it (the org's turn: see BrokeOrgs.turn). Only for a large body (a small
-        one is read, refused and recorded as usual) of an org known to be unable to pay
-        for anything (no body could change the answer). Not recorded as a usage event
-        (its model is in the unread body): counted, see BrokeOrgs.refused."""
+        answer it (the org's turn: see BrokeOrgs.turn; with ``wait`` False, at once and
+        undrained, booking no turn). Only for a large body (a small one is read, refused
+        and recorded as usual) of an org known to be unable to pay for anything (no body
+        could change the answer). Not recorded as a usage event (its model is in the
+        unread body): counted, see BrokeOrgs.refused."""
         if key.org_id is None or body_bytes < HEAD_REFUSAL_MIN_BYTES:
             return None
         err = self.broke.refusal(key.org_id)
-        return None if err is None else (err, self.broke.turn(key.org_id))
+        if err is None:
+            return None
+        return err, self.broke.turn(key.org_id) if wait else Turn(0.0, drain=False)
 
     async def before(self, call: Call) -> None:
         task = None
