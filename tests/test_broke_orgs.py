@@ -125,3 +125,17 @@ def test_the_pace_outlives_the_note_so_a_lapse_does_not_start_a_second_queue() -
     broke.forget([PREPAID.id])
     broke.note(PREPAID, 0)
     assert abs(broke.turn(PREPAID.id).wait_s - w - 1 / REFUSALS_PER_S) < 1e-9
+
+
+def test_turns_gone_by_are_dropped_once_many_orgs_have_had_one() -> None:
+    clock = Clock()
+    broke = BrokeOrgs(clock=clock)
+    for i in range(1100):
+        org = dataclasses.replace(PREPAID, id=f"org_{i}")
+        broke.note(org, 0)
+        broke.turn(org.id)
+    assert len(broke._turn) == 1100
+    clock.now += 1.0  # every turn booked has gone by
+    broke.note(PREPAID, 0)
+    broke.turn(PREPAID.id)
+    assert set(broke._turn) == {PREPAID.id}
