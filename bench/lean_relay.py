@@ -106,7 +106,7 @@ async def serve(args: argparse.Namespace) -> None:
     app[SERVICES] = SimpleNamespace(  # type: ignore[misc]
         config=SimpleNamespace(server=ServerConfig()),
         key_cache=SimpleNamespace(lookup=lambda secret: secret),
-        ledger_stage=SimpleNamespace(head_refusal=lambda key, body_bytes: None),
+        ledger_stage=SimpleNamespace(head_refusal=lambda key, body_bytes, wait=True: None),
     )
     app[INFERENCE_ROUTES] = (InferenceRoute(PATH, None),)  # type: ignore[arg-type]
     runner = web.AppRunner(app, access_log=None)
